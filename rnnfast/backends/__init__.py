@@ -1,0 +1,112 @@
+"""Backend registry: which implementations of the LSTM layer exist, which are usable
+here, and which one `backend="auto"` picks for a call.
+
+A backend provides `forward` and `backward` with the signatures of
+`rnnfast.backends.reference` (the oracle). Registering one is all it takes for the
+autograd core, the modules and `python -m rnnfast` to use it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from . import reference
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    forward: Callable
+    backward: Callable
+    priority: int  # "auto" takes the highest-priority backend that supports the call
+    # Why the backend cannot run in this process at all (None: it can).
+    unavailable_reason: Callable[[], Optional[str]]
+    # Why it cannot run this call's device/dtype (None: it can).
+    unsupported_reason: Callable[[torch.device, torch.dtype], Optional[str]]
+    description: str = ""
+
+
+# Names the public API accepts; the ones not registered below are not built yet.
+KNOWN_BACKENDS = ("reference", "triton", "cuda")
+_NOT_BUILT = {
+    "triton": "the Triton backend is not part of this version of rnnfast yet",
+    "cuda": "the CUDA C++ backend (rnnfast._C) is not part of this version of rnnfast yet",
+}
+_REGISTRY: dict[str, Backend] = {}
+_warned_fallbacks: set[tuple[str, str]] = set()
+
+
+def register(backend: Backend) -> None:
+    if backend.name not in KNOWN_BACKENDS:
+        raise ValueError(f"unknown backend name {backend.name!r}; expected one of {KNOWN_BACKENDS}")
+    _REGISTRY[backend.name] = backend
+
+
+def get(name: str) -> Backend:
+    """The registered backend called `name` (not "auto"); raises if it cannot run here."""
+    check_name(name)
+    backend = _REGISTRY[name]
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"rnnfast backend {name!r} is not available: {reason}")
+    return backend
+
+
+def check_name(name: str) -> None:
+    """Raise a clear error for a backend name that can never work in this install."""
+    if name == "auto":
+        return
+    if name not in KNOWN_BACKENDS:
+        raise ValueError(
+            f"backend must be one of {('auto',) + KNOWN_BACKENDS}, got {name!r}")
+    if name not in _REGISTRY:
+        raise RuntimeError(f"rnnfast backend {name!r} is not available: {_NOT_BUILT[name]}")
+
+
+def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs a call on `device` with `dtype`.
+
+    "auto" takes the highest-priority backend that is available and supports the call.
+    A named backend that is unavailable raises; one that is available but does not
+    support this device/dtype falls back to the reference backend and says so once.
+    """
+    if requested == "auto":
+        usable = [b for b in _REGISTRY.values()
+                  if b.unavailable_reason() is None and b.unsupported_reason(device, dtype) is None]
+        return max(usable, key=lambda b: b.priority).name
+    backend = get(requested)
+    reason = backend.unsupported_reason(device, dtype)
+    if reason is None:
+        return requested
+    key = (requested, reason)
+    if key not in _warned_fallbacks:
+        _warned_fallbacks.add(key)
+        warnings.warn(f"rnnfast backend {requested!r} does not support this call ({reason}); "
+                      "using the reference backend instead", stacklevel=3)
+    return "reference"
+
+
+def available_backends() -> dict[str, Optional[str]]:
+    """Every known backend name -> None when usable here, else the reason it is not."""
+    status: dict[str, Optional[str]] = {}
+    for name in KNOWN_BACKENDS:
+        if name in _REGISTRY:
+            status[name] = _REGISTRY[name].unavailable_reason()
+        else:
+            status[name] = _NOT_BUILT[name]
+    return status
+
+
+register(Backend(
+    name="reference",
+    forward=reference.forward,
+    backward=reference.backward,
+    priority=0,
+    unavailable_reason=lambda: None,
+    unsupported_reason=lambda device, dtype: (
+        None if dtype.is_floating_point else f"dtype {dtype} is not a floating-point type"),
+    description="pure PyTorch; the oracle every kernel is tested against",
+))

@@ -1,0 +1,223 @@
+"""Reference backend: the LSTM recurrence and its hand-written backward in plain
+PyTorch. It is the oracle every kernel is tested against and the path used wherever
+no faster backend applies (CPU, float64, sizes a kernel does not cover).
+
+Numerics: GEMMs run in the input dtype (fp32 accumulation inside torch); gate
+activations, the cell state and all gradients of the recurrence are kept in the
+accumulation dtype (fp32 for fp16/bf16 inputs, else the input dtype).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .steps import accumulation_dtype, make_steps, prev_sequence
+
+
+def _activate_(gates: Tensor) -> None:
+    """In place: pre-activations [n, 4H] -> sigmoid(i, f), tanh(g), sigmoid(o)."""
+    hidden = gates.shape[1] // 4
+    gates[:, : 2 * hidden].sigmoid_()
+    gates[:, 2 * hidden: 3 * hidden].tanh_()
+    gates[:, 3 * hidden:].sigmoid_()
+
+
+def _onednn_linear_usable(t: Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32 and _HAS_ONEDNN_LINEAR
+
+
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class _Product:
+    """a @ weight.T for one weight [out, in] applied at every step (or once to all rows).
+
+    On CPU in fp32 it packs the weight once and uses oneDNN's GEMM, which runs the
+    small per-step products of an LSTM 15-25% faster than the default BLAS on the
+    AVX-512 CPUs measured (bench/); elsewhere it is a plain matmul."""
+
+    def __init__(self, weight: Tensor, rows: int):
+        self.weight = weight
+        self.onednn = _onednn_linear_usable(weight)
+        if self.onednn:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), max(rows, 1))
+
+    def __call__(self, a: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        if self.onednn and a.shape[0] > 0:
+            return torch.ops.mkldnn._linear_pointwise(a, self.packed, bias, "none", [], "")
+        return torch.nn.functional.linear(a, self.weight, bias)
+
+
+def forward(
+    x: Tensor,                      # [T, B, I] dense, or packed data [N, I]
+    batch_sizes: Optional[Tensor],  # [T] int64 CPU for packed input, else None
+    h0: Tensor,                     # [B, P]  (P = proj_size or H)
+    c0: Tensor,                     # [B, H]
+    w_ih: Tensor,                   # [4H, I]  gate rows i, f, g, o
+    w_hh: Tensor,                   # [4H, P]
+    b_ih: Optional[Tensor],         # [4H]
+    b_hh: Optional[Tensor],         # [4H]
+    w_hr: Optional[Tensor],         # [P, H] projection, or None
+    reverse: bool,
+    save: bool,                     # keep what backward needs
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns y [.., P], h_n [B, P], c_n [B, H] and, when save is set, the saved
+    activations: gates [N, 4H] (after activation), cells [N, H] (c_t of every row) and,
+    with a projection, hidden [N, H] (o * tanh(c) before the projection). Tensors not
+    saved are returned empty."""
+    dtype = x.dtype
+    acc = accumulation_dtype(dtype)
+    steps = make_steps(x.shape, batch_sizes, reverse)
+    x2d = x.reshape(-1, x.shape[-1])
+    rows, hidden, out_size = x2d.shape[0], w_hh.shape[0] // 4, w_hh.shape[1]
+
+    # The input projection of all steps is one GEMM, off the sequential path. Its
+    # output buffer then takes each step's recurrent product and the activations in
+    # place, so the saved gates cost no extra pass.
+    bias = b_ih + b_hh if b_ih is not None else None
+    gates_all = _Product(w_ih, rows)(x2d, bias if acc == dtype else None).to(acc)
+    if bias is not None and acc != dtype:
+        gates_all += b_ih.to(acc) + b_hh.to(acc)
+
+    y = x2d.new_empty(rows, out_size)
+    cells_all = x2d.new_empty(rows, hidden, dtype=acc) if save else None
+    cells_tmp = None if save else x2d.new_empty(steps.batch, hidden, dtype=acc)
+    hidden_all = x2d.new_empty(rows, hidden) if save and w_hr is not None else None
+    h_state = h0.clone(memory_format=torch.contiguous_format)
+    c_state = c0.to(acc, copy=True)
+    recurrent = _Product(w_hh, steps.batch)
+
+    for off, n in zip(steps.offsets, steps.sizes):
+        g = gates_all[off:off + n]
+        g += recurrent(h_state[:n])
+        _activate_(g)
+        i, f, gg, o = g.chunk(4, 1)
+        c = cells_all[off:off + n] if save else cells_tmp[:n]
+        torch.mul(f, c_state[:n], out=c)
+        c.addcmul_(i, gg)
+        h = torch.tanh(c).mul_(o)
+        y_t = y[off:off + n]
+        if w_hr is None:
+            y_t.copy_(h)
+        else:
+            h = h.to(dtype)
+            if hidden_all is not None:
+                hidden_all[off:off + n] = h
+            y_t.copy_(h @ w_hr.t())
+        h_state[:n] = y_t
+        c_state[:n] = c
+
+    return (
+        y.view(*x.shape[:-1], out_size),
+        h_state,
+        c_state.to(dtype),
+        gates_all if save else x2d.new_empty(0),
+        cells_all if save else x2d.new_empty(0),
+        hidden_all if hidden_all is not None else x2d.new_empty(0),
+    )
+
+
+def backward(
+    dy: Optional[Tensor],           # [.., P] like y, or None
+    dh_n: Optional[Tensor],         # [B, P] or None
+    dc_n: Optional[Tensor],         # [B, H] or None
+    x: Optional[Tensor],            # layer input, saved only when dW_ih is needed
+    batch_sizes: Optional[Tensor],  # [T] int64 CPU, or None
+    h0: Optional[Tensor],           # [B, P], saved only when dW_hh is needed
+    c0: Tensor,                     # [B, H]
+    w_ih: Optional[Tensor],         # [4H, I], saved only when dx is needed
+    w_hh: Tensor,                   # [4H, P]
+    w_hr: Optional[Tensor],         # [P, H]
+    y: Optional[Tensor],            # [.., P] layer output, saved only when dW_hh is needed
+    gates: Tensor,                  # [N, 4H] activated gates (accumulation dtype)
+    cells: Tensor,                  # [N, H] c_t of every row (accumulation dtype)
+    hidden: Optional[Tensor],       # [N, H] pre-projection hidden, when dW_hr is needed
+    reverse: bool,
+    needs: list[bool],              # dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr
+    frozen: list[Optional[Tensor]],  # bool masks (True = frozen) for w_ih, w_hh, b_ih, b_hh, w_hr
+    x_shape: list[int],             # shape of the layer input x
+) -> list[Optional[Tensor]]:
+    """Gradients in the order of `needs`; None where not needed. Frozen entries get
+    exactly zero."""
+    need_dx, need_dh0, need_dc0, need_dw_ih, need_dw_hh, need_db_ih, need_db_hh, need_dw_hr = needs
+    acc, dtype = gates.dtype, w_hh.dtype
+    steps = make_steps(x_shape, batch_sizes, reverse)
+    rows, hidden_size = gates.shape[0], gates.shape[1] // 4
+    out_size, batch = w_hh.shape[1], steps.batch
+
+    # Everything in the gate derivatives that does not depend on the incoming gradient
+    # is computed for all steps at once, into dgates itself; the sequential loop then
+    # only scales it by dc (gates i, f, g) and dh (gate o).
+    i, f, gg, o = gates.chunk(4, 1)
+    dgates = torch.empty_like(gates)
+    d_i, d_f, d_g, d_o = dgates.chunk(4, 1)
+    torch.mul(i, i, out=d_i).neg_().add_(i)            # i (1 - i)
+    torch.mul(f, f, out=d_f).neg_().add_(f)            # f (1 - f)
+    d_f.mul_(prev_sequence(cells, c0.to(acc), steps))  # ... * c_{t-1}
+    torch.mul(gg, gg, out=d_g).neg_().add_(1).mul_(i)  # (1 - g^2) i
+    d_i.mul_(gg)                                       # i (1 - i) g
+    torch.tanh(cells, out=d_o)
+    dc_from_dh = d_o.square().neg_().add_(1).mul_(o)   # dc/dh through h = o tanh(c)
+    d_o.mul_(o).mul_(1 - o)                            # tanh(c) o (1 - o)
+    dh_state = (dh_n.to(acc, copy=True) if dh_n is not None
+                else gates.new_zeros(batch, out_size))
+    dc_state = (dc_n.to(acc, copy=True) if dc_n is not None
+                else gates.new_zeros(batch, hidden_size))
+    dh0 = gates.new_zeros(batch, out_size)
+    dc0 = gates.new_zeros(batch, hidden_size)
+    dy2d = dy.reshape(rows, out_size) if dy is not None else None
+    # dL/dy_t, summed over output and recurrence: needed for dW_hr.
+    dy_total = gates.new_empty(rows, out_size) if need_dw_hr else None
+    recurrent = _Product(w_hh.t().to(acc), batch)
+    w_hr_acc = w_hr.to(acc) if w_hr is not None else None
+
+    for k in reversed(range(len(steps))):
+        off, n = steps.offsets[k], steps.sizes[k]
+        dh = dh_state[:n]
+        if dy2d is not None:
+            dh = dh + dy2d[off:off + n]
+        if dy_total is not None:
+            dy_total[off:off + n] = dh
+        if w_hr_acc is not None:
+            dh = dh @ w_hr_acc
+        dc = torch.addcmul(dc_state[:n], dh, dc_from_dh[off:off + n])
+        d_step = dgates[off:off + n]
+        by_gate = d_step.view(n, 4, hidden_size)
+        by_gate[:, :3].mul_(dc.unsqueeze(1))
+        by_gate[:, 3].mul_(dh)
+        dc_prev = dc.mul_(f[off:off + n])
+        dh_prev = recurrent(d_step)
+        # Rows that were active one step earlier carry the gradient on; the rest
+        # started here from (h0, c0).
+        carried = min(n, steps.prev_size(k))
+        dh_state[:carried] = dh_prev[:carried]
+        dc_state[:carried] = dc_prev[:carried]
+        if carried < n:
+            dh0[carried:n] = dh_prev[carried:n]
+            dc0[carried:n] = dc_prev[carried:n]
+
+    dgates_io = dgates.to(dtype)
+    grads: list[Optional[Tensor]] = [None] * 8
+    if need_dx:
+        grads[0] = _Product(w_ih.t(), rows)(dgates_io).view(x_shape)
+    if need_dh0:
+        grads[1] = dh0.to(dtype)
+    if need_dc0:
+        grads[2] = dc0.to(dtype)
+    if need_dw_ih:
+        grads[3] = dgates_io.t() @ x.reshape(rows, x_shape[-1])
+    if need_dw_hh:
+        y2d = y.reshape(rows, out_size)
+        grads[4] = dgates_io.t() @ prev_sequence(y2d, h0, steps)
+    if need_db_ih or need_db_hh:
+        db = dgates.sum(0).to(dtype)
+        grads[5] = db if need_db_ih else None
+        grads[6] = (db.clone() if need_db_ih else db) if need_db_hh else None
+    if need_dw_hr:
+        grads[7] = (dy_total.t() @ hidden.to(acc)).to(dtype)
+    for slot, mask in zip((3, 4, 5, 6, 7), frozen):
+        if grads[slot] is not None and mask is not None:
+            grads[slot].masked_fill_(mask, 0)
+    return grads

@@ -1,0 +1,90 @@
+"""Row bookkeeping shared by every backend: which rows of a (packed) sequence each
+time step touches, and where each row's previous state lives.
+
+A layer sees its input as a 2-D tensor of rows, time-major: dense input [T, B, I] is
+viewed as [T*B, I]; a PackedSequence's data already is [N, I] with the batch sorted by
+decreasing length. Either way step t covers rows offsets[t] .. offsets[t] + sizes[t],
+and the rows active at a step are always a prefix of the batch. That single fact is
+what lets one recurrence serve dense, packed, forward and reverse directions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Time steps in processing order (reversed for the reverse direction)."""
+
+    offsets: tuple[int, ...]  # first row of each processed step
+    sizes: tuple[int, ...]    # number of active batch entries at each processed step
+    batch: int                # B: rows of h0/c0
+    uniform: bool             # every step has all B rows (dense input)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def prev_size(self, k: int) -> int:
+        """Rows active at the step processed before step k (0 before the first)."""
+        return self.sizes[k - 1] if k > 0 else 0
+
+
+def make_steps(x_shape: Sequence[int], batch_sizes: Optional[Tensor], reverse: bool) -> Steps:
+    """x_shape: [T, B, I] when batch_sizes is None, else the packed data's [N, I] with
+    batch_sizes: [T] int64 (CPU), non-increasing."""
+    if batch_sizes is None:
+        seq_len, batch = x_shape[0], x_shape[1]
+        offsets = [t * batch for t in range(seq_len)]
+        sizes = [batch] * seq_len
+        uniform = True
+    else:
+        sizes = batch_sizes.tolist()
+        offsets, row = [], 0
+        for n in sizes:
+            offsets.append(row)
+            row += n
+        batch = sizes[0] if sizes else 0
+        uniform = sizes[0] == sizes[-1] if sizes else True
+    if reverse:
+        offsets, sizes = offsets[::-1], sizes[::-1]
+    return Steps(tuple(offsets), tuple(sizes), batch, uniform)
+
+
+def prev_rows(seq: Tensor, init: Tensor, steps: Steps, k: int) -> Tensor:
+    """The state the rows active at step k started from: [sizes[k], D].
+
+    seq: [N, D] per-row states written at each step; init: [B, D] initial state.
+    Rows that were active at the previous processed step take its output; rows that
+    become active for the first time (reverse direction of a packed batch) start from
+    init.
+    """
+    n, n_prev = steps.sizes[k], steps.prev_size(k)
+    if n_prev == 0:
+        return init[:n]
+    prev = seq[steps.offsets[k - 1]:steps.offsets[k - 1] + min(n, n_prev)]
+    if n <= n_prev:
+        return prev
+    return torch.cat([prev, init[n_prev:n]])
+
+
+def prev_sequence(seq: Tensor, init: Tensor, steps: Steps) -> Tensor:
+    """prev_rows for every step at once, in the row order of seq: [N, D]."""
+    if steps.uniform and len(steps) > 0:
+        batch = steps.batch
+        forward_in_time = len(steps) == 1 or steps.offsets[0] < steps.offsets[1]
+        if forward_in_time:
+            return torch.cat([init, seq[: seq.shape[0] - batch]])
+        return torch.cat([seq[batch:], init])
+    out = seq.new_empty(seq.shape)
+    for k, (off, n) in enumerate(zip(steps.offsets, steps.sizes)):
+        out[off:off + n] = prev_rows(seq, init, steps, k)
+    return out
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Cell state, gate activations and gradients are kept in fp32 for 16-bit inputs."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -1,0 +1,101 @@
+"""Functional form of one LSTM layer in one direction: checks its arguments, picks the
+backend, and runs either the autograd Function (when a gradient can flow) or the bare
+forward op (inference: nothing is saved)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .autograd import LSTMLayerFunction
+
+NO_MASKS = (None, None, None, None, None)
+
+
+def lstm_layer(
+    x: Tensor,                      # [T, B, I] dense, or packed data [N, I]
+    h0: Tensor,                     # [B, P]  (P = proj_size or H)
+    c0: Tensor,                     # [B, H]
+    w_ih: Tensor,                   # [4H, I]  gate rows i, f, g, o
+    w_hh: Tensor,                   # [4H, P]
+    b_ih: Optional[Tensor] = None,  # [4H]
+    b_hh: Optional[Tensor] = None,  # [4H]
+    w_hr: Optional[Tensor] = None,  # [P, H]
+    *,
+    batch_sizes: Optional[Tensor] = None,  # [T] int64 CPU, for packed x
+    reverse: bool = False,
+    frozen: Sequence[Optional[Tensor]] = NO_MASKS,  # bool masks for w_ih, w_hh, b_ih, b_hh, w_hr
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Runs the layer over the whole sequence: returns y [.., P], h_n [B, P], c_n [B, H].
+
+    With reverse=True the sequence is processed from its end (each packed sequence from
+    its own last element). `frozen` masks (True = frozen) zero the matching gradient
+    entries; a parameter that is wholly frozen should instead not require grad, which
+    skips its gradient GEMM entirely."""
+    check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+    name = backends.resolve(backend, x.device, x.dtype)
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return LSTMLayerFunction.apply(*tensors, batch_sizes, reverse, *frozen, name)
+    y, h_n, c_n, _, _, _ = torch.ops.rnnfast.lstm_layer_forward(
+        x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, False, name)
+    return y, h_n, c_n
+
+
+def check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> None:
+    """Clear errors for inconsistent layer arguments: expected vs got."""
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"LSTM input must be a floating-point tensor, got dtype {x.dtype}")
+    named = (("h0 (initial hidden state)", h0), ("c0 (initial cell state)", c0),
+             ("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih), ("bias_hh", b_hh),
+             ("weight_hr", w_hr))
+    for what, t in named:
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise RuntimeError(f"LSTM input is on {x.device} but {what} is on {t.device}; "
+                               "move the input and the state to the module's device")
+        if t.dtype != x.dtype:
+            raise TypeError(f"LSTM input has dtype {x.dtype} but {what} has dtype {t.dtype}; "
+                            "input, state and weights must share one dtype")
+    if batch_sizes is None:
+        if x.dim() != 3:
+            raise RuntimeError(f"LSTM layer input must be [T, B, I], got shape {tuple(x.shape)}")
+        batch = x.shape[1]
+    else:
+        if x.dim() != 2:
+            raise RuntimeError(f"packed LSTM layer input must be [N, I], got shape {tuple(x.shape)}")
+        batch = check_batch_sizes(batch_sizes, x.shape[0])
+    four_h, out_size = w_hh.shape
+    hidden = four_h // 4
+    expected = (("weight_ih", w_ih, (four_h, x.shape[-1])), ("bias_ih", b_ih, (four_h,)),
+                ("bias_hh", b_hh, (four_h,)), ("weight_hr", w_hr, (out_size, hidden)),
+                ("h0 (initial hidden state)", h0, (batch, out_size)),
+                ("c0 (initial cell state)", c0, (batch, hidden)))
+    for what, t, shape in expected:
+        if t is not None and tuple(t.shape) != shape:
+            raise RuntimeError(f"LSTM {what} must have shape {shape}, got {tuple(t.shape)}")
+    if (w_hr is None) != (out_size == hidden):
+        raise RuntimeError(f"LSTM weight_hh has {out_size} columns for hidden size {hidden}: "
+                           "that needs a weight_hr projection of matching size")
+
+
+def check_batch_sizes(batch_sizes: Tensor, rows: int) -> int:
+    """Validates a PackedSequence's batch_sizes against its data; returns the batch size."""
+    if batch_sizes.device.type != "cpu" or batch_sizes.dtype != torch.int64 or batch_sizes.dim() != 1:
+        raise ValueError("PackedSequence.batch_sizes must be a 1-D int64 CPU tensor, got "
+                         f"{batch_sizes.dim()}-D {batch_sizes.dtype} on {batch_sizes.device}")
+    if batch_sizes.numel() == 0:
+        raise ValueError("PackedSequence.batch_sizes is empty: expected at least one time step")
+    if bool((batch_sizes <= 0).any()):
+        raise ValueError(f"PackedSequence.batch_sizes must all be positive, got {batch_sizes.tolist()}")
+    if batch_sizes.numel() > 1 and bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        raise ValueError("PackedSequence.batch_sizes must be non-increasing (sequences sorted by "
+                         f"decreasing length), got {batch_sizes.tolist()}")
+    total = int(batch_sizes.sum())
+    if total != rows:
+        raise ValueError(f"PackedSequence.batch_sizes sum to {total} rows but the data has {rows} rows")
+    return int(batch_sizes[0])
