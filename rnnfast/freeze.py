@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 GATES = "ifgo"
 _MASK_PREFIX = "_frozen_mask_"
@@ -205,8 +206,8 @@ _hooks_installed = False
 def _install_optimizer_hooks() -> None:
     global _hooks_installed
     if not _hooks_installed:
-        torch.optim.optimizer.register_optimizer_step_pre_hook(_snapshot_frozen)
-        torch.optim.optimizer.register_optimizer_step_post_hook(_restore_frozen)
+        register_optimizer_step_pre_hook(_snapshot_frozen)
+        register_optimizer_step_post_hook(_restore_frozen)
         _hooks_installed = True
 
 

@@ -1,0 +1,45 @@
+"""Shared test utilities: build matching torch/rnnfast models, run forward+backward,
+compare everything."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+
+
+def twin_models(backend="reference", dtype=torch.float32, **config):
+    """An nn.LSTM and an rnnfast.LSTM with identical weights."""
+    ref = nn.LSTM(**config, dtype=dtype)
+    ours = rnnfast.LSTM(**config, dtype=dtype, backend=backend)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def make_input(kind, seq, batch, size, dtype=torch.float32, batch_first=False, lengths=None,
+               enforce_sorted=True):
+    """kind: dense | unbatched | packed. Returns (a function making the module input,
+    the leaf tensor it is made from); packing is redone per call so that each model
+    gets its own graph."""
+    if kind == "unbatched":
+        x = torch.randn(seq, size, dtype=dtype, requires_grad=True)
+        return (lambda: x), x
+    shape = (batch, seq, size) if batch_first else (seq, batch, size)
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    if kind == "dense":
+        return (lambda: x), x
+    return (lambda: pack_padded_sequence(x, lengths, batch_first=batch_first,
+                                         enforce_sorted=enforce_sorted)), x
+
+
+def run(model, make, hx, leaves):
+    """Forward, a loss touching every output, backward; returns outputs and grads."""
+    out, (h_n, c_n) = model(make(), hx)
+    data = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+    # Distinct weights per output element so every gradient path is exercised.
+    loss = (data * torch.linspace(-1, 1, data.numel(), dtype=data.dtype).view_as(data)).sum() \
+        + (h_n ** 2).sum() + (c_n * 0.5).sum()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, list(leaves) + params, allow_unused=True)
+    return [data, h_n, c_n], list(grads)

@@ -1,0 +1,54 @@
+"""bf16/fp16: the error against a float64 run may be at most ~2x the error of
+torch.nn.LSTM itself in the same precision (DESIGN.md §6)."""
+import pytest
+import torch
+
+from conftest import BACKENDS
+from helpers import run, twin_models
+
+
+def _errors(model_dtype, backend, kind_lengths=None):
+    torch.manual_seed(3)
+    config = dict(input_size=13, hidden_size=20, num_layers=2, bidirectional=True)
+    ref64, ours64 = twin_models(backend, torch.float64, **config)
+    results = {}
+    x64 = torch.randn(7, 3, 13, dtype=torch.float64)
+    for name, model in (("torch", ref64), ("rnnfast", ours64)):
+        low = model.to(model_dtype) if name == "rnnfast" else type(model)(**config, dtype=model_dtype)
+        if name == "torch":
+            low.load_state_dict(ref64.state_dict())
+        x = x64.to(model_dtype).requires_grad_()
+        outs, grads = run(low, lambda: x, None, [x])
+        results[name] = (outs, grads)
+        if name == "rnnfast":
+            ours64.double()
+    x = x64.clone().requires_grad_()
+    exact = run(ref64, lambda: x, None, [x])
+    errors = {}
+    for name, (outs, grads) in results.items():
+        errors[name] = [(a.double() - b).abs().max().item()
+                        for a, b in zip(outs + grads, exact[0] + exact[1])]
+    return errors
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_within_twice_torch(backend, dtype):
+    errors = _errors(dtype, backend)
+    eps = torch.finfo(dtype).eps
+    for i, (ours, theirs) in enumerate(zip(errors["rnnfast"], errors["torch"])):
+        assert ours <= 2 * theirs + eps, f"tensor {i}: rnnfast error {ours:.3g} vs torch {theirs:.3g}"
+        assert ours > 0 or theirs == 0  # really ran in low precision
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_dtypes_of_outputs_and_grads(backend, dtype):
+    import rnnfast
+    lstm = rnnfast.LSTM(5, 7, proj_size=3, dtype=dtype, backend=backend)
+    x = torch.randn(4, 2, 5, dtype=dtype, requires_grad=True)
+    out, (h, c) = lstm(x)
+    assert out.dtype == h.dtype == c.dtype == dtype
+    (out.float().sum() + c.float().sum()).backward()
+    assert x.grad.dtype == dtype
+    assert all(p.grad.dtype == dtype and torch.isfinite(p.grad).all() for p in lstm.parameters())
