@@ -71,6 +71,13 @@ def check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> No
         batch = check_batch_sizes(batch_sizes, x.shape[0])
     four_h, out_size = w_hh.shape
     hidden = four_h // 4
+    if four_h % 4 or four_h == 0:
+        raise RuntimeError(f"LSTM weight_hh must have 4 * hidden_size rows (gates i, f, g, o), "
+                           f"got {four_h}")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("LSTM biases come as a pair: got "
+                         f"bias_ih={'a tensor' if b_ih is not None else None}, "
+                         f"bias_hh={'a tensor' if b_hh is not None else None}")
     expected = (("weight_ih", w_ih, (four_h, x.shape[-1])), ("bias_ih", b_ih, (four_h,)),
                 ("bias_hh", b_hh, (four_h,)), ("weight_hr", w_hr, (out_size, hidden)),
                 ("h0 (initial hidden state)", h0, (batch, out_size)),

@@ -270,6 +270,10 @@ class LSTMCell(nn.Module):
             zeros = x.new_zeros(x.shape[0], self.hidden_size)
             h0, c0 = zeros, zeros
         else:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2
+                    and all(isinstance(t, Tensor) for t in hx)):
+                raise TypeError("LSTMCell: hx must be a tuple (h_0, c_0) of two tensors, got "
+                                f"{type(hx).__name__}")
             h0, c0 = hx
             for i, t in enumerate((h0, c0)):
                 if t.dim() != input.dim():
@@ -301,7 +305,10 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
             return converted.setdefault(id(module), LSTM.from_torch(module, backend))
         if type(module) is nn.LSTMCell:
             return converted.setdefault(id(module), LSTMCell.from_torch(module, backend))
-        for name, child in module.named_children():
+        # _modules, not named_children(): the latter hides a child's second name.
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
             new = swap(child)
             if new is not child:
                 setattr(module, name, new)

@@ -303,8 +303,6 @@ def test_cell_input_dtype(cell):
         cell(torch.randn(B, I, dtype=torch.float64))
 
 
-@pytest.mark.xfail(strict=True, reason="rnnfast.LSTMCell unpacks any 2-element iterable as hx: a single "
-                                       "[2, B, H] tensor is silently accepted where nn.LSTMCell raises TypeError")
 def test_cell_hx_single_tensor_rejected_like_nn_lstmcell(cell):
     hx = torch.zeros(2, B, H)
     with pytest.raises(TypeError, match="must be tuple of Tensors, not Tensor"):
@@ -378,8 +376,6 @@ def test_functional_w_hh_columns_without_projection(layer_args):
         _call_layer(layer_args)
 
 
-@pytest.mark.xfail(strict=True, reason="lstm_layer with b_ih given but b_hh=None is not validated and "
-                                       "crashes inside the backend with 'unsupported operand type(s) for +'")
 def test_functional_only_one_bias(layer_args):
     layer_args["b_hh"] = None
     with pytest.raises((TypeError, ValueError, RuntimeError), match="bias_hh"):
