@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .steps import accumulation_dtype, make_steps, prev_sequence
+from .steps import accumulation_dtype, final_rows, make_steps, prev_rows, prev_sequence
 
 
 def _activate_(gates: Tensor) -> None:
@@ -83,35 +83,32 @@ def forward(
 
     y = x2d.new_empty(rows, out_size)
     cells_all = x2d.new_empty(rows, hidden, dtype=acc) if save else None
-    cells_tmp = None if save else x2d.new_empty(steps.batch, hidden, dtype=acc)
     hidden_all = x2d.new_empty(rows, hidden) if save and w_hr is not None else None
-    h_state = h0.clone(memory_format=torch.contiguous_format)
+    # The cell state is updated in place; rows that are not active at a step keep
+    # theirs, so after the loop it holds c_n. h needs no state: it is read back from y.
     c_state = c0.to(acc, copy=True)
     recurrent = _Product(w_hh, steps.batch)
 
-    for off, n in zip(steps.offsets, steps.sizes):
+    for k, (off, n) in enumerate(zip(steps.offsets, steps.sizes)):
         g = gates_all[off:off + n]
-        g += recurrent(h_state[:n])
+        g += recurrent(prev_rows(y, h0, steps, k))
         _activate_(g)
         i, f, gg, o = g.chunk(4, 1)
-        c = cells_all[off:off + n] if save else cells_tmp[:n]
-        torch.mul(f, c_state[:n], out=c)
-        c.addcmul_(i, gg)
-        h = torch.tanh(c).mul_(o)
+        c = c_state[:n].mul_(f).addcmul_(i, gg)
+        if cells_all is not None:
+            cells_all[off:off + n] = c
         y_t = y[off:off + n]
-        if w_hr is None:
-            y_t.copy_(h)
+        if w_hr is None and acc == dtype:
+            torch.tanh(c, out=y_t).mul_(o)
         else:
-            h = h.to(dtype)
+            h = torch.tanh(c).mul_(o).to(dtype)
             if hidden_all is not None:
                 hidden_all[off:off + n] = h
-            y_t.copy_(h @ w_hr.t())
-        h_state[:n] = y_t
-        c_state[:n] = c
+            y_t.copy_(h if w_hr is None else h @ w_hr.t())
 
     return (
         y.view(*x.shape[:-1], out_size),
-        h_state,
+        final_rows(y, h0, steps),
         c_state.to(dtype),
         gates_all if save else x2d.new_empty(0),
         cells_all if save else x2d.new_empty(0),

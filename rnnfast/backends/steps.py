@@ -71,6 +71,24 @@ def prev_rows(seq: Tensor, init: Tensor, steps: Steps, k: int) -> Tensor:
     return torch.cat([prev, init[n_prev:n]])
 
 
+def final_rows(seq: Tensor, init: Tensor, steps: Steps) -> Tensor:
+    """Each batch entry's state after its last step: [B, D] (a new tensor).
+
+    seq: [N, D] per-row states; init: [B, D]. A row is last active at the processed
+    step after which fewer rows stay active (dense input: all rows at the last step)."""
+    if len(steps) == 0:
+        return init.clone()
+    last_off, last_n = steps.offsets[-1], steps.sizes[-1]
+    if steps.uniform:
+        return seq[last_off:last_off + last_n].clone()
+    out = seq.new_empty(steps.batch, seq.shape[1])
+    for k, (off, n) in enumerate(zip(steps.offsets, steps.sizes)):
+        staying = steps.sizes[k + 1] if k + 1 < len(steps) else 0
+        if staying < n:
+            out[staying:n] = seq[off + staying:off + n]
+    return out
+
+
 def prev_sequence(seq: Tensor, init: Tensor, steps: Steps) -> Tensor:
     """prev_rows for every step at once, in the row order of seq: [N, D]."""
     if steps.uniform and len(steps) > 0:

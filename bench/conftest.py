@@ -1,0 +1,34 @@
+"""pytest-benchmark glue: every case is timed for torch.nn.LSTM and rnnfast in the
+same run, and the summary reports rnnfast's time as a ratio to nn.LSTM's (median over
+rounds). The ratios are also written into the --benchmark-json file under "ratios"."""
+import platform
+
+import torch
+
+
+def _ratios(benchmarks):
+    by_group = {}
+    for bench in benchmarks:
+        if not isinstance(bench, dict):  # a live Metadata object rather than its JSON
+            bench = {"group": bench.group, "name": bench.name, "stats": {"median": bench.stats.median}}
+        provider = "torch" if "[torch" in bench["name"] else "rnnfast"
+        by_group.setdefault(bench["group"], {})[provider] = bench["stats"]["median"]
+    return {g: t["rnnfast"] / t["torch"] for g, t in by_group.items() if len(t) == 2}
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["ratios"] = _ratios(output_json["benchmarks"])
+    output_json["environment"] = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "command": "python -m pytest bench/ --benchmark-json=<file>",
+    }
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    if not session or not session.benchmarks:
+        return
+    terminalreporter.section("rnnfast / torch.nn.LSTM (median time ratio, same run)")
+    for group, ratio in sorted(_ratios(session.benchmarks).items()):
+        terminalreporter.write_line(f"{group:<48} {ratio:.3f}")
