@@ -1,0 +1,68 @@
+"""`python -m rnnfast` and the backend registry."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import rnnfast
+from rnnfast import backends
+
+
+def test_cli_check_runs_and_reports_parity():
+    result = subprocess.run([sys.executable, "-m", "rnnfast", "check", "--seq", "5", "--batch", "3",
+                             "--hidden", "16", "--repeats", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "reference  available" in out and "triton     unavailable" in out
+    assert "reference" in out.split("parity with torch.nn.LSTM")[1].split("forward+backward")[0]
+    assert " ok" in out and "FAILED" not in out
+    assert "torch.nn.LSTM" in out.split("forward+backward")[1]
+
+
+def test_auto_picks_a_backend_that_supports_the_call():
+    assert backends.resolve("auto", torch.device("cpu"), torch.float32) == "reference"
+    assert backends.resolve("reference", torch.device("cpu"), torch.bfloat16) == "reference"
+
+
+def test_unavailable_and_unknown_backends_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', 'triton', 'cuda'\), got 'fast'"):
+        rnnfast.LSTM(3, 4, backend="fast")
+    for name in ("triton", "cuda"):
+        with pytest.raises(RuntimeError, match=f"rnnfast backend '{name}' is not available"):
+            rnnfast.LSTM(3, 4, backend=name)
+    assert set(rnnfast.available_backends()) == {"reference", "triton", "cuda"}
+
+
+def test_unsupported_call_falls_back_once_with_a_warning(monkeypatch):
+    import dataclasses
+    picky = dataclasses.replace(backends._REGISTRY["reference"], name="triton", priority=5,
+                                unsupported_reason=lambda device, dtype: "float64 is not supported"
+                                if dtype == torch.float64 else None)
+    monkeypatch.setitem(backends._REGISTRY, "triton", picky)
+    monkeypatch.setattr(backends, "_warned_fallbacks", set())
+    assert backends.resolve("auto", torch.device("cpu"), torch.float32) == "triton"
+    assert backends.resolve("auto", torch.device("cpu"), torch.float64) == "reference"
+    with pytest.warns(UserWarning, match="does not support this call \\(float64 is not supported\\)"):
+        assert backends.resolve("triton", torch.device("cpu"), torch.float64) == "reference"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backends.resolve("triton", torch.device("cpu"), torch.float64)  # said once only
+
+
+def test_ops_are_registered_with_torch_library():
+    assert hasattr(torch.ops.rnnfast, "lstm_layer_forward")
+    assert hasattr(torch.ops.rnnfast, "lstm_layer_backward")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x, h0, c0 = torch.empty(7, 3, 5), torch.empty(3, 4), torch.empty(3, 4)
+        w_ih, w_hh = torch.empty(16, 5), torch.empty(16, 4)
+        y, h_n, c_n, gates, cells, hidden = torch.ops.rnnfast.lstm_layer_forward(
+            x, None, h0, c0, w_ih, w_hh, None, None, None, False, True, "reference")
+    assert y.shape == (7, 3, 4) and gates.shape == (21, 16) and cells.shape == (21, 4)
+    torch.library.opcheck(torch.ops.rnnfast.lstm_layer_forward,
+                          (torch.randn(4, 2, 3), None, torch.randn(2, 5), torch.randn(2, 5),
+                           torch.randn(20, 3), torch.randn(20, 5), torch.randn(20), torch.randn(20),
+                           None, True, True, "reference"))
