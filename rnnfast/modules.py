@@ -287,8 +287,10 @@ class LSTMCell(nn.Module):
                 if t.shape[1] != self.hidden_size:
                     raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {t.shape[1]}, "
                                        f"expected {self.hidden_size}")
-        frozen = tuple(frozen_mask(self, n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) \
-            + (None,) if self._buffers else NO_MASKS
+        frozen = NO_MASKS
+        if self._buffers:
+            frozen = tuple(frozen_mask(self, n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            frozen += (None,)  # a cell has no projection
         _, h, c = lstm_layer(x.unsqueeze(0), h0, c0, self.weight_ih, self.weight_hh,
                              self.bias_ih, self.bias_hh, frozen=frozen, backend=self.backend)
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))

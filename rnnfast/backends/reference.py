@@ -24,10 +24,6 @@ def _activate_(gates: Tensor) -> None:
     gates[:, 3 * hidden:].sigmoid_()
 
 
-def _onednn_linear_usable(t: Tensor) -> bool:
-    return t.device.type == "cpu" and t.dtype == torch.float32 and _HAS_ONEDNN_LINEAR
-
-
 _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -40,7 +36,8 @@ class _Product:
 
     def __init__(self, weight: Tensor, rows: int):
         self.weight = weight
-        self.onednn = _onednn_linear_usable(weight)
+        self.onednn = (_HAS_ONEDNN_LINEAR and weight.device.type == "cpu"
+                       and weight.dtype == torch.float32)
         if self.onednn:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), max(rows, 1))
 
