@@ -137,3 +137,20 @@ def test_parity_fuzz(backend, num_layers, bidirectional, bias, batch_first, hidd
         _check(ref, ours, "packed", with_hx=with_hx, batch_first=batch_first, seq=seq,
                batch=len(lengths), lengths=sorted(lengths, reverse=True) if sorted_ else lengths,
                enforce_sorted=sorted_)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_in_eval_mode_and_twice_with_retain_graph(backend):
+    """cuDNN refuses backward in eval mode; rnnfast does not, and its backward leaves
+    the saved activations untouched so a second backward gives the same gradients."""
+    ref, ours = twin_models(backend, input_size=INPUT, hidden_size=HIDDEN, num_layers=2)
+    ours.eval()
+    ref.eval()
+    x = torch.randn(SEQ, BATCH, INPUT)
+    out = ours(x)[0]
+    first = torch.autograd.grad(out.sum(), list(ours.parameters()), retain_graph=True)
+    second = torch.autograd.grad(out.sum(), list(ours.parameters()))
+    expected = torch.autograd.grad(ref(x)[0].sum(), list(ref.parameters()))
+    for a, b, c in zip(first, second, expected):
+        assert torch.equal(a, b)
+        assert_close(a, c)
