@@ -100,7 +100,7 @@ class LSTMLayerFunction(torch.autograd.Function):
                 frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr, backend):
         y, h_n, c_n, gates, cells, hidden = torch.ops.rnnfast.lstm_layer_forward(
             x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, True, backend)
-        need_dx, _, _, need_dw_ih, need_dw_hh, _, _, need_dw_hr = ctx.needs_input_grad[:8]
+        need_dx, _, _, need_dw_ih, need_dw_hh, _, _, need_dw_hr = ctx.needs_input_grad[:len(GRAD_SLOTS)]
         ctx.save_for_backward(
             x if need_dw_ih else None,
             h0 if need_dw_hh else None,
@@ -123,7 +123,7 @@ class LSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
-        needs = list(ctx.needs_input_grad[:8])
+        needs = list(ctx.needs_input_grad[:len(GRAD_SLOTS)])
         if dy is None and dh_n is None and dc_n is None:
             return (None,) * 16
         (x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden,

@@ -211,7 +211,7 @@ def test_backward_skips_each_gradient_not_needed(spy, frozen_param, x_grad, hx_g
     assert spy == [[expected[n] for n in NEEDS]]
 
 
-def _saved_bytes(model, x, extra_exclude=()):
+def _saved_bytes(model, x):
     """Bytes of activations autograd saves for backward (parameters and buffers excluded)."""
     exclude = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
     total = 0

@@ -73,9 +73,9 @@ def forward(
     # The input projection of all steps is one GEMM, off the sequential path. Its
     # output buffer then takes each step's recurrent product and the activations in
     # place, so the saved gates cost no extra pass.
-    bias = b_ih + b_hh if b_ih is not None else None
-    gates_all = _Product(w_ih, rows)(x2d, bias if acc == dtype else None).to(acc)
-    if bias is not None and acc != dtype:
+    same_dtype_bias = b_ih + b_hh if b_ih is not None and acc == dtype else None
+    gates_all = _Product(w_ih, rows)(x2d, same_dtype_bias).to(acc)
+    if b_ih is not None and acc != dtype:  # 16-bit: add the bias in fp32
         gates_all += b_ih.to(acc) + b_hh.to(acc)
 
     y = x2d.new_empty(rows, out_size)
@@ -208,7 +208,8 @@ def backward(
     if need_db_ih or need_db_hh:
         db = dgates.sum(0).to(dtype)
         grads[5] = db if need_db_ih else None
-        grads[6] = (db.clone() if need_db_ih else db) if need_db_hh else None
+        if need_db_hh:  # its own tensor: op outputs may not alias each other
+            grads[6] = db.clone() if need_db_ih else db
     if need_dw_hr:
         grads[7] = (dy_total.t() @ hidden.to(acc)).to(dtype)
     for slot, mask in zip((3, 4, 5, 6, 7), frozen):
