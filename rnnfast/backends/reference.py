@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .gemm import Product
+from .gradients import parameter_and_input_grads
 from .steps import accumulation_dtype, final_rows, make_steps, prev_rows, prev_sequence
 
 
@@ -22,29 +24,6 @@ def _activate_(gates: Tensor) -> None:
     gates[:, : 2 * hidden].sigmoid_()
     gates[:, 2 * hidden: 3 * hidden].tanh_()
     gates[:, 3 * hidden:].sigmoid_()
-
-
-_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-class _Product:
-    """a @ weight.T for one weight [out, in] applied at every step (or once to all rows).
-
-    On CPU in fp32 it packs the weight once and uses oneDNN's GEMM, which runs the
-    small per-step products of an LSTM 15-25% faster than the default BLAS on the
-    AVX-512 CPUs measured (bench/); elsewhere it is a plain matmul."""
-
-    def __init__(self, weight: Tensor, rows: int):
-        self.weight = weight
-        self.onednn = (_HAS_ONEDNN_LINEAR and weight.device.type == "cpu"
-                       and weight.dtype == torch.float32)
-        if self.onednn:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), max(rows, 1))
-
-    def __call__(self, a: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        if self.onednn and a.shape[0] > 0:
-            return torch.ops.mkldnn._linear_pointwise(a, self.packed, bias, "none", [], "")
-        return torch.nn.functional.linear(a, self.weight, bias)
 
 
 def forward(
@@ -74,7 +53,7 @@ def forward(
     # output buffer then takes each step's recurrent product and the activations in
     # place, so the saved gates cost no extra pass.
     same_dtype_bias = b_ih + b_hh if b_ih is not None and acc == dtype else None
-    gates_all = _Product(w_ih, rows)(x2d, same_dtype_bias).to(acc)
+    gates_all = Product(w_ih, rows)(x2d, same_dtype_bias).to(acc)
     if b_ih is not None and acc != dtype:  # 16-bit: add the bias in fp32
         gates_all += b_ih.to(acc) + b_hh.to(acc)
 
@@ -84,7 +63,7 @@ def forward(
     # The cell state is updated in place; rows that are not active at a step keep
     # theirs, so after the loop it holds c_n. h needs no state: it is read back from y.
     c_state = c0.to(acc, copy=True)
-    recurrent = _Product(w_hh, steps.batch)
+    recurrent = Product(w_hh, steps.batch)
 
     for k, (off, n) in enumerate(zip(steps.offsets, steps.sizes)):
         g = gates_all[off:off + n]
@@ -164,7 +143,7 @@ def backward(
     dy2d = dy.reshape(rows, out_size) if dy is not None else None
     # dL/dy_t, summed over output and recurrence: needed for dW_hr.
     dy_total = gates.new_empty(rows, out_size) if need_dw_hr else None
-    recurrent = _Product(w_hh.t().to(acc), batch)
+    recurrent = Product(w_hh.t().to(acc), batch)
     w_hr_acc = w_hr.to(acc) if w_hr is not None else None
 
     for k in reversed(range(len(steps))):
@@ -192,27 +171,5 @@ def backward(
             dh0[carried:n] = dh_prev[carried:n]
             dc0[carried:n] = dc_prev[carried:n]
 
-    dgates_io = dgates.to(dtype)
-    grads: list[Optional[Tensor]] = [None] * 8
-    if need_dx:
-        grads[0] = _Product(w_ih.t(), rows)(dgates_io).view(x_shape)
-    if need_dh0:
-        grads[1] = dh0.to(dtype)
-    if need_dc0:
-        grads[2] = dc0.to(dtype)
-    if need_dw_ih:
-        grads[3] = dgates_io.t() @ x.reshape(rows, x_shape[-1])
-    if need_dw_hh:
-        y2d = y.reshape(rows, out_size)
-        grads[4] = dgates_io.t() @ prev_sequence(y2d, h0, steps)
-    if need_db_ih or need_db_hh:
-        db = dgates.sum(0).to(dtype)
-        grads[5] = db if need_db_ih else None
-        if need_db_hh:  # its own tensor: op outputs may not alias each other
-            grads[6] = db.clone() if need_db_ih else db
-    if need_dw_hr:
-        grads[7] = (dy_total.t() @ hidden.to(acc)).to(dtype)
-    for slot, mask in zip((3, 4, 5, 6, 7), frozen):
-        if grads[slot] is not None and mask is not None:
-            grads[slot].masked_fill_(mask, 0)
-    return grads
+    return parameter_and_input_grads(dgates, dh0, dc0, dy_total, x, h0, w_ih, y, hidden,
+                                     steps, needs, frozen, x_shape, dtype)

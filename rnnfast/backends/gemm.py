@@ -1,0 +1,29 @@
+"""One GEMM helper shared by the backends' torch-side products."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class Product:
+    """a @ weight.T for one weight [out, in] applied at every step (or once to all rows).
+
+    On CPU in fp32 it packs the weight once and uses oneDNN's GEMM, which runs the
+    small per-step products of an LSTM 15-25% faster than the default BLAS on the
+    AVX-512 CPUs measured (bench/); elsewhere it is a plain matmul."""
+
+    def __init__(self, weight: Tensor, rows: int):
+        self.weight = weight
+        self.onednn = (_HAS_ONEDNN_LINEAR and weight.device.type == "cpu"
+                       and weight.dtype == torch.float32)
+        if self.onednn:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), max(rows, 1))
+
+    def __call__(self, a: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        if self.onednn and a.shape[0] > 0:
+            return torch.ops.mkldnn._linear_pointwise(a, self.packed, bias, "none", [], "")
+        return torch.nn.functional.linear(a, self.weight, bias)

@@ -1,0 +1,58 @@
+"""The part of the backward that is the same for every backend: once the recurrence
+has produced the gate gradients of every row, the input and parameter gradients are
+large GEMMs over all steps (cuBLAS / oneDNN through torch), each computed only when
+asked for, with frozen entries set to exactly zero afterwards (DESIGN.md §4)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .gemm import Product
+from .steps import Steps, prev_sequence
+
+
+def parameter_and_input_grads(
+    dgates: Tensor,                 # [N, 4H] dL/d(gate pre-activations), accumulation dtype
+    dh0: Tensor,                    # [B, P] accumulation dtype
+    dc0: Tensor,                    # [B, H] accumulation dtype
+    dy_total: Optional[Tensor],     # [N, P] dL/dy incl. the recurrence (only for dW_hr)
+    x: Optional[Tensor],            # layer input (only for dW_ih)
+    h0: Optional[Tensor],           # [B, P] (only for dW_hh)
+    w_ih: Optional[Tensor],         # [4H, I] (only for dx)
+    y: Optional[Tensor],            # [.., P] layer output (only for dW_hh)
+    hidden: Optional[Tensor],       # [N, H] pre-projection hidden (only for dW_hr)
+    steps: Steps,
+    needs: Sequence[bool],          # dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr
+    frozen: Sequence[Optional[Tensor]],  # masks for w_ih, w_hh, b_ih, b_hh, w_hr
+    x_shape: Sequence[int],
+    dtype: torch.dtype,             # the layer's input dtype: every gradient comes out in it
+) -> list[Optional[Tensor]]:
+    need_dx, need_dh0, need_dc0, need_dw_ih, need_dw_hh, need_db_ih, need_db_hh, need_dw_hr = needs
+    rows = dgates.shape[0]
+    # The GEMMs run in the input dtype (fp32 accumulation inside), like the forward's.
+    dgates_io = dgates.to(dtype)
+    grads: list[Optional[Tensor]] = [None] * 8
+    if need_dx:
+        grads[0] = Product(w_ih.t(), rows)(dgates_io).view(x_shape)
+    if need_dh0:
+        grads[1] = dh0.to(dtype)
+    if need_dc0:
+        grads[2] = dc0.to(dtype)
+    if need_dw_ih:
+        grads[3] = dgates_io.t() @ x.reshape(rows, x_shape[-1])
+    if need_dw_hh:
+        y2d = y.reshape(rows, h0.shape[1])
+        grads[4] = dgates_io.t() @ prev_sequence(y2d, h0, steps)
+    if need_db_ih or need_db_hh:
+        db = dgates.sum(0).to(dtype)
+        grads[5] = db if need_db_ih else None
+        if need_db_hh:  # its own tensor: op outputs may not alias each other
+            grads[6] = db.clone() if need_db_ih else db
+    if need_dw_hr:
+        grads[7] = (dy_total.t() @ hidden.to(dy_total.dtype)).to(dtype)
+    for slot, mask in zip((3, 4, 5, 6, 7), frozen):
+        if grads[slot] is not None and mask is not None:
+            grads[slot].masked_fill_(mask, 0)
+    return grads
