@@ -10,6 +10,8 @@ Saved-activation contract (every backend produces these for backward):
   cells  [N, H]   the cell state c_t of every row, accumulation dtype
   hidden [N, H]   o * tanh(c) before the projection (only with proj_size), input dtype
 where N is the number of rows of the layer input (T*B dense, or the packed length).
+With recompute=True the forward keeps only cells (save="cells"); backward rebuilds
+gates and hidden from x, y and the weights before running the backend's backward.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import backends
+from .backends import reference
 from .backends.steps import accumulation_dtype
 
 # Gradient slots, in the order of the Function's first inputs and of the backward op.
@@ -37,7 +40,7 @@ def lstm_layer_forward(
     b_hh: Optional[Tensor],         # [4H]
     w_hr: Optional[Tensor],         # [P, H]
     reverse: bool,
-    save: bool,
+    save: str,                      # "all", "cells" (backward recomputes the gates) or "none"
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """y [.., P], h_n [B, P], c_n [B, H], then gates, cells, hidden (empty unless saved)."""
@@ -52,9 +55,10 @@ def _(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save, backe
     rows = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
     y = x.new_empty(*x.shape[:-1], out_size)
     h_n, c_n = h0.new_empty(h0.shape), c0.new_empty(c0.shape)
-    gates = x.new_empty(rows, 4 * hidden_size, dtype=acc) if save else x.new_empty(0)
-    cells = x.new_empty(rows, hidden_size, dtype=acc) if save else x.new_empty(0)
-    hidden = x.new_empty(rows, hidden_size) if save and w_hr is not None else x.new_empty(0)
+    save_all = save == "all"
+    gates = x.new_empty(rows, 4 * hidden_size, dtype=acc) if save_all else x.new_empty(0)
+    cells = x.new_empty(rows, hidden_size, dtype=acc) if save != "none" else x.new_empty(0)
+    hidden = x.new_empty(rows, hidden_size) if save_all and w_hr is not None else x.new_empty(0)
     return y, h_n, c_n, gates, cells, hidden
 
 
@@ -93,31 +97,31 @@ class LSTMLayerFunction(torch.autograd.Function):
     Saves only what backward needs for the gradients autograd asks for (see the table
     in DESIGN.md §4): x only for dW_ih, W_ih only for dx, y and h0 only for dW_hh, the
     pre-projection hidden only for dW_hr. Gradients not asked for are not computed.
+    With recompute=True it saves the cell states instead of the gates (a quarter of
+    the bytes) plus what rebuilding the gates takes: x, y, h0 and the weights.
     """
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-                frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr, backend):
+                frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr, backend,
+                recompute):
         y, h_n, c_n, gates, cells, hidden = torch.ops.rnnfast.lstm_layer_forward(
-            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, True, backend)
+            x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+            "cells" if recompute else "all", backend)
         need_dx, _, _, need_dw_ih, need_dw_hh, _, _, need_dw_hr = ctx.needs_input_grad[:len(GRAD_SLOTS)]
-        ctx.save_for_backward(
-            x if need_dw_ih else None,
-            h0 if need_dw_hh else None,
-            c0,
-            w_ih if need_dx else None,
-            w_hh,
-            w_hr,
-            y if need_dw_hh else None,
-            gates,
-            cells,
-            hidden if need_dw_hr else None,
-            frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr,
-        )
+        if recompute:
+            saved = (x, h0, c0, w_ih, w_hh, w_hr, y, None, cells, None, b_ih, b_hh)
+        else:
+            saved = (x if need_dw_ih else None, h0 if need_dw_hh else None, c0,
+                     w_ih if need_dx else None, w_hh, w_hr, y if need_dw_hh else None,
+                     gates, cells, hidden if need_dw_hr else None, None, None)
+        ctx.save_for_backward(*saved, frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh,
+                              frozen_w_hr)
         ctx.batch_sizes = batch_sizes
         ctx.reverse = reverse
         ctx.x_shape = list(x.shape)
         ctx.backend = backend
+        ctx.recompute = recompute
         ctx.set_materialize_grads(False)
         return y, h_n, c_n
 
@@ -125,11 +129,14 @@ class LSTMLayerFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         needs = list(ctx.needs_input_grad[:len(GRAD_SLOTS)])
         if dy is None and dh_n is None and dc_n is None:
-            return (None,) * 16
-        (x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden,
+            return (None,) * 17
+        (x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden, b_ih, b_hh,
          *frozen) = ctx.saved_tensors
+        if ctx.recompute:
+            gates, hidden = reference.recompute_gates(
+                x, ctx.batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cells, ctx.reverse)
         grads = torch.ops.rnnfast.lstm_layer_backward(
             dy, dh_n, dc_n, x, ctx.batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
             hidden, *frozen, ctx.reverse, needs, ctx.x_shape, ctx.backend)
         grads = [g if need else None for g, need in zip(grads, needs)]
-        return (*grads,) + (None,) * 8
+        return (*grads,) + (None,) * 9

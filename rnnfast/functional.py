@@ -28,20 +28,23 @@ def lstm_layer(
     reverse: bool = False,
     frozen: Sequence[Optional[Tensor]] = NO_MASKS,  # bool masks for w_ih, w_hh, b_ih, b_hh, w_hr
     backend: str = "auto",
+    recompute: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Runs the layer over the whole sequence: returns y [.., P], h_n [B, P], c_n [B, H].
 
     With reverse=True the sequence is processed from its end (each packed sequence from
     its own last element). `frozen` masks (True = frozen) zero the matching gradient
     entries; a parameter that is wholly frozen should instead not require grad, which
-    skips its gradient GEMM entirely."""
+    skips its gradient GEMM entirely. recompute=True keeps only the cell states for
+    backward (instead of the four gate activations) and rebuilds the gates there with
+    two GEMMs: about a third of the activation memory, for some extra backward time."""
     check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     name = backends.resolve(backend, x.device, x.dtype)
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return LSTMLayerFunction.apply(*tensors, batch_sizes, reverse, *frozen, name)
+        return LSTMLayerFunction.apply(*tensors, batch_sizes, reverse, *frozen, name, recompute)
     y, h_n, c_n, _, _, _ = torch.ops.rnnfast.lstm_layer_forward(
-        x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, False, name)
+        x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, "none", name)
     return y, h_n, c_n
 
 

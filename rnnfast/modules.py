@@ -38,13 +38,15 @@ class LSTM(nn.Module):
     """Drop-in replacement for torch.nn.LSTM with fused backends and freeze masks.
 
     Same arguments as torch.nn.LSTM plus `backend`: "auto" (the fastest verified
-    backend for the device/dtype), "reference", "triton" or "cuda".
+    backend for the device/dtype), "reference", "triton" or "cuda"; and `recompute`:
+    keep only the cell states for backward and rebuild the gate activations there
+    (less activation memory for some backward time; see README "Memory").
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", recompute: bool = False) -> None:
         super().__init__()
         _check_constructor_args(hidden_size, num_layers, dropout, proj_size)
         backends.check_name(backend)
@@ -58,6 +60,7 @@ class LSTM(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.backend = backend
+        self.recompute = recompute
         directions = 2 if bidirectional else 1
         out_size = proj_size if proj_size > 0 else hidden_size
         factory = {"device": device, "dtype": dtype}
@@ -89,14 +92,15 @@ class LSTM(nn.Module):
         """No-op, kept so code written for nn.LSTM (which calls it for cuDNN) runs."""
 
     @classmethod
-    def from_torch(cls, lstm: nn.LSTM, backend: str = "auto") -> "LSTM":
+    def from_torch(cls, lstm: nn.LSTM, backend: str = "auto", recompute: bool = False) -> "LSTM":
         """A copy of a torch.nn.LSTM (weights, device, dtype, requires_grad, mode)."""
         if not isinstance(lstm, nn.LSTM):
             raise TypeError(f"LSTM.from_torch expects a torch.nn.LSTM, got {type(lstm).__name__}")
         weight = lstm.weight_ih_l0
         new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias,
                   lstm.batch_first, lstm.dropout, lstm.bidirectional, lstm.proj_size,
-                  device=weight.device, dtype=weight.dtype, backend=backend)
+                  device=weight.device, dtype=weight.dtype, backend=backend,
+                  recompute=recompute)
         _copy_params(lstm, new)
         return new
 
@@ -116,6 +120,8 @@ class LSTM(nn.Module):
             s += ", bidirectional={bidirectional}"
         if self.backend != "auto":
             s += ", backend={backend!r}"
+        if self.recompute:
+            s += ", recompute=True"
         return s.format(**self.__dict__)
 
     def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
@@ -161,7 +167,8 @@ class LSTM(nn.Module):
                 y, h, c = lstm_layer(
                     layer_input.contiguous(), h0[index], c0[index], w_ih, w_hh, b_ih, b_hh, w_hr,
                     batch_sizes=batch_sizes, reverse=direction == 1,
-                    frozen=self._frozen_masks(names), backend=self.backend)
+                    frozen=self._frozen_masks(names), backend=self.backend,
+                    recompute=self.recompute)
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)

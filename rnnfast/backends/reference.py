@@ -37,12 +37,13 @@ def forward(
     b_hh: Optional[Tensor],         # [4H]
     w_hr: Optional[Tensor],         # [P, H] projection, or None
     reverse: bool,
-    save: bool,                     # keep what backward needs
+    save: str,                      # what backward will need: "all", "cells" or "none"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns y [.., P], h_n [B, P], c_n [B, H] and, when save is set, the saved
-    activations: gates [N, 4H] (after activation), cells [N, H] (c_t of every row) and,
-    with a projection, hidden [N, H] (o * tanh(c) before the projection). Tensors not
-    saved are returned empty."""
+    """Returns y [.., P], h_n [B, P], c_n [B, H] and the saved activations: with
+    save="all" gates [N, 4H] (after activation), cells [N, H] (c_t of every row) and,
+    with a projection, hidden [N, H] (o * tanh(c) before the projection); with
+    save="cells" (backward recomputes the rest) only cells. Tensors not saved are
+    returned empty."""
     dtype = x.dtype
     acc = accumulation_dtype(dtype)
     steps = make_steps(x.shape, batch_sizes, reverse)
@@ -57,9 +58,10 @@ def forward(
     if b_ih is not None and acc != dtype:  # 16-bit: add the bias in fp32
         gates_all += b_ih.to(acc) + b_hh.to(acc)
 
+    save_all = save == "all"
     y = x2d.new_empty(rows, out_size)
-    cells_all = x2d.new_empty(rows, hidden, dtype=acc) if save else None
-    hidden_all = x2d.new_empty(rows, hidden) if save and w_hr is not None else None
+    cells_all = x2d.new_empty(rows, hidden, dtype=acc) if save != "none" else None
+    hidden_all = x2d.new_empty(rows, hidden) if save_all and w_hr is not None else None
     # The cell state is updated in place; rows that are not active at a step keep
     # theirs, so after the loop it holds c_n. h needs no state: it is read back from y.
     c_state = c0.to(acc, copy=True)
@@ -86,10 +88,38 @@ def forward(
         y.view(*x.shape[:-1], out_size),
         final_rows(y, h0, steps),
         c_state.to(dtype),
-        gates_all if save else x2d.new_empty(0),
-        cells_all if save else x2d.new_empty(0),
+        gates_all if save_all else x2d.new_empty(0),
+        cells_all if cells_all is not None else x2d.new_empty(0),
         hidden_all if hidden_all is not None else x2d.new_empty(0),
     )
+
+
+def recompute_gates(
+    x: Tensor,                      # layer input [T, B, I] or packed [N, I]
+    batch_sizes: Optional[Tensor],
+    h0: Tensor,                     # [B, P]
+    w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    y: Tensor,                      # [.., P] layer output: h_{t-1} of every row
+    cells: Tensor,                  # [N, H] c_t of every row (accumulation dtype)
+    reverse: bool,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """The activations a save="cells" forward did not keep: gates [N, 4H] and, with a
+    projection, hidden [N, H]. With every h_{t-1} known this is no longer sequential:
+    two GEMMs over all rows and the activations, whatever backend ran the forward."""
+    acc = cells.dtype
+    steps = make_steps(x.shape, batch_sizes, reverse)
+    rows, out_size = cells.shape[0], w_hh.shape[1]
+    h_prev = prev_sequence(y.reshape(rows, out_size), h0, steps)
+    gates = Product(w_ih, rows)(x.reshape(rows, x.shape[-1])).to(acc)
+    gates += Product(w_hh, rows)(h_prev).to(acc)
+    if b_ih is not None:
+        gates += b_ih.to(acc) + b_hh.to(acc)
+    _activate_(gates)
+    hidden = None
+    if w_hr is not None:
+        hidden = (torch.tanh(cells) * gates[:, 3 * cells.shape[1]:]).to(y.dtype)
+    return gates, hidden
 
 
 def backward(
