@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import reference
+from . import reference, triton as triton_backend
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,14 @@ class Backend:
     # Why it cannot run this call's device/dtype (None: it can).
     unsupported_reason: Callable[[torch.device, torch.dtype], Optional[str]]
     description: str = ""
+    # Whether "auto" may pick it for a device/dtype: only where tests and benchmarks on
+    # real hardware show it correct and faster than the alternatives (README table).
+    auto_picks: Callable[[torch.device, torch.dtype], bool] = lambda device, dtype: True
 
 
 # Names the public API accepts; the ones not registered below are not built yet.
 KNOWN_BACKENDS = ("reference", "triton", "cuda")
 _NOT_BUILT = {
-    "triton": "the Triton backend is not part of this version of rnnfast yet",
     "cuda": "the CUDA C++ backend (rnnfast._C) is not part of this version of rnnfast yet",
 }
 _REGISTRY: dict[str, Backend] = {}
@@ -47,7 +49,11 @@ def register(backend: Backend) -> None:
 
 def get(name: str) -> Backend:
     """The registered backend called `name` (not "auto"); raises if it cannot run here."""
-    check_name(name)
+    if name not in KNOWN_BACKENDS:
+        raise ValueError(
+            f"backend must be one of {('auto',) + KNOWN_BACKENDS}, got {name!r}")
+    if name not in _REGISTRY:
+        raise RuntimeError(f"rnnfast backend {name!r} is not available: {_NOT_BUILT[name]}")
     backend = _REGISTRY[name]
     reason = backend.unavailable_reason()
     if reason is not None:
@@ -56,26 +62,24 @@ def get(name: str) -> Backend:
 
 
 def check_name(name: str) -> None:
-    """Raise a clear error for a backend name that can never work in this install."""
+    """Raise a clear error for a backend name that cannot work in this process."""
     if name == "auto":
         return
-    if name not in KNOWN_BACKENDS:
-        raise ValueError(
-            f"backend must be one of {('auto',) + KNOWN_BACKENDS}, got {name!r}")
-    if name not in _REGISTRY:
-        raise RuntimeError(f"rnnfast backend {name!r} is not available: {_NOT_BUILT[name]}")
+    get(name)
 
 
 def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that runs a call on `device` with `dtype`.
 
-    "auto" takes the highest-priority backend that is available and supports the call.
+    "auto" takes the highest-priority backend that is available, supports the call and
+    is verified for it (Backend.auto_picks).
     A named backend that is unavailable raises; one that is available but does not
     support this device/dtype falls back to the reference backend and says so once.
     """
     if requested == "auto":
         usable = [b for b in _REGISTRY.values()
-                  if b.unavailable_reason() is None and b.unsupported_reason(device, dtype) is None]
+                  if b.unavailable_reason() is None and b.unsupported_reason(device, dtype) is None
+                  and b.auto_picks(device, dtype)]
         return max(usable, key=lambda b: b.priority).name
     backend = get(requested)
     reason = backend.unsupported_reason(device, dtype)
@@ -109,4 +113,17 @@ register(Backend(
     unsupported_reason=lambda device, dtype: (
         None if dtype.is_floating_point else f"dtype {dtype} is not a floating-point type"),
     description="pure PyTorch; the oracle every kernel is tested against",
+))
+
+register(Backend(
+    name="triton",
+    forward=triton_backend.lstm_forward,
+    backward=triton_backend.lstm_backward,
+    priority=1,
+    unavailable_reason=triton_backend.unavailable_reason,
+    unsupported_reason=triton_backend.unsupported_reason,
+    description="fused Triton kernels: one launch per layer and direction for the recurrence",
+    # Verified so far only in Triton's interpreter on CPU, which is for testing, not
+    # speed: "auto" takes it nowhere until GPU tests and benchmarks are committed.
+    auto_picks=lambda device, dtype: False,
 ))

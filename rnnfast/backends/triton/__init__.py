@@ -1,0 +1,55 @@
+"""Triton backend: the input projection as one GEMM, then one fused kernel per layer
+and direction for the recurrence (forward.py) and for its reverse-time gradient
+chain (backward.py); the weight and input gradients are GEMMs shared with the
+reference backend (backends/gradients.py).
+
+The kernels run on CUDA devices, and on CPU tensors inside Triton's interpreter when
+TRITON_INTERPRET=1 is set before rnnfast loads them (that is how CI tests them). The
+kernel modules are imported on first use, so `import rnnfast` never pays for Triton.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter instead of compiling them."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason() -> Optional[str]:
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed (pip install triton)"
+    if not interpreting() and not torch.cuda.is_available():
+        return ("no CUDA device (set TRITON_INTERPRET=1 to run its kernels on CPU in Triton's "
+                "interpreter, which is slow and meant for testing)")
+    return None
+
+
+def unsupported_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    if dtype not in SUPPORTED_DTYPES:
+        return f"dtype {dtype} (supported: float32, bfloat16, float16, float64)"
+    if interpreting():
+        if device.type != "cpu":
+            return f"TRITON_INTERPRET=1 runs kernels on CPU tensors only, got a {device.type} tensor"
+    elif device.type != "cuda":
+        return f"its kernels run on CUDA tensors, got a {device.type} tensor"
+    return None
+
+
+def lstm_forward(*args):
+    """backends.reference.forward's contract; loads the kernels on first use."""
+    from .forward import forward
+    return forward(*args)
+
+
+def lstm_backward(*args):
+    """backends.reference.backward's contract; loads the kernels on first use."""
+    from .backward import backward
+    return backward(*args)

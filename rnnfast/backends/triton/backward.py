@@ -1,0 +1,213 @@
+"""Backward: one launch runs the reverse-time chain (dh, dc -> gate gradients of every
+row), then the input and parameter gradients are GEMMs over all steps, shared with the
+reference backend and skipped or masked as `needs` and the freeze masks say."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..gradients import parameter_and_input_grads
+from ..steps import make_steps
+from .cell import end_phase, lstm_cell_backward, step_rows
+from .launch import kernel_dtypes, step_tables
+from .plan import Plan, make_plan
+
+
+@triton.jit
+def _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids, active, units, unit_mask,
+                 write_dy_total, H, P,
+                 HAS_DY: tl.constexpr, HAS_PROJ: tl.constexpr, NEED_DY_TOTAL: tl.constexpr,
+                 ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                 BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dL/dh of the tile's units at this step: [BLOCK_B, BLOCK_H] in ACC.
+
+    The gradient reaching y is the carried dh plus dy; with a projection it is taken
+    back through W_hr (dh_units = (dh + dy) @ W_hr), and `write_dy_total` programs
+    store (dh + dy) itself for dW_hr."""
+    if HAS_PROJ:
+        dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+        for k0 in range(0, P, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            col_mask = cols < P
+            mask = active[:, None] & col_mask[None, :]
+            d = tl.load(dh_ptr + rows[:, None] * P + cols[None, :], mask=mask, other=0.0,
+                        cache_modifier=".cg")
+            if HAS_DY:
+                d += tl.load(dy_ptr + row_ids[:, None] * P + cols[None, :], mask=mask,
+                             other=0.0).to(ACC)
+            if NEED_DY_TOTAL:
+                tl.store(dy_total_ptr + row_ids[:, None] * P + cols[None, :], d,
+                         mask=mask & write_dy_total)
+            w = tl.load(w_hr_ptr + cols[:, None] * H + units[None, :],
+                        mask=col_mask[:, None] & unit_mask[None, :], other=0.0).to(ACC)
+            dh = tl.dot(d, w, dh, input_precision=PRECISION, out_dtype=ACC)
+    else:
+        mask = active[:, None] & unit_mask[None, :]
+        dh = tl.load(dh_ptr + rows[:, None] * P + units[None, :], mask=mask, other=0.0,
+                     cache_modifier=".cg")
+        if HAS_DY:
+            dh += tl.load(dy_ptr + row_ids[:, None] * P + units[None, :], mask=mask,
+                          other=0.0).to(ACC)
+    return dh
+
+
+@triton.jit
+def _lstm_backward_kernel(
+    dy_ptr,        # [N, P] dL/dy of every row (HAS_DY)
+    gates_ptr,     # [N, 4H] ACC: activated gates saved by the forward
+    cells_ptr,     # [N, H] ACC: c_t of every row
+    c0_ptr,        # [B, H] ACC: initial cell state
+    w_hh_ptr,      # [4H, P] recurrent weight
+    w_hr_ptr,      # [P, H] projection (HAS_PROJ)
+    dh_ptr,        # [B, P] ACC: dL/dh_n on entry; the dh carried between steps
+    dc_ptr,        # [B, H] ACC: dL/dc_n on entry; the dc carried between steps
+    dh0_ptr,       # [B, P] ACC zeros: receives dL/dh0 of rows that start at a step
+    dc0_ptr,       # [B, H] ACC zeros: receives dL/dc0
+    dgates_ptr,    # [N, 4H] ACC out: dL/d(gate pre-activations) of every row
+    dy_total_ptr,  # [N, P] ACC out: dh + dy of every row (NEED_DY_TOTAL, for dW_hr)
+    offsets_ptr,   # [T] int64: first row of each processed step (PACKED)
+    sizes_ptr,     # [T] int32: active rows of each processed step (PACKED)
+    arrivals_ptr,  # [batch blocks] int32 zeros: barrier counters (USE_BARRIER)
+    T, B, H, P,
+    REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_DY: tl.constexpr,
+    HAS_PROJ: tl.constexpr, NEED_DY_TOTAL: tl.constexpr, USE_BARRIER: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    batch_block = tl.program_id(0)
+    first_tile = tl.program_id(1)
+    tile_stride = tl.num_programs(1)
+    rows = batch_block * BLOCK_B + tl.arange(0, BLOCK_B)
+    unit_tiles = tl.cdiv(H, BLOCK_H)
+    out_tiles = tl.cdiv(P, BLOCK_H)
+    arrivals_ptr += batch_block
+    arrived = tl.full((), 0, tl.int32)  # barrier arrivals expected so far
+
+    for step in range(T):
+        k = T - 1 - step  # the forward's processing order, walked backwards
+        offset, size, offset_prev, size_prev = step_rows(offsets_ptr, sizes_ptr, k, T, B,
+                                                         REVERSE, PACKED)
+        active = rows < size
+        row_ids = offset + rows
+        # Rows that were active one step earlier hand dh, dc on to it; the others
+        # started at this step, from (h0, c0).
+        carried = tl.minimum(size, size_prev)
+        to_state = rows < carried
+        to_initial = (rows >= carried) & active
+        c_prev_rows = tl.where(rows < size_prev, cells_ptr + (offset_prev + rows) * H,
+                               c0_ptr + rows * H)
+
+        # Phase 1: gate gradients of this program's units.
+        for tile in range(first_tile, unit_tiles, tile_stride):
+            units = tile * BLOCK_H + tl.arange(0, BLOCK_H)
+            unit_mask = units < H
+            mask = active[:, None] & unit_mask[None, :]
+            dh = _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids, active,
+                              units, unit_mask, tile == 0, H, P, HAS_DY, HAS_PROJ,
+                              NEED_DY_TOTAL, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+            gates_rows = gates_ptr + row_ids[:, None] * (4 * H) + units[None, :]
+            gate_i = tl.load(gates_rows, mask=mask, other=0.0)
+            gate_f = tl.load(gates_rows + H, mask=mask, other=0.0)
+            gate_g = tl.load(gates_rows + 2 * H, mask=mask, other=0.0)
+            gate_o = tl.load(gates_rows + 3 * H, mask=mask, other=0.0)
+            c = tl.load(cells_ptr + row_ids[:, None] * H + units[None, :], mask=mask, other=0.0)
+            c_prev = tl.load(c_prev_rows[:, None] + units[None, :], mask=mask, other=0.0)
+            dc_rows = dc_ptr + rows[:, None] * H + units[None, :]
+            d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(
+                gate_i, gate_f, gate_g, gate_o, c, c_prev, dh,
+                tl.load(dc_rows, mask=mask, other=0.0))
+            dgates_rows = dgates_ptr + row_ids[:, None] * (4 * H) + units[None, :]
+            tl.store(dgates_rows, d_i, mask=mask)
+            tl.store(dgates_rows + H, d_f, mask=mask)
+            tl.store(dgates_rows + 2 * H, d_g, mask=mask)
+            tl.store(dgates_rows + 3 * H, d_o, mask=mask)
+            tl.store(dc_rows, dc_prev, mask=to_state[:, None] & unit_mask[None, :])
+            tl.store(dc0_ptr + rows[:, None] * H + units[None, :], dc_prev,
+                     mask=to_initial[:, None] & unit_mask[None, :])
+        arrived += tile_stride
+        end_phase(arrivals_ptr, arrived, USE_BARRIER)
+
+        # Phase 2: dh(t-1) = dgates @ W_hh needs every gate of the step. Kept in ACC:
+        # the gradient chain is where low precision would compound.
+        for tile in range(first_tile, out_tiles, tile_stride):
+            out_cols = tile * BLOCK_H + tl.arange(0, BLOCK_H)
+            out_mask = out_cols < P
+            acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+            for k0 in range(0, 4 * H, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
+                col_mask = cols < 4 * H
+                d = tl.load(dgates_ptr + row_ids[:, None] * (4 * H) + cols[None, :],
+                            mask=active[:, None] & col_mask[None, :], other=0.0,
+                            cache_modifier=".cg")
+                w = tl.load(w_hh_ptr + cols[:, None] * P + out_cols[None, :],
+                            mask=col_mask[:, None] & out_mask[None, :], other=0.0).to(ACC)
+                acc = tl.dot(d, w, acc, input_precision=PRECISION, out_dtype=ACC)
+            tl.store(dh_ptr + rows[:, None] * P + out_cols[None, :], acc,
+                     mask=to_state[:, None] & out_mask[None, :])
+            tl.store(dh0_ptr + rows[:, None] * P + out_cols[None, :], acc,
+                     mask=to_initial[:, None] & out_mask[None, :])
+        arrived += tile_stride
+        end_phase(arrivals_ptr, arrived, USE_BARRIER)
+
+
+def backward(
+    dy: Optional[Tensor],           # [.., P] like y, or None
+    dh_n: Optional[Tensor],         # [B, P] or None
+    dc_n: Optional[Tensor],         # [B, H] or None
+    x: Optional[Tensor],            # layer input, saved only when dW_ih is needed
+    batch_sizes: Optional[Tensor],  # [T] int64 CPU, or None
+    h0: Optional[Tensor],           # [B, P], saved only when dW_hh is needed
+    c0: Tensor,                     # [B, H]
+    w_ih: Optional[Tensor],         # [4H, I], saved only when dx is needed
+    w_hh: Tensor,                   # [4H, P]
+    w_hr: Optional[Tensor],         # [P, H]
+    y: Optional[Tensor],            # [.., P], saved only when dW_hh is needed
+    gates: Tensor,                  # [N, 4H] activated gates (accumulation dtype)
+    cells: Tensor,                  # [N, H] c_t of every row (accumulation dtype)
+    hidden: Optional[Tensor],       # [N, H] pre-projection hidden, when dW_hr is needed
+    reverse: bool,
+    needs: list[bool],              # dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr
+    frozen: list[Optional[Tensor]],  # masks (True = frozen) for w_ih, w_hh, b_ih, b_hh, w_hr
+    x_shape: list[int],
+    plan: Optional[Plan] = None,    # tests force a launch plan; normally make_plan decides
+) -> list[Optional[Tensor]]:
+    """Same contract as backends.reference.backward."""
+    acc, dtype = gates.dtype, w_hh.dtype
+    steps = make_steps(x_shape, batch_sizes, reverse)
+    rows, hidden_size = gates.shape[0], gates.shape[1] // 4
+    out_size, batch = w_hh.shape[1], steps.batch
+    dh_state = (dh_n.to(acc, copy=True).contiguous() if dh_n is not None
+                else gates.new_zeros(batch, out_size))
+    dc_state = (dc_n.to(acc, copy=True).contiguous() if dc_n is not None
+                else gates.new_zeros(batch, hidden_size))
+    dh0 = gates.new_zeros(batch, out_size)
+    dc0 = gates.new_zeros(batch, hidden_size)
+    dgates = gates.new_empty(rows, 4 * hidden_size)
+    need_dy_total = needs[7]
+    dy_total = gates.new_empty(rows, out_size) if need_dy_total else None
+    if rows > 0:
+        plan = plan or make_plan(batch, hidden_size, out_size, gates.device, dtype)
+        offsets, sizes = step_tables(steps, gates.device)
+        arrivals = torch.zeros(plan.batch_blocks, dtype=torch.int32, device=gates.device)
+        acc_tl, _, precision = kernel_dtypes(acc)
+        unused = dgates  # pointer for arguments a constexpr switches off
+        _lstm_backward_kernel[plan.grid](
+            dy.reshape(rows, out_size).contiguous() if dy is not None else unused,
+            gates, cells, c0.to(acc).contiguous(), w_hh.contiguous(),
+            w_hr.contiguous() if w_hr is not None else unused,
+            dh_state, dc_state, dh0, dc0, dgates,
+            dy_total if dy_total is not None else unused,
+            offsets if offsets is not None else unused, sizes if sizes is not None else unused,
+            arrivals, len(steps), batch, hidden_size, out_size,
+            REVERSE=reverse, PACKED=offsets is not None, HAS_DY=dy is not None,
+            HAS_PROJ=w_hr is not None, NEED_DY_TOTAL=need_dy_total,
+            USE_BARRIER=plan.use_barrier, ACC=acc_tl, PRECISION=precision,
+            BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
+            num_warps=plan.num_warps,
+        )
+    return parameter_and_input_grads(dgates, dh0, dc0, dy_total, x, h0, w_ih, y, hidden,
+                                     steps, needs, frozen, x_shape, dtype)

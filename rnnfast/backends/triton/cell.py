@@ -1,0 +1,78 @@
+"""Device functions shared by the forward and backward kernels: the cell's pointwise
+math, the row geometry of a time step, and the barrier that ends each phase of a step."""
+import triton
+import triton.language as tl
+
+
+# The cell's pointwise math, forward and backward, is all in these two functions: a
+# different cell type changes them (and the number of gates), not the kernels' loops.
+# tanh(x) is written 2 / (1 + exp(-2x)) - 1: libdevice's tanh is unavailable in the
+# interpreter, and one formula everywhere keeps GPU and CI numerics alike (it is exact
+# at both saturations). Each is one function, not nested helpers, because the
+# interpreter pays about a millisecond per device-function call.
+
+@triton.jit
+def lstm_cell(pre_i, pre_f, pre_g, pre_o, c_prev):
+    """Gate pre-activations and c(t-1) -> activated gates i, f, g, o, then c(t), h(t)."""
+    gate_i = 1.0 / (1.0 + tl.exp(-pre_i))
+    gate_f = 1.0 / (1.0 + tl.exp(-pre_f))
+    gate_g = 2.0 / (1.0 + tl.exp(-2.0 * pre_g)) - 1.0
+    gate_o = 1.0 / (1.0 + tl.exp(-pre_o))
+    c = gate_f * c_prev + gate_i * gate_g
+    h = gate_o * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
+    return gate_i, gate_f, gate_g, gate_o, c, h
+
+
+@triton.jit
+def lstm_cell_backward(gate_i, gate_f, gate_g, gate_o, c, c_prev, dh, dc_carried):
+    """Saved gates, c(t), c(t-1), dL/dh(t) and the dL/dc(t) carried from t+1 ->
+    dL/d(pre-activations) of i, f, g, o and dL/dc(t-1)."""
+    tanh_c = 2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0
+    dc = dc_carried + dh * gate_o * (1.0 - tanh_c * tanh_c)
+    d_i = dc * gate_g * gate_i * (1.0 - gate_i)
+    d_f = dc * c_prev * gate_f * (1.0 - gate_f)
+    d_g = dc * gate_i * (1.0 - gate_g * gate_g)
+    d_o = dh * tanh_c * gate_o * (1.0 - gate_o)
+    return d_i, d_f, d_g, d_o, dc * gate_f
+
+
+@triton.jit
+def step_rows(offsets_ptr, sizes_ptr, k, T, B, REVERSE: tl.constexpr, PACKED: tl.constexpr):
+    """Rows of processed step k: (first row, active rows) of step k and of step k - 1
+    (0 active rows before the first step). Packed input reads them from the step tables
+    (already in processing order); dense input has B rows per step."""
+    if PACKED:
+        k_prev = tl.maximum(k - 1, 0)
+        offset = tl.load(offsets_ptr + k)
+        size = tl.load(sizes_ptr + k)
+        offset_prev = tl.load(offsets_ptr + k_prev)
+        size_prev = tl.where(k > 0, tl.load(sizes_ptr + k_prev), 0)
+    else:
+        if REVERSE:
+            t = T - 1 - k
+            t_prev = t + 1
+        else:
+            t = k
+            t_prev = t - 1
+        offset = t.to(tl.int64) * B
+        offset_prev = t_prev.to(tl.int64) * B
+        size = B
+        size_prev = tl.where(k > 0, B, 0)
+    return offset, size, offset_prev, size_prev
+
+
+@triton.jit
+def end_phase(arrivals_ptr, expected, USE_BARRIER: tl.constexpr):
+    """Makes this phase's global stores visible to whoever reads them next.
+
+    Alone in its batch block, a program only needs its own threads in step
+    (bar.sync orders global memory within the block). Sharing the batch block with
+    other programs, it counts its arrival and waits until `expected` arrivals have been
+    counted: a grid barrier, which is only safe because the launcher never starts more
+    programs than can be resident at once (one per SM)."""
+    tl.debug_barrier()
+    if USE_BARRIER:
+        tl.atomic_add(arrivals_ptr, 1, sem="release", scope="gpu")
+        while tl.atomic_add(arrivals_ptr, 0, sem="acquire", scope="gpu") < expected:
+            pass
+        tl.debug_barrier()

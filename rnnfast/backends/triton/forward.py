@@ -1,0 +1,233 @@
+"""Forward: the input projection of all steps as one GEMM, then one launch that runs
+the whole recurrence (plan.py says how the work is spread)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..steps import accumulation_dtype, final_rows, make_steps
+from .cell import end_phase, lstm_cell, step_rows
+from .plan import Plan, make_plan
+from .launch import kernel_dtypes, step_tables
+
+
+@triton.jit
+def _recurrent_gates(h_rows_ptr, active, units, unit_mask, w_hh_ptr, H, P,
+                     w_i, w_f, w_g, w_o,
+                     ACC: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+                     W_RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """h(t-1) @ W_hh^T for one tile, per gate: four [BLOCK_B, BLOCK_H] accumulators.
+
+    h_rows_ptr: [BLOCK_B] pointers to each row's h(t-1) (a row of y or of h0).
+    w_i..w_o: [BLOCK_H, BLOCK_K] the tile's W_hh rows, when W_RESIDENT (BLOCK_K >= P)."""
+    acc_i = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    acc_g = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    acc_o = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    for k0 in range(0, P, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        col_mask = cols < P
+        # .cg: h(t-1) was written by other programs (other SMs) in the previous step.
+        h = tl.load(h_rows_ptr[:, None] + cols[None, :], mask=active[:, None] & col_mask[None, :],
+                    other=0.0, cache_modifier=".cg")
+        if W_RESIDENT:
+            wi, wf, wg, wo = w_i, w_f, w_g, w_o
+        else:
+            w_mask = unit_mask[:, None] & col_mask[None, :]
+            w_rows = w_hh_ptr + units[:, None] * P + cols[None, :]
+            wi = tl.load(w_rows, mask=w_mask, other=0.0)
+            wf = tl.load(w_rows + H * P, mask=w_mask, other=0.0)
+            wg = tl.load(w_rows + 2 * H * P, mask=w_mask, other=0.0)
+            wo = tl.load(w_rows + 3 * H * P, mask=w_mask, other=0.0)
+        if DOT_FP32:
+            h = h.to(tl.float32)
+            wi, wf = wi.to(tl.float32), wf.to(tl.float32)
+            wg, wo = wg.to(tl.float32), wo.to(tl.float32)
+        acc_i = tl.dot(h, tl.trans(wi), acc_i, input_precision=PRECISION, out_dtype=ACC)
+        acc_f = tl.dot(h, tl.trans(wf), acc_f, input_precision=PRECISION, out_dtype=ACC)
+        acc_g = tl.dot(h, tl.trans(wg), acc_g, input_precision=PRECISION, out_dtype=ACC)
+        acc_o = tl.dot(h, tl.trans(wo), acc_o, input_precision=PRECISION, out_dtype=ACC)
+    return acc_i, acc_f, acc_g, acc_o
+
+
+@triton.jit
+def _lstm_forward_kernel(
+    xg_ptr,        # [N, 4H] x @ W_ih^T of every row, bias not added (input dtype, or ACC)
+    bias_ptr,      # [4H] ACC: b_ih + b_hh (HAS_BIAS)
+    w_hh_ptr,      # [4H, P] recurrent weight, gate rows i, f, g, o
+    w_hr_ptr,      # [P, H] projection (HAS_PROJ)
+    h0_ptr,        # [B, P] initial hidden state
+    c_ptr,         # [B, H] ACC: c0 on entry; each row's last cell state on exit
+    y_ptr,         # [N, P] out: h_t of every row
+    gates_ptr,     # [N, 4H] ACC out: activated gates (SAVE_GATES); may be xg_ptr itself
+    cells_ptr,     # [N, H] ACC out: c_t of every row (SAVE_CELLS)
+    hidden_ptr,    # [N, H] out, input dtype: o * tanh(c), the projection's input (HAS_PROJ)
+    offsets_ptr,   # [T] int64: first row of each processed step (PACKED)
+    sizes_ptr,     # [T] int32: active rows of each processed step (PACKED)
+    arrivals_ptr,  # [batch blocks] int32 zeros: barrier counters (USE_BARRIER)
+    T, B, H, P,
+    REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_PROJ: tl.constexpr, SAVE_GATES: tl.constexpr, SAVE_CELLS: tl.constexpr, USE_BARRIER: tl.constexpr,
+    W_RESIDENT: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    batch_block = tl.program_id(0)
+    first_tile = tl.program_id(1)
+    tile_stride = tl.num_programs(1)
+    rows = batch_block * BLOCK_B + tl.arange(0, BLOCK_B)
+    unit_tiles = tl.cdiv(H, BLOCK_H)
+    out_tiles = tl.cdiv(P, BLOCK_H)
+    arrivals_ptr += batch_block
+    arrived = tl.full((), 0, tl.int32)  # barrier arrivals expected so far
+
+    # With W_RESIDENT each program owns exactly one unit tile and keeps its W_hh rows
+    # in registers for the whole sequence.
+    w_i = tl.zeros((BLOCK_H, BLOCK_K), w_hh_ptr.dtype.element_ty)
+    w_f = w_i
+    w_g = w_i
+    w_o = w_i
+    if W_RESIDENT:
+        units = first_tile * BLOCK_H + tl.arange(0, BLOCK_H)
+        cols = tl.arange(0, BLOCK_K)
+        w_mask = (units < H)[:, None] & (cols < P)[None, :]
+        w_rows = w_hh_ptr + units[:, None] * P + cols[None, :]
+        w_i = tl.load(w_rows, mask=w_mask, other=0.0)
+        w_f = tl.load(w_rows + H * P, mask=w_mask, other=0.0)
+        w_g = tl.load(w_rows + 2 * H * P, mask=w_mask, other=0.0)
+        w_o = tl.load(w_rows + 3 * H * P, mask=w_mask, other=0.0)
+
+    for k in range(T):
+        offset, size, offset_prev, size_prev = step_rows(offsets_ptr, sizes_ptr, k, T, B,
+                                                         REVERSE, PACKED)
+        active = rows < size
+        row_ids = offset + rows  # int64
+        # Rows active one step earlier continue from its output; the others start from h0.
+        h_rows_ptr = tl.where(rows < size_prev, y_ptr + (offset_prev + rows) * P, h0_ptr + rows * P)
+
+        for tile in range(first_tile, unit_tiles, tile_stride):
+            units = tile * BLOCK_H + tl.arange(0, BLOCK_H)
+            unit_mask = units < H
+            mask = active[:, None] & unit_mask[None, :]
+            pre_i, pre_f, pre_g, pre_o = _recurrent_gates(
+                h_rows_ptr, active, units, unit_mask, w_hh_ptr, H, P, w_i, w_f, w_g, w_o,
+                ACC, DOT_FP32, PRECISION, W_RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K)
+            xg_rows = xg_ptr + row_ids[:, None] * (4 * H) + units[None, :]
+            pre_i += tl.load(xg_rows, mask=mask, other=0.0).to(ACC)
+            pre_f += tl.load(xg_rows + H, mask=mask, other=0.0).to(ACC)
+            pre_g += tl.load(xg_rows + 2 * H, mask=mask, other=0.0).to(ACC)
+            pre_o += tl.load(xg_rows + 3 * H, mask=mask, other=0.0).to(ACC)
+            if HAS_BIAS:
+                pre_i += tl.load(bias_ptr + units, mask=unit_mask, other=0.0)[None, :]
+                pre_f += tl.load(bias_ptr + H + units, mask=unit_mask, other=0.0)[None, :]
+                pre_g += tl.load(bias_ptr + 2 * H + units, mask=unit_mask, other=0.0)[None, :]
+                pre_o += tl.load(bias_ptr + 3 * H + units, mask=unit_mask, other=0.0)[None, :]
+            # The cell state lives in c_ptr in ACC: a row's slot holds c0 until its first
+            # step, then its latest c.
+            c_rows = c_ptr + rows[:, None] * H + units[None, :]
+            gate_i, gate_f, gate_g, gate_o, c, h = lstm_cell(
+                pre_i, pre_f, pre_g, pre_o, tl.load(c_rows, mask=mask, other=0.0))
+            tl.store(c_rows, c, mask=mask)
+            if SAVE_GATES:
+                gates_rows = gates_ptr + row_ids[:, None] * (4 * H) + units[None, :]
+                tl.store(gates_rows, gate_i, mask=mask)
+                tl.store(gates_rows + H, gate_f, mask=mask)
+                tl.store(gates_rows + 2 * H, gate_g, mask=mask)
+                tl.store(gates_rows + 3 * H, gate_o, mask=mask)
+            if SAVE_CELLS:
+                tl.store(cells_ptr + row_ids[:, None] * H + units[None, :], c, mask=mask)
+            if HAS_PROJ:
+                tl.store(hidden_ptr + row_ids[:, None] * H + units[None, :],
+                         h.to(hidden_ptr.dtype.element_ty), mask=mask)
+            else:
+                tl.store(y_ptr + row_ids[:, None] * P + units[None, :],
+                         h.to(y_ptr.dtype.element_ty), mask=mask)
+
+        if HAS_PROJ:
+            # y = hidden @ W_hr^T needs every unit of the step: a second phase.
+            arrived += tile_stride
+            end_phase(arrivals_ptr, arrived, USE_BARRIER)
+            for tile in range(first_tile, out_tiles, tile_stride):
+                out_cols = tile * BLOCK_H + tl.arange(0, BLOCK_H)
+                out_mask = out_cols < P
+                acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+                for k0 in range(0, H, BLOCK_K):
+                    cols = k0 + tl.arange(0, BLOCK_K)
+                    col_mask = cols < H
+                    hid = tl.load(hidden_ptr + row_ids[:, None] * H + cols[None, :],
+                                  mask=active[:, None] & col_mask[None, :], other=0.0,
+                                  cache_modifier=".cg")
+                    w = tl.load(w_hr_ptr + out_cols[:, None] * H + cols[None, :],
+                                mask=out_mask[:, None] & col_mask[None, :], other=0.0)
+                    if DOT_FP32:
+                        hid = hid.to(tl.float32)
+                        w = w.to(tl.float32)
+                    acc = tl.dot(hid, tl.trans(w), acc, input_precision=PRECISION, out_dtype=ACC)
+                tl.store(y_ptr + row_ids[:, None] * P + out_cols[None, :],
+                         acc.to(y_ptr.dtype.element_ty), mask=active[:, None] & out_mask[None, :])
+        arrived += tile_stride
+        end_phase(arrivals_ptr, arrived, USE_BARRIER)
+
+
+def forward(
+    x: Tensor,                      # [T, B, I] dense, or packed data [N, I]
+    batch_sizes: Optional[Tensor],  # [T] int64 CPU for packed input, else None
+    h0: Tensor,                     # [B, P]
+    c0: Tensor,                     # [B, H]
+    w_ih: Tensor,                   # [4H, I]
+    w_hh: Tensor,                   # [4H, P]
+    b_ih: Optional[Tensor],         # [4H]
+    b_hh: Optional[Tensor],         # [4H]
+    w_hr: Optional[Tensor],         # [P, H]
+    reverse: bool,
+    save: str,                      # "all", "cells" or "none"
+    plan: Optional[Plan] = None,    # tests force a launch plan; normally make_plan decides
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Same contract as backends.reference.forward."""
+    dtype, acc = x.dtype, accumulation_dtype(x.dtype)
+    steps = make_steps(x.shape, batch_sizes, reverse)
+    x2d = x.reshape(-1, x.shape[-1])
+    rows, hidden_size, out_size = x2d.shape[0], w_hh.shape[0] // 4, w_hh.shape[1]
+    batch = steps.batch
+
+    xg = x2d @ w_ih.t()  # the input projection of every step: one GEMM, off the sequential path
+    y = x2d.new_empty(rows, out_size)
+    c_state = c0.to(acc, copy=True).contiguous()
+    save_all = save == "all"
+    gates = (xg if acc == dtype else xg.new_empty(rows, 4 * hidden_size, dtype=acc)) if save_all else None
+    cells = x2d.new_empty(rows, hidden_size, dtype=acc) if save != "none" else None
+    hidden = x2d.new_empty(rows, hidden_size) if w_hr is not None else None
+    if rows > 0:
+        plan = plan or make_plan(batch, hidden_size, out_size, x.device, dtype)
+        offsets, sizes = step_tables(steps, x.device)
+        arrivals = torch.zeros(plan.batch_blocks, dtype=torch.int32, device=x.device)
+        bias = b_ih.to(acc) + b_hh.to(acc) if b_ih is not None else None
+        acc_tl, dot_fp32, precision = kernel_dtypes(dtype)
+        unused = c_state  # pointer for arguments a constexpr switches off
+        _lstm_forward_kernel[plan.grid](
+            xg, bias if bias is not None else unused, w_hh.contiguous(),
+            w_hr.contiguous() if w_hr is not None else unused, h0.contiguous(), c_state, y,
+            gates if gates is not None else unused, cells if cells is not None else unused,
+            hidden if hidden is not None else unused,
+            offsets if offsets is not None else unused, sizes if sizes is not None else unused,
+            arrivals, len(steps), batch, hidden_size, out_size,
+            REVERSE=reverse, PACKED=offsets is not None, HAS_BIAS=bias is not None,
+            HAS_PROJ=w_hr is not None, SAVE_GATES=save_all, SAVE_CELLS=save != "none", USE_BARRIER=plan.use_barrier,
+            W_RESIDENT=plan.weights_resident, ACC=acc_tl, DOT_FP32=dot_fp32,
+            PRECISION=precision, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+            BLOCK_K=plan.block_k, num_warps=plan.num_warps,
+        )
+    empty = lambda: x2d.new_empty(0)  # one per slot: op outputs may not alias each other
+    return (
+        y.view(*x.shape[:-1], out_size),
+        final_rows(y, h0, steps),
+        c_state.to(dtype),
+        gates if gates is not None else empty(),
+        cells if cells is not None else empty(),
+        hidden if save_all and hidden is not None else empty(),
+    )

@@ -1,0 +1,238 @@
+"""The Triton kernels against the reference backend, called directly (forward and
+backward contracts of rnnfast.backends), on odd sizes, both directions, packed rows,
+projection, forced launch plans and freeze masks.
+
+Without a GPU these run in Triton's interpreter on CPU tensors (conftest sets
+TRITON_INTERPRET=1); with one they run the compiled kernels on CUDA. 16-bit results
+follow DESIGN.md §6: error against float64 at most 2x the reference's own error in the
+same precision.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import rnnfast
+from rnnfast.backends import available_backends, reference
+from rnnfast.backends import triton as triton_backend
+
+pytestmark = pytest.mark.skipif(available_backends()["triton"] is not None,
+                                reason=f"triton backend unavailable: {available_backends()['triton']}")
+
+DEVICE = torch.device("cpu" if triton_backend.interpreting() else "cuda")
+
+
+def _kernels():
+    from rnnfast.backends.triton import backward, forward, plan
+    return forward, backward, plan
+
+
+def _layer(T, B, I, H, proj=0, bias=True, lengths=None, dtype=torch.float64, seed=0):
+    """Arguments of one layer: x (dense [T, B, I] or packed [N, I]), batch_sizes, h0, c0,
+    w_ih, w_hh, b_ih, b_hh, w_hr."""
+    g = torch.Generator().manual_seed(seed)
+    P = proj or H
+    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(DEVICE, dtype)
+    if lengths is None:
+        x, batch_sizes = mk(T, B, I), None
+    else:
+        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))])
+        x = mk(int(batch_sizes.sum()), I)
+    args = [x, batch_sizes, mk(B, P), mk(B, H), mk(4 * H, I, scale=0.4), mk(4 * H, P, scale=0.4)]
+    args += [mk(4 * H, scale=0.5), mk(4 * H, scale=0.5)] if bias else [None, None]
+    args += [mk(P, H, scale=0.4)] if proj else [None]
+    return args
+
+
+def _upstream(y, h_n, c_n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(DEVICE, t.dtype)
+    return mk(y), mk(h_n), mk(c_n)
+
+
+def _run(fwd, bwd, args, reverse, needs=None, frozen=(None,) * 5, upstream=None, **plan):
+    """Forward with everything saved, then backward: (y, h_n, c_n), grads (all of
+    them unless `needs` says otherwise)."""
+    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
+    needs = needs or [True, True, True, True, True, b_ih is not None, b_hh is not None,
+                      w_hr is not None]
+    y, h_n, c_n, gates, cells, hidden = fwd(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                            w_hr, reverse, "all", **plan)
+    dy, dh_n, dc_n = upstream or _upstream(y, h_n, c_n)
+    grads = bwd(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
+                hidden if w_hr is not None else None, reverse, list(needs), list(frozen),
+                list(x.shape), **plan)
+    return (y, h_n, c_n), grads
+
+
+def _compare(args, reverse, fwd_plan=None, bwd_plan=None, **kw):
+    forward, backward, _ = _kernels()
+    outs_ref, grads_ref = _run(reference.forward, reference.backward, args, reverse, **kw)
+    plans = {} if fwd_plan is None else {"plan": fwd_plan}
+    fwd = lambda *a, **k: forward.forward(*a, **k, **plans)
+    bwd = lambda *a, **k: backward.backward(*a, **k, **({} if bwd_plan is None else {"plan": bwd_plan}))
+    outs, grads = _run(fwd, bwd, args, reverse, **kw)
+    return outs, grads, outs_ref, grads_ref
+
+
+def _assert_same(outs, grads, outs_ref, grads_ref, tol):
+    for name, a, b in zip(("y", "h_n", "c_n"), outs, outs_ref):
+        assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+    names = ("dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh", "dW_hr")
+    for name, a, b in zip(names, grads, grads_ref):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+
+
+TIGHT = {torch.float64: dict(atol=1e-12, rtol=1e-10), torch.float32: dict(atol=2e-5, rtol=1e-4)}
+
+SHAPES = [  # T, B, I, H, proj, lengths
+    (7, 3, 5, 20, 0, None),
+    (7, 3, 5, 20, 11, None),
+    (1, 1, 3, 20, 0, None),          # T = 1, B = 1
+    (5, 2, 4, 96, 0, None),          # H = 96: not a power of two, several K chunks
+    (7, 3, 5, 20, 0, [7, 4, 1]),     # packed, sequences of different lengths
+    (6, 4, 3, 9, 5, [6, 6, 3, 2]),   # packed with projection
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("T,B,I,H,proj,lengths", SHAPES)
+def test_kernels_match_reference(dtype, reverse, T, B, I, H, proj, lengths):
+    args = _layer(T, B, I, H, proj, lengths=lengths, dtype=dtype)
+    _assert_same(*_compare(args, reverse), TIGHT[dtype])
+
+
+def test_without_bias_and_without_incoming_gradients():
+    args = _layer(7, 3, 5, 20, bias=False)
+    forward, backward, _ = _kernels()
+    x = args[0]
+    y, h_n, c_n = forward.forward(*args, False, "none")[:3]
+    ref = reference.forward(*args, False, "none")[:3]
+    for a, b in zip((y, h_n, c_n), ref):
+        assert_close(a, b, **TIGHT[torch.float64])
+    # Only dc_n flows back (dy and dh_n None): the kernel must not read them.
+    outs, grads, outs_ref, grads_ref = _compare(args, False, upstream=(None, None, torch.ones_like(c_n)))
+    _assert_same(outs, grads, outs_ref, grads_ref, TIGHT[torch.float64])
+    assert x.shape == (7, 3, 5)
+
+
+def _errors_vs_float64(args64, dtype, reverse, backend_fns):
+    """Largest error of every output and gradient of `backend_fns` run in dtype,
+    against the reference run in float64."""
+    outs64, grads64 = _run(reference.forward, reference.backward, args64, reverse)
+    upstream = tuple(u.to(dtype) for u in _upstream(*outs64))
+    low = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
+    outs, grads = _run(*backend_fns, low, reverse, upstream=upstream)
+    return [(a.double() - b).abs().max().item()
+            for a, b in zip([*outs, *grads], [*outs64, *grads64]) if b is not None]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("proj,lengths", [(0, None), (11, None), (0, [7, 4, 1])])
+def test_16bit_error_at_most_twice_the_reference(dtype, proj, lengths):
+    forward, backward, _ = _kernels()
+    args64 = _layer(7, 3, 5, 20, proj, lengths=lengths)
+    ours = _errors_vs_float64(args64, dtype, True, (forward.forward, backward.backward))
+    theirs = _errors_vs_float64(args64, dtype, True, (reference.forward, reference.backward))
+    eps = torch.finfo(dtype).eps
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a <= 2 * b + eps, f"tensor {i}: triton error {a:.3g} vs reference {b:.3g}"
+        assert a > 0  # it really ran in low precision
+
+
+def _forced(plan_module, **changes):
+    base = plan_module.Plan(block_b=16, block_h=16, block_k=16, batch_blocks=1,
+                            programs_per_batch_block=1, weights_resident=False,
+                            use_barrier=False, num_warps=4)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize("proj", [0, 7])
+@pytest.mark.parametrize("case", ["tiles_and_k_chunks", "batch_blocks", "resident", "barrier"])
+def test_every_launch_plan_form(proj, case):
+    """Each code path of the kernels: several unit tiles and K chunks per program,
+    several batch blocks, W_hh held in registers, and the grid barrier's counting
+    (with one program per batch block, the only form the interpreter can run)."""
+    _, _, plan_module = _kernels()
+    B, H = (20, 40) if case != "resident" else (3, 12)
+    changes = {
+        "tiles_and_k_chunks": {},
+        "batch_blocks": dict(batch_blocks=2),
+        "resident": dict(weights_resident=True, block_k=16),
+        "barrier": dict(use_barrier=True, batch_blocks=2),
+    }[case]
+    if case != "batch_blocks" and case != "barrier":
+        changes.setdefault("batch_blocks", 1 if B <= 16 else 2)
+    plan = _forced(plan_module, **changes)
+    lengths = [5 - (4 * i) // B for i in range(B)]  # non-increasing, from 5 down to 2
+    args = _layer(5, B, 6, H, proj, lengths=lengths)
+    _assert_same(*_compare(args, True, fwd_plan=plan, bwd_plan=plan), TIGHT[torch.float64])
+
+
+def test_freeze_masks_zero_exactly_the_frozen_entries():
+    args = _layer(6, 3, 5, 8, proj=3)
+    g = torch.Generator().manual_seed(4)
+    frozen = [torch.rand(a.shape, generator=g).to(DEVICE) < 0.5 for a in (args[4], args[5], args[6], args[7], args[8])]
+    outs, grads, outs_ref, grads_ref = _compare(args, False, frozen=frozen)
+    _assert_same(outs, grads, outs_ref, grads_ref, TIGHT[torch.float64])
+    for grad, mask in zip(grads[3:], frozen):
+        assert torch.all(grad[mask] == 0) and torch.all(grad[~mask] != 0)
+
+
+@pytest.mark.parametrize("needs", [
+    [False, False, False, True, False, False, False, False],   # dW_ih only
+    [True, False, False, False, False, False, False, False],   # dx only (all weights frozen)
+    [False, True, True, False, False, True, True, False],      # states and biases
+])
+def test_only_the_gradients_asked_for(needs):
+    args = _layer(5, 3, 4, 12, proj=5)
+    outs, grads, outs_ref, grads_ref = _compare(args, False, needs=needs)
+    _assert_same(outs, grads, outs_ref, grads_ref, TIGHT[torch.float64])
+    assert [g is not None for g in grads] == needs
+
+
+def test_module_end_to_end_and_recompute():
+    """rnnfast.LSTM on the triton backend: same outputs and gradients as on the
+    reference backend, with and without recompute."""
+    config = dict(input_size=5, hidden_size=20, num_layers=2, bidirectional=True, proj_size=7,
+                  dtype=torch.float64, device=DEVICE)
+    ref = rnnfast.LSTM(**config, backend="reference")
+    x = torch.randn(7, 3, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    expected = None
+    for backend, recompute in (("reference", False), ("triton", False), ("triton", True)):
+        model = rnnfast.LSTM(**config, backend=backend, recompute=recompute)
+        model.load_state_dict(ref.state_dict())
+        out, (h, c) = model(x)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=DEVICE).view_as(out)).sum() + h.sum() + c.square().sum()
+        got = [out, h, c, *torch.autograd.grad(loss, [x, *model.parameters()])]
+        if expected is None:
+            expected = got
+        else:
+            for a, b in zip(got, expected):
+                assert_close(a, b, **TIGHT[torch.float64])
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device (T > 65,535 is too slow in the interpreter)")
+def test_sequence_longer_than_a_grid_dimension():
+    args = _layer(70_000, 2, 3, 16, dtype=torch.float32)
+    _assert_same(*_compare(args, False), dict(atol=1e-4, rtol=1e-3))
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device: programs meeting at a barrier must run concurrently")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_persistent_barrier_plan_on_gpu(dtype):
+    _, _, plan_module = _kernels()
+    plan = plan_module.make_plan(4, 256, 256, DEVICE, dtype)
+    assert plan.use_barrier and plan.programs_per_batch_block > 1
+    args64 = _layer(50, 4, 64, 256, lengths=[50, 40, 40, 7])
+    forward, backward, _ = _kernels()
+    ours = _errors_vs_float64(args64, dtype, False, (forward.forward, backward.backward))
+    theirs = _errors_vs_float64(args64, dtype, False, (reference.forward, reference.backward))
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a <= 2 * b + torch.finfo(dtype).eps, f"tensor {i}: triton {a:.3g} vs reference {b:.3g}"
