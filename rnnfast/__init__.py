@@ -6,11 +6,12 @@
 """
 from . import autograd as _autograd  # registers the rnnfast:: torch.library ops
 from .backends import available_backends
-from .freeze import freeze, trainable_summary, unfreeze
+from .freeze import freeze, frozen_mask, trainable_summary, unfreeze
 from .functional import lstm_layer
 from .modules import LSTM, LSTMCell, convert
+from . import transfer
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "LSTMCell", "convert", "freeze", "unfreeze", "trainable_summary",
-           "lstm_layer", "available_backends", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "convert", "freeze", "unfreeze", "frozen_mask",
+           "trainable_summary", "lstm_layer", "available_backends", "transfer", "__version__"]
