@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import rnnfast
+from rnnfast.profiling import saved_activation_bytes
 
 T, B, I, H = 100, 64, 512, 512
 ROTATE = 3
@@ -27,27 +28,13 @@ def inputs():
     return [torch.randn(T, B, I, requires_grad=True) for _ in range(ROTATE)]
 
 
-def _saved_bytes(model, x):
-    exclude = {p.data_ptr() for p in model.parameters()} | {x.data_ptr()}
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        if t.data_ptr() not in exclude:
-            total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    return total
-
-
 @pytest.mark.parametrize("provider", ["torch", "rnnfast", "rnnfast-recompute"])
 def test_fwd_bwd(benchmark, models, inputs, provider):
     benchmark.group = f"recompute T={T} B={B} I=H={H} fp32 fwd+bwd"
     model, turn = models[provider], iter(range(10**9))
     if provider != "torch":  # nn.LSTM on CPU saves opaque oneDNN workspaces: not comparable
-        benchmark.extra_info["saved_bytes_excluding_input"] = _saved_bytes(model, inputs[0])
+        benchmark.extra_info["saved_bytes_excluding_input"] = saved_activation_bytes(
+            lambda: model(inputs[0]), [*model.parameters(), inputs[0]])[0]
 
     def step():
         x = inputs[next(turn) % ROTATE]

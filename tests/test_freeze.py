@@ -10,6 +10,7 @@ from torch.testing import assert_close
 import rnnfast
 from rnnfast import backends
 from rnnfast.freeze import frozen_mask
+from rnnfast.profiling import saved_activation_bytes
 
 I, H, T, B = 5, 6, 7, 3
 
@@ -213,17 +214,8 @@ def test_backward_skips_each_gradient_not_needed(spy, frozen_param, x_grad, hx_g
 
 def _saved_bytes(model, x):
     """Bytes of activations autograd saves for backward (parameters and buffers excluded)."""
-    exclude = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        if t.data_ptr() not in exclude:
-            total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out, (h, c) = model(x)
+    total, (out, _) = saved_activation_bytes(
+        lambda: model(x), list(model.parameters()) + list(model.buffers()))
     return total, out
 
 

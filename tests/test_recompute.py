@@ -5,6 +5,7 @@ import torch
 from torch.testing import assert_close
 
 import rnnfast
+from rnnfast.profiling import saved_activation_bytes
 from conftest import BACKENDS
 from helpers import run
 
@@ -51,18 +52,7 @@ def test_16bit_gradients_stay_within_the_precision_rule(backend):
 
 
 def _saved_bytes(model, x):
-    exclude = {t.data_ptr() for t in model.parameters()}
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        if t.data_ptr() not in exclude:
-            total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    return total
+    return saved_activation_bytes(lambda: model(x), model.parameters())[0]
 
 
 @pytest.mark.parametrize("dtype,words_per_row", [
