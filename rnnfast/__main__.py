@@ -11,7 +11,7 @@ import time
 import torch
 
 import rnnfast
-from rnnfast.backends import available_backends
+from rnnfast import backends
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -70,10 +70,16 @@ def check(args) -> int:
     dtype = DTYPES[args.dtype]
     print(f"rnnfast {rnnfast.__version__}, torch {torch.__version__}, device: {_describe_device(device)}")
     print("\nbackends:")
-    status = available_backends()
+    status = backends.available_backends()
+    usable = []
     for name, reason in status.items():
+        if reason is None:
+            reason = backends.get(name).unsupported_reason(device, dtype)
+            if reason is not None:
+                reason = f"cannot run this check's tensors: {reason}"
         print(f"  {name:<10} {'available' if reason is None else 'unavailable: ' + reason}")
-    usable = [name for name, reason in status.items() if reason is None]
+        if reason is None:
+            usable.append(name)
 
     tolerance = {torch.float64: 1e-10, torch.float32: 1e-4}.get(dtype, 5e-2)
     print(f"\nparity with torch.nn.LSTM ({args.dtype}, max relative difference over outputs, "
@@ -91,10 +97,13 @@ def check(args) -> int:
     ref = torch.nn.LSTM(H, H, device=device, dtype=dtype)
     x = torch.randn(T, B, H, device=device, dtype=dtype, requires_grad=True)
     base = time_fwd_bwd(ref, x, args.repeats)
-    print(f"  {'torch.nn.LSTM':<14} {base * 1e3:9.2f} ms   1.00x")
+    print(f"  {'torch.nn.LSTM':<18} {base * 1e3:9.2f} ms   1.00x")
     for name in usable:
+        if name == "triton" and device.type == "cpu":
+            print(f"  {'rnnfast/triton':<18} not timed: Triton's CPU interpreter is for testing only")
+            continue
         t = time_fwd_bwd(rnnfast.LSTM.from_torch(ref, backend=name), x, args.repeats)
-        print(f"  {'rnnfast/' + name:<14} {t * 1e3:9.2f} ms   {t / base:.2f}x the time of nn.LSTM")
+        print(f"  {'rnnfast/' + name:<18} {t * 1e3:9.2f} ms   {t / base:.2f}x the time of nn.LSTM")
     print("\n(quick check only: the benchmark suites under bench/ are the evidence for speed claims)")
     return 1 if failed else 0
 
