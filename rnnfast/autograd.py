@@ -22,7 +22,8 @@ from torch import Tensor
 
 from . import backends
 from .backends import reference
-from .backends.steps import accumulation_dtype
+from .backends.gradients import low_rank_grads
+from .backends.steps import accumulation_dtype, make_steps, prev_sequence
 
 # Gradient slots, in the order of the Function's first inputs and of the backward op.
 GRAD_SLOTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
@@ -70,25 +71,28 @@ def lstm_layer_backward(
     gates: Tensor, cells: Tensor, hidden: Optional[Tensor],
     frozen_w_ih: Optional[Tensor], frozen_w_hh: Optional[Tensor], frozen_b_ih: Optional[Tensor],
     frozen_b_hh: Optional[Tensor], frozen_w_hr: Optional[Tensor],
-    reverse: bool, needs: list[bool], x_shape: list[int], backend: str,
+    reverse: bool, needs: list[bool], want_dgates: bool, x_shape: list[int], backend: str,
 ) -> list[Tensor]:
-    """Gradients in GRAD_SLOTS order; a slot not needed comes back as an empty tensor."""
-    grads = backends.get(backend).backward(
+    """Gradients in GRAD_SLOTS order, then dL/d(gate pre-activations) [N, 4H] (the
+    accumulation dtype) when want_dgates; a slot not needed comes back empty."""
+    grads, dgates = backends.get(backend).backward(
         dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden,
         reverse, needs, [frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr],
         x_shape)
+    grads.append(dgates if want_dgates else None)
     return [g if g is not None else gates.new_empty(0) for g in grads]
 
 
 @lstm_layer_backward.register_fake
 def _(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden,
       frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr,
-      reverse, needs, x_shape, backend):
+      reverse, needs, want_dgates, x_shape, backend):
     dtype, four_h, out_size = w_hh.dtype, w_hh.shape[0], w_hh.shape[1]
     shapes = (x_shape, [c0.shape[0], out_size], list(c0.shape), [four_h, x_shape[-1]],
               [four_h, out_size], [four_h], [four_h], [out_size, four_h // 4])
-    return [gates.new_empty(s, dtype=dtype) if need else gates.new_empty(0)
-            for s, need in zip(shapes, needs)]
+    grads = [gates.new_empty(s, dtype=dtype) if need else gates.new_empty(0)
+             for s, need in zip(shapes, needs)]
+    return grads + [gates.new_empty(gates.shape) if want_dgates else gates.new_empty(0)]
 
 
 class LSTMLayerFunction(torch.autograd.Function):
@@ -99,44 +103,70 @@ class LSTMLayerFunction(torch.autograd.Function):
     pre-projection hidden only for dW_hr. Gradients not asked for are not computed.
     With recompute=True it saves the cell states instead of the gates (a quarter of
     the bytes) plus what rebuilding the gates takes: x, y, h0 and the weights.
+
+    LoRA: with low-rank factors A [r, in], B [4H, r] for W_ih and/or W_hh the layer runs
+    with W + scale * B @ A, and backward takes dA and dB straight from the gate
+    gradients (GEMMs of width r) instead of forming dW: a frozen base weight costs no
+    weight-gradient GEMM.
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-                frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr, backend,
-                recompute):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lora_a_ih, lora_b_ih, lora_a_hh,
+                lora_b_hh, batch_sizes, reverse, frozen_w_ih, frozen_w_hh, frozen_b_ih,
+                frozen_b_hh, frozen_w_hr, backend, recompute, lora_scale):
+        if lora_a_ih is not None:
+            w_ih = w_ih + lora_scale * (lora_b_ih @ lora_a_ih)
+        if lora_a_hh is not None:
+            w_hh = w_hh + lora_scale * (lora_b_hh @ lora_a_hh)
         y, h_n, c_n, gates, cells, hidden = torch.ops.rnnfast.lstm_layer_forward(
             x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
             "cells" if recompute else "all", backend)
         need_dx, _, _, need_dw_ih, need_dw_hh, _, _, need_dw_hr = ctx.needs_input_grad[:len(GRAD_SLOTS)]
+        need_lora_ih = any(ctx.needs_input_grad[8:10])
+        need_lora_hh = any(ctx.needs_input_grad[10:12])
+        keep_x = need_dw_ih or need_lora_ih
+        keep_h = need_dw_hh or need_lora_hh
         if recompute:
             saved = (x, h0, c0, w_ih, w_hh, w_hr, y, None, cells, None, b_ih, b_hh)
         else:
-            saved = (x if need_dw_ih else None, h0 if need_dw_hh else None, c0,
-                     w_ih if need_dx else None, w_hh, w_hr, y if need_dw_hh else None,
+            saved = (x if keep_x else None, h0 if keep_h else None, c0,
+                     w_ih if need_dx else None, w_hh, w_hr, y if keep_h else None,
                      gates, cells, hidden if need_dw_hr else None, None, None)
         ctx.save_for_backward(*saved, frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh,
-                              frozen_w_hr)
+                              frozen_w_hr, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh)
         ctx.batch_sizes = batch_sizes
         ctx.reverse = reverse
         ctx.x_shape = list(x.shape)
         ctx.backend = backend
         ctx.recompute = recompute
+        ctx.lora_scale = lora_scale
         ctx.set_materialize_grads(False)
         return y, h_n, c_n
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
         needs = list(ctx.needs_input_grad[:len(GRAD_SLOTS)])
+        lora_needs = ctx.needs_input_grad[8:12]
         if dy is None and dh_n is None and dc_n is None:
-            return (None,) * 17
+            return (None,) * 22
         (x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden, b_ih, b_hh,
-         *frozen) = ctx.saved_tensors
+         *frozen, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh) = ctx.saved_tensors
         if ctx.recompute:
             gates, hidden = reference.recompute_gates(
                 x, ctx.batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cells, ctx.reverse)
-        grads = torch.ops.rnnfast.lstm_layer_backward(
+        *grads, dgates = torch.ops.rnnfast.lstm_layer_backward(
             dy, dh_n, dc_n, x, ctx.batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
-            hidden, *frozen, ctx.reverse, needs, ctx.x_shape, ctx.backend)
+            hidden, *frozen, ctx.reverse, needs, any(lora_needs), ctx.x_shape, ctx.backend)
         grads = [g if need else None for g, need in zip(grads, needs)]
-        return (*grads,) + (None,) * 9
+        lora_grads = [None] * 4
+        if any(lora_needs):
+            steps = make_steps(ctx.x_shape, ctx.batch_sizes, ctx.reverse)
+            dgates = dgates.to(w_hh.dtype)
+            if any(lora_needs[:2]):
+                lora_grads[:2] = low_rank_grads(dgates, x.reshape(dgates.shape[0], -1),
+                                                lora_a_ih, lora_b_ih, ctx.lora_scale, lora_needs[:2])
+            if any(lora_needs[2:]):
+                h_prev = prev_sequence(y.reshape(dgates.shape[0], -1), h0, steps)
+                lora_grads[2:] = low_rank_grads(dgates, h_prev, lora_a_hh, lora_b_hh,
+                                                ctx.lora_scale, lora_needs[2:])
+        return (*grads, *lora_grads) + (None,) * 10

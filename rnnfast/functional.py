@@ -29,6 +29,9 @@ def lstm_layer(
     frozen: Sequence[Optional[Tensor]] = NO_MASKS,  # bool masks for w_ih, w_hh, b_ih, b_hh, w_hr
     backend: str = "auto",
     recompute: bool = False,
+    lora_ih: Optional[tuple[Tensor, Tensor]] = None,  # (A [r, I], B [4H, r])
+    lora_hh: Optional[tuple[Tensor, Tensor]] = None,  # (A [r, P], B [4H, r])
+    lora_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Runs the layer over the whole sequence: returns y [.., P], h_n [B, P], c_n [B, H].
 
@@ -37,12 +40,19 @@ def lstm_layer(
     entries; a parameter that is wholly frozen should instead not require grad, which
     skips its gradient GEMM entirely. recompute=True keeps only the cell states for
     backward (instead of the four gate activations) and rebuilds the gates there with
-    two GEMMs: about a third of the activation memory, for some extra backward time."""
+    two GEMMs: about a third of the activation memory, for some extra backward time.
+    lora_ih / lora_hh: LoRA factors (A, B); the layer runs with W + lora_scale * B @ A
+    and backward gives A and B their gradients without forming dW."""
     check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+    lora = (*_checked_lora("lora_ih", lora_ih, w_ih), *_checked_lora("lora_hh", lora_hh, w_hh))
     name = backends.resolve(backend, x.device, x.dtype)
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return LSTMLayerFunction.apply(*tensors, batch_sizes, reverse, *frozen, name, recompute)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors + lora):
+        return LSTMLayerFunction.apply(*tensors, *lora, batch_sizes, reverse, *frozen, name,
+                                       recompute, float(lora_scale))
+    if lora_ih is not None or lora_hh is not None:  # inference: just the merged weights
+        w_ih = w_ih if lora_ih is None else w_ih + lora_scale * (lora_ih[1] @ lora_ih[0])
+        w_hh = w_hh if lora_hh is None else w_hh + lora_scale * (lora_hh[1] @ lora_hh[0])
     y, h_n, c_n, _, _, _ = torch.ops.rnnfast.lstm_layer_forward(
         x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, "none", name)
     return y, h_n, c_n
@@ -91,6 +101,23 @@ def check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> No
     if (w_hr is None) != (out_size == hidden):
         raise RuntimeError(f"LSTM weight_hh has {out_size} columns for hidden size {hidden}: "
                            "that needs a weight_hr projection of matching size")
+
+
+def _checked_lora(what: str, factors, weight: Tensor) -> tuple:
+    """(A, B) of a LoRA update of `weight` [out, in], checked: A [r, in], B [out, r]."""
+    if factors is None:
+        return (None, None)
+    lora_a, lora_b = factors
+    out_features, in_features = weight.shape
+    rank = lora_a.shape[0] if lora_a.dim() == 2 else -1
+    if lora_a.shape != (rank, in_features) or lora_b.shape != (out_features, rank):
+        raise RuntimeError(f"{what} must be (A [r, {in_features}], B [{out_features}, r]), got "
+                           f"A {tuple(lora_a.shape)} and B {tuple(lora_b.shape)}")
+    for t in (lora_a, lora_b):
+        if t.dtype != weight.dtype or t.device != weight.device:
+            raise TypeError(f"{what} factors must match the weight ({weight.dtype} on "
+                            f"{weight.device}), got {t.dtype} on {t.device}")
+    return (lora_a, lora_b)
 
 
 def check_batch_sizes(batch_sizes: Tensor, rows: int) -> int:

@@ -61,6 +61,10 @@ class LSTM(nn.Module):
         self.proj_size = proj_size
         self.backend = backend
         self.recompute = recompute
+        # LoRA adapters (rnnfast.transfer.add_lora): weight name -> names of its A, B.
+        self.lora: dict[str, tuple[str, str]] = {}
+        self.lora_scale = 1.0
+        self.lora_merged = False
         directions = 2 if bidirectional else 1
         out_size = proj_size if proj_size > 0 else hidden_size
         factory = {"device": device, "dtype": dtype}
@@ -122,6 +126,9 @@ class LSTM(nn.Module):
             s += ", backend={backend!r}"
         if self.recompute:
             s += ", recompute=True"
+        if self.lora:
+            s += f", lora_adapters={len(self.lora)}, lora_scale={self.lora_scale:g}"
+            s += ", merged" if self.lora_merged else ""
         return s.format(**self.__dict__)
 
     def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
@@ -168,7 +175,8 @@ class LSTM(nn.Module):
                     layer_input.contiguous(), h0[index], c0[index], w_ih, w_hh, b_ih, b_hh, w_hr,
                     batch_sizes=batch_sizes, reverse=direction == 1,
                     frozen=self._frozen_masks(names), backend=self.backend,
-                    recompute=self.recompute)
+                    recompute=self.recompute, lora_ih=self._lora_factors(names[0]),
+                    lora_hh=self._lora_factors(names[1]), lora_scale=self.lora_scale)
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)
@@ -196,6 +204,13 @@ class LSTM(nn.Module):
         for name in names:
             by_role[name.split("_l")[0]] = frozen_mask(self, name)
         return tuple(by_role.values())
+
+    def _lora_factors(self, weight_name: str) -> Optional[tuple[Tensor, Tensor]]:
+        """(A, B) of the LoRA adapter on a weight, unless none or merged into it."""
+        names = self.lora.get(weight_name)
+        if names is None or self.lora_merged:
+            return None
+        return getattr(self, names[0]), getattr(self, names[1])
 
     def _initial_state(self, hx, x: Tensor, batch: int, batched: bool, directions: int,
                        out_size: int) -> tuple[Tensor, Tensor]:

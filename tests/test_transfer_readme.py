@@ -15,7 +15,7 @@ def _section_blocks():
 
 def test_readme_transfer_snippets_run(tmp_path, monkeypatch, capsys):
     blocks = _section_blocks()
-    assert len(blocks) == 9  # setup + one per strategy
+    assert len(blocks) == 10  # setup + one per strategy (bias-only and LoRA apart)
     monkeypatch.chdir(tmp_path)  # whatever a snippet writes lands in a temporary folder
     namespace = {"__name__": "readme"}
     for number, block in enumerate(blocks):

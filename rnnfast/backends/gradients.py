@@ -56,3 +56,21 @@ def parameter_and_input_grads(
         if grads[slot] is not None and mask is not None:
             grads[slot].masked_fill_(mask, 0)
     return grads
+
+
+def low_rank_grads(
+    dgates: Tensor,                 # [N, 4H] gate gradients, in the weights' dtype
+    inputs: Tensor,                 # [N, in] what the weight multiplies: x, or h(t-1)
+    lora_a: Tensor,                 # [r, in]
+    lora_b: Tensor,                 # [4H, r]
+    scale: float,
+    needs: Sequence[bool],          # dA, dB
+) -> list[Optional[Tensor]]:
+    """dA, dB of a LoRA update W + scale * B @ A, straight from the gate gradients:
+    dW would be dgates^T @ inputs ([4H, in], one GEMM over all rows), but
+    dB = scale * dgates^T @ (inputs @ A^T) and dA = scale * (dgates @ B)^T @ inputs only
+    ever form [N, r]-wide products."""
+    need_da, need_db = needs
+    d_a = scale * ((dgates @ lora_b).t() @ inputs) if need_da else None
+    d_b = scale * (dgates.t() @ (inputs @ lora_a.t())) if need_db else None
+    return [d_a, d_b]

@@ -141,9 +141,10 @@ def backward(
     needs: list[bool],              # dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr
     frozen: list[Optional[Tensor]],  # bool masks (True = frozen) for w_ih, w_hh, b_ih, b_hh, w_hr
     x_shape: list[int],             # shape of the layer input x
-) -> list[Optional[Tensor]]:
-    """Gradients in the order of `needs`; None where not needed. Frozen entries get
-    exactly zero."""
+) -> tuple[list[Optional[Tensor]], Tensor]:
+    """Gradients in the order of `needs` (None where not needed; frozen entries get
+    exactly zero), and the gate gradients dgates [N, 4H] (accumulation dtype) they
+    were computed from."""
     need_dx, need_dh0, need_dc0, need_dw_ih, need_dw_hh, need_db_ih, need_db_hh, need_dw_hr = needs
     acc, dtype = gates.dtype, w_hh.dtype
     steps = make_steps(x_shape, batch_sizes, reverse)
@@ -201,5 +202,6 @@ def backward(
             dh0[carried:n] = dh_prev[carried:n]
             dc0[carried:n] = dc_prev[carried:n]
 
-    return parameter_and_input_grads(dgates, dh0, dc0, dy_total, x, h0, w_ih, y, hidden,
-                                     steps, needs, frozen, x_shape, dtype)
+    grads = parameter_and_input_grads(dgates, dh0, dc0, dy_total, x, h0, w_ih, y, hidden,
+                                      steps, needs, frozen, x_shape, dtype)
+    return grads, dgates

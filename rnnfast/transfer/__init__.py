@@ -14,6 +14,8 @@ Pick by target data size and domain distance (README "Transfer learning" has the
     DANN, DomainClassifier, grad_reverse, dann_lambda, dann_step
                                     domain-adversarial training
     bias_only                       bias-only fine-tuning
+    add_lora, merge_lora, unmerge_lora, remove_lora
+                                    LoRA adapters on W_ih / W_hh (base frozen)
 """
 from .adversarial import (DANN, DANNLosses, DomainClassifier, GradientReversal, GradientReversalLayer,
                           dann_lambda, dann_learning_rate, dann_losses, dann_step, grad_reverse)
@@ -25,6 +27,7 @@ from .hetero import (Deepened, Widened, deepen, layer_mapping, map_layers, near_
                      resize_input, widen)
 from .init import Entry, RemapStats, TransferReport, init_from, load_source, remap_embedding, remap_rows
 from .layers import find_embeddings, find_lstms, freeze_parts, unfreeze_parts
+from .lora import add_lora, lora_parameters, merge_lora, remove_lora, unmerge_lora
 from .multitask import MultiTaskModel, TaskSampler, multitask_loss, multitask_step
 from .schedules import (GradualUnfreezer, LayerGroup, SlantedTriangularLR, discriminative_lrs,
                         discriminative_param_groups, layer_groups, slanted_triangular)
@@ -51,5 +54,6 @@ __all__ = [
     "GradientReversal", "GradientReversalLayer", "grad_reverse", "dann_lambda", "dann_learning_rate",
     "DomainClassifier", "DANN", "DANNLosses", "dann_losses", "dann_step",
     # 8. parameter-efficient
-    "bias_only", "is_bias",
+    "bias_only", "is_bias", "add_lora", "merge_lora", "unmerge_lora", "remove_lora",
+    "lora_parameters",
 ]

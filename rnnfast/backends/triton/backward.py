@@ -174,7 +174,7 @@ def backward(
     frozen: list[Optional[Tensor]],  # masks (True = frozen) for w_ih, w_hh, b_ih, b_hh, w_hr
     x_shape: list[int],
     plan: Optional[Plan] = None,    # tests force a launch plan; normally make_plan decides
-) -> list[Optional[Tensor]]:
+) -> tuple[list[Optional[Tensor]], Tensor]:
     """Same contract as backends.reference.backward."""
     acc, dtype = gates.dtype, w_hh.dtype
     steps = make_steps(x_shape, batch_sizes, reverse)
@@ -209,5 +209,6 @@ def backward(
             BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
             num_warps=plan.num_warps,
         )
-    return parameter_and_input_grads(dgates, dh0, dc0, dy_total, x, h0, w_ih, y, hidden,
-                                     steps, needs, frozen, x_shape, dtype)
+    grads = parameter_and_input_grads(dgates, dh0, dc0, dy_total, x, h0, w_ih, y, hidden,
+                                      steps, needs, frozen, x_shape, dtype)
+    return grads, dgates
