@@ -77,10 +77,12 @@ def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
     support this device/dtype falls back to the reference backend and says so once.
     """
     if requested == "auto":
-        usable = [b for b in _REGISTRY.values()
-                  if b.unavailable_reason() is None and b.unsupported_reason(device, dtype) is None
-                  and b.auto_picks(device, dtype)]
-        return max(usable, key=lambda b: b.priority).name
+        best = _REGISTRY["reference"]
+        for b in _REGISTRY.values():  # a plain loop: Dynamo cannot trace max(key=...)
+            if (b.priority > best.priority and b.unavailable_reason() is None
+                    and b.unsupported_reason(device, dtype) is None and b.auto_picks(device, dtype)):
+                best = b
+        return best.name
     backend = get(requested)
     reason = backend.unsupported_reason(device, dtype)
     if reason is None:
