@@ -178,7 +178,7 @@ def test_every_launch_plan_form(proj, case):
 def test_freeze_masks_zero_exactly_the_frozen_entries():
     args = _layer(6, 3, 5, 8, proj=3)
     g = torch.Generator().manual_seed(4)
-    frozen = [torch.rand(a.shape, generator=g).to(DEVICE) < 0.5 for a in (args[4], args[5], args[6], args[7], args[8])]
+    frozen = [torch.rand(a.shape, generator=g).to(DEVICE) < 0.5 for a in args[4:9]]
     outs, grads, outs_ref, grads_ref = _compare(args, False, frozen=frozen)
     _assert_same(outs, grads, outs_ref, grads_ref, TIGHT[torch.float64])
     for grad, mask in zip(grads[3:8], frozen):
@@ -209,7 +209,8 @@ def test_module_end_to_end_and_recompute():
         model = rnnfast.LSTM(**config, backend=backend, recompute=recompute)
         model.load_state_dict(ref.state_dict())
         out, (h, c) = model(x)
-        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=DEVICE).view_as(out)).sum() + h.sum() + c.square().sum()
+        spread = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=DEVICE).view_as(out)
+        loss = (out * spread).sum() + h.sum() + c.square().sum()
         got = [out, h, c, *torch.autograd.grad(loss, [x, *model.parameters()])]
         if expected is None:
             expected = got
@@ -218,13 +219,15 @@ def test_module_end_to_end_and_recompute():
                 assert_close(a, b, **TIGHT[torch.float64])
 
 
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device (T > 65,535 is too slow in the interpreter)")
+@pytest.mark.skipif(DEVICE.type != "cuda",
+                    reason="needs a CUDA device (T > 65,535 is too slow in the interpreter)")
 def test_sequence_longer_than_a_grid_dimension():
     args = _layer(70_000, 2, 3, 16, dtype=torch.float32)
     _assert_same(*_compare(args, False), dict(atol=1e-4, rtol=1e-3))
 
 
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device: programs meeting at a barrier must run concurrently")
+@pytest.mark.skipif(DEVICE.type != "cuda",
+                    reason="needs a CUDA device: programs meeting at a barrier run concurrently")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_persistent_barrier_plan_on_gpu(dtype):
     _, _, plan_module = _kernels()

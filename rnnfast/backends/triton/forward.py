@@ -72,7 +72,8 @@ def _lstm_forward_kernel(
     arrivals_ptr,  # [batch blocks] int32 zeros: barrier counters (USE_BARRIER)
     T, B, H, P,
     REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_PROJ: tl.constexpr, SAVE_GATES: tl.constexpr, SAVE_CELLS: tl.constexpr, USE_BARRIER: tl.constexpr,
+    HAS_PROJ: tl.constexpr, SAVE_GATES: tl.constexpr, SAVE_CELLS: tl.constexpr,
+    USE_BARRIER: tl.constexpr,
     W_RESIDENT: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -199,7 +200,9 @@ def forward(
     y = x2d.new_empty(rows, out_size)
     c_state = c0.to(acc, copy=True).contiguous()
     save_all = save == "all"
-    gates = (xg if acc == dtype else xg.new_empty(rows, 4 * hidden_size, dtype=acc)) if save_all else None
+    gates = None
+    if save_all:  # fp32/fp64: the kernel writes the activated gates over xg itself
+        gates = xg if acc == dtype else xg.new_empty(rows, 4 * hidden_size, dtype=acc)
     cells = x2d.new_empty(rows, hidden_size, dtype=acc) if save != "none" else None
     hidden = x2d.new_empty(rows, hidden_size) if w_hr is not None else None
     if rows > 0:
@@ -217,7 +220,8 @@ def forward(
             offsets if offsets is not None else unused, sizes if sizes is not None else unused,
             arrivals, len(steps), batch, hidden_size, out_size,
             REVERSE=reverse, PACKED=offsets is not None, HAS_BIAS=bias is not None,
-            HAS_PROJ=w_hr is not None, SAVE_GATES=save_all, SAVE_CELLS=save != "none", USE_BARRIER=plan.use_barrier,
+            HAS_PROJ=w_hr is not None, SAVE_GATES=save_all, SAVE_CELLS=save != "none",
+            USE_BARRIER=plan.use_barrier,
             W_RESIDENT=plan.weights_resident, ACC=acc_tl, DOT_FP32=dot_fp32,
             PRECISION=precision, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
             BLOCK_K=plan.block_k, num_warps=plan.num_warps,
