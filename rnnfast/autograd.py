@@ -95,6 +95,12 @@ def _(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
     return grads + [gates.new_empty(gates.shape) if want_dgates else gates.new_empty(0)]
 
 
+def with_lora(weight: Tensor, lora_a: Optional[Tensor], lora_b: Optional[Tensor],
+              scale: float) -> Tensor:
+    """The weight a layer runs with: W + scale * B @ A, or W itself without factors."""
+    return weight if lora_a is None else weight + scale * (lora_b @ lora_a)
+
+
 class LSTMLayerFunction(torch.autograd.Function):
     """One LSTM layer in one direction, with a hand-written backward.
 
@@ -114,10 +120,8 @@ class LSTMLayerFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lora_a_ih, lora_b_ih, lora_a_hh,
                 lora_b_hh, batch_sizes, reverse, frozen_w_ih, frozen_w_hh, frozen_b_ih,
                 frozen_b_hh, frozen_w_hr, backend, recompute, lora_scale):
-        if lora_a_ih is not None:
-            w_ih = w_ih + lora_scale * (lora_b_ih @ lora_a_ih)
-        if lora_a_hh is not None:
-            w_hh = w_hh + lora_scale * (lora_b_hh @ lora_a_hh)
+        w_ih = with_lora(w_ih, lora_a_ih, lora_b_ih, lora_scale)
+        w_hh = with_lora(w_hh, lora_a_hh, lora_b_hh, lora_scale)
         y, h_n, c_n, gates, cells, hidden = torch.ops.rnnfast.lstm_layer_forward(
             x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
             "cells" if recompute else "all", backend)

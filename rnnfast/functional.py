@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .autograd import LSTMLayerFunction
+from .autograd import LSTMLayerFunction, with_lora
 
 NO_MASKS = (None, None, None, None, None)
 
@@ -50,9 +50,9 @@ def lstm_layer(
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors + lora):
         return LSTMLayerFunction.apply(*tensors, *lora, batch_sizes, reverse, *frozen, name,
                                        recompute, float(lora_scale))
-    if lora_ih is not None or lora_hh is not None:  # inference: just the merged weights
-        w_ih = w_ih if lora_ih is None else w_ih + lora_scale * (lora_ih[1] @ lora_ih[0])
-        w_hh = w_hh if lora_hh is None else w_hh + lora_scale * (lora_hh[1] @ lora_hh[0])
+    # Inference: the layer runs on the merged weights.
+    w_ih = with_lora(w_ih, lora[0], lora[1], lora_scale)
+    w_hh = with_lora(w_hh, lora[2], lora[3], lora_scale)
     y, h_n, c_n, _, _, _ = torch.ops.rnnfast.lstm_layer_forward(
         x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, "none", name)
     return y, h_n, c_n
