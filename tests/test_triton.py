@@ -153,6 +153,32 @@ def _forced(plan_module, **changes):
     return dataclasses.replace(base, **changes)
 
 
+@pytest.mark.parametrize("batch,hidden,proj,seq,form", [
+    (4, 256, 0, 50, "barrier, resident"),      # small batch: programs share the units
+    (16, 768, 0, 1024, "barrier"),             # FlashRNN's case: W_hh slice too big to hold
+    (4, 256, 0, 2**30, "split"),               # the int32 arrival count would overflow
+    (8192, 512, 0, 100, "split"),              # the batch fills the GPU: no barrier needed
+    (4096, 512, 0, 100, "barrier"),            # it fills half: two programs per batch block
+    (3, 20, 7, 7, "barrier, resident"),        # tiny, with projection: 2 unit tiles
+    (1, 8, 0, 5, "split"),                     # a single unit tile: nothing to share
+])
+def test_gpu_plans_for_an_h100(batch, hidden, proj, seq, form):
+    """The launch plans chosen for 132 SMs: the barrier form only with a grid that fits
+    at once, every tl.dot dimension >= 16, W_hh held only where each program owns one
+    unit tile and the slice fits."""
+    _, _, plan_module = _kernels()
+    out_size = proj or hidden
+    plan = plan_module.gpu_plan(batch, hidden, out_size, seq, 2, sms=132)
+    assert plan.use_barrier == form.startswith("barrier")
+    assert plan.weights_resident == ("resident" in form)
+    assert plan.batch_blocks * plan.programs_per_batch_block <= 132 or not plan.use_barrier
+    assert min(plan.block_b, plan.block_h, plan.block_k) >= 16
+    assert plan.batch_blocks * plan.block_b >= batch
+    if plan.weights_resident:
+        assert plan.block_k >= out_size
+        assert plan.programs_per_batch_block * plan.block_h >= hidden
+
+
 @pytest.mark.parametrize("proj", [0, 7])
 @pytest.mark.parametrize("case", ["tiles_and_k_chunks", "batch_blocks", "resident", "barrier"])
 def test_every_launch_plan_form(proj, case):
@@ -231,7 +257,7 @@ def test_sequence_longer_than_a_grid_dimension():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_persistent_barrier_plan_on_gpu(dtype):
     _, _, plan_module = _kernels()
-    plan = plan_module.make_plan(4, 256, 256, DEVICE, dtype)
+    plan = plan_module.make_plan(4, 256, 256, 50, DEVICE, dtype)
     assert plan.use_barrier and plan.programs_per_batch_block > 1
     args64 = _layer(50, 4, 64, 256, lengths=[50, 40, 40, 7])
     forward, backward, _ = _kernels()

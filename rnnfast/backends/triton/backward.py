@@ -190,7 +190,7 @@ def backward(
     need_dy_total = needs[7]
     dy_total = gates.new_empty(rows, out_size) if need_dy_total else None
     if rows > 0:
-        plan = plan or make_plan(batch, hidden_size, out_size, gates.device, dtype)
+        plan = plan or make_plan(batch, hidden_size, out_size, len(steps), gates.device, dtype)
         offsets, sizes = step_tables(steps, gates.device)
         arrivals = torch.zeros(plan.batch_blocks, dtype=torch.int32, device=gates.device)
         acc_tl, _, precision = kernel_dtypes(acc)

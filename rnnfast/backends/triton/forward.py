@@ -206,7 +206,7 @@ def forward(
     cells = x2d.new_empty(rows, hidden_size, dtype=acc) if save != "none" else None
     hidden = x2d.new_empty(rows, hidden_size) if w_hr is not None else None
     if rows > 0:
-        plan = plan or make_plan(batch, hidden_size, out_size, x.device, dtype)
+        plan = plan or make_plan(batch, hidden_size, out_size, len(steps), x.device, dtype)
         offsets, sizes = step_tables(steps, x.device)
         arrivals = torch.zeros(plan.batch_blocks, dtype=torch.int32, device=x.device)
         bias = b_ih.to(acc) + b_hh.to(acc) if b_ih is not None else None

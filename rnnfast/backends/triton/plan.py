@@ -50,27 +50,34 @@ def _pow2(n: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(max(n, 1))))
 
 
-def make_plan(batch: int, hidden: int, out_size: int, device: torch.device,
+def make_plan(batch: int, hidden: int, out_size: int, seq_len: int, device: torch.device,
               dtype: torch.dtype) -> Plan:
-    """batch B, hidden H, out_size P (= proj_size or H)."""
-    block_b = _pow2(batch, _MIN_DOT, 64)
-    batch_blocks = triton.cdiv(batch, block_b)
+    """batch B, hidden H, out_size P (= proj_size or H), seq_len T (processed steps)."""
     if interpreting() or device.type != "cuda":
         # One program per batch block, big tiles: the interpreter pays per tile, not per FLOP.
+        block_b = _pow2(batch, _MIN_DOT, 64)
         block_h = _pow2(max(hidden, out_size), _MIN_DOT, 64)
-        return Plan(block_b, block_h, _pow2(max(hidden, out_size), _MIN_DOT, 64), batch_blocks, 1,
-                    False, False, 4)
+        return Plan(block_b, block_h, block_h, triton.cdiv(batch, block_b), 1, False, False, 4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return gpu_plan(batch, hidden, out_size, seq_len, dtype.itemsize, sms)
+
+
+def gpu_plan(batch: int, hidden: int, out_size: int, seq_len: int, itemsize: int,
+             sms: int) -> Plan:
+    """The plan for a GPU with `sms` multiprocessors (pure: testable without one)."""
+    block_b = _pow2(batch, _MIN_DOT, 64)
+    batch_blocks = triton.cdiv(batch, block_b)
     programs = max(1, sms // batch_blocks)
     if programs < 2:
         return Plan(block_b, 32, 32, batch_blocks, 1, False, False, 4)
     block_h = _MIN_DOT
     unit_tiles = triton.cdiv(max(hidden, out_size), block_h)
     programs = min(programs, unit_tiles)
-    if programs < 2:
+    # The barrier counts every arrival (at most 2 phases a step) in an int32.
+    if programs < 2 or 2 * seq_len * programs >= 2**31:
         return Plan(block_b, block_h, 64, batch_blocks, 1, False, False, 4)
     padded_k = max(_MIN_DOT, triton.next_power_of_2(out_size))
     resident = (programs == triton.cdiv(hidden, block_h)
-                and 4 * block_h * padded_k * dtype.itemsize <= _RESIDENT_BYTES)
+                and 4 * block_h * padded_k * itemsize <= _RESIDENT_BYTES)
     return Plan(block_b, block_h, padded_k if resident else 64, batch_blocks, programs, resident,
                 True, 4)
