@@ -24,7 +24,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["environment"] = {
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "command": "python -m pytest bench/ --benchmark-json=<file>",
+        "command": " ".join(["python -m pytest", *config.invocation_params.args]),
     }
 
 

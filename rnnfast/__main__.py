@@ -1,5 +1,6 @@
 """`python -m rnnfast [check]`: what rnnfast can run on this machine, a parity check of
-every usable backend against torch.nn.LSTM, and a quick speed comparison."""
+every usable backend against torch.nn.LSTM, and a quick speed comparison.
+`python -m rnnfast bench`: the benchmark suite (rnnfast/bench)."""
 from __future__ import annotations
 
 import argparse
@@ -119,7 +120,13 @@ def main(argv=None) -> int:
         target.add_argument("--batch", type=int, default=32)
         target.add_argument("--hidden", type=int, default=256)
         target.add_argument("--repeats", type=int, default=5)
+    b = sub.add_parser("bench", help="benchmark suite: every provider in the same run, ratios to "
+                       "nn.LSTM, memory, floors; JSON/CSV/plots under bench/results/<device>/")
+    from rnnfast.bench import cli as bench_cli
+    bench_cli.add_arguments(b)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return bench_cli.run(args, sys.argv[1:] if argv is None else argv)
     return check(args)
 
 
