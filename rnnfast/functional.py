@@ -43,6 +43,16 @@ def lstm_layer(
     two GEMMs: about a third of the activation memory, for some extra backward time.
     lora_ih / lora_hh: LoRA factors (A, B); the layer runs with W + lora_scale * B @ A
     and backward gives A and B their gradients without forming dW."""
+    if torch.is_autocast_enabled(x.device.type):
+        # Like nn.LSTM under autocast: the layer runs in the autocast dtype (cell state
+        # and accumulation stay fp32 inside); the casts are differentiable, so fp32
+        # parameters get fp32 gradients.
+        low = torch.get_autocast_dtype(x.device.type)
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = (
+            t.to(low) if t is not None and t.dtype == torch.float32 else t
+            for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+        lora_ih, lora_hh = (None if f is None else tuple(t.to(low) for t in f)
+                            for f in (lora_ih, lora_hh))
     check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     lora = (*_checked_lora("lora_ih", lora_ih, w_ih), *_checked_lora("lora_hh", lora_hh, w_hh))
     name = backends.resolve(backend, x.device, x.dtype)

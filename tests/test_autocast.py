@@ -1,0 +1,65 @@
+"""torch.autocast: rnnfast.LSTM runs in the autocast dtype like torch.nn.LSTM (bf16 on
+CPU here; fp16/bf16 on CUDA when present), fp32 parameters get fp32 gradients, and a
+GradScaler step works."""
+import pytest
+import torch
+
+import rnnfast
+from conftest import BACKENDS, requires_cuda
+from helpers import twin_models
+
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+
+
+def _errors_vs_float64(device, dtype, backend):
+    """Max error of outputs and weight gradients under autocast, for nn.LSTM and
+    rnnfast, against the same model run in float64 without autocast."""
+    torch.manual_seed(0)
+    config = dict(input_size=6, hidden_size=10, num_layers=2, bidirectional=True)
+    ref, ours = twin_models(backend if device == "cpu" else "reference", **config)
+    ref, ours = ref.to(device), ours.to(device)
+    x = torch.randn(7, 3, 6, device=device)
+    exact_model = rnnfast.LSTM(**config, dtype=torch.float64, device=device, backend="reference")
+    exact_model.load_state_dict(ref.state_dict())
+    exact_out = exact_model(x.double())[0]
+    exact_grads = torch.autograd.grad(exact_out.square().sum(), list(exact_model.parameters()))
+    errors = {}
+    for name, model in (("torch", ref), ("rnnfast", ours)):
+        with torch.autocast(device, dtype=dtype):
+            out, (h, c) = model(x)
+        assert out.dtype == h.dtype == c.dtype == dtype, name
+        grads = torch.autograd.grad(out.float().square().sum(), list(model.parameters()))
+        assert all(g.dtype == torch.float32 for g in grads), name
+        errors[name] = [(out.double() - exact_out).abs().max().item()] + [
+            (g.double() - e).abs().max().item() for g, e in zip(grads, exact_grads)]
+    return errors
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,dtype", [("cpu", torch.bfloat16),
+                                          pytest.param("cuda", torch.float16, marks=requires_cuda),
+                                          pytest.param("cuda", torch.bfloat16, marks=requires_cuda)])
+def test_autocast_runs_in_low_precision_like_nn_lstm(backend, device, dtype):
+    errors = _errors_vs_float64(device, dtype, backend)
+    eps = torch.finfo(dtype).eps
+    for i, (ours, theirs) in enumerate(zip(errors["rnnfast"], errors["torch"])):
+        assert ours <= 2 * theirs + eps, f"tensor {i}: rnnfast {ours:.3g} vs nn.LSTM {theirs:.3g}"
+        assert ours > 1e-6  # really ran in low precision
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grad_scaler_step(device):
+    torch.manual_seed(0)
+    model = rnnfast.LSTM(4, 8, device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler(device)
+    before = [p.detach().clone() for p in model.parameters()]
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    with torch.autocast(device, dtype=dtype):
+        out, _ = model(torch.randn(5, 2, 4, device=device))
+        loss = out.float().square().mean()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.isfinite(p).all() and not torch.equal(p, b)
+               for p, b in zip(model.parameters(), before))
