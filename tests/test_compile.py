@@ -1,5 +1,6 @@
-"""torch.compile(fullgraph=True) traces through rnnfast.LSTM (the layer is a
-torch.library op with a fake implementation): same outputs and gradients as eager."""
+"""torch.compile(fullgraph=True) and torch.export trace through rnnfast.LSTM (the
+layer is a torch.library op with a fake implementation): same outputs and gradients as
+eager, one compile for all shapes with dynamic=True; and deterministic mode."""
 import torch
 from torch.testing import assert_close
 
@@ -18,3 +19,46 @@ def test_fullgraph_compile_matches_eager():
         results.append([out, h, c, *torch.autograd.grad(loss, [x, *model.parameters()])])
     for a, b in zip(*results):
         assert_close(a, b)
+
+
+def test_dynamic_shapes_compile_once_for_new_batch_and_sequence_lengths():
+    import torch._dynamo.testing
+    model = rnnfast.LSTM(5, 8, num_layers=2, bidirectional=True)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
+    for seq, batch in [(7, 3), (9, 4), (4, 2)]:
+        x = torch.randn(seq, batch, 5, requires_grad=True)
+        out, _ = compiled(x)
+        out.sum().backward()
+        assert_close(out, model(x)[0])
+    assert counter.frame_count == 1
+
+
+def test_torch_export_of_an_inference_model():
+    model = rnnfast.LSTM(5, 8, num_layers=2, bidirectional=True, proj_size=3).eval()
+    with torch.no_grad():
+        exported = torch.export.export(model, (torch.randn(7, 3, 5),))
+    assert "rnnfast.lstm_layer_forward" in exported.graph_module.code
+    x = torch.randn(7, 3, 5)
+    out, (h, c) = exported.module()(x)
+    expected_out, (expected_h, expected_c) = model(x)
+    for a, b in ((out, expected_out), (h, expected_h), (c, expected_c)):
+        assert_close(a, b)
+
+
+def test_deterministic_algorithms_with_interlayer_dropout():
+    """Same seed, same result, under torch.use_deterministic_algorithms(True)."""
+    model = rnnfast.LSTM(5, 8, num_layers=3, dropout=0.3)
+    x = torch.randn(7, 3, 5)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        results = []
+        for _ in range(2):
+            torch.manual_seed(11)
+            out, _ = model(x)
+            results.append([out, *torch.autograd.grad(out.square().sum(), list(model.parameters()))])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
