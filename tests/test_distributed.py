@@ -1,6 +1,7 @@
 """DistributedDataParallel over 2 real processes (gloo on CPU) gives the gradients of
 one process on the whole batch, with frozen layers and partial freeze masks too (no
-unused-parameter errors: frozen parameters are simply not in DDP's buckets)."""
+unused-parameter errors: frozen parameters are simply not in DDP's buckets); FSDP2
+(fully_shard) does the same with sharded parameters."""
 import os
 import socket
 
@@ -32,18 +33,25 @@ def _loss(model, x, target):
     return ((out - target) ** 2).mean()
 
 
-def _worker(rank, port, result_file):
+def _worker(rank, port, result_file, wrapper):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        model = torch.nn.parallel.DistributedDataParallel(_model())
+        model = _model()
+        if wrapper == "ddp":
+            wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        else:
+            from torch.distributed.fsdp import fully_shard
+            wrapped = fully_shard(model)
         x, target = _data()
         half = x.shape[1] // WORLD
         rows = slice(rank * half, (rank + 1) * half)
-        _loss(model, x[:, rows], target[:, rows]).backward()
+        _loss(wrapped, x[:, rows], target[:, rows]).backward()
+        # FSDP keeps each gradient sharded (a DTensor): gather it on every rank.
+        grads = {n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+                 for n, p in model.named_parameters() if p.requires_grad}
         if rank == 0:
-            torch.save({n: p.grad for n, p in model.module.named_parameters()
-                        if p.requires_grad}, result_file)
+            torch.save(grads, result_file)
     finally:
         dist.destroy_process_group()
 
@@ -56,9 +64,10 @@ def _free_port():
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with gloo is not available in this build")
-def test_ddp_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tmp_path, wrapper):
     result_file = tmp_path / "grads.pt"
-    mp.spawn(_worker, args=(_free_port(), str(result_file)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), str(result_file), wrapper), nprocs=WORLD, join=True)
     ddp_grads = torch.load(result_file)
 
     model = _model()
