@@ -95,6 +95,32 @@ def _(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
     return grads + [gates.new_empty(gates.shape) if want_dgates else gates.new_empty(0)]
 
 
+def differentiable_grads(inputs, needs, frozen, grad_outputs, batch_sizes, reverse):
+    """The layer's input gradients as a graph (for double backward): the reference
+    recurrence re-run with autograd from the saved inputs, then differentiated with
+    create_graph=True. Frozen entries are zeroed out of place."""
+    x, h0 = inputs[0], inputs[1]
+    if x is None or h0 is None:
+        raise RuntimeError(
+            "double backward (create_graph=True) through an rnnfast LSTM layer needs its "
+            "input and initial state, which the forward did not keep because neither "
+            "weight_ih nor weight_hh needed a gradient")
+    with torch.enable_grad():
+        outputs = reference.differentiable_forward(x, batch_sizes, *inputs[1:], reverse)
+        wanted = [t for t, need in zip(inputs, needs) if need]
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
+        found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                         create_graph=True, allow_unused=True))
+    grads = [next(found) if need else None for need in needs]
+    for slot, mask in zip((3, 4, 5, 6, 7), frozen):
+        if grads[slot] is not None and mask is not None:
+            grads[slot] = grads[slot].masked_fill(mask, 0)
+    for slot, (need, t) in enumerate(zip(needs, inputs)):
+        if need and grads[slot] is None:  # the input did not reach any output used
+            grads[slot] = torch.zeros_like(t)
+    return grads
+
+
 def with_lora(weight: Tensor, lora_a: Optional[Tensor], lora_b: Optional[Tensor],
               scale: float) -> Tensor:
     """The weight a layer runs with: W + scale * B @ A, or W itself without factors."""
@@ -130,14 +156,17 @@ class LSTMLayerFunction(torch.autograd.Function):
         need_lora_hh = any(ctx.needs_input_grad[10:12])
         keep_x = need_dw_ih or need_lora_ih
         keep_h = need_dw_hh or need_lora_hh
+        # Weights and biases are saved whether or not this backward reads them: they
+        # exist anyway, and a double backward re-runs the layer from them.
         if recompute:
             saved = (x, h0, c0, w_ih, w_hh, w_hr, y, None, cells, None, b_ih, b_hh)
         else:
-            saved = (x if keep_x else None, h0 if keep_h else None, c0,
-                     w_ih if need_dx else None, w_hh, w_hr, y if keep_h else None,
-                     gates, cells, hidden if need_dw_hr else None, None, None)
+            saved = (x if keep_x else None, h0 if keep_h else None, c0, w_ih, w_hh, w_hr,
+                     y if keep_h else None, gates, cells, hidden if need_dw_hr else None,
+                     b_ih, b_hh)
         ctx.save_for_backward(*saved, frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh,
                               frozen_w_hr, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh)
+
         ctx.batch_sizes = batch_sizes
         ctx.reverse = reverse
         ctx.x_shape = list(x.shape)
@@ -155,6 +184,15 @@ class LSTMLayerFunction(torch.autograd.Function):
             return (None,) * 22
         (x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden, b_ih, b_hh,
          *frozen, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # backward(create_graph=True): it must be differentiable
+            if lora_a_ih is not None or lora_a_hh is not None:
+                raise RuntimeError("double backward (create_graph=True) through an rnnfast "
+                                   "LSTM layer with LoRA adapters is not supported; merge "
+                                   "them first (rnnfast.transfer.merge_lora)")
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            grads = differentiable_grads(inputs, needs, frozen, (dy, dh_n, dc_n),
+                                         ctx.batch_sizes, ctx.reverse)
+            return (*grads,) + (None,) * 14
         if ctx.recompute:
             gates, hidden = reference.recompute_gates(
                 x, ctx.batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cells, ctx.reverse)

@@ -7,6 +7,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfast
+import rnnfast.backends.triton
+
+
+def in_interpreter(backend: str) -> bool:
+    """The backend's kernels run in Triton's CPU interpreter (about 10 ms a step): tests
+    that evaluate a layer hundreds of times (gradcheck) use their fast modes there."""
+    return backend == "triton" and rnnfast.backends.triton.interpreting()
 
 
 def twin_models(backend="reference", dtype=torch.float32, **config):

@@ -6,8 +6,8 @@ from torch.autograd import gradcheck as torch_gradcheck
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfast
-import rnnfast.backends.triton
 from conftest import BACKENDS
+from helpers import in_interpreter
 
 B, H, I, T = 3, 4, 5, 4
 
@@ -16,8 +16,8 @@ def gradcheck(fn, inputs, backend, **kwargs):
     """torch's gradcheck; for backends run in Triton's CPU interpreter (about 10 ms a
     step) in fast mode, which checks a random projection of the Jacobian instead of
     every column: the same analytic-vs-numeric test with far fewer evaluations."""
-    fast = backend == "triton" and rnnfast.backends.triton.interpreting()
-    return torch_gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=fast, **kwargs)
+    return torch_gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=in_interpreter(backend),
+                           **kwargs)
 
 
 def _layer_args(proj, bias=True):

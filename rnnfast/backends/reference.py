@@ -122,6 +122,33 @@ def recompute_gates(
     return gates, hidden
 
 
+def differentiable_forward(
+    x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Tensor, w_ih: Tensor,
+    w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """forward's y, h_n, c_n written with out-of-place torch ops only, so that autograd
+    can differentiate it, and differentiate its gradient again (double backward). Slower
+    than forward; used only when a backward must itself build a graph."""
+    steps = make_steps(x.shape, batch_sizes, reverse)
+    x2d = x.reshape(-1, x.shape[-1])
+    projected = x2d @ w_ih.t()
+    if b_ih is not None:
+        projected = projected + b_ih + b_hh
+    h, c = h0, c0  # every batch row's latest state; rows not yet active hold h0, c0
+    outputs = {}
+    for off, n in zip(steps.offsets, steps.sizes):
+        i, f, g, o = (projected[off:off + n] + h[:n] @ w_hh.t()).chunk(4, 1)
+        c_step = torch.sigmoid(f) * c[:n] + torch.sigmoid(i) * torch.tanh(g)
+        h_step = torch.sigmoid(o) * torch.tanh(c_step)
+        if w_hr is not None:
+            h_step = h_step @ w_hr.t()
+        outputs[off] = h_step
+        h, c = torch.cat([h_step, h[n:]]), torch.cat([c_step, c[n:]])
+    y = torch.cat([outputs[off] for off in sorted(outputs)]) if outputs else x2d.new_empty(0, h0.shape[1])
+    return y.view(*x.shape[:-1], h0.shape[1]), h, c
+
+
 def backward(
     dy: Optional[Tensor],           # [.., P] like y, or None
     dh_n: Optional[Tensor],         # [B, P] or None

@@ -1,0 +1,68 @@
+"""Double backward (backward with create_graph=True, e.g. gradient penalties), which
+cuDNN's LSTM refuses: the gradients are themselves differentiable, checked with float64
+gradgradcheck for every backend, dense and packed, both directions, with projection."""
+import pytest
+import torch
+from torch.autograd import gradgradcheck
+
+import rnnfast
+from conftest import BACKENDS
+from helpers import in_interpreter
+
+B, H, I, T = 2, 3, 4, 3
+
+
+def _mk(*shape):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("proj", [0, 2])
+def test_gradgradcheck_layer(backend, packed, reverse, proj):
+    out = proj or H
+    batch_sizes = torch.tensor([2, 2, 1]) if packed else None
+    x = _mk(5, I) if packed else _mk(T, B, I)
+    inputs = [x, _mk(B, out), _mk(B, H), _mk(4 * H, I), _mk(4 * H, out), _mk(4 * H), _mk(4 * H)]
+    inputs += [_mk(out, H)] if proj else []
+
+    def layer(*args):
+        return rnnfast.lstm_layer(*args, batch_sizes=batch_sizes, reverse=reverse, backend=backend)
+
+    assert gradgradcheck(layer, inputs, eps=1e-6, atol=1e-6, fast_mode=in_interpreter(backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_penalty_through_the_module_matches_autograd_of_the_reference(backend):
+    """d/dW of |dL/dx|^2, the gradient-penalty pattern, against the same quantity
+    through the out-of-place reference recurrence."""
+    torch.manual_seed(0)
+    model = rnnfast.LSTM(I, H, num_layers=2, dtype=torch.float64, backend=backend)
+    x = _mk(T, B, I)
+    out, _ = model(x)
+    (dx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    penalty_grads = torch.autograd.grad(dx.square().sum(), list(model.parameters()))
+
+    from rnnfast.backends.reference import differentiable_forward
+    params = dict(model.named_parameters())
+    h = x
+    for layer in range(2):
+        zeros = torch.zeros(B, H, dtype=torch.float64)
+        h, _, _ = differentiable_forward(h, None, zeros, zeros, *(params[f"{n}_l{layer}"] for n in
+                                         ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+                                         None, False)
+    (dx_ref,) = torch.autograd.grad(h.square().sum(), x, create_graph=True)
+    expected = torch.autograd.grad(dx_ref.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(dx, dx_ref)
+    for got, want in zip(penalty_grads, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_double_backward_without_saved_input_says_why():
+    model = rnnfast.LSTM(I, H, dtype=torch.float64)
+    rnnfast.freeze(model, params=["weight_ih_l0", "weight_hh_l0"])
+    x = _mk(T, B, I)
+    out, _ = model(x)
+    with pytest.raises(RuntimeError, match="needs its input and initial state"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
