@@ -130,9 +130,11 @@ def with_lora(weight: Tensor, lora_a: Optional[Tensor], lora_b: Optional[Tensor]
 class LSTMLayerFunction(torch.autograd.Function):
     """One LSTM layer in one direction, with a hand-written backward.
 
-    Saves only what backward needs for the gradients autograd asks for (see the table
-    in DESIGN.md §4): x only for dW_ih, W_ih only for dx, y and h0 only for dW_hh, the
-    pre-projection hidden only for dW_hr. Gradients not asked for are not computed.
+    Saves only the activations backward needs for the gradients autograd asks for (see
+    the table in DESIGN.md §4): x only for dW_ih, y and h0 only for dW_hh, the
+    pre-projection hidden only for dW_hr (the weights, which exist anyway, are always
+    kept). Gradients not asked for are not computed. Under create_graph=True backward
+    re-runs the layer as differentiable torch ops, so double backward works.
     With recompute=True it saves the cell states instead of the gates (a quarter of
     the bytes) plus what rebuilding the gates takes: x, y, h0 and the weights.
 
