@@ -35,20 +35,24 @@ def _loss(model, x, target):
 
 def _worker(rank, port, result_file, wrapper):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    nccl = wrapper == "ddp-nccl"
+    device = torch.device("cuda", rank) if nccl else torch.device("cpu")
+    if nccl:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if nccl else "gloo", rank=rank, world_size=WORLD)
     try:
-        model = _model()
-        if wrapper == "ddp":
+        model = _model().to(device)
+        if wrapper.startswith("ddp"):
             wrapped = torch.nn.parallel.DistributedDataParallel(model)
         else:
             from torch.distributed.fsdp import fully_shard
             wrapped = fully_shard(model)
-        x, target = _data()
+        x, target = (t.to(device) for t in _data())
         half = x.shape[1] // WORLD
         rows = slice(rank * half, (rank + 1) * half)
         _loss(wrapped, x[:, rows], target[:, rows]).backward()
         # FSDP keeps each gradient sharded (a DTensor): gather it on every rank.
-        grads = {n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).cpu()
                  for n, p in model.named_parameters() if p.requires_grad}
         if rank == 0:
             torch.save(grads, result_file)
@@ -64,7 +68,12 @@ def _free_port():
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with gloo is not available in this build")
-@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+@pytest.mark.parametrize("wrapper", [
+    "ddp", "fsdp",
+    pytest.param("ddp-nccl", marks=pytest.mark.skipif(
+        torch.cuda.device_count() < WORLD or not dist.is_nccl_available(),
+        reason="NCCL needs a CUDA device per process (2 GPUs)")),
+])
 def test_two_processes_match_one_process(tmp_path, wrapper):
     result_file = tmp_path / "grads.pt"
     mp.spawn(_worker, args=(_free_port(), str(result_file), wrapper), nprocs=WORLD, join=True)
