@@ -17,6 +17,28 @@ BACKENDS = [name for name, reason in backends.available_backends().items()
             if reason is None and backends.get(name).unsupported_reason(torch.device("cpu"),
                                                                         torch.float32) is None]
 
+# Gradient slots of a backend backward's `needs` argument.
+NEEDS = ("dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh", "dW_hr")
+
+
+@pytest.fixture
+def needs_spy(monkeypatch):
+    """Records, for every call of the reference backend's backward, which gradients it
+    was asked for: a list of {slot: bool} dicts (slots as in NEEDS)."""
+    import dataclasses
+    import inspect
+    calls = []
+    original = backends._REGISTRY["reference"]
+    position = list(inspect.signature(original.backward).parameters).index("needs")
+
+    def backward(*args):
+        calls.append(dict(zip(NEEDS, args[position])))
+        return original.backward(*args)
+
+    monkeypatch.setitem(backends._REGISTRY, "reference", dataclasses.replace(original, backward=backward))
+    return calls
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -1,16 +1,14 @@
 """Freeze masks: selectors, exact zero gradients, bit-identical weights through
 optimizer steps, skipped gradient work and saved activations."""
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
 
 import rnnfast
-from rnnfast import backends
 from rnnfast.freeze import frozen_mask
 from rnnfast.profiling import saved_activation_bytes
+from conftest import NEEDS
 
 I, H, T, B = 5, 6, 7, 3
 
@@ -176,27 +174,12 @@ def test_trainable_summary_counts():
 
 # ---- what backward computes and what forward saves ----
 
-@pytest.fixture
-def spy(monkeypatch):
-    """Records the `needs` list every reference backward receives."""
-    calls = []
-    original = backends._REGISTRY["reference"]
-
-    def backward(*args):
-        calls.append(list(args[15]))
-        return original.backward(*args)
-
-    monkeypatch.setitem(backends._REGISTRY, "reference", dataclasses.replace(original, backward=backward))
-    return calls
-
-
-NEEDS = ["dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh", "dW_hr"]
 
 
 @pytest.mark.parametrize("frozen_param,x_grad,hx_grad", [
     ("weight_ih_l0", False, False), ("weight_hh_l0", True, False), ("bias_ih_l0", False, True),
     ("bias_hh_l0", True, True), ("weight_hr_l0", False, False), (None, False, False)])
-def test_backward_skips_each_gradient_not_needed(spy, frozen_param, x_grad, hx_grad):
+def test_backward_skips_each_gradient_not_needed(needs_spy, frozen_param, x_grad, hx_grad):
     m = rnnfast.LSTM(I, H, proj_size=2, backend="reference")
     if frozen_param:
         rnnfast.freeze(m, params=[frozen_param])
@@ -209,7 +192,7 @@ def test_backward_skips_each_gradient_not_needed(spy, frozen_param, x_grad, hx_g
     if frozen_param:
         expected[{"weight_ih_l0": "dW_ih", "weight_hh_l0": "dW_hh", "bias_ih_l0": "db_ih",
                   "bias_hh_l0": "db_hh", "weight_hr_l0": "dW_hr"}[frozen_param]] = False
-    assert spy == [[expected[n] for n in NEEDS]]
+    assert needs_spy == [expected]
 
 
 def _saved_bytes(model, x):
