@@ -153,7 +153,7 @@ class LSTMLayerFunction(torch.autograd.Function):
         y, h_n, c_n, gates, cells, hidden = torch.ops.rnnfast.lstm_layer_forward(
             x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
             "cells" if recompute else "all", backend)
-        need_dx, _, _, need_dw_ih, need_dw_hh, _, _, need_dw_hr = ctx.needs_input_grad[:len(GRAD_SLOTS)]
+        _, _, _, need_dw_ih, need_dw_hh, _, _, need_dw_hr = ctx.needs_input_grad[:len(GRAD_SLOTS)]
         need_lora_ih = any(ctx.needs_input_grad[8:10])
         need_lora_hh = any(ctx.needs_input_grad[10:12])
         keep_x = need_dw_ih or need_lora_ih

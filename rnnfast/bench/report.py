@@ -12,7 +12,6 @@ import platform
 import re
 import shlex
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
