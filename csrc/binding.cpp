@@ -1,0 +1,216 @@
+// rnnfast._C: tensors in, raw pointers out to the launchers of lstm_forward.cu and
+// lstm_backward.cu. No math here; shapes, dtypes and the launch plan are decided in
+// rnnfast/backends/cuda/ and only checked here, so that a wrong call raises instead of
+// reading out of bounds.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <optional>
+#include <string>
+
+#include "lstm_kernels.h"
+
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+rnnfast::DType io_dtype(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return rnnfast::DType::kFloat32;
+    case at::kHalf: return rnnfast::DType::kFloat16;
+    case at::kBFloat16: return rnnfast::DType::kBFloat16;
+    default: TORCH_CHECK(false, "rnnfast._C: unsupported dtype ", t.scalar_type());
+  }
+}
+
+// A CUDA tensor on `device`, contiguous, of `dtype`, with `numel` elements (-1: any).
+void check(const Tensor& t, const char* name, const at::Device& device, at::ScalarType dtype,
+           int64_t numel) {
+  TORCH_CHECK(t.device() == device, "rnnfast._C: ", name, " is on ", t.device(), ", expected ",
+              device);
+  TORCH_CHECK(t.is_contiguous(), "rnnfast._C: ", name, " must be contiguous");
+  TORCH_CHECK(t.scalar_type() == dtype, "rnnfast._C: ", name, " has dtype ", t.scalar_type(),
+              ", expected ", dtype);
+  TORCH_CHECK(numel < 0 || t.numel() == numel, "rnnfast._C: ", name, " has ", t.numel(),
+              " elements, expected ", numel);
+}
+
+template <typename P>
+P* ptr_or_null(const OptTensor& t, const char* name, const at::Device& device,
+               at::ScalarType dtype, int64_t numel) {
+  if (!t.has_value()) return nullptr;
+  check(*t, name, device, dtype, numel);
+  return static_cast<P*>(t->data_ptr());
+}
+
+void raise_on_error(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "rnnfast._C: ", what, " failed: ", cudaGetErrorString(err));
+}
+
+void forward(const Tensor& xg,            // [N, 4H] io
+             const OptTensor& bias,       // [4H] fp32
+             const Tensor& w_hh,          // [4H, P] io
+             const OptTensor& w_hr,       // [P, H] io
+             const Tensor& h0,            // [B, P] io
+             const Tensor& c,             // [B, H] fp32, in/out
+             const Tensor& y,             // [N, P] io out
+             const OptTensor& gates,      // [N, 4H] fp32 out
+             const OptTensor& cells,      // [N, H] fp32 out
+             const OptTensor& hidden,     // [N, H] io out (w_hr only)
+             const OptTensor& offsets,    // [T] int64 (packed)
+             const OptTensor& sizes,      // [T] int32 (packed)
+             int64_t steps, bool reverse, int64_t blocks, int64_t units, int64_t proj_cols) {
+  const at::Device device = xg.device();
+  TORCH_CHECK(device.is_cuda(), "rnnfast._C.forward: tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(device);
+  const auto io = xg.scalar_type();
+  const int64_t H = w_hh.size(0) / 4, P = w_hh.size(1), B = h0.size(0), N = xg.size(0);
+  rnnfast::ForwardArgs a{};
+  check(xg, "xg", device, io, N * 4 * H);
+  check(w_hh, "w_hh", device, io, 4 * H * P);
+  check(h0, "h0", device, io, B * P);
+  check(c, "c", device, at::kFloat, B * H);
+  check(y, "y", device, io, N * P);
+  a.xg = xg.data_ptr();
+  a.bias = ptr_or_null<const float>(bias, "bias", device, at::kFloat, 4 * H);
+  a.w_hh = w_hh.data_ptr();
+  a.w_hr = ptr_or_null<const void>(w_hr, "w_hr", device, io, P * H);
+  a.h0 = h0.data_ptr();
+  a.c = c.data_ptr<float>();
+  a.y = y.data_ptr();
+  a.gates = ptr_or_null<float>(gates, "gates", device, at::kFloat, N * 4 * H);
+  a.cells = ptr_or_null<float>(cells, "cells", device, at::kFloat, N * H);
+  a.hidden = ptr_or_null<void>(hidden, "hidden", device, io, N * H);
+  TORCH_CHECK((a.w_hr == nullptr) == (a.hidden == nullptr),
+              "rnnfast._C.forward: hidden is required exactly when w_hr is given");
+  a.offsets = ptr_or_null<const int64_t>(offsets, "offsets", device, at::kLong, steps);
+  a.sizes = ptr_or_null<const int32_t>(sizes, "sizes", device, at::kInt, steps);
+  TORCH_CHECK((a.offsets == nullptr) == (a.sizes == nullptr),
+              "rnnfast._C.forward: offsets and sizes come together");
+  TORCH_CHECK(a.offsets != nullptr || steps * B == N,
+              "rnnfast._C.forward: dense input needs steps * batch == rows");
+  a.steps = steps;
+  a.batch = static_cast<int>(B);
+  a.hidden_size = static_cast<int>(H);
+  a.out_size = static_cast<int>(P);
+  a.reverse = reverse;
+  a.dtype = io_dtype(xg);
+  a.blocks = static_cast<int>(blocks);
+  a.units = static_cast<int>(units);
+  a.proj_cols = static_cast<int>(proj_cols);
+  TORCH_CHECK(blocks >= 1 && units >= 1 && blocks * units >= H &&
+                  (a.w_hr == nullptr || (proj_cols >= 1 && blocks * proj_cols >= P)),
+              "rnnfast._C.forward: the plan does not cover every unit and column");
+  if (N == 0 || steps == 0) return;
+  raise_on_error(rnnfast::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()),
+                 "cooperative launch of the forward kernel");
+}
+
+void backward(const OptTensor& dy,        // [N, P] io
+              const Tensor& gates,        // [N, 4H] fp32
+              const Tensor& cells,        // [N, H] fp32
+              const Tensor& c0,           // [B, H] fp32
+              const Tensor& w_hh,         // [4H, P] io
+              const OptTensor& w_hr,      // [P, H] io
+              const Tensor& dh,           // [B, P] fp32 in/scratch
+              const Tensor& dc,           // [B, H] fp32 in/scratch
+              const Tensor& dh0,          // [B, P] fp32 out (zeros on entry)
+              const Tensor& dc0,          // [B, H] fp32 out (zeros on entry)
+              const Tensor& dgates,       // [N, 4H] fp32 out
+              const OptTensor& dy_total,  // [N, P] fp32 out
+              const OptTensor& offsets,   // [T] int64
+              const OptTensor& sizes,     // [T] int32
+              int64_t steps, bool reverse, int64_t blocks, int64_t units, int64_t proj_cols) {
+  const at::Device device = gates.device();
+  TORCH_CHECK(device.is_cuda(), "rnnfast._C.backward: tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(device);
+  const auto io = w_hh.scalar_type();
+  const int64_t H = w_hh.size(0) / 4, P = w_hh.size(1), B = c0.size(0), N = gates.size(0);
+  rnnfast::BackwardArgs a{};
+  a.dy = ptr_or_null<const void>(dy, "dy", device, io, N * P);
+  check(gates, "gates", device, at::kFloat, N * 4 * H);
+  check(cells, "cells", device, at::kFloat, N * H);
+  check(c0, "c0", device, at::kFloat, B * H);
+  check(w_hh, "w_hh", device, io, 4 * H * P);
+  check(dh, "dh", device, at::kFloat, B * P);
+  check(dc, "dc", device, at::kFloat, B * H);
+  check(dh0, "dh0", device, at::kFloat, B * P);
+  check(dc0, "dc0", device, at::kFloat, B * H);
+  check(dgates, "dgates", device, at::kFloat, N * 4 * H);
+  a.gates = gates.data_ptr<float>();
+  a.cells = cells.data_ptr<float>();
+  a.c0 = c0.data_ptr<float>();
+  a.w_hh = w_hh.data_ptr();
+  a.w_hr = ptr_or_null<const void>(w_hr, "w_hr", device, io, P * H);
+  a.dh = dh.data_ptr<float>();
+  a.dc = dc.data_ptr<float>();
+  a.dh0 = dh0.data_ptr<float>();
+  a.dc0 = dc0.data_ptr<float>();
+  a.dgates = dgates.data_ptr<float>();
+  a.dy_total = ptr_or_null<float>(dy_total, "dy_total", device, at::kFloat, N * P);
+  a.offsets = ptr_or_null<const int64_t>(offsets, "offsets", device, at::kLong, steps);
+  a.sizes = ptr_or_null<const int32_t>(sizes, "sizes", device, at::kInt, steps);
+  TORCH_CHECK((a.offsets == nullptr) == (a.sizes == nullptr),
+              "rnnfast._C.backward: offsets and sizes come together");
+  TORCH_CHECK(a.offsets != nullptr || steps * B == N,
+              "rnnfast._C.backward: dense input needs steps * batch == rows");
+  a.steps = steps;
+  a.batch = static_cast<int>(B);
+  a.hidden_size = static_cast<int>(H);
+  a.out_size = static_cast<int>(P);
+  a.reverse = reverse;
+  a.dtype = io_dtype(w_hh);
+  a.blocks = static_cast<int>(blocks);
+  a.units = static_cast<int>(units);
+  a.proj_cols = static_cast<int>(proj_cols);
+  TORCH_CHECK(blocks >= 1 && units >= 1 && proj_cols >= 1 && blocks * units >= H &&
+                  blocks * proj_cols >= P,
+              "rnnfast._C.backward: the plan does not cover every unit and column");
+  if (N == 0 || steps == 0) return;
+  raise_on_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
+                 "cooperative launch of the backward kernel");
+}
+
+// What the plan needs to know about a device: SMs, opt-in shared memory per block,
+// and whether it supports cooperative launches at all.
+pybind11::tuple device_limits(int64_t index) {
+  int sms = 0, smem = 0, coop = 0, major = 0;
+  raise_on_error(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, (int)index),
+                 "cudaDeviceGetAttribute");
+  raise_on_error(
+      cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, (int)index),
+      "cudaDeviceGetAttribute");
+  raise_on_error(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, (int)index),
+                 "cudaDeviceGetAttribute");
+  raise_on_error(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, (int)index),
+                 "cudaDeviceGetAttribute");
+  return pybind11::make_tuple(sms, smem, coop != 0, major);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rnnfast CUDA C++ kernels (see csrc/README.md)";
+  m.def("forward", &forward, "LSTM forward recurrence (persistent cooperative kernel)");
+  m.def("backward", &backward, "LSTM backward recurrence (persistent cooperative kernel)");
+  m.def("device_limits", &device_limits,
+        "(SM count, opt-in shared memory per block, cooperative launch, CC major)");
+  m.def("forward_smem_bytes",
+        [](int64_t H, int64_t P, bool proj, int64_t itemsize, int64_t units, int64_t cols) {
+          rnnfast::ForwardArgs a{};
+          a.hidden_size = (int)H, a.out_size = (int)P, a.units = (int)units, a.proj_cols = (int)cols;
+          a.w_hr = proj ? reinterpret_cast<const void*>(1) : nullptr;
+          a.dtype = itemsize == 4 ? rnnfast::DType::kFloat32 : rnnfast::DType::kFloat16;
+          return rnnfast::forward_smem_bytes(a);
+        });
+  m.def("backward_smem_bytes",
+        [](int64_t H, int64_t P, bool proj, int64_t itemsize, int64_t units, int64_t cols) {
+          rnnfast::BackwardArgs a{};
+          a.hidden_size = (int)H, a.out_size = (int)P, a.units = (int)units, a.proj_cols = (int)cols;
+          a.w_hr = proj ? reinterpret_cast<const void*>(1) : nullptr;
+          a.dtype = itemsize == 4 ? rnnfast::DType::kFloat32 : rnnfast::DType::kFloat16;
+          return rnnfast::backward_smem_bytes(a);
+        });
+}
