@@ -1,7 +1,80 @@
-"""Build script. The package itself is pure Python; the CUDA C++ backend (rnnfast._C,
-built from csrc/ with torch's extension machinery) is added here when it lands, and
-only where a CUDA toolkit and a CUDA build of torch exist. A CPU-only install never
-attempts a CUDA build."""
+"""Build script. The package itself is pure Python; the CUDA C++ backend (extension
+rnnfast._C, built from csrc/ with torch's extension machinery: pybind11 and ninja) is
+added only where a CUDA toolkit and a CUDA build of torch are importable at build time.
+A CPU-only install never attempts it and needs no torch to build.
+
+torch is not in pyproject's build requirements (a CPU install must stay light), so the
+CUDA build needs the installed torch visible to the build:
+
+    pip install --no-build-isolation -e .
+
+Environment flags:
+    RNNFAST_SKIP_CUDA_BUILD=1    never build the extension
+    RNNFAST_FORCE_CUDA_BUILD=1   build it or fail loudly (no silent pure-Python install)
+    RNNFAST_CUDA_ARCHS="80;90"   compute capabilities to build for (default "80;90");
+                                 the newest one also gets PTX, for GPUs newer than all
+"""
+import os
+import shutil
+import sys
+
 from setuptools import setup
 
-setup()
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _skip(reason: str, force: bool):
+    if force:
+        sys.exit(f"RNNFAST_FORCE_CUDA_BUILD=1 but the CUDA extension cannot be built: {reason}")
+    print(f"rnnfast: building without the CUDA extension ({reason})", file=sys.stderr)
+    return {}
+
+
+def _gencode_flags(archs: str) -> list:
+    """ "80;90" -> -gencode for sm_80 and sm_90, plus compute_90 PTX for newer GPUs."""
+    codes = [a.strip().replace(".", "") for a in archs.replace(",", ";").split(";") if a.strip()]
+    if not codes:
+        sys.exit(f"RNNFAST_CUDA_ARCHS={archs!r} names no architecture")
+    flags = []
+    for code in codes:
+        flags.append(f"-gencode=arch=compute_{code},code=sm_{code}")
+    flags.append(f"-gencode=arch=compute_{codes[-1]},code=compute_{codes[-1]}")
+    return flags
+
+
+def _cuda_extension_kwargs() -> dict:
+    force = _flag("RNNFAST_FORCE_CUDA_BUILD")
+    if _flag("RNNFAST_SKIP_CUDA_BUILD"):
+        return _skip("RNNFAST_SKIP_CUDA_BUILD=1", force=False)
+    # Cheap checks first: no toolkit, no torch import.
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if shutil.which("nvcc") is None and not (cuda_home and os.path.exists(
+            os.path.join(cuda_home, "bin", "nvcc"))):
+        return _skip("no CUDA toolkit: nvcc not found", force)
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+    except ImportError as error:
+        return _skip(f"torch is not importable at build time ({error}); "
+                     "use pip install --no-build-isolation", force)
+    if torch.version.cuda is None:
+        return _skip(f"torch {torch.__version__} is not a CUDA build", force)
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    csrc = os.path.join("csrc")
+    sources = [os.path.join(csrc, name) for name in
+               ("binding.cpp", "lstm_forward.cu", "lstm_backward.cu")]
+    nvcc = ["-O3", "-std=c++17", "-lineinfo",
+            *_gencode_flags(os.environ.get("RNNFAST_CUDA_ARCHS", "80;90"))]
+    extension = CUDAExtension(
+        name="rnnfast._C",
+        sources=sources,
+        include_dirs=[os.path.join(here, csrc)],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc},
+    )
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
+
+
+setup(**_cuda_extension_kwargs())

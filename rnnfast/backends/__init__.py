@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import reference, triton as triton_backend
+from . import cuda as cuda_backend, reference, triton as triton_backend
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ class Backend:
 
 # Names the public API accepts; the ones not registered below are not built yet.
 KNOWN_BACKENDS = ("reference", "triton", "cuda")
-_NOT_BUILT = {
-    "cuda": "the CUDA C++ backend (rnnfast._C) is not part of this version of rnnfast yet",
-}
+_NOT_BUILT: dict[str, str] = {}
 _REGISTRY: dict[str, Backend] = {}
 _warned_fallbacks: set[tuple[str, str]] = set()
 
@@ -127,5 +125,18 @@ register(Backend(
     description="fused Triton kernels: one launch per layer and direction for the recurrence",
     # Verified so far only in Triton's interpreter on CPU, which is for testing, not
     # speed: "auto" takes it nowhere until GPU tests and benchmarks are committed.
+    auto_picks=lambda device, dtype: False,
+))
+
+register(Backend(
+    name="cuda",
+    forward=cuda_backend.lstm_forward,
+    backward=cuda_backend.lstm_backward,
+    priority=2,
+    unavailable_reason=cuda_backend.unavailable_reason,
+    unsupported_reason=cuda_backend.unsupported_reason,
+    description="CUDA C++ (rnnfast._C): persistent cooperative kernels, W_hh on chip",
+    # Compiled for sm_80/sm_90 and its logic checked on the CPU, but not yet run on a
+    # GPU: "auto" takes it nowhere until GPU tests and benchmarks are committed.
     auto_picks=lambda device, dtype: False,
 ))

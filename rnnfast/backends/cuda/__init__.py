@@ -1,0 +1,100 @@
+"""CUDA C++ backend: the extension rnnfast._C built from csrc/ (persistent cooperative
+kernels for the forward recurrence and the backward dh/dc chain; the input projection
+and the weight/input gradients are GEMMs through torch, as in the other backends).
+
+Status: compiled for sm_80/sm_90 in CI and its index logic checked on the CPU
+(tests/test_cuda_sources.py); not yet run on a GPU, so `backend="auto"` never picks it.
+
+`import rnnfast` works without the extension: this module only records why the
+backend is unavailable. Layers whose weight slices do not fit in shared memory
+(plan.py) run on the reference backend instead, announced once with a warning.
+"""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from typing import Optional, Union
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Where a call the kernels cannot hold on chip goes: the oracle, so that no size ever
+# gets a wrong answer; the Triton backend is not verified on a GPU yet either.
+FALLBACK = "reference"
+
+_BUILD_HINT = ("build it with `pip install --no-build-isolation -e .` where a CUDA toolkit "
+               "(nvcc) and a CUDA build of torch are installed; see csrc/README.md")
+
+
+def _load_extension():
+    if importlib.util.find_spec("rnnfast._C") is None:  # the usual CPU-only install
+        return None, f"rnnfast._C not built: no compiled extension in this install; {_BUILD_HINT}"
+    try:
+        from rnnfast import _C
+    except ImportError as error:  # built, but for another torch/CUDA: say what broke
+        return None, f"rnnfast._C not built for this environment: {error}; {_BUILD_HINT}"
+    return _C, None
+
+
+_C, _NOT_BUILT_REASON = _load_extension()
+_limits: dict[int, tuple[int, int, bool, int]] = {}
+_warned: set[str] = set()
+
+
+def unavailable_reason() -> Optional[str]:
+    if _NOT_BUILT_REASON is not None:
+        return _NOT_BUILT_REASON
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+def unsupported_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    if dtype not in SUPPORTED_DTYPES:
+        return f"dtype {dtype} (supported: float32, bfloat16, float16)"
+    if device.type != "cuda":
+        return f"its kernels run on CUDA tensors, got a {device.type} tensor"
+    return None
+
+
+def device_limits(device: torch.device) -> tuple[int, int, bool, int]:
+    """(SMs, opt-in shared memory per block, cooperative launch support, CC major)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _limits:
+        _limits[index] = tuple(_C.device_limits(index))
+    return _limits[index]
+
+
+def plan_for(kind: str, device: torch.device, dtype: torch.dtype, hidden: int, out_size: int,
+             has_proj: bool):
+    """The launch plan of the "forward" or "backward" kernel, or why it cannot run."""
+    from . import plan
+    sms, smem, cooperative, major = device_limits(device)
+    if major < 8:
+        return f"the kernels need compute capability 8.0 or newer, this GPU has {major}.x"
+    if not cooperative:
+        return "this GPU does not support cooperative launches"
+    make = plan.forward_plan if kind == "forward" else plan.backward_plan
+    return make(hidden, out_size, has_proj, dtype.itemsize, sms, smem)
+
+
+def fallback(reason: str):
+    """The backend that runs a call these kernels cannot; warns once per reason."""
+    from .. import _REGISTRY
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"rnnfast backend 'cuda' cannot run this layer on chip ({reason}); "
+                      f"using the {FALLBACK} backend for it instead", stacklevel=4)
+    return _REGISTRY[FALLBACK]
+
+
+def lstm_forward(*args):
+    """backends.reference.forward's contract."""
+    from .forward import forward
+    return forward(*args)
+
+
+def lstm_backward(*args):
+    """backends.reference.backward's contract."""
+    from .backward import backward
+    return backward(*args)

@@ -1,0 +1,61 @@
+"""Forward: the input projection of all steps as one GEMM (torch), then one cooperative
+launch of csrc/lstm_forward.cu for the whole recurrence."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..steps import accumulation_dtype, final_rows, make_steps
+from . import _C, fallback, plan_for
+from .launch import step_tables
+
+
+def forward(
+    x: Tensor,                      # [T, B, I] dense, or packed data [N, I]
+    batch_sizes: Optional[Tensor],  # [T] int64 CPU for packed input, else None
+    h0: Tensor,                     # [B, P]
+    c0: Tensor,                     # [B, H]
+    w_ih: Tensor,                   # [4H, I]
+    w_hh: Tensor,                   # [4H, P]
+    b_ih: Optional[Tensor],         # [4H]
+    b_hh: Optional[Tensor],         # [4H]
+    w_hr: Optional[Tensor],         # [P, H]
+    reverse: bool,
+    save: str,                      # "all", "cells" or "none"
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Same contract as backends.reference.forward."""
+    hidden_size, out_size = w_hh.shape[0] // 4, w_hh.shape[1]
+    plan = plan_for("forward", x.device, x.dtype, hidden_size, out_size, w_hr is not None)
+    if isinstance(plan, str):
+        return fallback(plan).forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                      reverse, save)
+    dtype, acc = x.dtype, accumulation_dtype(x.dtype)
+    steps = make_steps(x.shape, batch_sizes, reverse)
+    x2d = x.reshape(-1, x.shape[-1])
+    rows = x2d.shape[0]
+
+    xg = (x2d @ w_ih.t()).contiguous()  # every step's input projection: off the sequential path
+    y = x2d.new_empty(rows, out_size)
+    c_state = c0.to(acc, copy=True).contiguous()
+    save_all = save == "all"
+    gates = None
+    if save_all:  # fp32: each thread reads a (row, unit)'s 4 xg entries before writing its gates
+        gates = xg if acc == dtype else xg.new_empty(rows, 4 * hidden_size, dtype=acc)
+    cells = x2d.new_empty(rows, hidden_size, dtype=acc) if save != "none" else None
+    hidden = x2d.new_empty(rows, hidden_size) if w_hr is not None else None
+    bias = (b_ih.to(acc) + b_hh.to(acc)).contiguous() if b_ih is not None else None
+    offsets, sizes = step_tables(steps, x.device)
+    _C.forward(xg, bias, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
+               h0.contiguous(), c_state, y, gates, cells, hidden, offsets, sizes, len(steps),
+               reverse, plan.blocks, plan.units, plan.proj_cols)
+    empty = lambda: x2d.new_empty(0)  # one per slot: op outputs may not alias each other
+    return (
+        y.view(*x.shape[:-1], out_size),
+        final_rows(y, h0, steps),
+        c_state.to(dtype),
+        gates if gates is not None else empty(),
+        cells if cells is not None else empty(),
+        hidden if save_all and hidden is not None else empty(),
+    )
