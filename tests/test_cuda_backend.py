@@ -1,0 +1,305 @@
+"""The CUDA C++ backend (rnnfast._C).
+
+On CPU: its launch plan for an H100 (pure Python), the registry without the extension,
+and the fallback for layers that do not fit on chip (warned once, reference results).
+On a GPU with the extension built: the kernels against the reference backend and
+torch.nn.LSTM in fp32/bf16/fp16 -- projection, packed rows, reverse direction, freeze
+masks, `needs`, save modes. 16-bit results follow DESIGN.md §6: error against float64
+at most 2x the reference's own error in the same precision.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import rnnfast
+from rnnfast import backends
+from rnnfast.backends import reference
+from rnnfast.backends import cuda as cuda_backend
+from rnnfast.backends.cuda import plan as cuda_plan
+
+SMS, SMEM = cuda_plan.H100_SMS, cuda_plan.H100_SMEM_PER_BLOCK
+CUDA_REASON = backends.available_backends()["cuda"]
+requires_kernels = pytest.mark.skipif(CUDA_REASON is not None,
+                                      reason=f"cuda backend unavailable: {CUDA_REASON}")
+DEVICE = torch.device("cuda") if CUDA_REASON is None else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------
+# The plan (CPU).
+
+@pytest.mark.parametrize("hidden,proj,itemsize", [
+    (20, 0, 4), (20, 11, 2), (256, 0, 2), (512, 0, 4),   # fastrnns: H = 512 fp32
+    (768, 0, 2), (1024, 0, 2), (1024, 0, 4), (1152, 0, 2),  # FlashRNN's H = 768; AWD-LSTM 1152
+    (1024, 256, 2), (2048, 128, 4),
+])
+def test_plans_for_an_h100_fit_and_cover_every_unit(hidden, proj, itemsize):
+    out = proj or hidden
+    fwd = cuda_plan.forward_plan(hidden, out, bool(proj), itemsize, SMS, SMEM)
+    bwd = cuda_plan.backward_plan(hidden, out, bool(proj), itemsize, SMS, SMEM)
+    for p in (fwd, bwd):
+        assert isinstance(p, cuda_plan.Plan), p
+        assert 1 <= p.blocks <= SMS and p.smem_bytes <= SMEM
+        assert p.blocks * p.units >= hidden > (p.blocks - 1) * p.units  # no idle unit block
+    assert fwd.units % 4 == 0 and fwd.tensor_cores == (itemsize == 2)
+    assert fwd.smem_bytes == cuda_plan.forward_smem_bytes(hidden, out, bool(proj), itemsize,
+                                                          fwd.units, fwd.proj_cols)
+    if proj:
+        assert fwd.blocks * fwd.proj_cols >= out
+    assert bwd.blocks * bwd.proj_cols >= out and not bwd.tensor_cores
+
+
+def test_h100_plan_numbers_for_the_standard_cases():
+    # FlashRNN's dense case, bf16 H = 768: 96 blocks of 8 units, W_hh slice 32 x 768.
+    fwd = cuda_plan.forward_plan(768, 768, False, 2, SMS, SMEM)
+    assert (fwd.blocks, fwd.units, fwd.smem_bytes) == (96, 8, 95488)
+    bwd = cuda_plan.backward_plan(768, 768, False, 2, SMS, SMEM)
+    assert (bwd.blocks, bwd.units, bwd.proj_cols) == (128, 6, 6)
+    # A small layer uses few blocks: fewer to meet at each barrier.
+    assert cuda_plan.forward_plan(20, 20, False, 4, SMS, SMEM).blocks == 5
+
+
+@pytest.mark.parametrize("hidden,itemsize", [(2048, 2), (1536, 4), (4096, 4)])
+def test_layers_too_large_for_chip_get_a_reason(hidden, itemsize):
+    reason = cuda_plan.forward_plan(hidden, hidden, False, itemsize, SMS, SMEM)
+    assert isinstance(reason, str)
+    assert "shared memory" in reason or "units per block" in reason
+
+
+def test_largest_square_layers_held_on_chip():
+    """Where the fallback starts on an H100 (csrc/README.md quotes these)."""
+    def largest(itemsize, make):
+        fits = [h for h in range(64, 4097, 64)
+                if isinstance(make(h, h, False, itemsize, SMS, SMEM), cuda_plan.Plan)]
+        return max(fits)
+    assert largest(2, cuda_plan.forward_plan) == 1536
+    assert largest(4, cuda_plan.forward_plan) == 1152
+    assert largest(2, cuda_plan.backward_plan) == 1856
+    assert largest(4, cuda_plan.backward_plan) == 1280
+
+
+# ---------------------------------------------------------------------------------
+# Registry and fallback (CPU).
+
+@pytest.mark.skipif(CUDA_REASON is None, reason="rnnfast._C is built and usable here")
+def test_registry_without_the_extension():
+    assert CUDA_REASON.startswith("rnnfast._C not built") or CUDA_REASON == "no CUDA device"
+    with pytest.raises(RuntimeError, match="rnnfast backend 'cuda' is not available: "):
+        rnnfast.LSTM(3, 4, backend="cuda")
+    assert backends.resolve("auto", torch.device("cpu"), torch.float32) == "reference"
+
+
+def test_registered_above_triton_but_never_picked_by_auto(monkeypatch):
+    cuda = backends._REGISTRY["cuda"]
+    assert cuda.priority > backends._REGISTRY["triton"].priority
+    usable = dataclasses.replace(cuda, unavailable_reason=lambda: None,
+                                 unsupported_reason=lambda device, dtype: None)
+    monkeypatch.setitem(backends._REGISTRY, "cuda", usable)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert backends.resolve("auto", torch.device("cuda"), dtype) != "cuda"
+    assert cuda.unsupported_reason(torch.device("cuda"), torch.float64).startswith("dtype")
+    assert "CUDA tensors" in cuda.unsupported_reason(torch.device("cpu"), torch.float32)
+
+
+def _layer(T, B, I, H, proj=0, bias=True, lengths=None, dtype=torch.float64, device=DEVICE,
+           seed=0):
+    g = torch.Generator().manual_seed(seed)
+    P = proj or H
+    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(device, dtype)
+    if lengths is None:
+        x, batch_sizes = mk(T, B, I), None
+    else:
+        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))])
+        x = mk(int(batch_sizes.sum()), I)
+    args = [x, batch_sizes, mk(B, P), mk(B, H), mk(4 * H, I, scale=0.4), mk(4 * H, P, scale=0.4)]
+    args += [mk(4 * H, scale=0.5), mk(4 * H, scale=0.5)] if bias else [None, None]
+    args += [mk(P, H, scale=0.4)] if proj else [None]
+    return args
+
+
+def _upstream(y, h_n, c_n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)
+    return mk(y), mk(h_n), mk(c_n)
+
+
+def _run(fwd, bwd, args, reverse, needs=None, frozen=(None,) * 5, upstream=None, save="all"):
+    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
+    needs = needs or [True, True, True, True, True, b_ih is not None, b_hh is not None,
+                      w_hr is not None]
+    y, h_n, c_n, gates, cells, hidden = fwd(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                            w_hr, reverse, save)
+    if save == "cells":  # what the autograd core does before a recompute backward
+        gates, hidden = reference.recompute_gates(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
+                                                  w_hr, y, cells, reverse)
+    dy, dh_n, dc_n = upstream or _upstream(y, h_n, c_n)
+    grads, dgates = bwd(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates,
+                        cells, hidden if w_hr is not None else None, reverse, list(needs),
+                        list(frozen), list(x.shape))
+    return (y, h_n, c_n), grads + [dgates]
+
+
+def _assert_same(got, expected, tol):
+    (outs, grads), (outs_ref, grads_ref) = got, expected
+    for name, a, b in zip(("y", "h_n", "c_n"), outs, outs_ref):
+        assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+    names = ("dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh", "dW_hr", "dgates")
+    for name, a, b in zip(names, grads, grads_ref):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_layer_too_large_falls_back_to_reference_with_one_warning(monkeypatch):
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd
+    too_big = "the forward's W_hh slice needs 369408 bytes of shared memory per block"
+    monkeypatch.setattr(cuda_fwd, "plan_for", lambda *a: too_big)
+    monkeypatch.setattr(cuda_bwd, "plan_for", lambda *a: too_big)
+    monkeypatch.setattr(cuda_backend, "_warned", set())
+    args = _layer(5, 3, 4, 6, proj=0, device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match="cannot run this layer on chip .*using the reference"):
+        got = _run(cuda_fwd.forward, cuda_bwd.backward, args, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once only
+        again = _run(cuda_fwd.forward, cuda_bwd.backward, args, True)
+    expected = _run(reference.forward, reference.backward, args, True)
+    _assert_same(got, expected, dict(atol=0, rtol=0))
+    _assert_same(again, expected, dict(atol=0, rtol=0))
+
+
+# ---------------------------------------------------------------------------------
+# The kernels on a GPU.
+
+def _kernels():
+    from rnnfast.backends.cuda import backward, forward
+    return forward.forward, backward.backward
+
+
+TIGHT32 = dict(atol=2e-5, rtol=1e-4)
+SHAPES = [  # T, B, I, H, proj, lengths
+    (7, 3, 5, 20, 0, None),
+    (7, 3, 5, 20, 11, None),
+    (1, 1, 3, 20, 0, None),
+    (5, 2, 4, 96, 0, None),
+    (3, 37, 4, 12, 0, None),         # three 16-row tiles
+    (7, 3, 5, 20, 0, [7, 4, 1]),     # packed
+    (6, 4, 3, 9, 5, [6, 6, 3, 2]),   # packed with projection
+    (9, 5, 8, 600, 0, None),         # many blocks: the grid barrier really synchronises
+]
+
+
+@requires_kernels
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("T,B,I,H,proj,lengths", SHAPES)
+def test_fp32_kernels_match_reference(reverse, T, B, I, H, proj, lengths):
+    args = _layer(T, B, I, H, proj, lengths=lengths, dtype=torch.float32)
+    _assert_same(_run(*_kernels(), args, reverse),
+                 _run(reference.forward, reference.backward, args, reverse), TIGHT32)
+
+
+def _errors_vs_float64(args64, dtype, reverse, fns):
+    outs64, grads64 = _run(reference.forward, reference.backward, args64, reverse)
+    upstream = tuple(u.to(dtype) for u in _upstream(*outs64))
+    low = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
+    outs, grads = _run(*fns, low, reverse, upstream=upstream)
+    return [(a.double() - b).abs().max().item()
+            for a, b in zip([*outs, *grads], [*outs64, *grads64]) if b is not None]
+
+
+@requires_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("proj,lengths,reverse", [(0, None, False), (11, None, True),
+                                                  (0, [7, 4, 1], True)])
+def test_error_at_most_twice_the_reference(dtype, proj, lengths, reverse):
+    args64 = _layer(7, 3, 5, 20, proj, lengths=lengths)
+    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
+    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
+    eps = torch.finfo(dtype).eps
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a <= 2 * b + eps, f"tensor {i}: cuda error {a:.3g} vs reference {b:.3g}"
+
+
+@requires_kernels
+@pytest.mark.parametrize("save", ["cells", "none"])
+def test_save_modes(save):
+    args = _layer(7, 3, 5, 20, proj=11, dtype=torch.float32)
+    fwd, bwd = _kernels()
+    outs = fwd(*args, False, save)
+    ref = reference.forward(*args, False, save)
+    for a, b in zip(outs, ref):
+        assert a.shape == b.shape
+        assert_close(a, b, **TIGHT32)
+    if save == "cells":
+        _assert_same(_run(fwd, bwd, args, False, save="cells"),
+                     _run(reference.forward, reference.backward, args, False), TIGHT32)
+
+
+@requires_kernels
+def test_without_bias_and_only_dc_n_flowing_back():
+    args = _layer(7, 3, 5, 20, bias=False, dtype=torch.float32)
+    upstream = (None, None, torch.ones(3, 20, device=DEVICE))
+    _assert_same(_run(*_kernels(), args, False, upstream=upstream),
+                 _run(reference.forward, reference.backward, args, False, upstream=upstream),
+                 TIGHT32)
+
+
+@requires_kernels
+def test_freeze_masks_zero_exactly_the_frozen_entries():
+    args = _layer(6, 3, 5, 8, proj=3, dtype=torch.float32)
+    g = torch.Generator().manual_seed(4)
+    frozen = [torch.rand(a.shape, generator=g).to(DEVICE) < 0.5 for a in args[4:9]]
+    got = _run(*_kernels(), args, False, frozen=frozen)
+    _assert_same(got, _run(reference.forward, reference.backward, args, False, frozen=frozen),
+                 TIGHT32)
+    for grad, mask in zip(got[1][3:8], frozen):
+        assert torch.all(grad[mask] == 0) and torch.all(grad[~mask] != 0)
+
+
+@requires_kernels
+@pytest.mark.parametrize("needs", [
+    [False, False, False, True, False, False, False, False],
+    [True, False, False, False, False, False, False, False],
+    [False, True, True, False, False, True, True, False],
+])
+def test_only_the_gradients_asked_for(needs):
+    args = _layer(5, 3, 4, 12, proj=5, dtype=torch.float32)
+    got = _run(*_kernels(), args, False, needs=needs)
+    _assert_same(got, _run(reference.forward, reference.backward, args, False, needs=needs),
+                 TIGHT32)
+    assert [g is not None for g in got[1][:8]] == needs
+
+
+@requires_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_module_matches_nn_lstm(dtype):
+    config = dict(input_size=5, hidden_size=20, num_layers=2, bidirectional=True, proj_size=7)
+    ref = nn.LSTM(**config).to(DEVICE, torch.float64)
+    ours = rnnfast.LSTM(**config, backend="cuda").to(DEVICE, dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(7, 3, 5, dtype=torch.float64, device=DEVICE)
+    lengths = [7, 4, 1]
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths)
+    out_ref, (h_ref, c_ref) = ref(packed)
+    out, (h, c) = ours(nn.utils.rnn.pack_padded_sequence(x.to(dtype), lengths))
+    tol = TIGHT32 if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    assert_close(out.data.double(), out_ref.data, **tol)
+    assert_close(h.double(), h_ref, **tol)
+    assert_close(c.double(), c_ref, **tol)
+
+
+@requires_kernels
+def test_too_large_layer_on_gpu_falls_back_once():
+    monkey = set()
+    cuda_backend._warned, saved = monkey, cuda_backend._warned
+    try:
+        args = _layer(3, 2, 8, 2048, dtype=torch.bfloat16)
+        with pytest.warns(UserWarning, match="cannot run this layer on chip"):
+            y = _kernels()[0](*args, False, "none")[0]
+        assert_close(y, reference.forward(*args, False, "none")[0])
+    finally:
+        cuda_backend._warned = saved
