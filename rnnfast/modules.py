@@ -108,6 +108,30 @@ class LSTM(nn.Module):
         _copy_params(lstm, new)
         return new
 
+    def to_torch(self) -> nn.LSTM:
+        """A torch.nn.LSTM copy (weights, device, dtype, requires_grad, mode): for code
+        or runtimes without rnnfast, and for comparing against cuDNN/oneDNN. Element
+        freeze masks and unmerged LoRA adapters have no nn.LSTM equivalent: merge or
+        remove the adapters first; partly frozen parameters raise."""
+        if self.lora and not self.lora_merged:
+            raise ValueError("LSTM.to_torch: this LSTM has unmerged LoRA adapters; call "
+                             "rnnfast.transfer.merge_lora (or remove_lora) first")
+        partly = [name for name in self._flat_weights_names if frozen_mask(self, name) is not None]
+        if partly:
+            raise ValueError(f"LSTM.to_torch: {partly} are partly frozen (gate/unit masks), "
+                             "which torch.nn.LSTM cannot express; unfreeze them or freeze whole "
+                             "parameters")
+        weight = self.weight_ih_l0
+        torch_lstm = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias,
+                             self.batch_first, self.dropout, self.bidirectional, self.proj_size,
+                             device=weight.device, dtype=weight.dtype)
+        base = {k: v for k, v in self.state_dict().items() if k in torch_lstm.state_dict()}
+        torch_lstm.load_state_dict(base)
+        for name in self._flat_weights_names:
+            getattr(torch_lstm, name).requires_grad_(getattr(self, name).requires_grad)
+        torch_lstm.train(self.training)
+        return torch_lstm
+
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
         if self.proj_size != 0:

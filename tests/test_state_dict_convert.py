@@ -230,6 +230,41 @@ def test_from_torch_keeps_weights_dtype_mode_requires_grad(config, dtype, traini
         _assert_same_outputs(ref, ours, _input(config, dtype))
 
 
+@pytest.mark.parametrize("config", [dict(num_layers=2, bidirectional=True, proj_size=P, batch_first=True),
+                                    dict(num_layers=3, bias=False, dropout=0.25)], ids=_ids)
+@pytest.mark.parametrize("training", [True, False])
+def test_to_torch_keeps_weights_dtype_mode_requires_grad(config, training):
+    ours = rnnfast.LSTM(I, H, **config, dtype=torch.float64)
+    ours.train(training)
+    rnnfast.freeze(ours, layers=[1])
+    ref = ours.to_torch()
+    assert type(ref) is nn.LSTM and ref.training is training
+    for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                 "bidirectional", "proj_size"):
+        assert getattr(ours, attr) == getattr(ref, attr), attr
+    _assert_same_params(ours, ref)
+    assert not ref.weight_hh_l1.requires_grad and ref.weight_hh_l0.requires_grad
+    assert ref.weight_ih_l0.data_ptr() != ours.weight_ih_l0.data_ptr()
+    if not training:
+        _assert_same_outputs(ref, ours, _input(config, torch.float64))
+
+
+def test_to_torch_refuses_what_nn_lstm_cannot_express():
+    partly = rnnfast.freeze(rnnfast.LSTM(I, H), gates="f")
+    with pytest.raises(ValueError, match=r"\['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0'\] "
+                                         "are partly frozen"):
+        partly.to_torch()
+    from rnnfast import transfer
+    adapted = rnnfast.LSTM(I, H)
+    transfer.add_lora(adapted, rank=2)
+    with pytest.raises(ValueError, match="unmerged LoRA adapters"):
+        adapted.to_torch()
+    with torch.no_grad():
+        adapted.lora_B_weight_hh_l0.normal_()  # so the merged weight differs from the base
+    transfer.merge_lora(adapted)
+    _assert_same_outputs(adapted, adapted.to_torch(), _input({}))
+
+
 def test_from_torch_rejects_other_modules():
     with pytest.raises(TypeError, match="expects a torch.nn.LSTM, got GRU"):
         rnnfast.LSTM.from_torch(nn.GRU(I, H))
