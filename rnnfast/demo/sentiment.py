@@ -16,7 +16,6 @@ negative / positive labels (neutral left out) to match rotten / fresh.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

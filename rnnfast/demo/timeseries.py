@@ -8,8 +8,8 @@ Every series is resampled to `steps` time steps, so source and target share a ti
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
