@@ -46,7 +46,7 @@ class TextConfig:
     layers: int = 2
     source_texts: int = 6000   # tweets used (LM text and DANN labels); 0 = all
     target_texts: int = 0      # reviews used before the train/test split; 0 = all
-    lm_epochs: int = 1
+    lm_epochs: int = 3
     lm_lr: float = 3e-3
     lr: float = 3e-3
     batch: int = 64
