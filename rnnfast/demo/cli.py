@@ -24,7 +24,7 @@ BUDGETS = {
                   min_steps=2, min_epochs=1, max_epochs=1)),
     "default": (3, {}, {}),
     "full": (5, dict(epochs=300, source_steps=600, feature_epochs=500),
-             dict(source_texts=0, lm_epochs=3, min_steps=400)),
+             dict(source_texts=0, lm_epochs=6, min_steps=400)),
 }
 
 
