@@ -126,15 +126,7 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
 
 template <typename T>
 cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
-  const size_t smem = backward_smem_bytes(args);
-  auto kernel = lstm_backward_kernel<T>;
-  cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (err != cudaSuccess) return err;
-  BackwardArgs copy = args;
-  void* params[] = {&copy};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(args.blocks),
-                                     dim3(kThreads), params, smem, stream);
+  return launch_cooperative(lstm_backward_kernel<T>, args, args.blocks, backward_smem_bytes(args), stream);
 }
 
 }  // namespace

@@ -117,4 +117,19 @@ __device__ __forceinline__ float reduce_parts(const float* part, int part_ld, in
   return s;
 }
 
+// Host side: a cooperative launch (every block resident, so grid.sync() is legal) of a
+// kernel taking its argument struct by value, with `smem` bytes of dynamic shared
+// memory (above 48 KB it must be opted into per kernel).
+template <typename Args>
+cudaError_t launch_cooperative(void (*kernel)(const Args), const Args& args, int blocks, size_t smem,
+                               cudaStream_t stream) {
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (err != cudaSuccess) return err;
+  Args copy = args;
+  void* params[] = {&copy};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(blocks),
+                                     dim3(kThreads), params, smem, stream);
+}
+
 }  // namespace rnnfast

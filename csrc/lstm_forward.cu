@@ -155,15 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_forward_kernel(const Forward
 
 template <typename T>
 cudaError_t launch_typed(const ForwardArgs& args, cudaStream_t stream) {
-  const size_t smem = forward_smem_bytes(args);
-  auto kernel = lstm_forward_kernel<T>;
-  cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (err != cudaSuccess) return err;
-  ForwardArgs copy = args;
-  void* params[] = {&copy};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(args.blocks),
-                                     dim3(kThreads), params, smem, stream);
+  return launch_cooperative(lstm_forward_kernel<T>, args, args.blocks, forward_smem_bytes(args), stream);
 }
 
 }  // namespace

@@ -50,3 +50,28 @@ def run(model, make, hx, leaves):
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, list(leaves) + params, allow_unused=True)
     return [data, h_n, c_n], list(grads)
+
+
+def layer_args(T, B, I, H, proj=0, bias=True, lengths=None, dtype=torch.float64, device="cpu", seed=0):
+    """Arguments of one layer for a backend's forward: x (dense [T, B, I] or packed
+    [N, I] for `lengths`), batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr; drawn in
+    float64 from `seed`, then cast, so every dtype and device sees the same values."""
+    g = torch.Generator().manual_seed(seed)
+    P = proj or H
+    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(device, dtype)  # noqa: E731
+    if lengths is None:
+        x, batch_sizes = mk(T, B, I), None
+    else:
+        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))])
+        x = mk(int(batch_sizes.sum()), I)
+    args = [x, batch_sizes, mk(B, P), mk(B, H), mk(4 * H, I, scale=0.4), mk(4 * H, P, scale=0.4)]
+    args += [mk(4 * H, scale=0.5), mk(4 * H, scale=0.5)] if bias else [None, None]
+    args += [mk(P, H, scale=0.4)] if proj else [None]
+    return args
+
+
+def upstream_grads(y, h_n, c_n, seed=1):
+    """Random dy, dh_n, dc_n shaped (and placed) like the forward's outputs."""
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)  # noqa: E731
+    return mk(y), mk(h_n), mk(c_n)

@@ -23,6 +23,8 @@ from rnnfast.backends import reference
 from rnnfast.backends import cuda as cuda_backend
 from rnnfast.backends.cuda import plan as cuda_plan
 
+from helpers import layer_args, upstream_grads
+
 SMS, SMEM = cuda_plan.H100_SMS, cuda_plan.H100_SMEM_PER_BLOCK
 CUDA_REASON = backends.available_backends()["cuda"]
 requires_kernels = pytest.mark.skipif(CUDA_REASON is not None,
@@ -106,26 +108,11 @@ def test_registered_above_triton_but_never_picked_by_auto(monkeypatch):
     assert "CUDA tensors" in cuda.unsupported_reason(torch.device("cpu"), torch.float32)
 
 
-def _layer(T, B, I, H, proj=0, bias=True, lengths=None, dtype=torch.float64, device=DEVICE,
-           seed=0):
-    g = torch.Generator().manual_seed(seed)
-    P = proj or H
-    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(device, dtype)
-    if lengths is None:
-        x, batch_sizes = mk(T, B, I), None
-    else:
-        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))])
-        x = mk(int(batch_sizes.sum()), I)
-    args = [x, batch_sizes, mk(B, P), mk(B, H), mk(4 * H, I, scale=0.4), mk(4 * H, P, scale=0.4)]
-    args += [mk(4 * H, scale=0.5), mk(4 * H, scale=0.5)] if bias else [None, None]
-    args += [mk(P, H, scale=0.4)] if proj else [None]
-    return args
+def _layer(*args, device=DEVICE, **kwargs):
+    return layer_args(*args, device=device, **kwargs)
 
 
-def _upstream(y, h_n, c_n, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    mk = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)
-    return mk(y), mk(h_n), mk(c_n)
+_upstream = upstream_grads
 
 
 def _run(fwd, bwd, args, reverse, needs=None, frozen=(None,) * 5, upstream=None, save="all"):

@@ -28,6 +28,8 @@ from torch.testing import assert_close
 from rnnfast.backends import reference
 from rnnfast.backends.cuda import plan as cuda_plan
 
+from helpers import layer_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 KERNELS = sorted(glob.glob(os.path.join(CSRC, "*.cu")))
@@ -130,21 +132,6 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
         assert bwd == cuda_plan.backward_smem_bytes(H, P, bool(proj), itemsize, units, cols), config
 
 
-def _layer(T, B, I, H, proj, lengths, bias, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    P = proj or H
-    mk = lambda *s, scale=1.0: torch.randn(*s, generator=g, dtype=torch.float64) * scale
-    if lengths is None:
-        x, batch_sizes = mk(T, B, I), None
-    else:
-        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))])
-        x = mk(int(batch_sizes.sum()), I)
-    args = [x, batch_sizes, mk(B, P), mk(B, H), mk(4 * H, I, scale=0.4), mk(4 * H, P, scale=0.4)]
-    args += [mk(4 * H, scale=0.5), mk(4 * H, scale=0.5)] if bias else [None, None]
-    args += [mk(P, H, scale=0.4)] if proj else [None]
-    return args
-
-
 def _write(dirpath, name, t: torch.Tensor):
     dtype = torch.int64 if not t.is_floating_point() else torch.float32
     (dirpath / f"{name}.bin").write_bytes(t.to(dtype).contiguous().numpy().tobytes())
@@ -178,7 +165,7 @@ def test_host_run_of_the_kernels_logic_matches_reference(host_check, tmp_path, T
     """Forward and backward recurrences with the kernels' own step/row/split logic and cell
     math, on a GPU of `sms` SMs (3: units and columns split unevenly over blocks)."""
     bias = lengths is None
-    args = _layer(T, B, I, H, proj, lengths, bias)
+    args = layer_args(T, B, I, H, proj=proj, lengths=lengths, bias=bias)
     x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
     P = proj or H
     y, h_n, c_n, gates, cells, hidden = reference.forward(*args, reverse, "all")

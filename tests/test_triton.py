@@ -19,6 +19,8 @@ import rnnfast
 from rnnfast.backends import available_backends, reference
 from rnnfast.backends import triton as triton_backend
 
+from helpers import layer_args, upstream_grads
+
 pytestmark = pytest.mark.skipif(available_backends()["triton"] is not None,
                                 reason=f"triton backend unavailable: {available_backends()['triton']}")
 
@@ -30,27 +32,11 @@ def _kernels():
     return forward, backward, plan
 
 
-def _layer(T, B, I, H, proj=0, bias=True, lengths=None, dtype=torch.float64, seed=0):
-    """Arguments of one layer: x (dense [T, B, I] or packed [N, I]), batch_sizes, h0, c0,
-    w_ih, w_hh, b_ih, b_hh, w_hr."""
-    g = torch.Generator().manual_seed(seed)
-    P = proj or H
-    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(DEVICE, dtype)
-    if lengths is None:
-        x, batch_sizes = mk(T, B, I), None
-    else:
-        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))])
-        x = mk(int(batch_sizes.sum()), I)
-    args = [x, batch_sizes, mk(B, P), mk(B, H), mk(4 * H, I, scale=0.4), mk(4 * H, P, scale=0.4)]
-    args += [mk(4 * H, scale=0.5), mk(4 * H, scale=0.5)] if bias else [None, None]
-    args += [mk(P, H, scale=0.4)] if proj else [None]
-    return args
+def _layer(*args, **kwargs):
+    return layer_args(*args, device=DEVICE, **kwargs)
 
 
-def _upstream(y, h_n, c_n, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    mk = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(DEVICE, t.dtype)
-    return mk(y), mk(h_n), mk(c_n)
+_upstream = upstream_grads
 
 
 def _run(fwd, bwd, args, reverse, needs=None, frozen=(None,) * 5, upstream=None, **plan):
