@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..progress import Progress
 from . import cases as cases_mod, floor, providers as providers_mod, report, runner
 
 
@@ -38,34 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default bench/results/<device-slug>/)")
     p.add_argument("--no-plots", action="store_true", help="JSON and CSV only")
     p.add_argument("--no-floor", action="store_true", help="skip measuring the hardware limits")
-
-
-class _Progress:
-    """tqdm on stderr when installed, else a plain counter line."""
-
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
-        try:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, file=sys.stderr, unit="run", leave=False)
-        except ImportError:
-            self.bar = None
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        else:
-            print(f"\r[{self.done}/{self.total}]", end="", file=sys.stderr, flush=True)
-
-    def write(self, msg: str) -> None:
-        (self.bar.write if self.bar is not None else lambda m: print(m, file=sys.stderr))(msg)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        else:
-            print(file=sys.stderr)
 
 
 def _fail(message: str) -> int:
@@ -139,7 +112,7 @@ def run(args, argv=None) -> int:
             if p.skip:
                 print(f"  {p.name:<18} ({dt}) {p.skip}")
     total = sum(len(c.modes) * len(provider_lists[c.dtype]) for c in suite)
-    progress = _Progress(total)
+    progress = Progress(total)
     rows = []
     try:
         for case in suite:

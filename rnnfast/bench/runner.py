@@ -214,6 +214,8 @@ def run_case(case: Case, providers: list[Provider], device: torch.device, repeat
     for mode in case.modes:
         base_value = None
         for p in providers:
+            if progress is not None:
+                progress.start(f"{case.name} {mode} {p.name}")
             model, status, diff = built[p.name]
             row = {"case": case.name, **{k: v for k, v in case.as_dict().items() if k not in ("name", "modes")},
                    "mode": mode, "provider": p.name, "status": status,
@@ -244,5 +246,5 @@ def run_case(case: Case, providers: list[Provider], device: torch.device, repeat
                     set_trainable(model, "fwdbwd", case.layers)
             rows.append(row)
             if progress is not None:
-                progress.update(1)
+                progress.finish()
     return rows

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from ..bench.report import environment, slug
+from ..progress import Progress
 from . import report, sentiment, timeseries
-from .train import Progress
 
 TASKS = ("timeseries", "text")
 
@@ -128,7 +128,7 @@ def run(args, argv) -> int:
     rows, heads, paths = report.write(out, env, config, results, info, descriptions)
 
     print(f"\nrnnfast demo on {env['device']}, torch {env['torch']}, {info['total_s']:.0f} s\n")
-    for task, table in report.tables(rows, descriptions).items():
+    for task, table in report.tables(rows).items():
         print(f"{task}\n{table}\n")
     print("headline (scratch vs best transfer):")
     for line in report.headline_lines(heads):

@@ -75,7 +75,7 @@ def _cost(rows, row) -> tuple:
             f"{row['activation_mb']:.2f}", f"{torch_row['activation_mb']:.2f}")
 
 
-def tables(rows: list, descriptions: dict) -> dict:
+def tables(rows: list) -> dict:
     """Markdown tables, one per task: accuracy, gain over scratch, time and activation
     memory for rnnfast and the same run on torch.nn.LSTM."""
     out = {}
@@ -116,7 +116,7 @@ def markdown(env: dict, config: dict, rows: list, heads: list, info: dict, descr
              f"- command: `{env['command']}`", f"- finished: {env['time']}, total {info['total_s']:.0f} s",
              "", "## Headline (scratch vs the best transfer strategy, rnnfast runs)", ""]
     parts += [f"- {line}" for line in headline_lines(heads)] or ["- (no scratch baseline in this run)"]
-    for task, table in tables(rows, descriptions).items():
+    for task, table in tables(rows).items():
         parts += ["", f"## {task}", "", table]
     parts += ["", "## Strategies", ""]
     parts += [f"- `{name}`: {text}" for name, text in descriptions.items()]

@@ -28,7 +28,8 @@ from .. import transfer
 from ..modules import LSTM
 from .data import TextSet, load_rotten_tomatoes, load_tweets
 from .text import LanguageModel, Tokenizer
-from .train import (Batches, Meter, Progress, RunResult, accuracy, fit, gradual_unfreezing, seeded,
+from ..progress import Progress
+from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, seeded,
                     trainable_params, use_torch_lstm)
 
 METHODS = {

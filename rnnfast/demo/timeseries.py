@@ -18,7 +18,8 @@ from torch import nn
 from .. import transfer
 from ..modules import LSTM
 from .data import SeriesDataset, SeriesSplit, load_ucr
-from .train import (Batches, Meter, Progress, RunResult, accuracy, fit, gradual_unfreezing, seeded,
+from ..progress import Progress
+from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, seeded,
                     trainable_params, use_torch_lstm)
 
 # source -> target. The first is the headline pair (ItalyPowerDemand -> ArrowHead is

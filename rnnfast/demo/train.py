@@ -2,7 +2,6 @@
 cost measurements (wall time, activation memory, CUDA peak) recorded for each run."""
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
@@ -167,37 +166,6 @@ def accuracy(model: nn.Module, data: Batches) -> float:
         correct += int((model(*inputs).argmax(-1) == target).sum())
         total += target.numel()
     return correct / max(total, 1)
-
-
-class Progress:
-    """One progress bar over all planned runs (tqdm when installed, else a line per
-    run on stderr); `quiet` shows nothing."""
-
-    def __init__(self, total: int, quiet: bool = False) -> None:
-        self.quiet, self.done, self.total = quiet, 0, total
-        self.bar = None
-        if not quiet:
-            try:
-                from tqdm.auto import tqdm
-                self.bar = tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True)
-            except ImportError:
-                pass
-
-    def start(self, description: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(description[:60])
-        elif not self.quiet:
-            print(f"[{self.done + 1}/{self.total}] {description}", file=sys.stderr, flush=True)
-
-    def finish(self, note: str = "") -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.set_postfix_str(note)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def seeded(seed: int) -> torch.Generator:

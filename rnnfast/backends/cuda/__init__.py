@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
