@@ -11,6 +11,7 @@ every `torch.optim.Optimizer.step`, bit for bit.
 """
 from __future__ import annotations
 
+import sys
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence, Union
@@ -221,14 +222,29 @@ def _snapshot_frozen(optimizer, args, kwargs) -> None:
             if key.startswith(_MASK_PREFIX) and mask is not None:
                 param = getattr(owner, key[len(_MASK_PREFIX):])
                 if id(param) in in_optimizer:
-                    saved.append((param, mask, param.detach()[mask]))
+                    local, local_mask = _owned_entries(param, mask)
+                    saved.append((local, local_mask, local.detach()[local_mask]))
     _SNAPSHOTS[optimizer] = saved
 
 
 def _restore_frozen(optimizer, args, kwargs) -> None:
     with torch.no_grad():
-        for param, mask, values in _SNAPSHOTS.pop(optimizer, ()):
-            param[mask] = values
+        for entries, mask, values in _SNAPSHOTS.pop(optimizer, ()):
+            entries[mask] = values
+
+
+def _owned_entries(param: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The parameter entries this process updates, and their part of the mask. FSDP2
+    shards a parameter into a DTensor while the mask buffer stays whole on every rank:
+    the process owns only its local shard, cut from the mask the same way (Replicate ->
+    the parameter's placements is a local slice, no communication)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor exists
+    if dtensor is None or not isinstance(param, dtensor.DTensor):
+        return param, mask
+    mesh = param.device_mesh
+    whole = dtensor.DTensor.from_local(mask, mesh, [dtensor.Replicate()] * mesh.ndim,
+                                       run_check=False)
+    return param.to_local(), whole.redistribute(mesh, param.placements).to_local()
 
 
 # ---- trainable_summary ----

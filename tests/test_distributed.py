@@ -1,7 +1,9 @@
 """DistributedDataParallel over 2 real processes (gloo on CPU) gives the gradients of
 one process on the whole batch, with frozen layers and partial freeze masks too (no
 unused-parameter errors: frozen parameters are simply not in DDP's buckets); FSDP2
-(fully_shard) does the same with sharded parameters."""
+(fully_shard) does the same with sharded parameters. Optimizer steps then leave the
+partly frozen entries bit-identical on every rank's shard, and the trained weights match
+one process's."""
 import os
 import socket
 
@@ -13,6 +15,7 @@ import torch.multiprocessing as mp
 import rnnfast
 
 WORLD = 2
+STEPS = 3
 
 
 def _model():
@@ -33,6 +36,26 @@ def _loss(model, x, target):
     return ((out - target) ** 2).mean()
 
 
+def _train(model, wrapped, x, target):
+    """STEPS AdamW steps (weight decay moves zero-gradient entries: the freeze hook must
+    put the frozen ones back); returns the first step's gradients."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=0.05, weight_decay=0.1)
+    for step in range(STEPS):
+        optimizer.zero_grad()
+        _loss(wrapped, x, target).backward()
+        if step == 0:
+            first_grads = {n: _whole(p.grad) for n, p in model.named_parameters()
+                           if p.requires_grad}
+        optimizer.step()
+    return first_grads
+
+
+def _whole(t):
+    """FSDP keeps parameters and gradients sharded (DTensors): gather them on every rank."""
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu()
+
+
 def _worker(rank, port, result_file, wrapper):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     nccl = wrapper == "ddp-nccl"
@@ -50,12 +73,10 @@ def _worker(rank, port, result_file, wrapper):
         x, target = (t.to(device) for t in _data())
         half = x.shape[1] // WORLD
         rows = slice(rank * half, (rank + 1) * half)
-        _loss(wrapped, x[:, rows], target[:, rows]).backward()
-        # FSDP keeps each gradient sharded (a DTensor): gather it on every rank.
-        grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).cpu()
-                 for n, p in model.named_parameters() if p.requires_grad}
+        grads = _train(model, wrapped, x[:, rows], target[:, rows])
+        params = {n: _whole(p) for n, p in model.named_parameters()}
         if rank == 0:
-            torch.save(grads, result_file)
+            torch.save((grads, params), result_file)
     finally:
         dist.destroy_process_group()
 
@@ -75,15 +96,25 @@ def _free_port():
         reason="NCCL needs a CUDA device per process (2 GPUs)")),
 ])
 def test_two_processes_match_one_process(tmp_path, wrapper):
-    result_file = tmp_path / "grads.pt"
+    result_file = tmp_path / "result.pt"
     mp.spawn(_worker, args=(_free_port(), str(result_file), wrapper), nprocs=WORLD, join=True)
-    ddp_grads = torch.load(result_file)
+    dist_grads, dist_params = torch.load(result_file)
 
     model = _model()
-    _loss(model, *_data()).backward()
-    expected = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-    assert set(ddp_grads) == set(expected) and "weight_hh_l0" not in expected
-    for name, grad in expected.items():
-        torch.testing.assert_close(ddp_grads[name], grad, msg=lambda m: f"{name}: {m}")
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = _train(model, model, *_data())
+    assert set(dist_grads) == set(grads) and "weight_hh_l0" not in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(dist_grads[name], grad, msg=lambda m: f"{name}: {m}")
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(dist_params[name], param.detach(),
+                                   msg=lambda m: f"{name} after {STEPS} steps: {m}")
+
     mask = rnnfast.frozen_mask(model, "weight_ih_l1")
-    assert torch.all(ddp_grads["weight_ih_l1"][mask] == 0)
+    assert torch.all(dist_grads["weight_ih_l1"][mask] == 0)
+    for name in ("weight_ih_l1", "weight_hh_l1_reverse", "bias_ih_l1"):
+        mask = rnnfast.frozen_mask(model, name)
+        assert mask.any() and not mask.all()
+        assert torch.equal(dist_params[name][mask], initial[name][mask]), name
+        assert not torch.equal(dist_params[name][~mask], initial[name][~mask]), name
+    assert torch.equal(dist_params["weight_ih_l0"], initial["weight_ih_l0"])
