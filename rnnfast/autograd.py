@@ -95,27 +95,36 @@ def _(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
     return grads + [gates.new_empty(gates.shape) if want_dgates else gates.new_empty(0)]
 
 
-def differentiable_grads(inputs, needs, frozen, grad_outputs, batch_sizes, reverse):
+def differentiable_grads(inputs, needs, frozen, grad_outputs, batch_sizes, reverse,
+                         lora=(None,) * 4, lora_needs=(False,) * 4, lora_scale=1.0):
     """The layer's input gradients as a graph (for double backward): the reference
     recurrence re-run with autograd from the saved inputs, then differentiated with
-    create_graph=True. Frozen entries are zeroed out of place."""
+    create_graph=True. inputs are in GRAD_SLOTS order with the *base* weights; LoRA
+    factors (A_ih, B_ih, A_hh, B_hh) are merged inside the graph, so their gradients are
+    differentiable too. Frozen entries are zeroed out of place. Returns the gradients of
+    inputs, then of lora."""
     x, h0 = inputs[0], inputs[1]
     if x is None or h0 is None:
         raise RuntimeError(
             "double backward (create_graph=True) through an rnnfast LSTM layer needs its "
-            "input and initial state, which the forward did not keep because neither "
-            "weight_ih nor weight_hh needed a gradient")
+            "input and initial state, which the forward keeps only when weight_ih and "
+            "weight_hh (or their LoRA factors) need a gradient")
+    everything, all_needs = (*inputs, *lora), (*needs, *lora_needs)
     with torch.enable_grad():
-        outputs = reference.differentiable_forward(x, batch_sizes, *inputs[1:], reverse)
-        wanted = [t for t, need in zip(inputs, needs) if need]
+        _, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
+        w_ih = with_lora(w_ih, lora[0], lora[1], lora_scale)
+        w_hh = with_lora(w_hh, lora[2], lora[3], lora_scale)
+        outputs = reference.differentiable_forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
+                                                   b_hh, w_hr, reverse)
+        wanted = [t for t, need in zip(everything, all_needs) if need]
         pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
         found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
                                          create_graph=True, allow_unused=True))
-    grads = [next(found) if need else None for need in needs]
+    grads = [next(found) if need else None for need in all_needs]
     for slot, mask in zip((3, 4, 5, 6, 7), frozen):
         if grads[slot] is not None and mask is not None:
             grads[slot] = grads[slot].masked_fill(mask, 0)
-    for slot, (need, t) in enumerate(zip(needs, inputs)):
+    for slot, (need, t) in enumerate(zip(all_needs, everything)):
         if need and grads[slot] is None:  # the input did not reach any output used
             grads[slot] = torch.zeros_like(t)
     return grads
@@ -148,6 +157,7 @@ class LSTMLayerFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lora_a_ih, lora_b_ih, lora_a_hh,
                 lora_b_hh, batch_sizes, reverse, frozen_w_ih, frozen_w_hh, frozen_b_ih,
                 frozen_b_hh, frozen_w_hr, backend, recompute, lora_scale):
+        base_w_ih, base_w_hh = w_ih, w_hh
         w_ih = with_lora(w_ih, lora_a_ih, lora_b_ih, lora_scale)
         w_hh = with_lora(w_hh, lora_a_hh, lora_b_hh, lora_scale)
         y, h_n, c_n, gates, cells, hidden = torch.ops.rnnfast.lstm_layer_forward(
@@ -159,7 +169,10 @@ class LSTMLayerFunction(torch.autograd.Function):
         keep_x = need_dw_ih or need_lora_ih
         keep_h = need_dw_hh or need_lora_hh
         # Weights and biases are saved whether or not this backward reads them: they
-        # exist anyway, and a double backward re-runs the layer from them.
+        # exist anyway, and a double backward re-runs the layer from them (from the base
+        # weights under LoRA, to differentiate through the merge).
+        base = (base_w_ih if lora_a_ih is not None else None,
+                base_w_hh if lora_a_hh is not None else None)
         if recompute:
             saved = (x, h0, c0, w_ih, w_hh, w_hr, y, None, cells, None, b_ih, b_hh)
         else:
@@ -167,7 +180,7 @@ class LSTMLayerFunction(torch.autograd.Function):
                      y if keep_h else None, gates, cells, hidden if need_dw_hr else None,
                      b_ih, b_hh)
         ctx.save_for_backward(*saved, frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh,
-                              frozen_w_hr, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh)
+                              frozen_w_hr, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh, *base)
 
         ctx.batch_sizes = batch_sizes
         ctx.reverse = reverse
@@ -185,16 +198,16 @@ class LSTMLayerFunction(torch.autograd.Function):
         if dy is None and dh_n is None and dc_n is None:
             return (None,) * 22
         (x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden, b_ih, b_hh,
-         *frozen, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh) = ctx.saved_tensors
+         *frozen, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh, base_w_ih, base_w_hh
+         ) = ctx.saved_tensors
         if torch.is_grad_enabled():  # backward(create_graph=True): it must be differentiable
-            if lora_a_ih is not None or lora_a_hh is not None:
-                raise RuntimeError("double backward (create_graph=True) through an rnnfast "
-                                   "LSTM layer with LoRA adapters is not supported; merge "
-                                   "them first (rnnfast.transfer.merge_lora)")
-            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            inputs = (x, h0, c0, w_ih if base_w_ih is None else base_w_ih,
+                      w_hh if base_w_hh is None else base_w_hh, b_ih, b_hh, w_hr)
             grads = differentiable_grads(inputs, needs, frozen, (dy, dh_n, dc_n),
-                                         ctx.batch_sizes, ctx.reverse)
-            return (*grads,) + (None,) * 14
+                                         ctx.batch_sizes, ctx.reverse,
+                                         (lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh),
+                                         lora_needs, ctx.lora_scale)
+            return (*grads,) + (None,) * 10
         if ctx.recompute:
             gates, hidden = reference.recompute_gates(
                 x, ctx.batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cells, ctx.reverse)
