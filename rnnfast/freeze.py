@@ -223,14 +223,16 @@ def _snapshot_frozen(optimizer, args, kwargs) -> None:
                 param = getattr(owner, key[len(_MASK_PREFIX):])
                 if id(param) in in_optimizer:
                     local, local_mask = _owned_entries(param, mask)
-                    saved.append((local, local_mask, local.detach()[local_mask]))
+                    saved.append((local, local_mask, local.detach().clone()))
     _SNAPSHOTS[optimizer] = saved
 
 
 def _restore_frozen(optimizer, args, kwargs) -> None:
+    # A whole copy and torch.where rather than boolean indexing: indexing by a mask
+    # reads its count back to the host, which would break CUDA-graph capture of the step.
     with torch.no_grad():
-        for entries, mask, values in _SNAPSHOTS.pop(optimizer, ()):
-            entries[mask] = values
+        for entries, mask, before in _SNAPSHOTS.pop(optimizer, ()):
+            entries.copy_(torch.where(mask, before, entries))
 
 
 def _owned_entries(param: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
