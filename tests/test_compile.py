@@ -1,22 +1,39 @@
 """torch.compile(fullgraph=True) and torch.export trace through rnnfast.LSTM (the
 layer is a torch.library op with a fake implementation): same outputs and gradients as
 eager, one compile for all shapes with dynamic=True; and deterministic mode."""
+import shutil
+
+import pytest
 import torch
 from torch.testing import assert_close
 
 import rnnfast
 
 
-def test_fullgraph_compile_matches_eager():
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=pytest.mark.skipif(
+        not (shutil.which("g++") or shutil.which("clang++")),
+        reason="inductor on CPU compiles C++ and needs g++ or clang++")),
+])
+def test_fullgraph_compile_matches_eager(backend):
+    """A training step's loss (LSTM with projection, both directions, and a head): the
+    compiled function's outputs and gradients equal eager's."""
     torch.manual_seed(0)
     model = rnnfast.LSTM(5, 8, num_layers=2, bidirectional=True, proj_size=3)
+    head = torch.nn.Linear(6, 2)
     x = torch.randn(7, 3, 5, requires_grad=True)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    wrt = [x, *model.parameters(), *head.parameters()]
+
+    def loss_and_outputs(x):
+        out, (h, c) = model(x)
+        return head(out).square().sum() + h.sum() + c.sum(), out, h, c
+
+    compiled = torch.compile(loss_and_outputs, fullgraph=True, backend=backend)
     results = []
-    for run in (model, compiled):
-        out, (h, c) = run(x)
-        loss = out.square().sum() + h.sum() + c.sum()
-        results.append([out, h, c, *torch.autograd.grad(loss, [x, *model.parameters()])])
+    for run in (loss_and_outputs, compiled):
+        loss, *outputs = run(x)
+        results.append([*outputs, *torch.autograd.grad(loss, wrt)])
     for a, b in zip(*results):
         assert_close(a, b)
 
