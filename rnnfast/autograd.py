@@ -103,7 +103,7 @@ def differentiable_grads(inputs, needs, frozen, grad_outputs, batch_sizes, rever
     factors (A_ih, B_ih, A_hh, B_hh) are merged inside the graph, so their gradients are
     differentiable too. Frozen entries are zeroed out of place. Returns the gradients of
     inputs, then of lora."""
-    x, h0 = inputs[0], inputs[1]
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
     if x is None or h0 is None:
         raise RuntimeError(
             "double backward (create_graph=True) through an rnnfast LSTM layer needs its "
@@ -111,7 +111,6 @@ def differentiable_grads(inputs, needs, frozen, grad_outputs, batch_sizes, rever
             "weight_hh (or their LoRA factors) need a gradient")
     everything, all_needs = (*inputs, *lora), (*needs, *lora_needs)
     with torch.enable_grad():
-        _, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
         w_ih = with_lora(w_ih, lora[0], lora[1], lora_scale)
         w_hh = with_lora(w_hh, lora[2], lora[3], lora_scale)
         outputs = reference.differentiable_forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
