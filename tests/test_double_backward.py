@@ -33,30 +33,40 @@ def test_gradgradcheck_layer(backend, packed, reverse, proj):
     assert gradgradcheck(layer, inputs, eps=1e-6, atol=1e-6, fast_mode=in_interpreter(backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_gradient_penalty_through_the_module_matches_autograd_of_the_reference(backend):
-    """d/dW of |dL/dx|^2, the gradient-penalty pattern, against the same quantity
-    through the out-of-place reference recurrence."""
-    torch.manual_seed(0)
-    model = rnnfast.LSTM(I, H, num_layers=2, dtype=torch.float64, backend=backend)
-    x = _mk(T, B, I)
-    out, _ = model(x)
-    (dx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-    penalty_grads = torch.autograd.grad(dx.square().sum(), list(model.parameters()))
+def _penalty(run, x, wrt):
+    """The gradient-penalty pattern: dL/dx of L = |run(x)|^2 as a graph, and the
+    gradients of |dL/dx|^2 with respect to `wrt`."""
+    (dx,) = torch.autograd.grad(run(x).square().sum(), x, create_graph=True)
+    return dx, torch.autograd.grad(dx.square().sum(), wrt)
 
+
+def _reference_stack(x, weight):
+    """Two layers of the out-of-place reference recurrence; weight(name) gives each
+    parameter by its nn.LSTM name."""
     from rnnfast.backends.reference import differentiable_forward
-    params = dict(model.named_parameters())
     h = x
     for layer in range(2):
         zeros = torch.zeros(B, H, dtype=torch.float64)
-        h, _, _ = differentiable_forward(h, None, zeros, zeros, *(params[f"{n}_l{layer}"] for n in
+        h, _, _ = differentiable_forward(h, None, zeros, zeros, *(weight(f"{n}_l{layer}") for n in
                                          ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
                                          None, False)
-    (dx_ref,) = torch.autograd.grad(h.square().sum(), x, create_graph=True)
-    expected = torch.autograd.grad(dx_ref.square().sum(), list(model.parameters()))
+    return h
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_penalty_through_the_module_matches_autograd_of_the_reference(backend):
+    """d/dW of |dL/dx|^2 against the same quantity through the out-of-place reference
+    recurrence."""
+    torch.manual_seed(0)
+    model = rnnfast.LSTM(I, H, num_layers=2, dtype=torch.float64, backend=backend)
+    params = dict(model.named_parameters())
+    x = _mk(T, B, I)
+    dx, got = _penalty(lambda x: model(x)[0], x, list(params.values()))
+    dx_ref, expected = _penalty(lambda x: _reference_stack(x, params.__getitem__), x,
+                                list(params.values()))
     torch.testing.assert_close(dx, dx_ref)
-    for got, want in zip(penalty_grads, expected):
-        torch.testing.assert_close(got, want)
+    for got_grad, want in zip(got, expected):
+        torch.testing.assert_close(got_grad, want)
 
 
 def test_double_backward_without_saved_input_says_why():
@@ -100,26 +110,17 @@ def test_gradient_penalty_with_unmerged_lora_matches_the_merged_weights():
     adapters = [p for n, p in model.named_parameters() if n.startswith("lora_")]
     assert adapters and all(p.requires_grad == n.startswith("lora_")
                             for n, p in model.named_parameters())
-    x = _mk(T, B, I)
-    out, _ = model(x)
-    (dx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-    got = torch.autograd.grad(dx.square().sum(), adapters)
-
-    from rnnfast.backends.reference import differentiable_forward
     params = dict(model.named_parameters())
 
     def merged(name):
+        if name not in model.lora:
+            return params[name]
         a_name, b_name = model.lora[name]
         return params[name] + model.lora_scale * (params[b_name] @ params[a_name])
 
-    h = x
-    for layer in range(2):
-        zeros = torch.zeros(B, H, dtype=torch.float64)
-        h, _, _ = differentiable_forward(h, None, zeros, zeros, merged(f"weight_ih_l{layer}"),
-                                         merged(f"weight_hh_l{layer}"), params[f"bias_ih_l{layer}"],
-                                         params[f"bias_hh_l{layer}"], None, False)
-    (dx_ref,) = torch.autograd.grad(h.square().sum(), x, create_graph=True)
-    expected = torch.autograd.grad(dx_ref.square().sum(), adapters)
+    x = _mk(T, B, I)
+    dx, got = _penalty(lambda x: model(x)[0], x, adapters)
+    dx_ref, expected = _penalty(lambda x: _reference_stack(x, merged), x, adapters)
     torch.testing.assert_close(dx, dx_ref)
     for got_grad, want in zip(got, expected):
         torch.testing.assert_close(got_grad, want)
