@@ -250,10 +250,16 @@ def test_demo_tiny_budget_end_to_end_writes_its_files(tmp_path):
     assert frozen["features"]["trainable_params"] < frozen["freeze_lower"]["trainable_params"]
     assert {h["setting"] for h in saved["headlines"]} == {
         "ItalyPowerDemand->ArrowHead", "tweets->rotten_tomatoes 5%", "tweets->rotten_tomatoes 100%"}
+    pair_info = saved["info"]["timeseries"]["ItalyPowerDemand->ArrowHead"]
+    assert 1 / 3 <= pair_info["majority_test_accuracy"] < 1   # ArrowHead: 3 classes (chance line)
     md = (out / "report.md").read_text()
     assert "## timeseries" in md and "## text" in md and "![learning_curve](learning_curve.png)" in md
-    for png in ("accuracy_timeseries.png", "learning_curve.png"):
+    assert "threads (" not in md.split("\n")[2]                 # the machine is named once
+    # the 5% text rows have no nn.LSTM run, and the report says why
+    assert "| not run¹ |" in md and "at the largest label fraction only" in md
+    for png in ("accuracy_timeseries.png", "learning_curve.png", "cost.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in md
 
 
 @pytest.mark.parametrize("args, message", [

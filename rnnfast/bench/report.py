@@ -37,11 +37,12 @@ def device_name(device: torch.device) -> str:
 
 
 def slug(device: torch.device) -> str:
-    """Folder name for a device's results, e.g. nvidia-h100-80gb-hbm3, cpu-amd-epyc-...-2threads."""
+    """Folder name for a device's results, e.g. nvidia-h100-80gb-hbm3, cpu-amd-epyc-2core
+    (CPU: the cores torch computes on, one thread each as torch sets it by default)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"cpu {_cpu_name()} {torch.get_num_threads()}threads"
+        name = f"cpu {_cpu_name()} {torch.get_num_threads()}core"
     name = re.sub(r"\(r\)|\(tm\)|processor|cpu @.*?ghz", " ", name.lower())
     return re.sub(r"[^a-z0-9]+", "-", name).strip("-")
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 
-
 def summarise(results: list) -> list:
     """One row per (task, setting, strategy, lstm): accuracy mean / sd / n over seeds,
     mean wall time, activation memory (first seed), CUDA peak, trainable parameters."""
@@ -66,11 +65,18 @@ def _accuracy(row: dict) -> str:
     return f"{row['accuracy_mean']:.3f}"
 
 
+# Why a table has no nn.LSTM figure for a row: the comparison runs once per strategy, at
+# the largest label fraction only, so the demo does not take twice as long.
+NOT_COMPARED = "not run¹"
+NOT_COMPARED_NOTE = ("¹ nn.LSTM is run once per strategy and pair, at the largest label fraction "
+                     "only (first seed), to keep the demo's time down; `--no-torch-compare` skips it.")
+
+
 def _cost(rows, row) -> tuple:
     """rnnfast's and nn.LSTM's wall time and activation memory for the same run."""
     torch_row = _find(rows, row["setting"], row["strategy"], "torch")
     if torch_row is None:
-        return f"{row['wall_s_mean']:.1f}", "—", f"{row['activation_mb']:.2f}", "—"
+        return f"{row['wall_s_mean']:.1f}", NOT_COMPARED, f"{row['activation_mb']:.2f}", NOT_COMPARED
     return (f"{row['wall_s_mean']:.1f}", f"{torch_row['wall_s_mean']:.1f}",
             f"{row['activation_mb']:.2f}", f"{torch_row['activation_mb']:.2f}")
 
@@ -91,6 +97,8 @@ def tables(rows: list) -> dict:
                      else f"{100 * (row['accuracy_mean'] - scratch['accuracy_mean']):+.1f} pts")
             lines.append(f"| {row['setting']} | {row['strategy']} | {_accuracy(row)} | {delta} | "
                          f"{row['trainable_params']:,} | " + " | ".join(_cost(rows, row)) + " |")
+        if any(NOT_COMPARED in line for line in lines):
+            lines += ["", NOT_COMPARED_NOTE]
         out[task] = "\n".join(lines)
     return out
 
@@ -111,7 +119,7 @@ def headline_lines(heads: list) -> list:
 def markdown(env: dict, config: dict, rows: list, heads: list, info: dict, descriptions: dict,
              plots: list) -> str:
     parts = ["# rnnfast demo: transfer learning on real offline data", "",
-             f"- machine: {env['device']} ({env['threads']} threads); torch {env['torch']}"
+             f"- machine: {env['device']}; torch {env['torch']}"
              + (f", CUDA {env['cuda']}" if env.get("cuda") and env["device_type"] == "cuda" else ""),
              f"- command: `{env['command']}`", f"- finished: {env['time']}, total {info['total_s']:.0f} s",
              "", "## Headline (scratch vs the best transfer strategy, rnnfast runs)", ""]
@@ -137,59 +145,116 @@ def markdown(env: dict, config: dict, rows: list, heads: list, info: dict, descr
     return "\n".join(parts) + "\n"
 
 
-def plots(folder: Path, rows: list) -> list:
-    """accuracy_<task>.png (mean ± sd per strategy, one group per setting) and, for the
-    text task, learning_curve.png (accuracy against the fraction of target labels)."""
+def plots(folder: Path, rows: list, info: dict) -> list:
+    """accuracy_timeseries.png (mean ± sd per strategy, one group per pair, the target's
+    majority-class rate as the chance line), learning_curve.png (text accuracy against
+    the fraction of review labels) and cost.png (activation memory and wall time per
+    strategy, rnnfast against the same runs on nn.LSTM)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    written = []
+    figures = {}
     mine = [r for r in rows if r["lstm"] == "rnnfast"]
     series = [r for r in mine if r["task"] == "timeseries"]
     if series:
-        settings = list(dict.fromkeys(r["setting"] for r in series))
-        strategies = list(dict.fromkeys(r["strategy"] for r in series))
-        fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(settings)), 4))
-        width = 0.8 / len(strategies)
-        for k, strategy in enumerate(strategies):
-            xs, ys, es = [], [], []
-            for j, setting in enumerate(settings):
-                row = _find(series, setting, strategy)
-                if row is not None:
-                    xs.append(j + (k - (len(strategies) - 1) / 2) * width)
-                    ys.append(row["accuracy_mean"])
-                    es.append(row["accuracy_sd"])
-            ax.bar(xs, ys, width, yerr=es, capsize=2, label=strategy)
-        ax.set_xticks(range(len(settings)), [s.replace("->", "\n→ ") for s in settings], fontsize=8)
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1)
-        ax.set_title("Time series: accuracy per transfer strategy (mean ± sd over seeds)")
-        ax.legend(fontsize=7, ncol=3)
-        fig.tight_layout()
-        written.append(folder / "accuracy_timeseries.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        figures["accuracy_timeseries.png"] = _timeseries_figure(plt, series, info.get("timeseries", {}))
     text = [r for r in mine if r["task"] == "text"]
     if text:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for method in dict.fromkeys(r["strategy"] for r in text):
-            points = sorted((_fraction(r["setting"]), r["accuracy_mean"], r["accuracy_sd"])
-                            for r in text if r["strategy"] == method)
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                        marker="o", capsize=3, label=method)
-        ax.set_xscale("log")
-        ax.set_xlabel("fraction of target (review) labels")
-        ax.set_ylabel("test accuracy")
-        ax.set_title("Text: tweets → movie reviews, learning curves")
-        ax.legend(fontsize=8)
+        figures["learning_curve.png"] = _learning_curve_figure(plt, text, info.get("text", {}))
+    if any(r["lstm"] == "torch" for r in rows):
+        figures["cost.png"] = _cost_figure(plt, rows)
+    written = []
+    for name, fig in figures.items():
         fig.tight_layout()
-        written.append(folder / "learning_curve.png")
+        written.append(folder / name)
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     return written
+
+
+def _timeseries_figure(plt, series: list, pairs: dict):
+    settings = list(dict.fromkeys(r["setting"] for r in series))
+    strategies = list(dict.fromkeys(r["strategy"] for r in series))
+    fig, ax = plt.subplots(figsize=(max(6.5, 2.4 * len(settings)), 4.8))
+    width = 0.8 / len(strategies)
+    lows = []
+    for k, strategy in enumerate(strategies):
+        xs, ys, es = [], [], []
+        for j, setting in enumerate(settings):
+            row = _find(series, setting, strategy)
+            if row is not None:
+                xs.append(j + (k - (len(strategies) - 1) / 2) * width)
+                ys.append(row["accuracy_mean"])
+                es.append(row["accuracy_sd"])
+        lows += [y - e for y, e in zip(ys, es)]
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=strategy)
+    for j, setting in enumerate(settings):
+        chance = pairs.get(setting, {}).get("majority_test_accuracy")
+        if chance is not None:
+            lows.append(chance)
+            ax.hlines(chance, j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1,
+                      label="chance (majority class)" if j == 0 else None)
+    # Not from 0: a 7-point gain must be visible. The axis says where it starts.
+    ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
+    ax.set_xticks(range(len(settings)), [s.replace("->", "\n→ ") for s in settings], fontsize=8)
+    ax.set_ylabel("test accuracy (axis starts above 0)")
+    ax.set_title("Time series: accuracy per transfer strategy (mean ± sd over seeds)")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    return fig
+
+
+def _learning_curve_figure(plt, text: list, info: dict):
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    methods = list(dict.fromkeys(r["strategy"] for r in text))
+    fractions = sorted({_fraction(r["setting"]) for r in text})
+    for k, method in enumerate(methods):
+        points = sorted((_fraction(r["setting"]), r["accuracy_mean"], r["accuracy_sd"])
+                        for r in text if r["strategy"] == method)
+        # Shift each method a little sideways (log axis) so error bars do not hide each other.
+        shift = 1.06 ** (k - (len(methods) - 1) / 2)
+        ax.errorbar([p[0] * shift for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                    marker="osD^v"[k % 5], capsize=3, label=method)
+    chance = info.get("majority_test_accuracy")
+    if chance is not None:
+        ax.axhline(chance, color="black", linestyle="dashed", linewidth=1, label="chance (majority class)")
+    ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
+    ax.minorticks_off()
+    ax.set_xlabel("share of the review labels used for training")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Text: tweets → movie reviews, learning curves")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _cost_figure(plt, rows: list):
+    """Per task, the settings where nn.LSTM ran too: the mean over them of each
+    strategy's activation memory and wall time, rnnfast beside nn.LSTM."""
+    tasks = [t for t in dict.fromkeys(r["task"] for r in rows)
+             if any(r["task"] == t and r["lstm"] == "torch" for r in rows)]
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.4 * len(tasks)), squeeze=False)
+    for (ax_memory, ax_time), task in zip(axes, tasks):
+        compared = [r for r in rows if r["task"] == task and r["lstm"] == "torch"]
+        settings = list(dict.fromkeys(r["setting"] for r in compared))
+        strategies = list(dict.fromkeys(r["strategy"] for r in compared))
+        where = settings[0] if len(settings) == 1 else f"mean of {len(settings)} pairs"
+        for ax, key, unit in ((ax_memory, "activation_mb", "activation memory per step, MB"),
+                              (ax_time, "wall_s_mean", "wall time per run, s")):
+            for k, lstm in enumerate(("rnnfast", "torch")):
+                values = [statistics.fmean(r[key] for r in rows if r["task"] == task and r["lstm"] == lstm
+                                           and r["strategy"] == strategy and r["setting"] in settings)
+                          for strategy in strategies]
+                ax.bar([j + (k - 0.5) * 0.4 for j in range(len(strategies))], values, 0.4,
+                       label="rnnfast" if lstm == "rnnfast" else "torch.nn.LSTM")
+            ax.set_xticks(range(len(strategies)), strategies, fontsize=8, rotation=20)
+            ax.set_ylabel(unit, fontsize=8)
+            ax.set_title(f"{task} ({where})", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.suptitle("Cost per strategy, the same runs on rnnfast and on torch.nn.LSTM")
+    return fig
 
 
 def _fraction(setting: str) -> float:
@@ -201,7 +266,7 @@ def write(folder: Path, env: dict, config: dict, results: list, info: dict, desc
     folder.mkdir(parents=True, exist_ok=True)
     rows = summarise(results)
     heads = headlines(rows)
-    images = plots(folder, rows)
+    images = plots(folder, rows, info)
     (folder / "results.json").write_text(json.dumps(
         {"environment": env, "config": config, "info": info, "headlines": heads, "summary": rows,
          "runs": [r.as_dict() for r in results]}, indent=1, default=str))

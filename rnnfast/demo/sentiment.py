@@ -29,8 +29,8 @@ from ..modules import LSTM
 from .data import TextSet, load_rotten_tomatoes, load_tweets
 from .text import LanguageModel, Tokenizer
 from ..progress import Progress
-from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, seeded,
-                    trainable_params, use_torch_lstm)
+from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, majority_rate,
+                    seeded, trainable_params, use_torch_lstm)
 
 METHODS = {
     "scratch": "classifier trained from scratch on the labelled reviews",
@@ -233,6 +233,7 @@ def run(methods, fractions, seeds, config: TextConfig, device: torch.device, pro
     progress.finish(f"ppl {perplexity:.0f}")
     info = {"vocab": len(data.tokenizer), "source_texts": len(data.source[0]),
             "target_train": len(data.train[0]), "target_test": len(data.test[0]),
+            "majority_test_accuracy": majority_rate(data.test[2]),
             "lm_test_perplexity": perplexity, "lm_wall_s": meter.wall_s}
     results = []
     for fraction in fractions:

@@ -19,8 +19,8 @@ from .. import transfer
 from ..modules import LSTM
 from .data import SeriesDataset, SeriesSplit, load_ucr
 from ..progress import Progress
-from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, seeded,
-                    trainable_params, use_torch_lstm)
+from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, majority_rate,
+                    seeded, trainable_params, use_torch_lstm)
 
 # source -> target. The first is the headline pair (ItalyPowerDemand -> ArrowHead is
 # the pair a published CNN transfer study on UCR found most helpful).
@@ -206,7 +206,8 @@ def run(pairs, strategies, seeds, config: SeriesConfig, device: torch.device, pr
         source_model, source_acc = pretrain_source(source, config, seeds[0], device)
         sources[pair] = {"source": source_name, "target": target_name,
                          "source_heldout_accuracy": source_acc,
-                         "target_train": len(target.y_train), "target_test": len(target.y_test)}
+                         "target_train": len(target.y_train), "target_test": len(target.y_test),
+                         "majority_test_accuracy": majority_rate(target.y_test)}
         progress.finish(f"source acc {source_acc:.2f}")
         for strategy in strategies:
             impls = [("rnnfast", s) for s in seeds] + ([("torch", seeds[0])] if compare_torch else [])

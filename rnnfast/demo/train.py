@@ -168,6 +168,11 @@ def accuracy(model: nn.Module, data: Batches) -> float:
     return correct / max(total, 1)
 
 
+def majority_rate(labels: Tensor) -> float:
+    """Accuracy of always answering the most frequent class: the chance line of a plot."""
+    return float(torch.bincount(labels.flatten().cpu()).max()) / max(labels.numel(), 1)
+
+
 def seeded(seed: int) -> torch.Generator:
     """Seeds torch's global RNG (parameter init, dropout) and returns a generator for
     the data order, both from `seed`."""
