@@ -40,7 +40,7 @@ class LSTM(nn.Module):
     Same arguments as torch.nn.LSTM plus `backend`: "auto" (the fastest verified
     backend for the device/dtype), "reference", "triton" or "cuda"; and `recompute`:
     keep only the cell states for backward and rebuild the gate activations there
-    (less activation memory for some backward time; see README "Memory").
+    (less activation memory for some backward time; see docs/usage.md "Memory").
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,

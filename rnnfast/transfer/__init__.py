@@ -1,6 +1,6 @@
 """rnnfast.transfer: transfer-learning strategies on rnnfast's LSTM and freeze masks.
 
-Pick by target data size and domain distance (README "Transfer learning" has the guide):
+Pick by target data size and domain distance (docs/transfer.md has the guide):
 
     init_from, remap_rows           parameter initialisation from a source, with a report
     freeze_parts                    layer-wise freezing (embedding, layers, gates, units)
