@@ -1,12 +1,15 @@
 """torch.autocast: rnnfast.LSTM runs in the autocast dtype like torch.nn.LSTM (bf16 on
 CPU here; fp16/bf16 on CUDA when present), fp32 parameters get fp32 gradients, and a
 GradScaler step works."""
+import copy
+
 import pytest
 import torch
 
 import rnnfast
 from conftest import BACKENDS, requires_cuda
 from helpers import twin_models
+from rnnfast.precision import rule_violations
 
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 
@@ -25,11 +28,21 @@ def _errors_vs_float64(device, dtype, backend):
     exact_grads = torch.autograd.grad(exact_out.square().sum(), list(exact_model.parameters()))
     errors = {}
     for name, model in (("torch", ref), ("rnnfast", ours)):
-        with torch.autocast(device, dtype=dtype):
-            out, (h, c) = model(x)
+        try:
+            with torch.autocast(device, dtype=dtype):
+                out, (h, c) = model(x)
+            autocast = True
+        except RuntimeError as error:
+            if name != "torch" or "primitive descriptor" not in str(error):
+                raise
+            # oneDNN has no bf16 LSTM on a CPU without AVX-512, so nn.LSTM refuses
+            # autocast there; the model cast to `dtype` computes what autocast would.
+            model = copy.deepcopy(model).to(dtype)
+            out, (h, c) = model(x.to(dtype))
+            autocast = False
         assert out.dtype == h.dtype == c.dtype == dtype, name
         grads = torch.autograd.grad(out.float().square().sum(), list(model.parameters()))
-        assert all(g.dtype == torch.float32 for g in grads), name
+        assert all(g.dtype == (torch.float32 if autocast else dtype) for g in grads), name
         errors[name] = [(out.double() - exact_out).abs().max().item()] + [
             (g.double() - e).abs().max().item() for g, e in zip(grads, exact_grads)]
     return errors
@@ -41,10 +54,8 @@ def _errors_vs_float64(device, dtype, backend):
                                           pytest.param("cuda", torch.bfloat16, marks=requires_cuda)])
 def test_autocast_runs_in_low_precision_like_nn_lstm(backend, device, dtype):
     errors = _errors_vs_float64(device, dtype, backend)
-    eps = torch.finfo(dtype).eps
-    for i, (ours, theirs) in enumerate(zip(errors["rnnfast"], errors["torch"])):
-        assert ours <= 2 * theirs + eps, f"tensor {i}: rnnfast {ours:.3g} vs nn.LSTM {theirs:.3g}"
-        assert ours > 1e-6  # really ran in low precision
+    assert rule_violations(errors["rnnfast"], errors["torch"], dtype) == []
+    assert all(ours > 1e-6 for ours in errors["rnnfast"])  # really ran in low precision
 
 
 @pytest.mark.parametrize("device", DEVICES)

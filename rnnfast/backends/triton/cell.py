@@ -76,3 +76,15 @@ def end_phase(arrivals_ptr, expected, USE_BARRIER: tl.constexpr):
         while tl.atomic_add(arrivals_ptr, 0, sem="acquire", scope="gpu") < expected:
             pass
         tl.debug_barrier()
+
+
+@triton.jit
+def rounded(value, out_ptr, INTERPRET_BF16: tl.constexpr):
+    """value (ACC) in out_ptr's element type, rounded to nearest even. A GPU's
+    conversion does that; Triton's interpreter truncates to bf16 (twice the error,
+    measured), so there the bits are rounded first and the conversion is then exact."""
+    if INTERPRET_BF16:
+        bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        value = tl.where(value == value, bits.to(tl.float32, bitcast=True), value)  # NaN stays NaN
+    return value.to(out_ptr.dtype.element_ty)

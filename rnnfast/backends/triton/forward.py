@@ -10,7 +10,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..steps import accumulation_dtype, final_rows, make_steps
-from .cell import end_phase, lstm_cell, step_rows
+from .cell import end_phase, lstm_cell, rounded, step_rows
 from .plan import Plan, make_plan
 from .launch import kernel_dtypes, step_tables
 
@@ -18,7 +18,7 @@ from .launch import kernel_dtypes, step_tables
 @triton.jit
 def _recurrent_gates(h_rows_ptr, active, units, unit_mask, w_hh_ptr, H, P,
                      w_i, w_f, w_g, w_o,
-                     ACC: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+                     ACC: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
                      W_RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                      BLOCK_K: tl.constexpr):
     """h(t-1) @ W_hh^T for one tile, per gate: four [BLOCK_B, BLOCK_H] accumulators.
@@ -44,7 +44,7 @@ def _recurrent_gates(h_rows_ptr, active, units, unit_mask, w_hh_ptr, H, P,
             wf = tl.load(w_rows + H * P, mask=w_mask, other=0.0)
             wg = tl.load(w_rows + 2 * H * P, mask=w_mask, other=0.0)
             wo = tl.load(w_rows + 3 * H * P, mask=w_mask, other=0.0)
-        if DOT_FP32:
+        if INTERPRET_BF16:
             h = h.to(tl.float32)
             wi, wf = wi.to(tl.float32), wf.to(tl.float32)
             wg, wo = wg.to(tl.float32), wo.to(tl.float32)
@@ -74,7 +74,7 @@ def _lstm_forward_kernel(
     REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_PROJ: tl.constexpr, SAVE_GATES: tl.constexpr, SAVE_CELLS: tl.constexpr,
     USE_BARRIER: tl.constexpr,
-    W_RESIDENT: tl.constexpr, ACC: tl.constexpr, DOT_FP32: tl.constexpr,
+    W_RESIDENT: tl.constexpr, ACC: tl.constexpr, INTERPRET_BF16: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -117,7 +117,7 @@ def _lstm_forward_kernel(
             mask = active[:, None] & unit_mask[None, :]
             pre_i, pre_f, pre_g, pre_o = _recurrent_gates(
                 h_rows_ptr, active, units, unit_mask, w_hh_ptr, H, P, w_i, w_f, w_g, w_o,
-                ACC, DOT_FP32, PRECISION, W_RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K)
+                ACC, INTERPRET_BF16, PRECISION, W_RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K)
             xg_rows = xg_ptr + row_ids[:, None] * (4 * H) + units[None, :]
             pre_i += tl.load(xg_rows, mask=mask, other=0.0).to(ACC)
             pre_f += tl.load(xg_rows + H, mask=mask, other=0.0).to(ACC)
@@ -144,10 +144,10 @@ def _lstm_forward_kernel(
                 tl.store(cells_ptr + row_ids[:, None] * H + units[None, :], c, mask=mask)
             if HAS_PROJ:
                 tl.store(hidden_ptr + row_ids[:, None] * H + units[None, :],
-                         h.to(hidden_ptr.dtype.element_ty), mask=mask)
+                         rounded(h, hidden_ptr, INTERPRET_BF16), mask=mask)
             else:
                 tl.store(y_ptr + row_ids[:, None] * P + units[None, :],
-                         h.to(y_ptr.dtype.element_ty), mask=mask)
+                         rounded(h, y_ptr, INTERPRET_BF16), mask=mask)
 
         if HAS_PROJ:
             # y = hidden @ W_hr^T needs every unit of the step: a second phase.
@@ -165,12 +165,12 @@ def _lstm_forward_kernel(
                                   cache_modifier=".cg")
                     w = tl.load(w_hr_ptr + out_cols[:, None] * H + cols[None, :],
                                 mask=out_mask[:, None] & col_mask[None, :], other=0.0)
-                    if DOT_FP32:
+                    if INTERPRET_BF16:
                         hid = hid.to(tl.float32)
                         w = w.to(tl.float32)
                     acc = tl.dot(hid, tl.trans(w), acc, input_precision=PRECISION, out_dtype=ACC)
                 tl.store(y_ptr + row_ids[:, None] * P + out_cols[None, :],
-                         acc.to(y_ptr.dtype.element_ty), mask=active[:, None] & out_mask[None, :])
+                         rounded(acc, y_ptr, INTERPRET_BF16), mask=active[:, None] & out_mask[None, :])
         arrived += tile_stride
         end_phase(arrivals_ptr, arrived, USE_BARRIER)
 
@@ -210,7 +210,7 @@ def forward(
         offsets, sizes = step_tables(steps, x.device)
         arrivals = torch.zeros(plan.batch_blocks, dtype=torch.int32, device=x.device)
         bias = b_ih.to(acc) + b_hh.to(acc) if b_ih is not None else None
-        acc_tl, dot_fp32, precision = kernel_dtypes(dtype)
+        acc_tl, interpret_bf16, precision = kernel_dtypes(dtype)
         unused = c_state  # pointer for arguments a constexpr switches off
         _lstm_forward_kernel[plan.grid](
             xg, bias if bias is not None else unused, w_hh.contiguous(),
@@ -222,7 +222,7 @@ def forward(
             REVERSE=reverse, PACKED=offsets is not None, HAS_BIAS=bias is not None,
             HAS_PROJ=w_hr is not None, SAVE_GATES=save_all, SAVE_CELLS=save != "none",
             USE_BARRIER=plan.use_barrier,
-            W_RESIDENT=plan.weights_resident, ACC=acc_tl, DOT_FP32=dot_fp32,
+            W_RESIDENT=plan.weights_resident, ACC=acc_tl, INTERPRET_BF16=interpret_bf16,
             PRECISION=precision, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
             BLOCK_K=plan.block_k, num_warps=plan.num_warps,
         )

@@ -14,14 +14,15 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def kernel_dtypes(dtype: torch.dtype) -> tuple[tl.dtype, bool, str]:
-    """For a layer of `dtype`: the accumulation dtype, whether tl.dot operands must be
-    converted to fp32 first (the interpreter's bf16 maths is wrong), and the fp32 dot
-    precision ("tf32" only where torch's own matmul setting allows it)."""
+    """For a layer of `dtype`: the accumulation dtype, whether the interpreter's bf16
+    must be worked around (its bf16 maths is wrong: tl.dot operands are converted to
+    fp32 first; and it truncates on conversion to bf16: outputs are rounded by hand),
+    and the fp32 dot precision ("tf32" only where torch's own matmul setting allows it)."""
     acc = _TL_DTYPES[accumulation_dtype(dtype)]
-    dot_fp32 = interpreting() and dtype == torch.bfloat16
+    interpret_bf16 = interpreting() and dtype == torch.bfloat16
     tf32 = (not interpreting() and dtype == torch.float32
             and torch.backends.cuda.matmul.allow_tf32)
-    return acc, dot_fp32, "tf32" if tf32 else "ieee"
+    return acc, interpret_bf16, "tf32" if tf32 else "ieee"
 
 
 def step_tables(steps: Steps, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
