@@ -27,3 +27,14 @@ def test_transfer_guide_snippets_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "transfer: " in out and "remapped" in out   # the init report was printed
     assert namespace["report"].remapped[0].detail.startswith("vocabulary: 4 of 7 tokens kept")
+
+
+def test_relative_links_in_the_docs_resolve():
+    """Every relative link in README.md, docs/ and csrc/README.md names a file that exists."""
+    pages = [REPO / "README.md", REPO / "csrc" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert len(pages) >= 8 and not broken, broken

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import cuda as cuda_backend, reference, triton as triton_backend
+from . import cuda as cuda_backend, evidence, reference, triton as triton_backend
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Backend:
     unsupported_reason: Callable[[torch.device, torch.dtype], Optional[str]]
     description: str = ""
     # Whether "auto" may pick it for a device/dtype: only where tests and benchmarks on
-    # real hardware show it correct and faster than the alternatives (README table).
+    # real hardware show it correct and faster than the alternatives (backends/evidence.py).
     auto_picks: Callable[[torch.device, torch.dtype], bool] = lambda device, dtype: True
 
 
@@ -123,9 +123,8 @@ register(Backend(
     unavailable_reason=triton_backend.unavailable_reason,
     unsupported_reason=triton_backend.unsupported_reason,
     description="fused Triton kernels: one launch per layer and direction for the recurrence",
-    # Verified so far only in Triton's interpreter on CPU, which is for testing, not
-    # speed: "auto" takes it nowhere until GPU tests and benchmarks are committed.
-    auto_picks=lambda device, dtype: False,
+    # Only where committed `python -m rnnfast verify` results earned it.
+    auto_picks=lambda device, dtype: evidence.auto_may_pick("triton", device, dtype),
 ))
 
 register(Backend(
@@ -136,7 +135,6 @@ register(Backend(
     unavailable_reason=cuda_backend.unavailable_reason,
     unsupported_reason=cuda_backend.unsupported_reason,
     description="CUDA C++ (rnnfast._C): persistent cooperative kernels, W_hh on chip",
-    # Compiled for sm_80/sm_90 and its logic checked on the CPU, but not yet run on a
-    # GPU: "auto" takes it nowhere until GPU tests and benchmarks are committed.
-    auto_picks=lambda device, dtype: False,
+    # Only where committed `python -m rnnfast verify` results earned it.
+    auto_picks=lambda device, dtype: evidence.auto_may_pick("cuda", device, dtype),
 ))

@@ -1,0 +1,188 @@
+"""Smoke cases: every backend, in fp32/bf16/fp16, on a handful of shapes that each
+stress one thing (odd H, B=1, packed, bidirectional, projection, T=1, a layer wide
+enough for many blocks, freeze masks), against torch.nn.LSTM (cuDNN on a GPU).
+
+One case = one backend x dtype x shape. The check runs the same weights and inputs
+three ways: nn.LSTM in float64 (the exact answer), nn.LSTM in the dtype (cuDNN: the
+reference's own error) and rnnfast.LSTM with the backend in the dtype; outputs, final
+states and every gradient must keep the DESIGN.md §6 rule (rnnfast.precision). TF32
+is off for the whole check, so fp32 is judged at full fp32 precision.
+
+Runs inside a worker process (rnnfast.verify.worker), never in the verify process.
+"""
+from __future__ import annotations
+
+import re
+import traceback
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+from rnnfast import backends, precision
+from rnnfast.backends import cuda as cuda_backend
+from rnnfast.bench.cases import DTYPES
+from rnnfast.freeze import frozen_mask
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    T: int
+    B: int
+    I: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    proj: int = 0
+    lengths: tuple[int, ...] = ()  # packed, unsorted, when given
+    masks: bool = False            # partly frozen layers (gates, elements) and a frozen bias
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "lengths": list(self.lengths)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Shape":
+        return cls(**{**d, "lengths": tuple(d["lengths"])})
+
+
+SHAPES = (
+    Shape("odd-H", T=9, B=3, I=13, H=37, layers=2),
+    Shape("B=1", T=12, B=1, I=8, H=32),
+    Shape("packed", T=9, B=4, I=13, H=20, layers=2, lengths=(5, 9, 2, 7)),
+    Shape("bidirectional", T=8, B=3, I=11, H=24, layers=2, bidirectional=True),
+    Shape("proj", T=8, B=3, I=11, H=32, layers=2, proj=12),
+    Shape("T=1", T=1, B=5, I=7, H=16),
+    Shape("H=600", T=20, B=8, I=64, H=600),  # many blocks meet at each step's barrier
+    Shape("masks", T=7, B=3, I=13, H=20, layers=2, masks=True),
+)
+# On a CPU (the dry run), in Triton's interpreter: a few tiny shapes.
+DRY_RUN_SHAPES = ("T=1", "packed", "masks")
+# Under compute-sanitizer: every kernel path (forward and reverse, packed, with and
+# without projection) on the smallest sizes, since the tools slow kernels down 10-100x.
+SANITIZE_SHAPES = (
+    Shape("tiny", T=5, B=3, I=5, H=20, bidirectional=True, lengths=(5, 2, 4)),
+    Shape("tiny-proj", T=5, B=3, I=5, H=20, proj=7),
+)
+
+FALLBACK_WARNING = re.compile(r"using the \w+ backend")
+
+
+def _config(shape: Shape) -> dict:
+    return dict(input_size=shape.I, hidden_size=shape.H, num_layers=shape.layers,
+                bidirectional=shape.bidirectional, proj_size=shape.proj)
+
+
+def _freeze(model: rnnfast.LSTM, shape: Shape) -> None:
+    """Partly frozen layer 0 (input and forget gates), random elements of layer 1's
+    W_hh, and all of bias_ih_l1 (which then no longer requires grad)."""
+    g = torch.Generator().manual_seed(5)
+    elements = (torch.rand(4 * shape.H, shape.proj or shape.H, generator=g) < 0.5).to(model.weight_hh_l1.device)
+    rnnfast.freeze(model, layers=[0], gates="if")
+    rnnfast.freeze(model, mask={"weight_hh_l1": elements})
+    rnnfast.freeze(model, params=["bias_ih_l1"])
+
+
+def _inputs(shape: Shape, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The input x [T, B, I] and random upstream gradients for the output (packed
+    data [N, D*P] or dense [T, B, D*P]), h_n [L*D, B, P] and c_n [L*D, B, H], in float64."""
+    g = torch.Generator().manual_seed(1)
+    directions, out = 1 + shape.bidirectional, shape.proj or shape.H
+    rows = (sum(shape.lengths),) if shape.lengths else (shape.T, shape.B)
+    shapes = [(shape.T, shape.B, shape.I), (*rows, directions * out),
+              (shape.layers * directions, shape.B, out), (shape.layers * directions, shape.B, shape.H)]
+    x, *upstream = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in shapes]
+    return x, upstream
+
+
+def _outputs_and_grads(model: nn.Module, shape: Shape, x64: torch.Tensor, names: list[str],
+                       upstream: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Output (packed data or dense), h_n, c_n, then the gradients of x and of the
+    parameters `names`, for fixed upstream gradients."""
+    x = x64.detach().to(dtype).requires_grad_()
+    out, (h, c) = model(pack_padded_sequence(x, list(shape.lengths), enforce_sorted=False)
+                        if shape.lengths else x)
+    data = out.data if shape.lengths else out
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad([data, h, c], [x, *(params[n] for n in names)],
+                                [u.to(dtype) for u in upstream])
+    return [t.detach() for t in (data, h, c, *grads)]
+
+
+def check(backend: str, dtype_name: str, shape: Shape, device: torch.device) -> dict:
+    """Runs one case; returns its result: status PASS, FAIL or FALLBACK (the backend
+    handed the call to another one, which was then checked), the worst tensor's error
+    over what the rule allows ("worst", <= 1 passes) and what broke the rule."""
+    dtype = DTYPES[dtype_name]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    # Fallbacks are announced once per process: each case must hear its own.
+    backends._warned_fallbacks.clear()
+    cuda_backend._warned.clear()
+    torch.manual_seed(0)
+    exact = nn.LSTM(**_config(shape), device=device, dtype=torch.float64)
+    theirs = nn.LSTM(**_config(shape), device=device, dtype=dtype)
+    theirs.load_state_dict(exact.state_dict())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = rnnfast.LSTM(**_config(shape), device=device, dtype=dtype, backend=backend)
+        ours.load_state_dict(exact.state_dict())
+        if shape.masks:
+            _freeze(ours, shape)
+        names = [n for n, p in ours.named_parameters() if p.requires_grad]
+        x64, upstream = _inputs(shape, device)
+        expected = _outputs_and_grads(exact, shape, x64, names, upstream, torch.float64)
+        got = _outputs_and_grads(ours, shape, x64, names, upstream, dtype)
+    baseline = "cuDNN" if device.type == "cuda" else "native"
+    try:
+        reference = _outputs_and_grads(theirs, shape, x64, names, upstream, dtype)
+    except RuntimeError as error:  # a dtype cuDNN refuses: torch's own kernels instead
+        baseline = f"native (cuDNN refused: {str(error).splitlines()[0][:80]})"
+        with torch.backends.cudnn.flags(enabled=False):
+            reference = _outputs_and_grads(theirs, shape, x64, names, upstream, dtype)
+
+    tensor_names = ["output", "h_n", "c_n", "d_input", *(f"d_{n}" for n in names)]
+    broken = []
+    for k, name in enumerate(names):
+        mask = frozen_mask(ours, name)
+        if mask is None:
+            continue
+        slot = 4 + k
+        if torch.any(got[slot][mask] != 0):
+            broken.append(f"{tensor_names[slot]}: frozen entries have nonzero gradients")
+        expected[slot] = expected[slot].masked_fill(mask, 0)
+        reference[slot] = reference[slot].masked_fill(mask, 0)
+    ours_err = precision.max_errors(got, expected)
+    theirs_err = precision.max_errors(reference, expected)
+    scales = precision.magnitudes(expected)
+    broken += precision.rule_violations(ours_err, theirs_err, dtype, scales, tensor_names)
+    worst = max(e / precision.allowed_error(t, dtype, s) for e, t, s in zip(ours_err, theirs_err, scales))
+    fallbacks = sorted({str(w.message) for w in caught if FALLBACK_WARNING.search(str(w.message))})
+    status = "FAIL" if broken else "FALLBACK" if fallbacks else "PASS"
+    return {"status": status, "worst": round(worst, 4), "violations": broken, "fallback": fallbacks,
+            "baseline": baseline}
+
+
+def exercise(backend: str, dtype_name: str, shape: Shape, device: torch.device) -> dict:
+    """Forward and backward of rnnfast alone, for a sanitizer to watch (no cuDNN run
+    beside it, whose kernels would only slow the tool down and blur its report)."""
+    torch.manual_seed(0)
+    dtype = DTYPES[dtype_name]
+    model = rnnfast.LSTM(**_config(shape), device=device, dtype=dtype, backend=backend)
+    x64, upstream = _inputs(shape, device)
+    names = [n for n, _ in model.named_parameters()]
+    outs = _outputs_and_grads(model, shape, x64, names, upstream, dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    finite = all(torch.isfinite(t).all() for t in outs)
+    return {"status": "PASS" if finite else "FAIL",
+            "violations": [] if finite else ["non-finite outputs or gradients"]}
+
+
+def failure(error: BaseException) -> dict:
+    """The result of a case that raised."""
+    return {"status": "FAIL", "error": f"{type(error).__name__}: {str(error)[:500]}",
+            "traceback": traceback.format_exc()[-3000:]}

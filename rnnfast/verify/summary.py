@@ -1,0 +1,152 @@
+"""What a verify run leaves in its folder, laid out to be committed as
+bench/results/<gpu-slug>/verify/ (and few enough files to fetch from a lent machine):
+
+  env.json             the environment, written first (stages.environment)
+  summary.md           the stage table (stage, status, seconds), then parity, GPU tests,
+                       sanitizer, speed ratios to cuDNN, and the auto-pick rows earned
+  verify.json          every stage's status and every case's result
+  smoke.csv            one row per parity case
+  bench/results.json   rnnfast.bench's rows (report.write), the same format as
+  bench/results.csv    `python -m rnnfast bench` writes
+  logs.txt             every child's output
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from rnnfast.backends.evidence import Earned
+from rnnfast.bench import report
+from rnnfast.bench.providers import BASELINE
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
+def stage_table(stages: list[dict], budget_s: float) -> list[str]:
+    total = sum(s["seconds"] for s in stages)
+    rows = [[s["stage"], s["status"].replace("|", "/"), f"{s['seconds']:.1f}"] for s in stages]
+    return _table(["stage", "status", "seconds"], rows + [["total", f"budget {budget_s:.0f} s", f"{total:.1f}"]])
+
+
+def _parity_cell(result: dict) -> str:
+    if result["status"] in ("PASS", "FALLBACK") and result.get("worst") is not None:
+        return f"{result['status']} {result['worst']:.2f}"
+    return result["status"]
+
+
+def parity_table(smoke: list[dict]) -> list[str]:
+    """Rows backend x dtype, columns shapes; a cell is the status and, where the case
+    ran, its worst tensor's error as a fraction of what the §6 rule allows."""
+    if not smoke:
+        return []
+    shapes = list(dict.fromkeys(r["shape"]["name"] for r in smoke))
+    cells = {(r["backend"], r["dtype"], r["shape"]["name"]): _parity_cell(r) for r in smoke}
+    rows = []
+    for backend, dtype in dict.fromkeys((r["backend"], r["dtype"]) for r in smoke):
+        rows.append([backend, dtype, *(cells.get((backend, dtype, s), "") for s in shapes)])
+    return ["## Parity with nn.LSTM (DESIGN.md §6)", "",
+            "Cell: status and the worst tensor's error as a fraction of the allowed error "
+            "(2x nn.LSTM's own error in that dtype against float64, plus a floor of 1 rounding step in bf16/fp16, 16 in fp32; "
+            "at most 1.00 passes). TF32 off.", "",
+            *_table(["backend", "dtype", *shapes], rows)]
+
+
+def tests_table(tests: list[dict]) -> list[str]:
+    if not tests:
+        return []
+    rows = [[t["file"], t["status"], ", ".join(f"{n} {k}" for k, n in t["counts"].items()),
+             f"{t['seconds']:.1f}"] for t in tests]
+    return ["## GPU tests", "", *_table(["file", "status", "counts", "seconds"], rows)]
+
+
+def sanitize_table(sanitize: list[dict]) -> list[str]:
+    if not sanitize:
+        return []
+    rows = [[s["tool"], s["status"], s["errors"], s["warnings"],
+             f"{sum(c['status'] == 'PASS' for c in s['cases'])} of {len(s['cases'])}", f"{s['seconds']:.1f}"]
+            for s in sanitize]
+    return ["## compute-sanitizer", "",
+            *_table(["tool", "status", "errors", "warnings", "cases passed", "seconds"], rows)]
+
+
+def _ratio_cell(row: dict) -> str:
+    if row["status"] == "ok" and row.get("ratio") is not None:
+        return f"{row['ratio']:.2f}x"
+    return row["status"].split(":")[0].split(" (")[0]
+
+
+def ratio_table(rows: list[dict]) -> list[str]:
+    """One row per case and mode: cuDNN's median time, then every provider's time as a
+    ratio to it (below 1 is faster) or why it has none."""
+    if not rows:
+        return []
+    providers = [p for p in dict.fromkeys(r["provider"] for r in rows) if p != BASELINE]
+    table = []
+    for case, mode in dict.fromkeys((r["case"], r["mode"]) for r in rows):
+        block: dict = {}
+        for r in rows:  # the baseline ran once per provider run: its first time is shown
+            if (r["case"], r["mode"]) == (case, mode):
+                block.setdefault(r["provider"], r)
+        base = block.get(BASELINE, {})
+        base_cell = f"{base['median_ms']:.3f}" if "median_ms" in base else base.get("status", "")
+        table.append([case, mode, base_cell, *(_ratio_cell(block[p]) if p in block else "" for p in providers)])
+    return ["## Speed: time as a ratio to cuDNN in the same run (below 1 is faster)", "",
+            *_table(["case", "mode", "cuDNN ms", *providers], table)]
+
+
+def earned_section(earned: list[Earned], gpu: bool) -> list[str]:
+    lines = ["## backend=\"auto\" evidence (rnnfast/backends/evidence.py)", ""]
+    if not gpu:
+        return lines + ["None: a dry run on the CPU earns nothing."]
+    if not earned:
+        return lines + ["This run earns no row: no GPU backend passed every parity case of a dtype "
+                        "and beat cuDNN in every timed case of it."]
+    return lines + ["Rows this run earns, to paste into EARNED once these results are committed:", "",
+                    "```python", *(f"    {row!r}," for row in earned), "```"]
+
+
+def render(env: dict, stages: list[dict], results: dict, earned: list[Earned], budget_s: float) -> str:
+    gpu = env.get("gpu")
+    title = gpu["name"] if gpu else f"{env['device']} (dry run)"
+    facts = [f"torch {env['torch']}", f"Triton {env['triton']}", f"rnnfast {env['rnnfast']}"]
+    if gpu:
+        facts = [f"{gpu['sms']} SMs, CC {gpu['capability']}", f"driver {env['driver']}",
+                 f"CUDA {env['cuda']}", f"cuDNN {env['cudnn']}", f"nvcc {env['nvcc']}", *facts]
+    if env.get("git_commit"):
+        facts.append(f"commit {env['git_commit'][:12]}")
+    lines = [f"# rnnfast verify: {title}", "", ", ".join(facts) + f"; {env['time']}", "",
+             *stage_table(stages, budget_s)]
+    for section in (parity_table(results.get("smoke", [])), tests_table(results.get("tests", [])),
+                    sanitize_table(results.get("sanitize", [])), ratio_table(results.get("bench_rows", [])),
+                    earned_section(earned, bool(gpu))):
+        if section:
+            lines += ["", *section]
+    return "\n".join(lines) + "\n"
+
+
+SMOKE_FIELDS = ["id", "backend", "dtype", "shape", "status", "worst", "baseline", "seconds", "detail"]
+
+
+def write(out_dir: Path, env: dict, stages: list[dict], results: dict, earned: list[Earned],
+          budget_s: float) -> str:
+    """Writes summary.md, verify.json, smoke.csv and bench/; returns the summary text."""
+    text = render(env, stages, results, earned, budget_s)
+    (out_dir / "summary.md").write_text(text)
+    record = {"environment": env, "budget_s": budget_s, "stages": stages,
+              **{k: v for k, v in results.items() if k != "bench_rows"},
+              "earned": [asdict(e) for e in earned]}
+    (out_dir / "verify.json").write_text(json.dumps(record, indent=1, default=str))
+    with open(out_dir / "smoke.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SMOKE_FIELDS)
+        writer.writeheader()
+        for r in results.get("smoke", []):
+            detail = r.get("error") or r.get("reason") or "; ".join(r.get("violations", []) + r.get("fallback", []))
+            writer.writerow({**{k: r.get(k) for k in SMOKE_FIELDS}, "shape": r["shape"]["name"], "detail": detail})
+    if results.get("bench_rows"):
+        report.write(out_dir / "bench", results["bench_rows"], env, {}, plots=False)
+    return text
