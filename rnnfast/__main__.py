@@ -1,10 +1,10 @@
 """`python -m rnnfast [check]`: what rnnfast can run on this machine, a parity check of
 every usable backend against torch.nn.LSTM, and a quick speed comparison.
 `python -m rnnfast bench`: the benchmark suite (rnnfast/bench).
-`python -m rnnfast demo`: transfer-learning experiments on real data (rnnfast/demo)."""
+`python -m rnnfast demo`: transfer-learning experiments on real data (rnnfast/demo).
+`python -m rnnfast verify`: the first command to run on a GPU (rnnfast/verify)."""
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import sys
@@ -14,6 +14,7 @@ import torch
 
 import rnnfast
 from rnnfast import backends
+from rnnfast.cli_args import Parser, UsageError, device as device_arg, positive_int
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -68,8 +69,7 @@ def time_fwd_bwd(model, x, repeats: int) -> float:
 
 
 def check(args) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype]
+    device, dtype = args.device, DTYPES[args.dtype]
     print(f"rnnfast {rnnfast.__version__}, torch {torch.__version__}, device: {_describe_device(device)}")
     print("\nbackends:")
     status = backends.available_backends()
@@ -111,16 +111,26 @@ def check(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rnnfast", description=__doc__)
+    """Runs a command; a mistake on the command line is one line on stderr and exit code 2."""
+    try:
+        return _main(argv)
+    except UsageError as error:
+        print(f"{error.prog or 'python -m rnnfast'}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv) -> int:
+    parser = Parser(prog="python -m rnnfast", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("check", help="backends, parity with nn.LSTM and a quick speed check (default)")
     for target in (parser, p):
-        target.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+        target.add_argument("--device", type=device_arg, default="auto",
+                            help="auto (cuda if present, default), cpu, cuda, cuda:1 ...")
         target.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-        target.add_argument("--seq", type=int, default=50)
-        target.add_argument("--batch", type=int, default=32)
-        target.add_argument("--hidden", type=int, default=256)
-        target.add_argument("--repeats", type=int, default=5)
+        target.add_argument("--seq", type=positive_int, default=50)
+        target.add_argument("--batch", type=positive_int, default=32)
+        target.add_argument("--hidden", type=positive_int, default=256)
+        target.add_argument("--repeats", type=positive_int, default=5)
     b = sub.add_parser("bench", help="benchmark suite: every provider in the same run, ratios to "
                        "nn.LSTM, memory, floors; JSON/CSV/plots under bench/results/<device>/")
     from rnnfast.bench import cli as bench_cli
@@ -129,11 +139,17 @@ def main(argv=None) -> int:
                        "tweets -> movie reviews): accuracy, time and memory against nn.LSTM")
     from rnnfast.demo import cli as demo_cli
     demo_cli.add_arguments(d)
+    v = sub.add_parser("verify", help="on a GPU: build, parity, GPU tests, compute-sanitizer and bench "
+                       "against cuDNN in one time-boxed run; results under rnnfast-verify/<gpu>/")
+    from rnnfast.verify import cli as verify_cli
+    verify_cli.add_arguments(v)
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench_cli.run(args, sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
         return demo_cli.run(args, (sys.argv[1:] if argv is None else argv)[1:])
+    if args.command == "verify":
+        return verify_cli.run(args, sys.argv[1:] if argv is None else argv)
     return check(args)
 
 

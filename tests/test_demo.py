@@ -88,7 +88,7 @@ def test_load_ucr_rejects_bad_files_with_the_reason(tmp_path, content, message):
 
 
 def test_missing_set_and_missing_package_name_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no TRAIN file for the set 'Nope'"):
+    with pytest.raises(FileNotFoundError, match="no time-series set 'Nope' in .*; the sets there, closest first: none"):
         data.load_ucr("Nope", root=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="package 'no_such_data_pkg', which is not installed"):
         data.package_file("no_such_data_pkg", "x.csv")
@@ -267,11 +267,14 @@ def test_demo_tiny_budget_end_to_end_writes_its_files(tmp_path):
     (["--strategies", "magic"], "--strategies must be a comma-separated subset of"),
     (["--fractions", "0,0.5"], "--fractions must be numbers in (0, 1]"),
     (["--pairs", "ArrowHead"], "a pair is 'Source->Target'"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--fractions", "half"], "--fractions must be numbers in (0, 1], got 'half'"),
+    (["--seeds", "0"], "argument --seeds: expected a positive integer, got '0'"),
 ])
-def test_demo_bad_arguments_exit_2_with_the_reason(tmp_path, args, message):
-    run = _demo(tmp_path, *args)
-    assert run.returncode == 2 and message in run.stderr
+def test_demo_bad_arguments_exit_2_with_the_reason(capsys, args, message):
+    from rnnfast.__main__ import main
+    assert main(["demo", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m rnnfast demo: error: ") and message in err and err.count("\n") == 1
 
 
 def test_budgets_name_only_real_config_fields():

@@ -6,8 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+from ..cli_args import UsageError, device as device_arg, nonnegative_int, positive_int
 from ..progress import Progress
 from . import cases as cases_mod, floor, providers as providers_mod, report, runner
 
@@ -17,7 +16,8 @@ def _list(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="auto (cuda if present, default), cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", type=_list, default=None,
                    help="comma list of fp32, bf16, fp16, fp64 (default: fp32,bf16,fp16 on GPU "
                         "for the standard suite, fp32 otherwise)")
@@ -34,34 +34,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "torch, the baseline, is always included)")
     p.add_argument("--cases", type=_list, default=None,
                    help=f"standard suite groups: {', '.join(cases_mod.GROUPS)} (default: all)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 20 GPU, 7 CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed repeats first (default 5 GPU, 2 CPU)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="timed repeats (default 20 GPU, 7 CPU)")
+    p.add_argument("--warmup", type=nonnegative_int, default=None, help="untimed repeats first (default 5 GPU, 2 CPU)")
     p.add_argument("--out", help="output folder (default bench/results/<device-slug>/)")
     p.add_argument("--no-plots", action="store_true", help="JSON and CSV only")
     p.add_argument("--no-floor", action="store_true", help="skip measuring the hardware limits")
 
 
-def _fail(message: str) -> int:
-    print(f"python -m rnnfast bench: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args, argv=None) -> int:
+    """Raises UsageError for bad input, before anything runs."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as e:
-        return _fail(f"--device: {e}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return _fail(f"--device {args.device}: no CUDA device here")
+    device = args.device
     gpu = device.type == "cuda"
-    bad = [d for d in args.dtype or [] if d not in cases_mod.DTYPES]
-    if bad:
-        return _fail(f"unknown dtype {bad[0]!r}; expected some of {', '.join(cases_mod.DTYPES)}")
-    for name, value in (("--repeats", args.repeats), ("--warmup", args.warmup)):
-        if value is not None and value < (1 if name == "--repeats" else 0):
-            return _fail(f"{name} must be {'positive' if name == '--repeats' else '>= 0'}, got {value}")
     try:
+        bad = [d for d in args.dtype or [] if d not in cases_mod.DTYPES]
+        if bad:
+            raise ValueError(f"unknown dtype {bad[0]!r}; expected some of {', '.join(cases_mod.DTYPES)}")
         if args.providers:
             providers_mod.select([], args.providers)  # validates the names
         custom = any(v is not None for v in (args.batch, args.hidden, args.seq, args.input))
@@ -85,7 +73,7 @@ def run(args, argv=None) -> int:
                 if not suite:
                     raise ValueError(f"no standard case runs the modes {args.mode}")
     except ValueError as e:
-        return _fail(str(e))
+        raise UsageError(str(e), "python -m rnnfast bench") from None
 
     repeats = args.repeats or (20 if gpu else 7)
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 2)

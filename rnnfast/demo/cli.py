@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,10 +12,14 @@ from pathlib import Path
 import torch
 
 from ..bench.report import environment, slug
-from ..progress import Progress
-from . import report, sentiment, timeseries
+from ..cli_args import UsageError, device as device_arg, positive_int
+from ..progress import Progress, duration
+from . import data, report, sentiment, timeseries
+
+PROG = "python -m rnnfast demo"
 
 TASKS = ("timeseries", "text")
+RUN_OVERHEAD_S = 0.05  # a run's model building, data preparation and evaluation beyond its steps
 
 # Each budget: (seeds, SeriesConfig changes, TextConfig changes). "default" finishes in
 # under 10 minutes on a 2-core CPU; "tiny" is the smoke test's end-to-end run.
@@ -37,27 +42,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", choices=tuple(BUDGETS), default="default",
                    help="tiny: seconds (smoke test); default: under 10 min on a 2-core CPU; "
                         "full: more seeds, data and epochs")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the budget's)")
+    p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (default: the budget's)")
     p.add_argument("--pairs", default=",".join(timeseries.DEFAULT_PAIRS),
-                   help="time-series 'Source->Target' pairs of UCR/UEA sets shipped in aeon")
+                   help="time-series 'Source->Target' (or 'Source → Target') pairs of UCR/UEA "
+                        "classification sets: those shipped in aeon, or under --data-root")
     p.add_argument("--strategies", default=",".join(timeseries.STRATEGIES),
                    help=f"time-series strategies, from {tuple(timeseries.STRATEGIES)}")
     p.add_argument("--methods", default=",".join(sentiment.METHODS),
                    help=f"text methods, from {tuple(sentiment.METHODS)}")
     p.add_argument("--fractions", default=",".join(str(f) for f in sentiment.DEFAULT_FRACTIONS),
                    help="text: fractions of the review labels for the learning curves, in (0, 1]")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--no-torch-compare", action="store_true",
                    help="skip the same runs on torch.nn.LSTM")
     p.add_argument("--data-root", default=None,
                    help="folder with <Name>/<Name>_TRAIN.ts and _TEST.ts (default: aeon's copy)")
     p.add_argument("--out", default=None, help="output folder (default demo-results/<device>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _fail(message: str) -> int:
-    print(f"rnnfast demo: {message}", file=sys.stderr)
-    return 2
 
 
 def _choices(text: str, allowed, what: str) -> list:
@@ -68,41 +70,78 @@ def _choices(text: str, allowed, what: str) -> list:
     return chosen
 
 
+def _fractions(text: str) -> list:
+    try:
+        fractions = [float(f) for f in _list(text)]
+    except ValueError:
+        fractions = []
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"--fractions must be numbers in (0, 1], got {text!r}")
+    return fractions
+
+
+def expected_seconds(series_plan: list, text_plan: list, series_config, text_config,
+                     device: torch.device) -> tuple:
+    """Each planned run's expected seconds on this machine as it is now (its counted
+    training steps times a calibrated step of the same model: a few steps timed on
+    random data), and the line that says the total."""
+    started = time.perf_counter()
+    step_s = {}
+    if series_plan:
+        step_s.update(timeseries.calibrate({k for run in series_plan for k in run}, series_config, device))
+    if text_plan:
+        step_s.update(sentiment.calibrate({k for run in text_plan for k in run}, text_config, device))
+    seconds = [sum(steps * step_s[kind] for kind, steps in run.items()) + RUN_OVERHEAD_S
+               for run in series_plan + text_plan]
+    named = {("series", "rnnfast", series_config.hidden): "a time-series step",
+             ("text", "rnnfast"): "a text step", ("text lm",): "a language-model step"}
+    steps = ", ".join(f"{step_s[k] * 1e3:.{1 if step_s[k] < 0.01 else 0}f} ms {name}"
+                      for k, name in named.items() if k in step_s)
+    line = (f"expected duration on this machine: about {duration(sum(seconds))} (calibrated in "
+            f"{time.perf_counter() - started:.1f} s: {steps}); a busy machine takes longer{_busy_now()}")
+    return seconds, line
+
+
+def _busy_now() -> str:
+    """', and this one is busy now (load ...)' when more processes want the CPU than it has."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except (AttributeError, OSError):  # no load average on this system
+        return ""
+    return f", and this one is busy now (load {load:.1f} on {cores} cores)" if load > cores else ""
+
+
 def run(args, argv) -> int:
+    """Raises UsageError for bad input, before anything runs."""
     try:
         tasks = _choices(args.tasks, TASKS, "tasks")
         strategies = _choices(args.strategies, timeseries.STRATEGIES, "strategies")
         methods = _choices(args.methods, sentiment.METHODS, "methods")
-        pairs = _list(args.pairs)
-        for pair in pairs:
-            timeseries.parse_pair(pair)
-        fractions = [float(f) for f in _list(args.fractions)]
-        if not fractions or not all(0 < f <= 1 for f in fractions):
-            raise ValueError(f"--fractions must be numbers in (0, 1], got {args.fractions!r}")
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                              else "cpu" if args.device == "auto" else args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: this torch has no CUDA device")
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be auto, cpu or cuda[:N], got {args.device!r}")
-    except ValueError as error:
-        return _fail(str(error))
-    if not pairs and "timeseries" in tasks:
-        return _fail("--pairs is empty")
+        pairs = ["->".join(timeseries.parse_pair(pair)) for pair in _list(args.pairs)]
+        if "timeseries" in tasks:
+            if not pairs:
+                raise ValueError("--pairs is empty")
+            data.check_ucr_names([name for pair in pairs for name in timeseries.parse_pair(pair)],
+                                 args.data_root)
+        fractions = _fractions(args.fractions)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error), PROG) from None
+    device = args.device
 
     seed_count, series_changes, text_changes = BUDGETS[args.budget]
     seeds = list(range(args.seeds if args.seeds is not None else seed_count))
-    if not seeds:
-        return _fail(f"--seeds must be >= 1, got {args.seeds}")
     series_config = dataclasses.replace(timeseries.SeriesConfig(), **series_changes)
     text_config = dataclasses.replace(sentiment.TextConfig(), **text_changes)
     compare = not args.no_torch_compare
     out = Path(args.out) if args.out else Path("demo-results") / slug(device)
 
-    total = ((timeseries.planned_runs(pairs, strategies, seeds, compare) if "timeseries" in tasks else 0)
-             + (sentiment.planned_runs(methods, fractions, seeds, compare) if "text" in tasks else 0))
-    progress = Progress(total, quiet=args.quiet)
-    results, info = [], {}
+    series_plan = (timeseries.planned_work(pairs, strategies, seeds, series_config, compare, args.data_root)
+                   if "timeseries" in tasks else [])
+    text_plan = sentiment.planned_work(methods, fractions, seeds, text_config, compare) if "text" in tasks else []
+    weights, line = expected_seconds(series_plan, text_plan, series_config, text_config, device)
+    print(line, file=sys.stderr, flush=True)
+    progress = Progress(len(weights), quiet=args.quiet, weights=weights)
+    results, info = [], {"expected_s": sum(weights)}
     start = time.perf_counter()
     try:
         if "timeseries" in tasks:
@@ -113,9 +152,9 @@ def run(args, argv) -> int:
             text, info["text"] = sentiment.run(methods, fractions, seeds, text_config, device,
                                                progress, compare)
             results += text
-    except FileNotFoundError as error:
+    except FileNotFoundError as error:  # a data package is missing
         progress.close()
-        return _fail(str(error))
+        raise UsageError(str(error), PROG) from None
     progress.close()
     info["total_s"] = time.perf_counter() - start
 

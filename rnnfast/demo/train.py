@@ -145,6 +145,36 @@ def fit(model: nn.Module, data: Batches, epochs: int, optimizer: torch.optim.Opt
             step += 1
 
 
+class _Enough(Exception):
+    pass
+
+
+def step_seconds(model: nn.Module, data: Batches, loss_of: Optional[Callable[[list], Tensor]] = None,
+                 budget_s: float = 0.25) -> float:
+    """Median seconds of one `fit` step (the Meter's accounting, clipping, AdamW) over
+    `data`'s batches after the first (a warm-up), stopping early once the timed steps
+    took `budget_s`: the demo's time estimate calibrates on it."""
+    device = next(model.parameters()).device
+    stamps = []
+
+    def stamp(_step: int = 0) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+        if len(stamps) > 2 and stamps[-1] - stamps[1] > budget_s:
+            raise _Enough
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    try:
+        fit(model, data, 1, optimizer, meter=Meter(device), generator=torch.Generator().manual_seed(0),
+            on_step=stamp, loss_of=loss_of)
+        stamp()
+    except _Enough:
+        pass
+    steps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:]))
+    return steps[len(steps) // 2]
+
+
 def gradual_unfreezing(unfreezer, total_steps: int, open_by: float = 0.5) -> Callable[[int], None]:
     """An on_step callback for a transfer.GradualUnfreezer: one more layer group from
     the top every `open_by * total_steps / groups` steps, so all train by `open_by`."""
