@@ -12,6 +12,17 @@ Saved-activation contract (every backend produces these for backward):
 where N is the number of rows of the layer input (T*B dense, or the packed length).
 With recompute=True the forward keeps only cells (save="cells"); backward rebuilds
 gates and hidden from x, y and the weights before running the backend's backward.
+
+Batching rules for torch.func.vmap (per-sample gradients, ensembles, vmap over the
+module) are registered for both ops and serve every backend. Native: when only x/h0/c0
+(and, backward, the activations and incoming gradients) carry the vmapped dimension,
+it is folded into the LSTM batch, one backend call for all of it; backward then takes
+each vmapped element's weight gradients from its own rows of the gate gradients. Loop
+(exact, V backend calls): a vmapped weight, mask or batch_sizes (vmap over parameters,
+ensembles), or a weight_hr gradient (its reduction is internal to the backend's
+backward). torch's older vmap, behind is_grads_batched, gradcheck's batched checks and
+autograd.functional's vectorize=True, ignores registered rules and loops over the op
+by itself.
 """
 from __future__ import annotations
 
@@ -72,15 +83,17 @@ def lstm_layer_backward(
     frozen_w_ih: Optional[Tensor], frozen_w_hh: Optional[Tensor], frozen_b_ih: Optional[Tensor],
     frozen_b_hh: Optional[Tensor], frozen_w_hr: Optional[Tensor],
     reverse: bool, needs: list[bool], want_dgates: bool, x_shape: list[int], backend: str,
-) -> list[Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients in GRAD_SLOTS order, then dL/d(gate pre-activations) [N, 4H] (the
-    accumulation dtype) when want_dgates; a slot not needed comes back empty."""
+    accumulation dtype) when want_dgates; a slot not needed comes back empty. A tuple
+    rather than a list: the batching fallback of is_grads_batched (torch's legacy vmap,
+    which ignores register_vmap) can loop over an op only if every return is a Tensor."""
     grads, dgates = backends.get(backend).backward(
         dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden,
         reverse, needs, [frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr],
         x_shape)
     grads.append(dgates if want_dgates else None)
-    return [g if g is not None else gates.new_empty(0) for g in grads]
+    return tuple(g if g is not None else gates.new_empty(0) for g in grads)
 
 
 @lstm_layer_backward.register_fake
@@ -92,7 +105,101 @@ def _(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
               [four_h, out_size], [four_h], [four_h], [out_size, four_h // 4])
     grads = [gates.new_empty(s, dtype=dtype) if need else gates.new_empty(0)
              for s, need in zip(shapes, needs)]
-    return grads + [gates.new_empty(gates.shape) if want_dgates else gates.new_empty(0)]
+    return (*grads, gates.new_empty(gates.shape) if want_dgates else gates.new_empty(0))
+
+
+def _fold(t: Optional[Tensor], dim: Optional[int], size: int, pos: int) -> Optional[Tensor]:
+    """The vmapped dimension (at physical `dim`; None: not batched, then broadcast) of a
+    tensor whose logical dim pos-1 counts batch entries or rows, merged into that dim as
+    its minor index: [.., R, ..] -> [.., R*V, ..] with row r of element v at r*V + v.
+    Folded like this the rows active at each step of a packed batch stay a prefix."""
+    if t is None:
+        return None
+    if dim is None:
+        t = t.unsqueeze(pos).expand(*t.shape[:pos], size, *t.shape[pos:])
+    else:
+        t = t.movedim(dim, pos)
+    return t.flatten(pos - 1, pos).contiguous()
+
+
+def _unfold(t: Tensor, size: int, pos: int) -> Tensor:
+    """_fold's inverse on an op output: [.., R*V, ..] -> [.., R, V, ..] (vmapped dim at pos)."""
+    return t.unflatten(pos - 1, (-1, size))
+
+
+def _loop_rule(op, info, in_dims, args):
+    """The batching rule that is exact for any in_dims: the op once per vmapped element."""
+    results = [op(*(a if not isinstance(d, int) else a.select(d, i) for a, d in zip(args, in_dims)))
+               for i in range(info.batch_size)]
+    return [torch.stack(outs) for outs in zip(*results)], [0] * len(results[0])
+
+
+@torch.library.register_vmap("rnnfast::lstm_layer_forward")
+def _(info, in_dims, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save, backend):
+    args = (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save, backend)
+    if any(d is not None for d in (in_dims[1], *in_dims[4:9])):
+        outs, dims = _loop_rule(torch.ops.rnnfast.lstm_layer_forward, info, in_dims, args)
+        return tuple(outs), tuple(dims)
+    size, pos = info.batch_size, x.dim() - (in_dims[0] is not None) - 1
+    y, h_n, c_n, *saved = torch.ops.rnnfast.lstm_layer_forward(
+        _fold(x, in_dims[0], size, pos), None if batch_sizes is None else batch_sizes * size,
+        _fold(h0, in_dims[2], size, 1), _fold(c0, in_dims[3], size, 1),
+        w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save, backend)
+    # Activations not saved come back as [0]: nothing to unfold.
+    saved = [(_unfold(t, size, 1), 1) if t.dim() == 2 else (t, None) for t in saved]
+    outs = (_unfold(y, size, pos), _unfold(h_n, size, 1), _unfold(c_n, size, 1),
+            *(t for t, _ in saved))
+    return outs, (pos, 1, 1, *(d for _, d in saved))
+
+
+@torch.library.register_vmap("rnnfast::lstm_layer_backward")
+def _(info, in_dims, dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
+      hidden, frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr,
+      reverse, needs, want_dgates, x_shape, backend):
+    frozen = [frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr]
+    args = (dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden,
+            *frozen, reverse, needs, want_dgates, x_shape, backend)
+    if needs[7] or any(d is not None for d in (in_dims[4], *in_dims[7:10], *in_dims[14:19])):
+        outs, dims = _loop_rule(torch.ops.rnnfast.lstm_layer_backward, info, in_dims, args)
+        return tuple(outs), tuple(dims)
+    size, pos = info.batch_size, len(x_shape) - 1
+    dy, x, y = (_fold(t, in_dims[i], size, pos) for t, i in ((dy, 0), (x, 3), (y, 10)))
+    dh_n, dc_n, h0, c0, gates, cells, hidden = (
+        _fold(t, in_dims[i], size, 1) for t, i in
+        ((dh_n, 1), (dc_n, 2), (h0, 5), (c0, 6), (gates, 11), (cells, 12), (hidden, 13)))
+    batch_sizes = None if batch_sizes is None else batch_sizes * size
+    folded_shape = list(x_shape)
+    folded_shape[pos - 1] *= size
+    # The recurrence runs folded; the weight gradients are per vmapped element, so they
+    # come from the gate gradients here instead of the backend's reductions over all rows.
+    *grads, dgates = torch.ops.rnnfast.lstm_layer_backward(
+        dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden,
+        *frozen, reverse, needs[:3] + [False] * 5, True, folded_shape, backend)
+    dtype = w_hh.dtype
+    by_element = _unfold(dgates, size, 1)                    # [N, V, 4H]
+    by_element_io = by_element.to(dtype)
+    empty = dgates.new_empty(0)
+    param_grads = [None] * 5
+    if needs[3]:
+        x_rows = _unfold(x.reshape(dgates.shape[0], -1), size, 1)
+        param_grads[0] = torch.einsum("rvg,rvi->vgi", by_element_io, x_rows)
+    if needs[4]:
+        steps = make_steps(folded_shape, batch_sizes, reverse)
+        h_prev = prev_sequence(y.reshape(dgates.shape[0], -1), h0, steps)
+        param_grads[1] = torch.einsum("rvg,rvp->vgp", by_element_io, _unfold(h_prev, size, 1))
+    if needs[5] or needs[6]:
+        db = by_element.sum(0).to(dtype)
+        param_grads[2] = db if needs[5] else None
+        param_grads[3] = (db.clone() if needs[5] else db) if needs[6] else None
+    param_grads = [g if g is None or mask is None else g.masked_fill(mask, 0)
+                   for g, mask in zip(param_grads, frozen)]
+    outs = [_unfold(grads[0], size, pos) if needs[0] else empty,
+            *(_unfold(g, size, 1) if need else empty for g, need in zip(grads[1:3], needs[1:3])),
+            *(empty if g is None else g for g in param_grads),
+            _unfold(dgates, size, 1) if want_dgates else empty]
+    dims = [pos if needs[0] else None, *(1 if need else None for need in needs[1:3]),
+            *(None if g is None else 0 for g in param_grads), 1 if want_dgates else None]
+    return tuple(outs), tuple(dims)
 
 
 def differentiable_grads(inputs, needs, frozen, grad_outputs, batch_sizes, reverse,
@@ -106,9 +213,11 @@ def differentiable_grads(inputs, needs, frozen, grad_outputs, batch_sizes, rever
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
     if x is None or h0 is None:
         raise RuntimeError(
-            "double backward (create_graph=True) through an rnnfast LSTM layer needs its "
-            "input and initial state, which the forward keeps only when weight_ih and "
-            "weight_hh (or their LoRA factors) need a gradient")
+            "double backward (create_graph=True) through an rnnfast LSTM layer re-runs it "
+            "from its input, which the forward keeps only when the input, the initial state, "
+            "weight_ih or its LoRA factors need a gradient (a frozen weight_ih on an input "
+            "that needs none saves no input). Build the LSTM with recompute=True, which "
+            "always keeps it, or let the input require grad")
     everything, all_needs = (*inputs, *lora), (*needs, *lora_needs)
     with torch.enable_grad():
         w_ih = with_lora(w_ih, lora[0], lora[1], lora_scale)
@@ -142,45 +251,58 @@ class LSTMLayerFunction(torch.autograd.Function):
     the table in DESIGN.md §4): x only for dW_ih, y and h0 only for dW_hh, the
     pre-projection hidden only for dW_hr (the weights, which exist anyway, are always
     kept). Gradients not asked for are not computed. Under create_graph=True backward
-    re-runs the layer as differentiable torch ops, so double backward works.
-    With recompute=True it saves the cell states instead of the gates (a quarter of
-    the bytes) plus what rebuilding the gates takes: x, y, h0 and the weights.
+    re-runs the layer as differentiable torch ops from x and h0, so double backward
+    works; that is why x and h0 are also kept whenever a gradient flows into the input
+    or the state (an input-gradient penalty may differentiate it again), frozen weights
+    or not: only a frozen W_ih on an input that needs no gradient keeps no x. With
+    recompute=True it saves the cell states instead of the gates (a quarter of the
+    bytes) plus what rebuilding the gates takes: x, y, h0 and the weights.
 
     LoRA: with low-rank factors A [r, in], B [4H, r] for W_ih and/or W_hh the layer runs
     with W + scale * B @ A, and backward takes dA and dB straight from the gate
     gradients (GEMMs of width r) instead of forming dW: a frozen base weight costs no
     weight-gradient GEMM.
+
+    forward returns the saved activations as outputs too (non-differentiable), so that
+    setup_context can keep them and torch.func can vmap forward, setup_context and
+    backward with the ops' batching rules (generate_vmap_rule).
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lora_a_ih, lora_b_ih, lora_a_hh,
+    def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lora_a_ih, lora_b_ih, lora_a_hh,
                 lora_b_hh, batch_sizes, reverse, frozen_w_ih, frozen_w_hh, frozen_b_ih,
                 frozen_b_hh, frozen_w_hr, backend, recompute, lora_scale):
-        base_w_ih, base_w_hh = w_ih, w_hh
         w_ih = with_lora(w_ih, lora_a_ih, lora_b_ih, lora_scale)
         w_hh = with_lora(w_hh, lora_a_hh, lora_b_hh, lora_scale)
-        y, h_n, c_n, gates, cells, hidden = torch.ops.rnnfast.lstm_layer_forward(
+        return torch.ops.rnnfast.lstm_layer_forward(
             x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
             "cells" if recompute else "all", backend)
-        _, _, _, need_dw_ih, need_dw_hh, _, _, need_dw_hr = ctx.needs_input_grad[:len(GRAD_SLOTS)]
-        need_lora_ih = any(ctx.needs_input_grad[8:10])
-        need_lora_hh = any(ctx.needs_input_grad[10:12])
-        keep_x = need_dw_ih or need_lora_ih
-        keep_h = need_dw_hh or need_lora_hh
-        # Weights and biases are saved whether or not this backward reads them: they
-        # exist anyway, and a double backward re-runs the layer from them (from the base
-        # weights under LoRA, to differentiate through the merge).
-        base = (base_w_ih if lora_a_ih is not None else None,
-                base_w_hh if lora_a_hh is not None else None)
-        if recompute:
-            saved = (x, h0, c0, w_ih, w_hh, w_hr, y, None, cells, None, b_ih, b_hh)
-        else:
-            saved = (x if keep_x else None, h0 if keep_h else None, c0, w_ih, w_hh, w_hr,
-                     y if keep_h else None, gates, cells, hidden if need_dw_hr else None,
-                     b_ih, b_hh)
-        ctx.save_for_backward(*saved, frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh,
-                              frozen_w_hr, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh, *base)
 
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh,
+         batch_sizes, reverse, *frozen, backend, recompute, lora_scale) = inputs
+        y, _, _, gates, cells, hidden = output
+        ctx.mark_non_differentiable(gates, cells, hidden)
+        needs = ctx.needs_input_grad
+        need_dw_ih, need_dw_hh, need_dw_hr = needs[3], needs[4], needs[7]
+        into_inputs = any(needs[:3])
+        keep_x = need_dw_ih or any(needs[8:10]) or into_inputs
+        keep_y = need_dw_hh or any(needs[10:12])
+        keep_h0 = keep_x or keep_y
+        if recompute:
+            saved = (x, h0, y, None, cells, None)
+        else:
+            saved = (x if keep_x else None, h0 if keep_h0 else None, y if keep_y else None,
+                     gates, cells, hidden if need_dw_hr else None)
+        # Weights and biases are saved whether or not this backward reads them: they
+        # exist anyway, and a double backward re-runs the layer from them. Under LoRA
+        # these are the base weights: backward merges again (one rank-r GEMM), and a
+        # double backward differentiates through the merge.
+        ctx.save_for_backward(*saved, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lora_a_ih, lora_b_ih,
+                              lora_a_hh, lora_b_hh, *frozen)
         ctx.batch_sizes = batch_sizes
         ctx.reverse = reverse
         ctx.x_shape = list(x.shape)
@@ -188,25 +310,23 @@ class LSTMLayerFunction(torch.autograd.Function):
         ctx.recompute = recompute
         ctx.lora_scale = lora_scale
         ctx.set_materialize_grads(False)
-        return y, h_n, c_n
 
     @staticmethod
-    def backward(ctx, dy, dh_n, dc_n):
+    def backward(ctx, dy, dh_n, dc_n, *_activations):
         needs = list(ctx.needs_input_grad[:len(GRAD_SLOTS)])
         lora_needs = ctx.needs_input_grad[8:12]
         if dy is None and dh_n is None and dc_n is None:
             return (None,) * 22
-        (x, h0, c0, w_ih, w_hh, w_hr, y, gates, cells, hidden, b_ih, b_hh,
-         *frozen, lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh, base_w_ih, base_w_hh
-         ) = ctx.saved_tensors
+        x, h0, y, gates, cells, hidden, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *rest = ctx.saved_tensors
+        lora, frozen = rest[:4], rest[4:]
         if torch.is_grad_enabled():  # backward(create_graph=True): it must be differentiable
-            inputs = (x, h0, c0, w_ih if base_w_ih is None else base_w_ih,
-                      w_hh if base_w_hh is None else base_w_hh, b_ih, b_hh, w_hr)
-            grads = differentiable_grads(inputs, needs, frozen, (dy, dh_n, dc_n),
-                                         ctx.batch_sizes, ctx.reverse,
-                                         (lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh),
+            grads = differentiable_grads((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), needs, frozen,
+                                         (dy, dh_n, dc_n), ctx.batch_sizes, ctx.reverse, lora,
                                          lora_needs, ctx.lora_scale)
             return (*grads,) + (None,) * 10
+        lora_a_ih, lora_b_ih, lora_a_hh, lora_b_hh = lora
+        w_ih = with_lora(w_ih, lora_a_ih, lora_b_ih, ctx.lora_scale)
+        w_hh = with_lora(w_hh, lora_a_hh, lora_b_hh, ctx.lora_scale)
         if ctx.recompute:
             gates, hidden = reference.recompute_gates(
                 x, ctx.batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cells, ctx.reverse)

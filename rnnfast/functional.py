@@ -58,8 +58,9 @@ def lstm_layer(
     name = backends.resolve(backend, x.device, x.dtype)
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors + lora):
-        return LSTMLayerFunction.apply(*tensors, *lora, batch_sizes, reverse, *frozen, name,
-                                       recompute, float(lora_scale))
+        y, h_n, c_n, *_ = LSTMLayerFunction.apply(*tensors, *lora, batch_sizes, reverse, *frozen,
+                                                  name, recompute, float(lora_scale))
+        return y, h_n, c_n
     # Inference: the layer runs on the merged weights.
     w_ih = with_lora(w_ih, lora[0], lora[1], lora_scale)
     w_hh = with_lora(w_hh, lora[2], lora[3], lora_scale)
@@ -69,21 +70,34 @@ def lstm_layer(
 
 
 def check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> None:
-    """Clear errors for inconsistent layer arguments: expected vs got."""
+    """Clear errors for inconsistent layer arguments: expected vs got. Where torch.nn.LSTM
+    checks the same thing, the exception type is torch's and the message starts with
+    torch's wording."""
+    states = (("h0 (initial hidden state)", h0), ("c0 (initial cell state)", c0))
+    params = (("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih), ("bias_hh", b_hh),
+              ("weight_hr", w_hr))
+    for what, t in params:
+        if t is not None and t.device != x.device:
+            raise RuntimeError("Input and parameter tensors are not at the same device, found "
+                               f"input tensor at {x.device} and parameter tensor at {t.device} "
+                               f"({what}); move the input to the module's device")
+    for what, t in states:
+        if t.device != x.device:
+            raise RuntimeError("Input and hidden tensors are not at the same device, found "
+                               f"input tensor at {x.device} and hidden tensor at {t.device} "
+                               f"({what})")
+    for what, t in params:
+        if t is not None and t.dtype != x.dtype:
+            raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype "
+                             f"({t.dtype}). Convert input: input.to({t.dtype}), or convert "
+                             f"model: model.to({x.dtype}) (the mismatched parameter: {what})")
     if not x.dtype.is_floating_point:
         raise TypeError(f"LSTM input must be a floating-point tensor, got dtype {x.dtype}")
-    named = (("h0 (initial hidden state)", h0), ("c0 (initial cell state)", c0),
-             ("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih), ("bias_hh", b_hh),
-             ("weight_hr", w_hr))
-    for what, t in named:
-        if t is None:
-            continue
-        if t.device != x.device:
-            raise RuntimeError(f"LSTM input is on {x.device} but {what} is on {t.device}; "
-                               "move the input and the state to the module's device")
+    for what, t in states:
         if t.dtype != x.dtype:
-            raise TypeError(f"LSTM input has dtype {x.dtype} but {what} has dtype {t.dtype}; "
-                            "input, state and weights must share one dtype")
+            # torch.nn.LSTM fails inside its kernel here, with a RuntimeError.
+            raise RuntimeError(f"LSTM input has dtype {x.dtype} but {what} has dtype {t.dtype}; "
+                               "input, state and weights must share one dtype")
     if batch_sizes is None:
         if x.dim() != 3:
             raise RuntimeError(f"LSTM layer input must be [T, B, I], got shape {tuple(x.shape)}")

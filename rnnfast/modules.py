@@ -48,7 +48,8 @@ class LSTM(nn.Module):
                  bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
                  backend: str = "auto", recompute: bool = False) -> None:
         super().__init__()
-        _check_constructor_args(hidden_size, num_layers, dropout, proj_size)
+        _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                                proj_size)
         backends.check_name(backend)
         self.mode = "LSTM"
         self.input_size = input_size
@@ -175,7 +176,7 @@ class LSTM(nn.Module):
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
             if x.shape[0] == 0:
-                raise RuntimeError("LSTM: Expected sequence length to be larger than 0, got an "
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN, got an "
                                    f"input of shape {tuple(input.shape)}")
             batch, batch_sizes, sorted_indices, unsorted_indices = x.shape[1], None, None, None
         if x.shape[-1] != self.input_size:
@@ -322,6 +323,8 @@ class LSTMCell(nn.Module):
                                 f"{type(hx).__name__}")
             h0, c0 = hx
             for i, t in enumerate((h0, c0)):
+                if t.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{i}] to be 1D or 2D, got {t.dim()}D instead")
                 if t.dim() != input.dim():
                     raise ValueError(f"LSTMCell: Expected hx[{i}] to be {input.dim()}D like the input, "
                                      f"got {t.dim()}D instead")
@@ -372,8 +375,10 @@ def _copy_params(source: nn.Module, target: nn.Module) -> None:
     target.train(source.training)
 
 
-def _check_constructor_args(hidden_size, num_layers, dropout, proj_size) -> None:
-    """torch.nn.LSTM's constructor checks, with its messages."""
+def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                            proj_size) -> None:
+    """torch.nn.LSTM's constructor checks, in its order, with its exception types and
+    messages."""
     if (not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1
             or isinstance(dropout, bool)):
         raise ValueError("dropout should be a number in range [0, 1] representing the "
@@ -382,7 +387,15 @@ def _check_constructor_args(hidden_size, num_layers, dropout, proj_size) -> None
         warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
                       "non-zero dropout expects num_layers greater than 1, but got "
                       f"dropout={dropout} and num_layers={num_layers}")
-    if not isinstance(hidden_size, int) or isinstance(hidden_size, bool):
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+    if not isinstance(batch_first, bool):
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+    if not isinstance(input_size, int):
+        raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
+    if not isinstance(hidden_size, int):
         raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
     if hidden_size <= 0:
         raise ValueError("hidden_size must be greater than zero")

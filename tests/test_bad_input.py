@@ -50,21 +50,37 @@ def test_wrong_input_size_batch_first():
         lstm(torch.randn(B, T, I + 2))
 
 
+def _dtype_mismatch(got, weight):
+    """torch.nn.LSTM's message for an input whose dtype is not the weights'."""
+    return _literal(f"RNN input dtype ({got}) does not match weight dtype ({weight}). Convert "
+                    f"input: input.to({weight}), or convert model: model.to({got})")
+
+
 def test_float64_input_into_float32_module(lstm, x):
-    with pytest.raises(TypeError, match=r"input has dtype torch\.float64 but weight_ih has dtype torch\.float32"):
+    with pytest.raises(ValueError, match=_dtype_mismatch(torch.float64, torch.float32)):
         lstm(x.double())
+    with pytest.raises(ValueError, match=_dtype_mismatch(torch.float64, torch.float32)):
+        nn.LSTM(I, H)(x.double())
 
 
 def test_float32_input_into_float64_module(x):
     lstm = rnnfast.LSTM(I, H, dtype=torch.float64)
-    with pytest.raises(TypeError, match=r"input has dtype torch\.float32 but weight_ih has dtype torch\.float64"):
+    with pytest.raises(ValueError, match=_dtype_mismatch(torch.float32, torch.float64)):
         lstm(x)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
 def test_non_float_input(lstm, dtype):
-    with pytest.raises(TypeError, match=rf"must be a floating-point tensor, got dtype {dtype}"):
+    with pytest.raises(ValueError, match=_dtype_mismatch(dtype, torch.float32)):
         lstm(torch.ones(T, B, I, dtype=dtype))
+
+
+def test_non_float_layer_arguments():
+    ints = dict(dtype=torch.int64)
+    with pytest.raises(TypeError, match="must be a floating-point tensor, got dtype torch.int64"):
+        rnnfast.lstm_layer(torch.ones(T, B, I, **ints), torch.zeros(B, H, **ints),
+                           torch.zeros(B, H, **ints), torch.ones(4 * H, I, **ints),
+                           torch.ones(4 * H, H, **ints))
 
 
 def test_input_not_a_tensor(lstm):
@@ -73,7 +89,10 @@ def test_input_not_a_tensor(lstm):
 
 
 def test_sequence_length_zero(lstm):
-    with pytest.raises(RuntimeError, match=r"sequence length to be larger than 0.*\(0, 3, 5\)"):
+    with pytest.raises(RuntimeError, match=r"Expected sequence length to be larger than 0 in RNN"):
+        nn.LSTM(I, H)(torch.randn(0, B, I))
+    with pytest.raises(RuntimeError, match=r"Expected sequence length to be larger than 0 in RNN"
+                                           r".*\(0, 3, 5\)"):
         lstm(torch.randn(0, B, I))
 
 
@@ -161,7 +180,9 @@ def test_unbatched_input_with_3d_state(lstm):
 def test_state_dtype_differs_from_input(lstm, x, which):
     h = zeros(L, B, H, dtype=torch.float64 if which == "h0" else torch.float32)
     c = zeros(L, B, H, dtype=torch.float64 if which == "c0" else torch.float32)
-    with pytest.raises(TypeError, match=rf"input has dtype torch\.float32 but {which} .* has dtype torch\.float64"):
+    with pytest.raises(RuntimeError):  # torch's kernel fails, without a message of its own
+        nn.LSTM(I, H, num_layers=L)(x, (h, c))
+    with pytest.raises(RuntimeError, match=rf"input has dtype torch\.float32 but {which} .* has dtype torch\.float64"):
         lstm(x, (h, c))
 
 
@@ -233,6 +254,17 @@ def test_unbuilt_backend_not_available(cls, name):
 
 
 @pytest.mark.parametrize("kwargs, exc, message", [
+    (dict(bias=0), TypeError, "bias should be of type bool, got: int"),
+    (dict(bias=1), TypeError, "bias should be of type bool, got: int"),
+    (dict(bias="True"), TypeError, "bias should be of type bool, got: str"),
+    (dict(batch_first=0), TypeError, "batch_first should be of type bool, got: int"),
+    (dict(batch_first=1), TypeError, "batch_first should be of type bool, got: int"),
+    (dict(batch_first="False"), TypeError, "batch_first should be of type bool, got: str"),
+    (dict(input_size=3.0), TypeError, "input_size should be of type int, got: float"),
+    (dict(input_size="10"), TypeError, "input_size should be of type int, got: str"),
+    (dict(input_size=0), ValueError, "input_size must be greater than zero"),
+    (dict(input_size=-1), ValueError, "input_size must be greater than zero"),
+    (dict(hidden_size=5.0), TypeError, "hidden_size should be of type int, got: float"),
     (dict(proj_size=H), ValueError, "proj_size has to be smaller than hidden_size"),
     (dict(proj_size=H + 2), ValueError, "proj_size has to be smaller than hidden_size"),
     (dict(proj_size=-1), ValueError, "proj_size should be a positive integer or zero"),
@@ -293,13 +325,20 @@ def test_cell_hx_width_mismatch_unbatched(cell):
         cell(torch.randn(I), (zeros(H - 1), zeros(H)))
 
 
+def test_cell_hx_4d_like_nn_lstmcell(cell):
+    hx = (zeros(B, 1, 1, H), zeros(B, 1, 1, H))
+    for module in (nn.LSTMCell(I, H), cell):
+        with pytest.raises(ValueError, match=_literal("Expected hx[0] to be 1D or 2D, got 4D instead")):
+            module(torch.randn(B, I), hx)
+
+
 def test_cell_hx_rank_differs_from_input(cell):
     with pytest.raises(ValueError, match="Expected hx\\[0\\] to be 1D like the input, got 2D"):
         cell(torch.randn(I), (zeros(1, H), zeros(1, H)))
 
 
 def test_cell_input_dtype(cell):
-    with pytest.raises(TypeError, match=r"input has dtype torch\.float64 but weight_ih has dtype torch\.float32"):
+    with pytest.raises(ValueError, match=_dtype_mismatch(torch.float64, torch.float32)):
         cell(torch.randn(B, I, dtype=torch.float64))
 
 
@@ -363,7 +402,7 @@ def test_functional_input_rank(layer_args):
 
 def test_functional_state_dtype(layer_args):
     layer_args["c0"] = layer_args["c0"].double()
-    with pytest.raises(TypeError, match=r"but c0 \(initial cell state\) has dtype torch\.float64"):
+    with pytest.raises(RuntimeError, match=r"but c0 \(initial cell state\) has dtype torch\.float64"):
         _call_layer(layer_args)
 
 
@@ -384,16 +423,33 @@ def test_functional_only_one_bias(layer_args):
 
 # ---------------------------------------------------------------- devices
 
+def test_input_on_another_device_than_the_parameters(lstm, x):
+    """The meta device stands in for a second device: the check runs before any kernel."""
+    with pytest.raises(RuntimeError, match=_literal(
+            "Input and parameter tensors are not at the same device, found input tensor at "
+            "cpu and parameter tensor at meta")):
+        lstm.to("meta")(x)
+
+
+def test_state_on_another_device_than_the_input(lstm, x):
+    hx = (zeros(L, B, H).to("meta"), zeros(L, B, H).to("meta"))
+    with pytest.raises(RuntimeError, match=_literal(
+            "Input and hidden tensors are not at the same device, found input tensor at cpu "
+            "and hidden tensor at meta")):
+        lstm(x, hx)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_input_into_cpu_module(lstm):
-    with pytest.raises(RuntimeError, match=r"cuda:0.*cpu|cpu.*cuda:0"):
-        lstm(torch.randn(T, B, I, device="cuda"))
+    for module in (nn.LSTM(I, H, num_layers=L), lstm):
+        with pytest.raises(RuntimeError, match="Input and parameter tensors are not at the same device"):
+            module(torch.randn(T, B, I, device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_state_into_cpu_module(lstm, x):
     hx = (zeros(L, B, H).cuda(), zeros(L, B, H).cuda())
-    with pytest.raises(RuntimeError, match=r"cpu.*cuda:0|cuda:0.*cpu"):
+    with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device"):
         lstm(x, hx)
 
 

@@ -69,13 +69,61 @@ def test_gradient_penalty_through_the_module_matches_autograd_of_the_reference(b
         torch.testing.assert_close(got_grad, want)
 
 
+SUBSETS = [(), ("bias_ih", "bias_hh"), ("weight_ih",), ("weight_hh",), ("weight_hr",),
+           ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("trainable", SUBSETS, ids=lambda names: "+".join(names) or "none")
+def test_input_gradient_penalty_with_frozen_weights_matches_nn_lstm(backend, trainable):
+    """The transfer-learning case: some or all weights frozen, a penalty on |dL/dx|^2
+    differentiated again, against nn.LSTM (whose CPU path supports double backward)."""
+    torch.manual_seed(0)
+    ours = rnnfast.LSTM(I, H, num_layers=2, proj_size=2, dtype=torch.float64, backend=backend)
+    theirs = ours.to_torch()
+    results = []
+    for model in (ours, theirs):
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.rsplit("_l", 1)[0] in trainable)
+        x = torch.randn(T, B, I, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                        requires_grad=True)
+        wrt = [x] + [p for p in model.parameters() if p.requires_grad]
+        results.append(_penalty(lambda x: model(x)[0], x, wrt))
+    (dx, got), (dx_ref, expected) = results
+    torch.testing.assert_close(dx, dx_ref)
+    for got_grad, want in zip(got, expected):
+        torch.testing.assert_close(got_grad, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cell_gradient_penalty_with_frozen_weights_matches_nn_lstmcell(backend):
+    torch.manual_seed(0)
+    ours = rnnfast.LSTMCell(I, H, dtype=torch.float64, backend=backend).requires_grad_(False)
+    theirs = torch.nn.LSTMCell(I, H, dtype=torch.float64).requires_grad_(False)
+    theirs.load_state_dict(ours.state_dict())
+    results = []
+    for cell in (ours, theirs):
+        x = torch.randn(B, I, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                        requires_grad=True)
+        results.append(_penalty(lambda x: cell(x)[0], x, [x]))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected)
+
+
 def test_double_backward_without_saved_input_says_why():
-    model = rnnfast.LSTM(I, H, dtype=torch.float64)
-    rnnfast.freeze(model, params=["weight_ih_l0", "weight_hh_l0"])
-    x = _mk(T, B, I)
-    out, _ = model(x)
-    with pytest.raises(RuntimeError, match="needs its input and initial state"):
-        torch.autograd.grad(out.sum(), x, create_graph=True)
+    """The one case the forward keeps no input for: a frozen weight_ih on an input that
+    needs no gradient (DESIGN.md §4); recompute=True keeps it."""
+    for recompute in (False, True):
+        model = rnnfast.LSTM(I, H, dtype=torch.float64, recompute=recompute)
+        rnnfast.freeze(model, params=["weight_ih_l0", "weight_hh_l0"])
+        loss = model(_mk(T, B, I).detach())[0].square().sum()
+        if recompute:
+            (db,) = torch.autograd.grad(loss, model.bias_ih_l0, create_graph=True)
+            torch.autograd.grad(db.square().sum(), model.bias_ih_l0)
+            continue
+        with pytest.raises(RuntimeError, match="keeps only when the input, the initial state, "
+                                               "weight_ih or its LoRA factors need a gradient"):
+            torch.autograd.grad(loss, model.bias_ih_l0, create_graph=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -95,6 +143,35 @@ def test_gradgradcheck_layer_with_lora_factors(backend, packed):
                                   lora_hh=(a_hh, b_hh_lora), lora_scale=scale)
 
     assert gradgradcheck(layer, inputs, eps=1e-6, atol=1e-6, fast_mode=in_interpreter(backend))
+
+
+@pytest.mark.parametrize("backend, trainable", [
+    *((backend, ()) for backend in BACKENDS), ("reference", (2, 5)), ("reference", (4, 7, 10))],
+    ids=lambda v: v if isinstance(v, str) else "+".join(map(str, v)) or "input-only")
+def test_gradgradcheck_with_lora_and_frozen_weights(backend, trainable):
+    """Unmerged LoRA with subsets of the weights and factors frozen (the input always
+    needs a gradient; trainable: indices into the layer's arguments below), with
+    gradgradcheck's batched check on (fast mode, as in torch's own module tests). The
+    double backward runs the same differentiable ops whatever the backend, so the Triton
+    kernels (slow in the interpreter) get the input-only case."""
+    rank, scale = 2, 0.5
+    args = [_mk(T, B, I), _mk(B, H), _mk(B, H), _mk(4 * H, I), _mk(4 * H, H), _mk(4 * H),
+            _mk(4 * H), _mk(rank, I), _mk(4 * H, rank), _mk(rank, H), _mk(4 * H, rank)]
+    wanted = [0, *trainable]
+    for i, t in enumerate(args):
+        t.requires_grad_(i in wanted)
+
+    def layer(*chosen):
+        full = list(args)
+        for i, t in zip(wanted, chosen):
+            full[i] = t
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, a_ih, b_ih_lora, a_hh, b_hh_lora = full
+        return rnnfast.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend=backend,
+                                  lora_ih=(a_ih, b_ih_lora), lora_hh=(a_hh, b_hh_lora),
+                                  lora_scale=scale)
+
+    assert gradgradcheck(layer, [args[i] for i in wanted], eps=1e-6, atol=1e-6,
+                         check_batched_grad=True, fast_mode=True)
 
 
 def test_gradient_penalty_with_unmerged_lora_matches_the_merged_weights():
