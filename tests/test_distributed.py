@@ -5,7 +5,7 @@ unused-parameter errors: frozen parameters are simply not in DDP's buckets); FSD
 partly frozen entries bit-identical on every rank's shard, and the trained weights match
 one process's."""
 import os
-import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -16,6 +16,7 @@ import rnnfast
 
 WORLD = 2
 STEPS = 3
+TIMEOUT = timedelta(minutes=5)  # rendezvous and every collective, on a loaded 2-core machine
 
 
 def _model():
@@ -56,13 +57,14 @@ def _whole(t):
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu()
 
 
-def _worker(rank, port, result_file, wrapper):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, init_method, result_file, wrapper):
     nccl = wrapper == "ddp-nccl"
     device = torch.device("cuda", rank) if nccl else torch.device("cpu")
     if nccl:
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if nccl else "gloo", rank=rank, world_size=WORLD)
+    # A file store in the test's tmp_path: no TCP port to pick, so none another process can take.
+    dist.init_process_group("nccl" if nccl else "gloo", init_method=init_method, rank=rank,
+                            world_size=WORLD, timeout=TIMEOUT)
     try:
         model = _model().to(device)
         if wrapper.startswith("ddp"):
@@ -77,14 +79,13 @@ def _worker(rank, port, result_file, wrapper):
         params = {n: _whole(p) for n, p in model.named_parameters()}
         if rank == 0:
             torch.save((grads, params), result_file)
+        dist.barrier()  # neither rank tears down while the other still communicates
     finally:
         dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # DTensor's caches keep FSDP's DeviceMesh, and through it the gloo group, alive after
+    # destroy_process_group: its worker and socket threads would still be running through
+    # interpreter teardown and the C++ static destructors. Leave without that teardown.
+    os._exit(0)
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -97,7 +98,8 @@ def _free_port():
 ])
 def test_two_processes_match_one_process(tmp_path, wrapper):
     result_file = tmp_path / "result.pt"
-    mp.spawn(_worker, args=(_free_port(), str(result_file), wrapper), nprocs=WORLD, join=True)
+    init_method = (tmp_path / "rendezvous").as_uri()
+    mp.spawn(_worker, args=(init_method, str(result_file), wrapper), nprocs=WORLD, join=True)
     dist_grads, dist_params = torch.load(result_file)
 
     model = _model()
