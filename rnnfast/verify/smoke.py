@@ -12,6 +12,7 @@ Runs inside a worker process (rnnfast.verify.worker), never in the verify proces
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import traceback
 import warnings
@@ -112,13 +113,31 @@ def _outputs_and_grads(model: nn.Module, shape: Shape, x64: torch.Tensor, names:
     return [t.detach() for t in (data, h, c, *grads)]
 
 
+@contextlib.contextmanager
+def tf32(allowed: bool):
+    """TF32 allowed or not for cuBLAS and cuDNN inside the block. cuDNN's flag goes
+    through its flags() context: after torch.testing's disable_global_flags() (pytest
+    runs import it) setting it directly raises."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = allowed
+    try:
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                         deterministic=cudnn.deterministic, allow_tf32=allowed):
+            yield
+    finally:
+        matmul.allow_tf32 = before
+
+
 def check(backend: str, dtype_name: str, shape: Shape, device: torch.device) -> dict:
-    """Runs one case; returns its result: status PASS, FAIL or FALLBACK (the backend
-    handed the call to another one, which was then checked), the worst tensor's error
-    over what the rule allows ("worst", <= 1 passes) and what broke the rule."""
-    dtype = DTYPES[dtype_name]
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    """Runs one case, TF32 off; returns its result: status PASS, FAIL or FALLBACK (the
+    backend handed the call to another one, which was then checked), the worst tensor's
+    error over what the rule allows ("worst", <= 1 passes) and what broke the rule."""
+    with tf32(False):
+        return _check(backend, DTYPES[dtype_name], shape, device)
+
+
+def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device) -> dict:
     # Fallbacks are announced once per process: each case must hear its own.
     backends._warned_fallbacks.clear()
     cuda_backend._warned.clear()

@@ -36,11 +36,10 @@ def _backend_case(check):
 
 def _bench(case: dict, device: torch.device) -> dict:
     from rnnfast.bench import cases, providers, runner
-    torch.backends.cuda.matmul.allow_tf32 = case["tf32"]
-    torch.backends.cudnn.allow_tf32 = case["tf32"]
     bench_case = cases.Case(**{**case["case"], "modes": tuple(case["case"]["modes"])})
     chosen = providers.select(providers.all_providers(device, bench_case.torch_dtype), case["providers"])
-    rows = runner.run_case(bench_case, chosen, device, case["repeats"], case["warmup"])
+    with smoke.tf32(case["tf32"]):
+        rows = runner.run_case(bench_case, chosen, device, case["repeats"], case["warmup"])
     for row in rows:
         row["tf32"] = case["tf32"]
     failed = [r for r in rows if r["status"].startswith(("failed", "error"))]
