@@ -4,8 +4,9 @@ A wholly frozen parameter simply stops requiring grad, so autograd skips its gra
 (and the LSTM Function skips the GEMM that would compute it). A partly frozen one
 (gates, units, elements) keeps requiring grad and carries a bool mask, True = frozen,
 stored on its module as a non-persistent buffer `_frozen_mask_<name>` (it follows
-.to()/.cuda() and stays out of the state_dict); the Function zeroes those gradient
-entries in its epilogue. Because weight decay and momentum would still move entries
+.to()/.cuda() and stays out of the state_dict); the Function computes weight gradients
+only over the row/column blocks that hold a trainable entry and zeroes the frozen
+entries left inside them (backends/trainable.py). Because weight decay and momentum would still move entries
 whose gradient is zero, a global optimizer hook puts the frozen entries back after
 every `torch.optim.Optimizer.step`, bit for bit.
 """
@@ -19,6 +20,8 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from .backends import trainable
 
 GATES = "ifgo"
 _MASK_PREFIX = "_frozen_mask_"
@@ -88,6 +91,7 @@ def _set_mask(owner: nn.Module, name: str, param: nn.Parameter, mask: Tensor) ->
                         f"(params=[...]); partial masks on {name!r} need an rnnfast.LSTM or "
                         "rnnfast.LSTMCell parameter")
     owner.register_buffer(_MASK_PREFIX + name, mask, persistent=False)
+    trainable.prime(mask)  # which gradient blocks to compute: derived now, not mid-step
     _MASKED_MODULES.add(owner)
     _install_optimizer_hooks()
 

@@ -1,7 +1,9 @@
 """The part of the backward that is the same for every backend: once the recurrence
 has produced the gate gradients of every row, the input and parameter gradients are
 large GEMMs over all steps (cuBLAS / oneDNN through torch), each computed only when
-asked for, with frozen entries set to exactly zero afterwards (DESIGN.md §4)."""
+asked for. A partly frozen weight's gradient multiplies only the row and column blocks
+that hold a trainable entry (trainable.py); its frozen entries come out exactly zero
+(DESIGN.md §4)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -11,6 +13,7 @@ from torch import Tensor
 
 from .gemm import Product
 from .steps import Steps, prev_sequence
+from .trainable import masked_product
 
 
 def parameter_and_input_grads(
@@ -30,9 +33,13 @@ def parameter_and_input_grads(
     dtype: torch.dtype,             # the layer's input dtype: every gradient comes out in it
 ) -> list[Optional[Tensor]]:
     need_dx, need_dh0, need_dc0, need_dw_ih, need_dw_hh, need_db_ih, need_db_hh, need_dw_hr = needs
+    frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr = frozen
     rows = dgates.shape[0]
     # The GEMMs run in the input dtype (fp32 accumulation inside), like the forward's.
-    dgates_io = dgates.to(dtype)
+    # dgates is converted whole once if any product reads all of it; the products of
+    # partly frozen weights otherwise convert only the blocks they read.
+    whole = need_dx or (need_dw_ih and frozen_w_ih is None) or (need_dw_hh and frozen_w_hh is None)
+    dgates_io = dgates.to(dtype) if whole else dgates
     grads: list[Optional[Tensor]] = [None] * 8
     if need_dx:
         grads[0] = Product(w_ih.t(), rows)(dgates_io).view(x_shape)
@@ -41,21 +48,25 @@ def parameter_and_input_grads(
     if need_dc0:
         grads[2] = dc0.to(dtype)
     if need_dw_ih:
-        grads[3] = dgates_io.t() @ x.reshape(rows, x_shape[-1])
+        grads[3] = masked_product(dgates_io, x.reshape(rows, x_shape[-1]), frozen_w_ih, dtype)
     if need_dw_hh:
         y2d = y.reshape(rows, h0.shape[1])
-        grads[4] = dgates_io.t() @ prev_sequence(y2d, h0, steps)
+        grads[4] = masked_product(dgates_io, prev_sequence(y2d, h0, steps), frozen_w_hh, dtype)
     if need_db_ih or need_db_hh:
+        # One column sum over all of dgates, whatever is frozen: it costs 1/I of a weight
+        # product, and a sum over fewer columns would round differently.
         db = dgates.sum(0).to(dtype)
-        grads[5] = db if need_db_ih else None
-        if need_db_hh:  # its own tensor: op outputs may not alias each other
-            grads[6] = db.clone() if need_db_ih else db
+        db_ih = db if need_db_ih else None
+        db_hh = (db.clone() if need_db_ih else db) if need_db_hh else None  # outputs may not alias
+        grads[5], grads[6] = _zero_frozen(db_ih, frozen_b_ih), _zero_frozen(db_hh, frozen_b_hh)
     if need_dw_hr:
-        grads[7] = (dy_total.t() @ hidden.to(dy_total.dtype)).to(dtype)
-    for slot, mask in zip((3, 4, 5, 6, 7), frozen):
-        if grads[slot] is not None and mask is not None:
-            grads[slot].masked_fill_(mask, 0)
+        acc = dy_total.dtype
+        grads[7] = masked_product(dy_total, hidden.to(acc), frozen_w_hr, acc).to(dtype)
     return grads
+
+
+def _zero_frozen(grad: Optional[Tensor], mask: Optional[Tensor]) -> Optional[Tensor]:
+    return grad if grad is None or mask is None else grad.masked_fill_(mask, 0)
 
 
 def low_rank_grads(

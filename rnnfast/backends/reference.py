@@ -219,10 +219,15 @@ def backward(
         by_gate[:, :3].mul_(dc.unsqueeze(1))
         by_gate[:, 3].mul_(dh)
         dc_prev = dc.mul_(f[off:off + n])
-        dh_prev = recurrent(d_step)
         # Rows that were active one step earlier carry the gradient on; the rest
-        # started here from (h0, c0).
+        # started here from (h0, c0). Where no row is carried, the product only feeds
+        # dh0 and is skipped when h0 needs no gradient (docs/backends.md, "What freezing
+        # skips": frozen units still carry the chain to the trainable ones).
         carried = min(n, steps.prev_size(k))
+        if carried == 0 and not need_dh0:
+            dc0[:n] = dc_prev
+            continue
+        dh_prev = recurrent(d_step)
         dh_state[:carried] = dh_prev[:carried]
         dc_state[:carried] = dc_prev[:carried]
         if carried < n:
