@@ -140,3 +140,35 @@ def test_a_provider_that_disagrees_with_nn_lstm_is_reported_not_timed():
     for r in bad:
         assert r["status"].startswith("failed correctness: max rel diff")
         assert "median_ms" not in r and "peak_bytes" not in r and "ratio" not in r
+
+
+def test_frozen_rows_modes_time_each_fraction_against_nothing_frozen(tmp_path):
+    """frozen_gates / frozen_units: rows per frozen fraction for rnnfast, nn.LSTM's fully
+    trainable backward for scale, the weight-gradient products alone, and a plot."""
+    argv = ["bench", "--device", "cpu", "--batch", "4", "--hidden", "40", "--seq", "5",
+            "--mode", "frozen_gates,frozen_units", "--providers", "torch,rnnfast/reference,steploop",
+            "--repeats", "3", "--warmup", "1", "--no-floor", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["results"]
+    for mode, fractions in (("frozen_gates", [0, 0.25, 0.5, 0.75]),
+                            ("frozen_units", [0, 0.25, 0.5, 0.75, 0.9])):
+        for provider in ("rnnfast/reference", "weight-gradient products"):
+            series = [r for r in rows if (r["mode"], r["provider"]) == (mode, provider)]
+            assert [r["frozen"] for r in series] == fractions
+            assert all(r["status"] == "ok" and r["ratio"] > 0 for r in series)
+            assert series[0]["ratio"] == 1.0
+        torch_rows = [r for r in rows if (r["mode"], r["provider"]) == (mode, "torch")]
+        assert [(r["frozen"], r["status"]) for r in torch_rows] == [(0, "ok")]
+        steploop = [r for r in rows if (r["mode"], r["provider"]) == (mode, "steploop")]
+        assert len(steploop) == 1 and steploop[0]["status"].startswith("unsupported mode")
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert len(list((tmp_path / "plots").glob("frozen_*.png"))) == 1
+
+
+def test_frozen_fractions_follow_the_hidden_size():
+    from rnnfast.bench.frozen import settings
+    assert [(f, s) for f, s in settings("frozen_gates", 8)] == [
+        (0.0, None), (0.25, {"gates": "i"}), (0.5, {"gates": "if"}), (0.75, {"gates": "ifg"})]
+    units = settings("frozen_units", 20)
+    assert [f for f, _ in units] == [0.0, 0.25, 0.5, 0.75, 0.9]
+    assert units[-1][1] == {"units": range(18)}

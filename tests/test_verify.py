@@ -84,8 +84,12 @@ def test_summary_renders_speed_ratios_tests_sanitizer_and_earned_rows():
                           "counts": {"passed": 50, "skipped": 2}}],
                "sanitize": [{"tool": "memcheck", "status": "PASS", "errors": 0, "warnings": 0, "seconds": 20.0,
                              "cases": [{"id": "cuda fp32 tiny", "status": "PASS"}]}]}
+    bench_rows += [{"case": "fastrnns T=100", "mode": "frozen_gates", "provider": "rnnfast/cuda", "frozen": f,
+                    "status": "ok", "median_ms": 3.0 - 2 * f, "ratio": 1 - 2 * f / 3} for f in (0, 0.75)]
     earned = [evidence.Earned("cuda", "NVIDIA H200", "bf16", "bench/results/nvidia-h200/verify")]
     text = summary.render(env, stage_rows, results, earned, 480)
+    assert "| fastrnns T=100 | frozen_gates | rnnfast/cuda | 1.00x | 0.50x |" in text
+    assert "fastrnns T=100 | frozen_gates | 3.000" not in text  # not in the cuDNN ratio table
     assert "| total | budget 480 s | 32.0 |" in text
     assert "| case | mode | cuDNN ms | rnnfast/cuda | flashrnn |" in text
     assert "| sweep T=256 | fwd | 2.500 | 0.80x | not installed |" in text
@@ -266,6 +270,12 @@ def test_earned_rows_need_every_parity_case_and_a_win_in_every_timed_row():
     earned = evidence.earned_rows("NVIDIA H200", smoke, bench, "bench/results/nvidia-h200/verify")
     assert earned == [evidence.Earned("cuda", "NVIDIA H200", "bf16", "bench/results/nvidia-h200/verify")]
     assert evidence.earned_rows("NVIDIA H200", smoke[:2], [], "x") == []  # no timing, no row
+    # Frozen-rows rows compare the backend with itself: they neither earn nor block a row.
+    frozen = [{"provider": "rnnfast/cuda", "dtype": dtype, "mode": "frozen_units", "frozen": 0.5,
+               "status": "ok", "ratio": ratio} for dtype, ratio in (("bf16", 1.3), ("fp16", 0.4))]
+    assert evidence.earned_rows("NVIDIA H200", smoke, bench + frozen, "x") == \
+        [evidence.Earned("cuda", "NVIDIA H200", "bf16", "x")]
+    assert evidence.earned_rows("NVIDIA H200", smoke[:2], frozen, "x") == []
 
 
 def test_auto_picks_a_gpu_backend_only_where_a_row_earned_it(monkeypatch):

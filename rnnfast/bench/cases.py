@@ -21,6 +21,10 @@ MODES = {
     "bwd": "backward only (forward run untimed before each repeat)",
     "frozen_layers": "forward + backward, all layers but the top one frozen, input needs no grad",
     "bias_only": "forward + backward, only the biases train, input needs no grad",
+    "frozen_gates": "backward only (input needs no grad) with 0-3 of the 4 gates frozen in every "
+                    "layer, against the same provider with nothing frozen; and the weight-gradient "
+                    "products alone",
+    "frozen_units": "as frozen_gates, with 0/25/50/75/90% of the hidden units frozen",
     "memory": "peak memory of a training step (CUDA: max_memory_allocated; CPU: saved-tensor bytes)",
 }
 TIME_MODES = tuple(m for m in MODES if m != "memory")
@@ -64,6 +68,8 @@ def check_modes(modes, layers: int) -> None:
 
 
 SINGLE_LAYER_MODES = ("fwd", "fwdbwd", "bwd", "memory")
+# The classic size also shows what freezing gate rows saves (frozen.py).
+FASTRNNS_MODES = SINGLE_LAYER_MODES + ("frozen_gates", "frozen_units")
 FINETUNE_MODES = ("fwdbwd", "frozen_layers", "bias_only", "memory")
 SWEEP_MODES = ("fwd", "fwdbwd")
 GROUPS = ("fastrnns", "flashrnn-dense", "sweep", "finetune")
@@ -83,7 +89,7 @@ def standard_cases(device: torch.device, dtypes=None, groups=None) -> list[Case]
         if gpu:
             shapes = {
                 # PyTorch's fastrnns default.
-                "fastrnns": [(100, 64, 512, 512, 1, SINGLE_LAYER_MODES)],
+                "fastrnns": [(100, 64, 512, 512, 1, FASTRNNS_MODES)],
                 # FlashRNN's dense case (their paper: cuDNN fp16 2.01 / 5.19 ms on an H100).
                 "flashrnn-dense": [(1024, 16, 768, 768, 1, SINGLE_LAYER_MODES)],
                 "sweep": [(T, B, H, H, 1, SWEEP_MODES)
@@ -93,7 +99,7 @@ def standard_cases(device: torch.device, dtypes=None, groups=None) -> list[Case]
             }
         else:
             shapes = {
-                "fastrnns": [(50, 32, 256, 256, 1, SINGLE_LAYER_MODES)],
+                "fastrnns": [(50, 32, 256, 256, 1, FASTRNNS_MODES)],
                 "flashrnn-dense": [(256, 4, 128, 128, 1, SINGLE_LAYER_MODES)],
                 "sweep": [(T, B, H, H, 1, SWEEP_MODES)
                           for T in (32, 128) for H in (64, 256) for B in (1, 8, 32)],

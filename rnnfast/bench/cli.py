@@ -99,7 +99,7 @@ def run(args, argv=None) -> int:
         for p in ps:
             if p.skip:
                 print(f"  {p.name:<18} ({dt}) {p.skip}")
-    total = sum(len(c.modes) * len(provider_lists[c.dtype]) for c in suite)
+    total = sum(runner.run_count(c, provider_lists[c.dtype]) for c in suite)
     progress = Progress(total)
     rows = []
     try:

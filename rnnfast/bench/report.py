@@ -103,6 +103,8 @@ def table(rows, device: torch.device) -> str:
         lines.append(f"\n{case} | {mode}")
         for r in rs:
             name = baseline_label(device) if r["provider"] == BASELINE else r["provider"]
+            if "frozen" in r:
+                name += f", {r['frozen']:.0%} frozen"
             if r["status"] != "ok" or ("median_ms" not in r and "peak_bytes" not in r):
                 status = r["status"] if len(r["status"]) <= 90 else r["status"][:87] + "..."
                 lines.append(f"  {name:<22} {status}")
@@ -110,14 +112,15 @@ def table(rows, device: torch.device) -> str:
             ratio = f"{r['ratio']:6.2f}x" if r.get("ratio") is not None else "     - "
             floor = (f"  {100 * r['fraction_of_floor']:5.1f}% of {r['bound']} floor"
                      if r.get("fraction_of_floor") is not None else "")
-            diff = f"  check {r['max_rel_diff']:.1e}" if r["provider"] != BASELINE else ""
+            diff = f"  check {r['max_rel_diff']:.1e}" if r.get("max_rel_diff") is not None else ""
             lines.append(f"  {name:<22} {_fmt_value(r)} {ratio}{floor}{diff}")
-    lines.append("\nratio: time (memory: bytes) relative to nn.LSTM in the same run, lower is better; "
+    lines.append("\nratio: time (memory: bytes) relative to nn.LSTM in the same run, lower is better "
+                 "(frozen_gates/frozen_units: relative to the same provider with nothing frozen); "
                  "[q1-q3] quartiles of the repeats")
     return "\n".join(lines)
 
 
-CSV_FIELDS = ["case", "group", "T", "B", "I", "H", "layers", "dtype", "mode", "provider", "status",
+CSV_FIELDS = ["case", "group", "T", "B", "I", "H", "layers", "dtype", "mode", "provider", "frozen", "status",
               "median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "repeats", "ratio", "peak_bytes",
               "max_rel_diff", "tolerance", "flop", "bytes", "steps", "floor_ms", "bound",
               "fraction_of_floor"]
@@ -180,8 +183,9 @@ def _plots(folder: Path, rows, env) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    written += _frozen_plots(folder, timed, env)
     # Speed-up over nn.LSTM per case, one figure per mode.
-    for mode in dict.fromkeys(r["mode"] for r in timed):
+    for mode in dict.fromkeys(r["mode"] for r in timed if "frozen" not in r):
         rs = [r for r in timed if r["mode"] == mode and r["provider"] != BASELINE and r.get("ratio")]
         if not rs:
             continue
@@ -201,6 +205,39 @@ def _plots(folder: Path, rows, env) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / f"speedup_{mode}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _frozen_plots(folder: Path, timed, env) -> list[Path]:
+    """frozen_gates/frozen_units: time relative to nothing frozen against the frozen
+    fraction, per provider, beside the ideal (the trainable fraction)."""
+    import matplotlib.pyplot as plt
+
+    written = []
+    scaling = [r for r in timed if "frozen" in r and r["provider"] != BASELINE]
+    for case in dict.fromkeys(r["case"] for r in scaling):
+        modes = list(dict.fromkeys(r["mode"] for r in scaling if r["case"] == case))
+        fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
+        for ax, mode in zip(axes[0], modes):
+            rs = [r for r in scaling if r["case"] == case and r["mode"] == mode]
+            for provider in dict.fromkeys(r["provider"] for r in rs):
+                pts = sorted((r["frozen"], r["ratio"]) for r in rs if r["provider"] == provider)
+                ax.plot(*zip(*pts), marker="o", label=provider)
+            fractions = sorted({r["frozen"] for r in rs})
+            ax.plot(fractions, [1 - f for f in fractions], "k--", linewidth=0.8,
+                    label="ideal: trainable fraction")
+            ax.set_xlabel("frozen fraction of the gate rows")
+            ax.set_ylabel("time / time with nothing frozen")
+            ax.set_ylim(0, max(1.15, 1.05 * max(r["ratio"] for r in rs)))
+            ax.set_title(mode)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{env['device']} — {case}")
+        fig.tight_layout()
+        path = folder / f"frozen_{''.join(ch if ch.isalnum() else '_' for ch in case)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

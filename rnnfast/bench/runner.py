@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .cases import Case
+from .frozen import SCALING_MODES, run_count as scaling_run_count, run_scaling
 from .providers import BASELINE, Provider
 
 ROTATE = 3
@@ -97,11 +98,13 @@ def set_trainable(model: nn.Module, mode: str, layers: int) -> None:
 
 def make_step(model: nn.Module, mode: str, xs, gouts, device: torch.device):
     """(prepare, timed) callables for one repeat of `mode`; prepare runs untimed before
-    timed (zeroing gradients, and the forward pass for mode 'bwd'). Each call moves to
-    the next rotated input."""
+    timed (zeroing gradients, and the forward pass for the backward-only modes: 'bwd',
+    and the frozen-rows modes, whose input needs no gradient). Each call moves to the
+    next rotated input."""
     counter = iter(range(1 << 62))
     state = {}
     x_needs_grad = mode in ("fwdbwd", "bwd", "memory")
+    backward_only = mode == "bwd" or mode in SCALING_MODES
     xs = [x.detach().requires_grad_(x_needs_grad) for x in xs]
 
     def prepare():
@@ -109,14 +112,14 @@ def make_step(model: nn.Module, mode: str, xs, gouts, device: torch.device):
         model.zero_grad(set_to_none=True)
         xs[k].grad = None
         state["x"], state["g"] = xs[k], gouts[k]
-        if mode == "bwd":
+        if backward_only:
             state["out"] = model(state["x"])[0]
 
     if mode == "fwd":
         def timed():
             with torch.no_grad():
                 model(state["x"])
-    elif mode == "bwd":
+    elif backward_only:
         def timed():
             state.pop("out").backward(state["g"])
     else:
@@ -188,6 +191,12 @@ def peak_memory(model: nn.Module, xs, gouts, device: torch.device) -> int:
     return int(saved)
 
 
+def run_count(case: Case, providers: list[Provider]) -> int:
+    """How many rows (progress steps) run_case makes."""
+    return sum(scaling_run_count(m, case.H, providers) if m in SCALING_MODES else len(providers)
+               for m in case.modes)
+
+
 def run_case(case: Case, providers: list[Provider], device: torch.device, repeats: int,
              warmup: int, floors: Optional[Callable] = None, progress=None) -> list[dict]:
     """One row per (mode, provider) of the case, the baseline's rows included.
@@ -212,6 +221,13 @@ def run_case(case: Case, providers: list[Provider], device: torch.device, repeat
             if progress is not None:
                 progress.write(f"{p.name} on {case.name}:\n{traceback.format_exc()}")
     for mode in case.modes:
+        if mode in SCALING_MODES:
+            base_row = {"case": case.name, **{k: v for k, v in case.as_dict().items()
+                                              if k not in ("name", "modes")},
+                        "mode": mode, "tolerance": tol}
+            rows += run_scaling(case, mode, built, device, repeats, warmup, xs, gouts, base_row,
+                                progress)
+            continue
         base_value = None
         for p in providers:
             if progress is not None:

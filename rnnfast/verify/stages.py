@@ -65,11 +65,13 @@ GPU_TEST_FILES = ("tests/test_cuda_backend.py", "tests/test_triton.py",
 
 # DESIGN.md §8's cases as the issue asks for them, each forward and forward+backward
 # (the fine-tune case: a training step with all layers trainable and with the lower two
-# frozen). fp32 runs twice: TF32 off for cuDNN too (the fair comparison: rnnfast's fp32
-# kernels never use TF32) and on (what nn.LSTM does by default).
+# frozen; fastrnns fp32 also with gate rows frozen, rnnfast/bench/frozen.py). fp32 runs
+# twice: TF32 off for cuDNN too (the fair comparison: rnnfast's fp32 kernels never use
+# TF32) and on (what nn.LSTM does by default).
 BENCH_CASES = (
     (bench_cases.Case("flashrnn-dense", 1024, 16, 768, 768, 1, "fp16", ("fwd", "fwdbwd")), False),
-    (bench_cases.Case("fastrnns", 100, 64, 512, 512, 1, "fp32", ("fwd", "fwdbwd")), False),
+    (bench_cases.Case("fastrnns", 100, 64, 512, 512, 1, "fp32",
+                      ("fwd", "fwdbwd", "frozen_gates", "frozen_units")), False),
     (bench_cases.Case("fastrnns-tf32", 100, 64, 512, 512, 1, "fp32", ("fwd", "fwdbwd")), True),
     (bench_cases.Case("sweep", 256, 256, 1024, 1024, 1, "bf16", ("fwd", "fwdbwd")), False),
     (bench_cases.Case("finetune", 70, 64, 400, 1152, 3, "bf16", ("fwdbwd", "frozen_layers")), False),

@@ -83,6 +83,7 @@ def _ratio_cell(row: dict) -> str:
 def ratio_table(rows: list[dict]) -> list[str]:
     """One row per case and mode: cuDNN's median time, then every provider's time as a
     ratio to it (below 1 is faster) or why it has none."""
+    rows = [r for r in rows if "frozen" not in r]  # frozen_table's rows
     if not rows:
         return []
     providers = [p for p in dict.fromkeys(r["provider"] for r in rows) if p != BASELINE]
@@ -97,6 +98,22 @@ def ratio_table(rows: list[dict]) -> list[str]:
         table.append([case, mode, base_cell, *(_ratio_cell(block[p]) if p in block else "" for p in providers)])
     return ["## Speed: time as a ratio to cuDNN in the same run (below 1 is faster)", "",
             *_table(["case", "mode", "cuDNN ms", *providers], table)]
+
+
+def frozen_table(rows: list[dict]) -> list[str]:
+    """Modes frozen_gates/frozen_units: each provider's backward time with a fraction of
+    the gate rows frozen, as a ratio to the same provider with nothing frozen."""
+    rows = [r for r in rows if "frozen" in r and r["provider"] != BASELINE]
+    if not rows:
+        return []
+    fractions = sorted({r["frozen"] for r in rows})
+    table = []
+    for case, mode, provider in dict.fromkeys((r["case"], r["mode"], r["provider"]) for r in rows):
+        cells = {r["frozen"]: _ratio_cell(r) for r in rows
+                 if (r["case"], r["mode"], r["provider"]) == (case, mode, provider)}
+        table.append([case, mode, provider, *(cells.get(f, "") for f in fractions)])
+    return ["## Freezing gate rows: backward time over the same provider's with nothing frozen", "",
+            *_table(["case", "mode", "provider", *(f"{f:.0%} frozen" for f in fractions)], table)]
 
 
 def earned_section(earned: list[Earned], gpu: bool) -> list[str]:
@@ -123,7 +140,7 @@ def render(env: dict, stages: list[dict], results: dict, earned: list[Earned], b
              *stage_table(stages, budget_s)]
     for section in (parity_table(results.get("smoke", [])), tests_table(results.get("tests", [])),
                     sanitize_table(results.get("sanitize", [])), ratio_table(results.get("bench_rows", [])),
-                    earned_section(earned, bool(gpu))):
+                    frozen_table(results.get("bench_rows", [])), earned_section(earned, bool(gpu))):
         if section:
             lines += ["", *section]
     return "\n".join(lines) + "\n"
