@@ -262,7 +262,50 @@ def test_demo_tiny_budget_end_to_end_writes_its_files(tmp_path):
         assert f"]({png})" in md
 
 
+@needs_data
+def test_demo_target_with_auto_sources_ranks_every_other_set_and_reports_the_choice(tmp_path):
+    out = tmp_path / "results"
+    run = _demo(tmp_path, "--budget", "tiny", "--seeds", "2", "--quiet", "--device", "cpu", "--tasks",
+                "timeseries", "--target", "ArrowHead", "--sources", "auto:2", "--strategies",
+                "scratch,finetune", "--no-torch-compare", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = json.loads((out / "results.json").read_text())
+    ranking = saved["info"]["source_ranking"]
+    assert ranking["target"] == "ArrowHead" and ranking["sources"] == "auto:2"
+    names = [r["source"] for r in ranking["ranking"]]
+    assert "ArrowHead" not in names and len(names) == len(set(names)) >= 2
+    assert [r["chosen"] for r in ranking["ranking"]][:3] == [True, True, False]
+    distances = [r["distance"] for r in ranking["ranking"]]
+    assert distances == sorted(distances)
+    assert {h["setting"] for h in saved["headlines"]} == {f"{n}->ArrowHead" for n in names[:2]}
+    md = (out / "report.md").read_text()
+    assert "## Source choice" in md and f"| 1 | {names[0]} |" in md
+    assert "Sources for ArrowHead (--sources auto:2)" in run.stdout
+
+
+@needs_data
+def test_source_ranking_reads_only_the_targets_training_rows(monkeypatch):
+    """The target's test split is never looked at to choose a source."""
+    from rnnfast.demo import timeseries
+    seen, original = {}, timeseries.transfer.rank_sources
+
+    def rank(target, candidates, length=64):
+        seen["target_rows"] = target[0].shape[0]
+        return original(target, candidates, length)
+
+    monkeypatch.setattr(timeseries.transfer, "rank_sources", rank)
+    sources, ranking = timeseries.choose_sources("ArrowHead", "auto")
+    assert seen["target_rows"] == 36 and len(sources) == 1   # ArrowHead: 36 train, 175 test rows
+    # The demo's headline pair is the one the ranking picks (measured: 22.9 against 24.8).
+    assert sources == ["ItalyPowerDemand"] and ranking[0]["source"] == "ItalyPowerDemand"
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--target", "ArrowHead", "--pairs", "GunPoint->ArrowHead"], "give either --pairs or --target"),
+    (["--sources", "auto"], "--sources chooses the sources of --target"),
+    (["--target", "ArrowHead", "--sources", "auto:0"], "auto takes a positive count as auto:K"),
+    (["--target", "ArrowHead", "--sources", "ArrowHead"], "other than the target 'ArrowHead'"),
+    (["--target", "ArowHead"], "no time-series set 'ArowHead'"),
     (["--tasks", "video"], "--tasks must be a comma-separated subset of"),
     (["--strategies", "magic"], "--strategies must be a comma-separated subset of"),
     (["--fractions", "0,0.5"], "--fractions must be numbers in (0, 1]"),

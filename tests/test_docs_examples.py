@@ -19,7 +19,7 @@ def test_readme_quick_example_runs(capsys):
 
 def test_transfer_guide_snippets_run(tmp_path, monkeypatch, capsys):
     blocks = PYTHON_BLOCK.findall((REPO / "docs" / "transfer.md").read_text(encoding="utf-8"))
-    assert len(blocks) == 10  # setup + one per strategy (bias-only and LoRA apart)
+    assert len(blocks) == 11  # setup + one per strategy (bias-only and LoRA apart)
     monkeypatch.chdir(tmp_path)  # whatever a snippet writes lands in a temporary folder
     namespace = {"__name__": "readme"}
     for number, block in enumerate(blocks):

@@ -43,9 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tiny: seconds (smoke test); default: 8-18 min on a 2-core CPU (it prints "
                         "its estimate first); full: more seeds, data and epochs")
     p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (default: the budget's)")
-    p.add_argument("--pairs", default=",".join(timeseries.DEFAULT_PAIRS),
+    p.add_argument("--pairs", default=None,
                    help="time-series 'Source->Target' (or 'Source → Target') pairs of UCR/UEA "
-                        "classification sets: those shipped in aeon, or under --data-root")
+                        "classification sets: those shipped in aeon, or under --data-root "
+                        f"(default: {','.join(timeseries.DEFAULT_PAIRS)})")
+    p.add_argument("--target", default=None,
+                   help="instead of --pairs: one time-series target set, with sources from --sources")
+    p.add_argument("--sources", default=None,
+                   help="with --target: auto (default: the nearest set by DTW between class "
+                        "prototypes, rnnfast.transfer.rank_sources), auto:K (the K nearest) or set names")
     p.add_argument("--strategies", default=",".join(timeseries.STRATEGIES),
                    help=f"time-series strategies, from {tuple(timeseries.STRATEGIES)}")
     p.add_argument("--methods", default=",".join(sentiment.METHODS),
@@ -117,7 +123,19 @@ def run(args, argv) -> int:
         tasks = _choices(args.tasks, TASKS, "tasks")
         strategies = _choices(args.strategies, timeseries.STRATEGIES, "strategies")
         methods = _choices(args.methods, sentiment.METHODS, "methods")
-        pairs = ["->".join(timeseries.parse_pair(pair)) for pair in _list(args.pairs)]
+        if args.target is not None and args.pairs is not None:
+            raise ValueError("give either --pairs or --target (with --sources), not both")
+        if args.target is None and args.sources is not None:
+            raise ValueError("--sources chooses the sources of --target; give --target NAME too")
+        ranking = []
+        if args.target is not None:
+            data.check_ucr_names([args.target], args.data_root)
+            sources, ranking = timeseries.choose_sources(args.target, args.sources or "auto",
+                                                         args.data_root)
+            pairs = [f"{source}->{args.target}" for source in sources]
+        else:
+            pairs = ["->".join(timeseries.parse_pair(pair))
+                     for pair in _list(args.pairs if args.pairs is not None else ",".join(timeseries.DEFAULT_PAIRS))]
         if "timeseries" in tasks:
             if not pairs:
                 raise ValueError("--pairs is empty")
@@ -142,6 +160,9 @@ def run(args, argv) -> int:
     print(line, file=sys.stderr, flush=True)
     progress = Progress(len(weights), quiet=args.quiet, weights=weights)
     results, info = [], {"expected_s": sum(weights)}
+    if ranking:
+        info["source_ranking"] = {"target": args.target, "sources": args.sources or "auto",
+                                  "ranking": ranking}
     start = time.perf_counter()
     try:
         if "timeseries" in tasks:
@@ -172,5 +193,7 @@ def run(args, argv) -> int:
     print("headline (scratch vs best transfer):")
     for line in report.headline_lines(heads):
         print(f"  {line}")
+    if ranking:
+        print(f"\n{report.ranking_table(info['source_ranking'], heads)}")
     print("\nwritten: " + ", ".join(str(p) for p in paths))
     return 0

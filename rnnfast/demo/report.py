@@ -116,6 +116,27 @@ def headline_lines(heads: list) -> list:
     return lines
 
 
+def ranking_table(ranking: dict, heads: list) -> str:
+    """--target with --sources auto: every candidate by DTW distance, which were chosen,
+    and for those whether their best transfer beat scratch on the target."""
+    by_pair = {h["setting"]: h for h in heads}
+    lines = [f"Sources for {ranking['target']} (--sources {ranking['sources']}), nearest first "
+             "(mean DTW distance from each target class prototype to the nearest source one):", "",
+             "| rank | source | DTW distance | chosen | best transfer vs scratch |", "|---|---|---|---|---|"]
+    for rank, row in enumerate(ranking["ranking"], 1):
+        head = by_pair.get(f"{row['source']}->{ranking['target']}")
+        outcome = ""
+        if head is not None:
+            beat = ("beat scratch beyond the seed spread" if head["beyond_spread"] else
+                    "did not beat scratch" if head["gain"] <= 0 else
+                    "ahead, but not beyond the seed spread" if head["beyond_spread"] is False else
+                    "ahead (one seed)")
+            outcome = f"{head['best']} {100 * head['gain']:+.1f} pts: {beat}"
+        lines.append(f"| {rank} | {row['source']} | {row['distance']:.2f} | "
+                     f"{'yes' if row['chosen'] else ''} | {outcome} |")
+    return "\n".join(lines)
+
+
 def markdown(env: dict, config: dict, rows: list, heads: list, info: dict, descriptions: dict,
              plots: list) -> str:
     parts = ["# rnnfast demo: transfer learning on real offline data", "",
@@ -124,6 +145,8 @@ def markdown(env: dict, config: dict, rows: list, heads: list, info: dict, descr
              f"- command: `{env['command']}`", f"- finished: {env['time']}, total {info['total_s']:.0f} s",
              "", "## Headline (scratch vs the best transfer strategy, rnnfast runs)", ""]
     parts += [f"- {line}" for line in headline_lines(heads)] or ["- (no scratch baseline in this run)"]
+    if "source_ranking" in info:
+        parts += ["", "## Source choice", "", ranking_table(info["source_ranking"], heads)]
     for task, table in tables(rows).items():
         parts += ["", f"## {task}", "", table]
     parts += ["", "## Strategies", ""]

@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import transfer
 from ..modules import LSTM
-from .data import SeriesDataset, SeriesSplit, load_ucr, ucr_sizes
+from .data import SeriesDataset, SeriesSplit, check_ucr_names, load_ucr, ucr_sets, ucr_sizes
 from ..progress import Progress
 from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, majority_rate,
                     seeded, step_seconds, trainable_params, use_torch_lstm)
@@ -219,6 +219,45 @@ def run(pairs, strategies, seeds, config: SeriesConfig, device: torch.device, pr
                 results.append(result)
                 progress.finish(f"acc {result.accuracy:.2f}")
     return results, sources
+
+
+RANK_STEPS = 64  # series length the source ranking compares at (the model's 32 loses shape)
+
+
+def choose_sources(target: str, spec: str, data_root: Optional[str] = None) -> tuple:
+    """The sources to transfer into `target` from `spec`: "auto" (the nearest set),
+    "auto:K" (the K nearest) or comma-separated names; nearness by
+    transfer.rank_sources over every other classification set in the folder (aeon's
+    copy by default), measured on the target's training rows only. Returns (sources,
+    ranking rows {"source", "distance", "chosen"}, nearest first; empty for names)."""
+    spec = spec.strip()
+    if not spec.startswith("auto"):
+        names = [name.strip() for name in spec.split(",") if name.strip()]
+        if not names or target in names:
+            raise ValueError(f"--sources must be auto, auto:K or source set names other than the "
+                             f"target {target!r}, got {spec!r}")
+        check_ucr_names(names, data_root)
+        return names, []
+    count = 1
+    if spec != "auto":
+        head, _, k = spec.partition(":")
+        if head != "auto" or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"--sources auto takes a positive count as auto:K, got {spec!r}")
+        count = int(k)
+    candidates = [name for name in ucr_sets(data_root) if name != target]
+    if count > len(candidates):
+        raise ValueError(f"--sources {spec}: only {len(candidates)} other classification sets to rank")
+    cpu = torch.device("cpu")
+    goal = prepare(load_ucr(target, data_root), RANK_STEPS, cpu)
+    pools = {}
+    for name in candidates:  # a source's rows are all usable: train and test pooled
+        prepared = prepare(load_ucr(name, data_root), RANK_STEPS, cpu)
+        pools[name] = (torch.cat([prepared.x_train, prepared.x_test]),
+                       torch.cat([prepared.y_train, prepared.y_test]))
+    ranking = transfer.rank_sources((goal.x_train, goal.y_train), pools, length=RANK_STEPS)
+    chosen = [r.name for r in ranking[:count]]
+    return chosen, [{"source": r.name, "distance": r.distance, "chosen": r.name in chosen}
+                    for r in ranking]
 
 
 def planned_work(pairs, strategies, seeds, config: SeriesConfig, compare_torch: bool = True,

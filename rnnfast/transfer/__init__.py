@@ -16,6 +16,7 @@ Pick by target data size and domain distance (docs/transfer.md has the guide):
     bias_only                       bias-only fine-tuning
     add_lora, merge_lora, unmerge_lora, remove_lora
                                     LoRA adapters on W_ih / W_hh (base frozen)
+    rank_sources                    which time-series source set to transfer from (DTW)
 """
 from .adversarial import (DANN, DANNLosses, DomainClassifier, GradientReversal, GradientReversalLayer,
                           dann_lambda, dann_learning_rate, dann_losses, dann_step, grad_reverse)
@@ -29,6 +30,7 @@ from .init import Entry, RemapStats, TransferReport, init_from, load_source, rem
 from .layers import find_embeddings, find_lstms, freeze_parts, unfreeze_parts
 from .lora import add_lora, lora_parameters, merge_lora, remove_lora, unmerge_lora
 from .multitask import MultiTaskModel, TaskSampler, multitask_loss, multitask_step
+from .similarity import RankedSource, class_prototypes, dtw, rank_sources
 from .schedules import (GradualUnfreezer, LayerGroup, SlantedTriangularLR, discriminative_lrs,
                         discriminative_param_groups, layer_groups, slanted_triangular)
 
@@ -56,4 +58,6 @@ __all__ = [
     # 8. parameter-efficient
     "bias_only", "is_bias", "add_lora", "merge_lora", "unmerge_lora", "remove_lora",
     "lora_parameters",
+    # choosing a source
+    "rank_sources", "RankedSource", "class_prototypes", "dtw",
 ]
