@@ -298,6 +298,8 @@ def test_source_ranking_reads_only_the_targets_training_rows(monkeypatch):
     assert seen["target_rows"] == 36 and len(sources) == 1   # ArrowHead: 36 train, 175 test rows
     # The demo's headline pair is the one the ranking picks (measured: 22.9 against 24.8).
     assert sources == ["ItalyPowerDemand"] and ranking[0]["source"] == "ItalyPowerDemand"
+    # Beyond the headline pair: the multivariate BasicMotions finds the demo's third source.
+    assert timeseries.choose_sources("BasicMotions", "auto")[0] == ["JapaneseVowels"]
 
 
 @pytest.mark.parametrize("args, message", [
