@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 
 #include <optional>
+#include <stdexcept>
 #include <string>
 
 #include "lstm_kernels.h"
@@ -47,6 +48,24 @@ P* ptr_or_null(const OptTensor& t, const char* name, const at::Device& device,
 
 void raise_on_error(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "rnnfast._C: ", what, " failed: ", cudaGetErrorString(err));
+}
+
+// A cooperative launch the device declined before anything ran: more blocks than can be
+// co-resident right now (MPS, a green context, another kernel holding SMs), or such
+// launches not permitted here. Nothing was written, so the caller may run the layer
+// another way; Python sees rnnfast._C.LaunchRefused (a RuntimeError).
+struct LaunchRefused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+void raise_on_launch_error(cudaError_t err, const char* what) {
+  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported ||
+      err == cudaErrorNotPermitted || err == cudaErrorLaunchOutOfResources) {
+    (void)cudaGetLastError();  // not sticky: clear it so later torch calls do not see it
+    throw LaunchRefused(std::string("rnnfast._C: ") + what + " was refused: " +
+                        cudaGetErrorString(err));
+  }
+  raise_on_error(err, what);
 }
 
 void forward(const Tensor& xg,            // [N, 4H] io
@@ -104,8 +123,8 @@ void forward(const Tensor& xg,            // [N, 4H] io
                   (a.w_hr == nullptr || (proj_cols >= 1 && blocks * proj_cols >= P)),
               "rnnfast._C.forward: the plan does not cover every unit and column");
   if (N == 0 || steps == 0) return;
-  raise_on_error(rnnfast::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()),
-                 "cooperative launch of the forward kernel");
+  raise_on_launch_error(rnnfast::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()),
+                        "cooperative launch of the forward kernel");
 }
 
 void backward(const OptTensor& dy,        // [N, P] io
@@ -169,8 +188,8 @@ void backward(const OptTensor& dy,        // [N, P] io
                   blocks * proj_cols >= P,
               "rnnfast._C.backward: the plan does not cover every unit and column");
   if (N == 0 || steps == 0) return;
-  raise_on_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
-                 "cooperative launch of the backward kernel");
+  raise_on_launch_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
+                        "cooperative launch of the backward kernel");
 }
 
 // What the plan needs to know about a device: SMs, opt-in shared memory per block,
@@ -193,6 +212,7 @@ pybind11::tuple device_limits(int64_t index) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnfast CUDA C++ kernels (see csrc/README.md)";
+  pybind11::register_exception<LaunchRefused>(m, "LaunchRefused", PyExc_RuntimeError);
   m.def("forward", &forward, "LSTM forward recurrence (persistent cooperative kernel)");
   m.def("backward", &backward, "LSTM backward recurrence (persistent cooperative kernel)");
   m.def("device_limits", &device_limits,

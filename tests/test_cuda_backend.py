@@ -160,6 +160,50 @@ def test_layer_too_large_falls_back_to_reference_with_one_warning(monkeypatch):
     _assert_same(again, expected, dict(atol=0, rtol=0))
 
 
+class _RefusingExtension:
+    """rnnfast._C on a GPU that declines every cooperative launch (as under MPS with
+    too few SMs, or beside a kernel holding them): the binding raises LaunchRefused."""
+
+    class LaunchRefused(RuntimeError):
+        pass
+
+    calls = 0
+
+    def device_limits(self, index):
+        return (SMS, SMEM, True, 9)
+
+    def _refuse(self, kind):
+        _RefusingExtension.calls += 1
+        raise self.LaunchRefused(f"rnnfast._C: cooperative launch of the {kind} kernel was "
+                                 "refused: too many blocks in cooperative launch")
+
+    def forward(self, *args):
+        self._refuse("forward")
+
+    def backward(self, *args):
+        self._refuse("backward")
+
+
+def test_a_refused_cooperative_launch_falls_back_to_reference_with_one_warning(monkeypatch):
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd
+    fake = _RefusingExtension()
+    for module in (cuda_backend, cuda_fwd, cuda_bwd):
+        monkeypatch.setattr(module, "_C", fake)
+    monkeypatch.setattr(cuda_backend, "_limits", {})
+    monkeypatch.setattr(cuda_backend, "_warned", set())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    args = _layer(5, 3, 4, 6, proj=0, lengths=[5, 3, 2], device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match="forward kernel was refused.*using the reference"):
+        got = _run(cuda_fwd.forward, cuda_bwd.backward, args, False)
+    assert fake.calls == 2  # both kernels were tried, then the reference ran each
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # each reason said once only
+        again = _run(cuda_fwd.forward, cuda_bwd.backward, args, False)
+    expected = _run(reference.forward, reference.backward, args, False)
+    _assert_same(got, expected, dict(atol=0, rtol=0))
+    _assert_same(again, expected, dict(atol=0, rtol=0))
+
+
 # ---------------------------------------------------------------------------------
 # The kernels on a GPU.
 

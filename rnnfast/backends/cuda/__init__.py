@@ -79,7 +79,8 @@ def plan_for(kind: str, device: torch.device, dtype: torch.dtype, hidden: int, o
 
 
 def fallback(reason: str):
-    """The backend that runs a call these kernels cannot; warns once per reason."""
+    """The backend that runs a call these kernels cannot (a layer too large for the
+    chip, or a cooperative launch the GPU refused); warns once per reason."""
     from .. import _REGISTRY
     if reason not in _warned:
         _warned.add(reason)

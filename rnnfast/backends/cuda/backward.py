@@ -53,11 +53,16 @@ def backward(
     dgates = gates.new_empty(rows, 4 * hidden_size)
     dy_total = gates.new_empty(rows, out_size) if needs[7] else None
     offsets, sizes = step_tables(steps, gates.device)
-    _C.backward(dy.reshape(rows, out_size).contiguous() if dy is not None else None,
-                gates.contiguous(), cells.contiguous(), c0.to(acc).contiguous(),
-                w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
-                dh_state, dc_state, dh0, dc0, dgates, dy_total, offsets, sizes, len(steps),
-                reverse, plan.blocks, plan.units, plan.proj_cols)
+    try:
+        _C.backward(dy.reshape(rows, out_size).contiguous() if dy is not None else None,
+                    gates.contiguous(), cells.contiguous(), c0.to(acc).contiguous(),
+                    w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
+                    dh_state, dc_state, dh0, dc0, dgates, dy_total, offsets, sizes, len(steps),
+                    reverse, plan.blocks, plan.units, plan.proj_cols)
+    except _C.LaunchRefused as refusal:  # nothing ran: the saved tensors are untouched
+        return fallback(str(refusal)).backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
+                                               w_hr, y, gates, cells, hidden, reverse, needs,
+                                               frozen, x_shape)
     grads = parameter_and_input_grads(dgates, dh0, dc0, dy_total, x, h0, w_ih, y, hidden,
                                       steps, needs, frozen, x_shape, dtype)
     return grads, dgates

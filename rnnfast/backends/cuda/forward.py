@@ -46,9 +46,13 @@ def forward(
     hidden = x2d.new_empty(rows, hidden_size) if w_hr is not None else None
     bias = (b_ih.to(acc) + b_hh.to(acc)).contiguous() if b_ih is not None else None
     offsets, sizes = step_tables(steps, x.device)
-    _C.forward(xg, bias, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
-               h0.contiguous(), c_state, y, gates, cells, hidden, offsets, sizes, len(steps),
-               reverse, plan.blocks, plan.units, plan.proj_cols)
+    try:
+        _C.forward(xg, bias, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
+                   h0.contiguous(), c_state, y, gates, cells, hidden, offsets, sizes, len(steps),
+                   reverse, plan.blocks, plan.units, plan.proj_cols)
+    except _C.LaunchRefused as refusal:  # nothing ran: the inputs are untouched
+        return fallback(str(refusal)).forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                              reverse, save)
     empty = lambda: x2d.new_empty(0)  # one per slot: op outputs may not alias each other
     return (
         y.view(*x.shape[:-1], out_size),
