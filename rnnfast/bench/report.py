@@ -178,11 +178,7 @@ def _plots(folder: Path, rows, env) -> list[Path]:
             ax.grid(True, alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{env['device']} — sweep {mode} {dtype}")
-        fig.tight_layout()
-        path = folder / f"sweep_{mode}_{dtype}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, folder / f"sweep_{mode}_{dtype}.png"))
     written += _frozen_plots(folder, timed, env)
     # Speed-up over nn.LSTM per case, one figure per mode.
     for mode in dict.fromkeys(r["mode"] for r in timed if "frozen" not in r):
@@ -203,12 +199,15 @@ def _plots(folder: Path, rows, env) -> list[Path]:
         ax.set_ylabel(f"speed-up over {env['baseline']}")
         ax.set_title(f"{env['device']} — {mode}")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / f"speedup_{mode}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, folder / f"speedup_{mode}.png"))
     return written
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _frozen_plots(folder: Path, timed, env) -> list[Path]:
@@ -236,9 +235,5 @@ def _frozen_plots(folder: Path, timed, env) -> list[Path]:
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(f"{env['device']} — {case}")
-        fig.tight_layout()
-        path = folder / f"frozen_{''.join(ch if ch.isalnum() else '_' for ch in case)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, folder / f"frozen_{''.join(ch if ch.isalnum() else '_' for ch in case)}.png"))
     return written
