@@ -220,6 +220,22 @@ def test_headline_compares_the_gain_with_the_seed_spread():
     assert "beyond the seed spread" in lines[0] and "NOT beyond the seed spread" in lines[1]
 
 
+def test_headline_criteria_count_the_wins_and_measure_label_efficiency():
+    def head(setting, task, scratch, best, beyond):
+        return {"setting": setting, "task": task, "scratch": scratch, "best": "glove",
+                "best_accuracy": best, "beyond_spread": beyond}
+    heads = [head("A->B", "timeseries", 0.5, 0.6, True), head("C->D", "timeseries", 0.5, 0.49, False),
+             head("t->r 10%", "text", 0.58, 0.711, True), head("t->r 100%", "text", 0.725, 0.8, True)]
+    lines = report.criteria_lines(heads)
+    assert lines[0] == ("best transfer beyond the seed spread over scratch: 3 of 4 settings "
+                        "(A->B, t->r 10%, t->r 100%)")
+    assert lines[1].endswith("against scratch with 100% (0.725): misses it by 1.4 pts")
+    heads[2]["best_accuracy"] = 0.73
+    assert report.criteria_lines(heads)[1].endswith("reaches it")
+    one_seed = [dict(h, beyond_spread=None) for h in heads[:2]]
+    assert report.criteria_lines(one_seed) == []
+
+
 # ------------------------------------------------------------------------ end to end
 
 def _demo(tmp_path, *args):
@@ -254,6 +270,7 @@ def test_demo_tiny_budget_end_to_end_writes_its_files(tmp_path):
     assert 1 / 3 <= pair_info["majority_test_accuracy"] < 1   # ArrowHead: 3 classes (chance line)
     md = (out / "report.md").read_text()
     assert "## timeseries" in md and "## text" in md and "![learning_curve](learning_curve.png)" in md
+    assert "## Headline criteria (measured)" in md and "of 3 settings" in md
     assert "threads (" not in md.split("\n")[2]                 # the machine is named once
     # the 5% text rows have no nn.LSTM run, and the report says why
     assert "| not run¹ |" in md and "at the largest label fraction only" in md

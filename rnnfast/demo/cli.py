@@ -193,6 +193,8 @@ def run(args, argv) -> int:
     print("headline (scratch vs best transfer):")
     for line in report.headline_lines(heads):
         print(f"  {line}")
+    for line in report.criteria_lines(heads):
+        print(f"  {line}")
     if ranking:
         print(f"\n{report.ranking_table(info['source_ranking'], heads)}")
     print("\nwritten: " + ", ".join(str(p) for p in paths))
