@@ -3,6 +3,13 @@ rnnfast._C, built from csrc/ with torch's extension machinery: pybind11 and ninj
 added only where a CUDA toolkit and a CUDA build of torch are importable at build time.
 A CPU-only install never attempts it and needs no torch to build.
 
+The C++ CPU kernels (csrc/cpu/, backend "cpu") are not built here: pip's build isolation
+(the README's install) hides torch's headers from this script, so
+rnnfast/backends/cpu/build.py compiles them with torch.utils.cpp_extension.load the
+first time a CPU layer runs (about 80 s once on a 2-core EPYC; cached in
+TORCH_EXTENSIONS_DIR, ~/.cache/torch_extensions by default). That needs the sources,
+so an editable install (-e); elsewhere the reference backend runs, as it says once.
+
 torch is not in pyproject's build requirements (a CPU install must stay light), so the
 CUDA build needs the installed torch visible to the build:
 

@@ -23,19 +23,23 @@ NEEDS = ("dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh", "dW_hr")
 
 @pytest.fixture
 def needs_spy(monkeypatch):
-    """Records, for every call of the reference backend's backward, which gradients it
-    was asked for: a list of {slot: bool} dicts (slots as in NEEDS)."""
+    """Records, for every call of a backend's backward (any registered one: "auto" runs
+    CPU layers on the C++ backend where it is built), which gradients it was asked
+    for: a list of {slot: bool} dicts (slots as in NEEDS)."""
     import dataclasses
     import inspect
     calls = []
-    original = backends._REGISTRY["reference"]
-    position = list(inspect.signature(original.backward).parameters).index("needs")
+    # Every backend takes the reference's arguments (most as *args), so its positions.
+    position = list(inspect.signature(backends.reference.backward).parameters).index("needs")
 
-    def backward(*args):
-        calls.append(dict(zip(NEEDS, args[position])))
-        return original.backward(*args)
+    def spy(original):
+        def backward(*args):
+            calls.append(dict(zip(NEEDS, args[position])))
+            return original.backward(*args)
+        return dataclasses.replace(original, backward=backward)
 
-    monkeypatch.setitem(backends._REGISTRY, "reference", dataclasses.replace(original, backward=backward))
+    for name, original in list(backends._REGISTRY.items()):
+        monkeypatch.setitem(backends._REGISTRY, name, spy(original))
     return calls
 
 

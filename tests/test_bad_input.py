@@ -240,7 +240,7 @@ def test_packed_data_wrong_rank(lstm):
 
 @pytest.mark.parametrize("cls", [rnnfast.LSTM, rnnfast.LSTMCell])
 def test_unknown_backend_name(cls):
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', 'triton', 'cuda'\), got 'fast'"):
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', 'triton', 'cuda', 'cpu'\), got 'fast'"):
         cls(I, H, backend="fast")
 
 

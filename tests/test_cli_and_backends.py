@@ -24,17 +24,20 @@ def test_cli_check_runs_and_reports_parity():
 
 
 def test_auto_picks_a_backend_that_supports_the_call():
-    assert backends.resolve("auto", torch.device("cpu"), torch.float32) == "reference"
+    # The C++ CPU backend where it is built (it is faster at every size measured).
+    on_cpu = "cpu" if backends.available_backends()["cpu"] is None else "reference"
+    assert backends.resolve("auto", torch.device("cpu"), torch.float32) == on_cpu
+    assert backends.resolve("auto", torch.device("cpu"), torch.bfloat16) == "reference"
     assert backends.resolve("reference", torch.device("cpu"), torch.bfloat16) == "reference"
 
 
 def test_unavailable_and_unknown_backends_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', 'triton', 'cuda'\), got 'fast'"):
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', 'triton', 'cuda', 'cpu'\), got 'fast'"):
         rnnfast.LSTM(3, 4, backend="fast")
     for name in [n for n, reason in rnnfast.available_backends().items() if reason is not None]:
         with pytest.raises(RuntimeError, match=f"rnnfast backend '{name}' is not available"):
             rnnfast.LSTM(3, 4, backend=name)
-    assert set(rnnfast.available_backends()) == {"reference", "triton", "cuda"}
+    assert set(rnnfast.available_backends()) == {"reference", "triton", "cuda", "cpu"}
 
 
 def test_unsupported_call_falls_back_once_with_a_warning(monkeypatch):
@@ -43,6 +46,7 @@ def test_unsupported_call_falls_back_once_with_a_warning(monkeypatch):
                                 unsupported_reason=lambda device, dtype: "float64 is not supported"
                                 if dtype == torch.float64 else None)
     monkeypatch.setitem(backends._REGISTRY, "triton", picky)
+    monkeypatch.delitem(backends._REGISTRY, "cpu")  # it would take float64 on CPU
     monkeypatch.setattr(backends, "_warned_fallbacks", set())
     assert backends.resolve("auto", torch.device("cpu"), torch.float32) == "triton"
     assert backends.resolve("auto", torch.device("cpu"), torch.float64) == "reference"

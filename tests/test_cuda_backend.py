@@ -94,7 +94,7 @@ def test_registry_without_the_extension():
     assert CUDA_REASON.startswith("rnnfast._C not built") or CUDA_REASON == "no CUDA device"
     with pytest.raises(RuntimeError, match="rnnfast backend 'cuda' is not available: "):
         rnnfast.LSTM(3, 4, backend="cuda")
-    assert backends.resolve("auto", torch.device("cpu"), torch.float32) == "reference"
+    assert backends.resolve("auto", torch.device("cpu"), torch.float32) in ("reference", "cpu")
 
 
 def test_registered_above_triton_but_never_picked_by_auto(monkeypatch):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 BASELINE = "torch"  # torch.nn.LSTM: cuDNN on CUDA, oneDNN / native on CPU
-KNOWN_PROVIDERS = ("torch", "rnnfast/reference", "rnnfast/triton", "rnnfast/cuda",
+KNOWN_PROVIDERS = ("torch", "rnnfast/reference", "rnnfast/triton", "rnnfast/cuda", "rnnfast/cpu",
                    "steploop", "steploop+compile", "flashrnn")
 
 

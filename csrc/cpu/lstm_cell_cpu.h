@@ -1,0 +1,95 @@
+// The LSTM cell's pointwise math on the CPU, vectorized with at::vec: one time step of
+// one batch row, over a range of hidden units. Gate rows are i, f, g, o (torch's order).
+// Kept apart from the recurrence (lstm_cpu.cpp) so that another cell type is one file.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+
+namespace rnnfast_cpu {
+
+template <typename scalar_t>
+using Vec = at::vec::Vectorized<scalar_t>;
+
+template <typename scalar_t>
+inline Vec<scalar_t> vec_sigmoid(const Vec<scalar_t>& x) {
+  const Vec<scalar_t> one(scalar_t(1));
+  return one / (one + x.neg().exp());
+}
+
+// Forward of one row: gates holds the pre-activations (input projection + bias +
+// recurrent product) and gets the activations back when they are saved for backward.
+template <typename scalar_t>
+struct ForwardRow {
+  scalar_t* gates;         // [4H] this row's gates, pre-activation in, activated out
+  scalar_t* cell;          // [H] c_{t-1} in, c_t out: the row's running cell state
+  scalar_t* cell_saved;    // [H] where c_t is kept for backward, or nullptr
+  scalar_t* hidden;        // [H] h_t = o * tanh(c_t) (before any projection)
+  int64_t hidden_size;     // H
+  bool keep_gates;         // write the activations back into gates
+
+  // Units [begin, end) of the row; vectorized, with a partial vector for the tail.
+  void operator()(int64_t begin, int64_t end) const {
+    const int64_t H = hidden_size;
+    constexpr int64_t width = Vec<scalar_t>::size();
+    for (int64_t j = begin; j < end; j += width) {
+      const int count = static_cast<int>(std::min<int64_t>(width, end - j));
+      auto i = vec_sigmoid(Vec<scalar_t>::loadu(gates + j, count));
+      auto f = vec_sigmoid(Vec<scalar_t>::loadu(gates + H + j, count));
+      // SLEEF's tanh (1 ulp), in fp32 too: 2 sigmoid(2x) - 1 takes 1.0 instead of 2.6 ns
+      // an element on AVX2, but its 1.8e-7 error tripled the bias gradient's error
+      // against float64, where DESIGN.md §6 allows twice the reference's.
+      auto g = Vec<scalar_t>::loadu(gates + 2 * H + j, count).tanh();
+      auto o = vec_sigmoid(Vec<scalar_t>::loadu(gates + 3 * H + j, count));
+      auto c = f * Vec<scalar_t>::loadu(cell + j, count) + i * g;
+      auto h = o * c.tanh();
+      c.store(cell + j, count);
+      h.store(hidden + j, count);
+      if (cell_saved != nullptr) c.store(cell_saved + j, count);
+      if (keep_gates) {
+        i.store(gates + j, count);
+        f.store(gates + H + j, count);
+        g.store(gates + 2 * H + j, count);
+        o.store(gates + 3 * H + j, count);
+      }
+    }
+  }
+};
+
+// Backward of one row: from dL/dh_t (through the output and the recurrence) and the
+// running dL/dc_t, the gate gradients dL/d(pre-activation) and dL/dc_{t-1}.
+template <typename scalar_t>
+struct BackwardRow {
+  const scalar_t* gates;   // [4H] activated gates i, f, g, o of the row
+  const scalar_t* cell;    // [H] c_t
+  const scalar_t* cell_prev;  // [H] c_{t-1}
+  const scalar_t* dh;      // [H] dL/dh_t (before the projection, if any)
+  scalar_t* dc;            // [H] dL/dc_t from later steps in, dL/dc_{t-1} out
+  scalar_t* dgates;        // [4H] out: dL/d(gate pre-activations)
+  int64_t hidden_size;     // H
+
+  void operator()(int64_t begin, int64_t end) const {
+    const int64_t H = hidden_size;
+    constexpr int64_t width = Vec<scalar_t>::size();
+    const Vec<scalar_t> one(scalar_t(1));
+    for (int64_t j = begin; j < end; j += width) {
+      const int count = static_cast<int>(std::min<int64_t>(width, end - j));
+      auto i = Vec<scalar_t>::loadu(gates + j, count);
+      auto f = Vec<scalar_t>::loadu(gates + H + j, count);
+      auto g = Vec<scalar_t>::loadu(gates + 2 * H + j, count);
+      auto o = Vec<scalar_t>::loadu(gates + 3 * H + j, count);
+      auto tanh_c = Vec<scalar_t>::loadu(cell + j, count).tanh();
+      auto d_h = Vec<scalar_t>::loadu(dh + j, count);
+      // h = o tanh(c): dc gains dh * o * (1 - tanh(c)^2).
+      auto d_c = Vec<scalar_t>::loadu(dc + j, count) + d_h * o * (one - tanh_c * tanh_c);
+      (d_c * g * i * (one - i)).store(dgates + j, count);
+      (d_c * Vec<scalar_t>::loadu(cell_prev + j, count) * f * (one - f)).store(dgates + H + j, count);
+      (d_c * i * (one - g * g)).store(dgates + 2 * H + j, count);
+      (d_h * tanh_c * o * (one - o)).store(dgates + 3 * H + j, count);
+      (d_c * f).store(dc + j, count);
+    }
+  }
+};
+
+}  // namespace rnnfast_cpu

@@ -1,0 +1,47 @@
+"""Backward: one call into the C++ layer runs the reverse-time chain (dh, dc -> the gate
+gradients of every row); the input and parameter gradients are then GEMMs over all
+steps, shared with the other backends (backends/gradients.py), each skipped or masked
+as `needs` and the freeze masks say (DESIGN.md §4)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from ..gradients import parameter_and_input_grads
+from ..steps import make_steps
+from . import extension
+
+
+def backward(
+    dy: Optional[Tensor],           # [.., P] like y, or None
+    dh_n: Optional[Tensor],         # [B, P] or None
+    dc_n: Optional[Tensor],         # [B, H] or None
+    x: Optional[Tensor],            # layer input, saved only when dW_ih is needed
+    batch_sizes: Optional[Tensor],  # [T] int64 CPU, or None
+    h0: Optional[Tensor],           # [B, P], saved only when dW_hh is needed
+    c0: Tensor,                     # [B, H]
+    w_ih: Optional[Tensor],         # [4H, I], saved only when dx is needed
+    w_hh: Tensor,                   # [4H, P]
+    w_hr: Optional[Tensor],         # [P, H]
+    y: Optional[Tensor],            # [.., P], saved only when dW_hh is needed
+    gates: Tensor,                  # [N, 4H] activated gates
+    cells: Tensor,                  # [N, H] c_t of every row
+    hidden: Optional[Tensor],       # [N, H] pre-projection hidden, when dW_hr is needed
+    reverse: bool,
+    needs: list[bool],              # dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr
+    frozen: list[Optional[Tensor]],  # masks (True = frozen) for w_ih, w_hh, b_ih, b_hh, w_hr
+    x_shape: list[int],
+) -> tuple[list[Optional[Tensor]], Tensor]:
+    """Same contract as backends.reference.backward."""
+    steps = make_steps(x_shape, batch_sizes, reverse)
+    rows, out_size = gates.shape[0], w_hh.shape[1]
+    # Absent incoming gradients are zeros: the chain starts from them either way.
+    dh_n = dh_n if dh_n is not None else gates.new_zeros(steps.batch, out_size)
+    dc_n = dc_n if dc_n is not None else gates.new_zeros(c0.shape)
+    dgates, dh0, dc0, dy_total = extension().backward(
+        dy.reshape(rows, out_size) if dy is not None else None, dh_n, dc_n, gates, cells,
+        c0, w_hh, w_hr, list(steps.offsets), list(steps.sizes), needs[7])
+    grads = parameter_and_input_grads(dgates, dh0, dc0, dy_total if needs[7] else None, x, h0,
+                                      w_ih, y, hidden, steps, needs, frozen, x_shape, w_hh.dtype)
+    return grads, dgates

@@ -1,0 +1,204 @@
+"""The C++ CPU backend (csrc/cpu/, rnnfast/backends/cpu/): its layer calls against the
+reference backend's, in every case the contract names (dense/packed, reverse,
+proj_size, no bias, save modes, `needs`, freeze masks), at odd sizes and at a size
+whose cell math runs on several threads; its build/fallback behaviour and its errors.
+The backend-agnostic suites (parity with nn.LSTM, gradcheck, fuzz, freeze) run on it
+through conftest.BACKENDS."""
+import warnings
+
+import pytest
+import torch
+
+import rnnfast
+from helpers import layer_args, upstream_grads
+from rnnfast import backends
+from rnnfast.backends import cpu as cpu_backend, reference
+
+pytestmark = pytest.mark.skipif(backends.available_backends()["cpu"] is not None,
+                                reason=f"cpu backend unavailable: {backends.available_backends()['cpu']}")
+
+T, B, I, H = 7, 3, 5, 20      # odd sizes: H is not a multiple of the vector width
+LENGTHS = [7, 5, 5, 2, 1]     # packed batch of 5, rows leave at different steps
+SAVED = ("gates", "cells", "hidden")
+
+
+def _cases():
+    for lengths in (None, LENGTHS):
+        for proj in (0, 6):
+            for reverse in (False, True):
+                yield pytest.param(lengths, proj, reverse,
+                                   id=f"{'packed' if lengths else 'dense'}-proj{proj}-{'rev' if reverse else 'fwd'}")
+
+
+def _args(lengths, proj, bias=True, dtype=torch.float64, **sizes):
+    size = dict(T=T, B=len(lengths) if lengths else B, I=I, H=H) | sizes
+    return layer_args(size["T"], size["B"], size["I"], size["H"], proj=proj, bias=bias,
+                      lengths=lengths, dtype=dtype)
+
+
+def _backward_args(forward_out, args, reverse, needs, frozen=(None,) * 5, upstream=(True,) * 3):
+    y, h_n, c_n, gates, cells, hidden = forward_out
+    dy, dh_n, dc_n = (g if use else None for g, use in zip(upstream_grads(y, h_n, c_n), upstream))
+    x, batch_sizes, h0, c0, w_ih, w_hh, _, _, w_hr = args
+    return (dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
+            hidden if w_hr is not None else None, reverse, list(needs), list(frozen), list(x.shape))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lengths,proj,reverse", list(_cases()))
+def test_forward_and_backward_match_reference(lengths, proj, reverse, bias, dtype):
+    args = _args(lengths, proj, bias, dtype)
+    ours = cpu_backend.lstm_forward(*args, reverse, "all")
+    expected = reference.forward(*args, reverse, "all")
+    for name, got, want in zip(("y", "h_n", "c_n") + SAVED, ours, expected):
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        torch.testing.assert_close(got, want, msg=name)
+    needs = [True] * 5 + [bias, bias, bool(proj)]
+    # Every combination of incoming gradients: the chain must start from zeros for
+    # the ones that are absent.
+    for upstream in [(True, True, True), (True, False, False), (False, True, False), (False, False, True)]:
+        grads, dgates = cpu_backend.lstm_backward(*_backward_args(ours, args, reverse, needs, upstream=upstream))
+        want_grads, want_dgates = reference.backward(*_backward_args(expected, args, reverse, needs,
+                                                                     upstream=upstream))
+        torch.testing.assert_close(dgates, want_dgates)
+        for slot, got, want in zip(("dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh", "dW_hr"),
+                                   grads, want_grads):
+            assert (got is None) == (want is None), slot
+            if want is not None:
+                torch.testing.assert_close(got, want, msg=f"{slot} with upstream {upstream}")
+
+
+@pytest.mark.parametrize("save", ["all", "cells", "none"])
+@pytest.mark.parametrize("proj", [0, 6])
+def test_save_modes_keep_exactly_what_backward_needs(save, proj):
+    args = _args(LENGTHS, proj)
+    ours = cpu_backend.lstm_forward(*args, True, save)
+    expected = reference.forward(*args, True, save)
+    for name, got, want in zip(("y", "h_n", "c_n") + SAVED, ours, expected):
+        assert got.shape == want.shape, f"{name} with save={save!r}"
+        torch.testing.assert_close(got, want)
+    kept = {name for name, t in zip(SAVED, ours[3:]) if t.numel()}
+    assert kept == {"all": {"gates", "cells", "hidden"} if proj else {"gates", "cells"},
+                    "cells": {"cells"}, "none": set()}[save]
+
+
+def test_backward_computes_only_what_needs_asks_and_zeroes_frozen_entries():
+    args = _args(None, 6)
+    forward_out = cpu_backend.lstm_forward(*args, False, "all")
+    w_hh = args[5]
+    frozen_rows = torch.zeros_like(w_hh, dtype=torch.bool)
+    frozen_rows[: 2 * H] = True  # gates i and f of W_hh
+    needs = [False, True, False, False, True, True, False, False]
+    frozen = [None, frozen_rows, None, None, None]
+    grads, _ = cpu_backend.lstm_backward(*_backward_args(forward_out, args, False, needs, frozen))
+    assert [g is not None for g in grads] == needs
+    want, _ = reference.backward(*_backward_args(reference.forward(*args, False, "all"), args, False,
+                                                 needs, frozen))
+    assert torch.equal(grads[4][: 2 * H], torch.zeros_like(grads[4][: 2 * H]))
+    assert grads[4][2 * H:].abs().min() > 0
+    for got, expected in zip(grads, want):
+        if expected is not None:
+            torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("sizes", [dict(T=1, B=1, I=1, H=1), dict(T=3, B=64, I=8, H=160)],
+                         ids=["one-of-each", "multithreaded-cell"])
+def test_extreme_sizes_match_reference(sizes):
+    """H=1: only a vector tail; B*H=10240 units: each step's cell math is split over threads."""
+    args = _args(None, 0, **sizes)
+    ours = cpu_backend.lstm_forward(*args, True, "all")
+    expected = reference.forward(*args, True, "all")
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want)
+    needs = [True] * 7 + [False]
+    grads, _ = cpu_backend.lstm_backward(*_backward_args(ours, args, True, needs))
+    want, _ = reference.backward(*_backward_args(expected, args, True, needs))
+    for got, expected_grad in zip(grads[:7], want[:7]):
+        torch.testing.assert_close(got, expected_grad)
+
+
+def test_bidirectional_packed_module_matches_nn_lstm():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=6, batch_first=True)
+    ours = rnnfast.LSTM.from_torch(ref, backend="cpu")
+    x = torch.randn(len(LENGTHS), T, I)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, LENGTHS, batch_first=True)
+    (out, (h, c)), (want_out, (want_h, want_c)) = ours(packed), ref(packed)
+    for got, want in ((out.data, want_out.data), (h, want_h), (c, want_c)):
+        torch.testing.assert_close(got, want)
+    (out.data.sum() + h.sum()).backward()
+    (want_out.data.sum() + want_h.sum()).backward()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_auto_picks_cpu_for_fp32_and_fp64_on_cpu_only():
+    cpu = torch.device("cpu")
+    assert backends.resolve("auto", cpu, torch.float32) == "cpu"
+    assert backends.resolve("auto", cpu, torch.float64) == "cpu"
+    assert backends.resolve("auto", cpu, torch.bfloat16) == "reference"
+    assert backends.get("cpu").unsupported_reason(torch.device("cuda"), torch.float32) is not None
+
+
+def test_16_bit_layers_fall_back_to_reference_with_the_reason():
+    m = rnnfast.LSTM(I, H, backend="cpu", dtype=torch.bfloat16)
+    with pytest.warns(UserWarning, match=r"backend 'cpu' does not support this call \(dtype torch.bfloat16"):
+        m(torch.randn(T, B, I, dtype=torch.bfloat16))
+
+
+def test_kernel_rejects_inconsistent_arguments_naming_expected_and_got():
+    x, _, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = _args(None, 0, dtype=torch.float32)
+    ext = cpu_backend.extension()
+    x2d, steps = x.reshape(-1, I), ([t * B for t in range(T)], [B] * T)
+    with pytest.raises(ValueError, match=r"w_hh: expected shape \[80, 20\], got \[80, 19\]"):
+        ext.forward(x2d, h0, c0, w_ih, w_hh[:, :19], None, None, *steps, True, True)
+    with pytest.raises(TypeError, match=r"w_ih: expected dtype Float, got Double"):
+        ext.forward(x2d, h0, c0, w_ih.double(), w_hh, None, None, *steps, True, True)
+    with pytest.raises(TypeError, match=r"expected float32 or float64 input, got BFloat16"):
+        ext.forward(x2d.bfloat16(), h0, c0, w_ih, w_hh, None, None, *steps, True, True)
+    with pytest.raises(ValueError, match=r"bias: expected shape \[80\], got \[20\]"):
+        ext.forward(x2d, h0, c0, w_ih, w_hh, b_ih[:20], None, *steps, True, True)
+    with pytest.raises(ValueError, match=r"step 6: expected rows \[offset, offset \+ size\) within the 21"):
+        ext.forward(x2d, h0, c0, w_ih, w_hh, None, None, [t * B for t in range(T - 1)] + [20], [B] * T,
+                    True, True)
+
+
+def test_without_a_compiler_rnnfast_says_so_once_and_runs_reference(monkeypatch):
+    reason = "no C++ compiler ('c++' not found on PATH; set CXX or install g++)"
+    monkeypatch.setattr(cpu_backend.build, "missing_tool", lambda: reason)
+    monkeypatch.setattr(cpu_backend, "_extension", None)
+    monkeypatch.setattr(cpu_backend, "_build_error", None)
+    cpu = torch.device("cpu")
+    with pytest.warns(UserWarning, match=r"C\+\+ CPU kernels cannot be used \(no C\+\+ compiler"):
+        assert backends.resolve("auto", cpu, torch.float32) == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.resolve("auto", cpu, torch.float32) == "reference"  # said once only
+        out, _ = rnnfast.LSTM(I, H)(torch.randn(T, B, I))
+    assert out.shape == (T, B, H)
+    assert backends.available_backends()["cpu"] == reason
+    with pytest.raises(RuntimeError, match="rnnfast backend 'cpu' is not available: no C\\+\\+ compiler"):
+        rnnfast.LSTM(I, H, backend="cpu")
+
+
+@pytest.mark.parametrize("lengths,proj,reverse", [(None, 0, False), (LENGTHS, 6, True)], ids=["dense", "packed-proj-rev"])
+def test_fp32_error_against_fp64_within_twice_the_references(lengths, proj, reverse):
+    """DESIGN.md §6: the kernel's fp32 error against a float64 reference may be at most
+    ~2x the reference's own fp32 error (the fp32 tanh here is 2 sigmoid(2x) - 1)."""
+    args64 = _args(lengths, proj, T=30, H=40)
+    args32 = [a.float() if a is not None and a.is_floating_point() else a for a in args64]
+    exact = reference.forward(*args64, reverse, "all")
+    needs = [True] * 8 if proj else [True] * 7 + [False]
+    exact_grads, _ = reference.backward(*_backward_args(exact, args64, reverse, needs))
+    errors = {}
+    for name, backend in (("reference", reference), ("cpu", cpu_backend)):
+        fwd = backend.forward if backend is reference else backend.lstm_forward
+        bwd = backend.backward if backend is reference else backend.lstm_backward
+        out = fwd(*args32, reverse, "all")
+        grads, _ = bwd(*_backward_args(out, args32, reverse, needs))
+        errors[name] = [(got.double() - want).abs().max().item()
+                        for got, want in zip(list(out[:3]) + [g for g in grads if g is not None],
+                                             list(exact[:3]) + [g for g in exact_grads if g is not None])]
+    for ours, theirs in zip(errors["cpu"], errors["reference"]):
+        assert ours <= 2 * theirs + 1e-6, errors
