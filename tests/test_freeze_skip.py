@@ -13,6 +13,13 @@ from helpers import in_interpreter
 I, H, P = 37, 20, 12   # 4H = 80 rows: five blocks of 16
 
 
+@pytest.fixture(autouse=True)
+def skip_at_any_size(monkeypatch):
+    """Tests use small layers, where skipping would not pay (test_small_products_...):
+    here every frozen block is skipped, so the skipping paths are what runs."""
+    monkeypatch.setattr(trainable, "_MIN_SAVED_PER_CALL", {"cpu": 0, "cuda": 0})
+
+
 def _compute_then_zero(a, b, mask, dtype):
     """The products before blocks were skipped: everything, then the frozen entries zeroed."""
     product = a.to(dtype).t() @ b
@@ -149,6 +156,18 @@ def test_blocks_are_derived_once_per_mask_and_again_when_it_changes(monkeypatch)
     model(torch.randn(4, 2, 24))[0].sum().backward()
     assert len(derived) == 5
     assert model.weight_hh_l0.grad[96:].eq(0).all()
+
+
+def test_small_products_are_computed_whole_where_skipping_would_not_pay(monkeypatch, product_shapes):
+    monkeypatch.setattr(trainable, "_MIN_SAVED_PER_CALL", {"cpu": 1 << 20})
+    mask = torch.zeros(128, 64, dtype=torch.bool)
+    mask[:96] = True                                  # 3 of 4 gates frozen: one run of 32 rows
+    a, b = torch.randn(100, 128), torch.randn(100, 64)
+    small = trainable.masked_product(a, b, mask, torch.float32)   # saves 100*64*96 < 2 * 2^20
+    big = trainable.masked_product(torch.randn(400, 128), torch.randn(400, 64), mask, torch.float32)
+    assert product_shapes == [(128, 64), (32, 64)]    # whole, then only the trainable run
+    assert torch.equal(small, _compute_then_zero(a, b, mask, torch.float32))
+    assert big[:96].eq(0).all() and big[96:].ne(0).all()
 
 
 @pytest.mark.parametrize("size, bounds", [

@@ -221,8 +221,8 @@ def backward(
         dc_prev = dc.mul_(f[off:off + n])
         # Rows that were active one step earlier carry the gradient on; the rest
         # started here from (h0, c0). Where no row is carried, the product only feeds
-        # dh0 and is skipped when h0 needs no gradient (docs/backends.md, "What freezing
-        # skips": frozen units still carry the chain to the trainable ones).
+        # dh0 and is skipped when h0 needs no gradient (docs/usage.md, "What freezing
+        # gates and units skips": frozen units still carry the chain to trainable ones).
         carried = min(n, steps.prev_size(k))
         if carried == 0 and not need_dh0:
             dc0[:n] = dc_prev
