@@ -10,6 +10,7 @@ same precision.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -135,6 +136,19 @@ def test_16bit_error_at_most_twice_the_reference(dtype, proj, lengths):
     assert all(a > 0 for a in ours)  # it really ran in low precision
 
 
+@pytest.mark.parametrize("dtype,steps", [(torch.float16, 1024), (torch.bfloat16, 256)])
+def test_16bit_error_stays_within_the_rule_over_long_sequences(dtype, steps):
+    """The backward's dh chain runs on tensor cores, its gate gradients rounded to the
+    16-bit dtype at every step: over long sequences every output and gradient stays
+    within 2x the error of the reference (whose chain is fp32) against float64. (bf16
+    passes at T = 1024 too, in 2 minutes of interpreter time: 256 steps keep CI short.)"""
+    forward, backward, _ = _kernels()
+    args64 = _layer(steps, 3, 5, 20)
+    ours = _errors_vs_float64(args64, dtype, False, (forward.forward, backward.backward))
+    theirs = _errors_vs_float64(args64, dtype, False, (reference.forward, reference.backward))
+    assert rule_violations(ours, theirs, dtype) == []
+
+
 @triton.jit
 def _store_rounded(x_ptr, y_ptr, N: tl.constexpr, INTERPRET_BF16: tl.constexpr):
     offsets = tl.arange(0, N)
@@ -160,13 +174,14 @@ def test_outputs_are_rounded_to_nearest_even():
 def _forced(plan_module, **changes):
     base = plan_module.Plan(block_b=16, block_h=16, block_k=16, batch_blocks=1,
                             programs_per_batch_block=1, weights_resident=False,
-                            use_barrier=False, num_warps=4)
+                            use_barrier=False, num_warps=4, num_stages=1)
     return dataclasses.replace(base, **changes)
 
 
 @pytest.mark.parametrize("batch,hidden,proj,seq,form", [
     (4, 256, 0, 50, "barrier, resident"),      # small batch: programs share the units
-    (16, 768, 0, 1024, "barrier"),             # FlashRNN's case: W_hh slice too big to hold
+    (16, 768, 0, 1024, "barrier, resident"),   # FlashRNN's case: 96 programs of 8 units
+    (16, 2048, 0, 1024, "barrier"),            # 256 tiles for 132 SMs: W_hh streamed
     (4, 256, 0, 2**30, "split"),               # the int32 arrival count would overflow
     (8192, 512, 0, 100, "split"),              # the batch fills the GPU: no barrier needed
     (4096, 512, 0, 100, "barrier"),            # it fills half: two programs per batch block
@@ -175,15 +190,19 @@ def _forced(plan_module, **changes):
 ])
 def test_gpu_plans_for_an_h100(batch, hidden, proj, seq, form):
     """The launch plans chosen for 132 SMs: the barrier form only with a grid that fits
-    at once, every tl.dot dimension >= 16, W_hh held only where each program owns one
-    unit tile and the slice fits."""
+    at once, every tl.dot dimension >= 16 (the forward's gate product has N = 4 units),
+    W_hh held only where each program owns one unit tile and the slice fits."""
     _, _, plan_module = _kernels()
     out_size = proj or hidden
     plan = plan_module.gpu_plan(batch, hidden, out_size, seq, 2, sms=132)
     assert plan.use_barrier == form.startswith("barrier")
     assert plan.weights_resident == ("resident" in form)
     assert plan.batch_blocks * plan.programs_per_batch_block <= 132 or not plan.use_barrier
-    assert min(plan.block_b, plan.block_h, plan.block_k) >= 16
+    assert min(plan.block_b, 4 * plan.block_h, plan.block_k) >= 16
+    assert plan.block_h >= 16 or not proj  # the projection's product has N = BLOCK_H
+    backward = plan_module.gpu_plan(batch, hidden, out_size, seq, 2, sms=132, direction="backward")
+    assert min(backward.block_b, backward.block_h, backward.block_k) >= 16
+    assert not backward.weights_resident
     assert plan.batch_blocks * plan.block_b >= batch
     if plan.weights_resident:
         assert plan.block_k >= out_size
@@ -191,25 +210,114 @@ def test_gpu_plans_for_an_h100(batch, hidden, proj, seq, form):
 
 
 @pytest.mark.parametrize("proj", [0, 7])
-@pytest.mark.parametrize("case", ["tiles_and_k_chunks", "batch_blocks", "resident", "barrier"])
+@pytest.mark.parametrize("case", ["tiles_and_k_chunks", "batch_blocks", "resident", "barrier",
+                                  "narrow_tiles", "narrow_resident"])
 def test_every_launch_plan_form(proj, case):
     """Each code path of the kernels: several unit tiles and K chunks per program,
-    several batch blocks, W_hh held in registers, and the grid barrier's counting
-    (with one program per batch block, the only form the interpreter can run)."""
+    several batch blocks, W_hh held in registers, the grid barrier's counting (with one
+    program per batch block, the only form the interpreter can run), and the forward's
+    8-unit tiles (its one product covers the four gates: N = 32), streamed and held."""
     _, _, plan_module = _kernels()
-    B, H = (20, 40) if case != "resident" else (3, 12)
+    B, H = {"resident": (3, 12), "narrow_resident": (3, 8)}.get(case, (20, 40))
     changes = {
         "tiles_and_k_chunks": {},
         "batch_blocks": dict(batch_blocks=2),
         "resident": dict(weights_resident=True, block_k=16),
         "barrier": dict(use_barrier=True, batch_blocks=2),
+        "narrow_tiles": dict(block_h=8),
+        "narrow_resident": dict(block_h=8, weights_resident=True, block_k=16),
     }[case]
     if case != "batch_blocks" and case != "barrier":
         changes.setdefault("batch_blocks", 1 if B <= 16 else 2)
     plan = _forced(plan_module, **changes)
+    # The backward's dh product has N = BLOCK_H: its plans keep 16 units (plan.gpu_plan).
+    bwd_plan = dataclasses.replace(plan, block_h=16, weights_resident=False)
     lengths = [5 - (4 * i) // B for i in range(B)]  # non-increasing, from 5 down to 2
     args = _layer(5, B, 6, H, proj, lengths=lengths)
-    _assert_same(*_compare(args, True, fwd_plan=plan, bwd_plan=plan), TIGHT[torch.float64])
+    _assert_same(*_compare(args, True, fwd_plan=plan, bwd_plan=bwd_plan), TIGHT[torch.float64])
+
+
+def _barrier_plan(plan_module, B):
+    """Two programs share each batch block's unit tiles and meet at the grid barrier."""
+    return _forced(plan_module, block_k=32, batch_blocks=triton.cdiv(B, 16),
+                   programs_per_batch_block=2, use_barrier=True, num_stages=2)
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda",
+                    reason="needs the interpreter, which runs programs one after another: there "
+                           "the second program of a barrier plan never arrives while the first waits")
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_barrier_wait_is_bounded_and_the_host_raises(monkeypatch, direction):
+    """A barrier that is never completed ends the wait after SPIN_LIMIT polls with the
+    timeout flag set, and the launcher raises an error naming the plan."""
+    from rnnfast.backends.triton import launch
+    forward, backward, plan_module = _kernels()
+    monkeypatch.setattr(launch, "BARRIER_SPIN_LIMIT", 8)
+    plan = _barrier_plan(plan_module, 3)
+    args = _layer(4, 3, 5, 40)
+    fwd = lambda *a, **k: forward.forward(*a, **k, **({"plan": plan} if direction == "forward" else {}))
+    bwd = lambda *a, **k: backward.backward(*a, **k, **({"plan": plan} if direction == "backward" else {}))
+    with pytest.raises(RuntimeError, match=rf"LSTM {direction} with Plan\(.*use_barrier=True.*gave up"):
+        _run(fwd, bwd, args, False)
+    launch.raise_if_barrier_timed_out(wait=True)  # the flag was read once, not left pending
+
+
+class _RefusingCooperativeLaunches:
+    """A kernel whose cooperative launches the driver refuses, as it does when the grid
+    cannot be resident at once (or cooperative launch is unsupported, e.g. under MPS)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launched = kernel, []
+
+    def __getitem__(self, grid):
+        def run(*args, launch_cooperative_grid=False, **kwargs):
+            self.launched.append(launch_cooperative_grid)
+            if launch_cooperative_grid:
+                raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+            return self.kernel[grid](*args, **kwargs)
+        return run
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_refused_cooperative_launch_falls_back_to_the_barrier_free_plan(monkeypatch, direction):
+    forward, backward, plan_module = _kernels()
+    module = forward if direction == "forward" else backward
+    kernel_name = f"_lstm_{direction}_kernel"
+    refusing = _RefusingCooperativeLaunches(getattr(module, kernel_name))
+    monkeypatch.setattr(module, kernel_name, refusing)
+    monkeypatch.setattr(module, "make_plan", lambda *a: _barrier_plan(plan_module, 3))
+    args = _layer(5, 3, 4, 24, proj=7)
+    _assert_same(*_compare(args, False), TIGHT[torch.float64])
+    assert refusing.launched == [True, True, False]  # the plan, a smaller one, then no barrier
+
+
+def test_device_refusing_every_plan_means_reference_with_one_warning(monkeypatch):
+    """Where the compiled kernels fit none of the plans (shared memory, spills), the
+    layer runs on the reference backend: a warning, once, never an exception."""
+    from rnnfast.backends.triton import launch
+    forward, _, _ = _kernels()
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(launch, "_fits", lambda *args, **kwargs: False)
+    monkeypatch.setattr(launch, "_warned", set())
+    args = _layer(4, 3, 5, 20)
+    expected = reference.forward(*args, False, "all")
+    with pytest.warns(RuntimeWarning, match="runs on the reference backend"):
+        got = forward.forward(*args, False, "all")
+    for a, b in zip(got, expected):
+        assert_close(a, b, **TIGHT[torch.float64])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        forward.forward(*args, False, "all")
+
+
+def test_fallback_plans_end_without_a_barrier():
+    _, _, plan_module = _kernels()
+    plan = plan_module.gpu_plan(4, 256, 256, 50, 2, sms=132)
+    plans = plan_module.fallback_plans(plan)
+    assert plans[0] == plan and plan.use_barrier and plan.weights_resident
+    assert len(set(plans)) == len(plans) == 3
+    assert not plans[-1].use_barrier and plans[-1].programs_per_batch_block == 1
+    assert all(p.block_k <= plan.block_k for p in plans)
 
 
 def test_freeze_masks_zero_exactly_the_frozen_entries():

@@ -39,10 +39,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default bench/results/<device-slug>/)")
     p.add_argument("--no-plots", action="store_true", help="JSON and CSV only")
     p.add_argument("--no-floor", action="store_true", help="skip measuring the hardware limits")
+    p.add_argument("--explain", action="store_true",
+                   help="no timing: print each case's Triton plan on sm_90, its compiled resources "
+                        "and modelled time (no GPU needed)")
 
 
 def run(args, argv=None) -> int:
     """Raises UsageError for bad input, before anything runs."""
+    if args.explain:
+        from .explain import explain
+        return explain(args)
     argv = list(sys.argv[1:] if argv is None else argv)
     device = args.device
     gpu = device.type == "cuda"

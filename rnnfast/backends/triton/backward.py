@@ -12,9 +12,10 @@ from torch import Tensor
 
 from ..gradients import parameter_and_input_grads
 from ..steps import make_steps
-from .cell import end_phase, lstm_cell_backward, step_rows
-from .launch import kernel_dtypes, step_tables
-from .plan import Plan, make_plan
+from .cell import end_phase, lstm_cell_backward, rounded, step_rows
+from .. import reference
+from .launch import backward_constexprs, launch, step_tables
+from .plan import Plan, fallback_plans, make_plan
 
 
 @triton.jit
@@ -71,10 +72,12 @@ def _lstm_backward_kernel(
     dy_total_ptr,  # [N, P] ACC out: dh + dy of every row (NEED_DY_TOTAL, for dW_hr)
     offsets_ptr,   # [T] int64: first row of each processed step (PACKED)
     sizes_ptr,     # [T] int32: active rows of each processed step (PACKED)
-    arrivals_ptr,  # [batch blocks] int32 zeros: barrier counters (USE_BARRIER)
+    barrier_ptr,   # [batch blocks + 1] int32 zeros: each batch block's arrival counter,
+                   # then the barrier-timeout flag (USE_BARRIER)
     T, B, H, P,
     REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_DY: tl.constexpr,
     HAS_PROJ: tl.constexpr, NEED_DY_TOTAL: tl.constexpr, USE_BARRIER: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr, TENSOR_CORE_CHAIN: tl.constexpr, INTERPRET_BF16: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -84,7 +87,8 @@ def _lstm_backward_kernel(
     rows = batch_block * BLOCK_B + tl.arange(0, BLOCK_B)
     unit_tiles = tl.cdiv(H, BLOCK_H)
     out_tiles = tl.cdiv(P, BLOCK_H)
-    arrivals_ptr += batch_block
+    timeout_ptr = barrier_ptr + tl.num_programs(0)
+    arrivals_ptr = barrier_ptr + batch_block
     arrived = tl.full((), 0, tl.int32)  # barrier arrivals expected so far
 
     for step in range(T):
@@ -129,10 +133,12 @@ def _lstm_backward_kernel(
             tl.store(dc0_ptr + rows[:, None] * H + units[None, :], dc_prev,
                      mask=to_initial[:, None] & unit_mask[None, :])
         arrived += tile_stride
-        end_phase(arrivals_ptr, arrived, USE_BARRIER)
+        end_phase(arrivals_ptr, arrived, timeout_ptr, USE_BARRIER, SPIN_LIMIT)
 
-        # Phase 2: dh(t-1) = dgates @ W_hh needs every gate of the step. Kept in ACC:
-        # the gradient chain is where low precision would compound.
+        # Phase 2: dh(t-1) = dgates @ W_hh needs every gate of the step. Accumulated in
+        # ACC; with 16-bit weights the gate gradients are rounded to the weights' dtype
+        # so that the product runs on tensor cores (the error this adds over T = 1024
+        # steps stays within DESIGN.md §6: tests/test_triton.py measures it).
         for tile in range(first_tile, out_tiles, tile_stride):
             out_cols = tile * BLOCK_H + tl.arange(0, BLOCK_H)
             out_mask = out_cols < P
@@ -144,14 +150,21 @@ def _lstm_backward_kernel(
                             mask=active[:, None] & col_mask[None, :], other=0.0,
                             cache_modifier=".cg")
                 w = tl.load(w_hh_ptr + cols[:, None] * P + out_cols[None, :],
-                            mask=col_mask[:, None] & out_mask[None, :], other=0.0).to(ACC)
+                            mask=col_mask[:, None] & out_mask[None, :], other=0.0)
+                if TENSOR_CORE_CHAIN:
+                    d = rounded(d, w_hh_ptr, INTERPRET_BF16)
+                    if INTERPRET_BF16:
+                        d = d.to(tl.float32)
+                        w = w.to(tl.float32)
+                else:
+                    w = w.to(ACC)
                 acc = tl.dot(d, w, acc, input_precision=PRECISION, out_dtype=ACC)
             tl.store(dh_ptr + rows[:, None] * P + out_cols[None, :], acc,
                      mask=to_state[:, None] & out_mask[None, :])
             tl.store(dh0_ptr + rows[:, None] * P + out_cols[None, :], acc,
                      mask=to_initial[:, None] & out_mask[None, :])
         arrived += tile_stride
-        end_phase(arrivals_ptr, arrived, USE_BARRIER)
+        end_phase(arrivals_ptr, arrived, timeout_ptr, USE_BARRIER, SPIN_LIMIT)
 
 
 def backward(
@@ -190,25 +203,30 @@ def backward(
     need_dy_total = needs[7]
     dy_total = gates.new_empty(rows, out_size) if need_dy_total else None
     if rows > 0:
-        plan = plan or make_plan(batch, hidden_size, out_size, len(steps), gates.device, dtype)
+        plans = [plan] if plan else fallback_plans(
+            make_plan(batch, hidden_size, out_size, len(steps), gates.device, dtype, "backward"))
         offsets, sizes = step_tables(steps, gates.device)
-        arrivals = torch.zeros(plan.batch_blocks, dtype=torch.int32, device=gates.device)
-        acc_tl, _, precision = kernel_dtypes(acc)
         unused = dgates  # pointer for arguments a constexpr switches off
-        _lstm_backward_kernel[plan.grid](
+        pointers = [
             dy.reshape(rows, out_size).contiguous() if dy is not None else unused,
             gates, cells, c0.to(acc).contiguous(), w_hh.contiguous(),
             w_hr.contiguous() if w_hr is not None else unused,
             dh_state, dc_state, dh0, dc0, dgates,
             dy_total if dy_total is not None else unused,
             offsets if offsets is not None else unused, sizes if sizes is not None else unused,
-            arrivals, len(steps), batch, hidden_size, out_size,
-            REVERSE=reverse, PACKED=offsets is not None, HAS_DY=dy is not None,
-            HAS_PROJ=w_hr is not None, NEED_DY_TOTAL=need_dy_total,
-            USE_BARRIER=plan.use_barrier, ACC=acc_tl, PRECISION=precision,
-            BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-            num_warps=plan.num_warps,
-        )
+        ]
+
+        def arguments(plan: Plan):
+            barrier = torch.zeros(plan.batch_blocks + 1, dtype=torch.int32, device=gates.device)
+            constexprs = backward_constexprs(
+                plan, dtype, reverse=reverse, packed=offsets is not None, has_dy=dy is not None,
+                has_proj=w_hr is not None, need_dy_total=need_dy_total)
+            return ([*pointers, barrier, len(steps), batch, hidden_size, out_size], constexprs,
+                    barrier)
+
+        if launch(_lstm_backward_kernel, plans, arguments, gates.device, "LSTM backward") is None:
+            return reference.backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr,
+                                      y, gates, cells, hidden, reverse, needs, frozen, x_shape)
     grads = parameter_and_input_grads(dgates, dh0, dc0, dy_total, x, h0, w_ih, y, hidden,
                                       steps, needs, frozen, x_shape, dtype)
     return grads, dgates

@@ -62,19 +62,30 @@ def step_rows(offsets_ptr, sizes_ptr, k, T, B, REVERSE: tl.constexpr, PACKED: tl
 
 
 @triton.jit
-def end_phase(arrivals_ptr, expected, USE_BARRIER: tl.constexpr):
+def end_phase(arrivals_ptr, expected, timeout_ptr, USE_BARRIER: tl.constexpr,
+              SPIN_LIMIT: tl.constexpr):
     """Makes this phase's global stores visible to whoever reads them next.
 
     Alone in its batch block, a program only needs its own threads in step
     (bar.sync orders global memory within the block). Sharing the batch block with
     other programs, it counts its arrival and waits until `expected` arrivals have been
-    counted: a grid barrier, which is only safe because the launcher never starts more
-    programs than can be resident at once (one per SM)."""
+    counted: a grid barrier, safe because barrier plans are launched cooperatively
+    (all programs resident at once). The wait is bounded: after SPIN_LIMIT polls (far
+    above any real wait) the program raises the counter to 2**30, above any count a
+    plan expects (plan.py keeps them below), so that no wait of this batch block blocks
+    again, and sets the flag at timeout_ptr: a hang ends as an error the host raises,
+    not a frozen process. The polls are plain volatile loads; one acquire read after
+    them orders this program's later loads after every arrival's stores."""
     tl.debug_barrier()
     if USE_BARRIER:
         tl.atomic_add(arrivals_ptr, 1, sem="release", scope="gpu")
-        while tl.atomic_add(arrivals_ptr, 0, sem="acquire", scope="gpu") < expected:
-            pass
+        polls = 0
+        while (tl.load(arrivals_ptr, volatile=True) < expected) & (polls < SPIN_LIMIT):
+            polls += 1
+        tl.atomic_add(arrivals_ptr, 0, sem="acquire", scope="gpu")
+        if polls >= SPIN_LIMIT:
+            tl.atomic_max(arrivals_ptr, 1 << 30, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(timeout_ptr, 1, sem="relaxed", scope="gpu")
         tl.debug_barrier()
 
 

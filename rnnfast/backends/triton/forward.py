@@ -9,26 +9,35 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .. import reference
 from ..steps import accumulation_dtype, final_rows, make_steps
 from .cell import end_phase, lstm_cell, rounded, step_rows
-from .plan import Plan, make_plan
-from .launch import kernel_dtypes, step_tables
+from .launch import forward_constexprs, launch, step_tables
+from .plan import Plan, fallback_plans, make_plan
 
 
 @triton.jit
-def _recurrent_gates(h_rows_ptr, active, units, unit_mask, w_hh_ptr, H, P,
-                     w_i, w_f, w_g, w_o,
+def _gate_rows(units, H, BLOCK_H: tl.constexpr):
+    """The W_hh rows of the units [BLOCK_H], unit-major (unit u's gate g at 4u + g):
+    row indices [4 * BLOCK_H] and which of them exist."""
+    gate_rows = tl.reshape(units[:, None] + (tl.arange(0, 4) * H)[None, :], (4 * BLOCK_H,))
+    gate_mask = tl.reshape(tl.broadcast_to((units < H)[:, None], (BLOCK_H, 4)), (4 * BLOCK_H,))
+    return gate_rows, gate_mask
+
+
+@triton.jit
+def _recurrent_gates(h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_tile,
                      ACC: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
                      W_RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                      BLOCK_K: tl.constexpr):
-    """h(t-1) @ W_hh^T for one tile, per gate: four [BLOCK_B, BLOCK_H] accumulators.
+    """h(t-1) @ W_hh^T for one tile: all four gates of its units in one product
+    [BLOCK_B, 4 * BLOCK_H] (so the product's N is 4 * BLOCK_H and the tile can be as
+    narrow as 4 units), then split into four [BLOCK_B, BLOCK_H] accumulators i, f, g, o.
 
     h_rows_ptr: [BLOCK_B] pointers to each row's h(t-1) (a row of y or of h0).
-    w_i..w_o: [BLOCK_H, BLOCK_K] the tile's W_hh rows, when W_RESIDENT (BLOCK_K >= P)."""
-    acc_i = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    gate_rows, gate_mask: [4 * BLOCK_H] the tile's W_hh rows and which exist (_gate_rows).
+    w_tile: [4 * BLOCK_H, BLOCK_K] those rows, when W_RESIDENT (BLOCK_K >= P)."""
+    acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), ACC)
     for k0 in range(0, P, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         col_mask = cols < P
@@ -36,22 +45,18 @@ def _recurrent_gates(h_rows_ptr, active, units, unit_mask, w_hh_ptr, H, P,
         h = tl.load(h_rows_ptr[:, None] + cols[None, :], mask=active[:, None] & col_mask[None, :],
                     other=0.0, cache_modifier=".cg")
         if W_RESIDENT:
-            wi, wf, wg, wo = w_i, w_f, w_g, w_o
+            w = w_tile
         else:
-            w_mask = unit_mask[:, None] & col_mask[None, :]
-            w_rows = w_hh_ptr + units[:, None] * P + cols[None, :]
-            wi = tl.load(w_rows, mask=w_mask, other=0.0)
-            wf = tl.load(w_rows + H * P, mask=w_mask, other=0.0)
-            wg = tl.load(w_rows + 2 * H * P, mask=w_mask, other=0.0)
-            wo = tl.load(w_rows + 3 * H * P, mask=w_mask, other=0.0)
+            w = tl.load(w_hh_ptr + gate_rows[:, None] * P + cols[None, :],
+                        mask=gate_mask[:, None] & col_mask[None, :], other=0.0)
         if INTERPRET_BF16:
             h = h.to(tl.float32)
-            wi, wf = wi.to(tl.float32), wf.to(tl.float32)
-            wg, wo = wg.to(tl.float32), wo.to(tl.float32)
-        acc_i = tl.dot(h, tl.trans(wi), acc_i, input_precision=PRECISION, out_dtype=ACC)
-        acc_f = tl.dot(h, tl.trans(wf), acc_f, input_precision=PRECISION, out_dtype=ACC)
-        acc_g = tl.dot(h, tl.trans(wg), acc_g, input_precision=PRECISION, out_dtype=ACC)
-        acc_o = tl.dot(h, tl.trans(wo), acc_o, input_precision=PRECISION, out_dtype=ACC)
+            w = w.to(tl.float32)
+        acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION, out_dtype=ACC)
+    # Column 4u + g, with g = 2a + b, is [.., u, a, b]: split b, then a.
+    gates_even, gates_odd = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))
+    acc_i, acc_g = tl.split(gates_even)
+    acc_f, acc_o = tl.split(gates_odd)
     return acc_i, acc_f, acc_g, acc_o
 
 
@@ -69,11 +74,12 @@ def _lstm_forward_kernel(
     hidden_ptr,    # [N, H] out, input dtype: o * tanh(c), the projection's input (HAS_PROJ)
     offsets_ptr,   # [T] int64: first row of each processed step (PACKED)
     sizes_ptr,     # [T] int32: active rows of each processed step (PACKED)
-    arrivals_ptr,  # [batch blocks] int32 zeros: barrier counters (USE_BARRIER)
+    barrier_ptr,   # [batch blocks + 1] int32 zeros: each batch block's arrival counter,
+                   # then the barrier-timeout flag (USE_BARRIER)
     T, B, H, P,
     REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_PROJ: tl.constexpr, SAVE_GATES: tl.constexpr, SAVE_CELLS: tl.constexpr,
-    USE_BARRIER: tl.constexpr,
+    USE_BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
     W_RESIDENT: tl.constexpr, ACC: tl.constexpr, INTERPRET_BF16: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -84,24 +90,18 @@ def _lstm_forward_kernel(
     rows = batch_block * BLOCK_B + tl.arange(0, BLOCK_B)
     unit_tiles = tl.cdiv(H, BLOCK_H)
     out_tiles = tl.cdiv(P, BLOCK_H)
-    arrivals_ptr += batch_block
+    timeout_ptr = barrier_ptr + tl.num_programs(0)
+    arrivals_ptr = barrier_ptr + batch_block
     arrived = tl.full((), 0, tl.int32)  # barrier arrivals expected so far
 
     # With W_RESIDENT each program owns exactly one unit tile and keeps its W_hh rows
     # in registers for the whole sequence.
-    w_i = tl.zeros((BLOCK_H, BLOCK_K), w_hh_ptr.dtype.element_ty)
-    w_f = w_i
-    w_g = w_i
-    w_o = w_i
+    w_tile = tl.zeros((4 * BLOCK_H, BLOCK_K), w_hh_ptr.dtype.element_ty)
     if W_RESIDENT:
-        units = first_tile * BLOCK_H + tl.arange(0, BLOCK_H)
+        gate_rows, gate_mask = _gate_rows(first_tile * BLOCK_H + tl.arange(0, BLOCK_H), H, BLOCK_H)
         cols = tl.arange(0, BLOCK_K)
-        w_mask = (units < H)[:, None] & (cols < P)[None, :]
-        w_rows = w_hh_ptr + units[:, None] * P + cols[None, :]
-        w_i = tl.load(w_rows, mask=w_mask, other=0.0)
-        w_f = tl.load(w_rows + H * P, mask=w_mask, other=0.0)
-        w_g = tl.load(w_rows + 2 * H * P, mask=w_mask, other=0.0)
-        w_o = tl.load(w_rows + 3 * H * P, mask=w_mask, other=0.0)
+        w_tile = tl.load(w_hh_ptr + gate_rows[:, None] * P + cols[None, :],
+                         mask=gate_mask[:, None] & (cols < P)[None, :], other=0.0)
 
     for k in range(T):
         offset, size, offset_prev, size_prev = step_rows(offsets_ptr, sizes_ptr, k, T, B,
@@ -115,8 +115,9 @@ def _lstm_forward_kernel(
             units = tile * BLOCK_H + tl.arange(0, BLOCK_H)
             unit_mask = units < H
             mask = active[:, None] & unit_mask[None, :]
+            gate_rows, gate_mask = _gate_rows(units, H, BLOCK_H)
             pre_i, pre_f, pre_g, pre_o = _recurrent_gates(
-                h_rows_ptr, active, units, unit_mask, w_hh_ptr, H, P, w_i, w_f, w_g, w_o,
+                h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_tile,
                 ACC, INTERPRET_BF16, PRECISION, W_RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K)
             xg_rows = xg_ptr + row_ids[:, None] * (4 * H) + units[None, :]
             pre_i += tl.load(xg_rows, mask=mask, other=0.0).to(ACC)
@@ -152,7 +153,7 @@ def _lstm_forward_kernel(
         if HAS_PROJ:
             # y = hidden @ W_hr^T needs every unit of the step: a second phase.
             arrived += tile_stride
-            end_phase(arrivals_ptr, arrived, USE_BARRIER)
+            end_phase(arrivals_ptr, arrived, timeout_ptr, USE_BARRIER, SPIN_LIMIT)
             for tile in range(first_tile, out_tiles, tile_stride):
                 out_cols = tile * BLOCK_H + tl.arange(0, BLOCK_H)
                 out_mask = out_cols < P
@@ -172,7 +173,7 @@ def _lstm_forward_kernel(
                 tl.store(y_ptr + row_ids[:, None] * P + out_cols[None, :],
                          rounded(acc, y_ptr, INTERPRET_BF16), mask=active[:, None] & out_mask[None, :])
         arrived += tile_stride
-        end_phase(arrivals_ptr, arrived, USE_BARRIER)
+        end_phase(arrivals_ptr, arrived, timeout_ptr, USE_BARRIER, SPIN_LIMIT)
 
 
 def forward(
@@ -206,26 +207,30 @@ def forward(
     cells = x2d.new_empty(rows, hidden_size, dtype=acc) if save != "none" else None
     hidden = x2d.new_empty(rows, hidden_size) if w_hr is not None else None
     if rows > 0:
-        plan = plan or make_plan(batch, hidden_size, out_size, len(steps), x.device, dtype)
+        plans = [plan] if plan else fallback_plans(
+            make_plan(batch, hidden_size, out_size, len(steps), x.device, dtype, "forward"))
         offsets, sizes = step_tables(steps, x.device)
-        arrivals = torch.zeros(plan.batch_blocks, dtype=torch.int32, device=x.device)
         bias = b_ih.to(acc) + b_hh.to(acc) if b_ih is not None else None
-        acc_tl, interpret_bf16, precision = kernel_dtypes(dtype)
         unused = c_state  # pointer for arguments a constexpr switches off
-        _lstm_forward_kernel[plan.grid](
+        pointers = [
             xg, bias if bias is not None else unused, w_hh.contiguous(),
             w_hr.contiguous() if w_hr is not None else unused, h0.contiguous(), c_state, y,
             gates if gates is not None else unused, cells if cells is not None else unused,
             hidden if hidden is not None else unused,
             offsets if offsets is not None else unused, sizes if sizes is not None else unused,
-            arrivals, len(steps), batch, hidden_size, out_size,
-            REVERSE=reverse, PACKED=offsets is not None, HAS_BIAS=bias is not None,
-            HAS_PROJ=w_hr is not None, SAVE_GATES=save_all, SAVE_CELLS=save != "none",
-            USE_BARRIER=plan.use_barrier,
-            W_RESIDENT=plan.weights_resident, ACC=acc_tl, INTERPRET_BF16=interpret_bf16,
-            PRECISION=precision, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-            BLOCK_K=plan.block_k, num_warps=plan.num_warps,
-        )
+        ]
+
+        def arguments(plan: Plan):
+            barrier = torch.zeros(plan.batch_blocks + 1, dtype=torch.int32, device=x.device)
+            constexprs = forward_constexprs(
+                plan, dtype, reverse=reverse, packed=offsets is not None,
+                has_bias=bias is not None, has_proj=w_hr is not None, save=save)
+            return ([*pointers, barrier, len(steps), batch, hidden_size, out_size], constexprs,
+                    barrier)
+
+        if launch(_lstm_forward_kernel, plans, arguments, x.device, "LSTM forward") is None:
+            return reference.forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                     reverse, save)
     empty = lambda: x2d.new_empty(0)  # one per slot: op outputs may not alias each other
     return (
         y.view(*x.shape[:-1], out_size),

@@ -1,7 +1,8 @@
 """Host-side helpers shared by the forward and backward launchers."""
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import Callable, Optional
 
 import torch
 import triton.language as tl
@@ -9,6 +10,12 @@ from torch import Tensor
 
 from ..steps import Steps, accumulation_dtype
 from . import interpreting
+from .plan import Plan
+
+# Polls of a barrier wait before the kernel gives up and reports a hang: about 10 s of
+# polling on an H100 (one poll is an L2 round trip), where a real wait takes microseconds.
+BARRIER_SPIN_LIMIT = 1 << 24
+MAX_REGISTERS = 255  # per thread, on every NVIDIA GPU since Kepler
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
@@ -33,3 +40,147 @@ def step_tables(steps: Steps, device: torch.device) -> tuple[Optional[Tensor], O
     offsets = torch.tensor(steps.offsets, dtype=torch.int64).to(device, non_blocking=True)
     sizes = torch.tensor(steps.sizes, dtype=torch.int32).to(device, non_blocking=True)
     return offsets, sizes
+
+
+def forward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed: bool,
+                       has_bias: bool, has_proj: bool, save: str) -> dict:
+    """The forward kernel's compile-time arguments (shared by the launcher and aot)."""
+    acc, interpret_bf16, precision = kernel_dtypes(dtype)
+    return dict(REVERSE=reverse, PACKED=packed, HAS_BIAS=has_bias, HAS_PROJ=has_proj,
+                SAVE_GATES=save == "all", SAVE_CELLS=save != "none",
+                USE_BARRIER=plan.use_barrier, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
+                W_RESIDENT=plan.weights_resident, ACC=acc, INTERPRET_BF16=interpret_bf16,
+                PRECISION=precision, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+                BLOCK_K=plan.block_k)
+
+
+def backward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed: bool,
+                        has_dy: bool, has_proj: bool, need_dy_total: bool) -> dict:
+    """The backward kernel's compile-time arguments (shared by the launcher and aot):
+    16-bit layers run the dh chain's product on tensor cores (TENSOR_CORE_CHAIN), the
+    others in their accumulation dtype."""
+    _, interpret_bf16, _ = kernel_dtypes(dtype)
+    acc, _, precision = kernel_dtypes(accumulation_dtype(dtype))
+    return dict(REVERSE=reverse, PACKED=packed, HAS_DY=has_dy, HAS_PROJ=has_proj,
+                NEED_DY_TOTAL=need_dy_total, USE_BARRIER=plan.use_barrier,
+                SPIN_LIMIT=BARRIER_SPIN_LIMIT,
+                TENSOR_CORE_CHAIN=dtype in (torch.float16, torch.bfloat16),
+                INTERPRET_BF16=interpret_bf16, ACC=acc, PRECISION=precision,
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
+
+
+def launch_options(plan: Plan) -> dict:
+    """Launch options of a plan: barrier plans launch cooperatively, so the driver either
+    makes every program resident at once or refuses the launch (never a silent hang).
+    The register cap is the hardware's own: without one, ptxas picks a lower target for
+    kernels that wait at a barrier and spills (sm_80 backward, B=3 H=20: 168 registers
+    and 60 B of spills; with the cap, 255 registers and none). One program runs per SM,
+    so the registers cost no occupancy."""
+    return dict(num_warps=plan.num_warps, num_stages=plan.num_stages, maxnreg=MAX_REGISTERS,
+                launch_cooperative_grid=plan.use_barrier)
+
+
+# Whether the device accepts a kernel specialization (plan, constexprs, how Triton
+# specializes the sizes), checked once per process.
+_device_accepts: dict[tuple, bool] = {}
+_warned: set[tuple] = set()
+# Barrier launches whose timeout flag has not been read yet: (the flag or its pinned host
+# copy, the event recorded after the copy or None, what to name in the error).
+_unread_flags: list[tuple[Tensor, Optional["torch.cuda.Event"], str]] = []
+
+# The driver's words when it refuses a cooperative launch (too many programs to be
+# resident at once, or no cooperative launch on this device / under MPS).
+_COOPERATIVE_REFUSALS = ("too many blocks in cooperative launch", "operation not supported")
+
+
+def launch(kernel, plans: list[Plan], arguments: Callable[[Plan], tuple[list, dict, Tensor]],
+           device: torch.device, name: str) -> Optional[Plan]:
+    """Runs `kernel` with the first of `plans` that the device accepts and returns it;
+    None when it accepts none (the caller then computes on the reference backend).
+
+    arguments(plan) -> the kernel's positional arguments and constexprs for that plan,
+    and its barrier tensor (counters, then the timeout flag), one of those arguments.
+    A plan is accepted when its compiled kernel fits the device's shared memory and, for
+    all but the last plan, does not spill (checked before its first launch, compiled
+    ahead of it), and when the driver takes its launch (cooperative for barrier plans).
+    Inside a CUDA-graph capture the timeout flags are neither read nor watched (querying
+    an event there would break the capture, and a replay cannot report to the host): the
+    bounded wait still ends a hang there, without the error."""
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if not capturing:
+        raise_if_barrier_timed_out()
+    for index, plan in enumerate(plans):
+        args, constexprs, barrier = arguments(plan)
+        options = launch_options(plan)
+        if not interpreting():
+            sizes = tuple((a == 1, a % 16 == 0) for a in args if isinstance(a, int))
+            key = (name, plan, tuple(constexprs.items()), sizes, device)
+            if key not in _device_accepts:
+                _device_accepts[key] = _fits(kernel, plan, args, constexprs, options,
+                                             spills_allowed=index == len(plans) - 1)
+            if not _device_accepts[key]:
+                continue
+        try:
+            kernel[plan.grid](*args, **constexprs, **options)
+        except RuntimeError as error:
+            if plan.use_barrier and any(words in str(error) for words in _COOPERATIVE_REFUSALS):
+                continue
+            raise
+        if plan.use_barrier and not capturing:
+            _watch_timeout_flag(barrier[-1:], f"{name} with {plan}")
+        return plan
+    key = (name, tuple(plans))
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"{name}: the device accepted none of the Triton plans {plans}; this "
+                      f"layer runs on the reference backend", RuntimeWarning, stacklevel=3)
+    return None
+
+
+def _fits(kernel, plan: Plan, args: list, constexprs: dict, options: dict,
+          spills_allowed: bool) -> bool:
+    """Compiles the kernel for the current device (Triton keeps it for the launch) and
+    checks it there: Triton raises OutOfResources for shared memory over the device's limit."""
+    from triton.runtime.errors import OutOfResources
+
+    compiled = kernel.warmup(*args, grid=plan.grid, **constexprs, **options)
+    try:
+        compiled._init_handles()
+    except OutOfResources:
+        return False
+    return spills_allowed or compiled.n_spills == 0
+
+
+def _watch_timeout_flag(flag: Tensor, description: str) -> None:
+    """Reads a barrier launch's timeout flag [1] int32 without waiting for the kernel:
+    a non-blocking copy into pinned memory and an event, checked by the next launch
+    (or raise_if_barrier_timed_out). In the interpreter the kernel has already finished."""
+    if flag.device.type == "cpu":
+        _unread_flags.append((flag, None, description))
+    else:
+        host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        _unread_flags.append((host, copied, description))
+    raise_if_barrier_timed_out()
+
+
+def raise_if_barrier_timed_out(wait: bool = False) -> None:
+    """Raises RuntimeError if a finished barrier launch gave up waiting at its barrier
+    (a program never arrived: a bug, or programs that were not all resident). Launches
+    still running are left for a later call, unless `wait`."""
+    unread = []
+    while _unread_flags:
+        flag, copied, description = _unread_flags.pop(0)
+        if copied is not None and not copied.query():
+            if not wait:
+                unread.append((flag, copied, description))
+                continue
+            copied.synchronize()
+        if int(flag[0]) != 0:
+            _unread_flags[:0] = unread
+            raise RuntimeError(f"{description}: a program waited at the grid barrier past "
+                               f"{BARRIER_SPIN_LIMIT} polls and gave up, so its results are "
+                               f"wrong. Please report this with the layer's sizes.")
+    _unread_flags.extend(unread)
