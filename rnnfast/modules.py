@@ -38,7 +38,7 @@ class LSTM(nn.Module):
     """Drop-in replacement for torch.nn.LSTM with fused backends and freeze masks.
 
     Same arguments as torch.nn.LSTM plus `backend`: "auto" (the fastest verified
-    backend for the device/dtype), "reference", "triton" or "cuda"; and `recompute`:
+    backend for the device/dtype), "reference", "triton", "cuda" or "cpu"; and `recompute`:
     keep only the cell states for backward and rebuild the gate activations there
     (less activation memory for some backward time; see docs/usage.md "Memory").
     """
