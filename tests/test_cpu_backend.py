@@ -141,7 +141,8 @@ def test_auto_picks_cpu_for_fp32_and_fp64_on_cpu_only():
     assert backends.get("cpu").unsupported_reason(torch.device("cuda"), torch.float32) is not None
 
 
-def test_16_bit_layers_fall_back_to_reference_with_the_reason():
+def test_16_bit_layers_fall_back_to_reference_with_the_reason(monkeypatch):
+    monkeypatch.setattr(backends, "_warned_fallbacks", set())  # said once per process
     m = rnnfast.LSTM(I, H, backend="cpu", dtype=torch.bfloat16)
     with pytest.warns(UserWarning, match=r"backend 'cpu' does not support this call \(dtype torch.bfloat16"):
         m(torch.randn(T, B, I, dtype=torch.bfloat16))
