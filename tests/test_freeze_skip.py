@@ -182,7 +182,7 @@ def test_one_trainable_entry_costs_one_block_of_rows():
     mask = torch.ones(128, 64, dtype=torch.bool)
     mask[100, 3] = False
     blocks = trainable.trainable_blocks(mask)
-    assert blocks.runs == ((96, 112),) and blocks.computed_fraction == 16 / 128
+    assert blocks.runs == ((96, 112),) and blocks.computed_rows == 16
     assert blocks.frozen_part.shape == (16, 64) and blocks.frozen_part.sum() == 16 * 64 - 1
 
 

@@ -124,3 +124,11 @@ def test_bench_explain_prints_plan_resources_and_modelled_time(capsys):
     assert [row.split()[5] for row in rows] == ["forward", "backward"]
     assert "barrier x8" in rows[0] and "W held" in rows[0]  # 64 units, 8 a program
     assert "fwd+bwd" in out and "no published figure" in out
+
+
+def test_bench_explain_rejects_a_shape_the_bench_rejects(capsys):
+    """--explain reads the same arguments as the bench: --batch 0 is an error, not 32."""
+    from rnnfast.__main__ import main
+
+    assert main(["bench", "--explain", "--batch", "0", "--hidden", "64", "--seq", "8"]) == 2
+    assert "--batch must be a positive integer, got 0" in capsys.readouterr().err

@@ -1,9 +1,8 @@
 """The part of the backward that is the same for every backend: once the recurrence
 has produced the gate gradients of every row, the input and parameter gradients are
 large GEMMs over all steps (cuBLAS / oneDNN through torch), each computed only when
-asked for. A partly frozen weight's gradient multiplies only the row and column blocks
-that hold a trainable entry (trainable.py); its frozen entries come out exactly zero
-(DESIGN.md §4)."""
+asked for. A partly frozen weight's gradient multiplies only the row blocks that hold
+a trainable entry (trainable.py); its frozen entries come out exactly zero (DESIGN.md §4)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence

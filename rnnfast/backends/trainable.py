@@ -56,8 +56,8 @@ class TrainableBlocks:
         return self.runs == ((0, self.shape[0]),)
 
     @property
-    def computed_fraction(self) -> float:
-        return sum(b - a for a, b in self.runs) / self.shape[0]
+    def computed_rows(self) -> int:
+        return sum(b - a for a, b in self.runs)
 
 
 _CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -110,9 +110,8 @@ def _derive(mask: Tensor) -> TrainableBlocks:
 
 def _worth_skipping(blocks: TrainableBlocks, reduction: int, device: torch.device) -> bool:
     rows, cols = blocks.shape
-    computed = sum(b - a for a, b in blocks.runs)
     calls = 1 + (1 if len(blocks.runs) > _MAX_RUNS else len(blocks.runs))
-    saved = reduction * cols * (rows - computed)
+    saved = reduction * cols * (rows - blocks.computed_rows)
     return saved >= calls * _MIN_SAVED_PER_CALL.get(device.type, 1 << 24)
 
 

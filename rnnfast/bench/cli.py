@@ -44,6 +44,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and modelled time (no GPU needed)")
 
 
+def cases_from_args(args, device, default_groups=None) -> list:
+    """The cases the arguments ask for: the user's --batch/--hidden/--seq shape, or the
+    standard suite of `device` (its --cases groups, else `default_groups`, else all),
+    kept to --mode. Raises ValueError naming what is wrong."""
+    bad = [d for d in args.dtype or [] if d not in cases_mod.DTYPES]
+    if bad:
+        raise ValueError(f"unknown dtype {bad[0]!r}; expected some of {', '.join(cases_mod.DTYPES)}")
+    custom = any(v is not None for v in (args.batch, args.hidden, args.seq, args.input))
+    if custom:
+        if args.cases:
+            raise ValueError("--cases picks standard groups; it does not combine with --batch/--hidden/--seq")
+        def given(value, default):
+            return default if value is None else value
+        H = given(args.hidden, 256)
+        modes = args.mode or (["fwd", "fwdbwd", "bwd", "bias_only", "memory"]
+                              + (["frozen_layers"] if args.layers > 1 else []))
+        return [cases_mod.custom_case(given(args.seq, 50), given(args.batch, 32), H, given(args.input, H),
+                                      args.layers, dt, modes) for dt in (args.dtype or ["fp32"])]
+    suite = cases_mod.standard_cases(device, args.dtype, args.cases or default_groups)
+    if args.mode:
+        cases_mod.check_modes(args.mode, 2)
+        suite = [c.__class__(**{**c.__dict__, "modes": tuple(m for m in c.modes if m in args.mode)})
+                 for c in suite]
+        suite = [c for c in suite if c.modes]
+        if not suite:
+            raise ValueError(f"no standard case runs the modes {args.mode}")
+    return suite
+
+
 def run(args, argv=None) -> int:
     """Raises UsageError for bad input, before anything runs."""
     if args.explain:
@@ -53,31 +82,9 @@ def run(args, argv=None) -> int:
     device = args.device
     gpu = device.type == "cuda"
     try:
-        bad = [d for d in args.dtype or [] if d not in cases_mod.DTYPES]
-        if bad:
-            raise ValueError(f"unknown dtype {bad[0]!r}; expected some of {', '.join(cases_mod.DTYPES)}")
         if args.providers:
             providers_mod.select([], args.providers)  # validates the names
-        custom = any(v is not None for v in (args.batch, args.hidden, args.seq, args.input))
-        if custom:
-            if args.cases:
-                raise ValueError("--cases picks standard groups; it does not combine with --batch/--hidden/--seq")
-            def given(value, default):
-                return default if value is None else value
-            H = given(args.hidden, 256)
-            modes = args.mode or (["fwd", "fwdbwd", "bwd", "bias_only", "memory"]
-                                  + (["frozen_layers"] if args.layers > 1 else []))
-            suite = [cases_mod.custom_case(given(args.seq, 50), given(args.batch, 32), H, given(args.input, H),
-                                           args.layers, dt, modes) for dt in (args.dtype or ["fp32"])]
-        else:
-            suite = cases_mod.standard_cases(device, args.dtype, args.cases)
-            if args.mode:
-                cases_mod.check_modes(args.mode, 2)
-                suite = [c.__class__(**{**c.__dict__, "modes": tuple(m for m in c.modes if m in args.mode)})
-                         for c in suite]
-                suite = [c for c in suite if c.modes]
-                if not suite:
-                    raise ValueError(f"no standard case runs the modes {args.mode}")
+        suite = cases_from_args(args, device)
     except ValueError as e:
         raise UsageError(str(e), "python -m rnnfast bench") from None
 

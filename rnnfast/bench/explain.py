@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from ..cli_args import UsageError
-from . import cases as cases_mod
 
 # cuDNN on an H100, fp16, from FlashRNN's paper (DESIGN.md §8): (T, B, I, H, dtype) ->
 # (forward, forward+backward) seconds. Other shapes have no published figure.
@@ -24,18 +23,10 @@ def explain(args) -> int:
         raise UsageError("--explain compiles the Triton kernels: install triton") from None
     from ..backends.triton import aot, model
 
+    from .cli import cases_from_args
+
     try:
-        bad = [d for d in args.dtype or [] if d not in cases_mod.DTYPES]
-        if bad:
-            raise ValueError(f"unknown dtype {bad[0]!r}; expected some of {', '.join(cases_mod.DTYPES)}")
-        if any(v is not None for v in (args.batch, args.hidden, args.seq, args.input)):
-            hidden = args.hidden or 256
-            suite = [cases_mod.custom_case(args.seq or 50, args.batch or 32, hidden,
-                                           args.input or hidden, args.layers, dt, ["fwd", "fwdbwd"])
-                     for dt in (args.dtype or ["fp32"])]
-        else:
-            suite = cases_mod.standard_cases(torch.device("cuda"), args.dtype,
-                                             args.cases or DEFAULT_GROUPS)
+        suite = cases_from_args(args, torch.device("cuda"), DEFAULT_GROUPS)
     except ValueError as e:
         raise UsageError(str(e), "python -m rnnfast bench --explain") from None
 

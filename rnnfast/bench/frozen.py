@@ -4,7 +4,7 @@ For each frozen fraction of a layer's gate rows the backward is timed (forward u
 input needing no gradient, as in a fine-tune's lowest layer) against the same provider
 with nothing frozen, and so are the weight-gradient products alone (dW_ih, dW_hh and
 the biases through backends.gradients, the part that freezing can shrink: the
-recurrent chain still runs through frozen units, docs/backends.md). nn.LSTM cannot
+recurrent chain still runs through frozen units, docs/usage.md). nn.LSTM cannot
 freeze rows: its row is the fully trainable backward, for scale.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from torch import nn
 from .cases import Case
 from .providers import BASELINE
 
-# mode -> [(label, frozen fraction of the rows, freeze() keyword arguments or None)]
-GATE_STEPS = [("none", 0.0, None), ("i", 0.25, "i"), ("if", 0.5, "if"), ("ifg", 0.75, "ifg")]
+# frozen_gates: (frozen fraction of the rows, the gates frozen); frozen_units: fractions.
+GATE_STEPS = ((0.0, ""), (0.25, "i"), (0.5, "if"), (0.75, "ifg"))
 UNIT_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 0.9)
 SCALING_MODES = ("frozen_gates", "frozen_units")
 DW_PROVIDER = "weight-gradient products"
@@ -28,7 +28,7 @@ def settings(mode: str, hidden: int) -> list[tuple[float, Optional[dict]]]:
     """(frozen fraction of the gate rows, rnnfast.freeze selector or None) per step of a
     mode: whole gates (quarters only), or the first units of every gate."""
     if mode == "frozen_gates":
-        return [(fraction, dict(gates=gates) if gates else None) for _, fraction, gates in GATE_STEPS]
+        return [(fraction, dict(gates=gates) if gates else None) for fraction, gates in GATE_STEPS]
     steps = []
     for fraction in UNIT_FRACTIONS:
         units = round(fraction * hidden)

@@ -191,6 +191,11 @@ def peak_memory(model: nn.Module, xs, gouts, device: torch.device) -> int:
     return int(saved)
 
 
+def _case_fields(case: Case) -> dict:
+    """What every row of a case starts with: its name and shape (not its mode list)."""
+    return {"case": case.name, **{k: v for k, v in case.as_dict().items() if k not in ("name", "modes")}}
+
+
 def run_count(case: Case, providers: list[Provider]) -> int:
     """How many rows (progress steps) run_case makes."""
     return sum(scaling_run_count(m, case.H, providers) if m in SCALING_MODES else len(providers)
@@ -222,9 +227,7 @@ def run_case(case: Case, providers: list[Provider], device: torch.device, repeat
                 progress.write(f"{p.name} on {case.name}:\n{traceback.format_exc()}")
     for mode in case.modes:
         if mode in SCALING_MODES:
-            base_row = {"case": case.name, **{k: v for k, v in case.as_dict().items()
-                                              if k not in ("name", "modes")},
-                        "mode": mode, "tolerance": tol}
+            base_row = {**_case_fields(case), "mode": mode, "tolerance": tol}
             rows += run_scaling(case, mode, built, device, repeats, warmup, xs, gouts, base_row,
                                 progress)
             continue
@@ -233,7 +236,7 @@ def run_case(case: Case, providers: list[Provider], device: torch.device, repeat
             if progress is not None:
                 progress.start(f"{case.name} {mode} {p.name}")
             model, status, diff = built[p.name]
-            row = {"case": case.name, **{k: v for k, v in case.as_dict().items() if k not in ("name", "modes")},
+            row = {**_case_fields(case),
                    "mode": mode, "provider": p.name, "status": status,
                    "max_rel_diff": diff, "tolerance": tol}
             if model is not None and p.unsupported_modes and mode in p.unsupported_modes:

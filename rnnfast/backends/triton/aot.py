@@ -129,8 +129,9 @@ def _kernel_of(case: KernelCase) -> KernelCase:
     """The case with only what reaches the compiled kernel: the grid is a launch
     parameter, and of each size only how Triton's launcher specializes it (folded when
     1, marked when a multiple of 16)."""
-    def specialized(size: int) -> int:
-        return size if size == 1 else 16 if size % 16 == 0 else 17
+    def specialized(size: int) -> int:  # a stand-in with the same specialization
+        _, folded, divisible = _specialized_size(size)
+        return 1 if folded is not None else 16 if divisible else 17
 
     plan = dataclasses.replace(case.plan, batch_blocks=1, programs_per_batch_block=1)
     return dataclasses.replace(case, plan=plan, seq_len=specialized(case.seq_len),
