@@ -13,6 +13,7 @@ import rnnfast
 from helpers import layer_args, upstream_grads
 from rnnfast import backends
 from rnnfast.backends import cpu as cpu_backend, reference
+from rnnfast.backends.cpu import backward as cpu_backward
 
 pytestmark = pytest.mark.skipif(backends.available_backends()["cpu"] is not None,
                                 reason=f"cpu backend unavailable: {backends.available_backends()['cpu']}")
@@ -102,10 +103,13 @@ def test_backward_computes_only_what_needs_asks_and_zeroes_frozen_entries():
             torch.testing.assert_close(got, expected)
 
 
-@pytest.mark.parametrize("sizes", [dict(T=1, B=1, I=1, H=1), dict(T=3, B=64, I=8, H=160)],
-                         ids=["one-of-each", "multithreaded-cell"])
+@pytest.mark.parametrize("sizes", [dict(T=1, B=1, I=1, H=1), dict(T=3, B=64, I=8, H=160),
+                                   dict(T=20, B=7, I=200, H=150)],
+                         ids=["one-of-each", "multithreaded-cell", "blocked-products"])
 def test_extreme_sizes_match_reference(sizes):
-    """H=1: only a vector tail; B*H=10240 units: each step's cell math is split over threads."""
+    """H=1: only a vector tail; B*H=10240 units: each step's cell math is split over
+    threads; I=200, H=150, B=7, 140 rows: every product spans several inner blocks (128),
+    row blocks (96), a ragged column tile and a partial row tile, split over threads."""
     args = _args(None, 0, **sizes)
     ours = cpu_backend.lstm_forward(*args, True, "all")
     expected = reference.forward(*args, True, "all")
@@ -186,7 +190,8 @@ def test_without_a_compiler_rnnfast_says_so_once_and_runs_reference(monkeypatch)
 @pytest.mark.parametrize("lengths,proj,reverse", [(None, 0, False), (LENGTHS, 6, True)], ids=["dense", "packed-proj-rev"])
 def test_fp32_error_against_fp64_within_twice_the_references(lengths, proj, reverse):
     """DESIGN.md §6: the kernel's fp32 error against a float64 reference may be at most
-    ~2x the reference's own fp32 error (the fp32 tanh here is 2 sigmoid(2x) - 1)."""
+    ~2x the reference's own fp32 error (the fp32 tanh here is the fitted one of
+    lstm_cell_cpu.h, the products are the extension's own GEMM)."""
     args64 = _args(lengths, proj, T=30, H=40)
     args32 = [a.float() if a is not None and a.is_floating_point() else a for a in args64]
     exact = reference.forward(*args64, reverse, "all")
@@ -203,3 +208,58 @@ def test_fp32_error_against_fp64_within_twice_the_references(lengths, proj, reve
                                              list(exact[:3]) + [g for g in exact_grads if g is not None])]
     for ours, theirs in zip(errors["cpu"], errors["reference"]):
         assert ours <= 2 * theirs + 1e-6, errors
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_tanh_within_two_ulp_of_float64(dtype):
+    """The cell's tanh (fp32: polynomial below |x| = 0.9, 1 - 2/(1 + exp(2|x|)) above) on a
+    dense grid, both sides of the switch, and the special values."""
+    x = torch.cat([torch.linspace(-12, 12, 1_000_001), torch.linspace(-1, 1, 500_001),
+                   torch.logspace(-30, 1, 10_001), -torch.logspace(-30, 1, 10_001)]).to(dtype)
+    got = cpu_backend.extension().cell_tanh(x).double()
+    exact = torch.tanh(x.double())
+    ulp = torch.nextafter(exact.to(dtype).abs(), torch.tensor(float("inf"), dtype=dtype)).double() \
+        - exact.to(dtype).abs().double()
+    assert ((got - exact).abs() / ulp).max().item() <= 2.0
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 100.0, -100.0], dtype=dtype)
+    assert cpu_backend.extension().cell_tanh(special).tolist() == [0.0, -0.0, 1.0, -1.0, 1.0, -1.0]
+    assert cpu_backend.extension().cell_tanh(torch.tensor([float("nan")], dtype=dtype)).isnan().all()
+
+
+def test_a_sequence_gives_the_same_bits_alone_or_in_any_batch():
+    """Each output element is summed in one order whatever the batch (products tiled by
+    rows, the matrix-vector path at B <= 2, threads split columns), so a sequence's outputs
+    do not depend on what else is in the batch. H = 150 spans two inner blocks."""
+    torch.manual_seed(0)
+    model = rnnfast.LSTM(40, 150, backend="cpu")
+    x = torch.randn(9, 7, 40)
+    with torch.no_grad():
+        whole, _ = model(x)
+        for rows in (slice(0, 1), slice(5, 7), slice(2, 5)):   # B = 1, 2 and 3
+            alone, _ = model(x[:, rows])
+            assert torch.equal(alone, whole[:, rows])
+
+
+def _close_as_torch_mm(got, a, b):
+    """DESIGN.md §6's rule: against the float64 product, at most twice torch.mm's error."""
+    exact = a.double() @ b.double()
+    ours, theirs = (got.double() - exact).abs().max(), ((a @ b).double() - exact).abs().max()
+    assert ours <= 2 * theirs + 1e-12, (ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gemm_matches_torch_mm_on_views_and_row_slices(dtype):
+    """The backend's mm (used for dx and the weight gradients): a transposed and a sliced
+    first operand, an out= row slice, odd sizes, an empty inner dimension."""
+    torch.manual_seed(0)
+    a, b = torch.randn(301, 70, dtype=dtype), torch.randn(301, 131, dtype=dtype)
+    _close_as_torch_mm(cpu_backward.mm(a.t(), b), a.t(), b)
+    _close_as_torch_mm(cpu_backward.mm(a[:, 3:20].t(), b), a[:, 3:20].t(), b)
+    out = torch.zeros(70, 131, dtype=dtype)
+    cpu_backward.mm(a[:, 10:27].t(), b, out=out[10:27])
+    assert torch.equal(out[10:27], cpu_backward.mm(a.t(), b)[10:27])   # rows: same bits
+    assert out[:10].eq(0).all() and out[27:].eq(0).all()
+    _close_as_torch_mm(cpu_backward.mm(b.t()[:, :5], b[:5, :9]), b.t()[:, :5], b[:5, :9])
+    assert cpu_backward.mm(a[:0].t(), b[:0]).eq(0).all()
+    with pytest.raises(ValueError, match=r"expected a \[M, K\] and b \[K, N\]"):
+        cpu_backward.mm(a, b)

@@ -6,6 +6,7 @@ import torch
 
 import rnnfast
 from rnnfast.backends import gradients, reference, trainable
+from rnnfast.backends.cpu import backward as cpu_backward
 from rnnfast.freeze import frozen_mask
 from conftest import BACKENDS
 from helpers import in_interpreter
@@ -20,9 +21,10 @@ def skip_at_any_size(monkeypatch):
     monkeypatch.setattr(trainable, "_MIN_SAVED_PER_CALL", {"cpu": 0, "cuda": 0})
 
 
-def _compute_then_zero(a, b, mask, dtype):
-    """The products before blocks were skipped: everything, then the frozen entries zeroed."""
-    product = a.to(dtype).t() @ b
+def _compute_then_zero(a, b, mask, dtype, mm=None):
+    """The products before blocks were skipped: everything, then the frozen entries zeroed
+    (on the backend's own GEMM, as masked_product)."""
+    product = (mm or torch.mm)(a.to(dtype).t(), b)
     return product if mask is None else product.masked_fill_(mask, 0)
 
 
@@ -108,15 +110,18 @@ def test_both_product_paths_bit_identical(dtype, trainable_blocks, runs):
 
 @pytest.fixture
 def product_shapes(monkeypatch):
-    """The output shape of every torch.mm call (the weight-gradient products use it;
-    the recurrence and dx go through linear)."""
-    shapes, original = [], torch.mm
+    """The output shape of every weight-gradient product: torch.mm, or the cpu backend's
+    own GEMM (the recurrence and dx go through other calls)."""
+    shapes = []
 
-    def mm(a, b, **kwargs):
-        shapes.append((a.shape[0], b.shape[1]))
-        return original(a, b, **kwargs)
+    def recording(original):
+        def mm(a, b, **kwargs):
+            shapes.append((a.shape[0], b.shape[1]))
+            return original(a, b, **kwargs)
+        return mm
 
-    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch, "mm", recording(torch.mm))
+    monkeypatch.setattr(cpu_backward, "mm", recording(cpu_backward.mm))
     return shapes
 
 

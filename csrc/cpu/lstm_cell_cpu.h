@@ -18,6 +18,37 @@ inline Vec<scalar_t> vec_sigmoid(const Vec<scalar_t>& x) {
   return one / (one + x.neg().exp());
 }
 
+// tanh of the cell. fp64: SLEEF's. fp32: SLEEF's 1-ulp tanh costs ~1 ns an element
+// even with AVX-512, five sigmoids' worth, and two of the cell's five activations are
+// tanh. So: below |x| = 0.9 an odd polynomial (x + x z Q(z), z = x^2; coefficients
+// from csrc/cpu/fit_tanh.py), above it 1 - 2 / (1 + exp(2|x|)), which cannot cancel
+// there (the result is >= 0.71). At most 1.3 ulp from float64 tanh on a dense grid
+// (test_cpu_backend.py); 2 sigmoid(2x) - 1, cheaper still, loses all relative
+// accuracy near 0 and tripled the bias gradient's error (csrc/README.md).
+template <typename scalar_t>
+inline Vec<scalar_t> cell_tanh(const Vec<scalar_t>& x) {
+  return x.tanh();
+}
+
+template <>
+inline Vec<float> cell_tanh<float>(const Vec<float>& x) {
+  using V = Vec<float>;
+  const V one(1.f), two(2.f), zero(0.f);
+  const V z = x * x;
+  V q(-0.000450110674f);
+  q = at::vec::fmadd(q, z, V(0.00256644073f));
+  q = at::vec::fmadd(q, z, V(-0.0082448693f));
+  q = at::vec::fmadd(q, z, V(0.0216514114f));
+  q = at::vec::fmadd(q, z, V(-0.0539253056f));
+  q = at::vec::fmadd(q, z, V(0.133329108f));
+  q = at::vec::fmadd(q, z, V(-0.333333164f));
+  const V small = at::vec::fmadd(x * z, q, x);
+  const V a = x.abs();
+  const V large = one - two / (one + (a + a).exp());  // exp overflows to inf: 1, as it should
+  const V large_signed = V::blendv(large, large.neg(), x < zero);
+  return V::blendv(large_signed, small, a < V(0.9f));  // NaN: not < 0.9, so NaN from exp
+}
+
 // Forward of one row: gates holds the pre-activations (input projection + bias +
 // recurrent product) and gets the activations back when they are saved for backward.
 template <typename scalar_t>
@@ -37,13 +68,10 @@ struct ForwardRow {
       const int count = static_cast<int>(std::min<int64_t>(width, end - j));
       auto i = vec_sigmoid(Vec<scalar_t>::loadu(gates + j, count));
       auto f = vec_sigmoid(Vec<scalar_t>::loadu(gates + H + j, count));
-      // SLEEF's tanh (1 ulp), in fp32 too: 2 sigmoid(2x) - 1 takes 1.0 instead of 2.6 ns
-      // an element on AVX2, but its 1.8e-7 error tripled the bias gradient's error
-      // against float64, where DESIGN.md §6 allows twice the reference's.
-      auto g = Vec<scalar_t>::loadu(gates + 2 * H + j, count).tanh();
+      auto g = cell_tanh(Vec<scalar_t>::loadu(gates + 2 * H + j, count));
       auto o = vec_sigmoid(Vec<scalar_t>::loadu(gates + 3 * H + j, count));
       auto c = f * Vec<scalar_t>::loadu(cell + j, count) + i * g;
-      auto h = o * c.tanh();
+      auto h = o * cell_tanh(c);
       c.store(cell + j, count);
       h.store(hidden + j, count);
       if (cell_saved != nullptr) c.store(cell_saved + j, count);
@@ -79,7 +107,7 @@ struct BackwardRow {
       auto f = Vec<scalar_t>::loadu(gates + H + j, count);
       auto g = Vec<scalar_t>::loadu(gates + 2 * H + j, count);
       auto o = Vec<scalar_t>::loadu(gates + 3 * H + j, count);
-      auto tanh_c = Vec<scalar_t>::loadu(cell + j, count).tanh();
+      auto tanh_c = cell_tanh(Vec<scalar_t>::loadu(cell + j, count));
       auto d_h = Vec<scalar_t>::loadu(dh + j, count);
       // h = o tanh(c): dc gains dh * o * (1 - tanh(c)^2).
       auto d_c = Vec<scalar_t>::loadu(dc + j, count) + d_h * o * (one - tanh_c * tanh_c);

@@ -4,55 +4,45 @@
 // parameter/input gradients, shared with every backend (backends/gradients.py).
 //
 // What makes it faster than a Python loop over time: per step there is no allocation
-// and no dispatcher round trip. The recurrent products write into row blocks of
-// buffers allocated once per call: small ones in a register-tiled at::vec kernel,
-// larger ones straight in the BLAS torch links (MKL's sgemm_/dgemm_ where libtorch
-// exports them: RNNFAST_DIRECT_BLAS); the cell math is vectorized (lstm_cell_cpu.h)
-// and split over threads when a step is large enough.
+// and no dispatcher round trip. Every product (the input projection of all steps, each
+// step's recurrent product) runs in this file's register-tiled, cache-blocked at::vec
+// GEMM, split over torch's threads when large enough: on AMD CPUs MKL runs its AVX2
+// code, at well under half of what AVX-512 gives (csrc/README.md). The cell math is
+// vectorized (lstm_cell_cpu.h) and split over threads when a step is large enough.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "lstm_cell_cpu.h"
 
-#ifdef RNNFAST_DIRECT_BLAS
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b,
-            const int* ldb, const double* beta, double* c, const int* ldc);
-}
-#endif
 
 namespace rnnfast_cpu {
 namespace {
 
 using at::Tensor;
 
-// Below this many (row, unit) pairs a step's cell math runs on one thread. Not tuned:
-// 8192 pairs are ~80 us of cell math, far above the few us of waking the pool.
+// Below this many (row, unit) pairs a step's cell math runs on one thread: 8192 pairs
+// are ~10 us of cell math (AVX-512, fp32), well above the ~1 us of waking the pool.
 constexpr int64_t kPointwiseGrain = 8192;
 
-// Up to this many multiply-adds a step's product runs in small_gemm_rows, not BLAS:
-// measured on a 2-core EPYC (AVX2), one thread, best of 15: B=1 H=64 1.1 us against
-// MKL's 1.35; B=4 H=128 10 against 21; beyond it MKL is as fast or faster (B=32 H=64:
-// 14 against 15, B=64 H=256: 0.56 against 1.4 ms).
-constexpr int64_t kSmallGemmMacs = int64_t(1) << 18;
+// A product is split over threads in tasks of at least this many multiply-adds
+// (~1-2 us at 100 GMAC/s), so that waking the pool never costs more than it saves.
+constexpr int64_t kMinMacsPerTask = int64_t(1) << 17;
 
 // C[kRows, kCols vectors from column j] (+)= A[kRows, inner] @ W[inner, same columns]:
 // one tile of independent accumulators, kept in registers while W streams by.
-// kFull: all kCols vectors are whole; otherwise the tile is the ragged right edge.
+// A is read through strides (row a_rs, inner a_is) so that a transposed operand needs
+// no copy. kFull: all kCols vectors are whole; otherwise the tile is the ragged edge.
 template <typename scalar_t, int kRows, int kCols, bool kFull>
-inline void small_gemm_tile(int64_t inner, int64_t cols_left,
-                            const scalar_t* a, int64_t lda,   // [kRows, inner]
-                            const scalar_t* w, int64_t ldw,   // [inner, >= tile]
-                            bool accumulate,
-                            scalar_t* c, int64_t ldc) {       // [kRows, >= tile]
+inline void gemm_tile(int64_t inner, int64_t cols_left,
+                      const scalar_t* a, int64_t a_rs, int64_t a_is,  // [kRows, inner]
+                      const scalar_t* w, int64_t ldw,                 // [inner, >= tile]
+                      bool accumulate,
+                      scalar_t* c, int64_t ldc) {                     // [kRows, >= tile]
   using V = Vec<scalar_t>;
   constexpr int64_t width = V::size();
   int count[kCols];
@@ -71,7 +61,7 @@ inline void small_gemm_tile(int64_t inner, int64_t cols_left,
     V w_p[kCols];
     for (int v = 0; v < kCols; ++v) w_p[v] = load(w + p * ldw, v);
     for (int r = 0; r < kRows; ++r) {
-      const V a_rp(a[r * lda + p]);
+      const V a_rp(a[r * a_rs + p * a_is]);
       for (int v = 0; v < kCols; ++v) acc[r][v] = at::vec::fmadd(a_rp, w_p[v], acc[r][v]);
     }
   }
@@ -83,83 +73,103 @@ inline void small_gemm_tile(int64_t inner, int64_t cols_left,
   }
 }
 
-// kRows rows of C, all columns: whole tiles, then the ragged edge.
-template <typename scalar_t, int kRows>
-inline void small_gemm_row_block(int64_t out, int64_t inner, const scalar_t* a, int64_t lda,
-                                 const scalar_t* w, bool accumulate, scalar_t* c, int64_t ldc) {
-  // Enough independent accumulators to hide the FMA latency, few enough to stay in
-  // the 16 vector registers next to the W vectors.
-  constexpr int kCols = kRows == 1 ? 8 : kRows == 2 ? 4 : 2;
+// kRows rows of C over columns [0, cols) (one or more tiles of kCols vectors).
+template <typename scalar_t, int kRows, int kCols>
+inline void gemm_row_tile(int64_t cols, int64_t inner, const scalar_t* a, int64_t a_rs,
+                          int64_t a_is, const scalar_t* w, int64_t ldw, bool accumulate,
+                          scalar_t* c, int64_t ldc) {
   constexpr int64_t tile = kCols * Vec<scalar_t>::size();
   int64_t j = 0;
-  for (; j + tile <= out; j += tile) {
-    small_gemm_tile<scalar_t, kRows, kCols, true>(inner, out - j, a, lda, w + j, out, accumulate,
-                                                  c + j, ldc);
+  for (; j + tile <= cols; j += tile) {
+    gemm_tile<scalar_t, kRows, kCols, true>(inner, cols - j, a, a_rs, a_is, w + j, ldw,
+                                            accumulate, c + j, ldc);
   }
-  if (j < out) {
-    small_gemm_tile<scalar_t, kRows, kCols, false>(inner, out - j, a, lda, w + j, out, accumulate,
-                                                   c + j, ldc);
-  }
-}
-
-// C[rows, out] (+)= A[rows, inner] @ W[inner, out], all row-major, W contiguous: the
-// register-tiled kernel for the small products of small batches, where a BLAS call
-// costs more than the arithmetic.
-template <typename scalar_t>
-void small_gemm_rows(int64_t rows, int64_t out, int64_t inner,
-                     const scalar_t* a, int64_t lda,   // [rows, inner]
-                     const scalar_t* w,                // [inner, out]
-                     bool accumulate,
-                     scalar_t* c, int64_t ldc) {       // [rows, out]
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) {
-    small_gemm_row_block<scalar_t, 4>(out, inner, a + r * lda, lda, w, accumulate, c + r * ldc, ldc);
-  }
-  const scalar_t* a_r = a + r * lda;
-  scalar_t* c_r = c + r * ldc;
-  switch (rows - r) {
-    case 3: small_gemm_row_block<scalar_t, 3>(out, inner, a_r, lda, w, accumulate, c_r, ldc); break;
-    case 2: small_gemm_row_block<scalar_t, 2>(out, inner, a_r, lda, w, accumulate, c_r, ldc); break;
-    case 1: small_gemm_row_block<scalar_t, 1>(out, inner, a_r, lda, w, accumulate, c_r, ldc); break;
-    default: break;
+  if (j < cols) {
+    gemm_tile<scalar_t, kRows, kCols, false>(inner, cols - j, a, a_rs, a_is, w + j, ldw,
+                                             accumulate, c + j, ldc);
   }
 }
 
-// C[rows, out] (+)= A[rows, inner] @ W[inner, out], row-major, W contiguous; every
-// matrix may be a row block of a larger buffer (leading dimensions lda, ldc).
+// The product's blocking, from the vector width: a register tile of 6 rows x kCols
+// vectors (6 x 4 of the 32 AVX-512 registers, 6 x 2 of the 16 AVX2 ones, plus the W
+// vectors and one broadcast); W in chunks of [inner_block, tile] that stay in L1
+// (32 KB) while every row of a row block passes over them; A in row blocks that stay
+// in L2. Each output element is summed in the same order whatever rows or columns
+// are asked for, so a product over a subset of rows is bit-identical to those rows
+// of the whole product.
 template <typename scalar_t>
-void gemm_rows(int64_t rows, int64_t out, int64_t inner,
-               const scalar_t* a, int64_t lda,      // [rows, inner]
-               const scalar_t* w,                   // [inner, out]
-               bool accumulate,
-               scalar_t* c, int64_t ldc) {          // [rows, out]
-  if (rows == 0 || out == 0) return;
-  if (rows * out * inner <= kSmallGemmMacs) {
-    small_gemm_rows(rows, out, inner, a, lda, w, accumulate, c, ldc);
+struct Blocking {
+  static constexpr int kRows = 6;
+  static constexpr int kCols = Vec<scalar_t>::size() * sizeof(scalar_t) >= 64 ? 4 : 2;
+  static constexpr int64_t tile = kCols * Vec<scalar_t>::size();
+  static constexpr int64_t inner_block =
+      std::max<int64_t>(64, (int64_t(32) << 10) / (tile * int64_t(sizeof(scalar_t))));
+  static constexpr int64_t row_block = 96;
+};
+
+// C[rows, out] (+)= A[rows, inner] @ W[inner, out]: A read through strides (row a_rs,
+// inner a_is), W row-major with leading dimension ldw, C with ldc. Register-tiled,
+// cache-blocked and split over threads by (row block, column tile); no allocation and
+// no dispatcher call, so a recurrence step costs only its arithmetic. Used for every
+// product of this backend: the input projection, the per-step recurrent products.
+template <typename scalar_t>
+void gemm(int64_t rows, int64_t out, int64_t inner,
+          const scalar_t* a, int64_t a_rs, int64_t a_is,  // [rows, inner]
+          const scalar_t* w, int64_t ldw,                 // [inner, out]
+          bool accumulate,
+          scalar_t* c, int64_t ldc) {                     // [rows, out]
+  using B = Blocking<scalar_t>;
+  if (rows <= 0 || out <= 0) return;
+  if (inner == 0) {
+    if (!accumulate) {
+      for (int64_t r = 0; r < rows; ++r) std::fill(c + r * ldc, c + r * ldc + out, scalar_t(0));
+    }
     return;
   }
-  const scalar_t beta = accumulate ? 1 : 0;
-#ifdef RNNFAST_DIRECT_BLAS
-  // Column-major BLAS sees row-major C^T[out, rows] = W^T A^T, with W^T [out, inner]
-  // being W's own memory (ld out) and A^T A's (ld lda).
-  const char no_trans = 'N';
-  const int m = static_cast<int>(out), n = static_cast<int>(rows), k = static_cast<int>(inner);
-  const int ld_w = static_cast<int>(out), ld_a = static_cast<int>(lda), ld_c = static_cast<int>(ldc);
-  const scalar_t alpha = 1;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    sgemm_(&no_trans, &no_trans, &m, &n, &k, &alpha, w, &ld_w, a, &ld_a, &beta, c, &ld_c);
-  } else {
-    dgemm_(&no_trans, &no_trans, &m, &n, &k, &alpha, w, &ld_w, a, &ld_a, &beta, c, &ld_c);
+  if (rows < 3) {
+    // Matrix-vector products (batch 1-2): W is read once either way; more independent
+    // accumulators per row hide the FMA latency instead.
+    if (rows == 2) gemm_row_tile<scalar_t, 2, 2 * B::kCols>(out, inner, a, a_rs, a_is, w, ldw, accumulate, c, ldc);
+    else gemm_row_tile<scalar_t, 1, 2 * B::kCols>(out, inner, a, a_rs, a_is, w, ldw, accumulate, c, ldc);
+    return;
   }
-#else
-  // Portable path (a torch whose BLAS symbols are not exported): the same product
-  // through ATen on views of the same memory; no storage is allocated.
-  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
-  Tensor a_view = at::from_blob(const_cast<scalar_t*>(a), {rows, inner}, {lda, 1}, options);
-  Tensor w_view = at::from_blob(const_cast<scalar_t*>(w), {inner, out}, {out, 1}, options);
-  Tensor c_view = at::from_blob(c, {rows, out}, {ldc, 1}, options);
-  c_view.addmm_(a_view, w_view, beta, 1);
-#endif
+  const int64_t row_blocks = (rows + B::row_block - 1) / B::row_block;
+  const int64_t col_tiles = (out + B::tile - 1) / B::tile;
+  const int64_t task_macs = std::min(rows, B::row_block) * B::tile * inner;
+  const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(task_macs, 1));
+  at::parallel_for(0, row_blocks * col_tiles, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r0 = (task / col_tiles) * B::row_block, j = (task % col_tiles) * B::tile;
+      const int64_t r_end = std::min(rows, r0 + B::row_block), cols = std::min(B::tile, out - j);
+      for (int64_t p = 0; p < inner; p += B::inner_block) {
+        const int64_t depth = std::min(B::inner_block, inner - p);
+        const bool acc = accumulate || p > 0;
+        const scalar_t* w_p = w + p * ldw + j;
+        int64_t r = r0;
+        for (; r + B::kRows <= r_end; r += B::kRows) {
+          gemm_row_tile<scalar_t, B::kRows, B::kCols>(cols, depth, a + r * a_rs + p * a_is, a_rs,
+                                                      a_is, w_p, ldw, acc, c + r * ldc + j, ldc);
+        }
+        const scalar_t* a_r = a + r * a_rs + p * a_is;
+        scalar_t* c_r = c + r * ldc + j;
+        switch (r_end - r) {
+          case 5: gemm_row_tile<scalar_t, 5, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
+          case 4: gemm_row_tile<scalar_t, 4, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
+          case 3: gemm_row_tile<scalar_t, 3, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
+          case 2: gemm_row_tile<scalar_t, 2, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
+          case 1: gemm_row_tile<scalar_t, 1, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
+          default: break;
+        }
+      }
+    }
+  });
+}
+
+// The common case: A row-major with leading dimension lda, W contiguous [inner, out].
+template <typename scalar_t>
+inline void gemm_rows(int64_t rows, int64_t out, int64_t inner, const scalar_t* a, int64_t lda,
+                      const scalar_t* w, bool accumulate, scalar_t* c, int64_t ldc) {
+  gemm<scalar_t>(rows, out, inner, a, lda, 1, w, out, accumulate, c, ldc);
 }
 
 // Runs row_op(row)(begin, end) over units [begin, end) of rows [0, rows), on several
@@ -278,18 +288,22 @@ std::vector<Tensor> forward(const Tensor& x2d, const Tensor& h0, const Tensor& c
 
   // The input projection of all steps: one GEMM, off the sequential path. Its buffer
   // then takes each step's recurrent product and, when saved, the activations.
-  Tensor gates = bias.has_value() ? at::addmm(*bias, x2d, w_ih.t()) : at::mm(x2d, w_ih.t());
+  Tensor gates = bias.has_value() ? bias->expand({rows, 4 * H}).contiguous()
+                                  : at::zeros({rows, 4 * H}, x2d.options());
+  Tensor x2d_c = x2d.contiguous(), w_ih_t = w_ih.t().contiguous();
   Tensor c_state = c0.contiguous().clone();
   Tensor y = at::empty({rows, P}, x2d.options());
   Tensor cells = save_cells ? at::empty({rows, H}, x2d.options()) : at::empty({0}, x2d.options());
   const bool hidden_per_row = save_gates && w_hr.has_value();
   Tensor hidden = at::empty({hidden_per_row ? rows : (w_hr.has_value() ? batch : 0), H},
                             x2d.options());
-  // Weights transposed once per call, so that every step's product reads them as
-  // [inner, out] rows (what the small kernel streams; plain 'N' for BLAS).
+  // Weights transposed once per call, so that every product reads them as [inner, out]
+  // rows, the layout the GEMM streams.
   Tensor h0_c = h0.contiguous(), w_hh_t = w_hh.t().contiguous();
   Tensor w_hr_t = w_hr.has_value() ? w_hr->t().contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(dtype, "rnnfast_cpu_forward", [&] {
+    gemm_rows<scalar_t>(rows, 4 * H, I, x2d_c.data_ptr<scalar_t>(), I, w_ih_t.data_ptr<scalar_t>(),
+                        true, gates.data_ptr<scalar_t>(), 4 * H);
     forward_recurrence<scalar_t>(offsets, sizes, h0_c, w_hh_t, w_hr.has_value() ? &w_hr_t : nullptr,
                                  gates, c_state, y, save_cells ? &cells : nullptr, hidden,
                                  hidden_per_row, save_gates);
@@ -406,6 +420,47 @@ std::vector<Tensor> backward(const c10::optional<Tensor>& dy, const Tensor& dh_n
   return {dgates, dh0, dc0, dy_total};
 }
 
+// out [M, N] = a [M, K] @ b [K, N], through this file's GEMM: a read through its
+// strides (a transposed view needs no copy), b and out with unit column stride. The
+// backend's input and weight gradients (backends/gradients.py), where torch's BLAS
+// would be MKL, which runs AVX2 code on AMD CPUs.
+void mm_into(const Tensor& a, const Tensor& b, Tensor& out) {
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble,
+                   "rnnfast CPU mm: expected float32 or float64, got ", a.scalar_type());
+  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0),
+                    "rnnfast CPU mm: expected a [M, K] and b [K, N], got ", a.sizes(), " and ",
+                    b.sizes());
+  check_matrix(b, "b", a.size(1), b.size(1), a.scalar_type());
+  check_matrix(out, "out", a.size(0), b.size(1), a.scalar_type());
+  TORCH_CHECK_VALUE(a.device().is_cpu(), "a: expected a CPU tensor, got one on ", a.device());
+  TORCH_CHECK_VALUE((b.stride(1) == 1 || b.size(1) <= 1) && (out.stride(1) == 1 || out.size(1) <= 1),
+                    "rnnfast CPU mm: b and out need unit column stride, got strides ",
+                    b.strides(), " and ", out.strides());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rnnfast_cpu_mm", [&] {
+    gemm<scalar_t>(a.size(0), b.size(1), a.size(1), a.data_ptr<scalar_t>(), a.stride(0),
+                   a.stride(1), b.data_ptr<scalar_t>(), b.stride(0), false,
+                   out.data_ptr<scalar_t>(), out.stride(0));
+  });
+}
+
+// The cell's tanh applied elementwise to x (float32 or float64, contiguous): lets the
+// tests measure its error against float64 directly.
+Tensor cell_tanh_of(const Tensor& x) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "cell_tanh: expected float32 or float64, got ", x.scalar_type());
+  Tensor in = x.contiguous(), result = at::empty_like(in);
+  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "rnnfast_cpu_cell_tanh", [&] {
+    using V = Vec<scalar_t>;
+    const scalar_t* src = in.data_ptr<scalar_t>();
+    scalar_t* dst = result.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < in.numel(); i += V::size()) {
+      const int count = static_cast<int>(std::min<int64_t>(V::size(), in.numel() - i));
+      cell_tanh(V::loadu(src + i, count)).store(dst + i, count);
+    }
+  });
+  return result;
+}
+
 }  // namespace
 }  // namespace rnnfast_cpu
 
@@ -413,10 +468,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnfast fused LSTM layer for the CPU (see csrc/README.md)";
   m.def("forward", &rnnfast_cpu::forward, "LSTM layer forward, one direction");
   m.def("backward", &rnnfast_cpu::backward, "LSTM layer backward: gate gradients, dh0, dc0");
-  m.attr("direct_blas") =
-#ifdef RNNFAST_DIRECT_BLAS
-      true;
-#else
-      false;
-#endif
+  m.def("mm_into", &rnnfast_cpu::mm_into, "out = a @ b (a any strides; b, out unit column stride)");
+  m.def("cell_tanh", &rnnfast_cpu::cell_tanh_of, "the cell's tanh, elementwise (for tests)");
 }

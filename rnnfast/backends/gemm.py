@@ -1,7 +1,7 @@
 """One GEMM helper shared by the backends' torch-side products."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -11,6 +11,12 @@ _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.
 # for BLAS at H=32, and packing the weight ~100 us (measured on the 2-core EPYC; at
 # 128x512 the two are even, at 512x2048 oneDNN is 15-25% faster).
 _ONEDNN_MIN_WEIGHT = 128 * 512
+
+
+# mm(a, b, out=None) -> a @ b, torch.mm's signature: the GEMM a backend's input and
+# weight gradients run on (backends/gradients.py). torch.mm by default; the cpu
+# backend passes its own kernel's.
+MatMul = Callable[..., Tensor]
 
 
 class Product:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .gemm import Product
+from .gemm import MatMul, Product
 from .steps import Steps, prev_sequence
 from .trainable import masked_product
 
@@ -30,6 +30,7 @@ def parameter_and_input_grads(
     frozen: Sequence[Optional[Tensor]],  # masks for w_ih, w_hh, b_ih, b_hh, w_hr
     x_shape: Sequence[int],
     dtype: torch.dtype,             # the layer's input dtype: every gradient comes out in it
+    mm: Optional[MatMul] = None,    # the backend's GEMM, else torch's (Product, torch.mm)
 ) -> list[Optional[Tensor]]:
     need_dx, need_dh0, need_dc0, need_dw_ih, need_dw_hh, need_db_ih, need_db_hh, need_dw_hr = needs
     frozen_w_ih, frozen_w_hh, frozen_b_ih, frozen_b_hh, frozen_w_hr = frozen
@@ -41,16 +42,17 @@ def parameter_and_input_grads(
     dgates_io = dgates.to(dtype) if whole else dgates
     grads: list[Optional[Tensor]] = [None] * 8
     if need_dx:
-        grads[0] = Product(w_ih.t(), rows)(dgates_io).view(x_shape)
+        dx = Product(w_ih.t(), rows)(dgates_io) if mm is None else mm(dgates_io, w_ih)
+        grads[0] = dx.view(x_shape)
     if need_dh0:
         grads[1] = dh0.to(dtype)
     if need_dc0:
         grads[2] = dc0.to(dtype)
     if need_dw_ih:
-        grads[3] = masked_product(dgates_io, x.reshape(rows, x_shape[-1]), frozen_w_ih, dtype)
+        grads[3] = masked_product(dgates_io, x.reshape(rows, x_shape[-1]), frozen_w_ih, dtype, mm)
     if need_dw_hh:
         y2d = y.reshape(rows, h0.shape[1])
-        grads[4] = masked_product(dgates_io, prev_sequence(y2d, h0, steps), frozen_w_hh, dtype)
+        grads[4] = masked_product(dgates_io, prev_sequence(y2d, h0, steps), frozen_w_hh, dtype, mm)
     if need_db_ih or need_db_hh:
         # One column sum over all of dgates, whatever is frozen: it costs 1/I of a weight
         # product, and a sum over fewer columns would round differently.
@@ -60,7 +62,7 @@ def parameter_and_input_grads(
         grads[5], grads[6] = _zero_frozen(db_ih, frozen_b_ih), _zero_frozen(db_hh, frozen_b_hh)
     if need_dw_hr:
         acc = dy_total.dtype
-        grads[7] = masked_product(dy_total, hidden.to(acc), frozen_w_hr, acc).to(dtype)
+        grads[7] = masked_product(dy_total, hidden.to(acc), frozen_w_hr, acc, mm).to(dtype)
     return grads
 
 

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .gemm import MatMul
+
 ROW_BLOCK = 16
 # Up to this many contiguous runs of blocks are read through strided views (several
 # products, no copy of dgates); more runs are gathered into one product.
@@ -119,24 +121,26 @@ def masked_product(a: Tensor,                 # [N, R] e.g. dgates
                    b: Tensor,                 # [N, C] what the weight multiplies
                    mask: Optional[Tensor],    # [R, C] bool, True = frozen, or None
                    dtype: torch.dtype,        # of the products and the result
+                   mm: Optional[MatMul] = None,  # the backend's GEMM, else torch.mm
                    ) -> Tensor:
     """a^T @ b [R, C] with frozen entries exactly zero, multiplying only the row blocks
     of `mask` that hold a trainable entry."""
+    mm = mm or torch.mm
     if mask is None:
-        return torch.mm(a.to(dtype).t(), b)
+        return mm(a.to(dtype).t(), b)
     blocks = trainable_blocks(mask)
     if blocks.everything or not _worth_skipping(blocks, a.shape[0], a.device):
-        return torch.mm(a.to(dtype).t(), b).masked_fill_(mask, 0)
+        return mm(a.to(dtype).t(), b).masked_fill_(mask, 0)
     out = b.new_zeros(blocks.shape, dtype=dtype)
     if isinstance(blocks.rows, Tensor) and len(blocks.runs) > _MAX_RUNS:
-        part = torch.mm(a.index_select(1, blocks.rows).to(dtype).t(), b)
+        part = mm(a.index_select(1, blocks.rows).to(dtype).t(), b)
         if blocks.frozen_part is not None:
             part.masked_fill_(blocks.frozen_part, 0)
         return out.index_copy_(0, blocks.rows, part)
     done = 0  # a few runs: one product per run, reading a through views, into out's rows
     for start, stop in blocks.runs:
         rows = out[start:stop]
-        torch.mm(a[:, start:stop].to(dtype).t(), b, out=rows)
+        mm(a[:, start:stop].to(dtype).t(), b, out=rows)
         if blocks.frozen_part is not None:
             rows.masked_fill_(blocks.frozen_part[done:done + stop - start], 0)
         done += stop - start

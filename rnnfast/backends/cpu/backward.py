@@ -43,5 +43,18 @@ def backward(
         dy.reshape(rows, out_size) if dy is not None else None, dh_n, dc_n, gates, cells,
         c0, w_hh, w_hr, list(steps.offsets), list(steps.sizes), needs[7])
     grads = parameter_and_input_grads(dgates, dh0, dc0, dy_total if needs[7] else None, x, h0,
-                                      w_ih, y, hidden, steps, needs, frozen, x_shape, w_hh.dtype)
+                                      w_ih, y, hidden, steps, needs, frozen, x_shape, w_hh.dtype,
+                                      mm=mm)
     return grads, dgates
+
+
+def mm(a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """a @ b with torch.mm's signature, on the extension's GEMM (csrc/cpu/lstm_cpu.cpp:
+    AVX-512 where the CPU has it, which MKL does not use on AMD CPUs); a may be a
+    transposed view. Each element is summed in the same order whatever rows are asked
+    for, so a product over some rows equals those rows of the whole one, bit for bit."""
+    b = b if b.stride(1) == 1 or b.shape[1] <= 1 else b.contiguous()
+    if out is None:
+        out = a.new_empty(a.shape[0], b.shape[1])
+    extension().mm_into(a, b, out)
+    return out

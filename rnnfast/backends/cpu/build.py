@@ -8,13 +8,13 @@ with ninja into torch's extensions cache (TORCH_EXTENSIONS_DIR, by default
 process only loads the cached library. The build holds a file lock, so processes that
 start together build it once.
 
-Compiled for the CPU it runs on: with AVX2/FMA where torch's own kernels use them
-(at::vec then uses 256-bit vectors and torch's exported SLEEF exp/tanh), portable
-code elsewhere.
+Compiled for the instruction set torch's own kernels use on this CPU (what
+torch.backends.cpu.get_cpu_capability() says; ATEN_CPU_CAPABILITY=avx2 lowers both):
+AVX-512 (at::vec with 512-bit vectors), AVX2/FMA (256-bit), portable code elsewhere,
+with the SLEEF exp/tanh that libtorch exports for each.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import shutil
@@ -51,26 +51,19 @@ def missing_tool() -> Optional[str]:
     return None
 
 
-def _torch_exports_blas() -> bool:
-    """Whether libtorch_cpu exports the Fortran BLAS GEMMs (MKL builds do): then each
-    step's product calls sgemm_/dgemm_ directly, no dispatcher in between."""
-    library = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
-    try:
-        handle = ctypes.CDLL(library)
-    except OSError:
-        return False
-    return all(hasattr(handle, name) for name in ("sgemm_", "dgemm_"))
-
-
 def _flags() -> tuple[str, list[str]]:
     """A name unique to the instruction set and the compile flags for it."""
-    flags = ["-O3", "-std=c++17"]
-    if _torch_exports_blas():
-        flags.append("-DRNNFAST_DIRECT_BLAS")
+    # -fopenmp: at::parallel_for is a header template whose threads are an OpenMP
+    # pragma; compiled without it, every split over threads runs on one thread. Linked
+    # as libgomp.so.1, the runtime libtorch already loaded (one pool, one thread count).
+    flags = ["-O3", "-std=c++17", "-fopenmp"]
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
-    if capability in ("AVX2", "AVX512"):
-        # AVX2 code only: it runs on every AVX-512 CPU too, and at::vec's 512-bit path
-        # would need torch's AVX-512 SLEEF build.
+    if capability == "AVX512":
+        # 512-bit at::vec, with the AVX-512 SLEEF exp/tanh that libtorch exports.
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma",
+                  "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+        return "rnnfast_cpu_avx512", flags
+    if capability == "AVX2":
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
         return "rnnfast_cpu_avx2", flags
     return "rnnfast_cpu_default", flags
@@ -87,7 +80,7 @@ def build() -> ModuleType:
         print(f"rnnfast: compiling the CPU kernels ({name}, one time, about a minute) ...",
               file=sys.stderr, flush=True)
     start = time.monotonic()
-    module = load(name=name, sources=sources, extra_cflags=flags,
+    module = load(name=name, sources=sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
                   extra_include_paths=[directory], verbose=False)
     if not cached:
         print(f"rnnfast: CPU kernels built in {time.monotonic() - start:.0f} s (cached for "
