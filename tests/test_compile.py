@@ -79,3 +79,34 @@ def test_deterministic_algorithms_with_interlayer_dropout():
         torch.use_deterministic_algorithms(previous)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_eager_inference_skips_the_op_but_dispatch_modes_still_see_it(monkeypatch):
+    """Plain eager inference calls the backend directly (functional._plain_eager); under a
+    dispatch mode the layer goes through the custom op, which the mode sees, and the
+    outputs are the same."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from rnnfast import functional
+
+    class Recording(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = rnnfast.LSTM(5, 8, backend="reference")
+    x = torch.randn(6, 2, 5)
+    direct = []
+    monkeypatch.setattr(functional, "_plain_eager",
+                        lambda args, plain=functional._plain_eager: direct.append(plain(args)) or direct[-1])
+    with torch.no_grad():
+        eager, _ = model(x)
+        with Recording() as mode:
+            seen, _ = model(x)
+    assert direct == [True, False]
+    assert "rnnfast.lstm_layer_forward.default" in mode.ops
+    assert torch.equal(eager, seen)
