@@ -294,21 +294,22 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
     };
     const int64_t unit_blocks = (H + kUnitBlock - 1) / kUnitBlock;
     const int64_t threads = at::get_num_threads();
-    if (threads > 1 && n >= 3 && unit_blocks >= 2 &&
+    // Rows are split only where there are fewer unit blocks than threads, in chunks of
+    // whole register tiles (6 rows).
+    int64_t row_chunk = n;
+    if (unit_blocks < threads) {
+      const int64_t chunks = (threads + unit_blocks - 1) / unit_blocks;
+      row_chunk = std::max<int64_t>(6, ((n + chunks - 1) / chunks + 5) / 6 * 6);
+    }
+    const int64_t row_chunks = (n + row_chunk - 1) / row_chunk;
+    if (threads > 1 && n >= 3 && unit_blocks * row_chunks >= 2 &&
         n * (G * P + H * kCellMacs) >= 2 * kMinMacsPerTask) {
       // One task per (block of units, chunk of rows): the four gates' columns of the
       // recurrent product, then the cell math of those units and rows. A step is one
       // split over threads (one barrier), and with the static split each thread keeps
       // the same columns of W_hh^T, in its own cache, at every step (measured: T=32
       // B=32 H=256 on 2 threads 3.0 ms against 3.4 for product and cell split apart).
-      // Rows are split only where there are fewer unit blocks than threads. Nested
-      // inside, gemm runs on the task's thread.
-      int64_t row_chunk = n;
-      if (unit_blocks < threads) {
-        const int64_t chunks = (threads + unit_blocks - 1) / unit_blocks;
-        row_chunk = std::max<int64_t>(6, ((n + chunks - 1) / chunks + 5) / 6 * 6);
-      }
-      const int64_t row_chunks = (n + row_chunk - 1) / row_chunk;
+      // Nested inside, gemm runs on the task's thread.
       at::parallel_for(0, unit_blocks * row_chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t task = begin; task < end; ++task) {
           const int64_t u0 = (task / row_chunks) * kUnitBlock, u1 = std::min(u0 + kUnitBlock, H);
