@@ -79,21 +79,30 @@ inline void gemm_tile(int64_t inner, int64_t cols_left,
   }
 }
 
-// kRows rows of C over columns [0, cols) (one or more tiles of kCols vectors).
+// kRows rows of C over columns [0, cols): whole tiles of kCols vectors, then the rest
+// in a tile only as wide as it needs (a 32-column output, e.g. H = 32, is a tile of 2
+// vectors, not a masked tile of 4).
 template <typename scalar_t, int kRows, int kCols>
 inline void gemm_row_tile(int64_t cols, int64_t inner, const scalar_t* a, int64_t a_rs,
                           int64_t a_is, const scalar_t* w, int64_t ldw, bool accumulate,
                           scalar_t* c, int64_t ldc) {
-  constexpr int64_t tile = kCols * Vec<scalar_t>::size();
+  constexpr int64_t width = Vec<scalar_t>::size(), tile = kCols * width;
   int64_t j = 0;
   for (; j + tile <= cols; j += tile) {
     gemm_tile<scalar_t, kRows, kCols, true>(inner, cols - j, a, a_rs, a_is, w + j, ldw,
                                             accumulate, c + j, ldc);
   }
-  if (j < cols) {
-    gemm_tile<scalar_t, kRows, kCols, false>(inner, cols - j, a, a_rs, a_is, w + j, ldw,
-                                             accumulate, c + j, ldc);
+  const int64_t rest = cols - j;
+  if (rest == 0) return;
+  if constexpr (kCols > 1) {
+    if (rest <= tile - width) {
+      gemm_row_tile<scalar_t, kRows, kCols - 1>(rest, inner, a, a_rs, a_is, w + j, ldw,
+                                                accumulate, c + j, ldc);
+      return;
+    }
   }
+  gemm_tile<scalar_t, kRows, kCols, false>(inner, rest, a, a_rs, a_is, w + j, ldw, accumulate,
+                                           c + j, ldc);
 }
 
 // The product's blocking, from the vector width: a register tile of 6 rows x kCols
