@@ -35,11 +35,9 @@ constexpr int64_t kPointwiseGrain = 8192;
 constexpr int64_t kUnitBlock = 64;
 constexpr int64_t kCellMacs = 200;
 
-// A product is split over threads in tasks of at least this many multiply-adds (~5 us
-// at 100 GMAC/s). An empty fork-join costs 0.5-1 us, but splitting smaller steps lost
-// to cache traffic between the cores: with 2^17, T=128 B=32 H=64's backward recurrence
-// took 1.28 ms on two threads against 0.79 on one (2-vCPU EPYC VM); with 2^19, 0.66.
-constexpr int64_t kMinMacsPerTask = int64_t(1) << 19;
+// A product is split over threads in tasks of at least this many multiply-adds
+// (~1-2 us at 100 GMAC/s), so that waking the pool never costs more than it saves.
+constexpr int64_t kMinMacsPerTask = int64_t(1) << 17;
 
 // C[kRows, kCols vectors from column j] (+)= A[kRows, inner] @ W[inner, same columns]:
 // one tile of independent accumulators, kept in registers while W streams by.
@@ -166,24 +164,14 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
     });
     return;
   }
+  const int64_t row_blocks = (rows + B::row_block - 1) / B::row_block;
   const int64_t col_tiles = (out + B::tile - 1) / B::tile;
-  // Row blocks of up to 96 rows; smaller (whole register tiles) where there are fewer
-  // column tiles than threads, so that a narrow product (P = 64 in the backward's
-  // per-step dh) still splits over threads.
-  int64_t row_block = B::row_block;
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  if (col_tiles < threads) {
-    const int64_t chunks = (threads + col_tiles - 1) / col_tiles;
-    row_block = std::min(row_block, std::max<int64_t>(B::kRows, ((rows + chunks - 1) / chunks +
-                                                                 B::kRows - 1) / B::kRows * B::kRows));
-  }
-  const int64_t row_blocks = (rows + row_block - 1) / row_block;
-  const int64_t task_macs = std::min(rows, row_block) * B::tile * inner;
+  const int64_t task_macs = std::min(rows, B::row_block) * B::tile * inner;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(task_macs, 1));
   at::parallel_for(0, row_blocks * col_tiles, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r0 = (task / col_tiles) * row_block, j = (task % col_tiles) * B::tile;
-      const int64_t r_end = std::min(rows, r0 + row_block), cols = std::min(B::tile, out - j);
+      const int64_t r0 = (task / col_tiles) * B::row_block, j = (task % col_tiles) * B::tile;
+      const int64_t r_end = std::min(rows, r0 + B::row_block), cols = std::min(B::tile, out - j);
       for (int64_t p = 0; p < inner; p += B::inner_block) {
         const int64_t depth = std::min(B::inner_block, inner - p);
         const bool acc = accumulate || p > 0;
