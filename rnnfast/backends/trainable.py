@@ -13,7 +13,9 @@ element in the same order whatever the number of rows of the product, unless it 
 single row (a matrix-vector product, rounded differently); a product over a subset of
 the *columns* does round differently where the subset ends in a partial vector tile
 (measured on MKL 2024.2: fp32/fp64/bf16/fp16, 1 and 2 threads). So frozen columns (the
-old inputs of a widened layer) are multiplied and zeroed, not skipped.
+old inputs of a widened layer) are multiplied and zeroed, not skipped. The cpu
+backend's own GEMM (passed in as `mm`) sums each element in one order whatever rows or
+columns it covers, so the same holds there by construction.
 
 Deriving the blocks reads the mask on the host, so it is done once per mask tensor
 (cached by identity and version: a new mask from freeze()/unfreeze(), an in-place edit
