@@ -22,8 +22,9 @@ TASKS = ("timeseries", "text")
 RUN_OVERHEAD_S = 0.05  # a run's model building, data preparation and evaluation beyond its steps
 
 # Each budget: (seeds, SeriesConfig changes, TextConfig changes). "default" finishes in
-# about 10 minutes on a 2-core AVX2 CPU with the C++ cpu backend (18 on the reference
-# backend); "tiny" is the smoke test's end-to-end run.
+# about 3 minutes on a 2-core AVX-512 CPU with the C++ cpu backend (10 on the AVX2 one
+# of 2026-12-01 with the earlier backend, 18 on the reference backend); "tiny" is the
+# smoke test's end-to-end run.
 BUDGETS = {
     "tiny": (1, dict(epochs=2, source_steps=4, feature_epochs=2),
              dict(vocab=400, embedding=16, hidden=16, source_texts=300, target_texts=400,
@@ -41,7 +42,7 @@ def _list(text: str) -> list:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {TASKS}")
     p.add_argument("--budget", choices=tuple(BUDGETS), default="default",
-                   help="tiny: seconds (smoke test); default: about 10 min on a 2-core CPU (it prints "
+                   help="tiny: seconds (smoke test); default: 3-10 min on a 2-core CPU (it prints "
                         "its estimate first); full: more seeds, data and epochs")
     p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (default: the budget's)")
     p.add_argument("--pairs", default=None,
