@@ -81,12 +81,12 @@ def test_deterministic_algorithms_with_interlayer_dropout():
         assert torch.equal(a, b)
 
 
-def test_eager_inference_skips_the_op_but_dispatch_modes_still_see_it(monkeypatch):
-    """Plain eager inference calls the backend directly (functional._plain_eager); under a
-    dispatch mode the layer goes through the custom op, which the mode sees, and the
-    outputs are the same."""
+def test_eager_skips_the_ops_but_dispatch_modes_still_see_them(monkeypatch):
+    """Plain eager mode calls the ops' implementations directly (autograd.plain_eager),
+    inference and training alike; under a dispatch mode the layer goes through the custom
+    ops, which the mode sees, with the same outputs and gradients."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    from rnnfast import functional
+    from rnnfast import autograd
 
     class Recording(TorchDispatchMode):
         def __init__(self):
@@ -101,12 +101,21 @@ def test_eager_inference_skips_the_op_but_dispatch_modes_still_see_it(monkeypatc
     model = rnnfast.LSTM(5, 8, backend="reference")
     x = torch.randn(6, 2, 5)
     direct = []
-    monkeypatch.setattr(functional, "_plain_eager",
-                        lambda args, plain=functional._plain_eager: direct.append(plain(args)) or direct[-1])
-    with torch.no_grad():
-        eager, _ = model(x)
-        with Recording() as mode:
-            seen, _ = model(x)
-    assert direct == [True, False]
-    assert "rnnfast.lstm_layer_forward.default" in mode.ops
-    assert torch.equal(eager, seen)
+    monkeypatch.setattr(autograd, "plain_eager",
+                        lambda args, plain=autograd.plain_eager: direct.append(plain(args)) or direct[-1])
+
+    def step():
+        with torch.no_grad():
+            inference, _ = model(x)
+        out, _ = model(x)
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+        return inference, out, grads
+
+    eager = step()
+    assert direct == [True, True, True]       # inference forward, training forward, backward
+    with Recording() as mode:
+        seen = step()
+    assert direct[3:] == [False, False, False]
+    assert {"rnnfast.lstm_layer_forward.default", "rnnfast.lstm_layer_backward.default"} <= set(mode.ops)
+    for a, b in zip([*eager[:2], *eager[2]], [*seen[:2], *seen[2]]):
+        assert torch.equal(a, b)
