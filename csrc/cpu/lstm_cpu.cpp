@@ -5,10 +5,11 @@
 //
 // What makes it faster than a Python loop over time: per step there is no allocation
 // and no dispatcher round trip. Every product (the input projection of all steps, each
-// step's recurrent product) runs in this file's register-tiled, cache-blocked at::vec
-// GEMM, split over torch's threads when large enough: on AMD CPUs MKL runs its AVX2
-// code, at well under half of what AVX-512 gives (csrc/README.md). The cell math is
-// vectorized (lstm_cell_cpu.h) and split over threads when a step is large enough.
+// step's recurrent product, and through mm_into the backward's dx and weight gradients)
+// runs in this file's register-tiled, cache-blocked at::vec GEMM, split over torch's
+// threads when large enough: on AMD CPUs MKL runs its AVX2 code, at well under half of
+// what AVX-512 gives (csrc/README.md). The cell math is vectorized (lstm_cell_cpu.h)
+// and split over threads when a step is large enough.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -19,14 +20,13 @@
 
 #include "lstm_cell_cpu.h"
 
-
 namespace rnnfast_cpu {
 namespace {
 
 using at::Tensor;
 
 // Below this many (row, unit) pairs a step's cell math runs on one thread: 8192 pairs
-// are ~10 us of cell math (AVX-512, fp32), well above the ~1 us of waking the pool.
+// are ~16 us of cell math (AVX-512, fp32), well above the ~1 us of waking the pool.
 constexpr int64_t kPointwiseGrain = 8192;
 
 // The forward's unit blocks (one task each: four gates' columns, then their cell math):
@@ -36,7 +36,8 @@ constexpr int64_t kUnitBlock = 64;
 constexpr int64_t kCellMacs = 200;
 
 // A product is split over threads in tasks of at least this many multiply-adds
-// (~1-2 us at 100 GMAC/s), so that waking the pool never costs more than it saves.
+// (~1-2 us at 100 GMAC/s; an empty fork-join costs 0.5-1 us). 2^19 made the CPU suite
+// slower: B <= 2 steps at H = 256 and small forwards lost their second thread.
 constexpr int64_t kMinMacsPerTask = int64_t(1) << 17;
 
 // C[kRows, kCols vectors from column j] (+)= A[kRows, inner] @ W[inner, same columns]:
