@@ -127,7 +127,8 @@ struct Blocking {
 // inner a_is), W row-major with leading dimension ldw, C with ldc. Register-tiled,
 // cache-blocked and split over threads by (row block, column tile); no allocation and
 // no dispatcher call, so a recurrence step costs only its arithmetic. Used for every
-// product of this backend: the input projection, the per-step recurrent products.
+// product of this backend: the input projection, the per-step recurrent products and,
+// through mm_into, the backward's dx and weight gradients.
 template <typename scalar_t>
 void gemm(int64_t rows, int64_t out, int64_t inner,
           const scalar_t* a, int64_t a_rs, int64_t a_is,  // [rows, inner]
@@ -315,6 +316,8 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
   const scalar_t* w_hh_t_p = w_hh_t.data_ptr<scalar_t>();
   const scalar_t* panels_p = panels.data_ptr<scalar_t>();
   const scalar_t* w_hr_t_p = w_hr_t != nullptr ? w_hr_t->data_ptr<scalar_t>() : nullptr;
+  const int64_t unit_blocks = (H + kUnitBlock - 1) / kUnitBlock;
+  const int64_t threads = at::get_num_threads();
 
   for (size_t k = 0; k < sizes.size(); ++k) {
     const int64_t off = offsets[k], n = sizes[k];
@@ -330,14 +333,12 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
                                   cells_p != nullptr ? cells_p + (off + r) * H : nullptr,
                                   h_out + r * H, H, keep_gates};
     };
-    const int64_t unit_blocks = (H + kUnitBlock - 1) / kUnitBlock;
-    const int64_t threads = at::get_num_threads();
     // Rows are split only where there are fewer unit blocks than threads, in chunks of
     // whole register tiles (6 rows).
     int64_t row_chunk = n;
     if (unit_blocks < threads) {
-      const int64_t chunks = (threads + unit_blocks - 1) / unit_blocks;
-      row_chunk = std::max<int64_t>(6, ((n + chunks - 1) / chunks + 5) / 6 * 6);
+      const int64_t per_block = (threads + unit_blocks - 1) / unit_blocks;
+      row_chunk = std::max<int64_t>(6, ((n + per_block - 1) / per_block + 5) / 6 * 6);
     }
     const int64_t row_chunks = (n + row_chunk - 1) / row_chunk;
     const bool split = threads > 1 && unit_blocks * row_chunks >= 2 &&
@@ -350,13 +351,13 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
       // (T=32 B=32 H=256 on 2 threads: 3.0 ms against 3.4 for product and cell split
       // apart). Rows are chunked only when split. Nested inside, gemm runs on the
       // task's thread.
-      const int64_t tasks = unit_blocks * (split ? row_chunks : 1);
-      const int64_t chunk = split ? row_chunk : n;
+      const int64_t chunks = split ? row_chunks : 1, chunk = split ? row_chunk : n;
+      const int64_t tasks = unit_blocks * chunks;
       at::parallel_for(0, tasks, split ? 1 : tasks, [&](int64_t begin, int64_t end) {
         for (int64_t task = begin; task < end; ++task) {
-          const int64_t block = task / (tasks / unit_blocks);
+          const int64_t block = task / chunks;
           const int64_t u0 = block * kUnitBlock, u1 = std::min(u0 + kUnitBlock, H);
-          const int64_t r0 = (task % (tasks / unit_blocks)) * chunk, r1 = std::min(r0 + chunk, n);
+          const int64_t r0 = (task % chunks) * chunk, r1 = std::min(r0 + chunk, n);
           const int64_t split_row = std::clamp(carried, r0, r1);  // [r0, split_row) carried on
           for (int64_t gate = 0; gate < 4; ++gate) {
             const int64_t col = gate * H + u0;
