@@ -38,6 +38,7 @@ def test_cli_writes_json_with_every_provider_mode_and_environment(bench_run):
     assert env["torch"] == torch.__version__ and env["device_type"] == "cpu"
     for key in ("device", "driver", "cudnn", "triton", "rnnfast", "threads"):
         assert key in env
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert set(data["rates"]["fp32"]) == {"matmul_flops", "bandwidth", "step_latency"}
 
     rows = {(r["mode"], r["provider"]): r for r in data["results"]}
@@ -172,3 +173,15 @@ def test_frozen_fractions_follow_the_hidden_size():
     units = settings("frozen_units", 20)
     assert [f for f, _ in units] == [0.0, 0.25, 0.5, 0.75, 0.9]
     assert units[-1][1] == {"units": range(18)}
+
+
+def test_environment_records_the_settings_that_change_results(monkeypatch):
+    """Instruction-set caps and thread counts set in the environment do not show in the
+    command line, so the record names them (e.g. a run held to AVX2)."""
+    from rnnfast.bench import report
+    for name in report.RESULT_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    env = report.environment(torch.device("cpu"), ["bench"])
+    assert env["settings"] == {"DNNL_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}

@@ -1,5 +1,6 @@
 """What a run leaves behind: a table on stdout, JSON + CSV + PNG plots on disk, and the
 environment that makes the numbers reproducible (device, driver, torch, cuDNN, Triton,
+the CPU instruction set torch uses, the environment variables that change results,
 the exact command line)."""
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ def _driver() -> str | None:
         return None
 
 
+# Environment variables that change what a run measures without showing in its command
+# line: the instruction sets torch, oneDNN and MKL may use, and the thread counts.
+RESULT_SETTINGS = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA",
+                   "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def environment(device: torch.device, argv) -> dict:
     import rnnfast
     cuda = device.type == "cuda"
@@ -74,6 +81,8 @@ def environment(device: torch.device, argv) -> dict:
         "triton": _version("triton"), "flashrnn": _version("flashrnn"),
         "rnnfast": rnnfast.__version__, "python": platform.python_version(),
         "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "settings": {k: os.environ[k] for k in RESULT_SETTINGS if k in os.environ},
         "triton_interpret": os.environ.get("TRITON_INTERPRET"),
         "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
         "baseline": baseline_label(device),
