@@ -5,6 +5,20 @@ The model: input adapter nn.Linear(C, A) -> 2-layer LSTM -> last hidden state ->
 The adapter gives sets with other channel counts a common LSTM input, so the LSTM
 layers transfer between them (the adapter transfers too when the channel counts match).
 Every series is resampled to `steps` time steps, so source and target share a time scale.
+
+Fair comparison: every strategy, scratch included, picks its learning rate and epoch
+count by the same rule, from the target's training rows only (run_strategy):
+1. a stratified split of the training rows, seeded by the run's seed: 25% validation
+   (at least one row of each class that has two or more), 75% fit (validation_split);
+2. for each lr of `SeriesConfig.lrs`, a model trains on the fit rows for `epochs`
+   (`feature_epochs` for the features head), scored on the validation rows every
+   `check_every` epochs (`feature_epochs // 10` for the head) and at the last; the
+   (lr, epochs) with the highest validation accuracy wins, then the lower mean
+   validation cross-entropy, then the fewer epochs (choose);
+3. a model from the same initialisation retrains on all training rows with that lr
+   and epoch count (ulmfit's schedule and unfreezing span those epochs); its accuracy
+   on the test split, used here only, is the result. RunResult.extra records the
+   choice: lr, epochs, val_accuracy, val_rows, fit_rows.
 """
 from __future__ import annotations
 
@@ -20,8 +34,8 @@ from .. import transfer
 from ..modules import LSTM
 from .data import SeriesDataset, SeriesSplit, check_ucr_names, load_ucr, ucr_sets, ucr_sizes
 from ..progress import Progress
-from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, majority_rate,
-                    seeded, step_seconds, trainable_params, use_torch_lstm)
+from .train import (Batches, Meter, RunResult, accuracy, evaluate, fit, gradual_unfreezing,
+                    majority_rate, seeded, step_seconds, trainable_params, use_torch_lstm)
 
 # source -> target. The first is the headline pair (ItalyPowerDemand -> ArrowHead is
 # the pair a published CNN transfer study on UCR found most helpful).
@@ -43,12 +57,13 @@ class SeriesConfig:
     adapter: int = 8          # width of the input adapter
     hidden: int = 32
     layers: int = 2
-    lr: float = 3e-3          # from scratch, and for the source model
-    transfer_lr: float = 1e-3  # every strategy that starts from the source (stays nearer it)
+    lr: float = 3e-3          # the source model's
+    lrs: tuple = (1e-3, 3e-3)  # the target lrs every strategy chooses from on validation
     batch: int = 16
-    epochs: int = 100         # target epochs (ArrowHead: 3 batches an epoch)
+    epochs: int = 100         # most target epochs (ArrowHead: 3 batches an epoch)
+    check_every: int = 10     # validation scores every this many epochs, and at the last
     source_steps: int = 300   # optimizer steps of source pretraining
-    feature_epochs: int = 300  # epochs of the head on cached features
+    feature_epochs: int = 300  # most epochs of the head on cached features
 
 
 def parse_pair(pair: str) -> tuple:
@@ -126,67 +141,155 @@ def _from_source(source_model, target: Prepared, config: SeriesConfig, device):
     return model, adapter_copied
 
 
+VALIDATION_FRACTION = 0.25
+
+
+def validation_rows(rows: int) -> int:
+    """How many of `rows` training rows validate (before the one-per-class minimum)."""
+    return int(VALIDATION_FRACTION * rows + 0.5)
+
+
+def validation_split(labels: torch.Tensor, seed: int) -> tuple:
+    """(fit, validation) indices of the training rows with these labels, sorted, on their
+    device. Stratified: validation_rows(N) rows in all, shared between the classes by
+    their counts (largest remainders get the odd rows) and at least one of each class
+    with two or more rows, so validation accuracy sees every class; which rows, by a
+    shuffle per class seeded by `seed` (the same split for every strategy of a seed)."""
+    y = labels.cpu()
+    counts = torch.bincount(y)
+    quota = VALIDATION_FRACTION * counts
+    take = quota.floor().long()
+    odd = validation_rows(len(y)) - int(take.sum())
+    take[torch.argsort(quota - take, descending=True, stable=True)[:odd]] += 1
+    take = torch.where(counts >= 2, take.clamp_min(1), 0)
+    generator = torch.Generator().manual_seed(seed)
+    fit_rows, val_rows = [], []
+    for label, count in enumerate(take.tolist()):
+        rows = (y == label).nonzero().flatten()
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        val_rows.append(rows[:count])
+        fit_rows.append(rows[count:])
+    return tuple(torch.cat(part).sort().values.to(labels.device) for part in (fit_rows, val_rows))
+
+
+def checkpoints(epochs: int, every: int) -> list:
+    """The epochs at which selection scores the validation rows: every `every`-th and
+    always the last (so a budget shorter than `every` still has one)."""
+    return sorted({*range(every, epochs + 1, every), epochs})
+
+
+def choose(scores: dict) -> tuple:
+    """The (lr, epochs) key of scores {(lr, epochs): (val accuracy, val loss)} with the
+    highest accuracy, then the lowest loss (accuracy on a few dozen rows ties often),
+    then the fewest epochs (then the first lr in the grid)."""
+    return max(scores, key=lambda key: (scores[key][0], -scores[key][1], -key[1]))
+
+
+def _initial_model(strategy: str, source_model, target: Prepared, config: SeriesConfig, seed: int,
+                   impl: str, device: torch.device) -> tuple:
+    """(model, data-order generator, adapter copied or None): the strategy's model before
+    target training. Every call builds the same one (the global RNG is reseeded), so the
+    selection runs and the final run start from the same initialisation."""
+    generator = seeded(seed)
+    adapter_copied = None
+    if strategy == "scratch":
+        model = build_model(target.channels, target.num_classes, config).to(device)
+    else:
+        model, adapter_copied = _from_source(source_model, target, config, device)
+    if strategy == "widen":
+        wide = transfer.widen(model.encoder.lstm, 2 * config.hidden, head=model.head, noise=1e-3,
+                              generator=generator)
+        model.encoder.lstm, model.head = wide.lstm, wide.head
+    if strategy == "freeze_lower":
+        transfer.freeze_parts(model, layers=[0])
+        if adapter_copied:
+            model.encoder.embedding.requires_grad_(False)
+    if impl == "torch":
+        use_torch_lstm(model)
+    return model, generator, adapter_copied
+
+
+def _train(strategy: str, model, generator, data: Batches, lr: float, epochs: int, meter: Meter,
+           on_epoch=None) -> None:
+    """`epochs` of AdamW at `lr` over `data`; ulmfit's discriminative lrs, slanted
+    triangular schedule and gradual unfreezing span exactly these epochs."""
+    on_step, scheduler, groups = None, None, model.parameters()
+    if strategy == "ulmfit":
+        layer_groups = transfer.layer_groups(model)
+        groups = transfer.discriminative_param_groups(layer_groups, lr=lr)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-2)
+    if strategy == "ulmfit":
+        total = epochs * len(data)
+        scheduler = transfer.SlantedTriangularLR(optimizer, total_steps=total)
+        on_step = gradual_unfreezing(transfer.GradualUnfreezer(model, layer_groups), total)
+    fit(model, data, epochs, optimizer, meter=meter, generator=generator, scheduler=scheduler,
+        on_step=on_step, on_epoch=on_epoch)
+
+
 def run_strategy(strategy: str, source_model, target: Prepared, config: SeriesConfig, seed: int,
                  impl: str, device: torch.device, setting: str) -> RunResult:
-    generator = seeded(seed)
+    """One (strategy, seed, impl) under the module's selection rule: lr and epochs
+    chosen on a validation split of the training rows, then the final model trained on
+    all of them from the same initialisation and scored on the test split. wall_s
+    counts the selection runs too (they are part of the strategy's cost)."""
+    fit_rows, val_rows = validation_split(target.y_train, seed)
+    y = target.y_train
     meter = Meter(device)
-    train = Batches([target.x_train, target.y_train], config.batch)
-    test = Batches([target.x_test, target.y_test], 256, shuffle=False)
-    extra: dict = {}
     with meter:
-        if strategy == "scratch":
-            model = build_model(target.channels, target.num_classes, config).to(device)
-        elif strategy == "widen":
-            model, _ = _from_source(source_model, target, config, device)
-            wide = transfer.widen(model.encoder.lstm, 2 * config.hidden, head=model.head, noise=1e-3,
-                                  generator=generator)
-            model.encoder.lstm, model.head = wide.lstm, wide.head
-        else:
-            model, adapter_copied = _from_source(source_model, target, config, device)
-            extra["adapter_transferred"] = adapter_copied
-        if strategy == "freeze_lower":
-            transfer.freeze_parts(model, layers=[0])
-            if adapter_copied:
-                model.encoder.embedding.requires_grad_(False)
         if strategy == "features":
-            accuracy_ = _feature_extraction(model, train, test, config, generator, meter, impl)
+            # the frozen source encoder runs once over the training rows without a graph; a
+            # linear head on the pooled (last, mean, max) features trains for many cheap epochs
+            source_init, _, adapter_copied = _initial_model(strategy, source_model, target, config,
+                                                            seed, impl, device)
+            extractor = transfer.FeatureExtractor(source_init.encoder, pooling="concat")
+            x = _extract(extractor, target.x_train, y)
+            epochs, every = config.feature_epochs, max(1, config.feature_epochs // 10)
+
+            def start() -> tuple:
+                generator = seeded(seed)
+                head = nn.Linear(extractor.feature_size, target.num_classes).to(device)
+                return head, generator, adapter_copied
+
+            def test_inputs() -> torch.Tensor:
+                return _extract(extractor, target.x_test, target.y_test)
         else:
-            if impl == "torch":
-                use_torch_lstm(model)
-            on_step, scheduler, groups = None, None, model.parameters()
-            lr = config.lr if strategy == "scratch" else config.transfer_lr
-            if strategy == "ulmfit":
-                layer_groups = transfer.layer_groups(model)
-                groups = transfer.discriminative_param_groups(layer_groups, lr=lr)
-            optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-2)
-            if strategy == "ulmfit":
-                total = config.epochs * len(train)
-                scheduler = transfer.SlantedTriangularLR(optimizer, total_steps=total)
-                on_step = gradual_unfreezing(transfer.GradualUnfreezer(model, layer_groups), total)
-            fit(model, train, config.epochs, optimizer, meter=meter, generator=generator,
-                scheduler=scheduler, on_step=on_step)
-            accuracy_ = accuracy(model, test)
+            x, epochs, every = target.x_train, config.epochs, config.check_every
+
+            def start() -> tuple:
+                return _initial_model(strategy, source_model, target, config, seed, impl, device)
+
+            def test_inputs() -> torch.Tensor:
+                return target.x_test
+
+        # selection: fit rows train, validation rows score; the test split is not touched
+        fit_data = Batches([x[fit_rows], y[fit_rows]], config.batch)
+        val_data = Batches([x[val_rows], y[val_rows]], 256, shuffle=False)
+        marks = set(checkpoints(epochs, every))
+        scores: dict = {}
+        for lr in config.lrs:
+            candidate, generator, _ = start()
+
+            def check(epoch: int, candidate=candidate, lr=lr) -> None:
+                if epoch in marks:
+                    scores[(lr, epoch)] = evaluate(candidate, val_data)
+            _train(strategy, candidate, generator, fit_data, lr, epochs, meter, on_epoch=check)
+        lr, epochs = choose(scores)
+
+        model, generator, adapter_copied = start()
+        _train(strategy, model, generator, Batches([x, y], config.batch), lr, epochs, meter)
+        accuracy_ = accuracy(model, Batches([test_inputs(), target.y_test], 256, shuffle=False))
+    extra = {"lr": lr, "epochs": epochs, "val_accuracy": scores[(lr, epochs)][0],
+             "val_rows": len(val_rows), "fit_rows": len(fit_rows)}
+    if adapter_copied is not None:
+        extra["adapter_transferred"] = adapter_copied
     return RunResult("timeseries", setting, strategy, seed, impl, accuracy_, meter.wall_s,
                      meter.activation_mb, meter.peak_mb, trainable_params(model), extra)
 
 
-def _feature_extraction(model, train: Batches, test: Batches, config: SeriesConfig,
-                        generator, meter: Meter, impl: str) -> float:
-    """The encoder runs once over the data without a graph; a linear head on the
-    pooled (last, mean, max) features trains for many cheap epochs."""
-    encoder = model.encoder
-    if impl == "torch":
-        use_torch_lstm(encoder)
-    extractor = transfer.FeatureExtractor(encoder, pooling="concat")
-    train_set = extractor.extract((x, None, y) for x, y in train.epoch())
-    test_set = extractor.extract((x, None, y) for x, y in test.epoch())
-    head = nn.Linear(extractor.feature_size, model.head.out_features).to(train_set.features.device)
-    model.head = head
-    encoder.requires_grad_(False)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=1e-2)
-    fit(head, Batches([train_set.features, train_set.targets[0]], config.batch),
-        config.feature_epochs, optimizer, meter=meter, generator=generator)
-    return accuracy(head, Batches([test_set.features, test_set.targets[0]], 256, shuffle=False))
+def _extract(extractor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The extractor's features of the rows of x, in order."""
+    batches = Batches([x, y], 256, shuffle=False).epoch()
+    return extractor.extract((inputs, None, labels) for inputs, labels in batches).features
 
 
 def run(pairs, strategies, seeds, config: SeriesConfig, device: torch.device, progress: Progress,
@@ -274,14 +377,20 @@ def planned_work(pairs, strategies, seeds, config: SeriesConfig, compare_torch: 
         source_batches = batches(int(0.8 * sum(ucr_sizes(source, data_root))), 2 * config.batch)
         source_epochs = max(1, -(-config.source_steps // source_batches))
         plan.append({("series", "rnnfast", config.hidden): source_epochs * source_batches})
-        target_batches = batches(ucr_sizes(target, data_root)[0], config.batch)
+        rows = ucr_sizes(target, data_root)[0]
+        target_batches = batches(rows, config.batch)
+        fit_batches = batches(rows - validation_rows(rows), config.batch)
         for strategy in strategies:
+            epochs = config.feature_epochs if strategy == "features" else config.epochs
+            # the selection runs (each lr on the fit rows) and the final run on every
+            # training row, counted at the most epochs it may choose
+            steps = len(config.lrs) * epochs * fit_batches + epochs * target_batches
             for impl in ["rnnfast"] * len(seeds) + (["torch"] if compare_torch else []):
                 if strategy == "features":
-                    plan.append({("series head", 3 * config.hidden): config.feature_epochs * target_batches})
+                    kind = ("series head", 3 * config.hidden)
                 else:
-                    hidden = 2 * config.hidden if strategy == "widen" else config.hidden
-                    plan.append({("series", impl, hidden): config.epochs * target_batches})
+                    kind = ("series", impl, 2 * config.hidden if strategy == "widen" else config.hidden)
+                plan.append({kind: steps})
     return plan
 
 

@@ -121,15 +121,18 @@ class Meter:
 
 def fit(model: nn.Module, data: Batches, epochs: int, optimizer: torch.optim.Optimizer, *,
         meter: Meter, generator: torch.Generator, scheduler=None,
-        on_step: Optional[Callable[[int], None]] = None, clip: float = 1.0,
+        on_step: Optional[Callable[[int], None]] = None,
+        on_epoch: Optional[Callable[[int], None]] = None, clip: float = 1.0,
         loss_of: Optional[Callable[[list], Tensor]] = None) -> None:
     """Trains for `epochs` passes over `data`. loss_of(batch) -> loss; by default each
-    batch is (*model inputs, target) under cross-entropy. on_step(k) runs before step k."""
+    batch is (*model inputs, target) under cross-entropy. on_step(k) runs before step k,
+    on_epoch(e) after epoch e (from 1); on_epoch may evaluate (eval mode): each epoch
+    starts with model.train()."""
     if loss_of is None:
         loss_of = lambda batch: F.cross_entropy(model(*batch[:-1]), batch[-1])  # noqa: E731
     params = [p for group in optimizer.param_groups for p in group["params"]]
     step = 0
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         model.train()
         for batch in data.epoch(generator):
             if on_step is not None:
@@ -143,6 +146,8 @@ def fit(model: nn.Module, data: Batches, epochs: int, optimizer: torch.optim.Opt
             if scheduler is not None:
                 scheduler.step()
             step += 1
+        if on_epoch is not None:
+            on_epoch(epoch)
 
 
 class _Enough(Exception):
@@ -189,13 +194,21 @@ def gradual_unfreezing(unfreezer, total_steps: int, open_by: float = 0.5) -> Cal
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: Batches) -> float:
+def evaluate(model: nn.Module, data: Batches) -> tuple:
+    """(accuracy, mean cross-entropy) of a classifier over `data`, in eval mode."""
     model.eval()
     correct = total = 0
+    loss = 0.0
     for *inputs, target in data.epoch():
-        correct += int((model(*inputs).argmax(-1) == target).sum())
+        logits = model(*inputs)
+        correct += int((logits.argmax(-1) == target).sum())
+        loss += float(F.cross_entropy(logits, target, reduction="sum"))
         total += target.numel()
-    return correct / max(total, 1)
+    return correct / max(total, 1), loss / max(total, 1)
+
+
+def accuracy(model: nn.Module, data: Batches) -> float:
+    return evaluate(model, data)[0]
 
 
 def majority_rate(labels: Tensor) -> float:
