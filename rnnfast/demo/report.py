@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
+from .sentiment import PLANS
+
 
 def summarise(results: list) -> list:
     """One row per (task, setting, strategy, lstm): accuracy mean / sd / n over seeds,
@@ -36,21 +38,34 @@ def _find(rows, setting, strategy, lstm="rnnfast") -> Optional[dict]:
                  and r["lstm"] == lstm), None)
 
 
+def is_scratch(strategy: str) -> bool:
+    """A model trained from scratch, under any recipe ("scratch", "scratch_stlr", ...)."""
+    return strategy == "scratch" or strategy.startswith("scratch_")
+
+
+def _scratch(rows, setting) -> Optional[dict]:
+    """The best from-scratch row of a setting (rnnfast runs): what transfer must beat."""
+    candidates = [r for r in rows if r["setting"] == setting and r["lstm"] == "rnnfast"
+                  and is_scratch(r["strategy"])]
+    return max(candidates, key=lambda r: r["accuracy_mean"]) if candidates else None
+
+
 def headlines(rows: list) -> list:
-    """Per setting: scratch against the best transfer strategy (rnnfast runs). The gain
-    counts as beyond the seed spread when it exceeds sqrt(sd_scratch^2 + sd_best^2)."""
+    """Per setting: the best from-scratch model (any recipe) against the best transfer
+    strategy (rnnfast runs; baselines without an LSTM, lstm "none", are neither). The
+    gain counts as beyond the seed spread when it exceeds sqrt(sd_scratch^2 + sd_best^2)."""
     out = []
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     for setting in settings:
-        scratch = _find(rows, setting, "scratch")
+        scratch = _scratch(rows, setting)
         others = [r for r in rows if r["setting"] == setting and r["lstm"] == "rnnfast"
-                  and r["strategy"] != "scratch"]
+                  and not is_scratch(r["strategy"])]
         if scratch is None or not others:
             continue
         best = max(others, key=lambda r: r["accuracy_mean"])
         gain = best["accuracy_mean"] - scratch["accuracy_mean"]
         spread = math.hypot(scratch["accuracy_sd"], best["accuracy_sd"])
-        out.append({"task": scratch["task"], "setting": setting,
+        out.append({"task": scratch["task"], "setting": setting, "scratch_strategy": scratch["strategy"],
                     "scratch": scratch["accuracy_mean"], "scratch_sd": scratch["accuracy_sd"],
                     "best": best["strategy"], "best_accuracy": best["accuracy_mean"],
                     "best_sd": best["accuracy_sd"], "gain": gain, "spread": spread,
@@ -74,6 +89,8 @@ NOT_COMPARED_NOTE = ("¹ nn.LSTM is run once per strategy and pair, at the large
 
 def _cost(rows, row) -> tuple:
     """rnnfast's and nn.LSTM's wall time and activation memory for the same run."""
+    if row["lstm"] == "none":  # a baseline without an LSTM: its time only
+        return f"{row['wall_s_mean']:.1f}", "", "", ""
     torch_row = _find(rows, row["setting"], row["strategy"], "torch")
     if torch_row is None:
         return f"{row['wall_s_mean']:.1f}", NOT_COMPARED, f"{row['activation_mb']:.2f}", NOT_COMPARED
@@ -82,18 +99,19 @@ def _cost(rows, row) -> tuple:
 
 
 def tables(rows: list) -> dict:
-    """Markdown tables, one per task: accuracy, gain over scratch, time and activation
-    memory for rnnfast and the same run on torch.nn.LSTM."""
+    """Markdown tables, one per task: accuracy, gain over the best from-scratch model,
+    time and activation memory for rnnfast and the same run on torch.nn.LSTM (and the
+    baselines without an LSTM)."""
     out = {}
     for task in dict.fromkeys(r["task"] for r in rows):
-        lines = ["| setting | strategy | accuracy (mean ± sd) | vs scratch | trainable | "
+        lines = ["| setting | strategy | accuracy (mean ± sd) | vs best scratch | trainable | "
                  "time rnnfast s | time nn.LSTM s | act. MB rnnfast | act. MB nn.LSTM |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
-            if row["task"] != task or row["lstm"] != "rnnfast":
+            if row["task"] != task or row["lstm"] == "torch":
                 continue
-            scratch = _find(rows, row["setting"], "scratch")
-            delta = ("" if scratch is None or row["strategy"] == "scratch"
+            scratch = _scratch(rows, row["setting"])
+            delta = ("" if scratch is None or row is scratch
                      else f"{100 * (row['accuracy_mean'] - scratch['accuracy_mean']):+.1f} pts")
             lines.append(f"| {row['setting']} | {row['strategy']} | {_accuracy(row)} | {delta} | "
                          f"{row['trainable_params']:,} | " + " | ".join(_cost(rows, row)) + " |")
@@ -103,13 +121,38 @@ def tables(rows: list) -> dict:
     return out
 
 
+def ablation_tables(rows: list) -> list:
+    """Text only: per label fraction, accuracy by init (rows) x recipe (columns), from
+    sentiment.PLANS (method -> (init, recipe)); "" where a combination did not run."""
+    plans = {m: plan for m, plan in PLANS.items() if m != "dann"}
+    text = {(r["setting"], r["strategy"]): r for r in rows if r["task"] == "text" and r["lstm"] == "rnnfast"}
+    ran = [m for m in plans if any(strategy == m for _, strategy in text)]
+    inits = list(dict.fromkeys(plans[m][0] for m in ran))
+    recipes = list(dict.fromkeys(plans[m][1] for m in ran))
+    if len(recipes) < 2:
+        return []
+    out = []
+    for setting in dict.fromkeys(setting for setting, _ in text):
+        lines = [f"{setting}: init x recipe", "", "| init | " + " | ".join(recipes) + " |",
+                 "|---|" + "---|" * len(recipes)]
+        for init in inits:
+            cells = []
+            for recipe in recipes:
+                method = next((m for m in ran if plans[m] == (init, recipe)), None)
+                row = text.get((setting, method))
+                cells.append(_accuracy(row) if row else "")
+            lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return out
+
+
 def headline_lines(heads: list) -> list:
     lines = []
     for h in heads:
         verdict = ("one seed: no spread to compare with" if h["beyond_spread"] is None else
                    "beyond the seed spread" if h["beyond_spread"] else
                    "NOT beyond the seed spread" if h["gain"] > 0 else "transfer did not help")
-        lines.append(f"{h['setting']}: scratch {h['scratch']:.3f} ± {h['scratch_sd']:.3f} -> "
+        lines.append(f"{h['setting']}: {h['scratch_strategy']} {h['scratch']:.3f} ± {h['scratch_sd']:.3f} -> "
                      f"{h['best']} {h['best_accuracy']:.3f} ± {h['best_sd']:.3f} "
                      f"({100 * h['gain']:+.1f} pts, spread {100 * h['spread']:.1f} pts: {verdict}; "
                      f"{h['seeds']} seeds)")
@@ -172,6 +215,9 @@ def markdown(env: dict, config: dict, rows: list, heads: list, info: dict, descr
         parts += ["", "## Source choice", "", ranking_table(info["source_ranking"], heads)]
     for task, table in tables(rows).items():
         parts += ["", f"## {task}", "", table]
+        if task == "text":
+            for ablation in ablation_tables(rows):
+                parts += ["", ablation]
     parts += ["", "## Strategies", ""]
     parts += [f"- `{name}`: {text}" for name, text in descriptions.items()]
     parts += ["", "## Notes", "",
@@ -207,7 +253,7 @@ def plots(folder: Path, rows: list, info: dict) -> list:
     series = [r for r in mine if r["task"] == "timeseries"]
     if series:
         figures["accuracy_timeseries.png"] = _timeseries_figure(plt, series, info.get("timeseries", {}))
-    text = [r for r in mine if r["task"] == "text"]
+    text = [r for r in rows if r["task"] == "text" and r["lstm"] != "torch"]
     if text:
         figures["learning_curve.png"] = _learning_curve_figure(plt, text, info.get("text", {}))
     if any(r["lstm"] == "torch" for r in rows):
@@ -253,8 +299,16 @@ def _timeseries_figure(plt, series: list, pairs: dict):
 
 
 def _learning_curve_figure(plt, text: list, info: dict):
+    """Per init (scratch, glove, lm, ...) the recipe with the best mean accuracy over the
+    fractions, and the baselines without an LSTM: ten curves would hide each other."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    methods = list(dict.fromkeys(r["strategy"] for r in text))
+    family = {m: PLANS[m][0] if m in PLANS else m for m in dict.fromkeys(r["strategy"] for r in text)}
+
+    def mean_accuracy(method: str) -> float:
+        return statistics.fmean(r["accuracy_mean"] for r in text if r["strategy"] == method)
+
+    methods = [max((m for m in family if family[m] == f), key=mean_accuracy)
+               for f in dict.fromkeys(family.values())]
     fractions = sorted({_fraction(r["setting"]) for r in text})
     for k, method in enumerate(methods):
         points = sorted((_fraction(r["setting"]), r["accuracy_mean"], r["accuracy_sd"])
@@ -262,7 +316,8 @@ def _learning_curve_figure(plt, text: list, info: dict):
         # Shift each method a little sideways (log axis) so error bars do not hide each other.
         shift = 1.06 ** (k - (len(methods) - 1) / 2)
         ax.errorbar([p[0] * shift for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                    marker="osD^v"[k % 5], capsize=3, label=method)
+                    marker="osD^v"[k % 5], capsize=3, label=method,
+                    linestyle="dotted" if method not in PLANS else "solid")
     chance = info.get("majority_test_accuracy")
     if chance is not None:
         ax.axhline(chance, color="black", linestyle="dashed", linewidth=1, label="chance (majority class)")
@@ -271,7 +326,7 @@ def _learning_curve_figure(plt, text: list, info: dict):
     ax.minorticks_off()
     ax.set_xlabel("share of the review labels used for training")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Text: tweets → movie reviews, learning curves")
+    ax.set_title("Text: movie-review sentiment, learning curves (best recipe per init)")
     ax.legend(fontsize=8)
     return fig
 
