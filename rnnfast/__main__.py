@@ -136,7 +136,7 @@ def _main(argv) -> int:
     from rnnfast.bench import cli as bench_cli
     bench_cli.add_arguments(b)
     d = sub.add_parser("demo", help="transfer learning on real offline data (UCR time series, "
-                       "tweets -> movie reviews): accuracy, time and memory against nn.LSTM")
+                       "movie-review sentiment on GloVe): accuracy, time and memory against nn.LSTM")
     from rnnfast.demo import cli as demo_cli
     demo_cli.add_arguments(d)
     v = sub.add_parser("verify", help="on a GPU: build, parity, GPU tests, compute-sanitizer and bench "

