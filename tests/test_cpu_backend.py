@@ -228,7 +228,7 @@ def test_cell_tanh_within_two_ulp_of_float64(dtype):
 
 def test_a_sequence_gives_the_same_bits_alone_or_in_any_batch():
     """Each output element is summed in one order whatever the batch (products tiled by
-    rows, the matrix-vector path at B <= 2, threads split columns), so a sequence's outputs
+    rows, the few-row gate kernel at B <= 2, threads split unit blocks), so a sequence's outputs
     do not depend on what else is in the batch. H = 150 spans two inner blocks."""
     torch.manual_seed(0)
     model = rnnfast.LSTM(40, 150, backend="cpu")

@@ -258,6 +258,85 @@ Tensor gate_panels(const Tensor& w_hh, int64_t H) {
   return panels;
 }
 
+// C[kRows, kPanels panels x kCols vectors] (+)= A[kRows, inner] @ kPanels gate panels of
+// one unit block, read side by side (panel_stride apart, each [inner, kUnitBlock]) with
+// C's columns gate_stride apart: the recurrent product of a step of 1-2 rows. A lone
+// gemm_tile per gate holds 1-2 rows x 4 vectors, too few accumulators to hide the FMA
+// latency and one W stream at a time (B=1 H=256: 0.39 FMA a cycle); side by side the
+// tile is 16 (AVX-512) or 8 accumulators and the panels stream together. Each output is
+// summed in gemm_tile's order (C first, then inner 0, 1, ...), so a sequence gets the
+// same bits in a step of 1-2 rows as in a wider one.
+template <typename scalar_t, int kRows, int kPanels, int kCols, bool kFull>
+inline void gate_panel_tile(int64_t inner, int64_t units_left,
+                            const scalar_t* a, int64_t lda,                 // [kRows, inner]
+                            const scalar_t* panel, int64_t panel_stride,    // kPanels x [inner, kUnitBlock]
+                            scalar_t* c, int64_t ldc, int64_t gate_stride) {  // [kRows, kPanels x gate_stride]
+  using V = Vec<scalar_t>;
+  constexpr int64_t width = V::size();
+  int count[kCols];
+  for (int v = 0; v < kCols; ++v) {
+    count[v] = kFull ? int(width) : int(std::clamp<int64_t>(units_left - v * width, 0, width));
+  }
+  auto load = [&](const scalar_t* q, int v) {
+    return kFull ? V::loadu(q + v * width)
+                 : (count[v] > 0 ? V::loadu(q + v * width, count[v]) : V(scalar_t(0)));
+  };
+  V acc[kRows][kPanels][kCols];
+  for (int r = 0; r < kRows; ++r) {
+    for (int q = 0; q < kPanels; ++q) {
+      for (int v = 0; v < kCols; ++v) acc[r][q][v] = load(c + r * ldc + q * gate_stride, v);
+    }
+  }
+  for (int64_t p = 0; p < inner; ++p) {
+    V w_p[kPanels][kCols];
+    for (int q = 0; q < kPanels; ++q) {
+      for (int v = 0; v < kCols; ++v) w_p[q][v] = load(panel + q * panel_stride + p * kUnitBlock, v);
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const V a_rp(a[r * lda + p]);
+      for (int q = 0; q < kPanels; ++q) {
+        for (int v = 0; v < kCols; ++v) acc[r][q][v] = at::vec::fmadd(a_rp, w_p[q][v], acc[r][q][v]);
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int q = 0; q < kPanels; ++q) {
+      for (int v = 0; v < kCols; ++v) {
+        scalar_t* out = c + r * ldc + q * gate_stride + v * width;
+        if (kFull) acc[r][q][v].store(out);
+        else if (count[v] > 0) acc[r][q][v].store(out, count[v]);
+      }
+    }
+  }
+}
+
+// gates[kRows, 4H] (+)= h[kRows, P] @ the four gate panels of the unit block at `block`,
+// for its `units` (<= kUnitBlock) units: gate_panel_tile over the panels kPanels at a
+// time and the units kCols vectors at a time (16 accumulators with AVX-512, 8 with AVX2).
+template <typename scalar_t, int kRows>
+void few_rows_gate_product(int64_t P, int64_t H, int64_t units,
+                           const scalar_t* h, int64_t ldh,          // [kRows, P]
+                           const scalar_t* panels, int64_t blocks,  // gate_panels(W_hh) data
+                           int64_t block,
+                           scalar_t* gates, int64_t ldg) {          // [kRows, 4H] at the block's first unit
+  constexpr int kCols = Blocking<scalar_t>::kCols;
+  constexpr int kPanels = 4 * Blocking<scalar_t>::kCols / (kRows * kCols);  // 4 or 2
+  constexpr int64_t chunk = kCols * Vec<scalar_t>::size();
+  const int64_t panel_stride = blocks * P * kUnitBlock;  // gate g's panel of this block is g panels of blocks apart
+  for (int gate = 0; gate < 4; gate += kPanels) {
+    const scalar_t* panel = panels + (gate * blocks + block) * P * kUnitBlock;
+    for (int64_t u = 0; u < units; u += chunk) {
+      if (u + chunk <= units) {
+        gate_panel_tile<scalar_t, kRows, kPanels, kCols, true>(P, units - u, h, ldh, panel + u, panel_stride,
+                                                               gates + gate * H + u, ldg, H);
+      } else {
+        gate_panel_tile<scalar_t, kRows, kPanels, kCols, false>(P, units - u, h, ldh, panel + u, panel_stride,
+                                                                gates + gate * H + u, ldg, H);
+      }
+    }
+  }
+}
+
 // Runs row_op(row)(begin, end) over units [begin, end) of rows [0, rows), on several
 // threads when the step holds enough work.
 template <typename RowOp>
@@ -297,7 +376,6 @@ void check_matrix(const Tensor& t, const char* name, int64_t dim0, int64_t dim1,
 template <typename scalar_t>
 void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
                         const Tensor& h0,
-                        const Tensor& w_hh_t,  // [P, 4H]: W_hh^T, the product's [inner, out]
                         const Tensor& panels,  // [4 * blocks, P, kUnitBlock]: gate_panels(W_hh)
                         const Tensor* w_hr_t,  // [H, P]: W_hr^T, or nullptr
                         Tensor& gates,    // [N, 4H] input projection in, gates out
@@ -313,7 +391,6 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
   scalar_t* cells_p = cells != nullptr ? cells->data_ptr<scalar_t>() : nullptr;
   scalar_t* hidden_p = hidden.data_ptr<scalar_t>();
   const scalar_t* h0_p = h0.data_ptr<scalar_t>();
-  const scalar_t* w_hh_t_p = w_hh_t.data_ptr<scalar_t>();
   const scalar_t* panels_p = panels.data_ptr<scalar_t>();
   const scalar_t* w_hr_t_p = w_hr_t != nullptr ? w_hr_t->data_ptr<scalar_t>() : nullptr;
   const int64_t unit_blocks = (H + kUnitBlock - 1) / kUnitBlock;
@@ -343,41 +420,41 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
     const int64_t row_chunks = (n + row_chunk - 1) / row_chunk;
     const bool split = threads > 1 && unit_blocks * row_chunks >= 2 &&
                        n * (G * P + H * kCellMacs) >= 2 * kMinMacsPerTask;
-    if (n >= 3) {
-      // One task per (block of units, chunk of rows): the four gates' columns of the
-      // recurrent product from their panels, then the cell math of those units and rows.
-      // Split over threads (when large enough), a step is one barrier, and with the
-      // static split each thread keeps the same panels in its own cache at every step
-      // (T=32 B=32 H=256 on 2 threads: 3.0 ms against 3.4 for product and cell split
-      // apart). Rows are chunked only when split. Nested inside, gemm runs on the
-      // task's thread.
-      const int64_t chunks = split ? row_chunks : 1, chunk = split ? row_chunk : n;
-      const int64_t tasks = unit_blocks * chunks;
-      at::parallel_for(0, tasks, split ? 1 : tasks, [&](int64_t begin, int64_t end) {
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t block = task / chunks;
-          const int64_t u0 = block * kUnitBlock, u1 = std::min(u0 + kUnitBlock, H);
-          const int64_t r0 = (task % chunks) * chunk, r1 = std::min(r0 + chunk, n);
-          const int64_t split_row = std::clamp(carried, r0, r1);  // [r0, split_row) carried on
-          for (int64_t gate = 0; gate < 4; ++gate) {
-            const int64_t col = gate * H + u0;
-            const scalar_t* panel = panels_p + (gate * unit_blocks + block) * P * kUnitBlock;
-            gemm<scalar_t>(split_row - r0, u1 - u0, P, h_prev + r0 * P, P, 1, panel, kUnitBlock,
-                           true, g + r0 * G + col, G);
-            gemm<scalar_t>(r1 - split_row, u1 - u0, P, h0_p + split_row * P, P, 1, panel,
-                           kUnitBlock, true, g + split_row * G + col, G);
-          }
-          for (int64_t r = r0; r < r1; ++r) cell(r)(u0, u1);
+    // One task per (block of units, chunk of rows): the four gates' columns of the
+    // recurrent product from their panels, then the cell math of those units and rows.
+    // Split over threads (when large enough), a step is one barrier, and with the
+    // static split each thread keeps the same panels in its own cache at every step
+    // (T=32 B=32 H=256 on 2 threads: 3.0 ms against 3.4 for product and cell split
+    // apart; B=1 H=256: each core's half of W_hh, 512 KB, stays in its L2). Rows are
+    // chunked only when split. Nested inside, gemm runs on the task's thread.
+    const int64_t chunks = split ? row_chunks : 1, chunk = split ? row_chunk : n;
+    const int64_t tasks = unit_blocks * chunks;
+    // Rows [first, last) of the product from h (their previous output, or h0).
+    auto product = [&](int64_t first, int64_t last, const scalar_t* h, int64_t block, int64_t u0, int64_t u1) {
+      const int64_t rows = last - first;
+      scalar_t* out = g + first * G + u0;
+      if (rows >= 3) {
+        for (int64_t gate = 0; gate < 4; ++gate) {
+          const scalar_t* panel = panels_p + (gate * unit_blocks + block) * P * kUnitBlock;
+          gemm<scalar_t>(rows, u1 - u0, P, h, P, 1, panel, kUnitBlock, true, out + gate * H, G);
         }
-      });
-    } else {
-      // One or two rows: the product over all 4H columns of W_hh^T in place (split over
-      // threads by columns inside gemm where large enough), then the cell math.
-      gemm_rows<scalar_t>(carried, G, P, h_prev, P, w_hh_t_p, true, g, G);
-      gemm_rows<scalar_t>(n - carried, G, P, h0_p + carried * P, P, w_hh_t_p, true,
-                          g + carried * G, G);
-      for_each_unit(n, H, cell);
-    }
+      } else if (rows == 2) {
+        few_rows_gate_product<scalar_t, 2>(P, H, u1 - u0, h, P, panels_p, unit_blocks, block, out, G);
+      } else if (rows == 1) {
+        few_rows_gate_product<scalar_t, 1>(P, H, u1 - u0, h, P, panels_p, unit_blocks, block, out, G);
+      }
+    };
+    at::parallel_for(0, tasks, split ? 1 : tasks, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t block = task / chunks;
+        const int64_t u0 = block * kUnitBlock, u1 = std::min(u0 + kUnitBlock, H);
+        const int64_t r0 = (task % chunks) * chunk, r1 = std::min(r0 + chunk, n);
+        const int64_t split_row = std::clamp(carried, r0, r1);  // [r0, split_row) carried on
+        product(r0, split_row, h_prev + r0 * P, block, u0, u1);
+        product(split_row, r1, h0_p + split_row * P, block, u0, u1);
+        for (int64_t r = r0; r < r1; ++r) cell(r)(u0, u1);
+      }
+    });
     if (w_hr_t_p != nullptr) {
       gemm_rows<scalar_t>(n, P, H, h_out, H, w_hr_t_p, false, y_p + off * P, P);
     }
@@ -427,18 +504,14 @@ std::vector<Tensor> forward(const Tensor& x2d, const Tensor& h0, const Tensor& c
   Tensor hidden = at::empty({hidden_per_row ? rows : (w_hr.has_value() ? batch : 0), H},
                             x2d.options());
   // Weights rearranged once per call into the [inner, out] rows the GEMM streams: W_hh
-  // as gate panels for steps of 3+ rows, as W_hh^T for steps of 1-2 rows, each form
-  // built only if some step needs it; W_hr^T.
-  const auto [fewest, most] = std::minmax_element(sizes.begin(), sizes.end());
-  const bool narrow_steps = !sizes.empty() && *fewest <= 2, wide_steps = !sizes.empty() && *most >= 3;
+  // as gate panels (every step size reads them), W_hr^T.
   Tensor h0_c = h0.contiguous();
-  Tensor w_hh_t = narrow_steps ? transposed(w_hh) : at::empty({0}, w_hh.options());
-  Tensor panels = wide_steps ? gate_panels(w_hh, H) : at::empty({0}, w_hh.options());
+  Tensor panels = gate_panels(w_hh, H);
   Tensor w_hr_t = w_hr.has_value() ? transposed(*w_hr) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(dtype, "rnnfast_cpu_forward", [&] {
     gemm_rows<scalar_t>(rows, 4 * H, I, x2d_c.data_ptr<scalar_t>(), I, w_ih_t.data_ptr<scalar_t>(),
                         true, gates.data_ptr<scalar_t>(), 4 * H);
-    forward_recurrence<scalar_t>(offsets, sizes, h0_c, w_hh_t, panels,
+    forward_recurrence<scalar_t>(offsets, sizes, h0_c, panels,
                                  w_hr.has_value() ? &w_hr_t : nullptr,
                                  gates, c_state, y, save_cells ? &cells : nullptr, hidden,
                                  hidden_per_row, save_gates);
