@@ -178,10 +178,21 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
         const int64_t depth = std::min(B::inner_block, inner - p);
         const bool acc = accumulate || p > 0;
         const scalar_t* w_p = w + p * ldw + j;
+        // Whole tiles of kRows, except that a last 1-2 rows take the last whole tile
+        // with them as two tiles of 4 and 3-4 rows: a 1-2 row tile has too few
+        // accumulators to hide the FMA latency (B=32 = 5 x 6 + 2 cost as much as 36
+        // rows; B=8 44% more than its share).
+        const int64_t rem = (r_end - r0) % B::kRows;
+        const int64_t paired = (rem == 1 || rem == 2) && r_end - r0 > B::kRows ? B::kRows + rem : rem;
         int64_t r = r0;
-        for (; r + B::kRows <= r_end; r += B::kRows) {
+        for (; r + B::kRows <= r_end - paired; r += B::kRows) {
           gemm_row_tile<scalar_t, B::kRows, B::kCols>(cols, depth, a + r * a_rs + p * a_is, a_rs,
                                                       a_is, w_p, ldw, acc, c + r * ldc + j, ldc);
+        }
+        if (r_end - r > B::kRows) {
+          gemm_row_tile<scalar_t, 4, B::kCols>(cols, depth, a + r * a_rs + p * a_is, a_rs, a_is,
+                                               w_p, ldw, acc, c + r * ldc + j, ldc);
+          r += 4;
         }
         const scalar_t* a_r = a + r * a_rs + p * a_is;
         scalar_t* c_r = c + r * ldc + j;
