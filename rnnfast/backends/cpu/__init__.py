@@ -80,7 +80,7 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> Optional[str
 
 def auto_picks(device: torch.device, dtype: torch.dtype) -> bool:
     """auto takes it on CPU in float32/float64 once the extension is built (this is what
-    builds it): 0.26-0.31x the reference's time over the CPU suite, faster in every row
+    builds it): 0.25-0.31x the reference's time over the CPU suite, faster in every row
     (csrc/README.md)."""
     return device.type == "cpu" and dtype in SUPPORTED_DTYPES and _load() is None
 
