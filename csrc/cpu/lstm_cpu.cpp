@@ -40,6 +40,30 @@ constexpr int64_t kCellMacs = 200;
 // slower: B <= 2 steps at H = 256 and small forwards lost their second thread.
 constexpr int64_t kMinMacsPerTask = int64_t(1) << 17;
 
+// The kCols vectors of a tile's row, from its first column: whole (kFull), or the ragged
+// edge where only the first `cols_left` columns exist (the rest load as 0 and are
+// never stored).
+template <typename scalar_t, int kCols, bool kFull>
+struct TileColumns {
+  using V = Vec<scalar_t>;
+  static constexpr int64_t width = V::size();
+  int count[kCols];
+
+  explicit TileColumns(int64_t cols_left) {
+    for (int v = 0; v < kCols; ++v) {
+      count[v] = kFull ? int(width) : int(std::clamp<int64_t>(cols_left - v * width, 0, width));
+    }
+  }
+  V load(const scalar_t* row, int v) const {
+    return kFull ? V::loadu(row + v * width)
+                 : (count[v] > 0 ? V::loadu(row + v * width, count[v]) : V(scalar_t(0)));
+  }
+  void store(const V& x, scalar_t* row, int v) const {
+    if (kFull) x.store(row + v * width);
+    else if (count[v] > 0) x.store(row + v * width, count[v]);
+  }
+};
+
 // C[kRows, kCols vectors from column j] (+)= A[kRows, inner] @ W[inner, same columns]:
 // one tile of independent accumulators, kept in registers while W streams by.
 // A is read through strides (row a_rs, inner a_is) so that a transposed operand needs
@@ -51,32 +75,21 @@ inline void gemm_tile(int64_t inner, int64_t cols_left,
                       bool accumulate,
                       scalar_t* c, int64_t ldc) {                     // [kRows, >= tile]
   using V = Vec<scalar_t>;
-  constexpr int64_t width = V::size();
-  int count[kCols];
-  for (int v = 0; v < kCols; ++v) {
-    count[v] = kFull ? int(width) : int(std::clamp<int64_t>(cols_left - v * width, 0, width));
-  }
-  auto load = [&](const scalar_t* p, int v) {
-    return kFull ? V::loadu(p + v * width)
-                 : (count[v] > 0 ? V::loadu(p + v * width, count[v]) : V(scalar_t(0)));
-  };
+  const TileColumns<scalar_t, kCols, kFull> columns(cols_left);
   V acc[kRows][kCols];
   for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kCols; ++v) acc[r][v] = accumulate ? load(c + r * ldc, v) : V(scalar_t(0));
+    for (int v = 0; v < kCols; ++v) acc[r][v] = accumulate ? columns.load(c + r * ldc, v) : V(scalar_t(0));
   }
   for (int64_t p = 0; p < inner; ++p) {
     V w_p[kCols];
-    for (int v = 0; v < kCols; ++v) w_p[v] = load(w + p * ldw, v);
+    for (int v = 0; v < kCols; ++v) w_p[v] = columns.load(w + p * ldw, v);
     for (int r = 0; r < kRows; ++r) {
       const V a_rp(a[r * a_rs + p * a_is]);
       for (int v = 0; v < kCols; ++v) acc[r][v] = at::vec::fmadd(a_rp, w_p[v], acc[r][v]);
     }
   }
   for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kCols; ++v) {
-      if (kFull) acc[r][v].store(c + r * ldc + v * width);
-      else if (count[v] > 0) acc[r][v].store(c + r * ldc + v * width, count[v]);
-    }
+    for (int v = 0; v < kCols; ++v) columns.store(acc[r][v], c + r * ldc, v);
   }
 }
 
@@ -283,25 +296,17 @@ inline void gate_panel_tile(int64_t inner, int64_t units_left,
                             const scalar_t* panel, int64_t panel_stride,    // kPanels x [inner, kUnitBlock]
                             scalar_t* c, int64_t ldc, int64_t gate_stride) {  // [kRows, kPanels x gate_stride]
   using V = Vec<scalar_t>;
-  constexpr int64_t width = V::size();
-  int count[kCols];
-  for (int v = 0; v < kCols; ++v) {
-    count[v] = kFull ? int(width) : int(std::clamp<int64_t>(units_left - v * width, 0, width));
-  }
-  auto load = [&](const scalar_t* q, int v) {
-    return kFull ? V::loadu(q + v * width)
-                 : (count[v] > 0 ? V::loadu(q + v * width, count[v]) : V(scalar_t(0)));
-  };
+  const TileColumns<scalar_t, kCols, kFull> columns(units_left);
   V acc[kRows][kPanels][kCols];
   for (int r = 0; r < kRows; ++r) {
     for (int q = 0; q < kPanels; ++q) {
-      for (int v = 0; v < kCols; ++v) acc[r][q][v] = load(c + r * ldc + q * gate_stride, v);
+      for (int v = 0; v < kCols; ++v) acc[r][q][v] = columns.load(c + r * ldc + q * gate_stride, v);
     }
   }
   for (int64_t p = 0; p < inner; ++p) {
     V w_p[kPanels][kCols];
     for (int q = 0; q < kPanels; ++q) {
-      for (int v = 0; v < kCols; ++v) w_p[q][v] = load(panel + q * panel_stride + p * kUnitBlock, v);
+      for (int v = 0; v < kCols; ++v) w_p[q][v] = columns.load(panel + q * panel_stride + p * kUnitBlock, v);
     }
     for (int r = 0; r < kRows; ++r) {
       const V a_rp(a[r * lda + p]);
@@ -312,11 +317,7 @@ inline void gate_panel_tile(int64_t inner, int64_t units_left,
   }
   for (int r = 0; r < kRows; ++r) {
     for (int q = 0; q < kPanels; ++q) {
-      for (int v = 0; v < kCols; ++v) {
-        scalar_t* out = c + r * ldc + q * gate_stride + v * width;
-        if (kFull) acc[r][q][v].store(out);
-        else if (count[v] > 0) acc[r][q][v].store(out, count[v]);
-      }
+      for (int v = 0; v < kCols; ++v) columns.store(acc[r][q][v], c + r * ldc + q * gate_stride, v);
     }
   }
 }
