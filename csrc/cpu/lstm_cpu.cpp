@@ -157,16 +157,17 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
     return;
   }
   if (rows < 3) {
-    // Matrix-vector products (batch 1-2): W is read once either way; more independent
-    // accumulators per row hide the FMA latency instead. Split over threads by columns:
-    // the static split gives each thread the same slice of W at every step, so at
-    // H = 256 (W_hh 1 MB) each core's half stays in its own L2.
+    // Matrix-vector products (1-2 rows: a B <= 2 step's W_hr projection, the backward's
+    // products of such steps): W is read once either way; more independent accumulators
+    // per row hide the FMA latency instead. Split over threads by columns: the static
+    // split gives each thread the same slice of W at every step, in its own L2. (The
+    // forward's W_hh product of such steps is few_rows_gate_product.)
     constexpr int64_t tile = 2 * B::tile;
     const int64_t tiles = (out + tile - 1) / tile;
     const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / (rows * tile * inner));
     at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
       // Whole wide tiles, then the rest (< 128 columns) in narrower ones, so that a
-      // slice of 64 columns (one gate of a unit block) wastes no lanes.
+      // slice of 64 columns wastes no lanes.
       const int64_t j = begin * tile, end_col = std::min(end * tile, out);
       const int64_t wide_end = j + (end_col - j) / tile * tile;
       if (rows == 2) {
@@ -191,21 +192,10 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
         const int64_t depth = std::min(B::inner_block, inner - p);
         const bool acc = accumulate || p > 0;
         const scalar_t* w_p = w + p * ldw + j;
-        // Whole tiles of kRows, except that a last 1-2 rows take the last whole tile
-        // with them as two tiles of 4 and 3-4 rows: a 1-2 row tile has too few
-        // accumulators to hide the FMA latency (B=32 = 5 x 6 + 2 cost as much as 36
-        // rows; B=8 44% more than its share).
-        const int64_t rem = (r_end - r0) % B::kRows;
-        const int64_t paired = (rem == 1 || rem == 2) && r_end - r0 > B::kRows ? B::kRows + rem : rem;
         int64_t r = r0;
-        for (; r + B::kRows <= r_end - paired; r += B::kRows) {
+        for (; r + B::kRows <= r_end; r += B::kRows) {
           gemm_row_tile<scalar_t, B::kRows, B::kCols>(cols, depth, a + r * a_rs + p * a_is, a_rs,
                                                       a_is, w_p, ldw, acc, c + r * ldc + j, ldc);
-        }
-        if (r_end - r > B::kRows) {
-          gemm_row_tile<scalar_t, 4, B::kCols>(cols, depth, a + r * a_rs + p * a_is, a_rs, a_is,
-                                               w_p, ldw, acc, c + r * ldc + j, ldc);
-          r += 4;
         }
         const scalar_t* a_r = a + r * a_rs + p * a_is;
         scalar_t* c_r = c + r * ldc + j;
@@ -332,7 +322,7 @@ void few_rows_gate_product(int64_t P, int64_t H, int64_t units,
                            int64_t block,
                            scalar_t* gates, int64_t ldg) {          // [kRows, 4H] at the block's first unit
   constexpr int kCols = Blocking<scalar_t>::kCols;
-  constexpr int kPanels = 4 * Blocking<scalar_t>::kCols / (kRows * kCols);  // 4 or 2
+  constexpr int kPanels = 4 / kRows;  // kRows x kPanels x kCols = 4 x kCols accumulators
   constexpr int64_t chunk = kCols * Vec<scalar_t>::size();
   const int64_t panel_stride = blocks * P * kUnitBlock;  // gate g's panel of this block is g panels of blocks apart
   for (int gate = 0; gate < 4; gate += kPanels) {

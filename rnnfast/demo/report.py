@@ -103,8 +103,8 @@ def _cost(rows, row) -> tuple:
 
 def tables(rows: list) -> dict:
     """Markdown tables, one per task: accuracy, gain over the best from-scratch model,
-    the lr and epochs a validation rule chose (time series), time and activation memory for rnnfast and the same run on torch.nn.LSTM (and the
-    baselines without an LSTM)."""
+    the lr and epochs a validation rule chose (time series), time and activation memory
+    for rnnfast and the same run on torch.nn.LSTM (and the baselines without an LSTM)."""
     out = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         chosen = any(r["chosen"] for r in rows if r["task"] == task)
@@ -130,11 +130,10 @@ def tables(rows: list) -> dict:
 def ablation_tables(rows: list) -> list:
     """Text only: per label fraction, accuracy by init (rows) x recipe (columns), from
     sentiment.PLANS (method -> (init, recipe)); "" where a combination did not run."""
-    plans = {m: plan for m, plan in PLANS.items() if m != "dann"}
     text = {(r["setting"], r["strategy"]): r for r in rows if r["task"] == "text" and r["lstm"] == "rnnfast"}
-    ran = [m for m in plans if any(strategy == m for _, strategy in text)]
-    inits = list(dict.fromkeys(plans[m][0] for m in ran))
-    recipes = list(dict.fromkeys(plans[m][1] for m in ran))
+    ran = [m for m in PLANS if any(strategy == m for _, strategy in text)]
+    inits = list(dict.fromkeys(PLANS[m][0] for m in ran))
+    recipes = list(dict.fromkeys(PLANS[m][1] for m in ran))
     if len(recipes) < 2:
         return []
     out = []
@@ -144,7 +143,7 @@ def ablation_tables(rows: list) -> list:
         for init in inits:
             cells = []
             for recipe in recipes:
-                method = next((m for m in ran if plans[m] == (init, recipe)), None)
+                method = next((m for m in ran if PLANS[m] == (init, recipe)), None)
                 row = text.get((setting, method))
                 cells.append(_accuracy(row) if row else "")
             lines.append(f"| {init} | " + " | ".join(cells) + " |")

@@ -139,23 +139,24 @@ def prepare(config: TextConfig, device: torch.device, with_glove: bool = True) -
         rows = (ids.to(device), lengths.to(device))
         return rows if labels is None else rows + (torch.tensor(labels, device=device),)
 
+    train_rows, test_rows = encode(train.texts, train.labels), encode(test.texts, test.labels)
+    lm_rows = tuple(torch.cat(pair) for pair in zip(train_rows[:2], encode(plots)))
     glove, coverage = None, {}
     if with_glove:
         vectors = load_glove()
         if vectors.dim != config.embedding:
             raise ValueError(f"TextConfig.embedding is {config.embedding} but the GloVe vectors have "
                              f"{vectors.dim} dimensions")
-        glove, stats = transfer.remap_rows(vectors.vectors, vectors.words, tokenizer.vocab)
+        glove, _ = transfer.remap_rows(vectors.vectors, vectors.words, tokenizer.vocab)
         glove[0] = 0  # padding
         words = set(vectors.words)
         in_glove = torch.tensor([token in words for token in tokenizer.vocab])
-        ids = torch.cat([encode(train.texts)[0], encode(test.texts)[0]]).cpu()
+        ids = torch.cat([train_rows[0], test_rows[0]]).cpu()
         real = ids[ids > 0]
-        coverage = {"vocabulary": stats.kept / len(tokenizer),
+        coverage = {"vocabulary": int(in_glove.sum()) / len(tokenizer),
                     "review_tokens": float(in_glove[real].float().mean()),
                     "review_tokens_unknown": float((real == Tokenizer.UNK_ID).float().mean())}
-    return TextData(tokenizer, encode(train.texts, train.labels), encode(test.texts, test.labels),
-                    train.texts, test.texts, encode(train.texts + plots), glove, coverage)
+    return TextData(tokenizer, train_rows, test_rows, train.texts, test.texts, lm_rows, glove, coverage)
 
 
 def build_encoder(config: TextConfig, vocab: int, glove: Optional[torch.Tensor] = None) -> transfer.SequenceEncoder:
