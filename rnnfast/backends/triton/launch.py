@@ -8,13 +8,11 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
+from ..barrier import BARRIER_SPIN_LIMIT, raise_if_barrier_timed_out, watch_timeout_flag
 from ..steps import Steps, accumulation_dtype
 from . import interpreting
 from .plan import Plan
 
-# Polls of a barrier wait before the kernel gives up and reports a hang: about 10 s of
-# polling on an H100 (one poll is an L2 round trip), where a real wait takes microseconds.
-BARRIER_SPIN_LIMIT = 1 << 24
 MAX_REGISTERS = 255  # per thread, on every NVIDIA GPU since Kepler
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
@@ -84,10 +82,6 @@ def launch_options(plan: Plan) -> dict:
 # specializes the sizes), checked once per process.
 _device_accepts: dict[tuple, bool] = {}
 _warned: set[tuple] = set()
-# Barrier launches whose timeout flag has not been read yet: (the flag or its pinned host
-# copy, the event recorded after the copy or None, what to name in the error).
-_unread_flags: list[tuple[Tensor, Optional["torch.cuda.Event"], str]] = []
-
 # The driver's words when it refuses a cooperative launch (too many programs to be
 # resident at once, or no cooperative launch on this device / under MPS).
 _COOPERATIVE_REFUSALS = ("too many blocks in cooperative launch", "operation not supported")
@@ -127,7 +121,7 @@ def launch(kernel, plans: list[Plan], arguments: Callable[[Plan], tuple[list, di
                 continue
             raise
         if plan.use_barrier and not capturing:
-            _watch_timeout_flag(barrier[-1:], f"{name} with {plan}")
+            watch_timeout_flag(barrier[-1:], f"{name} with {plan}")
         return plan
     key = (name, tuple(plans))
     if key not in _warned:
@@ -149,38 +143,3 @@ def _fits(kernel, plan: Plan, args: list, constexprs: dict, options: dict,
     except OutOfResources:
         return False
     return spills_allowed or compiled.n_spills == 0
-
-
-def _watch_timeout_flag(flag: Tensor, description: str) -> None:
-    """Reads a barrier launch's timeout flag [1] int32 without waiting for the kernel:
-    a non-blocking copy into pinned memory and an event, checked by the next launch
-    (or raise_if_barrier_timed_out). In the interpreter the kernel has already finished."""
-    if flag.device.type == "cpu":
-        _unread_flags.append((flag, None, description))
-    else:
-        host = torch.empty(1, dtype=torch.int32, pin_memory=True)
-        host.copy_(flag, non_blocking=True)
-        copied = torch.cuda.Event()
-        copied.record()
-        _unread_flags.append((host, copied, description))
-    raise_if_barrier_timed_out()
-
-
-def raise_if_barrier_timed_out(wait: bool = False) -> None:
-    """Raises RuntimeError if a finished barrier launch gave up waiting at its barrier
-    (a program never arrived: a bug, or programs that were not all resident). Launches
-    still running are left for a later call, unless `wait`."""
-    unread = []
-    while _unread_flags:
-        flag, copied, description = _unread_flags.pop(0)
-        if copied is not None and not copied.query():
-            if not wait:
-                unread.append((flag, copied, description))
-                continue
-            copied.synchronize()
-        if int(flag[0]) != 0:
-            _unread_flags[:0] = unread
-            raise RuntimeError(f"{description}: a program waited at the grid barrier past "
-                               f"{BARRIER_SPIN_LIMIT} polls and gave up, so its results are "
-                               f"wrong. Please report this with the layer's sizes.")
-    _unread_flags.extend(unread)
