@@ -50,9 +50,9 @@ void raise_on_error(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "rnnfast._C: ", what, " failed: ", cudaGetErrorString(err));
 }
 
-// A cooperative launch the device declined before anything ran: more blocks than can be
-// co-resident right now (MPS, a green context, another kernel holding SMs), or such
-// launches not permitted here. Nothing was written, so the caller may run the layer
+// A cooperative or cluster launch the device declined before anything ran: more blocks
+// than can be co-resident right now (MPS, a green context, another kernel holding SMs),
+// a cluster it cannot place, or such launches not permitted here. Nothing was written, so the caller may run the layer
 // another way; Python sees rnnfast._C.LaunchRefused (a RuntimeError).
 struct LaunchRefused : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -60,7 +60,8 @@ struct LaunchRefused : std::runtime_error {
 
 void raise_on_launch_error(cudaError_t err, const char* what) {
   if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported ||
-      err == cudaErrorNotPermitted || err == cudaErrorLaunchOutOfResources) {
+      err == cudaErrorNotPermitted || err == cudaErrorLaunchOutOfResources ||
+      err == cudaErrorInvalidClusterSize) {
     (void)cudaGetLastError();  // not sticky: clear it so later torch calls do not see it
     throw LaunchRefused(std::string("rnnfast._C: ") + what + " was refused: " +
                         cudaGetErrorString(err));
@@ -68,42 +69,86 @@ void raise_on_launch_error(cudaError_t err, const char* what) {
   raise_on_error(err, what);
 }
 
+// The launch shape chosen by rnnfast/backends/cuda/plan.py.
+rnnfast::Split make_split(int64_t units, int64_t proj_cols, int64_t unit_slices,
+                          int64_t block_rows, int64_t cluster) {
+  rnnfast::Split sp{};
+  sp.units = static_cast<int>(units);
+  sp.proj_cols = static_cast<int>(proj_cols);
+  sp.unit_slices = static_cast<int>(unit_slices);
+  sp.block_rows = static_cast<int>(block_rows);
+  sp.cluster = static_cast<int>(cluster);
+  return sp;
+}
+
+// Checks the plan covers every unit, column and batch row, and fills the barrier.
+int check_split(const rnnfast::Split& sp, int64_t H, int64_t P, int64_t B, bool proj_split,
+                const Tensor& arrivals, const Tensor& timed_out, const at::Device& device,
+                int64_t spin_limit, rnnfast::Barrier* barrier, const char* who) {
+  TORCH_CHECK(sp.units >= 1 && sp.unit_slices >= 1 && sp.block_rows >= 8 &&
+                  sp.block_rows % 8 == 0 && (int64_t)sp.units * sp.unit_slices >= H &&
+                  (!proj_split || (sp.proj_cols >= 1 && (int64_t)sp.proj_cols * sp.unit_slices >= P)) &&
+                  (sp.cluster == 0 || sp.cluster == sp.unit_slices) && spin_limit >= 1,
+              "rnnfast._C.", who, ": the plan does not cover every unit and column");
+  const int64_t batch_blocks = (B + sp.block_rows - 1) / sp.block_rows;
+  check(arrivals, "arrivals", device, at::kLong, batch_blocks);
+  check(timed_out, "timed_out", device, at::kInt, 1);
+  barrier->arrivals = reinterpret_cast<unsigned long long*>(arrivals.data_ptr<int64_t>());
+  barrier->timed_out = timed_out.data_ptr<int>();
+  barrier->spin_limit = spin_limit;
+  return static_cast<int>(batch_blocks * sp.unit_slices);
+}
+
 void forward(const Tensor& xg,            // [N, 4H] io
              const OptTensor& bias,       // [4H] fp32
              const Tensor& w_hh,          // [4H, P] io
              const OptTensor& w_hr,       // [P, H] io
-             const Tensor& h0,            // [B, P] io
+             const Tensor& h0x,           // [B, ld(P)] io exchange layout
+             const OptTensor& hx,         // [2, B, ld(P)] io exchange (grid plans)
+             const OptTensor& hidx,       // [B, ld(H)] io exchange (w_hr only)
              const Tensor& c,             // [B, H] fp32, in/out
              const Tensor& y,             // [N, P] io out
              const OptTensor& gates,      // [N, 4H] fp32 out
              const OptTensor& cells,      // [N, H] fp32 out
-             const OptTensor& hidden,     // [N, H] io out (w_hr only)
+             const OptTensor& hidden,     // [N, H] io out (w_hr only, or none)
              const OptTensor& offsets,    // [T] int64 (packed)
              const OptTensor& sizes,      // [T] int32 (packed)
-             int64_t steps, bool reverse, int64_t blocks, int64_t units, int64_t proj_cols) {
+             const Tensor& arrivals,      // [Q] int64 zeros: the grid barrier's counts
+             const Tensor& timed_out,     // [1] int32 zero: set if a barrier wait gave up
+             int64_t steps, bool reverse, int64_t units, int64_t proj_cols, int64_t unit_slices,
+             int64_t block_rows, int64_t cluster, int64_t spin_limit) {
   const at::Device device = xg.device();
   TORCH_CHECK(device.is_cuda(), "rnnfast._C.forward: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
   const auto io = xg.scalar_type();
-  const int64_t H = w_hh.size(0) / 4, P = w_hh.size(1), B = h0.size(0), N = xg.size(0);
+  const int64_t H = w_hh.size(0) / 4, P = w_hh.size(1), B = c.size(0), N = xg.size(0);
+  const int64_t xld = rnnfast::exchange_ld((int)P), hld = rnnfast::exchange_ld((int)H);
   rnnfast::ForwardArgs a{};
   check(xg, "xg", device, io, N * 4 * H);
   check(w_hh, "w_hh", device, io, 4 * H * P);
-  check(h0, "h0", device, io, B * P);
+  check(h0x, "h0x", device, io, B * xld);
   check(c, "c", device, at::kFloat, B * H);
   check(y, "y", device, io, N * P);
   a.xg = xg.data_ptr();
   a.bias = ptr_or_null<const float>(bias, "bias", device, at::kFloat, 4 * H);
   a.w_hh = w_hh.data_ptr();
   a.w_hr = ptr_or_null<const void>(w_hr, "w_hr", device, io, P * H);
-  a.h0 = h0.data_ptr();
+  a.h0x = h0x.data_ptr();
+  a.hx = ptr_or_null<void>(hx, "hx", device, io, 2 * B * xld);
+  a.hidx = ptr_or_null<void>(hidx, "hidx", device, io, B * hld);
   a.c = c.data_ptr<float>();
   a.y = y.data_ptr();
   a.gates = ptr_or_null<float>(gates, "gates", device, at::kFloat, N * 4 * H);
   a.cells = ptr_or_null<float>(cells, "cells", device, at::kFloat, N * H);
   a.hidden = ptr_or_null<void>(hidden, "hidden", device, io, N * H);
-  TORCH_CHECK((a.w_hr == nullptr) == (a.hidden == nullptr),
-              "rnnfast._C.forward: hidden is required exactly when w_hr is given");
+  TORCH_CHECK((a.w_hr == nullptr) == (a.hidx == nullptr),
+              "rnnfast._C.forward: hidx is required exactly when w_hr is given");
+  TORCH_CHECK(a.w_hr != nullptr || a.hidden == nullptr,
+              "rnnfast._C.forward: hidden is only written with w_hr");
+  TORCH_CHECK((cluster > 0) == (a.hx == nullptr),
+              "rnnfast._C.forward: hx is required exactly for grid plans");
+  TORCH_CHECK(cluster == 0 || a.w_hr == nullptr,
+              "rnnfast._C.forward: cluster plans have no projection phase");
   a.offsets = ptr_or_null<const int64_t>(offsets, "offsets", device, at::kLong, steps);
   a.sizes = ptr_or_null<const int32_t>(sizes, "sizes", device, at::kInt, steps);
   TORCH_CHECK((a.offsets == nullptr) == (a.sizes == nullptr),
@@ -116,15 +161,13 @@ void forward(const Tensor& xg,            // [N, 4H] io
   a.out_size = static_cast<int>(P);
   a.reverse = reverse;
   a.dtype = io_dtype(xg);
-  a.blocks = static_cast<int>(blocks);
-  a.units = static_cast<int>(units);
-  a.proj_cols = static_cast<int>(proj_cols);
-  TORCH_CHECK(blocks >= 1 && units >= 1 && blocks * units >= H &&
-                  (a.w_hr == nullptr || (proj_cols >= 1 && blocks * proj_cols >= P)),
-              "rnnfast._C.forward: the plan does not cover every unit and column");
+  a.split = make_split(units, a.w_hr != nullptr ? proj_cols : 0, unit_slices, block_rows, cluster);
+  a.blocks = check_split(a.split, H, P, B, a.w_hr != nullptr, arrivals, timed_out, device,
+                         spin_limit, &a.barrier, "forward");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()),
-                        "cooperative launch of the forward kernel");
+                        cluster > 0 ? "cluster launch of the forward kernel"
+                                    : "cooperative launch of the forward kernel");
 }
 
 void backward(const OptTensor& dy,        // [N, P] io
@@ -133,42 +176,53 @@ void backward(const OptTensor& dy,        // [N, P] io
               const Tensor& c0,           // [B, H] fp32
               const Tensor& w_hh,         // [4H, P] io
               const OptTensor& w_hr,      // [P, H] io
-              const Tensor& dh,           // [B, P] fp32 in/scratch
-              const Tensor& dc,           // [B, H] fp32 in/scratch
+              const Tensor& dh_n,         // [B, P] fp32
+              const Tensor& dc_n,         // [B, H] fp32
               const Tensor& dh0,          // [B, P] fp32 out (zeros on entry)
               const Tensor& dc0,          // [B, H] fp32 out (zeros on entry)
               const Tensor& dgates,       // [N, 4H] fp32 out
               const OptTensor& dy_total,  // [N, P] fp32 out
+              const Tensor& gx,           // [2, B, ld(4H)] io exchange
+              const OptTensor& dhx,       // [B, ld(P)] io exchange (w_hr only)
               const OptTensor& offsets,   // [T] int64
               const OptTensor& sizes,     // [T] int32
-              int64_t steps, bool reverse, int64_t blocks, int64_t units, int64_t proj_cols) {
+              const Tensor& arrivals,     // [Q] int64 zeros
+              const Tensor& timed_out,    // [1] int32 zero
+              int64_t steps, bool reverse, int64_t units, int64_t proj_cols, int64_t unit_slices,
+              int64_t block_rows, int64_t spin_limit) {
   const at::Device device = gates.device();
   TORCH_CHECK(device.is_cuda(), "rnnfast._C.backward: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
   const auto io = w_hh.scalar_type();
   const int64_t H = w_hh.size(0) / 4, P = w_hh.size(1), B = c0.size(0), N = gates.size(0);
+  const int64_t gld = rnnfast::exchange_ld((int)(4 * H)), pld = rnnfast::exchange_ld((int)P);
   rnnfast::BackwardArgs a{};
   a.dy = ptr_or_null<const void>(dy, "dy", device, io, N * P);
   check(gates, "gates", device, at::kFloat, N * 4 * H);
   check(cells, "cells", device, at::kFloat, N * H);
   check(c0, "c0", device, at::kFloat, B * H);
   check(w_hh, "w_hh", device, io, 4 * H * P);
-  check(dh, "dh", device, at::kFloat, B * P);
-  check(dc, "dc", device, at::kFloat, B * H);
+  check(dh_n, "dh_n", device, at::kFloat, B * P);
+  check(dc_n, "dc_n", device, at::kFloat, B * H);
   check(dh0, "dh0", device, at::kFloat, B * P);
   check(dc0, "dc0", device, at::kFloat, B * H);
   check(dgates, "dgates", device, at::kFloat, N * 4 * H);
+  check(gx, "gx", device, io, 2 * B * gld);
   a.gates = gates.data_ptr<float>();
   a.cells = cells.data_ptr<float>();
   a.c0 = c0.data_ptr<float>();
   a.w_hh = w_hh.data_ptr();
   a.w_hr = ptr_or_null<const void>(w_hr, "w_hr", device, io, P * H);
-  a.dh = dh.data_ptr<float>();
-  a.dc = dc.data_ptr<float>();
+  a.dh_n = dh_n.data_ptr<float>();
+  a.dc_n = dc_n.data_ptr<float>();
   a.dh0 = dh0.data_ptr<float>();
   a.dc0 = dc0.data_ptr<float>();
   a.dgates = dgates.data_ptr<float>();
   a.dy_total = ptr_or_null<float>(dy_total, "dy_total", device, at::kFloat, N * P);
+  a.gx = gx.data_ptr();
+  a.dhx = ptr_or_null<void>(dhx, "dhx", device, io, B * pld);
+  TORCH_CHECK((a.w_hr == nullptr) == (a.dhx == nullptr),
+              "rnnfast._C.backward: dhx is required exactly when w_hr is given");
   a.offsets = ptr_or_null<const int64_t>(offsets, "offsets", device, at::kLong, steps);
   a.sizes = ptr_or_null<const int32_t>(sizes, "sizes", device, at::kInt, steps);
   TORCH_CHECK((a.offsets == nullptr) == (a.sizes == nullptr),
@@ -181,12 +235,9 @@ void backward(const OptTensor& dy,        // [N, P] io
   a.out_size = static_cast<int>(P);
   a.reverse = reverse;
   a.dtype = io_dtype(w_hh);
-  a.blocks = static_cast<int>(blocks);
-  a.units = static_cast<int>(units);
-  a.proj_cols = static_cast<int>(proj_cols);
-  TORCH_CHECK(blocks >= 1 && units >= 1 && proj_cols >= 1 && blocks * units >= H &&
-                  blocks * proj_cols >= P,
-              "rnnfast._C.backward: the plan does not cover every unit and column");
+  a.split = make_split(units, a.w_hr != nullptr ? proj_cols : units, unit_slices, block_rows, 0);
+  a.blocks = check_split(a.split, H, P, B, true, arrivals, timed_out, device, spin_limit,
+                         &a.barrier, "backward");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
                         "cooperative launch of the backward kernel");
@@ -213,24 +264,8 @@ pybind11::tuple device_limits(int64_t index) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnfast CUDA C++ kernels (see csrc/README.md)";
   pybind11::register_exception<LaunchRefused>(m, "LaunchRefused", PyExc_RuntimeError);
-  m.def("forward", &forward, "LSTM forward recurrence (persistent cooperative kernel)");
+  m.def("forward", &forward, "LSTM forward recurrence (persistent grid or cluster kernel)");
   m.def("backward", &backward, "LSTM backward recurrence (persistent cooperative kernel)");
   m.def("device_limits", &device_limits,
         "(SM count, opt-in shared memory per block, cooperative launch, CC major)");
-  m.def("forward_smem_bytes",
-        [](int64_t H, int64_t P, bool proj, int64_t itemsize, int64_t units, int64_t cols) {
-          rnnfast::ForwardArgs a{};
-          a.hidden_size = (int)H, a.out_size = (int)P, a.units = (int)units, a.proj_cols = (int)cols;
-          a.w_hr = proj ? reinterpret_cast<const void*>(1) : nullptr;
-          a.dtype = itemsize == 4 ? rnnfast::DType::kFloat32 : rnnfast::DType::kFloat16;
-          return rnnfast::forward_smem_bytes(a);
-        });
-  m.def("backward_smem_bytes",
-        [](int64_t H, int64_t P, bool proj, int64_t itemsize, int64_t units, int64_t cols) {
-          rnnfast::BackwardArgs a{};
-          a.hidden_size = (int)H, a.out_size = (int)P, a.units = (int)units, a.proj_cols = (int)cols;
-          a.w_hr = proj ? reinterpret_cast<const void*>(1) : nullptr;
-          a.dtype = itemsize == 4 ? rnnfast::DType::kFloat32 : rnnfast::DType::kFloat16;
-          return rnnfast::backward_smem_bytes(a);
-        });
 }

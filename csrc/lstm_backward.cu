@@ -1,140 +1,219 @@
 // Backward recurrence of one LSTM layer and direction: the reverse-time chain
-// dh, dc -> gate gradients of every row, in one persistent, cooperative launch. The
+// dh, dc -> gate gradients of every row, in one persistent cooperative launch. The
 // weight and input gradients are then GEMMs over all rows (torch/cuBLAS, shared with
 // the other backends in rnnfast/backends/gradients.py).
 //
-// Each processed step, in reverse order, has two phases separated by a grid barrier:
-//   1. block j, for its hidden units [j*U, (j+1)*U): dL/dh of the units (through W_hr
-//      with a projection, whose columns of those units it holds on chip), the cell's
-//      backward -> dgates rows of the step, and the carried dc;
-//   2. block j, for its output columns [j*Pc, (j+1)*Pc): dh(t-1) = dgates @ W_hh[:, cols]
-//      from W_hh columns held on chip for the whole sequence.
-// The chain runs in fp32 (FMA), as the reference does: it is where low precision would
-// compound from step to step.
+// Block (slice j, batch block q) owns hidden units [j*U, (j+1)*U) of batch rows
+// [q*Bb, (q+1)*Bb) and keeps W_hh's columns of its units, transposed, in shared memory
+// for the whole sequence. Without a projection one phase per step suffices:
+//     dh^T [U][Bb] = W_hh[:, my units]^T . dgates(t+1)^T      (tensor cores)
+// then the cell's backward for my (row, unit) pairs gives dgates(t), which every block
+// of the batch block needs next step: it goes to an exchange buffer, then the batch
+// block's grid barrier. With a projection the chain has two phases and two barriers:
+//     A. dh_units^T [U][Bb] = W_hr[:, my units]^T . (dh + dy)^T, then the cell;
+//     B. dh(t-1)^T [Pc][Bb] = W_hh[:, my columns]^T . dgates(t)^T.
+// The chain's operand is exchanged in the layer's dtype for 16-bit layers (fp32
+// accumulation) and in fp32 with the 3xTF32 split for fp32 layers; dgates themselves
+// are written in fp32 for the weight gradients. The next step's saved gates, cells and
+// dy are loaded into registers between arriving at the barrier and waiting at it.
 #include "lstm_device.cuh"
-
-namespace cg = cooperative_groups;
 
 namespace rnnfast {
 namespace {
 
+// What the cell's backward of one (row, unit) reads besides dh and the carried dc.
+struct SavedCell {
+  float i, f, g, o, c, c_prev, dy;
+};
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const BackwardArgs args) {
-  cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(128) unsigned char smem[];
-
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
-  const BackwardLayout L =
-      backward_layout(H, P, has_proj, sizeof(T), args.units, args.proj_cols);
-  T* whh_s = reinterpret_cast<T*>(smem + L.whh_off);  // [4H][Pc]: W_hh[:, my columns]
-  T* whr_s = reinterpret_cast<T*>(smem + L.whr_off);  // [P][U]: W_hr[:, my units]
-  float* a_s = reinterpret_cast<float*>(smem + L.a_off);        // [16][kChunk]
-  float* part = reinterpret_cast<float*>(smem + L.part_off);    // [ksplit][16][part_ld]
-  const int part_ld = max(args.units, args.proj_cols);
+  const Split& sp = args.split;
+  const BackwardLayout L = backward_layout(H, P, has_proj, sizeof(T), sp);
+  T* w_s = reinterpret_cast<T*>(smem + L.w_off);     // [chain.m][chain.a_ld]: W_hh columns
+  T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);   // [proj.m][proj.a_ld]: W_hr columns
+  T* ring = reinterpret_cast<T*>(smem + L.ring_off);
+  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [ksplit][m][Bb]
+  float* dc_s = reinterpret_cast<float*>(smem + L.dc_off);    // [Bb][U] carried dc
   const T* dy = static_cast<const T*>(args.dy);
   const T* w_hh = static_cast<const T*>(args.w_hh);
   const T* w_hr = static_cast<const T*>(args.w_hr);
+  T* gx = static_cast<T*>(args.gx);
+  T* dhx = static_cast<T*>(args.dhx);
 
-  const int U = args.units, Pc = args.proj_cols;
-  const int unit0 = blockIdx.x * U, my_units = max(0, min(U, H - unit0));
-  const int col0 = blockIdx.x * Pc, my_cols = max(0, min(Pc, P - col0));
+  const int U = sp.units, Bb = sp.block_rows;
+  const int slice = blockIdx.x % sp.unit_slices, row0 = (blockIdx.x / sp.unit_slices) * Bb;
+  const int unit0 = slice * U, my_units = clamp_int(H - unit0, 0, U);
+  const int Pc = has_proj ? sp.proj_cols : U;  // W_hh columns this block holds
+  const int col0 = slice * Pc, my_cols = clamp_int(P - col0, 0, Pc);
   const int64_t G = 4 * (int64_t)H;
+  const int gld = exchange_ld(4 * H), pld = exchange_ld(P);
+  unsigned long long* arrivals = args.barrier.arrivals + blockIdx.x / sp.unit_slices;
+  unsigned long long phases = 0;
 
-  for (int e = threadIdx.x; e < 4 * H * Pc; e += blockDim.x) {
-    const int j = e / Pc, n = e % Pc;
-    whh_s[e] = n < my_cols ? w_hh[(size_t)j * P + col0 + n] : from_float<T>(0.0f);
-  }
-  for (int e = threadIdx.x; has_proj && e < P * U; e += blockDim.x) {
-    const int p = e / U, u = e % U;
-    whr_s[e] = u < my_units ? w_hr[(size_t)p * H + unit0 + u] : from_float<T>(0.0f);
+  load_weights(w_s, L.chain, my_cols, 4 * H,
+               [&](int n, int j) { return w_hh[(size_t)j * P + col0 + n]; });
+  if (has_proj)
+    load_weights(wr_s, L.proj, my_units, P, [&](int u, int p) { return w_hr[(size_t)p * H + unit0 + u]; });
+  for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
+    const int b = e / U, u = e % U;
+    dc_s[e] = row0 + b < B && u < my_units ? args.dc_n[(size_t)(row0 + b) * H + unit0 + u] : 0.0f;
   }
   __syncthreads();
 
-  for (int64_t step = args.steps - 1; step >= 0; --step) {
-    const StepRows s = step_rows(args.offsets, args.sizes, step, args.steps, B, args.reverse);
-    const int carried = carried_rows(s);
-
-    // Phase 1: cell gradient of my units.
-    for (int r0 = 0; r0 < s.size && my_units > 0; r0 += kTileRows) {
-      if (has_proj) {
-        // dh_units = (dh + dy) @ W_hr[:, my units]; block 0 also stores (dh + dy) for dW_hr.
-        auto dh_total = [&](int b, int p) -> float {
-          const int r = r0 + b;
-          if (r >= s.size) return 0.0f;
-          float d = load_cg(args.dh + (size_t)r * P + p);
-          if (dy != nullptr) d += to_float(dy[(s.offset + r) * P + p]);
-          if (args.dy_total != nullptr && blockIdx.x == 0) args.dy_total[(s.offset + r) * P + p] = d;
-          return d;
-        };
-        fma_product(dh_total, P, whr_s, U, U, L.ksplit_units, a_s, part, part_ld);
-      }
-      for (int e = threadIdx.x; e < kTileRows * my_units; e += blockDim.x) {
-        const int b = e / my_units, u = e % my_units, r = r0 + b;
-        if (r >= s.size) continue;
-        const int unit = unit0 + u;
+  auto rows_of = [&](int64_t k) {
+    return step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
+  };
+  // Saved forward values of my cells at step k, round `round` (kMaxCellItems cells a
+  // thread per round), into registers: round 0 is issued before the barrier wait.
+  SavedCell saved[kMaxCellItems];
+  auto load_saved = [&](int64_t k, int round) {
+    const StepRows s = rows_of(k);
+    const int n_act = block_active(s.size, row0, Bb);
+#pragma unroll
+    for (int i = 0; i < kMaxCellItems; ++i) {
+      const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x, b = e / U, u = e % U;
+      if (b < n_act && u < my_units) {
+        const int r = row0 + b, unit = unit0 + u;
         const int64_t row = s.offset + r;
-        float dh;
-        if (has_proj) {
-          dh = reduce_parts(part, part_ld, L.ksplit_units, b, u);
-        } else {
-          dh = load_cg(args.dh + (size_t)r * P + unit);
-          if (dy != nullptr) dh += to_float(dy[row * P + unit]);
-          if (args.dy_total != nullptr) args.dy_total[row * P + unit] = dh;
-        }
         const float* gates = args.gates + row * G + unit;
-        const float c_prev = r < s.size_prev ? args.cells[(s.offset_prev + r) * H + unit]
-                                             : args.c0[(size_t)r * H + unit];
-        float* dc_slot = args.dc + (size_t)r * H + unit;  // only this block touches it
-        const CellGrad d = lstm_cell_backward(gates[0], gates[H], gates[2 * H], gates[3 * H],
-                                              args.cells[row * H + unit], c_prev, dh, *dc_slot);
+        saved[i].i = __ldg(gates);
+        saved[i].f = __ldg(gates + H);
+        saved[i].g = __ldg(gates + 2 * H);
+        saved[i].o = __ldg(gates + 3 * H);
+        saved[i].c = __ldg(args.cells + row * H + unit);
+        saved[i].c_prev = r < s.size_prev ? __ldg(args.cells + (s.offset_prev + r) * H + unit)
+                                          : __ldg(args.c0 + (size_t)r * H + unit);
+        saved[i].dy = !has_proj && dy != nullptr ? load_ro(dy + row * P + unit) : 0.0f;
+      }
+    }
+  };
+  auto end_phase = [&](bool prefetch, int64_t next) {
+    __syncthreads();
+    if (threadIdx.x == 0) grid_barrier_arrive(arrivals);
+    if (prefetch) load_saved(next, 0);
+    if (threadIdx.x == 0)
+      grid_barrier_wait(arrivals, ++phases * sp.unit_slices, args.barrier.timed_out,
+                        args.barrier.spin_limit);
+    __syncthreads();
+  };
+  // The cell's backward at step k for my pairs, given dh(b, u); writes dgates(t) (fp32
+  // and the chain's exchange copy) and the carried dc, or dc0 for rows starting here.
+  auto cell_backward = [&](int64_t k, const StepRows& s, int n_act, auto dh_of) {
+    T* g_out = gx + (size_t)(k & 1) * B * gld;
+    const int carried = carried_rows(s);
+    for (int round = 0; round * kMaxCellItems * kThreads < n_act * U; ++round) {
+      if (round > 0) load_saved(k, round);
+#pragma unroll
+      for (int i = 0; i < kMaxCellItems; ++i) {
+        const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x, b = e / U, u = e % U;
+        if (b >= n_act || u >= my_units) continue;
+        const int r = row0 + b, unit = unit0 + u;
+        const int64_t row = s.offset + r;
+        const float dh = dh_of(b, u) + saved[i].dy;
+        if (!has_proj && args.dy_total != nullptr) args.dy_total[row * P + unit] = dh;
+        const SavedCell& v = saved[i];
+        const CellGrad d = lstm_cell_backward(v.i, v.f, v.g, v.o, v.c, v.c_prev, dh, dc_s[e]);
         float* dgates = args.dgates + row * G + unit;
         dgates[0] = d.d_i;
         dgates[H] = d.d_f;
         dgates[2 * H] = d.d_g;
         dgates[3 * H] = d.d_o;
+        T* chain = g_out + (size_t)r * gld + unit;
+        chain[0] = from_float<T>(d.d_i);
+        chain[H] = from_float<T>(d.d_f);
+        chain[2 * H] = from_float<T>(d.d_g);
+        chain[3 * H] = from_float<T>(d.d_o);
         if (r < carried)
-          *dc_slot = d.dc_prev;
+          dc_s[e] = d.dc_prev;
         else
           args.dc0[(size_t)r * H + unit] = d.dc_prev;
       }
-      __syncthreads();  // part and a_s are reused by the next tile
     }
-    grid.sync();  // every gate gradient of the step is written
+  };
+  // Stages rows of the gate-gradient exchange written at step k.
+  auto gates_rows = [&](int64_t k) {
+    const T* g_in = gx + (size_t)(k & 1) * B * gld;
+    return [=](int b) { return g_in + (size_t)(row0 + b) * gld; };
+  };
 
-    // Phase 2: dh(t-1)[:, my columns] = dgates @ W_hh[:, my columns].
-    for (int r0 = 0; r0 < s.size && my_cols > 0; r0 += kTileRows) {
-      auto dgates_row = [&](int b, int j) -> float {
-        const int r = r0 + b;
-        return r < s.size ? load_cg(args.dgates + (s.offset + r) * G + j) : 0.0f;
-      };
-      fma_product(dgates_row, 4 * H, whh_s, Pc, Pc, L.ksplit_cols, a_s, part, part_ld);
-      for (int e = threadIdx.x; e < kTileRows * my_cols; e += blockDim.x) {
-        const int b = e / my_cols, n = e % my_cols, r = r0 + b;
-        if (r >= s.size) continue;
-        const float v = reduce_parts(part, part_ld, L.ksplit_cols, b, n);
-        if (r < carried)
-          args.dh[(size_t)r * P + col0 + n] = v;
-        else
-          args.dh0[(size_t)r * P + col0 + n] = v;
+  if (!has_proj) {
+    // Iteration k: dh of step k's rows from dgates(k+1), then the cell of step k. The
+    // last iteration (k = -1) only turns dgates(0) into dh0.
+    load_saved(args.steps - 1, 0);
+    for (int64_t k = args.steps - 1; k >= -1; --k) {
+      StepRows s{0, 0, 0, 0};
+      if (k >= 0) s = rows_of(k);
+      const int n_act = k >= 0 ? block_active(s.size, row0, Bb) : 0;
+      const int n_next = k + 1 < args.steps ? block_active(rows_of(k + 1).size, row0, Bb) : 0;
+      if (n_next > 0) resident_product(L.chain, w_s, ring, true, n_next, gates_rows(k + 1), part);
+      if (k >= 0)
+        cell_backward(k, s, n_act, [&](int b, int u) {
+          return b < n_next ? product_out(L.chain, part, u, b)
+                            : args.dh_n[(size_t)(row0 + b) * P + unit0 + u];
+        });
+      // Rows active at k+1 but not at k started at k+1: their dh(t-1) is dh0.
+      for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
+        const int b = e / U, u = e % U;
+        if (b >= n_act && b < n_next && u < my_units)
+          args.dh0[(size_t)(row0 + b) * P + unit0 + u] = product_out(L.chain, part, u, b);
       }
-      __syncthreads();
+      if (k >= 0) end_phase(k >= 1, k - 1);
     }
-    grid.sync();  // dh(t-1) is complete before the next phase 1 reads it
+  } else {
+    // Phase B of step k (k = T: no product) leaves dh(t-1) + dy in dhx for step k-1's
+    // rows (dh_n for rows whose last step is k-1) and dh0 for rows that start at k.
+    auto phase_b = [&](int64_t k) {
+      const int n_act = k < args.steps ? block_active(rows_of(k).size, row0, Bb) : 0;
+      StepRows s_prev{0, 0, 0, 0};
+      if (k >= 1) s_prev = rows_of(k - 1);
+      const int n_prev = k >= 1 ? block_active(s_prev.size, row0, Bb) : 0;
+      if (n_act > 0) resident_product(L.chain, w_s, ring, true, n_act, gates_rows(k), part);
+      const int rows = max_int(n_act, n_prev);
+      for (int e = threadIdx.x; e < rows * Pc; e += kThreads) {
+        const int b = e / Pc, n = e % Pc;
+        if (n >= my_cols) continue;
+        const int r = row0 + b, col = col0 + n;
+        float v = b < n_act ? product_out(L.chain, part, n, b) : args.dh_n[(size_t)r * P + col];
+        if (b >= n_prev) {
+          args.dh0[(size_t)r * P + col] = v;
+          continue;
+        }
+        const int64_t row = s_prev.offset + r;
+        if (dy != nullptr) v += load_ro(dy + row * P + col);
+        dhx[(size_t)r * pld + col] = from_float<T>(v);
+        if (args.dy_total != nullptr) args.dy_total[row * P + col] = v;
+      }
+    };
+    phase_b(args.steps);
+    for (int64_t k = args.steps - 1; k >= 0; --k) {
+      end_phase(true, k);
+      const StepRows s = rows_of(k);
+      const int n_act = block_active(s.size, row0, Bb);
+      if (n_act > 0) {
+        resident_product(L.proj, wr_s, ring, true, n_act,
+                         [&](int b) { return dhx + (size_t)(row0 + b) * pld; }, part);
+        cell_backward(k, s, n_act, [&](int b, int u) { return product_out(L.proj, part, u, b); });
+      }
+      end_phase(false, 0);
+      phase_b(k);
+    }
   }
 }
 
 template <typename T>
 cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
-  return launch_cooperative(lstm_backward_kernel<T>, args, args.blocks, backward_smem_bytes(args), stream);
+  return launch_cooperative(lstm_backward_kernel<T>, args, backward_smem_bytes(args), stream);
 }
 
 }  // namespace
 
 size_t backward_smem_bytes(const BackwardArgs& args) {
   const int itemsize = args.dtype == DType::kFloat32 ? 4 : 2;
-  return backward_layout(args.hidden_size, args.out_size, args.w_hr != nullptr, itemsize,
-                         args.units, args.proj_cols)
+  return backward_layout(args.hidden_size, args.out_size, args.w_hr != nullptr, itemsize, args.split)
       .bytes;
 }
 

@@ -1,13 +1,15 @@
 // Shared by the forward and backward kernels, and by the host test program
 // (csrc/tests/host_check.cu): the cell's pointwise math, the row geometry of a time
-// step and the shared-memory layout of a block. Everything here is __host__ __device__
-// and free of torch, so the same code is checked on the CPU against the PyTorch
-// reference (tests/test_cuda_sources.py) before any GPU runs it.
+// step, the tf32 split, the split of a product over a block's warps and the
+// shared-memory layout of a block. Everything here is __host__ __device__ and free of
+// torch, so the same code is checked on the CPU against the PyTorch reference
+// (tests/test_cuda_sources.py) before any GPU runs it.
 #pragma once
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #ifdef __CUDACC__
 #define RNNFAST_HD __host__ __device__ __forceinline__
@@ -19,16 +21,32 @@ namespace rnnfast {
 
 // Launch geometry shared with rnnfast/backends/cuda/plan.py (keep them in step; the
 // host test compares the two layouts byte for byte).
-constexpr int kThreads = 256;  // threads per block: 8 warps
-constexpr int kTileRows = 16;  // batch rows per tile: the M of a 16x16x16 WMMA tile
-constexpr int kChunk = 128;    // FMA products: reduction columns staged per pass
-constexpr int kMaxItems = 8;   // FMA products: output partial sums held per thread
-constexpr int kAlign = 128;    // bytes: every shared-memory region starts aligned
+constexpr int kThreads = 256;      // threads per block: 8 warps, one block per SM
+constexpr int kWarps = kThreads / 32;
+constexpr int kRowTile = 8;        // batch rows per mma tile: the N of m16n8k16 / m16n8k8
+constexpr int kWeightTile = 16;    // weight rows per mma tile: its M
+constexpr int kMaxWarpTiles = 8;   // accumulator tiles one warp holds (4 floats per lane each)
+constexpr int kMaxCellItems = 4;   // (batch row, unit) cells a thread holds in registers per round
+constexpr int kExchangeAlign = 16; // exchange rows (h, dgates, dh) padded to 16 elements
+constexpr int kRingBytes = 64 * 1024;  // shared memory for a streamed operand's stages
+constexpr int kAlign = 128;        // bytes: every shared-memory region starts aligned
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
 RNNFAST_HD int round_up(int a, int b) { return cdiv(a, b) * b; }
 RNNFAST_HD int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+RNNFAST_HD int min_int(int a, int b) { return a < b ? a : b; }
+RNNFAST_HD int max_int(int a, int b) { return a > b ? a : b; }
 RNNFAST_HD size_t align_bytes(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// K of one mma: m16n8k16 for 16-bit inputs, m16n8k8 (tf32, three times: 3xTF32) for fp32.
+RNNFAST_HD int k_tile(int itemsize) { return itemsize == 2 ? 16 : 8; }
+// Elements of 16 bytes: added to every shared-memory row so that the 8 rows an
+// ldmatrix or a fragment load touches fall in different banks.
+RNNFAST_HD int row_pad(int itemsize) { return 16 / itemsize; }
+// Elements per row of an exchange buffer in global memory ([B][ld], zero-padded): a
+// multiple of 16 elements, so rows are 16-byte aligned for cp.async and the padding
+// covers the k-tile.
+RNNFAST_HD int exchange_ld(int cols) { return round_up(cols, kExchangeAlign); }
 
 // ---------------------------------------------------------------------------------
 // The cell. A different cell type changes these two functions (and the gate count),
@@ -73,6 +91,50 @@ RNNFAST_HD CellGrad lstm_cell_backward(float i, float f, float g, float o, float
 }
 
 // ---------------------------------------------------------------------------------
+// 3xTF32: an fp32 value as big + small, each exactly representable in tf32 (10
+// mantissa bits), so that a*b ~ big_a*big_b + big_a*small_b + small_a*big_b keeps
+// ~21 bits where one tf32 product keeps 10. Round to nearest, ties away (cvt.rna);
+// Inf and NaN pass through unchanged. The same bit arithmetic runs in the kernels and
+// in the host check, which measures the split's error growth against float64.
+
+RNNFAST_HD uint32_t float_bits(float x) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return u;
+#endif
+}
+
+RNNFAST_HD float bits_float(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+#endif
+}
+
+RNNFAST_HD float tf32_round(float x) {
+  const uint32_t u = float_bits(x);
+  if ((u & 0x7f800000u) == 0x7f800000u) return x;
+  return bits_float((u + 0x1000u) & 0xffffe000u);
+}
+
+struct Tf32Split {
+  float big, small;
+};
+
+RNNFAST_HD Tf32Split tf32_split(float x) {
+  Tf32Split s;
+  s.big = tf32_round(x);
+  s.small = tf32_round(x - s.big);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------
 // Rows of a time step. The layer input is time-major rows (dense [T*B, I], or packed
 // data [N, I] with the batch sorted by decreasing length); the rows active at a step
 // are always a prefix of the batch. Row r of processed step k continues from row r of
@@ -111,106 +173,155 @@ RNNFAST_HD StepRows step_rows(const int64_t* offsets,  // [T] packed: processing
 // from there up to `size` started from (h0, c0) and write dh0 / dc0.
 RNNFAST_HD int carried_rows(const StepRows& s) { return s.size < s.size_prev ? s.size : s.size_prev; }
 
-// ---------------------------------------------------------------------------------
-// Work split. Forward: block j owns hidden units [j*units, (j+1)*units) -- their four
-// gate rows of W_hh, in gate-major order n = gate*units + u -- and, with a projection,
-// output columns [j*proj_cols, ...) of W_hr. Backward: block j owns the same kind of
-// unit slice for the cell gradient and output columns [j*proj_cols, ...) of dh(t-1).
-
-// Global gate row of local column n of a block that owns `units` units from unit0.
-RNNFAST_HD int gate_row(int n, int units, int unit0, int hidden) {
-  return (n / units) * hidden + unit0 + n % units;
+// Active rows of a step inside the batch block [row0, row0 + block_rows).
+RNNFAST_HD int block_active(int size, int row0, int block_rows) {
+  return clamp_int(size - row0, 0, block_rows);
 }
 
-// Items of an FMA product: (k-split, tile row, column) -> one partial sum each.
-RNNFAST_HD int fma_ksplit(int cols) { return clamp_int(kThreads / (kTileRows * cols), 1, 8); }
-RNNFAST_HD bool fma_fits(int cols) { return kTileRows * cols <= kThreads * kMaxItems; }
+// ---------------------------------------------------------------------------------
+// Work split. Block (slice j, batch block q) owns hidden units [j*U, (j+1)*U) of batch
+// rows [q*Bb, (q+1)*Bb); the blocks of one batch block exchange h(t) (forward) or the
+// gate gradients (backward) every step. Forward: the block holds the 4U rows of W_hh of
+// its units, in gate-major order m = gate*U + u, and with a projection `proj_cols` rows
+// of W_hr. Backward: it holds W_hh's columns of its units transposed (W_hh^T rows), or
+// with a projection `proj_cols` columns of W_hh and W_hr's columns of its units.
+
+// Global gate row of local row m of a block that owns `units` units from unit0.
+RNNFAST_HD int gate_row(int m, int units, int unit0, int hidden) {
+  return (m / units) * hidden + unit0 + m % units;
+}
+
+// One product of a step: out[M][Nb] = A[M][K] . B[Nb][K]^T, with A (weights) resident
+// in shared memory for the whole sequence and B (activations of the batch block)
+// staged per step, in `chunks` pieces of `chunk` columns through a ring of
+// `stages` buffers (or read in place when the block holds it whole: cluster plans).
+// The (M/16) x (Nb/8) mma tiles are spread over the warps; when there are fewer tiles
+// than warps, `ksplit` warps share a tile, each taking every ksplit-th k-tile, and
+// their partial sums are added in the epilogue.
+struct Product {
+  int m;       // A rows held: real rows padded to 16
+  int k;       // reduction length padded to the k-tile
+  int a_ld;    // elements per A row in shared memory (k + 16 bytes)
+  int nb;      // B rows: the batch block's rows (a multiple of 8)
+  int chunk;   // B columns per stage (a multiple of the k-tile)
+  int chunks;  // ceil(k / chunk)
+  int stages;  // 1 (B staged whole) or 2 (double-buffered chunks)
+  int b_ld;    // elements per staged B row (chunk + 16 bytes)
+  int tiles;   // (m / 16) * (nb / 8)
+  int ksplit;  // warps per tile
+};
+
+RNNFAST_HD Product make_product(int m_real, int k_real, int nb, int itemsize, bool b_resident) {
+  Product p;
+  const int kt = k_tile(itemsize);
+  p.m = round_up(m_real, kWeightTile);
+  p.k = round_up(k_real, kt);
+  p.a_ld = p.k + row_pad(itemsize);
+  p.nb = nb;
+  if (b_resident || (size_t)nb * (p.k + row_pad(itemsize)) * itemsize <= (size_t)kRingBytes) {
+    p.chunk = p.k;
+  } else {  // two stages of the largest multiple of 4 k-tiles that fits the ring
+    const int fit = kRingBytes / (2 * nb * itemsize) - row_pad(itemsize);
+    p.chunk = max_int(fit / (4 * kt) * (4 * kt), kt);
+  }
+  p.chunks = p.k > 0 ? cdiv(p.k, p.chunk) : 0;  // 0: no product (a layer without projection)
+  p.stages = p.chunks <= 1 ? 1 : 2;
+  p.b_ld = p.chunk + row_pad(itemsize);
+  p.tiles = (p.m / kWeightTile) * (nb / kRowTile);
+  p.ksplit = p.tiles >= kWarps ? 1 : clamp_int(kWarps / max_int(p.tiles, 1), 1, p.chunk / kt);
+  return p;
+}
+
+// Whether a warp can hold its share of a product's accumulators.
+RNNFAST_HD bool product_fits(const Product& p) {
+  return cdiv(p.tiles * p.ksplit, kWarps) <= kMaxWarpTiles;
+}
+
+RNNFAST_HD size_t a_bytes(const Product& p, int itemsize) {
+  return align_bytes((size_t)p.m * p.a_ld * itemsize);
+}
+RNNFAST_HD size_t ring_bytes(const Product& p, int itemsize) {
+  return align_bytes((size_t)p.stages * p.nb * p.b_ld * itemsize);
+}
+RNNFAST_HD size_t part_bytes(const Product& p) {
+  return align_bytes((size_t)p.ksplit * p.m * p.nb * 4);
+}
+
+// Launch shape of a layer, as the plan chose it.
+struct Split {
+  int units;         // U: hidden units per block
+  int proj_cols;     // projection rows (forward) / W_hh columns (backward) per block, 0 without
+  int unit_slices;   // blocks per batch block
+  int block_rows;    // Bb: batch rows per batch block (a multiple of 8)
+  int cluster;       // 0: grid kernel; else CTAs per cluster (== unit_slices), sm_90
+};
 
 // Shared memory of a forward block, in bytes from the (128-byte aligned) base.
 struct ForwardLayout {
-  bool tensor_cores;  // 16-bit inputs: WMMA; fp32: FMA
-  int cols;           // N: gate columns held (4 * units, padded to 16 on tensor cores)
-  int k_pad;          // reduction length of the recurrent product (P, padded on tensor cores)
-  int w_ld;           // leading dimension of W_hh^T slice [k_pad][w_ld]
-  int proj_cols;      // Nc: projection output columns held (padded to 16 on tensor cores)
-  int hk_pad;         // reduction length of the projection (H, padded on tensor cores)
-  int wr_ld;          // leading dimension of W_hr^T slice [hk_pad][wr_ld]
-  int a_ld;           // staged activations [16][a_ld]: full rows (WMMA) or one chunk (FMA)
-  int part_ld;        // partial sums [ksplit][16][part_ld] float
-  int ksplit, proj_ksplit;
-  size_t w_off, wr_off, a_off, part_off, bytes;
+  Product rec;        // gates^T [4U][Bb] = W_hh[my gate rows] . h(t-1)^T
+  Product proj;       // y^T [Pc][Bb] = W_hr[my rows] . hidden^T (projection only)
+  size_t w_off;       // A of rec: [rec.m][rec.a_ld] io
+  size_t wr_off;      // A of proj: [proj.m][proj.a_ld] io
+  size_t ring_off;    // B of rec / proj: ring stages, or (cluster) h [2][Bb][rec.b_ld] io
+  size_t part_off;    // partial sums [ksplit][m][Bb] fp32
+  size_t c_off;       // cell state [Bb][U] fp32
+  size_t bytes;
 };
 
 RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj, int itemsize,
-                                        int units, int proj_cols) {
+                                        const Split& sp) {
   ForwardLayout L;
-  L.tensor_cores = itemsize == 2;
-  const int warps = kThreads / 32;
-  if (L.tensor_cores) {
-    // +8 elements (16 bytes) on every leading dimension: rows of a WMMA tile then fall
-    // in different shared-memory banks; tiles stay 32-byte aligned as WMMA requires.
-    L.cols = round_up(4 * units, 16);
-    L.k_pad = round_up(out_size, 16);
-    L.w_ld = L.cols + 8;
-    L.proj_cols = has_proj ? round_up(proj_cols, 16) : 0;
-    L.hk_pad = has_proj ? round_up(hidden, 16) : 0;
-    L.wr_ld = L.proj_cols + 8;
-    L.a_ld = (L.k_pad > L.hk_pad ? L.k_pad : L.hk_pad) + 8;
-    L.part_ld = (L.cols > L.proj_cols ? L.cols : L.proj_cols) + 4;
-    L.ksplit = clamp_int(warps / (L.cols / 16), 1, L.k_pad / 16);
-    L.proj_ksplit = has_proj ? clamp_int(warps / (L.proj_cols / 16), 1, L.hk_pad / 16) : 1;
-  } else {
-    L.cols = 4 * units;
-    L.k_pad = out_size;
-    L.w_ld = L.cols;
-    L.proj_cols = has_proj ? proj_cols : 0;
-    L.hk_pad = has_proj ? hidden : 0;
-    L.wr_ld = L.proj_cols;
-    L.a_ld = kChunk;
-    L.part_ld = L.cols > L.proj_cols ? L.cols : L.proj_cols;
-    L.ksplit = fma_ksplit(L.cols);
-    L.proj_ksplit = has_proj ? fma_ksplit(L.proj_cols) : 1;
-  }
-  const int ks = L.ksplit > L.proj_ksplit ? L.ksplit : L.proj_ksplit;
-  const int a_item = L.tensor_cores ? itemsize : 4;
+  const bool cluster = sp.cluster > 0;
+  L.rec = make_product(4 * sp.units, out_size, sp.block_rows, itemsize, cluster);
+  L.proj = make_product(has_proj ? sp.proj_cols : 0, has_proj ? hidden : 0, sp.block_rows,
+                        itemsize, false);
+  const size_t ring = cluster ? align_bytes((size_t)2 * L.rec.nb * L.rec.b_ld * itemsize)
+                              : ring_bytes(L.rec, itemsize);
+  const size_t part = part_bytes(L.rec);
   L.w_off = 0;
-  L.wr_off = L.w_off + align_bytes((size_t)L.k_pad * L.w_ld * itemsize);
-  L.a_off = L.wr_off + align_bytes((size_t)L.hk_pad * L.wr_ld * itemsize);
-  L.part_off = L.a_off + align_bytes((size_t)kTileRows * L.a_ld * a_item);
-  L.bytes = L.part_off + align_bytes((size_t)ks * kTileRows * L.part_ld * 4);
+  L.wr_off = L.w_off + a_bytes(L.rec, itemsize);
+  L.ring_off = L.wr_off + (has_proj ? a_bytes(L.proj, itemsize) : 0);
+  const size_t proj_ring = has_proj ? ring_bytes(L.proj, itemsize) : 0;
+  L.part_off = L.ring_off + (ring > proj_ring ? ring : proj_ring);
+  const size_t proj_part = has_proj ? part_bytes(L.proj) : 0;
+  L.c_off = L.part_off + (part > proj_part ? part : proj_part);
+  L.bytes = L.c_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
   return L;
 }
 
-// Shared memory of a backward block. The gradient chain runs in fp32 FMA (like the
-// reference, which multiplies by W_hh in the accumulation dtype); weights stay in the
-// input dtype on chip and are widened as they are read.
+// Shared memory of a backward block. The chain's operand (gate gradients, and dh with a
+// projection) is exchanged in the layer's dtype for 16-bit layers (tensor cores, fp32
+// accumulation) and in fp32 with the 3xTF32 split for fp32 layers.
 struct BackwardLayout {
-  int units;          // U: hidden units of the cell-gradient phase
-  int proj_cols;      // Pc: columns of dh(t-1) this block computes
-  int ksplit_units;   // FMA k-split of (dh + dy) @ W_hr[:, units] (projection only)
-  int ksplit_cols;    // FMA k-split of dgates @ W_hh[:, cols]
-  size_t whh_off;     // W_hh[:, cols] [4H][Pc]
-  size_t whr_off;     // W_hr[:, units] [P][U] (projection only)
-  size_t a_off;       // staged chunk [16][kChunk] float
-  size_t part_off;    // partial sums [ksplit][16][max(U, Pc)] float
+  Product chain;      // dh^T [cols][Bb] = W_hh[:, my cols]^T . dgates^T
+  Product proj;       // dh_units^T [U][Bb] = W_hr[:, my units]^T . (dh + dy)^T (projection only)
+  size_t w_off;       // A of chain: [chain.m][chain.a_ld] io (rows: W_hh columns)
+  size_t wr_off;      // A of proj: [proj.m][proj.a_ld] io (rows: W_hr columns)
+  size_t ring_off;    // B stages of chain / proj
+  size_t part_off;    // partial sums [ksplit][m][Bb] fp32
+  size_t dc_off;      // carried dc [Bb][U] fp32
   size_t bytes;
 };
 
 RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_proj, int itemsize,
-                                          int units, int proj_cols) {
+                                          const Split& sp) {
   BackwardLayout L;
-  L.units = units;
-  L.proj_cols = proj_cols;
-  L.ksplit_units = has_proj ? fma_ksplit(units) : 1;
-  L.ksplit_cols = fma_ksplit(proj_cols);
-  const int cols = units > proj_cols ? units : proj_cols;
-  const int ks = L.ksplit_units > L.ksplit_cols ? L.ksplit_units : L.ksplit_cols;
-  L.whh_off = 0;
-  L.whr_off = L.whh_off + align_bytes((size_t)4 * hidden * proj_cols * itemsize);
-  L.a_off = L.whr_off + (has_proj ? align_bytes((size_t)out_size * units * itemsize) : 0);
-  L.part_off = L.a_off + align_bytes((size_t)kTileRows * kChunk * 4);
-  L.bytes = L.part_off + align_bytes((size_t)ks * kTileRows * cols * 4);
+  L.chain = make_product(has_proj ? sp.proj_cols : sp.units, 4 * hidden, sp.block_rows, itemsize,
+                         false);
+  L.proj = make_product(has_proj ? sp.units : 0, has_proj ? out_size : 0, sp.block_rows, itemsize,
+                        false);
+  L.w_off = 0;
+  L.wr_off = L.w_off + a_bytes(L.chain, itemsize);
+  L.ring_off = L.wr_off + (has_proj ? a_bytes(L.proj, itemsize) : 0);
+  const size_t ring = ring_bytes(L.chain, itemsize);
+  const size_t proj_ring = has_proj ? ring_bytes(L.proj, itemsize) : 0;
+  L.part_off = L.ring_off + (ring > proj_ring ? ring : proj_ring);
+  const size_t part = part_bytes(L.chain);
+  const size_t proj_part = has_proj ? part_bytes(L.proj) : 0;
+  L.dc_off = L.part_off + (part > proj_part ? part : proj_part);
+  L.bytes = L.dc_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
   return L;
 }
+
 
 }  // namespace rnnfast

@@ -1,13 +1,12 @@
-// Device helpers shared by the forward and backward kernels: dtype conversions,
-// L2-coherent loads, and the two block-wide products of a step (tensor-core WMMA for
-// 16-bit inputs, fp32 FMA otherwise). Both write partial sums [ksplit][16][ld] to
-// shared memory; the caller's pointwise epilogue adds the k-split slices together.
+// Device layer shared by the forward and backward kernels: dtype conversions,
+// asynchronous 16-byte staging (cp.async), the tensor-core tile (mma.sync m16n8k16 for
+// fp16/bf16, 3xTF32 m16n8k8 for fp32), the block-wide resident-weight product, the
+// bounded grid barrier and the two launchers (cooperative grid, thread-block cluster).
 #pragma once
 
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include "lstm_common.cuh"
 #include "lstm_kernels.h"
@@ -25,111 +24,318 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(v);
 }
 
-// Loads of data other blocks wrote during this launch (y, hidden, dgates, dh): ld.cg
-// reads L2, which grid.sync() has made coherent; L1 is not coherent across SMs and may
-// hold a line this block read in an earlier step.
-__device__ __forceinline__ float load_cg(const float* p) { return __ldcg(p); }
-__device__ __forceinline__ __half load_cg(const __half* p) { return __ldcg(p); }
-__device__ __forceinline__ __nv_bfloat16 load_cg(const __nv_bfloat16* p) { return __ldcg(p); }
+// Read-only for the whole launch (weights, xg, saved gates, dy): the non-coherent path.
+template <typename T> __device__ __forceinline__ float load_ro(const T* p) { return to_float(__ldg(p)); }
 
-// out partials [ksplit][16][part_ld] = A [16][K] @ W^T, with W^T held in shared memory
-// as wt [K][w_ld] (column n of the product is wt[:, n]).
-// load_a(b, k) -> float gives A's entry (0 for inactive rows); it is called exactly once
-// per (b, k), so it may also write a copy of A elsewhere. Every thread must call this.
-template <typename W, typename LoadA>
-__device__ __forceinline__ void fma_product(LoadA load_a,
-                                            int K,             // reduction length
-                                            const W* wt,       // [K][w_ld] smem
-                                            int w_ld, int cols,  // N <= w_ld
-                                            int ksplit,
-                                            float* a_s,        // [16][kChunk] smem scratch
-                                            float* part,       // [ksplit][16][part_ld] smem out
-                                            int part_ld) {
-  const int items = ksplit * kTileRows * cols;
-  float acc[kMaxItems];
+// ---------------------------------------------------------------------------------
+// cp.async (sm_80+): 16-byte global -> shared copies that bypass L1 (.cg), so data that
+// other blocks wrote during this launch is read from L2, where the barrier made it
+// visible. Each thread waits for its own groups; a __syncthreads then publishes them.
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Copies columns [col0, col0 + cols) of `rows` rows into dst [rows][dst_ld], 16 bytes
+// per copy, spread over the block. row_src(b) is the global start of row b, 16-byte
+// aligned (an exchange row); col0 and cols are multiples of 16 bytes.
+template <typename T, typename RowSource>
+__device__ __forceinline__ void stage_rows(T* dst, int dst_ld, int rows, int col0, int cols,
+                                           RowSource row_src) {
+  constexpr int kPer = 16 / sizeof(T);
+  const int pieces = cols / kPer;
+  for (int e = threadIdx.x; e < rows * pieces; e += kThreads) {
+    const int b = e / pieces, piece = e % pieces;
+    cp_async16(dst + b * dst_ld + piece * kPer, row_src(b) + col0 + piece * kPer);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// One 16 x 8 output tile, one k-tile: d += A[m0:m0+16][ka:ka+K] . B[n0:n0+8][kb:kb+K]^T
+// with A rows of a_ld and B rows of b_ld elements in shared memory. Fragment layouts
+// are PTX's for mma.m16n8k16 (16-bit) and mma.m16n8k8 (tf32): lane = 4 * group + quad.
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row_address));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+template <typename T> struct MmaOp;
+
+template <> struct MmaOp<__half> {
+  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4],
+                                             const uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+template <> struct MmaOp<__nv_bfloat16> {
+  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4],
+                                             const uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4],
+                                         const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_tile(float (&d)[4], const T* a_s, int a_ld, int m0, int ka,
+                                         const T* b_s, int b_ld, int n0, int kb) {
+  const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+  if constexpr (sizeof(T) == 2) {
+    // ldmatrix.x4: lanes 0-15 give rows 0-15 at ka, lanes 16-31 rows 0-15 at ka + 8,
+    // which are the registers a0a1, a2a3, a4a5, a6a7 of the A fragment in order.
+    uint32_t a[4];
+    ldmatrix_x4(a, a_s + (m0 + lane % 16) * a_ld + ka + (lane / 16) * 8);
+    const T* b_row = b_s + (n0 + group) * b_ld + kb + 2 * quad;
+    const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(b_row),
+                           *reinterpret_cast<const uint32_t*>(b_row + 8)};
+    MmaOp<T>::run(d, a, b);
+  } else {
+    // 3xTF32: small products first, so the big one lands on an accumulator that
+    // already holds the corrections.
+    const float* a_row = a_s + (m0 + group) * a_ld + ka + quad;
+    const float* b_row = b_s + (n0 + group) * b_ld + kb + quad;
+    const Tf32Split a0 = tf32_split(a_row[0]), a1 = tf32_split(a_row[8 * a_ld]);
+    const Tf32Split a2 = tf32_split(a_row[4]), a3 = tf32_split(a_row[8 * a_ld + 4]);
+    const Tf32Split b0 = tf32_split(b_row[0]), b1 = tf32_split(b_row[4]);
+    const uint32_t a_big[4] = {float_bits(a0.big), float_bits(a1.big), float_bits(a2.big),
+                               float_bits(a3.big)};
+    const uint32_t a_small[4] = {float_bits(a0.small), float_bits(a1.small), float_bits(a2.small),
+                                 float_bits(a3.small)};
+    const uint32_t b_big[2] = {float_bits(b0.big), float_bits(b1.big)};
+    const uint32_t b_small[2] = {float_bits(b0.small), float_bits(b1.small)};
+    mma_tf32(d, a_big, b_small);
+    mma_tf32(d, a_small, b_big);
+    mma_tf32(d, a_big, b_big);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// The block-wide product of a step (lstm_common.cuh: Product):
+//   part[ks][m][n] = sum over this warp's k-tiles of A[m][k] . B[n][k]
+// A: a_s [p.m][p.a_ld], resident. B: when row_src is given, `rows` rows are staged
+// from global memory chunk by chunk into `ring` (double-buffered: chunk c+1 is in
+// flight while chunk c is multiplied); otherwise `ring` already holds B whole
+// [p.nb][p.b_ld]. Rows from `rows` to p.nb hold stale values: they only reach output
+// columns the caller ignores. Every thread must call this; it ends with a barrier.
+template <typename T, typename RowSource>
+__device__ __forceinline__ void resident_product(const Product& p, const T* a_s, T* ring,
+                                                 bool staged, int rows, RowSource row_src,
+                                                 float* part) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int kt = k_tile(sizeof(T));
+  const int n_tiles = p.nb / kRowTile;
+  const int items = p.tiles * p.ksplit;
+  float acc[kMaxWarpTiles][4];
 #pragma unroll
-  for (int j = 0; j < kMaxItems; ++j) acc[j] = 0.0f;
-  for (int k0 = 0; k0 < K; k0 += kChunk) {
-    const int kc = min(kChunk, K - k0);
-    for (int e = threadIdx.x; e < kTileRows * kChunk; e += blockDim.x) {
-      const int b = e / kChunk, k = e % kChunk;
-      a_s[e] = k < kc ? load_a(b, k0 + k) : 0.0f;
+  for (int j = 0; j < kMaxWarpTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+
+  const int stage_elems = p.nb * p.b_ld;
+  if (staged) {
+    stage_rows(ring, p.b_ld, rows, 0, min_int(p.chunk, p.k), row_src);
+    cp_async_commit();
+  }
+  for (int ch = 0; ch < p.chunks; ++ch) {
+    const int col0 = ch * p.chunk, cols = min_int(p.chunk, p.k - col0);
+    if (staged) {
+      if (ch + 1 < p.chunks) {
+        const int next0 = col0 + p.chunk;
+        stage_rows(ring + ((ch + 1) % p.stages) * stage_elems, p.b_ld, rows, next0,
+                   min_int(p.chunk, p.k - next0), row_src);
+      }
+      cp_async_commit();  // possibly empty: keeps "all but the newest group" = chunk ch
+      cp_async_wait<1>();
+      __syncthreads();
     }
-    __syncthreads();
+    const T* b_s = ring + (staged ? (ch % p.stages) * stage_elems : 0);
+    const int k_tiles = cols / kt;
 #pragma unroll
-    for (int j = 0; j < kMaxItems; ++j) {
-      const int i = threadIdx.x + j * kThreads;
-      if (i < items) {
-        // Consecutive threads take consecutive columns: conflict-free reads of wt,
-        // broadcast reads of a_s.
-        const int n = i % cols, b = (i / cols) % kTileRows, ks = i / (cols * kTileRows);
-        float s = acc[j];
-        for (int k = ks; k < kc; k += ksplit)
-          s = fmaf(a_s[b * kChunk + k], to_float(wt[(size_t)(k0 + k) * w_ld + n]), s);
-        acc[j] = s;
+    for (int j = 0; j < kMaxWarpTiles; ++j) {
+      const int item = warp + j * kWarps;
+      if (item < items) {
+        const int tile = item % p.tiles, ks = item / p.tiles;
+        const int m0 = (tile / n_tiles) * kWeightTile, n0 = (tile % n_tiles) * kRowTile;
+        for (int kk = ks; kk < k_tiles; kk += p.ksplit)
+          mma_tile<T>(acc[j], a_s, p.a_ld, m0, col0 + kk * kt, b_s, p.b_ld, n0, kk * kt);
       }
     }
-    __syncthreads();
+    if (staged) __syncthreads();  // this stage is refilled two chunks later
   }
+  // Accumulator lanes: rows group and group + 8, columns 2 * quad and 2 * quad + 1.
+  const int group = lane / 4, quad = lane % 4;
 #pragma unroll
-  for (int j = 0; j < kMaxItems; ++j) {
-    const int i = threadIdx.x + j * kThreads;
-    if (i < items) {
-      const int n = i % cols, b = (i / cols) % kTileRows, ks = i / (cols * kTileRows);
-      part[(ks * kTileRows + b) * part_ld + n] = acc[j];
+  for (int j = 0; j < kMaxWarpTiles; ++j) {
+    const int item = warp + j * kWarps;
+    if (item < items) {
+      const int tile = item % p.tiles, ks = item / p.tiles;
+      const int m = (tile / n_tiles) * kWeightTile + group, n = (tile % n_tiles) * kRowTile + 2 * quad;
+      float* out = part + ((size_t)ks * p.m + m) * p.nb + n;
+      *reinterpret_cast<float2*>(out) = make_float2(acc[j][0], acc[j][1]);
+      *reinterpret_cast<float2*>(out + 8 * p.nb) = make_float2(acc[j][2], acc[j][3]);
     }
   }
   __syncthreads();
 }
 
-// Tensor cores (sm_80+: mma.sync through WMMA, 16x16x16, fp32 accumulate):
-// out partials [ksplit][16][part_ld] = a_s [16][a_ld] @ wt [k_pad][w_ld] (16-bit, smem).
-// Warp w takes (column tile, k-split slice) pairs; k_pad and cols are multiples of 16.
-template <typename T>
-__device__ __forceinline__ void mma_product(const T* a_s, int a_ld, const T* wt, int w_ld,
-                                            int k_pad, int cols, int ksplit, float* part,
-                                            int part_ld) {
-  using namespace nvcuda;
-  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  const int col_tiles = cols / 16, k_tiles = k_pad / 16;
-  for (int item = warp; item < col_tiles * ksplit; item += warps) {
-    const int nt = item % col_tiles, ks = item / col_tiles;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-    for (int kt = ks; kt < k_tiles; kt += ksplit) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-      wmma::load_matrix_sync(a, a_s + kt * 16, a_ld);
-      wmma::load_matrix_sync(b, wt + (size_t)kt * 16 * w_ld + nt * 16, w_ld);
-      wmma::mma_sync(acc, a, b, acc);
-    }
-    wmma::store_matrix_sync(part + ks * kTileRows * part_ld + nt * 16, acc, part_ld,
-                            wmma::mem_row_major);
-  }
-  __syncthreads();
-}
-
-// Sum of the k-split partial sums of output (b, n).
-__device__ __forceinline__ float reduce_parts(const float* part, int part_ld, int ksplit, int b,
-                                              int n) {
+// Output (m, n) of a product: the sum of its k-split partial sums.
+__device__ __forceinline__ float product_out(const Product& p, const float* part, int m, int n) {
   float s = 0.0f;
-  for (int ks = 0; ks < ksplit; ++ks) s += part[(ks * kTileRows + b) * part_ld + n];
+  for (int ks = 0; ks < p.ksplit; ++ks) s += part[((size_t)ks * p.m + m) * p.nb + n];
   return s;
 }
 
-// Host side: a cooperative launch (every block resident, so grid.sync() is legal) of a
-// kernel taking its argument struct by value, with `smem` bytes of dynamic shared
-// memory (above 48 KB it must be opted into per kernel).
+// Copies rows x cols of a weight matrix into a_s [p.m][p.a_ld] once per launch, zero
+// outside; weight(m, k) -> element (read-only global). Consecutive threads take
+// consecutive k, so reads of a weight row are coalesced.
+template <typename T, typename Weight>
+__device__ __forceinline__ void load_weights(T* a_s, const Product& p, int rows, int cols,
+                                             Weight weight) {
+  for (int e = threadIdx.x; e < p.m * p.k; e += kThreads) {
+    const int m = e / p.k, k = e % p.k;
+    a_s[m * p.a_ld + k] = m < rows && k < cols ? weight(m, k) : from_float<T>(0.0f);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Grid barrier of a batch block (grid plans): every block adds one arrival per phase
+// and waits until the batch block's count reaches `target` (blocks x phases so far).
+// Legal only under a cooperative launch (all blocks resident). Bounded: after
+// spin_limit polls the wait gives up, lifts the count out of reach of every later
+// target (so no other wait of the launch blocks either) and sets the timed_out flag,
+// which the host turns into an error. Called by thread 0 between two __syncthreads.
+
+__device__ __forceinline__ void grid_barrier_arrive(unsigned long long* arrivals) {
+  __threadfence();  // the block's stores (ordered before by __syncthreads) reach L2 first
+  asm volatile("red.release.gpu.global.add.u64 [%0], 1;\n" ::"l"(arrivals) : "memory");
+}
+
+// Not inlined, so that its polling loads (the only strong GPU-scope loads of the
+// kernels) stand alone in the SASS that tests/test_cuda_sass.py checks.
+__device__ __noinline__ void grid_barrier_wait(unsigned long long* arrivals,
+                                               unsigned long long target, int* timed_out,
+                                               long long spin_limit) {
+  unsigned long long seen = 0;
+  long long polls = 0;
+  do {
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];\n" : "=l"(seen) : "l"(arrivals) : "memory");
+  } while (seen < target && ++polls < spin_limit);
+  if (seen < target) {
+    atomicMax(arrivals, 1ull << 62);
+    atomicExch(timed_out, 1);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Thread-block clusters (sm_90): the hardware cluster barrier, split so that work can
+// sit between arriving and waiting, and stores into a peer block's shared memory
+// (distributed shared memory). Only the cluster kernel, compiled for sm_90, uses them.
+
+// The bodies exist for sm_90 only; other images never call them.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define RNNFAST_SM90(body) body
+#else
+#define RNNFAST_SM90(body)
+#endif
+
+__device__ __forceinline__ void cluster_arrive() {
+  RNNFAST_SM90(asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");)
+}
+__device__ __forceinline__ void cluster_wait() {
+  RNNFAST_SM90(asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");)
+}
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
+}
+__device__ __forceinline__ unsigned cluster_blocks() {
+  unsigned n = 1;
+  RNNFAST_SM90(asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));)
+  return n;
+}
+// *local's counterpart in block `rank` of the cluster = v.
+template <typename T>
+__device__ __forceinline__ void store_to_peer(T* local, unsigned rank, T v) {
+  static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16- or 32-bit elements");
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(local));
+  unsigned remote = address;
+  RNNFAST_SM90(asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(rank));)
+  if constexpr (sizeof(T) == 2) {
+    const unsigned short bits = *reinterpret_cast<const unsigned short*>(&v);
+    RNNFAST_SM90(asm volatile("st.shared::cluster.b16 [%0], %1;\n" ::"r"(remote), "h"(bits) : "memory");)
+  } else {
+    const unsigned bits = *reinterpret_cast<const unsigned*>(&v);
+    RNNFAST_SM90(asm volatile("st.shared::cluster.b32 [%0], %1;\n" ::"r"(remote), "r"(bits) : "memory");)
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Launchers: a kernel taking its argument struct by value, with `smem` bytes of
+// dynamic shared memory (above 48 KB it must be opted into per kernel).
+
 template <typename Args>
-cudaError_t launch_cooperative(void (*kernel)(const Args), const Args& args, int blocks, size_t smem,
+cudaError_t launch_cooperative(void (*kernel)(const Args), const Args& args, size_t smem,
                                cudaStream_t stream) {
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
   Args copy = args;
   void* params[] = {&copy};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(blocks),
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(args.blocks),
                                      dim3(kThreads), params, smem, stream);
+}
+
+// Clusters of args.split.cluster blocks (sm_90; above 8 the non-portable size). A
+// cluster the GPU cannot place (too few SMs free in a GPC for its size and shared
+// memory) is refused before launch with cudaErrorInvalidClusterSize.
+template <typename Args>
+cudaError_t launch_clusters(void (*kernel)(const Args), const Args& args, size_t smem,
+                            cudaStream_t stream) {
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (err == cudaSuccess && args.split.cluster > 8)
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (err != cudaSuccess) return err;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(args.blocks);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = args.split.cluster;
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+  if (err != cudaSuccess) return err;
+  if (clusters == 0) return cudaErrorInvalidClusterSize;
+  return cudaLaunchKernelEx(&config, kernel, args);
 }
 
 }  // namespace rnnfast

@@ -1,169 +1,233 @@
-// Forward recurrence of one LSTM layer and direction: one persistent, cooperative launch
-// for all T steps. The input projection x @ W_ih^T of every row is one GEMM before it
-// (torch, in rnnfast/backends/cuda/forward.py).
+// Forward recurrence of one LSTM layer and direction: one persistent launch for all T
+// steps. The input projection x @ W_ih^T of every row is one GEMM before it (torch, in
+// rnnfast/backends/cuda/forward.py).
 //
-// Block j owns hidden units [j*U, (j+1)*U): it loads their 4U rows of W_hh into shared
-// memory once and keeps them for the whole sequence. Each step, for each tile of 16
-// batch rows, it stages h(t-1) in shared memory, computes its gate columns of
-// h(t-1) @ W_hh^T (tensor cores for fp16/bf16, fp32 FMA for fp32), and applies the cell
-// in the same kernel. All blocks then meet at one grid barrier (cooperative_groups
-// grid.sync(), legal because the launch is cooperative and the grid <= SM count), since
-// every block needs all of h(t) next step. With a projection, a second phase per step
-// computes y = hidden @ W_hr^T from W_hr columns also held on chip: two barriers.
+// Block (slice j, batch block q) owns hidden units [j*U, (j+1)*U) of batch rows
+// [q*Bb, (q+1)*Bb). It copies the 4U rows of W_hh of its units into shared memory once
+// and keeps them for the whole sequence. Each step it computes
+//     gates^T [4U][Bb] = W_hh[my rows] . h(t-1)^T
+// on tensor cores with the batch as the mma's N (8 rows a tile, so B = 3 pads to 8,
+// not 16), all rows of the batch block in one pass, then applies the cell to its
+// (row, unit) pairs and publishes h(t):
+//   - grid plans (sm_80+): into an exchange buffer in global memory, then a grid
+//     barrier of the batch block; the next step stages h(t) with 16-byte cp.async.
+//     The barrier is a release/acquire counter under a cooperative launch, bounded.
+//   - cluster plans (sm_90, no projection): the batch block is one thread-block
+//     cluster; h(t) is written straight into every CTA's shared memory (distributed
+//     shared memory) and the step ends at the cluster's hardware barrier.
+// With a projection (grid plans) a second phase computes y = hidden . W_hr^T from the
+// W_hr rows the block holds; two barriers per step. The next step's xg (and bias) is
+// loaded into registers between arriving at the barrier and waiting at it.
 #include "lstm_device.cuh"
-
-namespace cg = cooperative_groups;
 
 namespace rnnfast {
 namespace {
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 1) lstm_forward_kernel(const ForwardArgs args) {
-  constexpr bool kTensorCores = sizeof(T) == 2;
-  cg::grid_group grid = cg::this_grid();
+template <typename T, bool kCluster>
+__device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   extern __shared__ __align__(128) unsigned char smem[];
-
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
-  const ForwardLayout L = forward_layout(H, P, has_proj, sizeof(T), args.units, args.proj_cols);
-  T* wt = reinterpret_cast<T*>(smem + L.w_off);    // [k_pad][w_ld]: W_hh rows of my units, transposed
-  T* wrt = reinterpret_cast<T*>(smem + L.wr_off);  // [hk_pad][wr_ld]: W_hr rows of my columns, transposed
-  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [ksplit][16][part_ld]
+  const Split& sp = args.split;
+  const ForwardLayout L = forward_layout(H, P, has_proj, sizeof(T), sp);
+  T* w_s = reinterpret_cast<T*>(smem + L.w_off);       // [rec.m][rec.a_ld] W_hh rows of my units
+  T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);     // [proj.m][proj.a_ld] W_hr rows of my columns
+  T* ring = reinterpret_cast<T*>(smem + L.ring_off);   // B stages, or (cluster) h [2][Bb][b_ld]
+  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [ksplit][m][Bb]
+  float* c_s = reinterpret_cast<float*>(smem + L.c_off);      // [Bb][U] cell state
   const T* xg = static_cast<const T*>(args.xg);
   const T* w_hh = static_cast<const T*>(args.w_hh);
   const T* w_hr = static_cast<const T*>(args.w_hr);
-  const T* h0 = static_cast<const T*>(args.h0);
+  const T* h0x = static_cast<const T*>(args.h0x);
+  T* hx = static_cast<T*>(args.hx);
+  T* hidx = static_cast<T*>(args.hidx);
   T* y = static_cast<T*>(args.y);
   T* hidden = static_cast<T*>(args.hidden);
 
-  const int U = args.units;
-  const int unit0 = blockIdx.x * U;
-  const int my_units = max(0, min(U, H - unit0));
-  const int col0 = blockIdx.x * args.proj_cols;
-  const int my_cols = has_proj ? max(0, min(args.proj_cols, P - col0)) : 0;
+  const int U = sp.units, Bb = sp.block_rows;
+  const int slice = blockIdx.x % sp.unit_slices, row0 = (blockIdx.x / sp.unit_slices) * Bb;
+  const int unit0 = slice * U, my_units = clamp_int(H - unit0, 0, U);
+  const int col0 = slice * sp.proj_cols;
+  const int my_cols = has_proj ? clamp_int(P - col0, 0, sp.proj_cols) : 0;
   const int64_t G = 4 * (int64_t)H;
+  const int xld = exchange_ld(P), hld = exchange_ld(H);
+  unsigned long long* arrivals = args.barrier.arrivals + blockIdx.x / sp.unit_slices;
+  unsigned long long phases = 0;
 
-  // Weights on chip for the whole sequence; padding is zero so it adds nothing.
-  for (int e = threadIdx.x; e < L.k_pad * L.cols; e += blockDim.x) {
-    const int k = e / L.cols, n = e % L.cols;
-    const bool real = n < 4 * U && n % U < my_units && k < P;
-    wt[(size_t)k * L.w_ld + n] =
-        real ? w_hh[(size_t)gate_row(n, U, unit0, H) * P + k] : from_float<T>(0.0f);
+  load_weights(w_s, L.rec, 4 * U, P, [&](int m, int k) {
+    return m % U < my_units ? w_hh[(size_t)gate_row(m, U, unit0, H) * P + k] : from_float<T>(0.0f);
+  });
+  if (has_proj)
+    load_weights(wr_s, L.proj, my_cols, H, [&](int n, int k) { return w_hr[(size_t)(col0 + n) * H + k]; });
+  for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
+    const int b = e / U, u = e % U;
+    c_s[e] = row0 + b < B && u < my_units ? args.c[(size_t)(row0 + b) * H + unit0 + u] : 0.0f;
   }
-  for (int e = threadIdx.x; has_proj && e < L.hk_pad * L.proj_cols; e += blockDim.x) {
-    const int k = e / L.proj_cols, n = e % L.proj_cols;
-    wrt[(size_t)k * L.wr_ld + n] =
-        n < my_cols && k < H ? w_hr[(size_t)(col0 + n) * H + k] : from_float<T>(0.0f);
+  const int h_elems = L.rec.nb * L.rec.b_ld;  // one h buffer of a cluster block
+  if constexpr (kCluster) {  // h0 of the batch block into the buffer step 0 reads
+    stage_rows(ring + h_elems, L.rec.b_ld, min_int(Bb, B - row0), 0, L.rec.k,
+               [&](int b) { return h0x + (size_t)(row0 + b) * xld; });
+    cp_async_commit();
+    cp_async_wait<0>();
   }
   __syncthreads();
+  if constexpr (kCluster) cluster_sync();  // every peer's memory is live
 
-  for (int64_t step = 0; step < args.steps; ++step) {
-    const StepRows s = step_rows(args.offsets, args.sizes, step, args.steps, B, args.reverse);
-
-    // Phase 1: gates and cell of my units, tile by tile over the active rows.
-    for (int r0 = 0; r0 < s.size && my_units > 0; r0 += kTileRows) {
-      // Row r continues from y of the previous step, or starts from h0.
-      if constexpr (kTensorCores) {
-        T* a_s = reinterpret_cast<T*>(smem + L.a_off);  // [16][a_ld]: h(t-1) of the tile
-        for (int e = threadIdx.x; e < kTileRows * L.k_pad; e += blockDim.x) {
-          const int b = e / L.k_pad, k = e % L.k_pad, r = r0 + b;
-          T v = from_float<T>(0.0f);
-          if (r < s.size && k < P)
-            v = r < s.size_prev ? load_cg(y + (s.offset_prev + r) * P + k) : h0[(size_t)r * P + k];
-          a_s[b * L.a_ld + k] = v;
-        }
-        __syncthreads();
-        mma_product<T>(a_s, L.a_ld, wt, L.w_ld, L.k_pad, L.cols, L.ksplit, part, L.part_ld);
-      } else {
-        auto h_prev = [&](int b, int k) -> float {
-          const int r = r0 + b;
-          if (r >= s.size) return 0.0f;
-          return r < s.size_prev ? load_cg(y + (s.offset_prev + r) * P + k)
-                                 : to_float(h0[(size_t)r * P + k]);
-        };
-        float* a_s = reinterpret_cast<float*>(smem + L.a_off);  // [16][kChunk]
-        fma_product(h_prev, P, wt, L.w_ld, L.cols, L.ksplit, a_s, part, L.part_ld);
-      }
-      // Pointwise epilogue: thread per (row, unit); the four gates of a unit are in
-      // columns u, U + u, 2U + u, 3U + u of the partial sums.
-      for (int e = threadIdx.x; e < kTileRows * my_units; e += blockDim.x) {
-        const int b = e / my_units, u = e % my_units, r = r0 + b;
-        if (r >= s.size) continue;
-        const int unit = unit0 + u;
-        const int64_t row = s.offset + r;
-        float pre[4];
+  // xg + bias of my cells at step k, round `round` (kMaxCellItems cells a thread per
+  // round), into registers: round 0 of the next step is issued before the barrier wait.
+  float xg_regs[kMaxCellItems][4];
+  auto load_xg = [&](int64_t k, int round) {
+    const StepRows s = step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
+    const int n_act = block_active(s.size, row0, Bb);
 #pragma unroll
-        for (int g = 0; g < 4; ++g) {
-          pre[g] = reduce_parts(part, L.part_ld, L.ksplit, b, g * U + u) +
-                   to_float(xg[row * G + g * H + unit]);
-          if (args.bias != nullptr) pre[g] += args.bias[g * H + unit];
-        }
-        // c of a row lives in args.c: c0 until the row's first step, then its latest c.
-        float* c_slot = args.c + (size_t)r * H + unit;
-        const CellOut out = lstm_cell(pre[0], pre[1], pre[2], pre[3], *c_slot);
-        *c_slot = out.c;
-        if (args.gates != nullptr) {
-          float* gates = args.gates + row * G + unit;
-          gates[0] = out.i;
-          gates[H] = out.f;
-          gates[2 * H] = out.g;
-          gates[3 * H] = out.o;
-        }
-        if (args.cells != nullptr) args.cells[row * H + unit] = out.c;
-        if (has_proj)
-          hidden[row * H + unit] = from_float<T>(out.h);
-        else
-          y[row * P + unit] = from_float<T>(out.h);
+    for (int i = 0; i < kMaxCellItems; ++i) {
+      const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x, b = e / U, u = e % U;
+      if (b < n_act && u < my_units) {
+        const T* x = xg + (s.offset + row0 + b) * G + unit0 + u;
+#pragma unroll
+        for (int g = 0; g < 4; ++g)
+          xg_regs[i][g] = to_float(x[g * H]) + (args.bias ? args.bias[g * H + unit0 + u] : 0.0f);
       }
-      __syncthreads();  // part and a_s are reused by the next tile
+    }
+  };
+  auto end_phase = [&](bool last, int64_t next) {
+    if constexpr (kCluster) {
+      cluster_arrive();
+      if (!last) load_xg(next, 0);
+      cluster_wait();
+    } else {
+      __syncthreads();
+      if (threadIdx.x == 0) grid_barrier_arrive(arrivals);
+      if (!last) load_xg(next, 0);
+      if (threadIdx.x == 0)
+        grid_barrier_wait(arrivals, ++phases * sp.unit_slices, args.barrier.timed_out,
+                          args.barrier.spin_limit);
+      __syncthreads();
+    }
+  };
+
+  load_xg(0, 0);
+  for (int64_t k = 0; k < args.steps; ++k) {
+    const StepRows s = step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
+    const int n_act = block_active(s.size, row0, Bb);
+    const int n_prev = block_active(s.size_prev, row0, Bb);
+    const bool last = k + 1 == args.steps;
+
+    // Phase 1: gates^T = W_hh[my rows] . h(t-1)^T, then the cell of my (row, unit) pairs.
+    if (n_act > 0) {
+      if constexpr (kCluster) {
+        T* h_prev = ring + ((k & 1) ^ 1) * h_elems;
+        if (n_act > n_prev) {  // rows that start here (reverse packed) begin from h0
+          stage_rows(h_prev + n_prev * L.rec.b_ld, L.rec.b_ld, n_act - n_prev, 0, L.rec.k,
+                     [&](int b) { return h0x + (size_t)(row0 + n_prev + b) * xld; });
+          cp_async_commit();
+          cp_async_wait<0>();
+          __syncthreads();
+        }
+        resident_product(L.rec, w_s, h_prev, false, n_act, [](int) { return (const T*)nullptr; },
+                         part);
+      } else {
+        const T* h_prev = hx + (size_t)((k & 1) ^ 1) * B * xld;
+        resident_product(L.rec, w_s, ring, true, n_act,
+                         [&](int b) {
+                           const int r = row0 + b;
+                           return (r < s.size_prev ? h_prev : h0x) + (size_t)r * xld;
+                         },
+                         part);
+      }
+      T* h_next = hx + (size_t)(k & 1) * B * xld;
+      for (int round = 0; round * kMaxCellItems * kThreads < n_act * U; ++round) {
+        if (round > 0) load_xg(k, round);
+#pragma unroll
+        for (int i = 0; i < kMaxCellItems; ++i) {
+          const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x, b = e / U, u = e % U;
+          if (b >= n_act || u >= my_units) continue;
+          const int r = row0 + b, unit = unit0 + u;
+          const int64_t row = s.offset + r;
+          float pre[4];
+#pragma unroll
+          for (int g = 0; g < 4; ++g) pre[g] = product_out(L.rec, part, g * U + u, b) + xg_regs[i][g];
+          const CellOut out = lstm_cell(pre[0], pre[1], pre[2], pre[3], c_s[e]);
+          c_s[e] = out.c;
+          if (args.gates != nullptr) {
+            float* gates = args.gates + row * G + unit;
+            gates[0] = out.i;
+            gates[H] = out.f;
+            gates[2 * H] = out.g;
+            gates[3 * H] = out.o;
+          }
+          if (args.cells != nullptr) args.cells[row * H + unit] = out.c;
+          const T h = from_float<T>(out.h);
+          if (has_proj) {
+            if (hidden != nullptr) hidden[row * H + unit] = h;
+            hidx[(size_t)r * hld + unit] = h;
+          } else {
+            y[row * P + unit] = h;
+            if (last) continue;
+            if constexpr (kCluster) {
+              T* mine = ring + (k & 1) * h_elems + b * L.rec.b_ld + unit;
+              for (unsigned rank = 0; rank < cluster_blocks(); ++rank) store_to_peer(mine, rank, h);
+            } else {
+              h_next[(size_t)r * xld + unit] = h;
+            }
+          }
+        }
+      }
     }
 
-    if (has_proj) {
-      // Phase 2: y = hidden @ W_hr^T needs every unit of the step.
-      grid.sync();
-      for (int r0 = 0; r0 < s.size && my_cols > 0; r0 += kTileRows) {
-        if constexpr (kTensorCores) {
-          T* a_s = reinterpret_cast<T*>(smem + L.a_off);  // [16][a_ld]: hidden of the tile
-          for (int e = threadIdx.x; e < kTileRows * L.hk_pad; e += blockDim.x) {
-            const int b = e / L.hk_pad, k = e % L.hk_pad, r = r0 + b;
-            a_s[b * L.a_ld + k] = r < s.size && k < H ? load_cg(hidden + (s.offset + r) * H + k)
-                                                      : from_float<T>(0.0f);
+    if constexpr (!kCluster) {
+      if (has_proj) {  // Phase 2: y^T [Pc][Bb] = W_hr[my rows] . hidden^T needs every unit
+        end_phase(true, 0);
+        if (n_act > 0) {
+          resident_product(L.proj, wr_s, ring, true, n_act,
+                           [&](int b) { return hidx + (size_t)(row0 + b) * hld; }, part);
+          T* h_next = hx + (size_t)(k & 1) * B * xld;
+          for (int e = threadIdx.x; e < n_act * sp.proj_cols; e += kThreads) {
+            const int b = e / sp.proj_cols, n = e % sp.proj_cols;
+            if (n >= my_cols) continue;
+            const int r = row0 + b;
+            const T v = from_float<T>(product_out(L.proj, part, n, b));
+            y[(s.offset + r) * P + col0 + n] = v;
+            h_next[(size_t)r * xld + col0 + n] = v;
           }
-          __syncthreads();
-          mma_product<T>(a_s, L.a_ld, wrt, L.wr_ld, L.hk_pad, L.proj_cols, L.proj_ksplit, part,
-                         L.part_ld);
-        } else {
-          auto hid = [&](int b, int k) -> float {
-            const int r = r0 + b;
-            return r < s.size ? to_float(load_cg(hidden + (s.offset + r) * H + k)) : 0.0f;
-          };
-          float* a_s = reinterpret_cast<float*>(smem + L.a_off);
-          fma_product(hid, H, wrt, L.wr_ld, L.proj_cols, L.proj_ksplit, a_s, part, L.part_ld);
         }
-        for (int e = threadIdx.x; e < kTileRows * my_cols; e += blockDim.x) {
-          const int b = e / my_cols, n = e % my_cols, r = r0 + b;
-          if (r < s.size)
-            y[(s.offset + r) * P + col0 + n] =
-                from_float<T>(reduce_parts(part, L.part_ld, L.proj_ksplit, b, n));
-        }
-        __syncthreads();
       }
     }
-    grid.sync();  // h(t) of every unit is written before anyone reads it as h(t-1)
+    if (!last) end_phase(false, k + 1);  // h(t) of every unit is out before step t+1 reads it
   }
+
+  for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
+    const int b = e / U, u = e % U;
+    if (row0 + b < B && u < my_units) args.c[(size_t)(row0 + b) * H + unit0 + u] = c_s[e];
+  }
+  if constexpr (kCluster) cluster_sync();  // no peer writes into an exited block
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_forward_kernel(const ForwardArgs args) {
+  forward_body<T, false>(args);
+}
+
+// Compiled for sm_90 only; the sm_80 image is an empty kernel the host never launches.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_forward_cluster_kernel(const ForwardArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  forward_body<T, true>(args);
+#endif
 }
 
 template <typename T>
 cudaError_t launch_typed(const ForwardArgs& args, cudaStream_t stream) {
-  return launch_cooperative(lstm_forward_kernel<T>, args, args.blocks, forward_smem_bytes(args), stream);
+  const size_t smem = forward_smem_bytes(args);
+  if (args.split.cluster > 0) return launch_clusters(lstm_forward_cluster_kernel<T>, args, smem, stream);
+  return launch_cooperative(lstm_forward_kernel<T>, args, smem, stream);
 }
 
 }  // namespace
 
 size_t forward_smem_bytes(const ForwardArgs& args) {
   const int itemsize = args.dtype == DType::kFloat32 ? 4 : 2;
-  return forward_layout(args.hidden_size, args.out_size, args.w_hr != nullptr, itemsize,
-                        args.units, args.proj_cols)
+  return forward_layout(args.hidden_size, args.out_size, args.w_hr != nullptr, itemsize, args.split)
       .bytes;
 }
 

@@ -36,54 +36,79 @@ DEVICE = torch.device("cuda") if CUDA_REASON is None else torch.device("cpu")
 # ---------------------------------------------------------------------------------
 # The plan (CPU).
 
-@pytest.mark.parametrize("hidden,proj,itemsize", [
-    (20, 0, 4), (20, 11, 2), (256, 0, 2), (512, 0, 4),   # fastrnns: H = 512 fp32
-    (768, 0, 2), (1024, 0, 2), (1024, 0, 4), (1152, 0, 2),  # FlashRNN's H = 768; AWD-LSTM 1152
-    (1024, 256, 2), (2048, 128, 4),
+def _plan(direction, batch, hidden, proj=0, itemsize=2, major=9):
+    return cuda_plan.make_plan(direction, batch, hidden, proj or hidden, bool(proj), itemsize, SMS,
+                               SMEM, major)
+
+
+@pytest.mark.parametrize("batch,hidden,proj,itemsize", [
+    (3, 20, 0, 4), (3, 20, 11, 2), (1, 256, 0, 2), (64, 512, 0, 4),  # fastrnns: H = 512 fp32
+    (16, 768, 0, 2), (256, 1024, 0, 2), (16, 1024, 0, 2),  # FlashRNN's H = 768; large batch
+    (64, 1024, 256, 2), (37, 96, 0, 4),
 ])
-def test_plans_for_an_h100_fit_and_cover_every_unit(hidden, proj, itemsize):
+@pytest.mark.parametrize("major", [8, 9])
+def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj, itemsize, major):
     out = proj or hidden
-    fwd = cuda_plan.forward_plan(hidden, out, bool(proj), itemsize, SMS, SMEM)
-    bwd = cuda_plan.backward_plan(hidden, out, bool(proj), itemsize, SMS, SMEM)
-    for p in (fwd, bwd):
+    for direction in ("forward", "backward"):
+        p = _plan(direction, batch, hidden, proj, itemsize, major)
         assert isinstance(p, cuda_plan.Plan), p
-        assert 1 <= p.blocks <= SMS and p.smem_bytes <= SMEM
-        assert p.blocks * p.units >= hidden > (p.blocks - 1) * p.units  # no idle unit block
-    assert fwd.units % 4 == 0 and fwd.tensor_cores == (itemsize == 2)
-    assert fwd.smem_bytes == cuda_plan.forward_smem_bytes(hidden, out, bool(proj), itemsize,
-                                                          fwd.units, fwd.proj_cols)
-    if proj:
-        assert fwd.blocks * fwd.proj_cols >= out
-    assert bwd.blocks * bwd.proj_cols >= out and not bwd.tensor_cores
+        assert p.smem_bytes <= SMEM and p.block_rows % 8 == 0
+        assert p.unit_slices * p.units >= hidden > (p.unit_slices - 1) * p.units  # no idle slice
+        assert p.batch_blocks * p.block_rows >= batch > (p.batch_blocks - 1) * p.block_rows
+        if p.kind == "grid":  # cooperative: every block resident
+            assert p.blocks <= SMS
+        else:
+            assert (direction, major, proj) == ("forward", 9, 0) and 2 <= p.unit_slices <= 16
+        if proj or direction == "backward":
+            assert p.unit_slices * p.proj_cols >= out
+        smem = (cuda_plan.forward_smem_bytes(hidden, out, bool(proj), itemsize, p.units,
+                                             p.proj_cols, p.block_rows, p.kind == "cluster")
+                if direction == "forward" else
+                cuda_plan.backward_smem_bytes(hidden, out, bool(proj), itemsize, p.units,
+                                              p.proj_cols, p.block_rows))
+        assert p.smem_bytes == smem
 
 
 def test_h100_plan_numbers_for_the_standard_cases():
-    # FlashRNN's dense case, bf16 H = 768: 96 blocks of 8 units, W_hh slice 32 x 768.
-    fwd = cuda_plan.forward_plan(768, 768, False, 2, SMS, SMEM)
-    assert (fwd.blocks, fwd.units, fwd.smem_bytes) == (96, 8, 95488)
-    bwd = cuda_plan.backward_plan(768, 768, False, 2, SMS, SMEM)
-    assert (bwd.blocks, bwd.units, bwd.proj_cols) == (128, 6, 6)
-    # A small layer uses few blocks: fewer to meet at each barrier.
-    assert cuda_plan.forward_plan(20, 20, False, 4, SMS, SMEM).blocks == 5
+    """csrc/README.md quotes these."""
+    # FlashRNN's dense case, fp16 H = 768, B = 16: W_hh (4.7 MB) does not fit one
+    # cluster's shared memory, so a grid of 96 blocks of 8 units, all 16 rows at once.
+    fwd = _plan("forward", 16, 768)
+    assert (fwd.kind, fwd.unit_slices, fwd.units, fwd.block_rows) == ("grid", 96, 8, 16)
+    bwd = _plan("backward", 16, 768)
+    assert (bwd.kind, bwd.unit_slices, bwd.units, bwd.block_rows) == ("grid", 96, 8, 16)
+    # H = 512 fp16 fits one cluster of 16 CTAs (32 units each); on an A100 (sm_80) a grid.
+    small = _plan("forward", 16, 512)
+    assert (small.kind, small.unit_slices, small.units) == ("cluster", 16, 32)
+    assert _plan("forward", 16, 512, major=8).kind == "grid"
+    # B = 256 H = 1024 bf16: one batch block of 256 rows over 128 blocks of 8 units.
+    big = _plan("forward", 256, 1024)
+    assert (big.kind, big.unit_slices, big.units, big.batch_blocks) == ("grid", 128, 8, 1)
+    # A refused cluster launch falls back to the grid plan of the same layer.
+    assert cuda_plan.make_plan("forward", 16, 512, 512, False, 2, SMS, SMEM, 9,
+                               clusters=False).kind == "grid"
 
 
-@pytest.mark.parametrize("hidden,itemsize", [(2048, 2), (1536, 4), (4096, 4)])
-def test_layers_too_large_for_chip_get_a_reason(hidden, itemsize):
-    reason = cuda_plan.forward_plan(hidden, hidden, False, itemsize, SMS, SMEM)
-    assert isinstance(reason, str)
-    assert "shared memory" in reason or "units per block" in reason
+@pytest.mark.parametrize("direction,hidden,itemsize", [("forward", 2048, 2), ("forward", 1536, 4),
+                                                       ("backward", 1024, 4)])
+def test_layers_too_large_for_chip_get_a_reason(direction, hidden, itemsize):
+    reason = _plan(direction, 16, hidden, itemsize=itemsize)
+    assert isinstance(reason, str) and "cannot hold this layer on chip" in reason
 
 
 def test_largest_square_layers_held_on_chip():
-    """Where the fallback starts on an H100 (csrc/README.md quotes these)."""
-    def largest(itemsize, make):
+    """Where the fallback starts on an H100 at B = 16 (csrc/README.md quotes these)."""
+    def largest(direction, itemsize, kind=None):
         fits = [h for h in range(64, 4097, 64)
-                if isinstance(make(h, h, False, itemsize, SMS, SMEM), cuda_plan.Plan)]
+                if isinstance(p := _plan(direction, 16, h, itemsize=itemsize), cuda_plan.Plan)
+                and (kind is None or p.kind == kind)]
         return max(fits)
-    assert largest(2, cuda_plan.forward_plan) == 1536
-    assert largest(4, cuda_plan.forward_plan) == 1152
-    assert largest(2, cuda_plan.backward_plan) == 1856
-    assert largest(4, cuda_plan.backward_plan) == 1280
+    assert largest("forward", 2) == 1536
+    assert largest("forward", 4) == 1024
+    assert largest("forward", 2, "cluster") == 576
+    assert largest("forward", 4, "cluster") == 384
+    assert largest("backward", 2) == 1280
+    assert largest("backward", 4) == 640
 
 
 # ---------------------------------------------------------------------------------
@@ -144,10 +169,9 @@ def _assert_same(got, expected, tol):
 
 
 def test_layer_too_large_falls_back_to_reference_with_one_warning(monkeypatch):
-    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd
-    too_big = "the forward's W_hh slice needs 369408 bytes of shared memory per block"
-    monkeypatch.setattr(cuda_fwd, "plan_for", lambda *a: too_big)
-    monkeypatch.setattr(cuda_bwd, "plan_for", lambda *a: too_big)
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
+    too_big = "the forward kernel cannot hold this layer on chip (B=3, H=6, P=6)"
+    monkeypatch.setattr(launch, "plan_for", lambda *a, **k: too_big)
     monkeypatch.setattr(cuda_backend, "_warned", set())
     args = _layer(5, 3, 4, 6, proj=0, device=torch.device("cpu"))
     with pytest.warns(UserWarning, match="cannot run this layer on chip .*using the reference"):
@@ -160,48 +184,75 @@ def test_layer_too_large_falls_back_to_reference_with_one_warning(monkeypatch):
     _assert_same(again, expected, dict(atol=0, rtol=0))
 
 
-class _RefusingExtension:
-    """rnnfast._C on a GPU that declines every cooperative launch (as under MPS with
-    too few SMs, or beside a kernel holding them): the binding raises LaunchRefused."""
+class _FakeExtension:
+    """rnnfast._C on a GPU of compute capability `major` whose launches do `launch(kind,
+    cluster, timed_out)`: a refusal raises LaunchRefused (as under MPS with too few SMs,
+    beside a kernel holding them, or for a cluster the GPU cannot place)."""
 
     class LaunchRefused(RuntimeError):
         pass
 
-    calls = 0
+    def __init__(self, major, launch):
+        self.major, self.launch, self.tried = major, launch, []
 
     def device_limits(self, index):
-        return (SMS, SMEM, True, 9)
-
-    def _refuse(self, kind):
-        _RefusingExtension.calls += 1
-        raise self.LaunchRefused(f"rnnfast._C: cooperative launch of the {kind} kernel was "
-                                 "refused: too many blocks in cooperative launch")
+        return (SMS, SMEM, True, self.major)
 
     def forward(self, *args):
-        self._refuse("forward")
+        self.tried.append(("forward", args[-2]))  # (..., block_rows, cluster, spin_limit)
+        self.launch(self, "forward", args[-2], args[15])
 
     def backward(self, *args):
-        self._refuse("backward")
+        self.tried.append(("backward", 0))
+        self.launch(self, "backward", 0, args[17])
 
 
-def test_a_refused_cooperative_launch_falls_back_to_reference_with_one_warning(monkeypatch):
-    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd
-    fake = _RefusingExtension()
-    for module in (cuda_backend, cuda_fwd, cuda_bwd):
+def _refuse(fake, kind, cluster, timed_out):
+    form = "cluster" if cluster else "cooperative"
+    raise fake.LaunchRefused(f"rnnfast._C: {form} launch of the {kind} kernel was refused: "
+                             "too many blocks in cooperative launch")
+
+
+def _use_fake(monkeypatch, fake):
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
+    for module in (cuda_backend, cuda_fwd, cuda_bwd, launch):
         monkeypatch.setattr(module, "_C", fake)
     monkeypatch.setattr(cuda_backend, "_limits", {})
     monkeypatch.setattr(cuda_backend, "_warned", set())
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return cuda_fwd.forward, cuda_bwd.backward
+
+
+def test_a_refused_launch_falls_back_cluster_then_grid_then_reference_with_one_warning(monkeypatch):
+    fake = _FakeExtension(9, _refuse)
+    fwd, bwd = _use_fake(monkeypatch, fake)
     args = _layer(5, 3, 4, 6, proj=0, lengths=[5, 3, 2], device=torch.device("cpu"))
-    with pytest.warns(UserWarning, match="forward kernel was refused.*using the reference"):
-        got = _run(cuda_fwd.forward, cuda_bwd.backward, args, False)
-    assert fake.calls == 2  # both kernels were tried, then the reference ran each
+    with pytest.warns(UserWarning, match="kernel was refused.*using the reference"):
+        got = _run(fwd, bwd, args, False)
+    # The forward tried its cluster plan, then the grid plan; the backward its grid plan.
+    assert [(kind, cluster > 0) for kind, cluster in fake.tried] == [
+        ("forward", True), ("forward", False), ("backward", False)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # each reason said once only
-        again = _run(cuda_fwd.forward, cuda_bwd.backward, args, False)
+        again = _run(fwd, bwd, args, False)
     expected = _run(reference.forward, reference.backward, args, False)
     _assert_same(got, expected, dict(atol=0, rtol=0))
     _assert_same(again, expected, dict(atol=0, rtol=0))
+
+
+def test_a_grid_barrier_that_gave_up_raises_an_error_naming_the_plan(monkeypatch):
+    """The kernel sets the timeout flag when a barrier wait passes its spin limit (a
+    block never arrived); the launcher reads the flag and raises, never returning the
+    launch's wrong results silently."""
+    def time_out(fake, kind, cluster, timed_out):
+        timed_out.fill_(1)
+    fake = _FakeExtension(8, time_out)
+    fwd, bwd = _use_fake(monkeypatch, fake)
+    args = _layer(5, 3, 4, 6, proj=0, device=torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"CUDA LSTM forward with Plan\(kind='grid'.*gave up"):
+        _run(fwd, bwd, args, False)
+    from rnnfast.backends.barrier import raise_if_barrier_timed_out
+    raise_if_barrier_timed_out(wait=True)  # reported once, not left pending
 
 
 # ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""CUDA C++ backend: the extension rnnfast._C built from csrc/ (persistent cooperative
-kernels for the forward recurrence and the backward dh/dc chain; the input projection
-and the weight/input gradients are GEMMs through torch, as in the other backends).
+"""CUDA C++ backend: the extension rnnfast._C built from csrc/ (persistent kernels for
+the forward recurrence and the backward dh/dc chain: thread-block clusters on sm_90,
+cooperative grids elsewhere; the input projection and the weight/input gradients are
+GEMMs through torch, as in the other backends).
 
 Status: compiled for sm_80/sm_90 in CI and its index logic checked on the CPU
 (tests/test_cuda_sources.py); not yet run on a GPU, so `backend="auto"` never picks it.
@@ -65,17 +66,18 @@ def device_limits(device: torch.device) -> tuple[int, int, bool, int]:
     return _limits[index]
 
 
-def plan_for(kind: str, device: torch.device, dtype: torch.dtype, hidden: int, out_size: int,
-             has_proj: bool):
-    """The launch plan of the "forward" or "backward" kernel, or why it cannot run."""
+def plan_for(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hidden: int,
+             out_size: int, has_proj: bool, clusters: bool = True):
+    """The launch plan of the "forward" or "backward" kernel (plan.py), or why it cannot
+    run; clusters=False: the grid plan, what a refused cluster launch falls back to."""
     from . import plan
     sms, smem, cooperative, major = device_limits(device)
     if major < 8:
         return f"the kernels need compute capability 8.0 or newer, this GPU has {major}.x"
     if not cooperative:
         return "this GPU does not support cooperative launches"
-    make = plan.forward_plan if kind == "forward" else plan.backward_plan
-    return make(hidden, out_size, has_proj, dtype.itemsize, sms, smem)
+    return plan.make_plan(direction, batch, hidden, out_size, has_proj, dtype.itemsize, sms, smem,
+                          major, clusters)
 
 
 def fallback(reason: str):

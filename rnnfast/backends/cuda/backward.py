@@ -8,10 +8,11 @@ from typing import Optional
 
 from torch import Tensor
 
+from ..barrier import BARRIER_SPIN_LIMIT
 from ..gradients import parameter_and_input_grads
 from ..steps import make_steps
-from . import _C, fallback, plan_for
-from .launch import step_tables
+from . import _C, fallback
+from .launch import exchange, run, step_tables
 
 
 def backward(
@@ -36,33 +37,34 @@ def backward(
 ) -> tuple[list[Optional[Tensor]], Tensor]:
     """Same contract as backends.reference.backward."""
     hidden_size, out_size = w_hh.shape[0] // 4, w_hh.shape[1]
-    plan = plan_for("backward", gates.device, w_hh.dtype, hidden_size, out_size,
-                    w_hr is not None)
-    if isinstance(plan, str):
-        return fallback(plan).backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr,
-                                       y, gates, cells, hidden, reverse, needs, frozen, x_shape)
     acc, dtype = gates.dtype, w_hh.dtype
+    has_proj = w_hr is not None
     steps = make_steps(x_shape, batch_sizes, reverse)
     rows, batch = gates.shape[0], steps.batch
-    dh_state = (dh_n.to(acc, copy=True).contiguous() if dh_n is not None
+    dh_start = (dh_n.to(acc).contiguous() if dh_n is not None
                 else gates.new_zeros(batch, out_size))
-    dc_state = (dc_n.to(acc, copy=True).contiguous() if dc_n is not None
+    dc_start = (dc_n.to(acc).contiguous() if dc_n is not None
                 else gates.new_zeros(batch, hidden_size))
     dh0 = gates.new_zeros(batch, out_size)
     dc0 = gates.new_zeros(batch, hidden_size)
     dgates = gates.new_empty(rows, 4 * hidden_size)
     dy_total = gates.new_empty(rows, out_size) if needs[7] else None
+    gx = exchange(gates, 2, batch, 4 * hidden_size, dtype=dtype)
+    dhx = exchange(gates, batch, out_size, dtype=dtype) if has_proj else None
     offsets, sizes = step_tables(steps, gates.device)
-    try:
+
+    def kernel(plan, arrivals, timed_out):
         _C.backward(dy.reshape(rows, out_size).contiguous() if dy is not None else None,
                     gates.contiguous(), cells.contiguous(), c0.to(acc).contiguous(),
-                    w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else None,
-                    dh_state, dc_state, dh0, dc0, dgates, dy_total, offsets, sizes, len(steps),
-                    reverse, plan.blocks, plan.units, plan.proj_cols)
-    except _C.LaunchRefused as refusal:  # nothing ran: the saved tensors are untouched
-        return fallback(str(refusal)).backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh,
-                                               w_hr, y, gates, cells, hidden, reverse, needs,
-                                               frozen, x_shape)
+                    w_hh.contiguous(), w_hr.contiguous() if has_proj else None, dh_start,
+                    dc_start, dh0, dc0, dgates, dy_total, gx, dhx, offsets, sizes, arrivals,
+                    timed_out, len(steps), reverse, plan.units, plan.proj_cols, plan.unit_slices,
+                    plan.block_rows, BARRIER_SPIN_LIMIT)
+
+    ran = run("backward", gates.device, dtype, batch, hidden_size, out_size, has_proj, kernel)
+    if isinstance(ran, str):
+        return fallback(ran).backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y,
+                                      gates, cells, hidden, reverse, needs, frozen, x_shape)
     grads = parameter_and_input_grads(dgates, dh0, dc0, dy_total, x, h0, w_ih, y, hidden,
                                       steps, needs, frozen, x_shape, dtype)
     return grads, dgates

@@ -1,32 +1,38 @@
 """How the CUDA kernels spread a layer over the GPU, and whether it fits on chip.
 
-Both kernels are persistent and cooperative: `blocks` <= SM count blocks of 256
-threads, all resident, meeting at grid.sync() after every phase of every step.
+A block (256 threads, one per SM) owns `units` hidden units of `block_rows` batch rows
+(a batch block) and holds its slice of the weights in shared memory for the whole
+sequence; the `unit_slices` blocks of a batch block exchange h(t) (forward) or the
+gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
 
-- forward: block j owns `units` hidden units (their 4 * units rows of W_hh, held in
-  shared memory for the whole sequence) and, with a projection, `proj_cols` rows of
-  W_hr. `units` is the smallest multiple of 4 that covers H with at most one block per
-  SM: 4 units are 16 gate columns, one tensor-core tile.
-- backward: block j owns `units` hidden units for the cell gradient and `proj_cols`
-  columns of W_hh (all 4H rows) for the dh chain; as many blocks as the SMs allow,
-  so that each holds the smallest slice.
+- "cluster" (forward, sm_90, no projection): a batch block is one thread-block
+  cluster of up to 16 CTAs that writes h(t) into each other's shared memory and meets
+  at the cluster's hardware barrier. Clusters are independent, so any number may run.
+- "grid" (sm_80+): a cooperative launch of unit_slices x batch_blocks <= SMs blocks;
+  a batch block meets at a bounded release/acquire counter barrier in global memory.
 
-A layer whose slice does not fit in a block's shared memory is not run by these
-kernels: the backend falls back (cuda/__init__.py) and says so once. The layout sizes
-below mirror csrc/lstm_common.cuh (forward_layout, backward_layout) byte for byte;
-tests/test_cuda_sources.py compares the two.
+The plan is the first that fits, from the fastest form down: cluster (when the GPU
+and layer allow it), then grid with as few batch blocks as possible (each batch block
+holds its own copy of the weights). A layer no form fits runs on the reference
+backend (cuda/__init__.py) and says so once. The layout sizes below mirror
+csrc/lstm_common.cuh byte for byte; tests/test_cuda_sources.py compares the two.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Union
 
 # Constants of csrc/lstm_common.cuh.
 THREADS = 256
-TILE_ROWS = 16
-CHUNK = 128
-MAX_ITEMS = 8
+WARPS = THREADS // 32
+ROW_TILE = 8
+WEIGHT_TILE = 16
+MAX_WARP_TILES = 8
+EXCHANGE_ALIGN = 16
+RING_BYTES = 64 * 1024
 ALIGN = 128
+MAX_CLUSTER = 16  # CTAs per cluster with the non-portable size (H100/H200)
 
 # H100 SXM: what the plan is tested against on CPU (tests/test_cuda_backend.py).
 H100_SMS = 132
@@ -35,11 +41,22 @@ H100_SMEM_PER_BLOCK = 227 * 1024  # opt-in maximum (228 KB per SM, 1 KB reserved
 
 @dataclass(frozen=True)
 class Plan:
-    blocks: int         # grid size (<= SMs)
+    kind: str           # "cluster" or "grid"
     units: int          # hidden units per block
-    proj_cols: int      # projection / dh columns per block (0: forward without projection)
+    proj_cols: int      # forward: W_hr rows per block (0 without); backward: W_hh columns
+    unit_slices: int    # blocks per batch block (the cluster size of cluster plans)
+    block_rows: int     # batch rows per batch block (a multiple of 8)
+    batch_blocks: int
     smem_bytes: int     # dynamic shared memory per block
-    tensor_cores: bool  # forward recurrent product on tensor cores (fp16/bf16)
+    itemsize: int       # 2: fp16/bf16 mma.m16n8k16; 4: fp32 as 3xTF32 mma.m16n8k8
+
+    @property
+    def blocks(self) -> int:
+        return self.unit_slices * self.batch_blocks
+
+    @property
+    def cluster(self) -> int:
+        return self.unit_slices if self.kind == "cluster" else 0
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -54,81 +71,144 @@ def _align(n: int) -> int:
     return _round_up(n, ALIGN)
 
 
-def _fma_ksplit(cols: int) -> int:
-    return max(1, min(8, THREADS // (TILE_ROWS * cols)))
+def exchange_ld(cols: int) -> int:
+    """Elements per row of an exchange buffer (lstm_common.cuh exchange_ld)."""
+    return _round_up(cols, EXCHANGE_ALIGN)
 
 
-def _fma_fits(cols: int) -> bool:
-    return TILE_ROWS * cols <= THREADS * MAX_ITEMS
+@dataclass(frozen=True)
+class Product:
+    """lstm_common.cuh Product: out[M][Nb] = A[M][K] . B[Nb][K]^T per step."""
+    m: int
+    k: int
+    a_ld: int
+    nb: int
+    chunk: int
+    chunks: int
+    stages: int
+    b_ld: int
+    tiles: int
+    ksplit: int
+
+    @staticmethod
+    def make(m_real: int, k_real: int, nb: int, itemsize: int, b_resident: bool) -> "Product":
+        kt = 16 if itemsize == 2 else 8
+        pad = 16 // itemsize
+        m, k = _round_up(m_real, WEIGHT_TILE), _round_up(k_real, kt)
+        if b_resident or nb * (k + pad) * itemsize <= RING_BYTES:
+            chunk = k
+        else:
+            fit = RING_BYTES // (2 * nb * itemsize) - pad
+            chunk = max(fit // (4 * kt) * (4 * kt), kt)
+        chunks = _cdiv(k, chunk) if k else 0
+        tiles = (m // WEIGHT_TILE) * (nb // ROW_TILE)
+        ksplit = 1 if tiles >= WARPS else max(1, min(WARPS // max(tiles, 1), chunk // kt))
+        return Product(m, k, k + pad, nb, chunk, chunks, 1 if chunks <= 1 else 2, chunk + pad,
+                       tiles, ksplit)
+
+    def fits(self) -> bool:
+        return _cdiv(self.tiles * self.ksplit, WARPS) <= MAX_WARP_TILES
+
+    def a_bytes(self, itemsize: int) -> int:
+        return _align(self.m * self.a_ld * itemsize)
+
+    def ring_bytes(self, itemsize: int) -> int:
+        return _align(self.stages * self.nb * self.b_ld * itemsize)
+
+    def part_bytes(self) -> int:
+        return _align(self.ksplit * self.m * self.nb * 4)
+
+
+def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
+                     proj_cols: int, block_rows: int, cluster: bool) -> tuple[Product, Product]:
+    rec = Product.make(4 * units, out_size, block_rows, itemsize, cluster)
+    proj = Product.make(proj_cols if has_proj else 0, hidden if has_proj else 0, block_rows,
+                        itemsize, False)
+    return rec, proj
 
 
 def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
-                       proj_cols: int) -> int:
+                       proj_cols: int, block_rows: int, cluster: bool) -> int:
     """csrc/lstm_common.cuh forward_layout(...).bytes."""
-    warps = THREADS // 32
-    if itemsize == 2:  # tensor cores: padded to 16, +8 elements per leading dimension
-        cols = _round_up(4 * units, 16)
-        k_pad = _round_up(out_size, 16)
-        w_ld = cols + 8
-        pcols = _round_up(proj_cols, 16) if has_proj else 0
-        hk_pad = _round_up(hidden, 16) if has_proj else 0
-        wr_ld = pcols + 8
-        a_bytes = TILE_ROWS * (max(k_pad, hk_pad) + 8) * itemsize
-        part_ld = max(cols, pcols) + 4
-        ksplit = max(1, min(warps // (cols // 16), k_pad // 16))
-        proj_ksplit = max(1, min(warps // (pcols // 16), hk_pad // 16)) if has_proj else 1
-    else:
-        cols, k_pad, w_ld = 4 * units, out_size, 4 * units
-        pcols = proj_cols if has_proj else 0
-        hk_pad = hidden if has_proj else 0
-        wr_ld = pcols
-        a_bytes = TILE_ROWS * CHUNK * 4
-        part_ld = max(cols, pcols)
-        ksplit = _fma_ksplit(cols)
-        proj_ksplit = _fma_ksplit(pcols) if has_proj else 1
-    return (_align(k_pad * w_ld * itemsize) + _align(hk_pad * wr_ld * itemsize) + _align(a_bytes)
-            + _align(max(ksplit, proj_ksplit) * TILE_ROWS * part_ld * 4))
+    rec, proj = forward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
+                                 block_rows, cluster)
+    ring = (_align(2 * rec.nb * rec.b_ld * itemsize) if cluster else rec.ring_bytes(itemsize))
+    return (rec.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
+            + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
+            + max(rec.part_bytes(), proj.part_bytes() if has_proj else 0)
+            + _align(block_rows * units * 4))
+
+
+def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
+                      proj_cols: int, block_rows: int) -> tuple[Product, Product]:
+    chain = Product.make(proj_cols if has_proj else units, 4 * hidden, block_rows, itemsize, False)
+    proj = Product.make(units if has_proj else 0, out_size if has_proj else 0, block_rows,
+                        itemsize, False)
+    return chain, proj
 
 
 def backward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
-                        proj_cols: int) -> int:
+                        proj_cols: int, block_rows: int) -> int:
     """csrc/lstm_common.cuh backward_layout(...).bytes."""
-    ks = max(_fma_ksplit(units) if has_proj else 1, _fma_ksplit(proj_cols))
-    return (_align(4 * hidden * proj_cols * itemsize)
-            + (_align(out_size * units * itemsize) if has_proj else 0)
-            + _align(TILE_ROWS * CHUNK * 4) + _align(ks * TILE_ROWS * max(units, proj_cols) * 4))
+    chain, proj = backward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
+                                    block_rows)
+    return (chain.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
+            + max(chain.ring_bytes(itemsize), proj.ring_bytes(itemsize) if has_proj else 0)
+            + max(chain.part_bytes(), proj.part_bytes() if has_proj else 0)
+            + _align(block_rows * units * 4))
 
 
-def _too_big(what: str, need: int, have: int) -> str:
-    return (f"{what} needs {need} bytes of shared memory per block, more than the "
-            f"{have} this GPU allows")
+def _fits(products: tuple[Product, ...]) -> bool:
+    return all(p.fits() for p in products if p.m)
 
 
-def forward_plan(hidden: int, out_size: int, has_proj: bool, itemsize: int, sms: int,
-                 smem_per_block: int) -> Union[Plan, str]:
-    """The forward plan for H, P on a GPU with `sms` SMs, or why it cannot run there."""
-    units = _round_up(_cdiv(hidden, sms), 4)
-    blocks = _cdiv(hidden, units)
-    proj_cols = _cdiv(out_size, blocks) if has_proj else 0
-    if itemsize == 4 and not (_fma_fits(4 * units) and _fma_fits(proj_cols)):
-        return f"hidden_size {hidden} needs {units} units per block, more than the fp32 kernel's 32"
-    smem = forward_smem_bytes(hidden, out_size, has_proj, itemsize, units, proj_cols)
-    if smem > smem_per_block:
-        return _too_big(f"the forward's W_hh slice (H={hidden}, P={out_size}, {units} units "
-                        f"per block on {blocks} blocks)", smem, smem_per_block)
-    return Plan(blocks, units, proj_cols, smem, itemsize == 2)
+def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int, has_proj: bool,
+               itemsize: int, slices: int, batch_blocks: int, smem_per_block: int):
+    units = _round_up(_cdiv(hidden, slices), 4)
+    slices = _cdiv(hidden, units)
+    block_rows = _round_up(_cdiv(batch, batch_blocks), ROW_TILE)
+    batch_blocks = _cdiv(batch, block_rows)
+    cols = _cdiv(out_size, slices) if has_proj else (units if direction == "backward" else 0)
+    if direction == "forward":
+        products = forward_products(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
+                                    kind == "cluster")
+        smem = forward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
+                                  kind == "cluster")
+    else:
+        products = backward_products(hidden, out_size, has_proj, itemsize, units, cols, block_rows)
+        smem = backward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows)
+    if smem > smem_per_block or not _fits(products):
+        return None
+    return Plan(kind, units, cols, slices, block_rows, batch_blocks, smem, itemsize)
 
 
-def backward_plan(hidden: int, out_size: int, has_proj: bool, itemsize: int, sms: int,
-                  smem_per_block: int) -> Union[Plan, str]:
-    """The backward plan for H, P on a GPU with `sms` SMs, or why it cannot run there."""
-    blocks = min(sms, max(hidden, out_size))
-    units, proj_cols = _cdiv(hidden, blocks), _cdiv(out_size, blocks)
-    blocks = max(_cdiv(hidden, units), _cdiv(out_size, proj_cols))  # no idle blocks
-    if not (_fma_fits(units) and _fma_fits(proj_cols)):
-        return f"hidden_size {hidden} needs {units} units per block, more than the kernel's 128"
-    smem = backward_smem_bytes(hidden, out_size, has_proj, itemsize, units, proj_cols)
-    if smem > smem_per_block:
-        return _too_big(f"the backward's W_hh columns (H={hidden}, P={out_size}, {proj_cols} "
-                        f"columns per block on {blocks} blocks)", smem, smem_per_block)
-    return Plan(blocks, units, proj_cols, smem, False)
+@functools.lru_cache(maxsize=1024)
+def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: bool,
+              itemsize: int, sms: int, smem_per_block: int, major: int,
+              clusters: bool = True) -> Union[Plan, str]:
+    """The plan of the "forward" or "backward" kernel for this layer on a GPU with `sms`
+    SMs, `smem_per_block` opt-in shared memory and compute capability `major`.x, or why
+    none fits. clusters=False: the grid plan (what a refused cluster launch falls back to)."""
+    if clusters and direction == "forward" and major >= 9 and not has_proj:
+        # One cluster per batch block, as many CTAs as split the layer into >= 4 units
+        # each (up to 16), and batch blocks as large as fit, while the clusters fit the GPU.
+        slices = min(MAX_CLUSTER, _cdiv(hidden, 4))
+        for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
+            if batch_blocks * slices > sms:
+                break
+            plan = _candidate("cluster", direction, batch, hidden, out_size, has_proj, itemsize,
+                              slices, batch_blocks, smem_per_block)
+            if plan is not None and plan.unit_slices > 1:
+                return plan
+    for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
+        slices = min(sms // batch_blocks, _cdiv(hidden, 4))
+        if slices < 1:
+            break
+        plan = _candidate("grid", direction, batch, hidden, out_size, has_proj, itemsize, slices,
+                          batch_blocks, smem_per_block)
+        if plan is not None:
+            return plan
+    return (f"the {direction} kernel cannot hold this layer on chip (B={batch}, H={hidden}, "
+            f"P={out_size}, {itemsize}-byte weights): on no split over {sms} SMs do a block's "
+            f"W_hh slice and staging fit {smem_per_block} bytes of shared memory with at most "
+            f"{WARPS * MAX_WARP_TILES} mma tiles per block")
