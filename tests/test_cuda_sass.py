@@ -1,0 +1,236 @@
+"""The CUDA kernels' instruction mix, checked in their SASS without a GPU.
+
+The latency design of DESIGN.md §5 rests on what the compiler emits, which a
+numerical test cannot see: a kernel that computes the right answer with scalar
+loads, fp32 FMA products or spilled registers passes every parity test and is
+several times slower. So each of csrc/lstm_forward.cu and csrc/lstm_backward.cu is
+compiled to a cubin for sm_80 and sm_90a (the same defines torch's build adds),
+disassembled, and every lstm_forward_kernel / lstm_backward_kernel instance (float,
+__half, __nv_bfloat16, any cluster variant) must have:
+
+- no local memory: no LDL/STL instruction, and ptxas -v reports 0 bytes stack frame
+  and 0 bytes spill stores/loads for every function it compiled;
+- tensor cores in both directions: at least one HMMA (HMMA.16816.F32[.BF16] for
+  16-bit inputs, HMMA.1684.F32.TF32 for the 3xTF32 fp32 product) or, on sm_90a,
+  HGMMA;
+- 16-byte or asynchronous global loads in the per-step path: at least one LDGSTS
+  (cp.async), LDG.E[...].128, UTMALDG or UBLKCP (TMA / cp.async.bulk);
+- no strong (GPU- or system-scope) loads outside the grid barrier's poll loop:
+  LD[G].E[...].STRONG.GPU/.SYS only in a function whose name contains
+  "barrier_wait" (a __noinline__ device function; see sass_functions for how it is
+  told apart from the kernel body). Note that __ldcg (ld.global.cg) is such a load:
+  ptxas emits it as LDG.E[.U16|.128].STRONG.GPU on sm_80 and sm_90a, so a kernel
+  must not read its per-step operands with __ldcg.
+
+Every kernel that breaks a rule is listed in one assertion message per (source,
+arch). Skips with the reason when nvcc or nvdisasm is missing. nvcc runs twice per
+source in the suite (here to a cubin, in test_cuda_sources.py to an object); the
+four compiles here run two at a time.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from test_cuda_sources import CSRC, NVCC, TORCH_NVCC_DEFINES
+
+SOURCES = ("lstm_forward.cu", "lstm_backward.cu")
+ARCHS = ("sm_80", "sm_90a")
+KIND = {"lstm_forward.cu": "lstm_forward_kernel", "lstm_backward.cu": "lstm_backward_kernel"}
+# sm_90 only: the cluster kernel's sm_80 image is an empty stub the host never launches.
+SM90_KIND = {"lstm_forward.cu": "lstm_forward_cluster_kernel"}
+
+
+def _tool_dirs():
+    """Where a CUDA binary utility may be: PATH first, then the CUDA home's bin (also
+    the one nvcc lives in), then the copy the Triton wheel ships."""
+    dirs = []
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home:
+            dirs.append(os.path.join(home, "bin"))
+    if NVCC:
+        dirs.append(os.path.dirname(os.path.realpath(NVCC)))
+    spec = importlib.util.find_spec("triton")  # locates the wheel without importing it
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            dirs.append(os.path.join(loc, "backends", "nvidia", "bin"))
+    return dirs
+
+
+def _find_tool(name):
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in _tool_dirs():
+        path = os.path.join(d, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+NVDISASM = _find_tool("nvdisasm")
+CXXFILT = _find_tool("cu++filt") or shutil.which("c++filt")
+
+_INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(.*?)\s*;")
+_SECTION = re.compile(r"^\s*\.section\s+\.text\.([^,\s]+),")
+_LABEL = re.compile(r"^([^.\s][^\s:]*):\s*$")
+
+
+def sass_functions(cubin: str) -> dict[str, dict[str, list[str]]]:
+    """The SASS of a cubin: {kernel: {function: [instruction, ...]}}.
+
+    Runs `nvdisasm -c` (code sections only) and relies on its text format:
+    - each kernel is its own `.section .text.<kernel>,...`;
+    - a function starts at a label line `<name>:` in column 0 (local labels start
+      with a dot: `.L_x_12:`, `.text.<kernel>:`); the kernel's own body is under the
+      kernel's name; ptxas' subroutines follow it in the same section, e.g.
+      `$<kernel>$<mangled __noinline__ device function>` or
+      `$__internal_0_$__cuda_sm20_rcp_rn_f32_slowpath`;
+    - an instruction line is `/*<hex address>*/  [@[!]P<n>] OPCODE operands ;`,
+      and each instruction is returned as its text between the address and the
+      semicolon (predicate included), e.g. "@!P0 LDG.E.U16.STRONG.GPU R31, [R22.64]".
+
+    nvdisasm rather than `cuobjdump -sass`: without -rdc a __noinline__ device
+    function is not a `Function :` section of its own in cuobjdump's listing; ptxas
+    puts a copy of it inside each calling kernel's section, and only nvdisasm names
+    where that copy starts.
+    """
+    result = subprocess.run([NVDISASM, "-c", cubin], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    kernels: dict[str, dict[str, list[str]]] = {}
+    kernel = function = None
+    for line in result.stdout.splitlines():
+        m = _SECTION.match(line)
+        if m:
+            kernel = function = m.group(1)
+            kernels.setdefault(kernel, {}).setdefault(function, [])
+            continue
+        if kernel is None:
+            continue
+        m = _LABEL.match(line)
+        if m:
+            function = m.group(1)
+            kernels[kernel].setdefault(function, [])
+            continue
+        m = _INSTRUCTION.match(line)
+        if m:
+            kernels[kernel][function].append(m.group(1))
+    return kernels
+
+
+def opcode(instruction: str) -> str:
+    """The mnemonic with its modifiers, predicate dropped: "@!P0 LDG.E.128 R4, [R2.64]"
+    -> "LDG.E.128"."""
+    parts = instruction.split()
+    if parts and parts[0].startswith("@"):
+        parts = parts[1:]
+    return parts[0] if parts else ""
+
+
+LOCAL_MEMORY = re.compile(r"^(LDL|STL)(\.|$)")
+TENSOR_CORE = re.compile(r"^(HMMA|HGMMA)\.")
+WIDE_OR_ASYNC_LOAD = re.compile(r"^(LDGSTS|LDG\.E[.\w]*\.128|UTMALDG|UBLKCP)(\.|$)")
+STRONG_LOAD = re.compile(r"^LDG?\.E[.\w]*\.STRONG\.(GPU|SYS)(\.|$)")
+_PROPERTIES = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, "
+                         r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def _demangle(names):
+    names = list(names)
+    if CXXFILT is None or not names:
+        return {n: n for n in names}
+    result = subprocess.run([CXXFILT], input="\n".join(names) + "\n", capture_output=True,
+                            text=True, timeout=60)
+    out = result.stdout.splitlines()
+    if result.returncode != 0 or len(out) != len(names):
+        return {n: n for n in names}
+    return dict(zip(names, out))
+
+
+def _compile(source, arch, outdir):
+    cubin = os.path.join(outdir, f"{os.path.splitext(source)[0]}_{arch}.cubin")
+    cmd = [NVCC, "-std=c++17", "-O3", f"-arch={arch}", "-cubin", os.path.join(CSRC, source),
+           "-o", cubin, *TORCH_NVCC_DEFINES, "-Xptxas", "-v"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return cubin, result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def cubins(tmp_path_factory):
+    """{(source, arch): (cubin path, nvcc return code, nvcc + ptxas -v log)}, each
+    source compiled once per arch."""
+    if NVCC is None:
+        pytest.skip("nvcc not found (no CUDA toolkit)")
+    if NVDISASM is None:
+        pytest.skip("nvdisasm not found (CUDA toolkit bin, PATH, or triton's "
+                    "backends/nvidia/bin)")
+    outdir = str(tmp_path_factory.mktemp("sass"))
+    jobs = [(s, a) for s in SOURCES for a in ARCHS]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        results = pool.map(lambda job: _compile(*job, outdir), jobs)
+        return dict(zip(jobs, results))
+
+
+def _violations(name, functions, arch):
+    """What kernel `name` ({function: instructions}, its subroutines included) breaks."""
+    found = []
+    everything = [(f, i, opcode(i)) for f, ins in functions.items() for i in ins]
+    local = sorted({op for _, _, op in everything if LOCAL_MEMORY.match(op)})
+    if local:
+        found.append(f"local memory: {', '.join(local)}")
+    mma = {op for _, _, op in everything if TENSOR_CORE.match(op)}
+    if not mma:
+        found.append("no tensor-core instruction (HMMA" + ("/HGMMA" if arch == "sm_90a" else "")
+                     + ")")
+    loads = sorted({op for _, _, op in everything if op.startswith(("LDG", "LD.", "UTMA", "UBLK"))})
+    if not any(WIDE_OR_ASYNC_LOAD.match(op) for op in loads):
+        found.append("no 16-byte or async global load (LDGSTS, LDG.E*.128, UTMALDG, UBLKCP); "
+                     f"global loads are: {', '.join(loads) or 'none'}")
+    strong = {}
+    for f, _, op in everything:
+        own = f[len(name) + 2:] if f.startswith(f"${name}$") else f
+        if STRONG_LOAD.match(op) and "barrier_wait" not in own:
+            strong.setdefault(op, set()).add("kernel body" if f == name else f)
+    if strong:
+        found.append("strong loads outside barrier_wait: " + "; ".join(
+            f"{op} in {', '.join(sorted(where))}" for op, where in sorted(strong.items())))
+    return found
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("source", SOURCES)
+def test_kernel_instruction_mix(cubins, source, arch):
+    cubin, returncode, log = cubins[source, arch]
+    assert returncode == 0, f"nvcc failed for {source} {arch}:\n{log}"
+    sass = sass_functions(cubin)
+    kinds = [KIND[source]] + ([SM90_KIND[source]] if arch == "sm_90a" and source in SM90_KIND else [])
+    problems = []
+    for kind in kinds:
+        kernels = {k: f for k, f in sass.items() if kind in k}
+        names = _demangle(kernels)
+        assert kernels, (f"{source} {arch}: no {kind} in the cubin; kernels found: "
+                         f"{sorted(_demangle(sass).values())}")
+        dtypes = {"__half" if "6__half" in k else "__nv_bfloat16" if "13__nv_bfloat16" in k
+                  else "float" for k in kernels}
+        if dtypes != {"float", "__half", "__nv_bfloat16"}:
+            problems.append(f"  {kind} instances for float, __half, __nv_bfloat16 expected; "
+                            f"found {sorted(dtypes)}")
+        for k in sorted(kernels):
+            for v in _violations(k, kernels[k], arch):
+                problems.append(f"  {names[k]}: {v}")
+    # ptxas -v: every function it compiled, kernels and device functions alike.
+    properties = _PROPERTIES.findall(log)
+    assert properties, f"{source} {arch}: no 'Function properties' in the ptxas -v log:\n{log}"
+    for fn, frame, stores, loads in sorted(set(properties)):
+        if (frame, stores, loads) != ("0", "0", "0"):
+            problems.append(f"  {_demangle([fn])[fn]}: ptxas -v: {frame} bytes stack frame, "
+                            f"{stores} bytes spill stores, {loads} bytes spill loads")
+    if problems:
+        pytest.fail(f"{source} for {arch}: {len(problems)} violation(s) of the instruction-mix "
+                    "rules (DESIGN.md §5):\n" + "\n".join(problems), pytrace=False)
