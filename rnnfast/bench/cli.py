@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-floor", action="store_true", help="skip measuring the hardware limits")
     p.add_argument("--explain", action="store_true",
                    help="no timing: print each case's Triton plan on sm_90, its compiled resources "
-                        "and modelled time (no GPU needed)")
+                        "and modelled time (skipped without triton), then its CUDA plan and "
+                        "modelled time, against cuDNN (no GPU needed)")
 
 
 def cases_from_args(args, device, default_groups=None) -> list:

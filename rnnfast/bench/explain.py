@@ -1,6 +1,9 @@
-"""`python -m rnnfast bench --explain`: for each case, without a GPU, the Triton plan
-of every layer on an H100/H200 (sm_90), its compiled resources and the latency model's
-time, beside cuDNN's published figure where one exists."""
+"""`python -m rnnfast bench --explain`: for each case, without a GPU, the plan of every
+layer on an H100/H200 (sm_90) and the latency model's time, beside cuDNN's published
+figure where one exists: first the Triton kernels (their plans compiled ahead of time
+for their resources; skipped with a note when triton is not installed), then the CUDA
+kernels (their plans from rnnfast/backends/cuda/plan.py; needs neither triton nor the
+extension)."""
 from __future__ import annotations
 
 import torch
@@ -12,23 +15,41 @@ from ..cli_args import UsageError
 CUDNN_H100 = {(1024, 16, 768, 768, "fp16"): (2.01e-3, 5.19e-3)}
 DEFAULT_GROUPS = ("fastrnns", "flashrnn-dense")
 ARCH = 90
+DIRECTIONS = ("forward", "backward")
+# The CUDA plans' GPU: H100/H200 SXM (SMs, opt-in shared memory per block, major).
+CUDA_SMS, CUDA_SMEM_PER_BLOCK, CUDA_MAJOR = 132, 227 * 1024, 9
 
 
 def explain(args) -> int:
-    """Prints the plans, resources and modelled times of the bench's cases (by default
-    the fastrnns and FlashRNN groups; --cases for others) or of --batch/--hidden/--seq."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        raise UsageError("--explain compiles the Triton kernels: install triton") from None
-    from ..backends.triton import aot, model
-
+    """Prints the plans and modelled times of the bench's cases (by default the fastrnns
+    and FlashRNN groups; --cases for others) or of --batch/--hidden/--seq."""
     from .cli import cases_from_args
 
     try:
         suite = cases_from_args(args, torch.device("cuda"), DEFAULT_GROUPS)
     except ValueError as e:
         raise UsageError(str(e), "python -m rnnfast bench --explain") from None
+
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("Triton plans: skipped (triton is not installed; it compiles them)")
+    else:
+        _triton_table(suite)
+        print()
+    _cuda_table(suite)
+    return 0
+
+
+def _reference(case) -> str:
+    cudnn = CUDNN_H100.get((case.T, case.B, case.I, case.H, case.dtype))
+    if cudnn and case.layers == 1:
+        return f"cuDNN {cudnn[0] * 1e3:.2f} / {cudnn[1] * 1e3:.2f} ms (FlashRNN paper)"
+    return "cuDNN: no published figure; measure it"
+
+
+def _triton_table(suite) -> None:
+    from ..backends.triton import aot, model
 
     layers = [(case, layer, direction) for case in suite for layer in range(case.layers)
               for direction in aot.DIRECTIONS]
@@ -50,15 +71,71 @@ def explain(args) -> int:
         print(f"{label:44} {direction:8} {_describe(plan):40} {found.shared:7d} "
               f"{found.registers:4d} {found.spill_bytes:5d} {timing.step_s * 1e6:7.2f} "
               f"{timing.total_s * 1e3:8.3f}")
-    print("\nModelled layer totals against cuDNN:")
+    print("\nModelled Triton layer totals against cuDNN:")
     for case in suite:
         forward = totals[case, "forward"]
         both = forward + totals[case, "backward"]
-        cudnn = CUDNN_H100.get((case.T, case.B, case.I, case.H, case.dtype))
-        reference = (f"cuDNN {cudnn[0] * 1e3:.2f} / {cudnn[1] * 1e3:.2f} ms (FlashRNN paper)"
-                     if cudnn and case.layers == 1 else "cuDNN: no published figure; measure it")
-        print(f"  {case.name:44} fwd {forward * 1e3:7.3f} ms, fwd+bwd {both * 1e3:7.3f} ms; {reference}")
-    return 0
+        print(f"  {case.name:44} fwd {forward * 1e3:7.3f} ms, fwd+bwd {both * 1e3:7.3f} ms; "
+              f"{_reference(case)}")
+
+
+def _cuda_table(suite) -> None:
+    """The CUDA kernels' plan of each layer and direction (one plan serves both
+    directions of a bidirectional layer) and the model's time. The forward row is the
+    training forward (gates and cells saved); the totals' fwd is the inference forward,
+    fwd+bwd the training forward and the backward. A layer no plan fits says why: the
+    backend runs it on the reference path, which the model does not cover."""
+    from ..backends.cuda import model, plan as cuda_plan
+
+    print(f"CUDA plans on sm_{CUDA_MAJOR}0 ({CUDA_SMS} SMs, {CUDA_SMEM_PER_BLOCK} B shared a "
+          f"block), modelled on an {model.H100.name} (rnnfast/backends/cuda/model.py: a model, "
+          f"not a measurement)")
+    print(f"{'case':44} {'pass':8} {'plan':44} {'step us':>7} {'total ms':>8}")
+    totals: dict = {}  # (case, "fwd" | "fwdbwd") -> seconds, or None when a layer falls back
+    for case in suite:
+        dtype = case.torch_dtype
+        supported = dtype in (torch.float16, torch.bfloat16, torch.float32)
+        inference = training = 0.0
+        for layer in range(case.layers):
+            input_size = case.I if layer == 0 else case.H
+            label = case.name + (f" layer {layer}" if case.layers > 1 else "")
+            for direction in DIRECTIONS:
+                plan = (cuda_plan.make_plan(direction, case.B, case.H, case.H, False, dtype.itemsize,
+                                            CUDA_SMS, CUDA_SMEM_PER_BLOCK, CUDA_MAJOR)
+                        if supported else f"the CUDA kernels take fp32, fp16 and bf16, not {case.dtype}")
+                if isinstance(plan, str):
+                    print(f"{label:44} {direction:8} falls back: {plan}")
+                    inference = training = None
+                    continue
+                if direction == "forward":
+                    timing = model.forward_time(plan, case.B, case.H, case.H, input_size, case.T,
+                                                dtype)
+                    if inference is not None:
+                        inference += model.forward_time(plan, case.B, case.H, case.H, input_size,
+                                                        case.T, dtype, training=False).total_s
+                else:
+                    timing = model.backward_time(plan, case.B, case.H, case.H, input_size, case.T,
+                                                 dtype)
+                if training is not None:
+                    training += timing.total_s
+                print(f"{label:44} {direction:8} {_describe_cuda(plan):44} "
+                      f"{timing.step_s * 1e6:7.2f} {timing.total_s * 1e3:8.3f}")
+        totals[case] = (inference, training)
+    print("\nModelled CUDA layer totals against cuDNN:")
+    for case in suite:
+        inference, training = totals[case]
+        mine = ("a layer falls back to the reference path; not modelled" if inference is None
+                else f"fwd {inference * 1e3:7.3f} ms, fwd+bwd {training * 1e3:7.3f} ms")
+        print(f"  {case.name:44} {mine}; {_reference(case)}")
+
+
+def _describe_cuda(plan) -> str:
+    """Kind and size (CTAs a cluster, or blocks of the cooperative grid), hidden units a
+    block, batch rows a block x batch blocks, shared memory bytes a block."""
+    form = (f"cluster of {plan.cluster}" if plan.kind == "cluster"
+            else f"grid of {plan.blocks}")
+    return (f"{form}, U={plan.units}, rows {plan.block_rows}x{plan.batch_blocks}, "
+            f"smem {plan.smem_bytes}")
 
 
 def _describe(plan) -> str:

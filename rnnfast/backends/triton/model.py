@@ -10,49 +10,17 @@ input gradients are large GEMMs off the sequential path, counted at a fraction o
 The figures below are datasheet numbers (H100/H200 SXM: dense bf16 ~990 TFLOP/s, fp32
 ~67) and assumptions (L2 bandwidth and latency, barrier cost) to be replaced by
 measurements; the model ranks plans and sizes, it does not predict to the microsecond.
+The GPU's figures live in rnnfast/backends/latency.py, shared with the CUDA model.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
 
+from ..latency import H100, Gpu, ModelledTime, gemm_rate as _gemm_rate
 from .plan import Plan
 
-
-@dataclass(frozen=True)
-class Gpu:
-    name: str
-    sms: int
-    l2_bytes_per_s: float         # the whole chip's L2 bandwidth
-    l2_bytes_per_s_per_sm: float  # what one SM can pull from L2 (64 B a clock)
-    l2_round_trip_s: float        # one dependent load that misses L1
-    barrier_s: float              # a grid barrier: release add, polls, acquire
-    tensor_flops: float           # dense 16-bit tensor-core rate of the chip
-    fp32_flops: float             # FFMA rate of the chip (fp32 tl.dot, ieee precision)
-    fp64_flops: float
-    gemm_efficiency: float        # fraction of peak the large off-path GEMMs reach
-    launch_s: float
-
-
-H100 = Gpu("H100 SXM / H200 (same SMs and L2)", sms=132, l2_bytes_per_s=5.5e12,
-           l2_bytes_per_s_per_sm=64 * 1.755e9, l2_round_trip_s=0.6e-6, barrier_s=1.0e-6,
-           tensor_flops=990e12, fp32_flops=67e12, fp64_flops=34e12, gemm_efficiency=0.6,
-           launch_s=5e-6)
-
-
-@dataclass(frozen=True)
-class ModelledTime:
-    step_s: float           # one step of the recurrence (forward or backward chain)
-    recurrence_s: float     # all T steps
-    gemm_s: float           # the GEMMs off the sequential path
-    bytes_per_step: int     # L2 traffic of one step, all programs
-    barriers_per_step: int
-
-    @property
-    def total_s(self) -> float:
-        return self.recurrence_s + self.gemm_s
+__all__ = ["H100", "Gpu", "ModelledTime", "forward_time", "backward_time"]
 
 
 def _multiply_rate(plan: Plan, dtype: torch.dtype, columns: int, gpu: Gpu) -> float:
@@ -127,9 +95,3 @@ def backward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size
                         gemm_flops / (_gemm_rate(dtype, gpu) * gpu.gemm_efficiency),
                         int((phase1 + phase2) * programs), 2 if plan.use_barrier else 0)
 
-
-def _gemm_rate(dtype: torch.dtype, gpu: Gpu) -> float:
-    """torch's own matmuls: tensor cores for 16-bit, FFMA for fp32 without TF32."""
-    if dtype in (torch.float16, torch.bfloat16):
-        return gpu.tensor_flops
-    return gpu.fp64_flops if dtype == torch.float64 else gpu.fp32_flops

@@ -1,0 +1,200 @@
+"""A latency model of the CUDA kernels (csrc/lstm_forward.cu, csrc/lstm_backward.cu) per
+launch plan (cuda/plan.py): the expected time of one recurrent step and of a whole layer,
+for comparison with cuDNN and with the Triton model until a GPU measures the real thing.
+It imports neither triton nor the extension, so it runs anywhere.
+
+What one step costs, per phase (forward: 1, 2 with a projection; backward: 1, 2 with a
+projection), for one block (every block of a batch block does the same work, and batch
+blocks run side by side, so one block's time is the step's time):
+
+    phase = exchange latency + product + L2 traffic
+
+- exchange latency: what a block waits for before the next phase can read the operand
+  other blocks wrote.
+    grid plans:    one dependent L2 round trip (staging the exchanged operand with
+                   cp.async) + one grid barrier (gpu.l2_round_trip_s + gpu.barrier_s);
+    cluster plans: one DSMEM store becoming visible + the cluster's hardware barrier
+                   (gpu.dsmem_store_s + gpu.cluster_barrier_s).
+- product (`product_time`): the resident-weight product out[M][Nb] = A[M][K] . B[Nb][K]^T
+  of cuda/plan.py's Product, the larger of
+    * mma issue: the product is split into `tiles` m16 x n8 output tiles times `ksplit`
+      k-slices = items; warp w holds items w, w+8, ... (lstm_device.cuh resident_product).
+      A warp's mma are one serial chain (its items run one after another, each item's
+      k-tiles accumulate into one register tile), so a warp takes
+      (its mma count) x gpu.mma_latency_clocks; the two warps of an SM sub-partition share
+      its tensor core, so a sub-partition takes at least (their mma count) x the time of
+      one mma at the mma.sync rate (gpu.tensor_flops x gpu.mma_sync_fraction / SMs / 4).
+      The slowest sub-partition sets the time.
+      16-bit: one mma.m16n8k16 per tile and 16-wide k-tile. fp32: 3xTF32, three
+      mma.m16n8k8.tf32 per tile and 8-wide k-tile (the three accumulate into the same
+      tile, so they are serial too); a tf32 mma has half the FLOPs of a 16-bit one at
+      gpu.tf32_fraction of its rate, the same time. So for the same M, N, K the fp32
+      product issues 2 x 3 = 6 times the mma of the 16-bit one.
+    * shared-memory reads at gpu.smem_bytes_per_clock_per_sm: every item reads its
+      16 x kt A fragment and 8 x kt B fragment per k-tile, so A is read once per n-tile
+      and B once per m-tile: M*K*item*(Nb/8) + Nb*K*item*(M/16) bytes; plus the staged
+      B written in (grid plans) and the fp32 k-split partial sums written and read back.
+- L2 traffic: the block's bytes at the per-SM L2 rate or all blocks' bytes at the chip's
+  L2 rate, whichever is slower: the staged B operand (grid plans; Nb x K x item per
+  product), the xg the cells read (4 gates x item), what the cells write (training
+  forward: fp32 gates and cells; y / h exchange in the layer's dtype; backward: fp32
+  saved gates and cells in, fp32 dgates and the dtype copy for the chain out).
+  Product and L2 traffic are added, not overlapped: a single-chunk product waits for its
+  whole operand before the first mma, and the cell's stores follow the product. The xg
+  and saved-value loads issued across the barrier are counted too (conservative).
+- cluster plans also send h to every peer: rows x units x item x cluster bytes, counted at
+  the shared-memory rate (assumption: the SM-to-SM network keeps up).
+
+Off the sequential path, as in the Triton model: the input projection (forward,
+2*T*B*4H*I FLOP) and the weight / input gradients (backward: dW_ih and dx, 2*T*B*4H*I
+each, dW_hh 2*T*B*4H*P, dW_hr 2*T*B*P*H with a projection) at gpu.gemm_efficiency of
+torch's GEMM rate (latency.gemm_rate: tensor cores for 16-bit, FFMA for fp32). The
+prologue (each block loading its weights once) and one launch are added to the layer.
+
+Not modelled: the cell's own arithmetic (at most 4 cells a thread), __syncthreads,
+ragged (packed) batches, and L2 misses to HBM. Every rate is in rnnfast/backends/
+latency.py with "datasheet" or "assumption" beside it; the assumptions (barrier, L2 and
+DSMEM latencies, the mma.sync fraction and latency) are to be replaced by measurements.
+The model ranks plans and shapes; it does not predict to the microsecond.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..latency import H100, Gpu, ModelledTime, gemm_rate
+from . import plan as layout
+
+__all__ = ["H100", "Gpu", "ModelledTime", "ProductTime", "product_time", "forward_time",
+           "backward_time"]
+
+MMA_FLOPS_16 = 2 * 16 * 8 * 16   # one mma.m16n8k16: FLOP
+MMA_FLOPS_TF32 = 2 * 16 * 8 * 8  # one mma.m16n8k8.tf32: FLOP
+TF32_SPLIT = 3                   # 3xTF32: mma per tile and k-tile for fp32 layers
+
+
+@dataclass(frozen=True)
+class ProductTime:
+    """One block's resident-weight product, one step (seconds)."""
+    issue_s: float      # tensor-core throughput of the busiest SM sub-partition
+    chain_s: float      # the longest warp's serial mma chain at the mma latency
+    smem_s: float       # shared-memory bytes read (and staged / partials written)
+    mma: int            # mma instructions of the whole block
+    warp_mma: int       # mma instructions of the busiest warp
+
+    @property
+    def s(self) -> float:
+        return max(self.issue_s, self.chain_s, self.smem_s)
+
+
+def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100) -> ProductTime:
+    """Time of `p` (a cuda/plan.py Product) for one block: `itemsize` 2 (fp16/bf16) or 4
+    (fp32 as 3xTF32); `staged`: B arrives in shared memory by cp.async (grid plans)."""
+    if not p.m or not p.k:
+        return ProductTime(0.0, 0.0, 0.0, 0, 0)
+    kt = 16 if itemsize == 2 else 8          # k-tile width (elements)
+    per_tile = 1 if itemsize == 2 else TF32_SPLIT
+    items = p.tiles * p.ksplit
+    # mma of each warp: resident_product's loops, chunk by chunk.
+    warp_mma = [0] * layout.WARPS
+    for ch in range(p.chunks):
+        k_tiles = min(p.chunk, p.k - ch * p.chunk) // kt
+        for item in range(items):
+            ks = item // p.tiles
+            warp_mma[item % layout.WARPS] += max(0, -(-(k_tiles - ks) // p.ksplit)) * per_tile
+    cores = gpu.tensor_cores_per_sm
+    core_mma = [sum(warp_mma[w::cores]) for w in range(cores)]  # warps w, w+4 share a core
+    flops = MMA_FLOPS_16 if itemsize == 2 else MMA_FLOPS_TF32
+    rate = gpu.tensor_flops * gpu.mma_sync_fraction / gpu.sms / cores   # FLOP/s per core
+    if itemsize != 2:
+        rate *= gpu.tf32_fraction
+    issue = max(core_mma) * flops / rate
+    chain = max(warp_mma) * gpu.mma_latency_clocks / gpu.clock_hz
+    smem_bytes = (p.m * p.k * itemsize * (p.nb // layout.ROW_TILE)             # A, per n-tile
+                  + p.nb * p.k * itemsize * (p.m // layout.WEIGHT_TILE)        # B, per m-tile
+                  + (p.nb * p.k * itemsize if staged else 0)                   # B staged in
+                  + 2 * p.ksplit * p.m * p.nb * 4)                             # partials w + r
+    smem = smem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
+    return ProductTime(issue, chain, smem, sum(warp_mma), max(warp_mma))
+
+
+def _phase_time(plan: layout.Plan, product: ProductTime, block_l2_bytes: float,
+                dsmem_bytes: float, gpu: Gpu) -> float:
+    """One phase of one step (seconds): exchange latency + product + L2 traffic."""
+    if plan.kind == "cluster":
+        latency = gpu.dsmem_store_s + gpu.cluster_barrier_s
+    else:
+        latency = gpu.l2_round_trip_s + gpu.barrier_s
+    l2 = max(block_l2_bytes / gpu.l2_bytes_per_s_per_sm,
+             block_l2_bytes * plan.blocks / gpu.l2_bytes_per_s)
+    dsmem = dsmem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
+    return latency + product.s + l2 + dsmem
+
+
+def _layer(plan, seq_len: int, phases: list, weight_bytes: int, gemm_flops: float,
+           dtype: torch.dtype, gpu: Gpu) -> ModelledTime:
+    """phases: (ProductTime, block L2 bytes, DSMEM bytes) per phase of one step."""
+    step = sum(_phase_time(plan, p, l2, ds, gpu) for p, l2, ds in phases)
+    prologue = weight_bytes * plan.blocks / gpu.l2_bytes_per_s   # W slices into shared memory
+    return ModelledTime(step, seq_len * step + prologue + gpu.launch_s,
+                        gemm_flops / (gemm_rate(dtype, gpu) * gpu.gemm_efficiency),
+                        int(sum(l2 for _, l2, _ in phases) * plan.blocks), len(phases))
+
+
+def _itemsize(plan: layout.Plan, dtype: torch.dtype) -> int:
+    if dtype.itemsize != plan.itemsize:
+        raise ValueError(f"the plan is for {plan.itemsize}-byte weights, the layer is {dtype}")
+    return plan.itemsize
+
+
+def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, input_size: int,
+                 seq_len: int, dtype: torch.dtype, gpu: Gpu = H100,
+                 training: bool = True) -> ModelledTime:
+    """One layer and direction of the forward (`training`: the fp32 gates and cells the
+    backward needs are written too) under a cuda/plan.py forward `plan`."""
+    item = _itemsize(plan, dtype)
+    has_proj = out_size != hidden
+    cluster = plan.kind == "cluster"
+    rec, proj = layout.forward_products(hidden, out_size, has_proj, item, plan.units,
+                                        plan.proj_cols, plan.block_rows, cluster)
+    cells = plan.block_rows * plan.units                       # (row, unit) pairs of a block
+    cell_bytes = (cells * 4 * item + 4 * plan.units * 4        # xg of 4 gates in, bias
+                  + (cells * 5 * 4 if training else 0)         # fp32 gates and c_t out
+                  + cells * 2 * item)                          # y (or hidden) and the h exchange
+    staged = 0 if cluster else rec.nb * rec.k * item           # h(t-1) of the batch block
+    # Cluster plans store each h into every peer's buffer (and their own).
+    dsmem = cells * item * plan.unit_slices if cluster else 0
+    phases = [(product_time(rec, item, not cluster, gpu), staged + cell_bytes, dsmem)]
+    if has_proj:  # y^T = W_hr[my rows] . hidden^T: hidden staged in, y and h(t) out
+        phases.append((product_time(proj, item, True, gpu),
+                       proj.nb * proj.k * item + 2 * plan.block_rows * plan.proj_cols * item, 0))
+    weights = rec.m * rec.k * item + proj.m * proj.k * item
+    gemm_flops = 2 * seq_len * batch * 4 * hidden * input_size
+    return _layer(plan, seq_len, phases, weights, gemm_flops, dtype, gpu)
+
+
+def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, input_size: int,
+                  seq_len: int, dtype: torch.dtype, gpu: Gpu = H100) -> ModelledTime:
+    """One layer and direction of the backward under a cuda/plan.py backward `plan`: the
+    reverse-time chain (grid plans only) and the dW_ih, dW_hh, dx (and dW_hr) GEMMs."""
+    item = _itemsize(plan, dtype)
+    has_proj = out_size != hidden
+    chain, proj = layout.backward_products(hidden, out_size, has_proj, item, plan.units,
+                                           plan.proj_cols, plan.block_rows)
+    cells = plan.block_rows * plan.units
+    cell_bytes = (cells * 6 * 4                                # saved gates, c, c(t-1) in
+                  + (0 if has_proj else cells * item)          # dy in
+                  + cells * 4 * (4 + item))                    # dgates out: fp32 + the chain copy
+    gates_in = chain.nb * chain.k * item                       # dgates(t+1) of the batch block
+    if has_proj:
+        cols = plan.block_rows * plan.proj_cols                # (row, column) pairs of phase B
+        phases = [(product_time(proj, item, True, gpu), proj.nb * proj.k * item + cell_bytes, 0),
+                  (product_time(chain, item, True, gpu),
+                   gates_in + cols * (2 * item + 4), 0)]       # dy in, dh out, dy_total out
+    else:
+        phases = [(product_time(chain, item, True, gpu), gates_in + cell_bytes, 0)]
+    weights = chain.m * chain.k * item + proj.m * proj.k * item
+    gemm_flops = (2 * seq_len * batch * 4 * hidden * (2 * input_size + out_size)
+                  + (2 * seq_len * batch * out_size * hidden if has_proj else 0))
+    return _layer(plan, seq_len, phases, weights, gemm_flops, dtype, gpu)

@@ -1,0 +1,68 @@
+"""What the latency models of the Triton kernels (triton/model.py) and the CUDA kernels
+(cuda/model.py) know about the GPU, and the answer they both give.
+
+Imports neither triton nor the CUDA extension, so `python -m rnnfast bench --explain`
+can model either backend on a machine with neither. Each figure of `Gpu` says whether
+it is a datasheet number or an assumption; the assumptions are to be replaced by
+measurements on the GPU (DESIGN.md §5: the models rank plans and sizes, they do not
+predict to the microsecond).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    sms: int
+    l2_bytes_per_s: float         # the whole chip's L2 bandwidth (assumption: ~5.5 TB/s)
+    l2_bytes_per_s_per_sm: float  # what one SM can pull from L2 (assumption: 64 B a clock)
+    l2_round_trip_s: float        # one dependent load that misses L1 (assumption)
+    barrier_s: float              # a grid barrier: release add, polls, acquire (assumption)
+    tensor_flops: float           # dense 16-bit tensor-core rate of the chip, wgmma (datasheet)
+    fp32_flops: float             # FFMA rate of the chip (datasheet)
+    fp64_flops: float             # datasheet
+    gemm_efficiency: float        # fraction of peak the large off-path GEMMs reach (assumption)
+    launch_s: float               # one kernel launch (assumption)
+    # What the CUDA model adds (cuda/model.py).
+    clock_hz: float = 1.755e9               # SM clock the per-clock figures run at (assumption:
+                                            # sustained clock under load, below the 1.98 GHz boost)
+    smem_bytes_per_clock_per_sm: int = 128  # shared-memory bandwidth, 32 banks x 4 B (datasheet)
+    dsmem_store_s: float = 0.2e-6           # a store into a peer CTA's shared memory becoming
+                                            # visible (assumption, to be measured)
+    cluster_barrier_s: float = 0.3e-6       # barrier.cluster arrive + wait (assumption, to be measured)
+    mma_sync_fraction: float = 2 / 3        # of tensor_flops reached by 16-bit mma.sync.m16n8k16
+                                            # (wgmma reaches the peak) (assumption)
+    tf32_fraction: float = 0.5              # tf32 mma rate / 16-bit rate (datasheet: 495 vs 990 TF)
+    mma_latency_clocks: int = 32            # one mma.sync until a dependent mma can issue
+                                            # (assumption, to be measured)
+    tensor_cores_per_sm: int = 4            # one per SM sub-partition (datasheet)
+
+
+H100 = Gpu("H100 SXM / H200 (same SMs and L2)", sms=132, l2_bytes_per_s=5.5e12,
+           l2_bytes_per_s_per_sm=64 * 1.755e9, l2_round_trip_s=0.6e-6, barrier_s=1.0e-6,
+           tensor_flops=990e12, fp32_flops=67e12, fp64_flops=34e12, gemm_efficiency=0.6,
+           launch_s=5e-6)
+
+
+@dataclass(frozen=True)
+class ModelledTime:
+    step_s: float           # one step of the recurrence (forward or backward chain)
+    recurrence_s: float     # all T steps
+    gemm_s: float           # the GEMMs off the sequential path
+    bytes_per_step: int     # L2 traffic of one step, all programs (blocks)
+    barriers_per_step: int
+
+    @property
+    def total_s(self) -> float:
+        return self.recurrence_s + self.gemm_s
+
+
+def gemm_rate(dtype: torch.dtype, gpu: Gpu) -> float:
+    """torch's own matmuls: tensor cores for 16-bit, FFMA for fp32 without TF32."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return gpu.tensor_flops
+    return gpu.fp64_flops if dtype == torch.float64 else gpu.fp32_flops

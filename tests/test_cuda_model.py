@@ -1,0 +1,187 @@
+"""The CUDA kernels' latency model (rnnfast/backends/cuda/model.py) and its table in
+`python -m rnnfast bench --explain`: the model's structure (what costs more than what),
+not its numbers, which are assumptions until a GPU measures them. Needs neither a GPU,
+nor triton, nor the extension."""
+from __future__ import annotations
+
+import builtins
+import dataclasses
+
+import pytest
+import torch
+
+from rnnfast.backends import latency
+from rnnfast.backends.cuda import model, plan as layout
+
+SMS, SMEM, = 132, 227 * 1024
+
+
+def _plan(direction, B, H, P=None, itemsize=2, major=9):
+    P = H if P is None else P
+    plan = layout.make_plan(direction, B, H, P, P != H, itemsize, SMS, SMEM, major)
+    assert not isinstance(plan, str), plan
+    return plan
+
+
+def _as_grid(plan, H):
+    """The same split of a forward cluster plan, run as a cooperative grid."""
+    smem = layout.forward_smem_bytes(H, H, False, plan.itemsize, plan.units, plan.proj_cols,
+                                     plan.block_rows, False)
+    return dataclasses.replace(plan, kind="grid", smem_bytes=smem)
+
+
+def test_the_shared_gpu_description_is_what_the_triton_model_uses():
+    assert latency.H100.sms == 132 and latency.H100.smem_bytes_per_clock_per_sm == 128
+    triton_model = pytest.importorskip("rnnfast.backends.triton.model")
+    assert triton_model.H100 is latency.H100 and triton_model.ModelledTime is latency.ModelledTime
+
+
+@pytest.mark.parametrize("B,H", [(4, 64), (8, 256), (16, 128)])
+def test_a_cluster_step_is_cheaper_than_a_grid_step_of_the_same_layer(B, H):
+    cluster = _plan("forward", B, H)
+    assert cluster.kind == "cluster"
+    same_split = _as_grid(cluster, H)
+    sm80 = _plan("forward", B, H, major=8)  # the grid plan an sm_80 GPU gets
+    assert sm80.kind == "grid"
+    times = [model.forward_time(p, B, H, H, H, 100, torch.float16).step_s
+             for p in (cluster, same_split, sm80)]
+    assert times[0] < times[1] and times[0] < times[2]
+    # The grid plan pays an L2 round trip and a grid barrier; the cluster plan doesn't.
+    gpu = latency.H100
+    assert times[1] >= gpu.l2_round_trip_s + gpu.barrier_s
+    assert times[0] >= gpu.dsmem_store_s + gpu.cluster_barrier_s
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_time_grows_linearly_with_the_sequence(direction, dtype):
+    B, H = 16, 256
+    plan = _plan(direction, B, H, itemsize=dtype.itemsize)
+    time = model.forward_time if direction == "forward" else model.backward_time
+    t = [time(plan, B, H, H, H, T, dtype) for T in (100, 200, 300)]
+    assert t[0].step_s == t[1].step_s == t[2].step_s > 0
+    assert t[1].total_s > t[0].total_s
+    assert t[2].total_s - t[1].total_s == pytest.approx(t[1].total_s - t[0].total_s)
+    assert t[1].recurrence_s - t[0].recurrence_s == pytest.approx(100 * t[0].step_s)
+    assert t[1].gemm_s == pytest.approx(2 * t[0].gemm_s)
+
+
+def test_bigger_layers_and_batches_cost_more():
+    small = _plan("backward", 8, 256)
+    big = _plan("backward", 8, 512)
+    s = model.backward_time(small, 8, 256, 256, 256, 10, torch.float16)
+    b = model.backward_time(big, 8, 512, 512, 512, 10, torch.float16)
+    assert b.step_s > s.step_s and b.bytes_per_step > s.bytes_per_step and b.gemm_s > s.gemm_s
+    wide = _plan("backward", 64, 256)
+    w = model.backward_time(wide, 64, 256, 256, 256, 10, torch.float16)
+    assert w.bytes_per_step > s.bytes_per_step and w.gemm_s > s.gemm_s
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_a_projection_adds_a_phase_and_costs_more(direction):
+    B, H, P = 8, 256, 128
+    time = model.forward_time if direction == "forward" else model.backward_time
+    plain = _plan(direction, B, H, major=8)
+    proj = _plan(direction, B, H, P, major=8)
+    assert plain.kind == proj.kind == "grid"
+    one = time(plain, B, H, H, H, 50, torch.float16)
+    two = time(proj, B, H, P, H, 50, torch.float16)
+    assert (one.barriers_per_step, two.barriers_per_step) == (1, 2)
+    gpu = latency.H100
+    assert two.step_s > one.step_s
+    assert two.step_s > 2 * (gpu.l2_round_trip_s + gpu.barrier_s)
+
+
+def test_fp32_issues_three_tf32_mma_per_tile_and_k_tile():
+    """3xTF32: three m16n8k8 per tile and 8-wide k-tile against one m16n8k16 per 16-wide
+    k-tile, each taking the same time (half the FLOPs at half the rate): 6x the mma of
+    the 16-bit product of the same M, N, K."""
+    half = layout.Product.make(64, 256, 16, 2, True)
+    single = layout.Product.make(64, 256, 16, 4, True)
+    assert (half.tiles, half.ksplit) == (single.tiles, single.ksplit) == (8, 1)
+    h = model.product_time(half, 2, False)
+    f = model.product_time(single, 4, False)
+    assert h.mma == half.tiles * 256 // 16
+    assert f.mma == 3 * single.tiles * 256 // 8 == 6 * h.mma
+    assert f.issue_s == pytest.approx(6 * h.issue_s)
+    assert f.chain_s == pytest.approx(6 * h.chain_s)
+    assert f.smem_s == pytest.approx(2 * h.smem_s, rel=0.05)  # twice the bytes, same reads
+    # More rows, more mma; the busiest warp sets the chain.
+    double = model.product_time(layout.Product.make(128, 256, 16, 2, True), 2, False)
+    assert double.mma == 2 * h.mma and double.chain_s == pytest.approx(2 * h.chain_s)
+
+
+def test_a_k_split_spreads_a_small_product_over_the_warps():
+    p = layout.Product.make(16, 256, 8, 2, True)  # one tile: ksplit 8, one slice a warp
+    assert (p.tiles, p.ksplit) == (1, 8)
+    t = model.product_time(p, 2, False)
+    assert t.mma == 16 and t.warp_mma == 2
+    assert t.chain_s == pytest.approx(2 * latency.H100.mma_latency_clocks / latency.H100.clock_hz)
+
+
+def test_a_plan_for_another_dtype_is_refused():
+    plan = _plan("forward", 4, 64)
+    with pytest.raises(ValueError, match="2-byte"):
+        model.forward_time(plan, 4, 64, 64, 64, 10, torch.float32)
+
+
+def _hide_triton(monkeypatch):
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name == "triton" or name.startswith("triton."):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+
+
+def _cuda_part(out):
+    assert "CUDA plans on sm_90" in out
+    return out.split("CUDA plans on sm_90")[1]
+
+
+def test_explain_prints_the_cuda_table_without_triton(capsys, monkeypatch):
+    from rnnfast.__main__ import main
+
+    _hide_triton(monkeypatch)
+    assert main(["bench", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "Triton plans: skipped (triton is not installed" in out
+    table = _cuda_part(out)
+    names = [f"{group} T={T} B={B} I=H={H} {dt}" for dt in ("fp32", "bf16", "fp16")
+             for group, T, B, H in (("fastrnns", 100, 64, 512), ("flashrnn-dense", 1024, 16, 768))]
+    for name in names:
+        rows = [line for line in table.splitlines() if line.startswith(name)]
+        assert [row.split()[len(name.split())] for row in rows] == ["forward", "backward"], name
+        assert all("grid of" in row or "cluster of" in row or "falls back" in row for row in rows)
+        assert any(line.strip().startswith(name) for line in table.splitlines()
+                   if line.startswith("  "))  # its totals line
+    flash = [line for line in table.splitlines()
+             if line.startswith("  flashrnn-dense T=1024 B=16 I=H=768 fp16")]
+    assert len(flash) == 1 and "cuDNN 2.01 / 5.19 ms" in flash[0]
+
+
+def test_explain_says_when_a_layer_falls_back(capsys, monkeypatch):
+    from rnnfast.__main__ import main
+
+    _hide_triton(monkeypatch)
+    assert main(["bench", "--explain", "--batch", "8", "--hidden", "8192", "--seq", "4",
+                 "--dtype", "fp32,fp16"]) == 0
+    table = _cuda_part(capsys.readouterr().out)
+    assert table.count("falls back: the forward kernel cannot hold this layer") == 2
+    assert "a layer falls back to the reference path" in table
+
+
+def test_explain_models_a_custom_shape_with_its_cuda_plan(capsys, monkeypatch):
+    from rnnfast.__main__ import main
+
+    _hide_triton(monkeypatch)
+    assert main(["bench", "--explain", "--batch", "4", "--hidden", "64", "--seq", "8",
+                 "--dtype", "fp16"]) == 0
+    table = _cuda_part(capsys.readouterr().out)
+    rows = [line for line in table.splitlines() if line.startswith("custom T=8 B=4 I=H=64 fp16")]
+    assert len(rows) == 2 and "cluster of 16" in rows[0] and "grid of 16" in rows[1]
+    step = float(rows[0].split()[-2])
+    expected = model.forward_time(_plan("forward", 4, 64), 4, 64, 64, 64, 8, torch.float16)
+    assert step == pytest.approx(expected.step_s * 1e6, abs=0.006)
