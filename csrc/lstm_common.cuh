@@ -195,9 +195,11 @@ RNNFAST_HD int gate_row(int m, int units, int unit0, int hidden) {
 // in shared memory for the whole sequence and B (activations of the batch block)
 // staged per step, in `chunks` pieces of `chunk` columns through a ring of
 // `stages` buffers (or read in place when the block holds it whole: cluster plans).
-// The (M/16) x (Nb/8) mma tiles are spread over the warps; when there are fewer tiles
-// than warps, `ksplit` warps share a tile, each taking every ksplit-th k-tile, and
-// their partial sums are added in the epilogue.
+// The output is (M/16) x (Nb/8) mma tiles. A warp's item is one m-tile with a group of
+// up to kMaxWarpTiles n-tiles: per k-tile it loads the A fragment once and issues one
+// mma per n-tile into independent accumulators (no serial chain, A read once per
+// group). When there are fewer items than warps, `ksplit` warps share an item, each
+// taking every ksplit-th k-tile; their partial sums are added in the epilogue.
 struct Product {
   int m;       // A rows held: real rows padded to 16
   int k;       // reduction length padded to the k-tile
@@ -207,8 +209,10 @@ struct Product {
   int chunks;  // ceil(k / chunk)
   int stages;  // 1 (B staged whole) or 2 (double-buffered chunks)
   int b_ld;    // elements per staged B row (chunk + 16 bytes)
-  int tiles;   // (m / 16) * (nb / 8)
-  int ksplit;  // warps per tile
+  int groups;  // n-tile groups per m-tile
+  int group;   // n-tiles per group (the last may have fewer)
+  int items;   // (m / 16) * groups * ksplit: work items over the warps
+  int ksplit;  // warps per (m-tile, group)
 };
 
 RNNFAST_HD Product make_product(int m_real, int k_real, int nb, int itemsize, bool b_resident) {
@@ -227,14 +231,22 @@ RNNFAST_HD Product make_product(int m_real, int k_real, int nb, int itemsize, bo
   p.chunks = p.k > 0 ? cdiv(p.k, p.chunk) : 0;  // 0: no product (a layer without projection)
   p.stages = p.chunks <= 1 ? 1 : 2;
   p.b_ld = p.chunk + row_pad(itemsize);
-  p.tiles = (p.m / kWeightTile) * (nb / kRowTile);
-  p.ksplit = p.tiles >= kWarps ? 1 : clamp_int(kWarps / max_int(p.tiles, 1), 1, p.chunk / kt);
+  // The fewest groups whose accumulators fit a warp: each extra group re-reads A.
+  const int m_tiles = p.m / kWeightTile, n_tiles = nb / kRowTile;
+  p.groups = 1;
+  while (p.groups < n_tiles &&
+         cdiv(m_tiles * p.groups, kWarps) * cdiv(n_tiles, p.groups) > kMaxWarpTiles)
+    ++p.groups;
+  p.group = cdiv(n_tiles, p.groups);
+  const int work = m_tiles * p.groups;
+  p.ksplit = work >= kWarps ? 1 : clamp_int(kWarps / max_int(work, 1), 1, p.chunk / kt);
+  p.items = work * p.ksplit;
   return p;
 }
 
 // Whether a warp can hold its share of a product's accumulators.
 RNNFAST_HD bool product_fits(const Product& p) {
-  return cdiv(p.tiles * p.ksplit, kWarps) <= kMaxWarpTiles;
+  return cdiv(p.items, kWarps) * p.group <= kMaxWarpTiles;
 }
 
 RNNFAST_HD size_t a_bytes(const Product& p, int itemsize) {

@@ -57,9 +57,9 @@ __device__ __forceinline__ void stage_rows(T* dst, int dst_ld, int rows, int col
 }
 
 // ---------------------------------------------------------------------------------
-// One 16 x 8 output tile, one k-tile: d += A[m0:m0+16][ka:ka+K] . B[n0:n0+8][kb:kb+K]^T
-// with A rows of a_ld and B rows of b_ld elements in shared memory. Fragment layouts
-// are PTX's for mma.m16n8k16 (16-bit) and mma.m16n8k8 (tf32): lane = 4 * group + quad.
+// Tensor-core tiles: d[16 x 8] += A[m0:m0+16][ka:ka+K] . B[n0:n0+8][kb:kb+K]^T with A
+// rows of a_ld and B rows of b_ld elements in shared memory. Fragment layouts are PTX's
+// for mma.m16n8k16 (16-bit) and mma.m16n8k8 (tf32): lane = 4 * group + quad.
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row_address));
@@ -101,58 +101,86 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// The A fragment of one m-tile and k-tile, loaded once and used for every n-tile of a
+// warp's group. fp32: its 3xTF32 halves, split once.
+template <typename T> struct AFragment {
+  uint32_t big[4];
+  uint32_t small[sizeof(T) == 4 ? 4 : 1];
+};
+
 template <typename T>
-__device__ __forceinline__ void mma_tile(float (&d)[4], const T* a_s, int a_ld, int m0, int ka,
-                                         const T* b_s, int b_ld, int n0, int kb) {
+__device__ __forceinline__ void load_a(AFragment<T>& a, const T* a_s, int a_ld, int m0, int ka) {
   const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
   if constexpr (sizeof(T) == 2) {
     // ldmatrix.x4: lanes 0-15 give rows 0-15 at ka, lanes 16-31 rows 0-15 at ka + 8,
     // which are the registers a0a1, a2a3, a4a5, a6a7 of the A fragment in order.
-    uint32_t a[4];
-    ldmatrix_x4(a, a_s + (m0 + lane % 16) * a_ld + ka + (lane / 16) * 8);
+    ldmatrix_x4(a.big, a_s + (m0 + lane % 16) * a_ld + ka + (lane / 16) * 8);
+  } else {
+    const float* row = a_s + (m0 + group) * a_ld + ka + quad;
+    const float v[4] = {row[0], row[8 * a_ld], row[4], row[8 * a_ld + 4]};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const Tf32Split split = tf32_split(v[i]);
+      a.big[i] = float_bits(split.big);
+      a.small[i] = float_bits(split.small);
+    }
+  }
+}
+
+// d += A fragment . B[n0:n0+8][kb:kb+K]^T, B rows of b_ld elements in shared memory.
+template <typename T>
+__device__ __forceinline__ void mma_with(float (&d)[4], const AFragment<T>& a, const T* b_s,
+                                         int b_ld, int n0, int kb) {
+  const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+  if constexpr (sizeof(T) == 2) {
     const T* b_row = b_s + (n0 + group) * b_ld + kb + 2 * quad;
     const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(b_row),
                            *reinterpret_cast<const uint32_t*>(b_row + 8)};
-    MmaOp<T>::run(d, a, b);
+    MmaOp<T>::run(d, a.big, b);
   } else {
     // 3xTF32: small products first, so the big one lands on an accumulator that
     // already holds the corrections.
-    const float* a_row = a_s + (m0 + group) * a_ld + ka + quad;
     const float* b_row = b_s + (n0 + group) * b_ld + kb + quad;
-    const Tf32Split a0 = tf32_split(a_row[0]), a1 = tf32_split(a_row[8 * a_ld]);
-    const Tf32Split a2 = tf32_split(a_row[4]), a3 = tf32_split(a_row[8 * a_ld + 4]);
     const Tf32Split b0 = tf32_split(b_row[0]), b1 = tf32_split(b_row[4]);
-    const uint32_t a_big[4] = {float_bits(a0.big), float_bits(a1.big), float_bits(a2.big),
-                               float_bits(a3.big)};
-    const uint32_t a_small[4] = {float_bits(a0.small), float_bits(a1.small), float_bits(a2.small),
-                                 float_bits(a3.small)};
     const uint32_t b_big[2] = {float_bits(b0.big), float_bits(b1.big)};
     const uint32_t b_small[2] = {float_bits(b0.small), float_bits(b1.small)};
-    mma_tf32(d, a_big, b_small);
-    mma_tf32(d, a_small, b_big);
-    mma_tf32(d, a_big, b_big);
+    mma_tf32(d, a.big, b_small);
+    mma_tf32(d, a.small, b_big);
+    mma_tf32(d, a.big, b_big);
   }
 }
 
 // ---------------------------------------------------------------------------------
 // The block-wide product of a step (lstm_common.cuh: Product):
 //   part[ks][m][n] = sum over this warp's k-tiles of A[m][k] . B[n][k]
-// A: a_s [p.m][p.a_ld], resident. B: when row_src is given, `rows` rows are staged
-// from global memory chunk by chunk into `ring` (double-buffered: chunk c+1 is in
-// flight while chunk c is multiplied); otherwise `ring` already holds B whole
-// [p.nb][p.b_ld]. Rows from `rows` to p.nb hold stale values: they only reach output
-// columns the caller ignores. Every thread must call this; it ends with a barrier.
+// A: a_s [p.m][p.a_ld], resident. B: when `staged`, `rows` rows are copied from global
+// memory chunk by chunk into `ring` (double-buffered: chunk c+1 is in flight while
+// chunk c is multiplied); otherwise `ring` already holds B whole [p.nb][p.b_ld]. Rows
+// from `rows` to p.nb hold stale values: they only reach output columns the caller
+// ignores. Every thread must call this; it ends with a barrier.
 template <typename T, typename RowSource>
 __device__ __forceinline__ void resident_product(const Product& p, const T* a_s, T* ring,
                                                  bool staged, int rows, RowSource row_src,
                                                  float* part) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kt = k_tile(sizeof(T));
-  const int n_tiles = p.nb / kRowTile;
-  const int items = p.tiles * p.ksplit;
+  const int n_tiles = p.nb / kRowTile, work = (p.m / kWeightTile) * p.groups;
+  // This warp's accumulator slots: slot s is n-tile s % group of its item s / group
+  // (items warp, warp + 8, ...). Decoded once, out of the step's loops.
+  const int ks = warp < p.items ? warp / work : 0;
+  int slot_m0[kMaxWarpTiles], slot_n0[kMaxWarpTiles];  // -1: unused slot
+  bool slot_first[kMaxWarpTiles];                       // loads its item's A fragment
   float acc[kMaxWarpTiles][4];
 #pragma unroll
-  for (int j = 0; j < kMaxWarpTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+  for (int s = 0; s < kMaxWarpTiles; ++s) {
+    const int item = warp + (s / p.group) * kWarps, t = s % p.group;
+    const int rest = item % work, n_tile = (rest % p.groups) * p.group + t;
+    const bool used = item < p.items && n_tile < n_tiles;
+    slot_m0[s] = used ? (rest / p.groups) * kWeightTile : -1;
+    slot_n0[s] = n_tile * kRowTile;
+    slot_first[s] = t == 0;
+    acc[s][0] = acc[s][1] = acc[s][2] = acc[s][3] = 0.0f;
+  }
 
   const int stage_elems = p.nb * p.b_ld;
   if (staged) {
@@ -173,14 +201,13 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
     }
     const T* b_s = ring + (staged ? (ch % p.stages) * stage_elems : 0);
     const int k_tiles = cols / kt;
+    for (int kk = ks; kk < k_tiles; kk += p.ksplit) {
+      AFragment<T> a;
 #pragma unroll
-    for (int j = 0; j < kMaxWarpTiles; ++j) {
-      const int item = warp + j * kWarps;
-      if (item < items) {
-        const int tile = item % p.tiles, ks = item / p.tiles;
-        const int m0 = (tile / n_tiles) * kWeightTile, n0 = (tile % n_tiles) * kRowTile;
-        for (int kk = ks; kk < k_tiles; kk += p.ksplit)
-          mma_tile<T>(acc[j], a_s, p.a_ld, m0, col0 + kk * kt, b_s, p.b_ld, n0, kk * kt);
+      for (int s = 0; s < kMaxWarpTiles; ++s) {
+        if (slot_m0[s] < 0) continue;
+        if (slot_first[s]) load_a(a, a_s, p.a_ld, slot_m0[s], col0 + kk * kt);
+        mma_with(acc[s], a, b_s, p.b_ld, slot_n0[s], kk * kt);
       }
     }
     if (staged) __syncthreads();  // this stage is refilled two chunks later
@@ -188,15 +215,11 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   // Accumulator lanes: rows group and group + 8, columns 2 * quad and 2 * quad + 1.
   const int group = lane / 4, quad = lane % 4;
 #pragma unroll
-  for (int j = 0; j < kMaxWarpTiles; ++j) {
-    const int item = warp + j * kWarps;
-    if (item < items) {
-      const int tile = item % p.tiles, ks = item / p.tiles;
-      const int m = (tile / n_tiles) * kWeightTile + group, n = (tile % n_tiles) * kRowTile + 2 * quad;
-      float* out = part + ((size_t)ks * p.m + m) * p.nb + n;
-      *reinterpret_cast<float2*>(out) = make_float2(acc[j][0], acc[j][1]);
-      *reinterpret_cast<float2*>(out + 8 * p.nb) = make_float2(acc[j][2], acc[j][3]);
-    }
+  for (int s = 0; s < kMaxWarpTiles; ++s) {
+    if (slot_m0[s] < 0) continue;
+    float* out = part + ((size_t)ks * p.m + slot_m0[s] + group) * p.nb + slot_n0[s] + 2 * quad;
+    *reinterpret_cast<float2*>(out) = make_float2(acc[s][0], acc[s][1]);
+    *reinterpret_cast<float2*>(out + 8 * p.nb) = make_float2(acc[s][2], acc[s][3]);
   }
   __syncthreads();
 }

@@ -17,23 +17,25 @@ blocks run side by side, so one block's time is the step's time):
                    (gpu.dsmem_store_s + gpu.cluster_barrier_s).
 - product (`product_time`): the resident-weight product out[M][Nb] = A[M][K] . B[Nb][K]^T
   of cuda/plan.py's Product, the larger of
-    * mma issue: the product is split into `tiles` m16 x n8 output tiles times `ksplit`
-      k-slices = items; warp w holds items w, w+8, ... (lstm_device.cuh resident_product).
-      A warp's mma are one serial chain (its items run one after another, each item's
-      k-tiles accumulate into one register tile), so a warp takes
-      (its mma count) x gpu.mma_latency_clocks; the two warps of an SM sub-partition share
-      its tensor core, so a sub-partition takes at least (their mma count) x the time of
-      one mma at the mma.sync rate (gpu.tensor_flops x gpu.mma_sync_fraction / SMs / 4).
-      The slowest sub-partition sets the time.
+    * mma issue: a warp item is one m16 tile with a group of up to 8 n8 tiles, times
+      `ksplit` k-slices; warp w holds items w, w+8, ... (lstm_device.cuh
+      resident_product). Per k-tile a warp issues one mma per n-tile of its slots into
+      independent accumulators, so its k-tile steps are serial (each waits for the A
+      fragment and the previous step's accumulators) but the mma within one are not: a
+      warp takes (its k-tile steps) x gpu.mma_latency_clocks + (its mma) issue slots;
+      the two warps of an SM sub-partition share its tensor core, so a sub-partition
+      takes at least (their mma count) x the time of one mma at the mma.sync rate
+      (gpu.tensor_flops x gpu.mma_sync_fraction / SMs / 4). The slowest sets the time.
       16-bit: one mma.m16n8k16 per tile and 16-wide k-tile. fp32: 3xTF32, three
       mma.m16n8k8.tf32 per tile and 8-wide k-tile (the three accumulate into the same
       tile, so they are serial too); a tf32 mma has half the FLOPs of a 16-bit one at
       gpu.tf32_fraction of its rate, the same time. So for the same M, N, K the fp32
       product issues 2 x 3 = 6 times the mma of the 16-bit one.
     * shared-memory reads at gpu.smem_bytes_per_clock_per_sm: every item reads its
-      16 x kt A fragment and 8 x kt B fragment per k-tile, so A is read once per n-tile
-      and B once per m-tile: M*K*item*(Nb/8) + Nb*K*item*(M/16) bytes; plus the staged
-      B written in (grid plans) and the fp32 k-split partial sums written and read back.
+      16 x kt A fragment once per k-tile and an 8 x kt B fragment per n-tile, so A is read
+      once per n-tile group and B once per m-tile: M*K*item*groups + Nb*K*item*(M/16)
+      bytes; plus the staged B written in (grid plans) and the k-split partial sums
+      written and read back.
 - L2 traffic: the block's bytes at the per-SM L2 rate or all blocks' bytes at the chip's
   L2 rate, whichever is slower: the staged B operand (grid plans; Nb x K x item per
   product), the xg the cells read (4 gates x item), what the cells write (training
@@ -78,7 +80,7 @@ TF32_SPLIT = 3                   # 3xTF32: mma per tile and k-tile for fp32 laye
 class ProductTime:
     """One block's resident-weight product, one step (seconds)."""
     issue_s: float      # tensor-core throughput of the busiest SM sub-partition
-    chain_s: float      # the longest warp's serial mma chain at the mma latency
+    chain_s: float      # the longest warp: its serial k-tile steps at the mma latency
     smem_s: float       # shared-memory bytes read (and staged / partials written)
     mma: int            # mma instructions of the whole block
     warp_mma: int       # mma instructions of the busiest warp
@@ -95,14 +97,19 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
         return ProductTime(0.0, 0.0, 0.0, 0, 0)
     kt = 16 if itemsize == 2 else 8          # k-tile width (elements)
     per_tile = 1 if itemsize == 2 else TF32_SPLIT
-    items = p.tiles * p.ksplit
-    # mma of each warp: resident_product's loops, chunk by chunk.
+    n_tiles, work = p.nb // layout.ROW_TILE, (p.m // layout.WEIGHT_TILE) * p.groups
+    # Each warp's slots (n-tiles it accumulates) and k-tile steps: resident_product's loops.
     warp_mma = [0] * layout.WARPS
-    for ch in range(p.chunks):
-        k_tiles = min(p.chunk, p.k - ch * p.chunk) // kt
-        for item in range(items):
-            ks = item // p.tiles
-            warp_mma[item % layout.WARPS] += max(0, -(-(k_tiles - ks) // p.ksplit)) * per_tile
+    warp_steps = [0] * layout.WARPS
+    for w in range(min(layout.WARPS, p.items)):
+        ks = w // work
+        slots = sum(1 for item in range(w, p.items, layout.WARPS)
+                    for t in range(p.group) if (item % work % p.groups) * p.group + t < n_tiles)
+        for ch in range(p.chunks):
+            k_tiles = min(p.chunk, p.k - ch * p.chunk) // kt
+            steps = max(0, -(-(k_tiles - ks) // p.ksplit))
+            warp_steps[w] += steps
+            warp_mma[w] += steps * slots * per_tile
     cores = gpu.tensor_cores_per_sm
     core_mma = [sum(warp_mma[w::cores]) for w in range(cores)]  # warps w, w+4 share a core
     flops = MMA_FLOPS_16 if itemsize == 2 else MMA_FLOPS_TF32
@@ -110,8 +117,9 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
     if itemsize != 2:
         rate *= gpu.tf32_fraction
     issue = max(core_mma) * flops / rate
-    chain = max(warp_mma) * gpu.mma_latency_clocks / gpu.clock_hz
-    smem_bytes = (p.m * p.k * itemsize * (p.nb // layout.ROW_TILE)             # A, per n-tile
+    chain = max(warp_steps[w] * per_tile * gpu.mma_latency_clocks + warp_mma[w]
+                for w in range(layout.WARPS)) / gpu.clock_hz
+    smem_bytes = (p.m * p.k * itemsize * p.groups                              # A, per group
                   + p.nb * p.k * itemsize * (p.m // layout.WEIGHT_TILE)        # B, per m-tile
                   + (p.nb * p.k * itemsize if staged else 0)                   # B staged in
                   + 2 * p.ksplit * p.m * p.nb * 4)                             # partials w + r

@@ -87,7 +87,9 @@ class Product:
     chunks: int
     stages: int
     b_ld: int
-    tiles: int
+    groups: int   # n-tile groups per m-tile (a warp item: one m-tile, one group)
+    group: int    # n-tiles per group
+    items: int    # (m / 16) * groups * ksplit
     ksplit: int
 
     @staticmethod
@@ -101,13 +103,23 @@ class Product:
             fit = RING_BYTES // (2 * nb * itemsize) - pad
             chunk = max(fit // (4 * kt) * (4 * kt), kt)
         chunks = _cdiv(k, chunk) if k else 0
-        tiles = (m // WEIGHT_TILE) * (nb // ROW_TILE)
-        ksplit = 1 if tiles >= WARPS else max(1, min(WARPS // max(tiles, 1), chunk // kt))
+        m_tiles, n_tiles = m // WEIGHT_TILE, nb // ROW_TILE
+        groups = 1  # the fewest whose accumulators fit a warp: each extra group re-reads A
+        while (groups < n_tiles
+               and _cdiv(m_tiles * groups, WARPS) * _cdiv(n_tiles, groups) > MAX_WARP_TILES):
+            groups += 1
+        work = m_tiles * groups
+        ksplit = 1 if work >= WARPS else max(1, min(WARPS // max(work, 1), chunk // kt))
         return Product(m, k, k + pad, nb, chunk, chunks, 1 if chunks <= 1 else 2, chunk + pad,
-                       tiles, ksplit)
+                       groups, _cdiv(n_tiles, groups), work * ksplit, ksplit)
+
+    @property
+    def tiles(self) -> int:
+        """mma output tiles, (M / 16) x (Nb / 8)."""
+        return (self.m // WEIGHT_TILE) * (self.nb // ROW_TILE)
 
     def fits(self) -> bool:
-        return _cdiv(self.tiles * self.ksplit, WARPS) <= MAX_WARP_TILES
+        return _cdiv(self.items, WARPS) * self.group <= MAX_WARP_TILES
 
     def a_bytes(self, itemsize: int) -> int:
         return _align(self.m * self.a_ld * itemsize)
