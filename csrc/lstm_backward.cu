@@ -72,24 +72,19 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
   SavedCell saved[kMaxCellItems];
   auto load_saved = [&](int64_t k, int round) {
     const StepRows s = rows_of(k);
-    const int n_act = block_active(s.size, row0, Bb);
-#pragma unroll
-    for (int i = 0; i < kMaxCellItems; ++i) {
-      const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x, b = e / U, u = e % U;
-      if (b < n_act && u < my_units) {
-        const int r = row0 + b, unit = unit0 + u;
-        const int64_t row = s.offset + r;
-        const float* gates = args.gates + row * G + unit;
-        saved[i].i = __ldg(gates);
-        saved[i].f = __ldg(gates + H);
-        saved[i].g = __ldg(gates + 2 * H);
-        saved[i].o = __ldg(gates + 3 * H);
-        saved[i].c = __ldg(args.cells + row * H + unit);
-        saved[i].c_prev = r < s.size_prev ? __ldg(args.cells + (s.offset_prev + r) * H + unit)
-                                          : __ldg(args.c0 + (size_t)r * H + unit);
-        saved[i].dy = !has_proj && dy != nullptr ? load_ro(dy + row * P + unit) : 0.0f;
-      }
-    }
+    for_round_cells(round, block_active(s.size, row0, Bb), U, my_units, [&](int i, int, int b, int u) {
+      const int r = row0 + b, unit = unit0 + u;
+      const int64_t row = s.offset + r;
+      const float* gates = args.gates + row * G + unit;
+      saved[i].i = __ldg(gates);
+      saved[i].f = __ldg(gates + H);
+      saved[i].g = __ldg(gates + 2 * H);
+      saved[i].o = __ldg(gates + 3 * H);
+      saved[i].c = __ldg(args.cells + row * H + unit);
+      saved[i].c_prev = r < s.size_prev ? __ldg(args.cells + (s.offset_prev + r) * H + unit)
+                                        : __ldg(args.c0 + (size_t)r * H + unit);
+      saved[i].dy = !has_proj && dy != nullptr ? load_ro(dy + row * P + unit) : 0.0f;
+    });
   };
   auto end_phase = [&](bool prefetch, int64_t next) {
     __syncthreads();
@@ -105,34 +100,29 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
   auto cell_backward = [&](int64_t k, const StepRows& s, int n_act, auto dh_of) {
     T* g_out = gx + (size_t)(k & 1) * B * gld;
     const int carried = carried_rows(s);
-    for (int round = 0; round * kMaxCellItems * kThreads < n_act * U; ++round) {
-      if (round > 0) load_saved(k, round);
-#pragma unroll
-      for (int i = 0; i < kMaxCellItems; ++i) {
-        const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x, b = e / U, u = e % U;
-        if (b >= n_act || u >= my_units) continue;
-        const int r = row0 + b, unit = unit0 + u;
-        const int64_t row = s.offset + r;
-        const float dh = dh_of(b, u) + saved[i].dy;
-        if (!has_proj && args.dy_total != nullptr) args.dy_total[row * P + unit] = dh;
-        const SavedCell& v = saved[i];
-        const CellGrad d = lstm_cell_backward(v.i, v.f, v.g, v.o, v.c, v.c_prev, dh, dc_s[e]);
-        float* dgates = args.dgates + row * G + unit;
-        dgates[0] = d.d_i;
-        dgates[H] = d.d_f;
-        dgates[2 * H] = d.d_g;
-        dgates[3 * H] = d.d_o;
-        T* chain = g_out + (size_t)r * gld + unit;
-        chain[0] = from_float<T>(d.d_i);
-        chain[H] = from_float<T>(d.d_f);
-        chain[2 * H] = from_float<T>(d.d_g);
-        chain[3 * H] = from_float<T>(d.d_o);
-        if (r < carried)
-          dc_s[e] = d.dc_prev;
-        else
-          args.dc0[(size_t)r * H + unit] = d.dc_prev;
-      }
-    }
+    auto reload = [&](int round) { load_saved(k, round); };
+    for_each_cell(n_act, U, my_units, reload, [&](int i, int e, int b, int u) {
+      const int r = row0 + b, unit = unit0 + u;
+      const int64_t row = s.offset + r;
+      const float dh = dh_of(b, u) + saved[i].dy;
+      if (!has_proj && args.dy_total != nullptr) args.dy_total[row * P + unit] = dh;
+      const SavedCell& v = saved[i];
+      const CellGrad d = lstm_cell_backward(v.i, v.f, v.g, v.o, v.c, v.c_prev, dh, dc_s[e]);
+      float* dgates = args.dgates + row * G + unit;
+      dgates[0] = d.d_i;
+      dgates[H] = d.d_f;
+      dgates[2 * H] = d.d_g;
+      dgates[3 * H] = d.d_o;
+      T* chain = g_out + (size_t)r * gld + unit;
+      chain[0] = from_float<T>(d.d_i);
+      chain[H] = from_float<T>(d.d_f);
+      chain[2 * H] = from_float<T>(d.d_g);
+      chain[3 * H] = from_float<T>(d.d_o);
+      if (r < carried)
+        dc_s[e] = d.dc_prev;
+      else
+        args.dc0[(size_t)r * H + unit] = d.dc_prev;
+    });
   };
   // Stages rows of the gate-gradient exchange written at step k.
   auto gates_rows = [&](int64_t k) {

@@ -231,6 +231,32 @@ __device__ __forceinline__ float product_out(const Product& p, const float* part
   return s;
 }
 
+// The (row, unit) cells of a step, kMaxCellItems a thread per round: cell
+// e = (round * kMaxCellItems + i) * kThreads + thread is row b = e / units, unit
+// u = e % units. body(i, e, b, u) runs for each cell of `round` with b < n_act and
+// u < my_units; i indexes the thread's per-cell registers.
+template <typename Body>
+__device__ __forceinline__ void for_round_cells(int round, int n_act, int units, int my_units,
+                                                Body body) {
+#pragma unroll
+  for (int i = 0; i < kMaxCellItems; ++i) {
+    const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x;
+    const int b = e / units, u = e % units;
+    if (b < n_act && u < my_units) body(i, e, b, u);
+  }
+}
+
+// Every round of a step's cells: reload(round) refills the per-cell registers before
+// each round after the first (round 0 was loaded ahead, across the barrier).
+template <typename Reload, typename Body>
+__device__ __forceinline__ void for_each_cell(int n_act, int units, int my_units, Reload reload,
+                                              Body body) {
+  for (int round = 0; round * kMaxCellItems * kThreads < n_act * units; ++round) {
+    if (round > 0) reload(round);
+    for_round_cells(round, n_act, units, my_units, body);
+  }
+}
+
 // Copies rows x cols of a weight matrix into a_s [p.m][p.a_ld] once per launch, zero
 // outside; weight(m, k) -> element (read-only global). Consecutive threads take
 // consecutive k, so reads of a weight row are coalesced.

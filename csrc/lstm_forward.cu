@@ -78,17 +78,12 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   float xg_regs[kMaxCellItems][4];
   auto load_xg = [&](int64_t k, int round) {
     const StepRows s = step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
-    const int n_act = block_active(s.size, row0, Bb);
+    for_round_cells(round, block_active(s.size, row0, Bb), U, my_units, [&](int i, int, int b, int u) {
+      const T* x = xg + (s.offset + row0 + b) * G + unit0 + u;
 #pragma unroll
-    for (int i = 0; i < kMaxCellItems; ++i) {
-      const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x, b = e / U, u = e % U;
-      if (b < n_act && u < my_units) {
-        const T* x = xg + (s.offset + row0 + b) * G + unit0 + u;
-#pragma unroll
-        for (int g = 0; g < 4; ++g)
-          xg_regs[i][g] = to_float(x[g * H]) + (args.bias ? args.bias[g * H + unit0 + u] : 0.0f);
-      }
-    }
+      for (int g = 0; g < 4; ++g)
+        xg_regs[i][g] = to_float(x[g * H]) + (args.bias ? args.bias[g * H + unit0 + u] : 0.0f);
+    });
   };
   auto end_phase = [&](bool last, int64_t next) {
     if constexpr (kCluster) {
@@ -136,43 +131,38 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
                          part);
       }
       T* h_next = hx + (size_t)(k & 1) * B * xld;
-      for (int round = 0; round * kMaxCellItems * kThreads < n_act * U; ++round) {
-        if (round > 0) load_xg(k, round);
+      auto reload = [&](int round) { load_xg(k, round); };
+      for_each_cell(n_act, U, my_units, reload, [&](int i, int e, int b, int u) {
+        const int r = row0 + b, unit = unit0 + u;
+        const int64_t row = s.offset + r;
+        float pre[4];
 #pragma unroll
-        for (int i = 0; i < kMaxCellItems; ++i) {
-          const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x, b = e / U, u = e % U;
-          if (b >= n_act || u >= my_units) continue;
-          const int r = row0 + b, unit = unit0 + u;
-          const int64_t row = s.offset + r;
-          float pre[4];
-#pragma unroll
-          for (int g = 0; g < 4; ++g) pre[g] = product_out(L.rec, part, g * U + u, b) + xg_regs[i][g];
-          const CellOut out = lstm_cell(pre[0], pre[1], pre[2], pre[3], c_s[e]);
-          c_s[e] = out.c;
-          if (args.gates != nullptr) {
-            float* gates = args.gates + row * G + unit;
-            gates[0] = out.i;
-            gates[H] = out.f;
-            gates[2 * H] = out.g;
-            gates[3 * H] = out.o;
-          }
-          if (args.cells != nullptr) args.cells[row * H + unit] = out.c;
-          const T h = from_float<T>(out.h);
-          if (has_proj) {
-            if (hidden != nullptr) hidden[row * H + unit] = h;
-            hidx[(size_t)r * hld + unit] = h;
+        for (int g = 0; g < 4; ++g) pre[g] = product_out(L.rec, part, g * U + u, b) + xg_regs[i][g];
+        const CellOut out = lstm_cell(pre[0], pre[1], pre[2], pre[3], c_s[e]);
+        c_s[e] = out.c;
+        if (args.gates != nullptr) {
+          float* gates = args.gates + row * G + unit;
+          gates[0] = out.i;
+          gates[H] = out.f;
+          gates[2 * H] = out.g;
+          gates[3 * H] = out.o;
+        }
+        if (args.cells != nullptr) args.cells[row * H + unit] = out.c;
+        const T h = from_float<T>(out.h);
+        if (has_proj) {
+          if (hidden != nullptr) hidden[row * H + unit] = h;
+          hidx[(size_t)r * hld + unit] = h;
+        } else {
+          y[row * P + unit] = h;
+          if (last) return;
+          if constexpr (kCluster) {
+            T* mine = ring + (k & 1) * h_elems + b * L.rec.b_ld + unit;
+            for (unsigned rank = 0; rank < cluster_blocks(); ++rank) store_to_peer(mine, rank, h);
           } else {
-            y[row * P + unit] = h;
-            if (last) continue;
-            if constexpr (kCluster) {
-              T* mine = ring + (k & 1) * h_elems + b * L.rec.b_ld + unit;
-              for (unsigned rank = 0; rank < cluster_blocks(); ++rank) store_to_peer(mine, rank, h);
-            } else {
-              h_next[(size_t)r * xld + unit] = h;
-            }
+            h_next[(size_t)r * xld + unit] = h;
           }
         }
-      }
+      });
     }
 
     if constexpr (!kCluster) {

@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnfast
 from rnnfast import backends, precision
 from rnnfast.backends import cuda as cuda_backend
+from rnnfast.backends.barrier import raise_if_barrier_timed_out
 from rnnfast.bench.cases import DTYPES
 from rnnfast.freeze import frozen_mask
 
@@ -155,6 +156,7 @@ def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device)
         x64, upstream = _inputs(shape, device)
         expected = _outputs_and_grads(exact, shape, x64, names, upstream, torch.float64)
         got = _outputs_and_grads(ours, shape, x64, names, upstream, dtype)
+        raise_if_barrier_timed_out(wait=True)  # a barrier wait that gave up fails the case
     baseline = "cuDNN" if device.type == "cuda" else "native"
     try:
         reference = _outputs_and_grads(theirs, shape, x64, names, upstream, dtype)
