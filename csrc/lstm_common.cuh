@@ -195,50 +195,62 @@ RNNFAST_HD int gate_row(int m, int units, int unit0, int hidden) {
 // in shared memory for the whole sequence and B (activations of the batch block)
 // staged per step, in `chunks` pieces of `chunk` columns through a ring of
 // `stages` buffers (or read in place when the block holds it whole: cluster plans).
-// The output is (M/16) x (Nb/8) mma tiles. A warp's item is one m-tile with a group of
-// up to kMaxWarpTiles n-tiles: per k-tile it loads the A fragment once and issues one
-// mma per n-tile into independent accumulators (no serial chain, A read once per
-// group). When there are fewer items than warps, `ksplit` warps share an item, each
-// taking every ksplit-th k-tile; their partial sums are added in the epilogue.
+// Orientation: the weights are the mma's M (16-row tiles) and the batch its N (8-row
+// tiles), so a small batch pads to 8, not 16; or, `swapped`, the batch is the M and
+// the weights the N, so a slice of a few rows (the backward's units) pads to 8. Each
+// product takes the orientation with fewer output tiles (the weights' on a tie).
+// A warp's item is one M tile with a group of up to kMaxWarpTiles N tiles: per k-tile
+// it loads the M-side fragment once and issues one mma per N tile into independent
+// accumulators (no serial chain, that fragment read once per group). When there are
+// fewer items than warps, `ksplit` warps share an item, each taking every ksplit-th
+// k-tile; their partial sums are added in the epilogue.
 struct Product {
-  int m;       // A rows held: real rows padded to 16
-  int k;       // reduction length padded to the k-tile
-  int a_ld;    // elements per A row in shared memory (k + 16 bytes)
-  int nb;      // B rows: the batch block's rows (a multiple of 8)
-  int chunk;   // B columns per stage (a multiple of the k-tile)
-  int chunks;  // ceil(k / chunk)
-  int stages;  // 1 (B staged whole) or 2 (double-buffered chunks)
-  int b_ld;    // elements per staged B row (chunk + 16 bytes)
-  int groups;  // n-tile groups per m-tile
-  int group;   // n-tiles per group (the last may have fewer)
-  int items;   // (m / 16) * groups * ksplit: work items over the warps
-  int ksplit;  // warps per (m-tile, group)
+  int m;        // A (weight) rows held, padded to the tile of their side (16, or 8 swapped)
+  int k;        // reduction length padded to the k-tile
+  int a_ld;     // elements per A row in shared memory (k + 16 bytes)
+  int nb;       // B (batch) rows, padded to the tile of their side (8, or 16 swapped)
+  int chunk;    // B columns per stage (a multiple of the k-tile)
+  int chunks;   // ceil(k / chunk)
+  int stages;   // 1 (B staged whole) or 2 (double-buffered chunks)
+  int b_ld;     // elements per staged B row (chunk + 16 bytes)
+  bool swapped; // the batch is the mma's M
+  int m_tiles;  // mma M tiles: m / 16, or nb / 16 swapped
+  int n_tiles;  // mma N tiles: nb / 8, or m / 8 swapped
+  int groups;   // N-tile groups per M tile (a warp item: one M tile, one group)
+  int group;    // N tiles per group (the last may have fewer)
+  int items;    // m_tiles * groups * ksplit: work items over the warps
+  int ksplit;   // warps per (M tile, group)
 };
 
-RNNFAST_HD Product make_product(int m_real, int k_real, int nb, int itemsize, bool b_resident) {
+RNNFAST_HD Product make_product(int m_real, int k_real, int rows, int itemsize, bool b_resident) {
   Product p;
   const int kt = k_tile(itemsize);
-  p.m = round_up(m_real, kWeightTile);
+  const int weights_m = cdiv(m_real, kWeightTile) * cdiv(rows, kRowTile);
+  const int batch_m = cdiv(rows, kWeightTile) * cdiv(m_real, kRowTile);
+  p.swapped = m_real > 0 && batch_m < weights_m;
+  p.m = round_up(m_real, p.swapped ? kRowTile : kWeightTile);
+  p.nb = round_up(rows, p.swapped ? kWeightTile : kRowTile);
+  p.m_tiles = p.swapped ? p.nb / kWeightTile : p.m / kWeightTile;
+  p.n_tiles = p.swapped ? p.m / kRowTile : p.nb / kRowTile;
   p.k = round_up(k_real, kt);
   p.a_ld = p.k + row_pad(itemsize);
-  p.nb = nb;
-  if (b_resident || (size_t)nb * (p.k + row_pad(itemsize)) * itemsize <= (size_t)kRingBytes) {
+  if (b_resident || (size_t)p.nb * (p.k + row_pad(itemsize)) * itemsize <= (size_t)kRingBytes) {
     p.chunk = p.k;
   } else {  // two stages of the largest multiple of 4 k-tiles that fits the ring
-    const int fit = kRingBytes / (2 * nb * itemsize) - row_pad(itemsize);
+    const int fit = kRingBytes / (2 * p.nb * itemsize) - row_pad(itemsize);
     p.chunk = max_int(fit / (4 * kt) * (4 * kt), kt);
   }
   p.chunks = p.k > 0 ? cdiv(p.k, p.chunk) : 0;  // 0: no product (a layer without projection)
   p.stages = p.chunks <= 1 ? 1 : 2;
   p.b_ld = p.chunk + row_pad(itemsize);
-  // The fewest groups whose accumulators fit a warp: each extra group re-reads A.
-  const int m_tiles = p.m / kWeightTile, n_tiles = nb / kRowTile;
+  // The fewest groups whose accumulators fit a warp: each extra group re-reads the
+  // M-side fragment.
   p.groups = 1;
-  while (p.groups < n_tiles &&
-         cdiv(m_tiles * p.groups, kWarps) * cdiv(n_tiles, p.groups) > kMaxWarpTiles)
+  while (p.groups < p.n_tiles &&
+         cdiv(p.m_tiles * p.groups, kWarps) * cdiv(p.n_tiles, p.groups) > kMaxWarpTiles)
     ++p.groups;
-  p.group = cdiv(n_tiles, p.groups);
-  const int work = m_tiles * p.groups;
+  p.group = cdiv(p.n_tiles, p.groups);
+  const int work = p.m_tiles * p.groups;
   p.ksplit = work >= kWarps ? 1 : clamp_int(kWarps / max_int(work, 1), 1, p.chunk / kt);
   p.items = work * p.ksplit;
   return p;

@@ -157,25 +157,26 @@ __device__ __forceinline__ void mma_with(float (&d)[4], const AFragment<T>& a, c
 // memory chunk by chunk into `ring` (double-buffered: chunk c+1 is in flight while
 // chunk c is multiplied); otherwise `ring` already holds B whole [p.nb][p.b_ld]. Rows
 // from `rows` to p.nb hold stale values: they only reach output columns the caller
-// ignores. Every thread must call this; it ends with a barrier.
+// ignores. The mma's M side is A, or B when p.swapped. Every thread must call this; it
+// ends with a barrier.
 template <typename T, typename RowSource>
 __device__ __forceinline__ void resident_product(const Product& p, const T* a_s, T* ring,
                                                  bool staged, int rows, RowSource row_src,
                                                  float* part) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kt = k_tile(sizeof(T));
-  const int n_tiles = p.nb / kRowTile, work = (p.m / kWeightTile) * p.groups;
-  // This warp's accumulator slots: slot s is n-tile s % group of its item s / group
+  const int work = p.m_tiles * p.groups;
+  // This warp's accumulator slots: slot s is N tile s % group of its item s / group
   // (items warp, warp + 8, ...). Decoded once, out of the step's loops.
   const int ks = warp < p.items ? warp / work : 0;
-  int slot_m0[kMaxWarpTiles], slot_n0[kMaxWarpTiles];  // -1: unused slot
-  bool slot_first[kMaxWarpTiles];                       // loads its item's A fragment
+  int slot_m0[kMaxWarpTiles], slot_n0[kMaxWarpTiles];  // mma M / N origin; m0 -1: unused
+  bool slot_first[kMaxWarpTiles];                       // loads its item's M-side fragment
   float acc[kMaxWarpTiles][4];
 #pragma unroll
   for (int s = 0; s < kMaxWarpTiles; ++s) {
     const int item = warp + (s / p.group) * kWarps, t = s % p.group;
     const int rest = item % work, n_tile = (rest % p.groups) * p.group + t;
-    const bool used = item < p.items && n_tile < n_tiles;
+    const bool used = item < p.items && n_tile < p.n_tiles;
     slot_m0[s] = used ? (rest / p.groups) * kWeightTile : -1;
     slot_n0[s] = n_tile * kRowTile;
     slot_first[s] = t == 0;
@@ -200,26 +201,40 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
       __syncthreads();
     }
     const T* b_s = ring + (staged ? (ch % p.stages) * stage_elems : 0);
+    // The mma's M-side and N-side operands, their row lengths and k offsets.
+    const T* m_side = p.swapped ? b_s : a_s;
+    const T* n_side = p.swapped ? a_s : b_s;
+    const int m_ld = p.swapped ? p.b_ld : p.a_ld, n_ld = p.swapped ? p.a_ld : p.b_ld;
+    const int m_k0 = p.swapped ? 0 : col0, n_k0 = p.swapped ? col0 : 0;
     const int k_tiles = cols / kt;
     for (int kk = ks; kk < k_tiles; kk += p.ksplit) {
       AFragment<T> a;
 #pragma unroll
       for (int s = 0; s < kMaxWarpTiles; ++s) {
         if (slot_m0[s] < 0) continue;
-        if (slot_first[s]) load_a(a, a_s, p.a_ld, slot_m0[s], col0 + kk * kt);
-        mma_with(acc[s], a, b_s, p.b_ld, slot_n0[s], kk * kt);
+        if (slot_first[s]) load_a(a, m_side, m_ld, slot_m0[s], m_k0 + kk * kt);
+        mma_with(acc[s], a, n_side, n_ld, slot_n0[s], n_k0 + kk * kt);
       }
     }
     if (staged) __syncthreads();  // this stage is refilled two chunks later
   }
-  // Accumulator lanes: rows group and group + 8, columns 2 * quad and 2 * quad + 1.
+  // Accumulator lanes: M rows group and group + 8, N columns 2 * quad and 2 * quad + 1;
+  // part is [ks][weight row][batch row] in either orientation.
   const int group = lane / 4, quad = lane % 4;
+  float* part_k = part + (size_t)ks * p.m * p.nb;
 #pragma unroll
   for (int s = 0; s < kMaxWarpTiles; ++s) {
     if (slot_m0[s] < 0) continue;
-    float* out = part + ((size_t)ks * p.m + slot_m0[s] + group) * p.nb + slot_n0[s] + 2 * quad;
-    *reinterpret_cast<float2*>(out) = make_float2(acc[s][0], acc[s][1]);
-    *reinterpret_cast<float2*>(out + 8 * p.nb) = make_float2(acc[s][2], acc[s][3]);
+    const int m = slot_m0[s] + group, n = slot_n0[s] + 2 * quad;
+    if (p.swapped) {  // M: batch rows, N: weight rows
+      part_k[n * p.nb + m] = acc[s][0];
+      part_k[(n + 1) * p.nb + m] = acc[s][1];
+      part_k[n * p.nb + m + 8] = acc[s][2];
+      part_k[(n + 1) * p.nb + m + 8] = acc[s][3];
+    } else {
+      *reinterpret_cast<float2*>(part_k + m * p.nb + n) = make_float2(acc[s][0], acc[s][1]);
+      *reinterpret_cast<float2*>(part_k + (m + 8) * p.nb + n) = make_float2(acc[s][2], acc[s][3]);
+    }
   }
   __syncthreads();
 }

@@ -77,6 +77,10 @@ def test_h100_plan_numbers_for_the_standard_cases():
     assert (fwd.kind, fwd.unit_slices, fwd.units, fwd.block_rows) == ("grid", 96, 8, 16)
     bwd = _plan("backward", 16, 768)
     assert (bwd.kind, bwd.unit_slices, bwd.units, bwd.block_rows) == ("grid", 96, 8, 16)
+    # Its product: 8 units against 16 rows, so the batch is the mma's M (one tile, not two).
+    chain, _ = cuda_plan.backward_products(768, 768, False, 2, 8, 8, 16)
+    assert (chain.swapped, chain.m, chain.nb, chain.tiles) == (True, 8, 16, 1)
+    assert isinstance(_plan("backward", 16, 768, itemsize=4), cuda_plan.Plan)  # fp32 too
     # H = 512 fp16 fits one cluster of 16 CTAs (32 units each); on an A100 (sm_80) a grid.
     small = _plan("forward", 16, 512)
     assert (small.kind, small.unit_slices, small.units) == ("cluster", 16, 32)
@@ -90,7 +94,7 @@ def test_h100_plan_numbers_for_the_standard_cases():
 
 
 @pytest.mark.parametrize("direction,hidden,itemsize", [("forward", 2048, 2), ("forward", 1536, 4),
-                                                       ("backward", 1024, 4)])
+                                                       ("backward", 1536, 4)])
 def test_layers_too_large_for_chip_get_a_reason(direction, hidden, itemsize):
     reason = _plan(direction, 16, hidden, itemsize=itemsize)
     assert isinstance(reason, str) and "cannot hold this layer on chip" in reason
@@ -108,7 +112,7 @@ def test_largest_square_layers_held_on_chip():
     assert largest("forward", 2, "cluster") == 576
     assert largest("forward", 4, "cluster") == 384
     assert largest("backward", 2) == 1216
-    assert largest("backward", 4) == 640
+    assert largest("backward", 4) == 1024
 
 
 # ---------------------------------------------------------------------------------

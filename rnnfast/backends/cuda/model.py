@@ -32,9 +32,9 @@ blocks run side by side, so one block's time is the step's time):
       gpu.tf32_fraction of its rate, the same time. So for the same M, N, K the fp32
       product issues 2 x 3 = 6 times the mma of the 16-bit one.
     * shared-memory reads at gpu.smem_bytes_per_clock_per_sm: every item reads its
-      16 x kt A fragment once per k-tile and an 8 x kt B fragment per n-tile, so A is read
-      once per n-tile group and B once per m-tile: M*K*item*groups + Nb*K*item*(M/16)
-      bytes; plus the staged B written in (grid plans) and the k-split partial sums
+      16 x kt M-side fragment once per k-tile and an 8 x kt N-side fragment per N tile:
+      the M side (weights, or the batch when the product is swapped) is read once per
+      N-tile group, the N side once per M tile; plus the staged B written in (grid plans) and the k-split partial sums
       written and read back.
 - L2 traffic: the block's bytes at the per-SM L2 rate or all blocks' bytes at the chip's
   L2 rate, whichever is slower: the staged B operand (grid plans; Nb x K x item per
@@ -97,7 +97,7 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
         return ProductTime(0.0, 0.0, 0.0, 0, 0)
     kt = 16 if itemsize == 2 else 8          # k-tile width (elements)
     per_tile = 1 if itemsize == 2 else TF32_SPLIT
-    n_tiles, work = p.nb // layout.ROW_TILE, (p.m // layout.WEIGHT_TILE) * p.groups
+    n_tiles, work = p.n_tiles, p.m_tiles * p.groups
     # Each warp's slots (n-tiles it accumulates) and k-tile steps: resident_product's loops.
     warp_mma = [0] * layout.WARPS
     warp_steps = [0] * layout.WARPS
@@ -119,8 +119,10 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
     issue = max(core_mma) * flops / rate
     chain = max(warp_steps[w] * per_tile * gpu.mma_latency_clocks + warp_mma[w]
                 for w in range(layout.WARPS)) / gpu.clock_hz
-    smem_bytes = (p.m * p.k * itemsize * p.groups                              # A, per group
-                  + p.nb * p.k * itemsize * (p.m // layout.WEIGHT_TILE)        # B, per m-tile
+    # The M side is read once per N-tile group, the N side once per M tile.
+    m_side, n_side = (p.nb, p.m) if p.swapped else (p.m, p.nb)
+    smem_bytes = (m_side * p.k * itemsize * p.groups
+                  + n_side * p.k * itemsize * p.m_tiles
                   + (p.nb * p.k * itemsize if staged else 0)                   # B staged in
                   + 2 * p.ksplit * p.m * p.nb * 4)                             # partials w + r
     smem = smem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)

@@ -78,7 +78,8 @@ def exchange_ld(cols: int) -> int:
 
 @dataclass(frozen=True)
 class Product:
-    """lstm_common.cuh Product: out[M][Nb] = A[M][K] . B[Nb][K]^T per step."""
+    """lstm_common.cuh Product: out[M][Nb] = A[M][K] . B[Nb][K]^T per step, the weights
+    as the mma's M side, or (swapped) the batch."""
     m: int
     k: int
     a_ld: int
@@ -87,36 +88,46 @@ class Product:
     chunks: int
     stages: int
     b_ld: int
-    groups: int   # n-tile groups per m-tile (a warp item: one m-tile, one group)
-    group: int    # n-tiles per group
-    items: int    # (m / 16) * groups * ksplit
+    swapped: bool
+    m_tiles: int
+    n_tiles: int
+    groups: int   # N-tile groups per M tile (a warp item: one M tile, one group)
+    group: int    # N tiles per group
+    items: int    # m_tiles * groups * ksplit
     ksplit: int
 
     @staticmethod
-    def make(m_real: int, k_real: int, nb: int, itemsize: int, b_resident: bool) -> "Product":
+    def make(m_real: int, k_real: int, rows: int, itemsize: int, b_resident: bool) -> "Product":
         kt = 16 if itemsize == 2 else 8
         pad = 16 // itemsize
-        m, k = _round_up(m_real, WEIGHT_TILE), _round_up(k_real, kt)
+        weights_m = _cdiv(m_real, WEIGHT_TILE) * _cdiv(rows, ROW_TILE)
+        batch_m = _cdiv(rows, WEIGHT_TILE) * _cdiv(m_real, ROW_TILE)
+        swapped = m_real > 0 and batch_m < weights_m
+        m = _round_up(m_real, ROW_TILE if swapped else WEIGHT_TILE)
+        nb = _round_up(rows, WEIGHT_TILE if swapped else ROW_TILE)
+        m_tiles, n_tiles = (nb // WEIGHT_TILE, m // ROW_TILE) if swapped else (m // WEIGHT_TILE,
+                                                                               nb // ROW_TILE)
+        k = _round_up(k_real, kt)
         if b_resident or nb * (k + pad) * itemsize <= RING_BYTES:
             chunk = k
         else:
             fit = RING_BYTES // (2 * nb * itemsize) - pad
             chunk = max(fit // (4 * kt) * (4 * kt), kt)
         chunks = _cdiv(k, chunk) if k else 0
-        m_tiles, n_tiles = m // WEIGHT_TILE, nb // ROW_TILE
-        groups = 1  # the fewest whose accumulators fit a warp: each extra group re-reads A
+        groups = 1  # the fewest whose accumulators fit a warp: each re-reads the M side
         while (groups < n_tiles
                and _cdiv(m_tiles * groups, WARPS) * _cdiv(n_tiles, groups) > MAX_WARP_TILES):
             groups += 1
         work = m_tiles * groups
         ksplit = 1 if work >= WARPS else max(1, min(WARPS // max(work, 1), chunk // kt))
         return Product(m, k, k + pad, nb, chunk, chunks, 1 if chunks <= 1 else 2, chunk + pad,
-                       groups, _cdiv(n_tiles, groups), work * ksplit, ksplit)
+                       swapped, m_tiles, n_tiles, groups, _cdiv(n_tiles, groups), work * ksplit,
+                       ksplit)
 
     @property
     def tiles(self) -> int:
-        """mma output tiles, (M / 16) x (Nb / 8)."""
-        return (self.m // WEIGHT_TILE) * (self.nb // ROW_TILE)
+        """mma output tiles."""
+        return self.m_tiles * self.n_tiles
 
     def fits(self) -> bool:
         return _cdiv(self.items, WARPS) * self.group <= MAX_WARP_TILES
