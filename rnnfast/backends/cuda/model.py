@@ -158,6 +158,14 @@ def _itemsize(plan: layout.Plan, dtype: torch.dtype) -> int:
     return plan.itemsize
 
 
+def step_time(plan: layout.Plan, direction: str, batch: int, hidden: int, out_size: int,
+              gpu: Gpu = H100) -> float:
+    """Modelled seconds of one step of `plan` (how plan.make_plan ranks the splits)."""
+    dtype = {2: torch.float16, 4: torch.float32}.get(plan.itemsize, torch.float64)
+    timing = forward_time if direction == "forward" else backward_time
+    return timing(plan, batch, hidden, out_size, hidden, 1, dtype, gpu).step_s
+
+
 def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, input_size: int,
                  seq_len: int, dtype: torch.dtype, gpu: Gpu = H100,
                  training: bool = True) -> ModelledTime:

@@ -211,27 +211,34 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
               clusters: bool = True) -> Union[Plan, str]:
     """The plan of the "forward" or "backward" kernel for this layer on a GPU with `sms`
     SMs, `smem_per_block` opt-in shared memory and compute capability `major`.x, or why
-    none fits. clusters=False: the grid plan (what a refused cluster launch falls back to)."""
+    none fits. clusters=False: grid plans only (what a refused cluster launch falls
+    back to). Of the splits that fit, the one whose step the latency model (model.py)
+    rates fastest; on a tie the first: cluster plans, then fewer batch blocks."""
+    candidates = []
     if clusters and direction == "forward" and major >= 9 and not has_proj:
         # One cluster per batch block, as many CTAs as split the layer into >= 4 units
-        # each (up to 16), and batch blocks as large as fit, while the clusters fit the GPU.
+        # each (up to 16), while the clusters fit the GPU.
         slices = min(MAX_CLUSTER, _cdiv(hidden, 4))
         for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
             if batch_blocks * slices > sms:
                 break
             plan = _candidate("cluster", direction, batch, hidden, out_size, has_proj, itemsize,
                               slices, batch_blocks, smem_per_block)
-            if plan is not None and plan.unit_slices > 1:
-                return plan
+            if plan is not None and plan.unit_slices > 1 and plan not in candidates:
+                candidates.append(plan)
     for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
         slices = min(sms // batch_blocks, _cdiv(hidden, 4))
         if slices < 1:
             break
         plan = _candidate("grid", direction, batch, hidden, out_size, has_proj, itemsize, slices,
                           batch_blocks, smem_per_block)
-        if plan is not None:
-            return plan
-    return (f"the {direction} kernel cannot hold this layer on chip (B={batch}, H={hidden}, "
-            f"P={out_size}, {itemsize}-byte weights): on no split over {sms} SMs do a block's "
-            f"W_hh slice and staging fit {smem_per_block} bytes of shared memory with at most "
-            f"{WARPS * MAX_WARP_TILES} mma tiles per block")
+        if plan is not None and plan not in candidates:
+            candidates.append(plan)
+    if not candidates:
+        return (f"the {direction} kernel cannot hold this layer on chip (B={batch}, H={hidden}, "
+                f"P={out_size}, {itemsize}-byte weights): on no split over {sms} SMs do a "
+                f"block's W_hh slice and staging fit {smem_per_block} bytes of shared memory "
+                f"with at most {WARPS * MAX_WARP_TILES} mma tiles per block")
+    from . import model
+    return min(candidates, key=lambda plan: model.step_time(plan, direction, batch, hidden,
+                                                            out_size))
