@@ -26,6 +26,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kRowTile = 8;        // batch rows per mma tile: the N of m16n8k16 / m16n8k8
 constexpr int kWeightTile = 16;    // weight rows per mma tile: its M
 constexpr int kMaxWarpTiles = 8;   // accumulator tiles one warp holds (4 floats per lane each)
+constexpr int kMaxCopies = 4;      // accumulator sets a slot may be spread over
 constexpr int kMaxCellItems = 4;   // (batch row, unit) cells a thread holds in registers per round
 constexpr int kExchangeAlign = 16; // exchange rows (h, dgates, dh) padded to 16 elements
 constexpr int kRingBytes = 64 * 1024;  // shared memory for a streamed operand's stages
@@ -201,9 +202,12 @@ RNNFAST_HD int gate_row(int m, int units, int unit0, int hidden) {
 // product takes the orientation with fewer output tiles (the weights' on a tie).
 // A warp's item is one M tile with a group of up to kMaxWarpTiles N tiles: per k-tile
 // it loads the M-side fragment once and issues one mma per N tile into independent
-// accumulators (no serial chain, that fragment read once per group). When there are
-// fewer items than warps, `ksplit` warps share an item, each taking every ksplit-th
-// k-tile; their partial sums are added in the epilogue.
+// accumulators (that fragment read once per group). When there are fewer items than
+// warps, `ksplit` warps share an item, each taking every ksplit-th k-tile; their
+// partial sums are added in the epilogue. A warp with few slots keeps `copies` sets of
+// accumulators that take its k-tiles in turn, so that consecutive mma are independent
+// (a k-tile's mma waits only for the one `copies` k-tiles back); the sets are added
+// before the partial sums are written.
 struct Product {
   int m;        // A (weight) rows held, padded to the tile of their side (16, or 8 swapped)
   int k;        // reduction length padded to the k-tile
@@ -220,6 +224,8 @@ struct Product {
   int group;    // N tiles per group (the last may have fewer)
   int items;    // m_tiles * groups * ksplit: work items over the warps
   int ksplit;   // warps per (M tile, group)
+  int slots;    // accumulator tiles a warp needs for its items: ceil(items / 8) * group
+  int copies;   // accumulator sets per slot (1-4): k-tiles go to them in turn
 };
 
 RNNFAST_HD Product make_product(int m_real, int k_real, int rows, int itemsize, bool b_resident) {
@@ -253,12 +259,14 @@ RNNFAST_HD Product make_product(int m_real, int k_real, int rows, int itemsize, 
   const int work = p.m_tiles * p.groups;
   p.ksplit = work >= kWarps ? 1 : clamp_int(kWarps / max_int(work, 1), 1, p.chunk / kt);
   p.items = work * p.ksplit;
+  p.slots = cdiv(p.items, kWarps) * p.group;
+  p.copies = clamp_int(kMaxWarpTiles / max_int(p.slots, 1), 1, kMaxCopies);
   return p;
 }
 
 // Whether a warp can hold its share of a product's accumulators.
 RNNFAST_HD bool product_fits(const Product& p) {
-  return cdiv(p.items, kWarps) * p.group <= kMaxWarpTiles;
+  return p.slots <= kMaxWarpTiles;
 }
 
 RNNFAST_HD size_t a_bytes(const Product& p, int itemsize) {

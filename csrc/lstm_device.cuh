@@ -166,22 +166,30 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kt = k_tile(sizeof(T));
   const int work = p.m_tiles * p.groups;
-  // This warp's accumulator slots: slot s is N tile s % group of its item s / group
-  // (items warp, warp + 8, ...). Decoded once, out of the step's loops.
+  // This warp's accumulators: s = copy * p.slots + slot; slot is N tile slot % group of
+  // its item slot / group (items warp, warp + 8, ...); copy takes every copies-th of the
+  // warp's k-tiles. Decoded once, out of the step's loops.
   const int ks = warp < p.items ? warp / work : 0;
-  int slot_m0[kMaxWarpTiles], slot_n0[kMaxWarpTiles];  // mma M / N origin; m0 -1: unused
-  bool slot_first[kMaxWarpTiles];                       // loads its item's M-side fragment
+  // One word per accumulator: M origin (bits 0-15), N origin (16-27), copy (28-29),
+  // loads its item's M-side fragment (30); 0xffffffff: unused.
+  uint32_t slot_of[kMaxWarpTiles];
   float acc[kMaxWarpTiles][4];
 #pragma unroll
   for (int s = 0; s < kMaxWarpTiles; ++s) {
-    const int item = warp + (s / p.group) * kWarps, t = s % p.group;
+    const int slot = s % p.slots, copy = s / p.slots;
+    const int item = warp + (slot / p.group) * kWarps, t = slot % p.group;
     const int rest = item % work, n_tile = (rest % p.groups) * p.group + t;
-    const bool used = item < p.items && n_tile < p.n_tiles;
-    slot_m0[s] = used ? (rest / p.groups) * kWeightTile : -1;
-    slot_n0[s] = n_tile * kRowTile;
-    slot_first[s] = t == 0;
+    const bool used = copy < p.copies && item < p.items && n_tile < p.n_tiles;
+    slot_of[s] = used ? (uint32_t)((rest / p.groups) * kWeightTile) |
+                            ((uint32_t)(n_tile * kRowTile) << 16) | ((uint32_t)copy << 28) |
+                            ((uint32_t)(t == 0) << 30)
+                      : 0xffffffffu;
     acc[s][0] = acc[s][1] = acc[s][2] = acc[s][3] = 0.0f;
   }
+  auto slot_m0 = [&](int s) { return (int)(slot_of[s] & 0xffffu); };
+  auto slot_n0 = [&](int s) { return (int)((slot_of[s] >> 16) & 0xfffu); };
+  auto slot_copy = [&](int s) { return (int)((slot_of[s] >> 28) & 3u); };
+  auto slot_used = [&](int s) { return slot_of[s] != 0xffffffffu; };
 
   const int stage_elems = p.nb * p.b_ld;
   if (staged) {
@@ -207,16 +215,30 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
     const int m_ld = p.swapped ? p.b_ld : p.a_ld, n_ld = p.swapped ? p.a_ld : p.b_ld;
     const int m_k0 = p.swapped ? 0 : col0, n_k0 = p.swapped ? col0 : 0;
     const int k_tiles = cols / kt;
-    for (int kk = ks; kk < k_tiles; kk += p.ksplit) {
+    // A round is `copies` of this warp's k-tiles, copy c taking the c-th.
+    for (int round = ks; round < k_tiles; round += p.ksplit * p.copies) {
       AFragment<T> a;
 #pragma unroll
       for (int s = 0; s < kMaxWarpTiles; ++s) {
-        if (slot_m0[s] < 0) continue;
-        if (slot_first[s]) load_a(a, m_side, m_ld, slot_m0[s], m_k0 + kk * kt);
-        mma_with(acc[s], a, n_side, n_ld, slot_n0[s], n_k0 + kk * kt);
+        const int kk = round + slot_copy(s) * p.ksplit;
+        if (!slot_used(s) || kk >= k_tiles) continue;
+        if (slot_of[s] & (1u << 30)) load_a(a, m_side, m_ld, slot_m0(s), m_k0 + kk * kt);
+        mma_with(acc[s], a, n_side, n_ld, slot_n0(s), n_k0 + kk * kt);
       }
     }
     if (staged) __syncthreads();  // this stage is refilled two chunks later
+  }
+  // The copies of a slot added into its first, in copy order. Both indices are
+  // compile-time (unrolled), so the accumulators stay in registers.
+#pragma unroll
+  for (int s = 0; s < kMaxWarpTiles; ++s) {
+#pragma unroll
+    for (int f = s + 1; f < kMaxWarpTiles; ++f) {
+      if (s < p.slots && f % p.slots == s && f / p.slots < p.copies) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[s][i] += acc[f][i];
+      }
+    }
   }
   // Accumulator lanes: M rows group and group + 8, N columns 2 * quad and 2 * quad + 1;
   // part is [ks][weight row][batch row] in either orientation.
@@ -224,8 +246,8 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   float* part_k = part + (size_t)ks * p.m * p.nb;
 #pragma unroll
   for (int s = 0; s < kMaxWarpTiles; ++s) {
-    if (slot_m0[s] < 0) continue;
-    const int m = slot_m0[s] + group, n = slot_n0[s] + 2 * quad;
+    if (s >= p.slots || !slot_used(s)) continue;
+    const int m = slot_m0(s) + group, n = slot_n0(s) + 2 * quad;
     if (p.swapped) {  // M: batch rows, N: weight rows
       part_k[n * p.nb + m] = acc[s][0];
       part_k[(n + 1) * p.nb + m] = acc[s][1];

@@ -129,7 +129,7 @@ def test_largest_square_layers_held_on_chip():
     assert largest("forward", 2) == 1536
     assert largest("forward", 4) == 1024
     assert largest("forward", 2, "cluster") == 576
-    assert largest("forward", 4, "cluster") == 256
+    assert largest("forward", 4, "cluster") == 384
     assert largest("backward", 2) == 1216
     assert largest("backward", 4) == 1024
 

@@ -119,9 +119,28 @@ def test_a_k_split_spreads_a_small_product_over_the_warps():
     assert (p.tiles, p.ksplit) == (1, 8)
     t = model.product_time(p, 2, False)
     assert t.mma == 16 and t.warp_mma == 2
-    # Two k-tile steps at the mma latency, plus their two issue slots.
+    # Two k-tile steps, on two of the warp's four accumulator copies: one latency, plus
+    # their two issue slots.
     gpu = latency.H100
-    assert t.chain_s == pytest.approx((2 * gpu.mma_latency_clocks + 2) / gpu.clock_hz)
+    assert p.copies == 4
+    assert t.chain_s == pytest.approx((gpu.mma_latency_clocks + 2) / gpu.clock_hz)
+
+
+def test_accumulator_copies_shorten_the_serial_chain():
+    """A warp with one slot spreads its k-tiles over 4 accumulator sets: a quarter of
+    the dependent mma latency, the same mma count."""
+    import dataclasses
+    p = layout.Product.make(80, 320, 8, 4, True)  # 5 m-tiles x 1 n-tile, fp32
+    assert (p.slots, p.copies, p.ksplit) == (1, 4, 1)
+    one = dataclasses.replace(p, copies=1)
+    fast, slow = model.product_time(p, 4, False), model.product_time(one, 4, False)
+    assert fast.mma == slow.mma
+    gpu = latency.H100
+    steps = 320 // 8
+    assert slow.chain_s == pytest.approx((steps * 3 * gpu.mma_latency_clocks + steps * 3)
+                                         / gpu.clock_hz)
+    assert fast.chain_s == pytest.approx((steps // 4 * 3 * gpu.mma_latency_clocks + steps * 3)
+                                         / gpu.clock_hz)
 
 
 def test_a_warp_reuses_its_a_fragment_over_its_group_of_n_tiles():

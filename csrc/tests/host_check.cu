@@ -101,18 +101,20 @@ std::vector<float> held(const Product& p, int rows, int cols, Weight weight) {
   return a;
 }
 
-// Output m of a product for one B row (brow: p.k values, zero-padded): the k-split
-// slices summed last, each over its k-tiles chunk by chunk, as resident_product and
-// product_out do; fp32 layouts multiply through the 3xTF32 split in the mma's order.
+// Output m of a product for one B row (brow: p.k values, zero-padded), summed as
+// resident_product and product_out sum it: per k-slice, each accumulator copy over its
+// turns of the slice's k-tiles chunk by chunk, the copies added in order, then the
+// slices added; fp32 layouts multiply through the 3xTF32 split in the mma's order.
 float product_host(const Product& p, int itemsize, const std::vector<float>& a, int m,
                    const float* brow) {
   const int kt = k_tile(itemsize);
   float total = 0.f;
   for (int ks = 0; ks < p.ksplit; ++ks) {
-    float acc = 0.f;
+    float copies[kMaxCopies] = {0.f, 0.f, 0.f, 0.f};
     for (int ch = 0; ch < p.chunks; ++ch) {
       const int col0 = ch * p.chunk, tiles = min_int(p.chunk, p.k - col0) / kt;
-      for (int kk = ks; kk < tiles; kk += p.ksplit)
+      for (int kk = ks; kk < tiles; kk += p.ksplit) {
+        float& acc = copies[((kk - ks) / p.ksplit) % p.copies];
         for (int j = 0; j < kt; ++j) {
           const float x = a[(size_t)m * p.a_ld + col0 + kk * kt + j], w = brow[col0 + kk * kt + j];
           if (itemsize == 4) {
@@ -124,8 +126,11 @@ float product_host(const Product& p, int itemsize, const std::vector<float>& a, 
             acc += x * w;
           }
         }
+      }
     }
-    total += acc;
+    float slice = copies[0];
+    for (int c = 1; c < p.copies; ++c) slice += copies[c];
+    total += slice;
   }
   return total;
 }

@@ -20,9 +20,9 @@ blocks run side by side, so one block's time is the step's time):
     * mma issue: a warp item is one m16 tile with a group of up to 8 n8 tiles, times
       `ksplit` k-slices; warp w holds items w, w+8, ... (lstm_device.cuh
       resident_product). Per k-tile a warp issues one mma per n-tile of its slots into
-      independent accumulators, so its k-tile steps are serial (each waits for the A
-      fragment and the previous step's accumulators) but the mma within one are not: a
-      warp takes (its k-tile steps) x gpu.mma_latency_clocks + (its mma) issue slots;
+      independent accumulators; its k-tiles go in turn to `copies` accumulator sets, so
+      only every copies-th k-tile waits for the one before it: a warp takes
+      ceil(k-tile steps / copies) x gpu.mma_latency_clocks + (its mma) issue slots;
       the two warps of an SM sub-partition share its tensor core, so a sub-partition
       takes at least (their mma count) x the time of one mma at the mma.sync rate
       (gpu.tensor_flops x gpu.mma_sync_fraction / SMs / 4). The slowest sets the time.
@@ -108,7 +108,7 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
         for ch in range(p.chunks):
             k_tiles = min(p.chunk, p.k - ch * p.chunk) // kt
             steps = max(0, -(-(k_tiles - ks) // p.ksplit))
-            warp_steps[w] += steps
+            warp_steps[w] += -(-steps // p.copies)  # the copies' chains run side by side
             warp_mma[w] += steps * slots * per_tile
     cores = gpu.tensor_cores_per_sm
     core_mma = [sum(warp_mma[w::cores]) for w in range(cores)]  # warps w, w+4 share a core

@@ -29,6 +29,7 @@ WARPS = THREADS // 32
 ROW_TILE = 8
 WEIGHT_TILE = 16
 MAX_WARP_TILES = 8
+MAX_COPIES = 4
 EXCHANGE_ALIGN = 16
 RING_BYTES = 64 * 1024
 ALIGN = 128
@@ -95,6 +96,8 @@ class Product:
     group: int    # N tiles per group
     items: int    # m_tiles * groups * ksplit
     ksplit: int
+    slots: int    # accumulator tiles a warp needs for its items
+    copies: int   # accumulator sets per slot, taking the warp's k-tiles in turn
 
     @staticmethod
     def make(m_real: int, k_real: int, rows: int, itemsize: int, b_resident: bool) -> "Product":
@@ -120,9 +123,12 @@ class Product:
             groups += 1
         work = m_tiles * groups
         ksplit = 1 if work >= WARPS else max(1, min(WARPS // max(work, 1), chunk // kt))
+        group = _cdiv(n_tiles, groups)
+        slots = _cdiv(work * ksplit, WARPS) * group
+        copies = max(1, min(MAX_WARP_TILES // max(slots, 1), MAX_COPIES))
         return Product(m, k, k + pad, nb, chunk, chunks, 1 if chunks <= 1 else 2, chunk + pad,
-                       swapped, m_tiles, n_tiles, groups, _cdiv(n_tiles, groups), work * ksplit,
-                       ksplit)
+                       swapped, m_tiles, n_tiles, groups, group, work * ksplit, ksplit, slots,
+                       copies)
 
     @property
     def tiles(self) -> int:
@@ -130,7 +136,7 @@ class Product:
         return self.m_tiles * self.n_tiles
 
     def fits(self) -> bool:
-        return _cdiv(self.items, WARPS) * self.group <= MAX_WARP_TILES
+        return self.slots <= MAX_WARP_TILES
 
     def a_bytes(self, itemsize: int) -> int:
         return _align(self.m * self.a_ld * itemsize)
