@@ -269,6 +269,46 @@ RNNFAST_HD bool product_fits(const Product& p) {
   return p.slots <= kMaxWarpTiles;
 }
 
+// Where output (weight row w, batch row b) of k-slice ks lives in the partial sums
+// [ksplit][m][nb], in either orientation.
+RNNFAST_HD size_t part_index(const Product& p, int ks, int w, int b) {
+  return ((size_t)ks * p.m + w) * p.nb + b;
+}
+
+// ---------------------------------------------------------------------------------
+// Fragment geometry of the mma tiles (lstm_device.cuh load_a / mma_with /
+// resident_product address shared memory through these). lane = 4 * group + quad.
+// csrc/tests/host_check.cu ("fragments") emulates ldmatrix and mma from the PTX ISA's
+// own layout formulas on these addresses and checks the products.
+
+struct Coord {
+  int row, col;
+};
+
+// ldmatrix.x4 of the 16 x 16 (16-bit) tile at (m0, k0): the row this lane addresses.
+// Lanes 0-15 give rows 0-15 at k0, lanes 16-31 rows 0-15 at k0 + 8, which yields the
+// A fragment's registers a0a1, a2a3, a4a5, a6a7 in order.
+RNNFAST_HD Coord ldmatrix_x4_row(int lane, int m0, int k0) {
+  return Coord{m0 + lane % 16, k0 + (lane / 16) * 8};
+}
+// m16n8k16 B register r (0, 1): its first element at (n, k) of B stored [n][k]; the
+// second is (n, k + 1).
+RNNFAST_HD Coord b16_fragment(int lane, int n0, int k0, int r) {
+  return Coord{n0 + lane / 4, k0 + 2 * (lane % 4) + 8 * r};
+}
+// m16n8k8 tf32 A register r (0-3): (m, k).
+RNNFAST_HD Coord tf32_a_fragment(int lane, int m0, int k0, int r) {
+  return Coord{m0 + lane / 4 + 8 * (r % 2), k0 + lane % 4 + 4 * (r / 2)};
+}
+// m16n8k8 tf32 B register r (0, 1): (n, k) of B stored [n][k].
+RNNFAST_HD Coord tf32_b_fragment(int lane, int n0, int k0, int r) {
+  return Coord{n0 + lane / 4, k0 + lane % 4 + 4 * r};
+}
+// Accumulator register r (0-3) of a lane: (m, n) of the 16 x 8 tile at (m0, n0).
+RNNFAST_HD Coord accumulator(int lane, int m0, int n0, int r) {
+  return Coord{m0 + lane / 4 + 8 * (r / 2), n0 + 2 * (lane % 4) + r % 2};
+}
+
 RNNFAST_HD size_t a_bytes(const Product& p, int itemsize) {
   return align_bytes((size_t)p.m * p.a_ld * itemsize);
 }

@@ -110,17 +110,15 @@ template <typename T> struct AFragment {
 
 template <typename T>
 __device__ __forceinline__ void load_a(AFragment<T>& a, const T* a_s, int a_ld, int m0, int ka) {
-  const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+  const int lane = threadIdx.x % 32;
   if constexpr (sizeof(T) == 2) {
-    // ldmatrix.x4: lanes 0-15 give rows 0-15 at ka, lanes 16-31 rows 0-15 at ka + 8,
-    // which are the registers a0a1, a2a3, a4a5, a6a7 of the A fragment in order.
-    ldmatrix_x4(a.big, a_s + (m0 + lane % 16) * a_ld + ka + (lane / 16) * 8);
+    const Coord at = ldmatrix_x4_row(lane, m0, ka);
+    ldmatrix_x4(a.big, a_s + at.row * a_ld + at.col);
   } else {
-    const float* row = a_s + (m0 + group) * a_ld + ka + quad;
-    const float v[4] = {row[0], row[8 * a_ld], row[4], row[8 * a_ld + 4]};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const Tf32Split split = tf32_split(v[i]);
+      const Coord at = tf32_a_fragment(lane, m0, ka, i);
+      const Tf32Split split = tf32_split(a_s[at.row * a_ld + at.col]);
       a.big[i] = float_bits(split.big);
       a.small[i] = float_bits(split.small);
     }
@@ -131,17 +129,18 @@ __device__ __forceinline__ void load_a(AFragment<T>& a, const T* a_s, int a_ld, 
 template <typename T>
 __device__ __forceinline__ void mma_with(float (&d)[4], const AFragment<T>& a, const T* b_s,
                                          int b_ld, int n0, int kb) {
-  const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+  const int lane = threadIdx.x % 32;
   if constexpr (sizeof(T) == 2) {
-    const T* b_row = b_s + (n0 + group) * b_ld + kb + 2 * quad;
-    const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(b_row),
-                           *reinterpret_cast<const uint32_t*>(b_row + 8)};
+    const Coord at0 = b16_fragment(lane, n0, kb, 0), at1 = b16_fragment(lane, n0, kb, 1);
+    const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(b_s + at0.row * b_ld + at0.col),
+                           *reinterpret_cast<const uint32_t*>(b_s + at1.row * b_ld + at1.col)};
     MmaOp<T>::run(d, a.big, b);
   } else {
     // 3xTF32: small products first, so the big one lands on an accumulator that
     // already holds the corrections.
-    const float* b_row = b_s + (n0 + group) * b_ld + kb + quad;
-    const Tf32Split b0 = tf32_split(b_row[0]), b1 = tf32_split(b_row[4]);
+    const Coord at0 = tf32_b_fragment(lane, n0, kb, 0), at1 = tf32_b_fragment(lane, n0, kb, 1);
+    const Tf32Split b0 = tf32_split(b_s[at0.row * b_ld + at0.col]);
+    const Tf32Split b1 = tf32_split(b_s[at1.row * b_ld + at1.col]);
     const uint32_t b_big[2] = {float_bits(b0.big), float_bits(b1.big)};
     const uint32_t b_small[2] = {float_bits(b0.small), float_bits(b1.small)};
     mma_tf32(d, a.big, b_small);
@@ -240,22 +239,24 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
       }
     }
   }
-  // Accumulator lanes: M rows group and group + 8, N columns 2 * quad and 2 * quad + 1;
-  // part is [ks][weight row][batch row] in either orientation.
-  const int group = lane / 4, quad = lane % 4;
-  float* part_k = part + (size_t)ks * p.m * p.nb;
+  // Out to part [ks][weight row][batch row]: unswapped, registers 0-1 and 2-3 are
+  // adjacent batch rows (one 8-byte store each).
 #pragma unroll
   for (int s = 0; s < kMaxWarpTiles; ++s) {
     if (s >= p.slots || !slot_used(s)) continue;
-    const int m = slot_m0(s) + group, n = slot_n0(s) + 2 * quad;
     if (p.swapped) {  // M: batch rows, N: weight rows
-      part_k[n * p.nb + m] = acc[s][0];
-      part_k[(n + 1) * p.nb + m] = acc[s][1];
-      part_k[n * p.nb + m + 8] = acc[s][2];
-      part_k[(n + 1) * p.nb + m + 8] = acc[s][3];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const Coord at = accumulator(lane, slot_m0(s), slot_n0(s), r);
+        part[part_index(p, ks, at.col, at.row)] = acc[s][r];
+      }
     } else {
-      *reinterpret_cast<float2*>(part_k + m * p.nb + n) = make_float2(acc[s][0], acc[s][1]);
-      *reinterpret_cast<float2*>(part_k + (m + 8) * p.nb + n) = make_float2(acc[s][2], acc[s][3]);
+#pragma unroll
+      for (int r = 0; r < 4; r += 2) {
+        const Coord at = accumulator(lane, slot_m0(s), slot_n0(s), r);
+        *reinterpret_cast<float2*>(part + part_index(p, ks, at.row, at.col)) =
+            make_float2(acc[s][r], acc[s][r + 1]);
+      }
     }
   }
   __syncthreads();
@@ -264,7 +265,7 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
 // Output (m, n) of a product: the sum of its k-split partial sums.
 __device__ __forceinline__ float product_out(const Product& p, const float* part, int m, int n) {
   float s = 0.0f;
-  for (int ks = 0; ks < p.ksplit; ++ks) s += part[((size_t)ks * p.m + m) * p.nb + n];
+  for (int ks = 0; ks < p.ksplit; ++ks) s += part[part_index(p, ks, m, n)];
   return s;
 }
 

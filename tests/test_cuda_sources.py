@@ -7,8 +7,9 @@
   link it);
 - the kernels' index logic and cell math, which live in __host__ __device__ code
   (csrc/lstm_common.cuh), run on the CPU in csrc/tests/host_check.cu in the kernels'
-  loop order and match the reference backend; its shared-memory layout matches the
-  Python plan byte for byte.
+  loop and summation order and match the reference backend; its shared-memory layout
+  matches the Python plan byte for byte; the mma fragment addressing agrees with the
+  PTX ISA's layouts (emulated ldmatrix / mma).
 
 Tests that need nvcc (or a C++ compiler) skip with the reason.
 """
@@ -133,6 +134,16 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
                                                    bool(cluster)), config
         assert bwd == cuda_plan.backward_smem_bytes(H, P, bool(proj), itemsize, units, cols,
                                                     rows), config
+
+
+def test_fragment_addressing_agrees_with_the_ptx_layouts(host_check):
+    """The kernels' shared-memory addresses for ldmatrix, the mma operand registers and
+    the accumulators (lstm_common.cuh) load and store exactly what the PTX ISA's
+    fragment layouts say, in both orientations and for 16-bit and tf32 tiles; checked by
+    emulating ldmatrix and mma on the host (host_check.cu "fragments")."""
+    result = subprocess.run([host_check, "fragments"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "agrees with the PTX layouts" in result.stdout
 
 
 def _write(dirpath, name, t: torch.Tensor):

@@ -14,6 +14,9 @@
 //   host_check backward DIR   writes DIR/out_<name>.bin
 //   host_check layout         stdin: "H P proj itemsize units cols block_rows cluster" lines;
 //                             stdout: forward and backward shared-memory bytes
+//   host_check fragments      emulates ldmatrix and mma from the PTX ISA's layout
+//                             formulas on the kernels' fragment addresses (exit 1 and
+//                             a message on the first disagreement)
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -322,6 +325,145 @@ void backward(const Meta& m) {
   write_bin("dy_total", dy_total);
 }
 
+// ---------------------------------------------------------------------------------
+// Fragments. The PTX ISA's layouts ("Matrix Fragments for mma.m16n8k16 / m16n8k8",
+// "ldmatrix"), written out here independently of lstm_common.cuh, with g = lane / 4,
+// q = lane % 4:
+//   m16n8k16 A a_i (i < 8): row g (+8 for i in 2,3,6,7), col 2q + (i & 1) (+8 for i >= 4)
+//            B b_i (i < 4): k 2q + (i & 1) (+8 for i >= 2), n g
+//   m16n8k8 tf32 A a_i (i < 4): row g (+8 for i = 1, 3), col q (+4 for i >= 2)
+//            B b_i (i < 2): k q + 4i, n g
+//   C/D c_i (i < 4): row g (+8 for i >= 2), col 2q + (i & 1)
+//   ldmatrix.x4: register j of lane t holds elements 2(t % 4), 2(t % 4) + 1 of row t / 4
+//   of matrix j, whose row r is at the address lane 8j + r supplies.
+// For tiles at odd offsets and row lengths, the kernels' addresses (ldmatrix_x4_row,
+// b16_fragment, tf32_*_fragment, accumulator, part_index) must load the elements the
+// ISA says each register holds, and put each product where product_out reads it.
+
+struct Tile {
+  std::vector<float> data;  // [rows][ld]
+  int ld;
+  float at(int r, int c) const { return data[(size_t)r * ld + c]; }
+};
+
+Tile random_tile(int rows, int ld, unsigned seed) {
+  Tile t{std::vector<float>((size_t)rows * ld), ld};
+  for (size_t i = 0; i < t.data.size(); ++i) {  // small integers: every sum is exact
+    seed = seed * 1103515245u + 12345u;
+    t.data[i] = (float)((int)((seed >> 16) % 7) - 3);
+  }
+  return t;
+}
+
+bool fail(const char* what, int i, int j) {
+  fprintf(stderr, "fragments: %s disagrees with the PTX layout at (%d, %d)\n", what, i, j);
+  return false;
+}
+
+// One 16 x 8 x K tile (K = 16 for 16-bit, 8 for tf32): A rows at m0 from a [..][a.ld]
+// buffer, B rows at n0 from b; the registers as the kernel loads them, the operands
+// as the ISA reads them back.
+bool check_tile(int itemsize, const Tile& a, int m0, int ka, const Tile& b, int n0, int kb) {
+  const int K = itemsize == 2 ? 16 : 8;
+  float A[16][16], B[16][8];
+  bool seen_a[16][16] = {}, seen_b[16][8] = {};
+  for (int t = 0; t < 32; ++t) {
+    const int g = t / 4, q = t % 4;
+    if (itemsize == 2) {
+      for (int j = 0; j < 4; ++j) {  // ldmatrix.x4 register j: elements a_{2j}, a_{2j+1}
+        const Coord row = ldmatrix_x4_row(8 * j + g, m0, ka);
+        for (int e = 0; e < 2; ++e) {
+          const int i = 2 * j + e;
+          const int r = g + ((i == 2 || i == 3 || i == 6 || i == 7) ? 8 : 0);
+          const int c = 2 * q + (i & 1) + (i >= 4 ? 8 : 0);
+          A[r][c] = a.at(row.row, row.col + 2 * q + e);
+          seen_a[r][c] = true;
+        }
+      }
+      for (int reg = 0; reg < 2; ++reg) {  // B register reg: b_{2reg}, b_{2reg+1}
+        const Coord at = b16_fragment(t, n0, kb, reg);
+        for (int e = 0; e < 2; ++e) {
+          const int i = 2 * reg + e, k = 2 * q + (i & 1) + (i >= 2 ? 8 : 0);
+          B[k][g] = b.at(at.row, at.col + e);
+          seen_b[k][g] = true;
+        }
+      }
+    } else {
+      for (int i = 0; i < 4; ++i) {
+        const Coord at = tf32_a_fragment(t, m0, ka, i);
+        const int r = g + ((i == 1 || i == 3) ? 8 : 0), c = q + (i >= 2 ? 4 : 0);
+        A[r][c] = a.at(at.row, at.col);
+        seen_a[r][c] = true;
+      }
+      for (int i = 0; i < 2; ++i) {
+        const Coord at = tf32_b_fragment(t, n0, kb, i);
+        B[q + 4 * i][g] = b.at(at.row, at.col);
+        seen_b[q + 4 * i][g] = true;
+      }
+    }
+  }
+  // The operands the ISA sees are exactly the tiles in shared memory.
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < K; ++c)
+      if (!seen_a[r][c] || A[r][c] != a.at(m0 + r, ka + c)) return fail("A fragment", r, c);
+  for (int k = 0; k < K; ++k)
+    for (int n = 0; n < 8; ++n)
+      if (!seen_b[k][n] || B[k][n] != b.at(n0 + n, kb + k)) return fail("B fragment", k, n);
+  // D as the ISA lays it out, found where the kernel's accumulator() says.
+  for (int t = 0; t < 32; ++t)
+    for (int i = 0; i < 4; ++i) {
+      const int r = t / 4 + (i >= 2 ? 8 : 0), c = 2 * (t % 4) + (i & 1);
+      float d = 0.f;
+      for (int k = 0; k < K; ++k) d += A[r][k] * B[k][c];
+      const Coord at = accumulator(t, m0, n0, i);
+      float expected = 0.f;
+      for (int k = 0; k < K; ++k) expected += a.at(at.row, ka + k) * b.at(at.col, kb + k);
+      if (d != expected) return fail("accumulator", t, i);
+    }
+  return true;
+}
+
+// A product's partial sums: what the kernel stores for (M row, N row) of either
+// orientation is what product_out reads for (weight row, batch row).
+bool check_part_index() {
+  for (int swapped = 0; swapped < 2; ++swapped) {
+    const Product p = swapped ? make_product(8, 64, 16, 2, false) : make_product(32, 64, 8, 2, false);
+    if ((bool)swapped != p.swapped) return fail("orientation of the test products", swapped, 0);
+    std::vector<int> hits((size_t)p.ksplit * p.m * p.nb, 0);
+    for (int ks = 0; ks < p.ksplit; ++ks)
+      for (int mt = 0; mt < p.m_tiles; ++mt)
+        for (int nt = 0; nt < p.n_tiles; ++nt)
+          for (int t = 0; t < 32; ++t)
+            for (int i = 0; i < 4; ++i) {
+              const Coord at = accumulator(t, mt * kWeightTile, nt * kRowTile, i);
+              const int w = swapped ? at.col : at.row, b = swapped ? at.row : at.col;
+              if (w >= p.m || b >= p.nb) return fail("partial-sum coordinates", t, i);
+              ++hits[part_index(p, ks, w, b)];
+            }
+    for (int h : hits)
+      if (h != 1) return fail("partial sums written once each", swapped, h);
+  }
+  return true;
+}
+
+int fragments() {
+  bool ok = check_part_index();
+  for (int itemsize : {2, 4}) {
+    const int pad = row_pad(itemsize), kt = k_tile(itemsize);
+    for (int k = 16; ok && k <= 64; k += 48)  // row lengths of two layouts
+      for (int m0 : {0, 16, 48})
+        for (int n0 : {0, 8, 24}) {
+          const Tile a = random_tile(64, k + pad, 7u + m0), b = random_tile(32, k + pad, 11u + n0);
+          // The weights as the M side, then (swapped) the batch rows.
+          for (int kk = 0; ok && kk + kt <= k; kk += kt)
+            ok = check_tile(itemsize, a, m0, kk, b, n0, kk) &&
+                 check_tile(itemsize, b, n0 % 16, kk, a, m0, kk);
+        }
+  }
+  if (ok) printf("fragments: ldmatrix/mma addressing agrees with the PTX layouts\n");
+  return ok ? 0 : 1;
+}
+
 void layout() {
   int H, P, proj, itemsize, units, cols, block_rows, cluster;
   while (scanf("%d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols, &block_rows,
@@ -340,6 +482,7 @@ void layout() {
 
 int main(int argc, char** argv) {
   if (argc >= 2 && strcmp(argv[1], "layout") == 0) { layout(); return 0; }
+  if (argc >= 2 && strcmp(argv[1], "fragments") == 0) return fragments();
   if (argc < 3) { fprintf(stderr, "usage: host_check forward|backward DIR | layout\n"); return 2; }
   g_dir = argv[2];
   const Meta m = read_meta();
