@@ -269,6 +269,28 @@ RNNFAST_HD bool product_fits(const Product& p) {
   return p.slots <= kMaxWarpTiles;
 }
 
+// A warp's share of a product (lstm_device.cuh resident_product): its k-slice, and
+// for accumulator s = copy * p.slots + slot the word slot_word(p, warp, s): M origin
+// (bits 0-15), N origin (16-27), copy (28-29), loads its item's M-side fragment (30);
+// kUnusedSlot for none. Slot `slot` is N tile slot % group of the warp's item
+// slot / group (items warp, warp + 8, ...); copy c takes the c-th of every `copies` of
+// the warp's k-tiles.
+constexpr uint32_t kUnusedSlot = 0xffffffffu;
+
+RNNFAST_HD int warp_kslice(const Product& p, int warp) {
+  return warp < p.items ? warp / (p.m_tiles * p.groups) : 0;
+}
+
+RNNFAST_HD uint32_t slot_word(const Product& p, int warp, int s) {
+  const int work = p.m_tiles * p.groups;
+  const int slot = s % p.slots, copy = s / p.slots;
+  const int item = warp + (slot / p.group) * kWarps, t = slot % p.group;
+  const int rest = item % work, n_tile = (rest % p.groups) * p.group + t;
+  if (copy >= p.copies || item >= p.items || n_tile >= p.n_tiles) return kUnusedSlot;
+  return (uint32_t)((rest / p.groups) * kWeightTile) | ((uint32_t)(n_tile * kRowTile) << 16) |
+         ((uint32_t)copy << 28) | ((uint32_t)(t == 0) << 30);
+}
+
 // Where output (weight row w, batch row b) of k-slice ks lives in the partial sums
 // [ksplit][m][nb], in either orientation.
 RNNFAST_HD size_t part_index(const Product& p, int ks, int w, int b) {

@@ -164,31 +164,20 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
                                                  float* part) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kt = k_tile(sizeof(T));
-  const int work = p.m_tiles * p.groups;
-  // This warp's accumulators: s = copy * p.slots + slot; slot is N tile slot % group of
-  // its item slot / group (items warp, warp + 8, ...); copy takes every copies-th of the
-  // warp's k-tiles. Decoded once, out of the step's loops.
-  const int ks = warp < p.items ? warp / work : 0;
-  // One word per accumulator: M origin (bits 0-15), N origin (16-27), copy (28-29),
-  // loads its item's M-side fragment (30); 0xffffffff: unused.
+  // This warp's accumulators (lstm_common.cuh slot_word), decoded once, out of the
+  // step's loops.
+  const int ks = warp_kslice(p, warp);
   uint32_t slot_of[kMaxWarpTiles];
   float acc[kMaxWarpTiles][4];
 #pragma unroll
   for (int s = 0; s < kMaxWarpTiles; ++s) {
-    const int slot = s % p.slots, copy = s / p.slots;
-    const int item = warp + (slot / p.group) * kWarps, t = slot % p.group;
-    const int rest = item % work, n_tile = (rest % p.groups) * p.group + t;
-    const bool used = copy < p.copies && item < p.items && n_tile < p.n_tiles;
-    slot_of[s] = used ? (uint32_t)((rest / p.groups) * kWeightTile) |
-                            ((uint32_t)(n_tile * kRowTile) << 16) | ((uint32_t)copy << 28) |
-                            ((uint32_t)(t == 0) << 30)
-                      : 0xffffffffu;
+    slot_of[s] = slot_word(p, warp, s);
     acc[s][0] = acc[s][1] = acc[s][2] = acc[s][3] = 0.0f;
   }
   auto slot_m0 = [&](int s) { return (int)(slot_of[s] & 0xffffu); };
   auto slot_n0 = [&](int s) { return (int)((slot_of[s] >> 16) & 0xfffu); };
   auto slot_copy = [&](int s) { return (int)((slot_of[s] >> 28) & 3u); };
-  auto slot_used = [&](int s) { return slot_of[s] != 0xffffffffu; };
+  auto slot_used = [&](int s) { return slot_of[s] != kUnusedSlot; };
 
   const int stage_elems = p.nb * p.b_ld;
   if (staged) {

@@ -139,11 +139,12 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
 def test_fragment_addressing_agrees_with_the_ptx_layouts(host_check):
     """The kernels' shared-memory addresses for ldmatrix, the mma operand registers and
     the accumulators (lstm_common.cuh) load and store exactly what the PTX ISA's
-    fragment layouts say, in both orientations and for 16-bit and tf32 tiles; checked by
-    emulating ldmatrix and mma on the host (host_check.cu "fragments")."""
+    fragment layouts say, in both orientations and for 16-bit and tf32 tiles (checked by
+    emulating ldmatrix and mma on the host), and the warps' split of every product the
+    plans can make covers each output tile and k-tile once (host_check.cu "fragments")."""
     result = subprocess.run([host_check, "fragments"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "agrees with the PTX layouts" in result.stdout
+    assert "agrees with the PTX layouts; every product's tiles covered once" in result.stdout
 
 
 def _write(dirpath, name, t: torch.Tensor):

@@ -15,8 +15,9 @@
 //   host_check layout         stdin: "H P proj itemsize units cols block_rows cluster" lines;
 //                             stdout: forward and backward shared-memory bytes
 //   host_check fragments      emulates ldmatrix and mma from the PTX ISA's layout
-//                             formulas on the kernels' fragment addresses (exit 1 and
-//                             a message on the first disagreement)
+//                             formulas on the kernels' fragment addresses, and checks
+//                             the warps' split of every product covers each tile once
+//                             (exit 1 and a message on the first disagreement)
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -356,7 +357,7 @@ Tile random_tile(int rows, int ld, unsigned seed) {
 }
 
 bool fail(const char* what, int i, int j) {
-  fprintf(stderr, "fragments: %s disagrees with the PTX layout at (%d, %d)\n", what, i, j);
+  fprintf(stderr, "fragments: %s is wrong at (%d, %d)\n", what, i, j);
   return false;
 }
 
@@ -446,8 +447,63 @@ bool check_part_index() {
   return true;
 }
 
+// Every product the plans can make: each (k-slice, M tile, N tile) is computed by
+// exactly one warp's accumulator (and its copies), inside the operands, with its item's
+// M-side fragment loaded for the same tile and k-tile before each mma (the order
+// resident_product issues them in); each k-tile of a slice goes to exactly one copy.
+bool check_coverage() {
+  int checked = 0;
+  for (int itemsize : {2, 4})
+    for (int m_real : {4, 8, 12, 16, 20, 32, 48, 80, 96, 128, 192, 256})
+      for (int rows : {8, 16, 24, 40, 64, 128, 136, 256})
+        for (int k_real : {20, 256, 3072})
+          for (int resident = 0; resident < 2; ++resident) {
+            const Product p = make_product(m_real, k_real, rows, itemsize, resident != 0);
+            if (!product_fits(p)) continue;
+            ++checked;
+            const int m_rows = p.swapped ? p.nb : p.m, n_rows = p.swapped ? p.m : p.nb;
+            std::vector<int> hits((size_t)p.ksplit * p.m_tiles * p.n_tiles, 0);
+            for (int warp = 0; warp < kWarps; ++warp) {
+              const int ks = warp_kslice(p, warp);
+              for (int copy = 0; copy < p.copies; ++copy) {
+                int loaded = -1;  // M origin of the fragment the warp holds this k-tile
+                for (int s = copy * p.slots; s < (copy + 1) * p.slots && s < kMaxWarpTiles; ++s) {
+                  const uint32_t w = slot_word(p, warp, s);
+                  if (w == kUnusedSlot) continue;
+                  const int m0 = w & 0xffff, n0 = (w >> 16) & 0xfff, c = (w >> 28) & 3;
+                  if (c != copy || m0 + kWeightTile > m_rows || n0 + kRowTile > n_rows)
+                    return fail("slot bounds or copy", warp, s);
+                  if (w & (1u << 30)) loaded = m0;
+                  if (loaded != m0) return fail("M-side fragment loaded for the slot", warp, s);
+                  if (copy == 0) {
+                    ++hits[((size_t)ks * p.m_tiles + m0 / kWeightTile) * p.n_tiles + n0 / kRowTile];
+                    for (int other = 1; other < p.copies; ++other) {  // every copy is held
+                      const int t = s + other * p.slots;
+                      if (t >= kMaxWarpTiles || slot_word(p, warp, t) != (w | ((uint32_t)other << 28)))
+                        return fail("accumulator copies of a slot", warp, s);
+                    }
+                  }
+                }
+              }
+            }
+            for (size_t i = 0; i < hits.size(); ++i)
+              if (hits[i] != 1) return fail("output tile computed once per k-slice", (int)i, hits[i]);
+            const int k_tiles = min_int(p.chunk, p.k) / k_tile(itemsize);
+            for (int ks = 0; ks < p.ksplit; ++ks) {
+              std::vector<int> seen(k_tiles, 0);
+              for (int round = ks; round < k_tiles; round += p.ksplit * p.copies)
+                for (int c = 0; c < p.copies; ++c)
+                  if (round + c * p.ksplit < k_tiles) ++seen[round + c * p.ksplit];
+              for (int kk = 0; kk < k_tiles; ++kk)
+                if (seen[kk] != (kk % p.ksplit == ks ? 1 : 0)) return fail("k-tile coverage", ks, kk);
+            }
+          }
+  if (checked < 100) return fail("products checked", checked, 0);
+  return true;
+}
+
 int fragments() {
-  bool ok = check_part_index();
+  bool ok = check_part_index() && check_coverage();
   for (int itemsize : {2, 4}) {
     const int pad = row_pad(itemsize), kt = k_tile(itemsize);
     for (int k = 16; ok && k <= 64; k += 48)  // row lengths of two layouts
@@ -460,7 +516,7 @@ int fragments() {
                  check_tile(itemsize, b, n0 % 16, kk, a, m0, kk);
         }
   }
-  if (ok) printf("fragments: ldmatrix/mma addressing agrees with the PTX layouts\n");
+  if (ok) printf("fragments: ldmatrix/mma addressing agrees with the PTX layouts; every product's tiles covered once\n");
   return ok ? 0 : 1;
 }
 
