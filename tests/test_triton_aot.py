@@ -25,7 +25,8 @@ SWEEP = [
     (4, 256, 0, False, torch.float16),      # W_hh held, 256 columns
     (16, 1024, 0, False, torch.float16),    # W_hh held, 1024 columns (the largest held)
     (8, 512, 0, True, torch.bfloat16),      # W_hh held, 512 columns
-    (8, 512, 0, False, torch.float32),      # the same in fp32: 64 KB a program, held
+    (8, 512, 0, False, torch.float32),      # the same in fp32: streamed (tf32x3 would spill held)
+    (8, 128, 0, False, torch.float32),      # fp32 held: 16 KB a program, split for tf32x3
     (2, 1000, 0, True, torch.float32),      # fp32, 1024 padded columns: streamed
     (3, 20, 11, True, torch.float32),       # tiny, odd, projection, packed
     (17, 100, 0, False, torch.float16),     # 32-row tiles
@@ -45,6 +46,15 @@ def compiled():
              for batch, hidden, proj, packed, dtype in SWEEP
              for arch in ARCHS for direction in aot.DIRECTIONS]
     return list(zip(cases, aot.compile_cases(cases)))
+
+
+def test_every_planned_kernel_multiplies_on_tensor_cores(compiled):
+    """The recurrent products of every plan run on tensor cores, forward and backward:
+    fp16/bf16 directly, fp32 through tf32x3 (three tf32 mma per product: about fp32's
+    accuracy), never the FMA units."""
+    on_fma = [f"{case.direction} {case.dtype} B={case.batch} H={case.hidden} sm_{case.arch}"
+              for case, result in compiled if result.resources.mma == 0]
+    assert on_fma == []
 
 
 def test_every_planned_kernel_fits_sm80_and_sm90(compiled):

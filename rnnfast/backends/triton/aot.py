@@ -46,6 +46,7 @@ class Resources:
     shared: int        # bytes of shared memory per program (Triton's dynamic + ptxas static)
     registers: int     # per thread
     spill_bytes: int   # spill stores + spill loads per thread, as ptxas counts them
+    mma: int = 0       # tensor-core instructions (mma / wgmma) in the PTX
 
     def problems(self, arch: int) -> list[str]:
         """What keeps this kernel from running well on `arch`: [] when nothing does."""
@@ -198,8 +199,10 @@ def _resources(case: KernelCase) -> Resources:
     options = launch_options(case.plan)
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
                               target=GPUTarget("cuda", case.arch, 32), options=options)
-    registers, spills, static_shared = _ptxas_report(compiled.asm["ptx"], case.arch)
-    return Resources(compiled.metadata.shared + static_shared, registers, spills)
+    ptx = compiled.asm["ptx"]
+    registers, spills, static_shared = _ptxas_report(ptx, case.arch)
+    mma = len(re.findall(r"^\s*(?:mma|wgmma)\.", ptx, re.MULTILINE))
+    return Resources(compiled.metadata.shared + static_shared, registers, spills, mma)
 
 
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, int, int]:

@@ -22,12 +22,15 @@ def kernel_dtypes(dtype: torch.dtype) -> tuple[tl.dtype, bool, str]:
     """For a layer of `dtype`: the accumulation dtype, whether the interpreter's bf16
     must be worked around (its bf16 maths is wrong: tl.dot operands are converted to
     fp32 first; and it truncates on conversion to bf16: outputs are rounded by hand),
-    and the fp32 dot precision ("tf32" only where torch's own matmul setting allows it)."""
+    and the fp32 dot precision: "tf32x3" (tensor cores, each operand split into two tf32
+    parts, three products: about fp32's accuracy, where "ieee" would run on the FMA
+    units), or "tf32" where torch's own matmul setting allows it; fp64 "ieee"."""
     acc = _TL_DTYPES[accumulation_dtype(dtype)]
     interpret_bf16 = interpreting() and dtype == torch.bfloat16
-    tf32 = (not interpreting() and dtype == torch.float32
-            and torch.backends.cuda.matmul.allow_tf32)
-    return acc, interpret_bf16, "tf32" if tf32 else "ieee"
+    if dtype != torch.float32:
+        return acc, interpret_bf16, "ieee"
+    tf32 = not interpreting() and torch.backends.cuda.matmul.allow_tf32
+    return acc, interpret_bf16, "tf32" if tf32 else "tf32x3"
 
 
 def step_tables(steps: Steps, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:

@@ -24,15 +24,15 @@ __all__ = ["H100", "Gpu", "ModelledTime", "forward_time", "backward_time"]
 
 
 def _multiply_rate(plan: Plan, dtype: torch.dtype, columns: int, gpu: Gpu) -> float:
-    """FLOP/s of one program's tl.dot with `columns` output columns: tensor cores for
-    16-bit operands (a warp issues m16n8 tiles; an SM's four tensor cores need four warps
-    with a tile each), else FFMA."""
+    """FLOP/s of one program's tl.dot with `columns` output columns: tensor cores (a warp
+    issues m16n8 tiles; an SM's four tensor cores need four warps with a tile each) for
+    16-bit operands, and for fp32 as tf32x3 (three tf32 mma per product, tf32 at
+    gpu.tf32_fraction of the 16-bit rate: launch.kernel_dtypes); fp64 on its own units."""
     if dtype == torch.float64:
         return gpu.fp64_flops / gpu.sms
-    if dtype == torch.float32:
-        return gpu.fp32_flops / gpu.sms
     mma_tiles = (plan.block_b // 16) * (columns // 8)
-    return gpu.tensor_flops / gpu.sms * min(4, plan.num_warps, mma_tiles) / 4
+    rate = gpu.tensor_flops / gpu.sms * min(4, plan.num_warps, mma_tiles) / 4
+    return rate * gpu.tf32_fraction / 3 if dtype == torch.float32 else rate
 
 
 def _step_time(plan: Plan, program_bytes: float, program_flops: float, rate: float,

@@ -76,7 +76,8 @@ def gpu_plan(batch: int, hidden: int, out_size: int, seq_len: int, itemsize: int
     reduction chunk of 64 spills on sm_80 at 32 and 64 rows, so the chunk is 32, or 16
     for fp32/fp64 operands, which take twice the registers (fp32 B=2 H=1000 spilled 56 B
     on sm_80 at 32); tiles of 32 or more rows get 8 warps. W_hh stays in registers only
-    for 16-row tiles and at most _RESIDENT_BYTES per program; then the product's loop
+    for 16-row tiles and at most _RESIDENT_BYTES per program (fp32 counted four times:
+    its tf32x3 split); then the product's loop
     runs once and is not pipelined (num_stages=1: stages would only hold copies that
     overlap nothing). The backward never holds W_hh: it has its own plan."""
     block_b = _pow2(batch, _MIN_DOT, 64)
@@ -100,9 +101,13 @@ def gpu_plan(batch: int, hidden: int, out_size: int, seq_len: int, itemsize: int
     if programs < 2 or 2 * seq_len * programs >= 2**30:
         return Plan(block_b, block_h, block_k, batch_blocks, 1, False, False, num_warps, 2)
     padded_k = max(_MIN_DOT, triton.next_power_of_2(out_size))
+    # fp32's dot is tf32x3 (launch.kernel_dtypes): each held value is split into a big
+    # and a small tf32 part at every step, which needs several times its registers
+    # (measured on sm_80, 8 units a tile: P = 512 held spilled 2,344 B, P = 256 128 B,
+    # P = 128 none), so it counts four times.
+    held_bytes = 4 * block_h * padded_k * itemsize * (4 if itemsize == 4 else 1)
     if (direction == "forward" and block_b == _MIN_DOT
-            and programs == triton.cdiv(hidden, block_h)
-            and 4 * block_h * padded_k * itemsize <= _RESIDENT_BYTES):
+            and programs == triton.cdiv(hidden, block_h) and held_bytes <= _RESIDENT_BYTES):
         return Plan(block_b, block_h, padded_k, batch_blocks, programs, True, True, num_warps, 1)
     return Plan(block_b, block_h, block_k, batch_blocks, programs, False, True, num_warps, 2)
 
