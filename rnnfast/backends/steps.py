@@ -54,6 +54,17 @@ def make_steps(x_shape: Sequence[int], batch_sizes: Optional[Tensor], reverse: b
     return Steps(tuple(offsets), tuple(sizes), batch, uniform)
 
 
+def step_tables(steps: Steps, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The GPU kernels' view of packed input: the first row [T] int64 and active rows [T]
+    int32 of each processed step, on the device. Dense input needs no tables: the
+    kernels compute the rows (None, None)."""
+    if steps.uniform:
+        return None, None
+    offsets = torch.tensor(steps.offsets, dtype=torch.int64).to(device, non_blocking=True)
+    sizes = torch.tensor(steps.sizes, dtype=torch.int32).to(device, non_blocking=True)
+    return offsets, sizes
+
+
 def prev_rows(seq: Tensor, init: Tensor, steps: Steps, k: int) -> Tensor:
     """The state the rows active at step k started from: [sizes[k], D].
 

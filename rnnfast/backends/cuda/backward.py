@@ -10,9 +10,9 @@ from torch import Tensor
 
 from ..barrier import BARRIER_SPIN_LIMIT
 from ..gradients import parameter_and_input_grads
-from ..steps import make_steps
+from ..steps import make_steps, step_tables
 from . import _C, fallback
-from .launch import exchange, run, step_tables
+from .launch import exchange, run
 
 
 def backward(

@@ -7,9 +7,9 @@ from typing import Optional
 from torch import Tensor
 
 from ..barrier import BARRIER_SPIN_LIMIT
-from ..steps import accumulation_dtype, final_rows, make_steps
+from ..steps import accumulation_dtype, final_rows, make_steps, step_tables
 from . import _C, fallback
-from .launch import exchange, run, step_tables
+from .launch import exchange, run
 
 
 def forward(

@@ -1,6 +1,5 @@
-"""Host-side helpers shared by the forward and backward launchers: the step tables,
-the exchange buffers and barrier state a launch needs, and the launch itself with
-its fallbacks."""
+"""Host-side helpers shared by the forward and backward launchers: the exchange
+buffers a launch needs, and the launch itself with its barrier state and fallbacks."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -9,20 +8,8 @@ import torch
 from torch import Tensor
 
 from ..barrier import raise_if_barrier_timed_out, watch_timeout_flag
-from ..steps import Steps
-from . import _C, fallback, plan_for
+from . import _C, plan_for
 from .plan import Plan, exchange_ld
-
-
-def step_tables(steps: Steps, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """Packed input: the first row [T] int64 and active rows [T] int32 of each processed
-    step, on the device (the kernels' offsets/sizes). Dense input: (None, None), the
-    kernels compute the rows. Same tables as triton/launch.py, without importing Triton."""
-    if steps.uniform:
-        return None, None
-    offsets = torch.tensor(steps.offsets, dtype=torch.int64).to(device, non_blocking=True)
-    sizes = torch.tensor(steps.sizes, dtype=torch.int32).to(device, non_blocking=True)
-    return offsets, sizes
 
 
 def exchange(like: Tensor, *shape_and_cols: int, dtype: Optional[torch.dtype] = None) -> Tensor:

@@ -11,10 +11,10 @@ import triton.language as tl
 from torch import Tensor
 
 from ..gradients import parameter_and_input_grads
-from ..steps import make_steps
+from ..steps import make_steps, step_tables
 from .cell import end_phase, lstm_cell_backward, rounded, step_rows
 from .. import reference
-from .launch import backward_constexprs, launch, step_tables
+from .launch import backward_constexprs, launch
 from .plan import Plan, fallback_plans, make_plan
 
 

@@ -10,9 +10,9 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import reference
-from ..steps import accumulation_dtype, final_rows, make_steps
+from ..steps import accumulation_dtype, final_rows, make_steps, step_tables
 from .cell import end_phase, lstm_cell, rounded, step_rows
-from .launch import forward_constexprs, launch, step_tables
+from .launch import forward_constexprs, launch
 from .plan import Plan, fallback_plans, make_plan
 
 

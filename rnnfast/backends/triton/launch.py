@@ -9,7 +9,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..barrier import BARRIER_SPIN_LIMIT, raise_if_barrier_timed_out, watch_timeout_flag
-from ..steps import Steps, accumulation_dtype
+from ..steps import accumulation_dtype
 from . import interpreting
 from .plan import Plan
 
@@ -31,16 +31,6 @@ def kernel_dtypes(dtype: torch.dtype) -> tuple[tl.dtype, bool, str]:
         return acc, interpret_bf16, "ieee"
     tf32 = not interpreting() and torch.backends.cuda.matmul.allow_tf32
     return acc, interpret_bf16, "tf32" if tf32 else "tf32x3"
-
-
-def step_tables(steps: Steps, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """Packed input: the first row [T] int64 and active rows [T] int32 of each processed
-    step, on the device. Dense input needs no tables (None, None)."""
-    if steps.uniform:
-        return None, None
-    offsets = torch.tensor(steps.offsets, dtype=torch.int64).to(device, non_blocking=True)
-    sizes = torch.tensor(steps.sizes, dtype=torch.int32).to(device, non_blocking=True)
-    return offsets, sizes
 
 
 def forward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed: bool,
