@@ -87,13 +87,9 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
     });
   };
   auto end_phase = [&](bool prefetch, int64_t next) {
-    __syncthreads();
-    if (threadIdx.x == 0) grid_barrier_arrive(arrivals);
-    if (prefetch) load_saved(next, 0);
-    if (threadIdx.x == 0)
-      grid_barrier_wait(arrivals, ++phases * sp.unit_slices, args.barrier.timed_out,
-                        args.barrier.spin_limit);
-    __syncthreads();
+    end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, [&] {
+      if (prefetch) load_saved(next, 0);
+    });
   };
   // The cell's backward at step k for my pairs, given dh(b, u); writes dgates(t) (fp32
   // and the chain's exchange copy) and the carried dc, or dc0 for rows starting here.

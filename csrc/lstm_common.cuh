@@ -277,6 +277,12 @@ RNNFAST_HD bool product_fits(const Product& p) {
 // the warp's k-tiles.
 constexpr uint32_t kUnusedSlot = 0xffffffffu;
 
+// The fields of a slot word.
+RNNFAST_HD int slot_m0(uint32_t word) { return (int)(word & 0xffffu); }
+RNNFAST_HD int slot_n0(uint32_t word) { return (int)((word >> 16) & 0xfffu); }
+RNNFAST_HD int slot_copy(uint32_t word) { return (int)((word >> 28) & 3u); }
+RNNFAST_HD bool slot_loads_fragment(uint32_t word) { return (word >> 30) & 1u; }
+
 RNNFAST_HD int warp_kslice(const Product& p, int warp) {
   return warp < p.items ? warp / (p.m_tiles * p.groups) : 0;
 }

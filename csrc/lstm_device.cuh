@@ -174,10 +174,6 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
     slot_of[s] = slot_word(p, warp, s);
     acc[s][0] = acc[s][1] = acc[s][2] = acc[s][3] = 0.0f;
   }
-  auto slot_m0 = [&](int s) { return (int)(slot_of[s] & 0xffffu); };
-  auto slot_n0 = [&](int s) { return (int)((slot_of[s] >> 16) & 0xfffu); };
-  auto slot_copy = [&](int s) { return (int)((slot_of[s] >> 28) & 3u); };
-  auto slot_used = [&](int s) { return slot_of[s] != kUnusedSlot; };
 
   const int stage_elems = p.nb * p.b_ld;
   if (staged) {
@@ -208,10 +204,11 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
       AFragment<T> a;
 #pragma unroll
       for (int s = 0; s < kMaxWarpTiles; ++s) {
-        const int kk = round + slot_copy(s) * p.ksplit;
-        if (!slot_used(s) || kk >= k_tiles) continue;
-        if (slot_of[s] & (1u << 30)) load_a(a, m_side, m_ld, slot_m0(s), m_k0 + kk * kt);
-        mma_with(acc[s], a, n_side, n_ld, slot_n0(s), n_k0 + kk * kt);
+        const int kk = round + slot_copy(slot_of[s]) * p.ksplit;
+        if (slot_of[s] == kUnusedSlot || kk >= k_tiles) continue;
+        if (slot_loads_fragment(slot_of[s]))
+          load_a(a, m_side, m_ld, slot_m0(slot_of[s]), m_k0 + kk * kt);
+        mma_with(acc[s], a, n_side, n_ld, slot_n0(slot_of[s]), n_k0 + kk * kt);
       }
     }
     if (staged) __syncthreads();  // this stage is refilled two chunks later
@@ -232,17 +229,17 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   // adjacent batch rows (one 8-byte store each).
 #pragma unroll
   for (int s = 0; s < kMaxWarpTiles; ++s) {
-    if (s >= p.slots || !slot_used(s)) continue;
+    if (s >= p.slots || slot_of[s] == kUnusedSlot) continue;
     if (p.swapped) {  // M: batch rows, N: weight rows
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const Coord at = accumulator(lane, slot_m0(s), slot_n0(s), r);
+        const Coord at = accumulator(lane, slot_m0(slot_of[s]), slot_n0(slot_of[s]), r);
         part[part_index(p, ks, at.col, at.row)] = acc[s][r];
       }
     } else {
 #pragma unroll
       for (int r = 0; r < 4; r += 2) {
-        const Coord at = accumulator(lane, slot_m0(s), slot_n0(s), r);
+        const Coord at = accumulator(lane, slot_m0(slot_of[s]), slot_n0(slot_of[s]), r);
         *reinterpret_cast<float2*>(part + part_index(p, ks, at.row, at.col)) =
             make_float2(acc[s][r], acc[s][r + 1]);
       }
@@ -323,6 +320,18 @@ __device__ __noinline__ void grid_barrier_wait(unsigned long long* arrivals,
     atomicMax(arrivals, 1ull << 62);
     atomicExch(timed_out, 1);
   }
+}
+
+// The end of a phase under a grid plan: every thread calls it; between() runs on every
+// thread after the block's arrival and before the wait (the next step's loads).
+template <typename Between>
+__device__ __forceinline__ void end_grid_phase(const Barrier& barrier, unsigned long long* arrivals,
+                                               unsigned long long target, Between between) {
+  __syncthreads();
+  if (threadIdx.x == 0) grid_barrier_arrive(arrivals);
+  between();
+  if (threadIdx.x == 0) grid_barrier_wait(arrivals, target, barrier.timed_out, barrier.spin_limit);
+  __syncthreads();
 }
 
 // ---------------------------------------------------------------------------------

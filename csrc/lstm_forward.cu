@@ -91,13 +91,9 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
       if (!last) load_xg(next, 0);
       cluster_wait();
     } else {
-      __syncthreads();
-      if (threadIdx.x == 0) grid_barrier_arrive(arrivals);
-      if (!last) load_xg(next, 0);
-      if (threadIdx.x == 0)
-        grid_barrier_wait(arrivals, ++phases * sp.unit_slices, args.barrier.timed_out,
-                          args.barrier.spin_limit);
-      __syncthreads();
+      end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, [&] {
+        if (!last) load_xg(next, 0);
+      });
     }
   };
 
@@ -107,6 +103,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     const int n_act = block_active(s.size, row0, Bb);
     const int n_prev = block_active(s.size_prev, row0, Bb);
     const bool last = k + 1 == args.steps;
+    T* h_next = hx + (size_t)(k & 1) * B * xld;  // grid plans: where h(t) is published
 
     // Phase 1: gates^T = W_hh[my rows] . h(t-1)^T, then the cell of my (row, unit) pairs.
     if (n_act > 0) {
@@ -130,7 +127,6 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
                          },
                          part);
       }
-      T* h_next = hx + (size_t)(k & 1) * B * xld;
       auto reload = [&](int round) { load_xg(k, round); };
       for_each_cell(n_act, U, my_units, reload, [&](int i, int e, int b, int u) {
         const int r = row0 + b, unit = unit0 + u;
@@ -171,7 +167,6 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
         if (n_act > 0) {
           resident_product(L.proj, wr_s, ring, true, n_act,
                            [&](int b) { return hidx + (size_t)(row0 + b) * hld; }, part);
-          T* h_next = hx + (size_t)(k & 1) * B * xld;
           for (int e = threadIdx.x; e < n_act * sp.proj_cols; e += kThreads) {
             const int b = e / sp.proj_cols, n = e % sp.proj_cols;
             if (n >= my_cols) continue;

@@ -470,10 +470,10 @@ bool check_coverage() {
                 for (int s = copy * p.slots; s < (copy + 1) * p.slots && s < kMaxWarpTiles; ++s) {
                   const uint32_t w = slot_word(p, warp, s);
                   if (w == kUnusedSlot) continue;
-                  const int m0 = w & 0xffff, n0 = (w >> 16) & 0xfff, c = (w >> 28) & 3;
+                  const int m0 = slot_m0(w), n0 = slot_n0(w), c = slot_copy(w);
                   if (c != copy || m0 + kWeightTile > m_rows || n0 + kRowTile > n_rows)
                     return fail("slot bounds or copy", warp, s);
-                  if (w & (1u << 30)) loaded = m0;
+                  if (slot_loads_fragment(w)) loaded = m0;
                   if (loaded != m0) return fail("M-side fragment loaded for the slot", warp, s);
                   if (copy == 0) {
                     ++hits[((size_t)ks * p.m_tiles + m0 / kWeightTile) * p.n_tiles + n0 / kRowTile];

@@ -3,7 +3,8 @@ the forward recurrence and the backward dh/dc chain: thread-block clusters on sm
 cooperative grids elsewhere; the input projection and the weight/input gradients are
 GEMMs through torch, as in the other backends).
 
-Status: compiled for sm_80/sm_90 in CI and its index logic checked on the CPU
+Status: compiled for sm_80/sm_90 in CI, its SASS instruction mix checked
+(tests/test_cuda_sass.py), its index logic and fragment addressing checked on the CPU
 (tests/test_cuda_sources.py); not yet run on a GPU, so `backend="auto"` never picks it.
 
 `import rnnfast` works without the extension: this module only records why the
