@@ -10,10 +10,12 @@ import pytest
 import torch
 
 import rnnfast
+from conftest import NEEDS
 from helpers import layer_args, upstream_grads
 from rnnfast import backends
 from rnnfast.backends import cpu as cpu_backend, reference
 from rnnfast.backends.cpu import backward as cpu_backward
+from rnnfast.precision import magnitudes, max_errors, rule_violations
 
 pytestmark = pytest.mark.skipif(backends.available_backends()["cpu"] is not None,
                                 reason=f"cpu backend unavailable: {backends.available_backends()['cpu']}")
@@ -157,19 +159,27 @@ def test_inference_forward_gives_the_training_forwards_bits(proj):
         torch.testing.assert_close(got, other)
 
 
-def test_auto_picks_cpu_for_fp32_and_fp64_on_cpu_only():
+def test_auto_picks_cpu_for_fp32_fp64_and_bf16_where_built_on_cpu_only():
     cpu = torch.device("cpu")
     assert backends.resolve("auto", cpu, torch.float32) == "cpu"
     assert backends.resolve("auto", cpu, torch.float64) == "cpu"
-    assert backends.resolve("auto", cpu, torch.bfloat16) == "reference"
+    bf16 = "cpu" if cpu_backend.build.has_bf16_kernels() else "reference"
+    assert backends.resolve("auto", cpu, torch.bfloat16) == bf16
+    assert backends.resolve("auto", cpu, torch.float16) == "reference"
     assert backends.get("cpu").unsupported_reason(torch.device("cuda"), torch.float32) is not None
 
 
-def test_16_bit_layers_fall_back_to_reference_with_the_reason(monkeypatch):
+@pytest.mark.parametrize("has_bf16", [True, False], ids=["avx512-bf16", "no-bf16"])
+def test_layers_it_lacks_kernels_for_fall_back_to_reference_with_the_reason(monkeypatch, has_bf16):
+    monkeypatch.setattr(cpu_backend.build, "has_bf16_kernels", lambda: has_bf16)
     monkeypatch.setattr(backends, "_warned_fallbacks", set())  # said once per process
-    m = rnnfast.LSTM(I, H, backend="cpu", dtype=torch.bfloat16)
-    with pytest.warns(UserWarning, match=r"backend 'cpu' does not support this call \(dtype torch.bfloat16"):
-        m(torch.randn(T, B, I, dtype=torch.bfloat16))
+    with pytest.warns(UserWarning, match=r"backend 'cpu' does not support this call \(dtype torch.float16"):
+        rnnfast.LSTM(I, H, backend="cpu", dtype=torch.float16)(torch.randn(T, B, I, dtype=torch.float16))
+    reason = cpu_backend.unsupported_reason(torch.device("cpu"), torch.bfloat16)
+    if has_bf16:
+        assert reason is None
+    else:
+        assert "bfloat16 on CPUs with AVX512_BF16, which this one lacks" in reason
 
 
 def test_kernel_rejects_inconsistent_arguments_naming_expected_and_got():
@@ -180,8 +190,12 @@ def test_kernel_rejects_inconsistent_arguments_naming_expected_and_got():
         ext.forward(x2d, h0, c0, w_ih, w_hh[:, :19], None, None, *steps, True, True)
     with pytest.raises(TypeError, match=r"w_ih: expected dtype Float, got Double"):
         ext.forward(x2d, h0, c0, w_ih.double(), w_hh, None, None, *steps, True, True)
-    with pytest.raises(TypeError, match=r"expected float32 or float64 input, got BFloat16"):
-        ext.forward(x2d.bfloat16(), h0, c0, w_ih, w_hh, None, None, *steps, True, True)
+    with pytest.raises(TypeError, match=r"expected float32, float64 or bfloat16 input, got Half"):
+        ext.forward(x2d.half(), h0, c0, w_ih, w_hh, None, None, *steps, True, True)
+    if cpu_backend.build.has_bf16_kernels():   # a bf16 layer's cell state is fp32
+        with pytest.raises(TypeError, match=r"c0: expected dtype Float, got BFloat16"):
+            ext.forward(x2d.bfloat16(), h0.bfloat16(), c0.bfloat16(), w_ih.bfloat16(),
+                        w_hh.bfloat16(), None, None, *steps, True, True)
     with pytest.raises(ValueError, match=r"bias: expected shape \[80\], got \[20\]"):
         ext.forward(x2d, h0, c0, w_ih, w_hh, b_ih[:20], None, *steps, True, True)
     with pytest.raises(ValueError, match=r"step 6: expected rows \[offset, offset \+ size\) within the 21"):
@@ -207,27 +221,62 @@ def test_without_a_compiler_rnnfast_says_so_once_and_runs_reference(monkeypatch)
         rnnfast.LSTM(I, H, backend="cpu")
 
 
-@pytest.mark.parametrize("lengths,proj,reverse", [(None, 0, False), (LENGTHS, 6, True)], ids=["dense", "packed-proj-rev"])
-def test_fp32_error_against_fp64_within_twice_the_references(lengths, proj, reverse):
-    """DESIGN.md §6: the kernel's fp32 error against a float64 reference may be at most
-    ~2x the reference's own fp32 error (the fp32 tanh here is the fitted one of
-    lstm_cell_cpu.h, the products are the extension's own GEMM)."""
-    args64 = _args(lengths, proj, T=30, H=40)
-    args32 = [a.float() if a is not None and a.is_floating_point() else a for a in args64]
+needs_bf16_kernels = pytest.mark.skipif(not cpu_backend.build.has_bf16_kernels(),
+                                        reason="this CPU has no AVX512_BF16: bf16 layers run on reference")
+LOW_DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16_kernels)]
+
+
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("lengths,proj,reverse,sizes", [
+    (None, 0, False, dict(H=40)), (LENGTHS, 6, True, dict(H=40)),
+    (None, 7, False, dict(I=9, H=21)), (LENGTHS, 0, True, dict(I=301, H=263))],
+    ids=["dense", "packed-proj-rev", "odd-inner-proj", "odd-inner-two-blocks-rev"])
+def test_error_against_fp64_within_the_rule(lengths, proj, reverse, sizes, dtype):
+    """DESIGN.md §6: the kernel's error against a float64 reference may be at most ~2x the
+    reference backend's own error in the same dtype (fp32: the fitted tanh of
+    lstm_cell_cpu.h and the extension's GEMM; bf16: vdpbf16ps products summed in fp32).
+    Odd inner sizes (I, P) give the pair products' odd last index; I = 301 and P = 263
+    also span two of the bf16 GEMM's 256-deep inner blocks."""
+    args64 = _args(lengths, proj, T=30, **sizes)
+    args = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args64]
     exact = reference.forward(*args64, reverse, "all")
     needs = [True] * 8 if proj else [True] * 7 + [False]
     exact_grads, _ = reference.backward(*_backward_args(exact, args64, reverse, needs))
+    exact_all = list(exact[:3]) + [g for g in exact_grads if g is not None]
     errors = {}
     for name, backend in (("reference", reference), ("cpu", cpu_backend)):
         fwd = backend.forward if backend is reference else backend.lstm_forward
         bwd = backend.backward if backend is reference else backend.lstm_backward
-        out = fwd(*args32, reverse, "all")
-        grads, _ = bwd(*_backward_args(out, args32, reverse, needs))
-        errors[name] = [(got.double() - want).abs().max().item()
-                        for got, want in zip(list(out[:3]) + [g for g in grads if g is not None],
-                                             list(exact[:3]) + [g for g in exact_grads if g is not None])]
-    for ours, theirs in zip(errors["cpu"], errors["reference"]):
-        assert ours <= 2 * theirs + 1e-6, errors
+        out = fwd(*args, reverse, "all")
+        grads, _ = bwd(*_backward_args(out, args, reverse, needs))
+        got = list(out[:3]) + [g for g in grads if g is not None]
+        assert [t.dtype for t in got] == [dtype] * len(got)
+        errors[name] = max_errors(got, exact_all)
+    names = ["y", "h_n", "c_n"] + [n for n, need in zip(NEEDS, needs) if need]
+    assert rule_violations(errors["cpu"], errors["reference"], dtype, magnitudes(exact_all), names) == []
+    assert all(e > 0 for e in errors["cpu"][:1])  # really ran in this dtype
+
+
+@needs_bf16_kernels
+@pytest.mark.parametrize("lengths,proj,reverse", list(_cases()))
+def test_bf16_layer_keeps_the_references_dtypes_and_is_within_the_rule(lengths, proj, reverse):
+    """Every contract case in bf16: outputs in bf16, the saved gates and cells in fp32
+    (the accumulation dtype) and hidden in bf16, as the reference backend's; values
+    within DESIGN.md §6's rule of the reference's own bf16 error against float64."""
+    args64 = _args(lengths, proj)
+    args = [a.bfloat16() if a is not None and a.is_floating_point() else a for a in args64]
+    exact = reference.forward(*args64, reverse, "all")
+    ours = cpu_backend.lstm_forward(*args, reverse, "all")
+    want = reference.forward(*args, reverse, "all")
+    for name, got, ref in zip(("y", "h_n", "c_n") + SAVED, ours, want):
+        assert got.dtype == ref.dtype and got.shape == ref.shape, name
+    assert rule_violations(max_errors(ours[:3], exact[:3]), max_errors(want[:3], exact[:3]),
+                           torch.bfloat16, magnitudes(exact[:3]), ["y", "h_n", "c_n"]) == []
+    needs = [True] * 7 + [bool(proj)]
+    grads, dgates = cpu_backend.lstm_backward(*_backward_args(ours, args, reverse, needs))
+    want_grads, want_dgates = reference.backward(*_backward_args(want, args, reverse, needs))
+    assert dgates.dtype == want_dgates.dtype == torch.float32
+    assert [g.dtype for g in grads if g is not None] == [torch.bfloat16] * sum(needs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -246,13 +295,15 @@ def test_cell_tanh_within_two_ulp_of_float64(dtype):
     assert cpu_backend.extension().cell_tanh(torch.tensor([float("nan")], dtype=dtype)).isnan().all()
 
 
-def test_a_sequence_gives_the_same_bits_alone_or_in_any_batch():
+@pytest.mark.parametrize("dtype,hidden", [(torch.float32, 150), pytest.param(torch.bfloat16, 263, marks=needs_bf16_kernels)])
+def test_a_sequence_gives_the_same_bits_alone_or_in_any_batch(dtype, hidden):
     """Each output element is summed in one order whatever the batch (products tiled by
     rows, the few-row gate kernel at B <= 2, threads split unit blocks), so a sequence's outputs
-    do not depend on what else is in the batch. H = 150 spans two inner blocks."""
+    do not depend on what else is in the batch. H = 150 spans two fp32 inner blocks; bf16's
+    H = 263 two of its blocks, with an odd last index after the pairs."""
     torch.manual_seed(0)
-    model = rnnfast.LSTM(40, 150, backend="cpu")
-    x = torch.randn(9, 7, 40)
+    model = rnnfast.LSTM(40, hidden, backend="cpu", dtype=dtype)
+    x = torch.randn(9, 7, 40, dtype=dtype)
     with torch.no_grad():
         whole, _ = model(x)
         for rows in (slice(0, 1), slice(5, 7), slice(2, 5)):   # B = 1, 2 and 3

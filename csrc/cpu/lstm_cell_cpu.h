@@ -49,14 +49,30 @@ inline Vec<float> cell_tanh<float>(const Vec<float>& x) {
   return V::blendv(large_signed, small, a < V(0.9f));  // NaN: not < 0.9, so NaN from exp
 }
 
+// A value computed in fp32/fp64 stored in the layer's dtype (the first `count` lanes):
+// bf16 rounded to nearest even as torch's .to(torch.bfloat16) does.
+template <typename acc_t>
+inline void store_as(const Vec<acc_t>& x, acc_t* dst, int count) {
+  x.store(dst, count);
+}
+
+#ifdef RNNFAST_BF16_DOT
+inline void store_as(const Vec<float>& x, c10::BFloat16* dst, int count) {
+  const __m256i rounded = at::vec::cvtfp32_bf16(__m512(x));
+  _mm256_mask_storeu_epi16(dst, __mmask16((uint32_t(1) << count) - 1), rounded);
+}
+#endif
+
 // Forward of one row: gates holds the pre-activations (input projection + bias +
 // recurrent product) and gets the activations back when they are saved for backward.
-template <typename scalar_t>
+// scalar_t: the accumulation dtype of gates and cell state; out_t: the layer's dtype, in
+// which h_t is stored (bf16 layers keep fp32 gates and cells).
+template <typename scalar_t, typename out_t = scalar_t>
 struct ForwardRow {
   scalar_t* gates;         // [4H] this row's gates, pre-activation in, activated out
   scalar_t* cell;          // [H] c_{t-1} in, c_t out: the row's running cell state
   scalar_t* cell_saved;    // [H] where c_t is kept for backward, or nullptr
-  scalar_t* hidden;        // [H] h_t = o * tanh(c_t) (before any projection)
+  out_t* hidden;           // [H] h_t = o * tanh(c_t) (before any projection)
   int64_t hidden_size;     // H
   bool keep_gates;         // write the activations back into gates
 
@@ -73,7 +89,7 @@ struct ForwardRow {
       auto c = f * Vec<scalar_t>::loadu(cell + j, count) + i * g;
       auto h = o * cell_tanh(c);
       c.store(cell + j, count);
-      h.store(hidden + j, count);
+      store_as(h, hidden + j, count);
       if (cell_saved != nullptr) c.store(cell_saved + j, count);
       if (keep_gates) {
         i.store(gates + j, count);

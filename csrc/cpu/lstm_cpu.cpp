@@ -16,6 +16,8 @@
 #include <ATen/cpu/vec/functional.h>
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "lstm_cell_cpu.h"
@@ -40,9 +42,64 @@ constexpr int64_t kCellMacs = 200;
 // slower: B <= 2 steps at H = 256 and small forwards lost their second thread.
 constexpr int64_t kMinMacsPerTask = int64_t(1) << 17;
 
+// How a product's operands are read and multiplied. fp32/fp64: W is [inner, out] row-major,
+// one inner index per multiply-add, a broadcast element of A times a vector of W's row.
+// bf16 (where the CPU has AVX512_BF16, build.py): W is packed in pairs of inner indices,
+// [ceil(inner / 2), out, 2] (pack_transposed, gate_panels), so that one vdpbf16ps
+// multiplies a broadcast pair of A by 16 columns' pairs and adds both products to fp32
+// accumulators: twice an fp32 FMA's multiply-adds per instruction from half the bytes of W.
+// In both layouts W's element for (inner p, column j) with p a multiple of kStep is at
+// p * ldw + kStep * j (ldw counts columns).
+template <typename in_t>
+struct Operands {
+  using acc_t = in_t;
+  using V = Vec<acc_t>;
+  static constexpr int64_t kStep = 1;  // inner indices per multiply-add
+  // The first `count` columns' values of W at one inner step (count == V::size(): all).
+  static V load_w(const in_t* w, int count) {
+    return count == V::size() ? V::loadu(w) : V::loadu(w, count);
+  }
+  // A's value at inner p in every lane.
+  static V broadcast(const in_t* a) { return V(*a); }
+  static V mac(const V& a, const V& w, const V& acc) { return at::vec::fmadd(a, w, acc); }
+};
+
+#ifdef RNNFAST_BF16_DOT
+template <>
+struct Operands<c10::BFloat16> {
+  using acc_t = float;
+  using V = Vec<float>;
+  static constexpr int64_t kStep = 2;
+  // 16 columns' pairs: 32 bf16, one 512-bit register (the first `count` columns' pairs).
+  // Whole vectors by a plain load: GCC treats a masked load as reading any memory and
+  // then keeps the accumulators in memory across it.
+  static V load_w(const c10::BFloat16* w, int count) {
+    if (count == V::size()) return V(_mm512_castsi512_ps(_mm512_loadu_si512(w)));
+    const __mmask32 mask = (__mmask32(1) << (2 * count)) - 1;
+    return V(_mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask, w)));
+  }
+  // A's inner indices p and p + 1 (contiguous: a bf16 product's A has unit inner stride)
+  // as one 32-bit pair in every lane.
+  static V broadcast(const c10::BFloat16* a) {
+    int32_t pair;
+    std::memcpy(&pair, a, sizeof(pair));
+    return V(_mm512_castsi512_ps(_mm512_set1_epi32(pair)));
+  }
+  static V mac(const V& a, const V& w, const V& acc) {
+    return V(_mm512_dpbf16_ps(__m512(acc), (__m512bh)__m512(a), (__m512bh)__m512(w)));
+  }
+  // An odd inner count's last index p, alone (A's next element may be anything, even NaN,
+  // or lie past the tensor): A's value, and W's, whose packed partner is 0, widened.
+  static V widen_a(const c10::BFloat16* a) { return V(float(*a)); }
+  static V widen_w(const c10::BFloat16* w, int count) {
+    return V(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(load_w(w, count)), 16)));
+  }
+};
+#endif
+
 // The kCols vectors of a tile's row, from its first column: whole (kFull), or the ragged
 // edge where only the first `cols_left` columns exist (the rest load as 0 and are
-// never stored).
+// never stored). C's values are acc_t; W's are read through Operands.
 template <typename scalar_t, int kCols, bool kFull>
 struct TileColumns {
   using V = Vec<scalar_t>;
@@ -62,34 +119,78 @@ struct TileColumns {
     if (kFull) x.store(row + v * width);
     else if (count[v] > 0) x.store(row + v * width, count[v]);
   }
+  // Vector v of W at one inner step: `row` is W at that step and the tile's first column.
+  template <typename O, typename in_t>
+  V load_w(const in_t* row, int v) const {
+    const in_t* at = row + O::kStep * v * width;
+    return kFull ? O::load_w(at, int(width)) : (count[v] > 0 ? O::load_w(at, count[v]) : V(scalar_t(0)));
+  }
 };
+
+// C[kRows, kCols vectors] += A[:, p] W[p, :] for the odd last inner index p of a pair
+// product (Operands' kStep 2): one fp32 multiply-add an element after the pairs, in every
+// kernel alike, so the summation order stays the same. Apart from the pair loop: a branch
+// or second loop for it there made GCC keep the accumulators in memory.
+template <typename in_t, int kRows, int kCols, bool kFull>
+__attribute__((noinline)) void odd_inner_update(const in_t* a, int64_t a_rs,    // [kRows] at p
+                                                const in_t* w, int64_t cols_left,  // W at p
+                                                typename Operands<in_t>::acc_t* c, int64_t ldc) {
+  using O = Operands<in_t>;
+  using acc_t = typename O::acc_t;
+  using V = Vec<acc_t>;
+  constexpr int64_t width = V::size();
+  const TileColumns<acc_t, kCols, kFull> columns(cols_left);
+  for (int v = 0; v < kCols; ++v) {
+    if (columns.count[v] == 0) continue;
+    const V w_v = O::widen_w(w + O::kStep * v * width, columns.count[v]);
+    for (int r = 0; r < kRows; ++r) {
+      const V sum = at::vec::fmadd(O::widen_a(a + r * a_rs), w_v, columns.load(c + r * ldc, v));
+      columns.store(sum, c + r * ldc, v);
+    }
+  }
+}
 
 // C[kRows, kCols vectors from column j] (+)= A[kRows, inner] @ W[inner, same columns]:
 // one tile of independent accumulators, kept in registers while W streams by.
 // A is read through strides (row a_rs, inner a_is) so that a transposed operand needs
-// no copy. kFull: all kCols vectors are whole; otherwise the tile is the ragged edge.
-template <typename scalar_t, int kRows, int kCols, bool kFull>
+// no copy (bf16: a_is is 1). kFull: all kCols vectors are whole; otherwise the tile is
+// the ragged edge. W is laid out as Operands<in_t> says. The sums start from C
+// (accumulate), else from `bias` (the same row for every row of C) or zero.
+template <typename in_t, int kRows, int kCols, bool kFull>
 inline void gemm_tile(int64_t inner, int64_t cols_left,
-                      const scalar_t* a, int64_t a_rs, int64_t a_is,  // [kRows, inner]
-                      const scalar_t* w, int64_t ldw,                 // [inner, >= tile]
+                      const in_t* a, int64_t a_rs, int64_t a_is,  // [kRows, inner]
+                      const in_t* w, int64_t ldw,                 // [inner, >= tile]
                       bool accumulate,
-                      scalar_t* c, int64_t ldc) {                     // [kRows, >= tile]
-  using V = Vec<scalar_t>;
-  const TileColumns<scalar_t, kCols, kFull> columns(cols_left);
+                      typename Operands<in_t>::acc_t* c, int64_t ldc,    // [kRows, >= tile]
+                      const typename Operands<in_t>::acc_t* bias) {      // [>= tile] or nullptr
+  using O = Operands<in_t>;
+  using acc_t = typename O::acc_t;
+  using V = Vec<acc_t>;
+  const TileColumns<acc_t, kCols, kFull> columns(cols_left);
   V acc[kRows][kCols];
   for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kCols; ++v) acc[r][v] = accumulate ? columns.load(c + r * ldc, v) : V(scalar_t(0));
+    for (int v = 0; v < kCols; ++v) {
+      acc[r][v] = accumulate ? columns.load(c + r * ldc, v)
+                             : (bias != nullptr ? columns.load(bias, v) : V(acc_t(0)));
+    }
   }
-  for (int64_t p = 0; p < inner; ++p) {
+  const int64_t whole = inner - inner % O::kStep;
+  for (int64_t p = 0; p < whole; p += O::kStep) {
     V w_p[kCols];
-    for (int v = 0; v < kCols; ++v) w_p[v] = columns.load(w + p * ldw, v);
+    for (int v = 0; v < kCols; ++v) w_p[v] = columns.template load_w<O>(w + p * ldw, v);
     for (int r = 0; r < kRows; ++r) {
-      const V a_rp(a[r * a_rs + p * a_is]);
-      for (int v = 0; v < kCols; ++v) acc[r][v] = at::vec::fmadd(a_rp, w_p[v], acc[r][v]);
+      const V a_rp = O::broadcast(a + r * a_rs + p * a_is);
+      for (int v = 0; v < kCols; ++v) acc[r][v] = O::mac(a_rp, w_p[v], acc[r][v]);
     }
   }
   for (int r = 0; r < kRows; ++r) {
     for (int v = 0; v < kCols; ++v) columns.store(acc[r][v], c + r * ldc, v);
+  }
+  if constexpr (O::kStep > 1) {
+    if (whole < inner) {
+      odd_inner_update<in_t, kRows, kCols, kFull>(a + whole * a_is, a_rs, w + whole * ldw,
+                                                  cols_left, c, ldc);
+    }
   }
 }
 
@@ -99,24 +200,26 @@ inline void gemm_tile(int64_t inner, int64_t cols_left,
 template <typename scalar_t, int kRows, int kCols>
 inline void gemm_row_tile(int64_t cols, int64_t inner, const scalar_t* a, int64_t a_rs,
                           int64_t a_is, const scalar_t* w, int64_t ldw, bool accumulate,
-                          scalar_t* c, int64_t ldc) {
-  constexpr int64_t width = Vec<scalar_t>::size(), tile = kCols * width;
+                          typename Operands<scalar_t>::acc_t* c, int64_t ldc,
+                          const typename Operands<scalar_t>::acc_t* bias = nullptr) {
+  constexpr int64_t step = Operands<scalar_t>::kStep;
+  constexpr int64_t width = Vec<typename Operands<scalar_t>::acc_t>::size(), tile = kCols * width;
   int64_t j = 0;
   for (; j + tile <= cols; j += tile) {
-    gemm_tile<scalar_t, kRows, kCols, true>(inner, cols - j, a, a_rs, a_is, w + j, ldw,
-                                            accumulate, c + j, ldc);
+    gemm_tile<scalar_t, kRows, kCols, true>(inner, cols - j, a, a_rs, a_is, w + step * j, ldw,
+                                            accumulate, c + j, ldc, bias ? bias + j : nullptr);
   }
   const int64_t rest = cols - j;
   if (rest == 0) return;
   if constexpr (kCols > 1) {
     if (rest <= tile - width) {
-      gemm_row_tile<scalar_t, kRows, kCols - 1>(rest, inner, a, a_rs, a_is, w + j, ldw,
-                                                accumulate, c + j, ldc);
+      gemm_row_tile<scalar_t, kRows, kCols - 1>(rest, inner, a, a_rs, a_is, w + step * j, ldw,
+                                                accumulate, c + j, ldc, bias ? bias + j : nullptr);
       return;
     }
   }
-  gemm_tile<scalar_t, kRows, kCols, false>(inner, rest, a, a_rs, a_is, w + j, ldw, accumulate,
-                                           c + j, ldc);
+  gemm_tile<scalar_t, kRows, kCols, false>(inner, rest, a, a_rs, a_is, w + step * j, ldw,
+                                           accumulate, c + j, ldc, bias ? bias + j : nullptr);
 }
 
 // The product's blocking, from the vector width: a register tile of 6 rows x kCols
@@ -125,12 +228,13 @@ inline void gemm_row_tile(int64_t cols, int64_t inner, const scalar_t* a, int64_
 // (32 KB) while every row of a row block passes over them; A in row blocks that stay
 // in L2. Each output element is summed in the same order whatever rows or columns
 // are asked for, so a product over a subset of rows is bit-identical to those rows
-// of the whole product.
+// of the whole product. (scalar_t: the operands' type; C is Operands' acc_t.)
 template <typename scalar_t>
 struct Blocking {
+  using acc_t = typename Operands<scalar_t>::acc_t;
   static constexpr int kRows = 6;
-  static constexpr int kCols = Vec<scalar_t>::size() * sizeof(scalar_t) >= 64 ? 4 : 2;
-  static constexpr int64_t tile = kCols * Vec<scalar_t>::size();
+  static constexpr int kCols = Vec<acc_t>::size() * sizeof(acc_t) >= 64 ? 4 : 2;
+  static constexpr int64_t tile = kCols * Vec<acc_t>::size();
   static constexpr int64_t inner_block =
       std::max<int64_t>(64, (int64_t(32) << 10) / (tile * int64_t(sizeof(scalar_t))));
   static constexpr int64_t row_block = 96;
@@ -145,14 +249,20 @@ struct Blocking {
 template <typename scalar_t>
 void gemm(int64_t rows, int64_t out, int64_t inner,
           const scalar_t* a, int64_t a_rs, int64_t a_is,  // [rows, inner]
-          const scalar_t* w, int64_t ldw,                 // [inner, out]
+          const scalar_t* w, int64_t ldw,                 // [inner, out] (Operands' layout)
           bool accumulate,
-          scalar_t* c, int64_t ldc) {                     // [rows, out]
+          typename Operands<scalar_t>::acc_t* c, int64_t ldc,    // [rows, out]
+          const typename Operands<scalar_t>::acc_t* bias = nullptr) {  // [out]: start, or 0
   using B = Blocking<scalar_t>;
+  using acc_t = typename B::acc_t;
+  constexpr int64_t step = Operands<scalar_t>::kStep;
   if (rows <= 0 || out <= 0) return;
   if (inner == 0) {
     if (!accumulate) {
-      for (int64_t r = 0; r < rows; ++r) std::fill(c + r * ldc, c + r * ldc + out, scalar_t(0));
+      for (int64_t r = 0; r < rows; ++r) {
+        if (bias != nullptr) std::copy(bias, bias + out, c + r * ldc);
+        else std::fill(c + r * ldc, c + r * ldc + out, acc_t(0));
+      }
     }
     return;
   }
@@ -171,11 +281,11 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
       const int64_t j = begin * tile, end_col = std::min(end * tile, out);
       const int64_t wide_end = j + (end_col - j) / tile * tile;
       if (rows == 2) {
-        gemm_row_tile<scalar_t, 2, 2 * B::kCols>(wide_end - j, inner, a, a_rs, a_is, w + j, ldw, accumulate, c + j, ldc);
-        gemm_row_tile<scalar_t, 2, B::kCols>(end_col - wide_end, inner, a, a_rs, a_is, w + wide_end, ldw, accumulate, c + wide_end, ldc);
+        gemm_row_tile<scalar_t, 2, 2 * B::kCols>(wide_end - j, inner, a, a_rs, a_is, w + step * j, ldw, accumulate, c + j, ldc, bias ? bias + j : nullptr);
+        gemm_row_tile<scalar_t, 2, B::kCols>(end_col - wide_end, inner, a, a_rs, a_is, w + step * wide_end, ldw, accumulate, c + wide_end, ldc, bias ? bias + wide_end : nullptr);
       } else {
-        gemm_row_tile<scalar_t, 1, 2 * B::kCols>(wide_end - j, inner, a, a_rs, a_is, w + j, ldw, accumulate, c + j, ldc);
-        gemm_row_tile<scalar_t, 1, B::kCols>(end_col - wide_end, inner, a, a_rs, a_is, w + wide_end, ldw, accumulate, c + wide_end, ldc);
+        gemm_row_tile<scalar_t, 1, 2 * B::kCols>(wide_end - j, inner, a, a_rs, a_is, w + step * j, ldw, accumulate, c + j, ldc, bias ? bias + j : nullptr);
+        gemm_row_tile<scalar_t, 1, B::kCols>(end_col - wide_end, inner, a, a_rs, a_is, w + step * wide_end, ldw, accumulate, c + wide_end, ldc, bias ? bias + wide_end : nullptr);
       }
     });
     return;
@@ -191,20 +301,21 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
       for (int64_t p = 0; p < inner; p += B::inner_block) {
         const int64_t depth = std::min(B::inner_block, inner - p);
         const bool acc = accumulate || p > 0;
-        const scalar_t* w_p = w + p * ldw + j;
+        const acc_t* bias_j = bias != nullptr && p == 0 ? bias + j : nullptr;
+        const scalar_t* w_p = w + p * ldw + step * j;
         int64_t r = r0;
         for (; r + B::kRows <= r_end; r += B::kRows) {
           gemm_row_tile<scalar_t, B::kRows, B::kCols>(cols, depth, a + r * a_rs + p * a_is, a_rs,
-                                                      a_is, w_p, ldw, acc, c + r * ldc + j, ldc);
+                                                      a_is, w_p, ldw, acc, c + r * ldc + j, ldc, bias_j);
         }
         const scalar_t* a_r = a + r * a_rs + p * a_is;
-        scalar_t* c_r = c + r * ldc + j;
+        acc_t* c_r = c + r * ldc + j;
         switch (r_end - r) {
-          case 5: gemm_row_tile<scalar_t, 5, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
-          case 4: gemm_row_tile<scalar_t, 4, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
-          case 3: gemm_row_tile<scalar_t, 3, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
-          case 2: gemm_row_tile<scalar_t, 2, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
-          case 1: gemm_row_tile<scalar_t, 1, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc); break;
+          case 5: gemm_row_tile<scalar_t, 5, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc, bias_j); break;
+          case 4: gemm_row_tile<scalar_t, 4, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc, bias_j); break;
+          case 3: gemm_row_tile<scalar_t, 3, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc, bias_j); break;
+          case 2: gemm_row_tile<scalar_t, 2, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc, bias_j); break;
+          case 1: gemm_row_tile<scalar_t, 1, B::kCols>(cols, depth, a_r, a_rs, a_is, w_p, ldw, acc, c_r, ldc, bias_j); break;
           default: break;
         }
       }
@@ -215,59 +326,83 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
 // The common case: A row-major with leading dimension lda, W contiguous [inner, out].
 template <typename scalar_t>
 inline void gemm_rows(int64_t rows, int64_t out, int64_t inner, const scalar_t* a, int64_t lda,
-                      const scalar_t* w, bool accumulate, scalar_t* c, int64_t ldc) {
-  gemm<scalar_t>(rows, out, inner, a, lda, 1, w, out, accumulate, c, ldc);
+                      const scalar_t* w, bool accumulate, typename Operands<scalar_t>::acc_t* c,
+                      int64_t ldc, const typename Operands<scalar_t>::acc_t* bias = nullptr) {
+  gemm<scalar_t>(rows, out, inner, a, lda, 1, w, out, accumulate, c, ldc, bias);
 }
 
-// w^T, contiguous: [cols, rows] from w [rows, cols] (any strides), in 32 x 32 blocks so
-// that reads and writes both stay within a few cache lines (Tensor::t().contiguous()
-// took 0.1 ms for a 1 MB weight, a tenth of a step-loop's time at T=32 B=8 H=256).
-Tensor transposed(const Tensor& w) {
-  constexpr int64_t kBlock = 32;
+// Runs fn(scalar_t()) for a layer's dtype: fp32, fp64 and, built with AVX512_BF16, bf16.
+template <typename Fn>
+void dispatch_layer_dtype(c10::ScalarType dtype, const Fn& fn) {
+#ifdef RNNFAST_BF16_DOT
+  if (dtype == at::kBFloat16) return fn(c10::BFloat16());
+#endif
+  AT_DISPATCH_FLOATING_TYPES(dtype, "rnnfast_cpu_layer", [&] { fn(scalar_t()); });
+}
+
+// Rounds n up to a whole number of the product's inner steps (Operands::kStep).
+template <typename scalar_t>
+constexpr int64_t padded_inner(int64_t n) {
+  return (n + Operands<scalar_t>::kStep - 1) / Operands<scalar_t>::kStep * Operands<scalar_t>::kStep;
+}
+
+// w^T as a product's W: [cols, rows] from w [rows, cols] (any strides), in Operands'
+// layout (bf16: pairs of columns interleaved, an odd last one paired with 0). In 32 x 32
+// blocks so that reads and writes both stay within a few cache lines
+// (Tensor::t().contiguous() took 0.1 ms for a 1 MB weight, a tenth of a step-loop's time
+// at T=32 B=8 H=256).
+template <typename scalar_t>
+Tensor pack_transposed(const Tensor& w) {
+  constexpr int64_t kBlock = 32, S = Operands<scalar_t>::kStep;
   const int64_t rows = w.size(0), cols = w.size(1);
-  Tensor result = at::empty({cols, rows}, w.options());
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnfast_cpu_transpose", [&] {
-    const scalar_t* src = w.data_ptr<scalar_t>();
-    scalar_t* dst = result.data_ptr<scalar_t>();
-    const int64_t rs = w.stride(0), cs = w.stride(1);
-    const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
-    at::parallel_for(0, row_blocks, std::max<int64_t>(1, (int64_t(1) << 16) / (kBlock * cols)),
-                     [&](int64_t begin, int64_t end) {
-      for (int64_t r0 = begin * kBlock; r0 < std::min(end * kBlock, rows); r0 += kBlock) {
-        for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
-          const int64_t r1 = std::min(r0 + kBlock, rows), c1 = std::min(c0 + kBlock, cols);
-          for (int64_t c = c0; c < c1; ++c) {
-            for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * rs + c * cs];
-          }
+  Tensor result = S > 1 && cols % S != 0 ? at::zeros({padded_inner<scalar_t>(cols), rows}, w.options())
+                                         : at::empty({cols, rows}, w.options());
+  const scalar_t* src = w.data_ptr<scalar_t>();
+  scalar_t* dst = result.data_ptr<scalar_t>();
+  const int64_t rs = w.stride(0), cs = w.stride(1);
+  const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
+  at::parallel_for(0, row_blocks, std::max<int64_t>(1, (int64_t(1) << 16) / (kBlock * cols)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t r0 = begin * kBlock; r0 < std::min(end * kBlock, rows); r0 += kBlock) {
+      for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+        const int64_t r1 = std::min(r0 + kBlock, rows), c1 = std::min(c0 + kBlock, cols);
+        for (int64_t c = c0; c < c1; ++c) {
+          scalar_t* out = dst + (c / S) * S * rows + c % S;
+          for (int64_t r = r0; r < r1; ++r) out[S * r] = src[r * rs + c * cs];
         }
       }
-    });
+    }
   });
   return result;
 }
 
 // W_hh^T cut into one panel per (gate, block of kUnitBlock units): panel g * blocks + b
-// is [P, kUnitBlock] with panel[p][u] = w_hh[g * H + b * kUnitBlock + u][p] (columns past
-// H left unset: the GEMM never reads them). A task's product then streams contiguous
-// rows of its own panel: read in place, W_hh^T's rows are 4H apart, 4 KB at H = 256,
-// so all of a chunk fell into one L1 set (AVX2: 46 against 66 GMAC/s packed).
+// is [P, kUnitBlock] (in Operands' layout) with panel[p][u] = w_hh[g * H + b * kUnitBlock
+// + u][p] (columns past H left unset: the GEMM never reads them). A task's product then
+// streams contiguous rows of its own panel: read in place, W_hh^T's rows are 4H apart,
+// 4 KB at H = 256, so all of a chunk fell into one L1 set (AVX2: 46 against 66 GMAC/s
+// packed).
+template <typename scalar_t>
 Tensor gate_panels(const Tensor& w_hh, int64_t H) {
+  constexpr int64_t S = Operands<scalar_t>::kStep;
   const int64_t P = w_hh.size(1), blocks = (H + kUnitBlock - 1) / kUnitBlock;
-  Tensor panels = at::empty({4 * blocks, P, kUnitBlock}, w_hh.options());
-  AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "rnnfast_cpu_gate_panels", [&] {
-    const scalar_t* src = w_hh.data_ptr<scalar_t>();
-    scalar_t* dst = panels.data_ptr<scalar_t>();
-    const int64_t rs = w_hh.stride(0), cs = w_hh.stride(1);
-    at::parallel_for(0, 4 * blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t panel = begin; panel < end; ++panel) {
-        const int64_t first = (panel / blocks) * H + (panel % blocks) * kUnitBlock;
-        const int64_t width = std::min(kUnitBlock, H - (panel % blocks) * kUnitBlock);
-        scalar_t* out = dst + panel * P * kUnitBlock;
-        for (int64_t u = 0; u < width; ++u) {
-          for (int64_t p = 0; p < P; ++p) out[p * kUnitBlock + u] = src[(first + u) * rs + p * cs];
+  const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
+  Tensor panels = S > 1 && P % S != 0 ? at::zeros({4 * blocks, panel_size}, w_hh.options())
+                                      : at::empty({4 * blocks, panel_size}, w_hh.options());
+  const scalar_t* src = w_hh.data_ptr<scalar_t>();
+  scalar_t* dst = panels.data_ptr<scalar_t>();
+  const int64_t rs = w_hh.stride(0), cs = w_hh.stride(1);
+  at::parallel_for(0, 4 * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t first = (panel / blocks) * H + (panel % blocks) * kUnitBlock;
+      const int64_t width = std::min(kUnitBlock, H - (panel % blocks) * kUnitBlock);
+      scalar_t* out = dst + panel * panel_size;
+      for (int64_t u = 0; u < width; ++u) {
+        for (int64_t p = 0; p < P; ++p) {
+          out[(p / S) * S * kUnitBlock + S * u + p % S] = src[(first + u) * rs + p * cs];
         }
       }
-    });
+    }
   });
   return panels;
 }
@@ -284,30 +419,45 @@ template <typename scalar_t, int kRows, int kPanels, int kCols, bool kFull>
 inline void gate_panel_tile(int64_t inner, int64_t units_left,
                             const scalar_t* a, int64_t lda,                 // [kRows, inner]
                             const scalar_t* panel, int64_t panel_stride,    // kPanels x [inner, kUnitBlock]
-                            scalar_t* c, int64_t ldc, int64_t gate_stride) {  // [kRows, kPanels x gate_stride]
-  using V = Vec<scalar_t>;
-  const TileColumns<scalar_t, kCols, kFull> columns(units_left);
+                            typename Operands<scalar_t>::acc_t* c, int64_t ldc,
+                            int64_t gate_stride) {                          // [kRows, kPanels x gate_stride]
+  using O = Operands<scalar_t>;
+  using acc_t = typename O::acc_t;
+  using V = Vec<acc_t>;
+  const TileColumns<acc_t, kCols, kFull> columns(units_left);
   V acc[kRows][kPanels][kCols];
   for (int r = 0; r < kRows; ++r) {
     for (int q = 0; q < kPanels; ++q) {
       for (int v = 0; v < kCols; ++v) acc[r][q][v] = columns.load(c + r * ldc + q * gate_stride, v);
     }
   }
-  for (int64_t p = 0; p < inner; ++p) {
+  const int64_t whole = inner - inner % O::kStep;
+  for (int64_t p = 0; p < whole; p += O::kStep) {
     V w_p[kPanels][kCols];
     for (int q = 0; q < kPanels; ++q) {
-      for (int v = 0; v < kCols; ++v) w_p[q][v] = columns.load(panel + q * panel_stride + p * kUnitBlock, v);
+      for (int v = 0; v < kCols; ++v) {
+        w_p[q][v] = columns.template load_w<O>(panel + q * panel_stride + p * kUnitBlock, v);
+      }
     }
     for (int r = 0; r < kRows; ++r) {
-      const V a_rp(a[r * lda + p]);
+      const V a_rp = O::broadcast(a + r * lda + p);
       for (int q = 0; q < kPanels; ++q) {
-        for (int v = 0; v < kCols; ++v) acc[r][q][v] = at::vec::fmadd(a_rp, w_p[q][v], acc[r][q][v]);
+        for (int v = 0; v < kCols; ++v) acc[r][q][v] = O::mac(a_rp, w_p[q][v], acc[r][q][v]);
       }
     }
   }
   for (int r = 0; r < kRows; ++r) {
     for (int q = 0; q < kPanels; ++q) {
       for (int v = 0; v < kCols; ++v) columns.store(acc[r][q][v], c + r * ldc + q * gate_stride, v);
+    }
+  }
+  if constexpr (O::kStep > 1) {
+    if (whole < inner) {
+      for (int q = 0; q < kPanels; ++q) {
+        odd_inner_update<scalar_t, kRows, kCols, kFull>(a + whole, lda,
+                                                        panel + q * panel_stride + whole * kUnitBlock,
+                                                        units_left, c + q * gate_stride, ldc);
+      }
     }
   }
 }
@@ -320,20 +470,23 @@ void few_rows_gate_product(int64_t P, int64_t H, int64_t units,
                            const scalar_t* h, int64_t ldh,          // [kRows, P]
                            const scalar_t* panels, int64_t blocks,  // gate_panels(W_hh) data
                            int64_t block,
-                           scalar_t* gates, int64_t ldg) {          // [kRows, 4H] at the block's first unit
+                           typename Operands<scalar_t>::acc_t* gates,  // [kRows, 4H] at the block's first unit
+                           int64_t ldg) {
+  using O = Operands<scalar_t>;
   constexpr int kCols = Blocking<scalar_t>::kCols;
   constexpr int kPanels = 4 / kRows;  // kRows x kPanels x kCols = 4 x kCols accumulators
-  constexpr int64_t chunk = kCols * Vec<scalar_t>::size();
-  const int64_t panel_stride = blocks * P * kUnitBlock;  // gate g's panel of this block is g panels of blocks apart
+  constexpr int64_t chunk = Blocking<scalar_t>::tile;
+  const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
+  const int64_t panel_stride = blocks * panel_size;  // gate g's panel of this block is g panels of blocks apart
   for (int gate = 0; gate < 4; gate += kPanels) {
-    const scalar_t* panel = panels + (gate * blocks + block) * P * kUnitBlock;
+    const scalar_t* panel = panels + (gate * blocks + block) * panel_size;
     for (int64_t u = 0; u < units; u += chunk) {
       if (u + chunk <= units) {
-        gate_panel_tile<scalar_t, kRows, kPanels, kCols, true>(P, units - u, h, ldh, panel + u, panel_stride,
-                                                               gates + gate * H + u, ldg, H);
+        gate_panel_tile<scalar_t, kRows, kPanels, kCols, true>(P, units - u, h, ldh, panel + O::kStep * u,
+                                                               panel_stride, gates + gate * H + u, ldg, H);
       } else {
-        gate_panel_tile<scalar_t, kRows, kPanels, kCols, false>(P, units - u, h, ldh, panel + u, panel_stride,
-                                                                gates + gate * H + u, ldg, H);
+        gate_panel_tile<scalar_t, kRows, kPanels, kCols, false>(P, units - u, h, ldh, panel + O::kStep * u,
+                                                                panel_stride, gates + gate * H + u, ldg, H);
       }
     }
   }
@@ -375,40 +528,45 @@ void check_matrix(const Tensor& t, const char* name, int64_t dim0, int64_t dim1,
                     t.device());
 }
 
+// The recurrence in the layer's dtype scalar_t (fp32, fp64, bf16): products and cell in
+// acc_t (Operands: fp32 for bf16), h_t rounded to scalar_t as it is stored in y.
 template <typename scalar_t>
 void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
-                        const Tensor& h0,
-                        const Tensor& panels,  // [4 * blocks, P, kUnitBlock]: gate_panels(W_hh)
-                        const Tensor* w_hr_t,  // [H, P]: W_hr^T, or nullptr
-                        Tensor& gates,    // [N, 4H] input projection in, gates out
-                        Tensor& c_state,  // [B, H] c0 in, c_n out
+                        const Tensor& h0,      // [B, P]
+                        const Tensor& panels,  // [4 * blocks, P * kUnitBlock]: gate_panels(W_hh)
+                        const Tensor* w_hr_t,  // [H, P]: pack_transposed(W_hr), or nullptr
+                        Tensor& gates,    // [N, 4H] acc_t: input projection in, gates out
+                        Tensor& c_state,  // [B, H] acc_t: c0 in, c_n out
                         Tensor& y,        // [N, P] out
-                        Tensor* cells,    // [N, H] c_t out, or nullptr
+                        Tensor* cells,    // [N, H] acc_t: c_t out, or nullptr
                         Tensor& hidden,   // [N, H] (hidden_per_row) or [B, H] scratch, or empty
+                        Tensor& projected,  // [B, P] acc_t scratch (bf16 with a projection), or empty
                         bool hidden_per_row, bool keep_gates) {
+  using acc_t = typename Operands<scalar_t>::acc_t;
   const int64_t H = c_state.size(1), P = h0.size(1), G = 4 * H;
-  scalar_t* gates_p = gates.data_ptr<scalar_t>();
-  scalar_t* c_p = c_state.data_ptr<scalar_t>();
+  acc_t* gates_p = gates.data_ptr<acc_t>();
+  acc_t* c_p = c_state.data_ptr<acc_t>();
   scalar_t* y_p = y.data_ptr<scalar_t>();
-  scalar_t* cells_p = cells != nullptr ? cells->data_ptr<scalar_t>() : nullptr;
+  acc_t* cells_p = cells != nullptr ? cells->data_ptr<acc_t>() : nullptr;
   scalar_t* hidden_p = hidden.data_ptr<scalar_t>();
   const scalar_t* h0_p = h0.data_ptr<scalar_t>();
   const scalar_t* panels_p = panels.data_ptr<scalar_t>();
   const scalar_t* w_hr_t_p = w_hr_t != nullptr ? w_hr_t->data_ptr<scalar_t>() : nullptr;
   const int64_t unit_blocks = (H + kUnitBlock - 1) / kUnitBlock;
+  const int64_t panel_size = panels.size(1);
   const int64_t threads = at::get_num_threads();
 
   for (size_t k = 0; k < sizes.size(); ++k) {
     const int64_t off = offsets[k], n = sizes[k];
     const int64_t n_prev = k > 0 ? sizes[k - 1] : 0, carried = std::min(n, n_prev);
-    scalar_t* g = gates_p + off * G;
+    acc_t* g = gates_p + off * G;
     // Without a projection h_t is y_t itself; with one it goes to hidden first.
     scalar_t* h_out = w_hr_t_p == nullptr ? y_p + off * P : hidden_p + (hidden_per_row ? off * H : 0);
     // Rows active one step earlier continue from that step's output; rows that become
     // active here (reverse direction of a packed batch) start from h0.
     const scalar_t* h_prev = y_p + (k > 0 ? offsets[k - 1] : 0) * P;  // unread at k = 0
     auto cell = [&](int64_t r) {
-      return ForwardRow<scalar_t>{g + r * G, c_p + r * H,
+      return ForwardRow<acc_t, scalar_t>{g + r * G, c_p + r * H,
                                   cells_p != nullptr ? cells_p + (off + r) * H : nullptr,
                                   h_out + r * H, H, keep_gates};
     };
@@ -434,10 +592,10 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
     // Rows [first, last) of the product from h (their previous output, or h0).
     auto product = [&](int64_t first, int64_t last, const scalar_t* h, int64_t block, int64_t u0, int64_t u1) {
       const int64_t rows = last - first;
-      scalar_t* out = g + first * G + u0;
+      acc_t* out = g + first * G + u0;
       if (rows >= 3) {
         for (int64_t gate = 0; gate < 4; ++gate) {
-          const scalar_t* panel = panels_p + (gate * unit_blocks + block) * P * kUnitBlock;
+          const scalar_t* panel = panels_p + (gate * unit_blocks + block) * panel_size;
           gemm<scalar_t>(rows, u1 - u0, P, h, P, 1, panel, kUnitBlock, true, out + gate * H, G);
         }
       } else if (rows == 2) {
@@ -446,42 +604,80 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
         few_rows_gate_product<scalar_t, 1>(P, H, u1 - u0, h, P, panels_p, unit_blocks, block, out, G);
       }
     };
+    // The next step's gates of the task's rows and units (its input projection, written
+    // long before and gone from the caches: 256 KB a step at B=64 H=256) fetched into L2
+    // while this step computes; the static split gives the next step's task for them to
+    // this thread. Without it, loading them was ~a third of the bf16 product's time.
+    auto prefetch_next_step = [&](int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
+      if (k + 1 >= sizes.size()) return;
+      const acc_t* next = gates_p + offsets[k + 1] * G;
+      constexpr int64_t line = 64 / sizeof(acc_t);
+      for (int64_t r = r0; r < std::min(r1, sizes[k + 1]); ++r) {
+        for (int64_t gate = 0; gate < 4; ++gate) {
+          for (int64_t u = u0; u < u1; u += line) __builtin_prefetch(next + r * G + gate * H + u, 1, 2);
+        }
+      }
+    };
     at::parallel_for(0, tasks, split ? 1 : tasks, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t block = task / chunks;
         const int64_t u0 = block * kUnitBlock, u1 = std::min(u0 + kUnitBlock, H);
         const int64_t r0 = (task % chunks) * chunk, r1 = std::min(r0 + chunk, n);
         const int64_t split_row = std::clamp(carried, r0, r1);  // [r0, split_row) carried on
+        prefetch_next_step(r0, r1, u0, u1);
         product(r0, split_row, h_prev + r0 * P, block, u0, u1);
         product(split_row, r1, h0_p + split_row * P, block, u0, u1);
         for (int64_t r = r0; r < r1; ++r) cell(r)(u0, u1);
       }
     });
     if (w_hr_t_p != nullptr) {
-      gemm_rows<scalar_t>(n, P, H, h_out, H, w_hr_t_p, false, y_p + off * P, P);
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        gemm_rows<scalar_t>(n, P, H, h_out, H, w_hr_t_p, false, y_p + off * P, P);
+      } else {
+        acc_t* projected_p = projected.data_ptr<acc_t>();
+        gemm_rows<scalar_t>(n, P, H, h_out, H, w_hr_t_p, false, projected_p, P);
+        for (int64_t i = 0; i < n * P; i += Vec<acc_t>::size()) {
+          const int count = static_cast<int>(std::min<int64_t>(Vec<acc_t>::size(), n * P - i));
+          store_as(Vec<acc_t>::loadu(projected_p + i, count), y_p + off * P + i, count);
+        }
+      }
     }
   }
 }
 
-// x2d [N, I], h0 [B, P], c0 [B, H], w_ih [4H, I], w_hh [4H, P], bias [4H] (b_ih + b_hh)
-// or None, w_hr [P, H] or None; offsets/sizes [K]: the steps in processing order.
-// Returns y [N, P], c_n [B, H], gates [N, 4H] (activated; empty unless save_gates),
-// cells [N, H] (c_t; empty unless save_cells), hidden [N, H] (o * tanh(c) before the
-// projection; empty unless save_gates with a projection).
+// The layer's dtype, checked: fp32, fp64, and bf16 where built with AVX512_BF16.
+void check_layer_dtype(c10::ScalarType dtype) {
+#ifdef RNNFAST_BF16_DOT
+  const bool bf16 = dtype == at::kBFloat16;
+#else
+  const bool bf16 = false;
+  TORCH_CHECK_TYPE(dtype != at::kBFloat16, "rnnfast CPU kernel: bfloat16 needs a CPU with "
+                   "AVX512_BF16 and the extension built for it (this build has no bf16 kernels)");
+#endif
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || bf16,
+                   "rnnfast CPU kernel: expected float32, float64 or bfloat16 input, got ", dtype);
+}
+
+// x2d [N, I], h0 [B, P], w_ih [4H, I], w_hh [4H, P], w_hr [P, H] or None, all in the
+// layer's dtype; c0 [B, H] and bias [4H] (b_ih + b_hh) or None in its accumulation dtype
+// (fp32 for bf16); offsets/sizes [K]: the steps in processing order.
+// Returns y [N, P], c_n [B, H] (accumulation dtype), gates [N, 4H] (activated,
+// accumulation dtype; empty unless save_gates), cells [N, H] (c_t, accumulation dtype;
+// empty unless save_cells), hidden [N, H] (o * tanh(c) before the projection; empty
+// unless save_gates with a projection).
 std::vector<Tensor> forward(const Tensor& x2d, const Tensor& h0, const Tensor& c0,
                             const Tensor& w_ih, const Tensor& w_hh,
                             const c10::optional<Tensor>& bias, const c10::optional<Tensor>& w_hr,
                             const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
                             bool save_gates, bool save_cells) {
-  TORCH_CHECK_TYPE(x2d.scalar_type() == at::kFloat || x2d.scalar_type() == at::kDouble,
-                   "rnnfast CPU kernel: expected float32 or float64 input, got ",
-                   x2d.scalar_type());
   const auto dtype = x2d.scalar_type();
+  check_layer_dtype(dtype);
+  const auto acc = dtype == at::kBFloat16 ? at::kFloat : dtype;
   const int64_t rows = x2d.size(0), I = x2d.size(1), H = c0.size(1), P = h0.size(1);
   const int64_t batch = h0.size(0);
   check_matrix(x2d, "x", rows, I, dtype);
   check_matrix(h0, "h0", batch, P, dtype);
-  check_matrix(c0, "c0", batch, H, dtype);
+  check_matrix(c0, "c0", batch, H, acc);
   check_matrix(w_ih, "w_ih", 4 * H, I, dtype);
   check_matrix(w_hh, "w_hh", 4 * H, P, dtype);
   if (w_hr.has_value()) check_matrix(*w_hr, "w_hr", P, H, dtype);
@@ -489,36 +685,42 @@ std::vector<Tensor> forward(const Tensor& x2d, const Tensor& h0, const Tensor& c
   if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == 4 * H,
                       "bias: expected shape [", 4 * H, "], got ", bias->sizes());
-    TORCH_CHECK_TYPE(bias->scalar_type() == dtype, "bias: expected dtype ", dtype, ", got ",
+    TORCH_CHECK_TYPE(bias->scalar_type() == acc, "bias: expected dtype ", acc, ", got ",
                      bias->scalar_type());
   }
   check_step_tables(offsets, sizes, rows, batch);
 
-  // The input projection of all steps: one GEMM, off the sequential path. Its buffer
-  // then takes each step's recurrent product and, when saved, the activations.
-  Tensor gates = bias.has_value() ? bias->expand({rows, 4 * H}).contiguous()
-                                  : at::zeros({rows, 4 * H}, x2d.options());
-  Tensor x2d_c = x2d.contiguous(), w_ih_t = transposed(w_ih);
+  // The input projection of all steps: one GEMM, off the sequential path, its sums
+  // starting from the bias (no pass over the buffer before it). The buffer then takes
+  // each step's recurrent product and, when saved, the activations.
+  const auto acc_options = x2d.options().dtype(acc);
+  Tensor gates = at::empty({rows, 4 * H}, acc_options);
+  Tensor bias_c = bias.has_value() ? bias->contiguous() : Tensor();
+  Tensor x2d_c = x2d.contiguous();
   Tensor c_state = c0.contiguous().clone();
   Tensor y = at::empty({rows, P}, x2d.options());
-  Tensor cells = save_cells ? at::empty({rows, H}, x2d.options()) : at::empty({0}, x2d.options());
+  Tensor cells = save_cells ? at::empty({rows, H}, acc_options) : at::empty({0}, acc_options);
   const bool hidden_per_row = save_gates && w_hr.has_value();
   Tensor hidden = at::empty({hidden_per_row ? rows : (w_hr.has_value() ? batch : 0), H},
                             x2d.options());
-  // Weights rearranged once per call into the [inner, out] rows the GEMM streams: W_hh
-  // as gate panels (every step size reads them), W_hr^T.
+  Tensor projected = at::empty({w_hr.has_value() && acc != dtype ? batch : 0, P}, acc_options);
   Tensor h0_c = h0.contiguous();
-  Tensor panels = gate_panels(w_hh, H);
-  Tensor w_hr_t = w_hr.has_value() ? transposed(*w_hr) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(dtype, "rnnfast_cpu_forward", [&] {
+  dispatch_layer_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    // Weights rearranged once per call into the [inner, out] rows the GEMM streams: W_ih^T,
+    // W_hh as gate panels (every step size reads them), W_hr^T.
+    Tensor w_ih_t = pack_transposed<scalar_t>(w_ih), panels = gate_panels<scalar_t>(w_hh, H);
+    Tensor w_hr_t = w_hr.has_value() ? pack_transposed<scalar_t>(*w_hr) : Tensor();
+    using acc_t = typename Operands<scalar_t>::acc_t;
     gemm_rows<scalar_t>(rows, 4 * H, I, x2d_c.data_ptr<scalar_t>(), I, w_ih_t.data_ptr<scalar_t>(),
-                        true, gates.data_ptr<scalar_t>(), 4 * H);
+                        false, gates.data_ptr<acc_t>(), 4 * H,
+                        bias.has_value() ? bias_c.data_ptr<acc_t>() : nullptr);
     forward_recurrence<scalar_t>(offsets, sizes, h0_c, panels,
                                  w_hr.has_value() ? &w_hr_t : nullptr,
                                  gates, c_state, y, save_cells ? &cells : nullptr, hidden,
-                                 hidden_per_row, save_gates);
+                                 projected, hidden_per_row, save_gates);
   });
-  return {y, c_state, save_gates ? gates : at::empty({0}, x2d.options()), cells,
+  return {y, c_state, save_gates ? gates : at::empty({0}, acc_options), cells,
           hidden_per_row ? hidden : at::empty({0}, x2d.options())};
 }
 

@@ -18,7 +18,10 @@ import torch
 
 from . import build
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+def supported_dtypes() -> tuple[torch.dtype, ...]:
+    """fp32 and fp64 everywhere; bf16 where the CPU has AVX512_BF16 (build.py)."""
+    return (torch.float32, torch.float64) + ((torch.bfloat16,) if build.has_bf16_kernels() else ())
 
 _extension: Optional[ModuleType] = None
 _build_error: Optional[str] = None
@@ -72,17 +75,19 @@ def unavailable_reason() -> Optional[str]:
 def unsupported_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     if device.type != "cpu":
         return f"its kernels run on CPU tensors, got a {device.type} tensor"
-    if dtype not in SUPPORTED_DTYPES:
-        return (f"dtype {dtype}: the C++ CPU kernels cover float32 and float64 (16-bit "
-                "layers run on the reference backend, which keeps fp32 state)")
+    if dtype not in supported_dtypes():
+        covered = ("float32, float64 and bfloat16" if build.has_bf16_kernels() else
+                   "float32 and float64, and bfloat16 on CPUs with AVX512_BF16, which this one lacks")
+        return (f"dtype {dtype}: the C++ CPU kernels cover {covered} (other layers run on the "
+                "reference backend, which keeps 16-bit layers' state in fp32)")
     return None
 
 
 def auto_picks(device: torch.device, dtype: torch.dtype) -> bool:
-    """auto takes it on CPU in float32/float64 once the extension is built (this is what
-    builds it): 0.25-0.31x the reference's time over the CPU suite, faster in every row
-    (csrc/README.md)."""
-    return device.type == "cpu" and dtype in SUPPORTED_DTYPES and _load() is None
+    """auto takes it on CPU in every dtype it covers once the extension is built (this is
+    what builds it): 0.25-0.31x the reference's time over the CPU suite in fp32, faster in
+    every row; bf16 likewise (csrc/README.md)."""
+    return device.type == "cpu" and dtype in supported_dtypes() and _load() is None
 
 
 def lstm_forward(*args):

@@ -33,23 +33,27 @@ def backward(
     frozen: list[Optional[Tensor]],  # masks (True = frozen) for w_ih, w_hh, b_ih, b_hh, w_hr
     x_shape: list[int],
 ) -> tuple[list[Optional[Tensor]], Tensor]:
-    """Same contract as backends.reference.backward."""
+    """Same contract as backends.reference.backward. The chain runs in the accumulation
+    dtype of gates and cells (fp32 for a bf16 layer, as the reference's: W_hh, W_hr and
+    the incoming gradients widened, exactly); the parameter and input gradients of a bf16
+    layer are torch's bf16 products, as every backend's."""
     steps = make_steps(x_shape, batch_sizes, reverse)
-    rows, out_size = gates.shape[0], w_hh.shape[1]
+    rows, out_size, acc = gates.shape[0], w_hh.shape[1], gates.dtype
     # Absent incoming gradients are zeros: the chain starts from them either way.
-    dh_n = dh_n if dh_n is not None else gates.new_zeros(steps.batch, out_size)
-    dc_n = dc_n if dc_n is not None else gates.new_zeros(c0.shape)
+    dh_n = dh_n.to(acc) if dh_n is not None else gates.new_zeros(steps.batch, out_size)
+    dc_n = dc_n.to(acc) if dc_n is not None else gates.new_zeros(c0.shape)
     dgates, dh0, dc0, dy_total = extension().backward(
-        dy.reshape(rows, out_size) if dy is not None else None, dh_n, dc_n, gates, cells,
-        c0, w_hh, w_hr, list(steps.offsets), list(steps.sizes), needs[7])
+        dy.reshape(rows, out_size).to(acc) if dy is not None else None, dh_n, dc_n, gates,
+        cells, c0.to(acc), w_hh.to(acc), w_hr.to(acc) if w_hr is not None else None,
+        list(steps.offsets), list(steps.sizes), needs[7])
     grads = parameter_and_input_grads(dgates, dh0, dc0, dy_total if needs[7] else None, x, h0,
                                       w_ih, y, hidden, steps, needs, frozen, x_shape, w_hh.dtype,
-                                      mm=mm)
+                                      mm=mm if acc == w_hh.dtype else None)
     return grads, dgates
 
 
 def mm(a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """a @ b with torch.mm's signature, on the extension's GEMM (csrc/cpu/lstm_cpu.cpp:
+    """a @ b with torch.mm's signature (fp32/fp64), on the extension's GEMM (csrc/cpu/lstm_cpu.cpp:
     AVX-512 where the CPU has it, which MKL does not use on AMD CPUs); a may be a
     transposed view. Each element is summed in the same order whatever rows are asked
     for, so a product over some rows equals those rows of the whole one, bit for bit."""

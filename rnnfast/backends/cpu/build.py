@@ -11,7 +11,9 @@ start together build it once.
 Compiled for the instruction set torch's own kernels use on this CPU (what
 torch.backends.cpu.get_cpu_capability() says; ATEN_CPU_CAPABILITY=avx2 lowers both):
 AVX-512 (at::vec with 512-bit vectors), AVX2/FMA (256-bit), portable code elsewhere,
-with the SLEEF exp/tanh that libtorch exports for each.
+with the SLEEF exp/tanh that libtorch exports for each. Where the CPU also has
+AVX512_BF16 the AVX-512 build adds the bf16 kernels (vdpbf16ps products): built on and
+for the machine that runs it, like -march=native, so no other CPU ever loads it.
 """
 from __future__ import annotations
 
@@ -51,6 +53,15 @@ def missing_tool() -> Optional[str]:
     return None
 
 
+@torch.compiler.assume_constant_result
+def has_bf16_kernels() -> bool:
+    """Whether this CPU's build has the bf16 kernels: AVX-512 torch kernels (so the build is
+    the AVX-512 one) on a CPU with AVX512_BF16. A constant to torch.compile, which cannot
+    trace the CPU queries."""
+    return (torch.backends.cpu.get_cpu_capability() == "AVX512"
+            and torch.cpu._is_avx512_bf16_supported())
+
+
 def _flags() -> tuple[str, list[str]]:
     """A name unique to the instruction set and the compile flags for it."""
     # -fopenmp: at::parallel_for is a header template whose threads are an OpenMP
@@ -62,6 +73,8 @@ def _flags() -> tuple[str, list[str]]:
         # 512-bit at::vec, with the AVX-512 SLEEF exp/tanh that libtorch exports.
         flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma",
                   "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+        if has_bf16_kernels():
+            return "rnnfast_cpu_avx512_bf16", flags + ["-mavx512bf16", "-DRNNFAST_BF16_DOT"]
         return "rnnfast_cpu_avx512", flags
     if capability == "AVX2":
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]

@@ -6,7 +6,7 @@ from typing import Optional
 
 from torch import Tensor
 
-from ..steps import final_rows, make_steps
+from ..steps import accumulation_dtype, final_rows, make_steps
 from . import extension
 
 
@@ -23,12 +23,16 @@ def forward(
     reverse: bool,
     save: str,                      # "all", "cells" or "none"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Same contract as backends.reference.forward (fp32/fp64: the accumulation dtype
-    is the input dtype, so the saved activations are too)."""
+    """Same contract as backends.reference.forward: gates, cells and the cell state in the
+    accumulation dtype (the input dtype for fp32/fp64, fp32 for bf16), y and h in the
+    input dtype. bf16: products of bf16 operands summed in fp32 straight into the gates
+    (the reference rounds each product to bf16 first)."""
     steps = make_steps(x.shape, batch_sizes, reverse)
     x2d = x.reshape(-1, x.shape[-1])
-    bias = b_ih + b_hh if b_ih is not None else None
+    acc = accumulation_dtype(x.dtype)
+    bias = b_ih.to(acc) + b_hh.to(acc) if b_ih is not None else None
     y, c_n, gates, cells, hidden = extension().forward(
-        x2d, h0, c0, w_ih, w_hh, bias, w_hr, list(steps.offsets), list(steps.sizes),
+        x2d, h0, c0.to(acc), w_ih, w_hh, bias, w_hr, list(steps.offsets), list(steps.sizes),
         save == "all", save != "none")
-    return y.view(*x.shape[:-1], y.shape[1]), final_rows(y, h0, steps), c_n, gates, cells, hidden
+    return (y.view(*x.shape[:-1], y.shape[1]), final_rows(y, h0, steps), c_n.to(x.dtype), gates,
+            cells, hidden)
