@@ -12,10 +12,44 @@ namespace rnnfast_cpu {
 template <typename scalar_t>
 using Vec = at::vec::Vectorized<scalar_t>;
 
+// e^x for the cell's activations. SLEEF's (libtorch's x.exp()) in general; fp32 with
+// AVX-512: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor series to
+// r^7 (the r^8 term is under 0.05 ulp there), scaled by 2^n with vscalefps, which also
+// gives inf above ~88.7 and 0 (through denormals) below ~-103. 13 instructions, where
+// SLEEF's 1-ulp exp with its special-case handling cost about twice the time; at most
+// ~2 ulp from float64 (test_cpu_backend.py), like SLEEF's within DESIGN.md §6's fp32 rule.
+template <typename scalar_t>
+inline Vec<scalar_t> cell_exp(const Vec<scalar_t>& x) {
+  return x.exp();
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vec<float> cell_exp<float>(const Vec<float>& x) {
+  // Clamped first so that +-inf reduce to finite r (inf - inf would be NaN); min/max
+  // with the input second keep a NaN input.
+  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-104.f), _mm512_min_ps(_mm512_set1_ps(89.f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // ln 2 in two parts: the first has 16 significant bits, so n * it is exact for |n| <= 256.
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), v);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040.f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return Vec<float>(_mm512_scalef_ps(p, n));
+}
+#endif
+
 template <typename scalar_t>
 inline Vec<scalar_t> vec_sigmoid(const Vec<scalar_t>& x) {
   const Vec<scalar_t> one(scalar_t(1));
-  return one / (one + x.neg().exp());
+  return one / (one + cell_exp(x.neg()));
 }
 
 // tanh of the cell. fp64: SLEEF's. fp32: SLEEF's 1-ulp tanh costs ~1 ns an element
@@ -44,7 +78,7 @@ inline Vec<float> cell_tanh<float>(const Vec<float>& x) {
   q = at::vec::fmadd(q, z, V(-0.333333164f));
   const V small = at::vec::fmadd(x * z, q, x);
   const V a = x.abs();
-  const V large = one - two / (one + (a + a).exp());  // exp overflows to inf: 1, as it should
+  const V large = one - two / (one + cell_exp(a + a));  // exp overflows to inf: 1, as it should
   const V large_signed = V::blendv(large, large.neg(), x < zero);
   return V::blendv(large_signed, small, a < V(0.9f));  // NaN: not < 0.9, so NaN from exp
 }

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -855,19 +856,23 @@ void mm_into(const Tensor& a, const Tensor& b, Tensor& out) {
   });
 }
 
-// The cell's tanh applied elementwise to x (float32 or float64, contiguous): lets the
-// tests measure its error against float64 directly.
-Tensor cell_tanh_of(const Tensor& x) {
+// One of the cell's activations (`which`: "tanh", "sigmoid" or "exp") applied elementwise
+// to x (float32 or float64): lets the tests measure its error against float64 directly.
+Tensor cell_activation(const Tensor& x, const std::string& which) {
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-                   "cell_tanh: expected float32 or float64, got ", x.scalar_type());
+                   "cell_activation: expected float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(which == "tanh" || which == "sigmoid" || which == "exp",
+                    "cell_activation: expected 'tanh', 'sigmoid' or 'exp', got '", which, "'");
   Tensor in = x.contiguous(), result = at::empty_like(in);
-  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "rnnfast_cpu_cell_tanh", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "rnnfast_cpu_cell_activation", [&] {
     using V = Vec<scalar_t>;
     const scalar_t* src = in.data_ptr<scalar_t>();
     scalar_t* dst = result.data_ptr<scalar_t>();
     for (int64_t i = 0; i < in.numel(); i += V::size()) {
       const int count = static_cast<int>(std::min<int64_t>(V::size(), in.numel() - i));
-      cell_tanh(V::loadu(src + i, count)).store(dst + i, count);
+      const V v = V::loadu(src + i, count);
+      (which == "tanh" ? cell_tanh(v) : which == "sigmoid" ? vec_sigmoid(v) : cell_exp(v))
+          .store(dst + i, count);
     }
   });
   return result;
@@ -881,5 +886,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rnnfast_cpu::forward, "LSTM layer forward, one direction");
   m.def("backward", &rnnfast_cpu::backward, "LSTM layer backward: gate gradients, dh0, dc0");
   m.def("mm_into", &rnnfast_cpu::mm_into, "out = a @ b (a any strides; b, out unit column stride)");
-  m.def("cell_tanh", &rnnfast_cpu::cell_tanh_of, "the cell's tanh, elementwise (for tests)");
+  m.def("cell_activation", &rnnfast_cpu::cell_activation,
+        "the cell's tanh, sigmoid or exp, elementwise (for tests)");
 }
