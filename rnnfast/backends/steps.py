@@ -9,6 +9,7 @@ what lets one recurrence serve dense, packed, forward and reverse directions.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -37,21 +38,28 @@ def make_steps(x_shape: Sequence[int], batch_sizes: Optional[Tensor], reverse: b
     """x_shape: [T, B, I] when batch_sizes is None, else the packed data's [N, I] with
     batch_sizes: [T] int64 (CPU), non-increasing."""
     if batch_sizes is None:
-        seq_len, batch = x_shape[0], x_shape[1]
-        offsets = [t * batch for t in range(seq_len)]
-        sizes = [batch] * seq_len
-        uniform = True
-    else:
-        sizes = batch_sizes.tolist()
-        offsets, row = [], 0
-        for n in sizes:
-            offsets.append(row)
-            row += n
-        batch = sizes[0] if sizes else 0
-        uniform = sizes[0] == sizes[-1] if sizes else True
+        return _dense_steps(int(x_shape[0]), int(x_shape[1]), reverse)
+    sizes = batch_sizes.tolist()
+    offsets, row = [], 0
+    for n in sizes:
+        offsets.append(row)
+        row += n
+    batch = sizes[0] if sizes else 0
+    uniform = sizes[0] == sizes[-1] if sizes else True
     if reverse:
         offsets, sizes = offsets[::-1], sizes[::-1]
     return Steps(tuple(offsets), tuple(sizes), batch, uniform)
+
+
+@functools.lru_cache(maxsize=256)
+def _dense_steps(seq_len: int, batch: int, reverse: bool) -> Steps:
+    """Dense input's steps, kept per shape: a layer call at B=1 T=128 H=64 takes ~90 us in
+    C++, and building these tuples took ~4 of the Python around it."""
+    offsets = [t * batch for t in range(seq_len)]
+    sizes = [batch] * seq_len
+    if reverse:
+        offsets, sizes = offsets[::-1], sizes[::-1]
+    return Steps(tuple(offsets), tuple(sizes), batch, True)
 
 
 def step_tables(steps: Steps, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:

@@ -53,13 +53,19 @@ def missing_tool() -> Optional[str]:
     return None
 
 
+_bf16_kernels: Optional[bool] = None
+
+
 @torch.compiler.assume_constant_result
 def has_bf16_kernels() -> bool:
     """Whether this CPU's build has the bf16 kernels: AVX-512 torch kernels (so the build is
-    the AVX-512 one) on a CPU with AVX512_BF16. A constant to torch.compile, which cannot
-    trace the CPU queries."""
-    return (torch.backends.cpu.get_cpu_capability() == "AVX512"
-            and torch.cpu._is_avx512_bf16_supported())
+    the AVX-512 one) on a CPU with AVX512_BF16. Asked once per process (every CPU layer
+    call asks); a constant to torch.compile, which cannot trace the CPU queries."""
+    global _bf16_kernels
+    if _bf16_kernels is None:
+        _bf16_kernels = (torch.backends.cpu.get_cpu_capability() == "AVX512"
+                         and torch.cpu._is_avx512_bf16_supported())
+    return _bf16_kernels
 
 
 def _flags() -> tuple[str, list[str]]:
