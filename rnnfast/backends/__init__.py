@@ -147,7 +147,9 @@ register(Backend(
     unavailable_reason=cpu_backend.unavailable_reason,
     unsupported_reason=cpu_backend.unsupported_reason,
     description="C++ (csrc/cpu, compiled on first use): the whole recurrence in one call, "
-                "no allocation or dispatch per step, vectorized cell",
-    # CPU fp32/fp64: 0.40x the reference's time over the CPU suite (csrc/README.md).
+                "no allocation or dispatch per step, vectorized cell; fp32/fp64, bf16 on "
+                "AVX512_BF16 CPUs",
+    # CPU fp32/fp64, and bf16 with AVX512_BF16: 0.21-0.27x the reference's time over the
+    # CPU suite (csrc/README.md).
     auto_picks=cpu_backend.auto_picks,
 ))
