@@ -377,14 +377,18 @@ Tensor pack_transposed(const Tensor& w) {
   return result;
 }
 
-// W_hh^T cut into one panel per (gate, block of kUnitBlock units): panel g * blocks + b
-// is [P, kUnitBlock] (in Operands' layout) with panel[p][u] = w_hh[g * H + b * kUnitBlock
-// + u][p] (columns past H left unset: the GEMM never reads them). A task's product then
-// streams contiguous rows of its own panel: read in place, W_hh^T's rows are 4H apart,
-// 4 KB at H = 256, so all of a chunk fell into one L1 set (AVX2: 46 against 66 GMAC/s
-// packed).
+// W_hh^T cut into one panel per (gate, block of kUnitBlock units), [P, kUnitBlock] each
+// in Operands' layout, with panel[p][u] = w_hh[g * H + b * kUnitBlock + u][p] (columns
+// past H left unset: the GEMM never reads them). A task's product then streams
+// contiguous rows of its own panel: read in place, W_hh^T's rows are 4H apart, 4 KB at
+// H = 256, so all of a chunk fell into one L1 set (AVX2: 46 against 66 GMAC/s packed).
+// Two layouts: `side_by_side` false, panel g * blocks + b whole after whole (the GEMM of
+// a step of 3+ rows takes one gate's panel at a time); true, block b's four panels
+// interleaved by row, [P][4][kUnitBlock], so that the 1-2 row kernel, which reads all
+// four at each inner step, streams one contiguous run instead of four (B=1: W_hh comes
+// from L2 at every step, and one stream is what the prefetchers follow best).
 template <typename scalar_t>
-Tensor gate_panels(const Tensor& w_hh, int64_t H) {
+Tensor gate_panels(const Tensor& w_hh, int64_t H, bool side_by_side) {
   constexpr int64_t S = Operands<scalar_t>::kStep;
   const int64_t P = w_hh.size(1), blocks = (H + kUnitBlock - 1) / kUnitBlock;
   const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
@@ -393,15 +397,23 @@ Tensor gate_panels(const Tensor& w_hh, int64_t H) {
   const scalar_t* src = w_hh.data_ptr<scalar_t>();
   scalar_t* dst = panels.data_ptr<scalar_t>();
   const int64_t rs = w_hh.stride(0), cs = w_hh.stride(1);
+  // Where element (p, u) of gate g's panel of block b goes.
+  const int64_t row_stride = side_by_side ? 4 * kUnitBlock : kUnitBlock;
+  auto base = [&](int64_t gate, int64_t block) {
+    return side_by_side ? block * 4 * panel_size + gate * S * kUnitBlock
+                        : (gate * blocks + block) * panel_size;
+  };
   at::parallel_for(0, 4 * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t panel = begin; panel < end; ++panel) {
-      const int64_t first = (panel / blocks) * H + (panel % blocks) * kUnitBlock;
-      const int64_t width = std::min(kUnitBlock, H - (panel % blocks) * kUnitBlock);
-      scalar_t* out = dst + panel * panel_size;
-      for (int64_t u = 0; u < width; ++u) {
-        for (int64_t p = 0; p < P; ++p) {
-          out[(p / S) * S * kUnitBlock + S * u + p % S] = src[(first + u) * rs + p * cs];
-        }
+      const int64_t gate = panel / blocks, block = panel % blocks;
+      const int64_t first = gate * H + block * kUnitBlock;
+      const int64_t width = std::min(kUnitBlock, H - block * kUnitBlock);
+      scalar_t* out = dst + base(gate, block);
+      // Row by row of the panel: the writes run along a row, the reads take one element
+      // from each of the block's W_hh rows, whose lines stay in L1 for S * 16 rows.
+      for (int64_t p = 0; p < P; ++p) {
+        scalar_t* out_row = out + (p / S) * S * row_stride + p % S;
+        for (int64_t u = 0; u < width; ++u) out_row[S * u] = src[(first + u) * rs + p * cs];
       }
     }
   });
@@ -420,6 +432,7 @@ template <typename scalar_t, int kRows, int kPanels, int kCols, bool kFull>
 inline void gate_panel_tile(int64_t inner, int64_t units_left,
                             const scalar_t* a, int64_t lda,                 // [kRows, inner]
                             const scalar_t* panel, int64_t panel_stride,    // kPanels x [inner, kUnitBlock]
+                            int64_t panel_ld,                               // panel row stride, in columns
                             typename Operands<scalar_t>::acc_t* c, int64_t ldc,
                             int64_t gate_stride) {                          // [kRows, kPanels x gate_stride]
   using O = Operands<scalar_t>;
@@ -437,7 +450,7 @@ inline void gate_panel_tile(int64_t inner, int64_t units_left,
     V w_p[kPanels][kCols];
     for (int q = 0; q < kPanels; ++q) {
       for (int v = 0; v < kCols; ++v) {
-        w_p[q][v] = columns.template load_w<O>(panel + q * panel_stride + p * kUnitBlock, v);
+        w_p[q][v] = columns.template load_w<O>(panel + q * panel_stride + p * panel_ld, v);
       }
     }
     for (int r = 0; r < kRows; ++r) {
@@ -456,12 +469,20 @@ inline void gate_panel_tile(int64_t inner, int64_t units_left,
     if (whole < inner) {
       for (int q = 0; q < kPanels; ++q) {
         odd_inner_update<scalar_t, kRows, kCols, kFull>(a + whole, lda,
-                                                        panel + q * panel_stride + whole * kUnitBlock,
+                                                        panel + q * panel_stride + whole * panel_ld,
                                                         units_left, c + q * gate_stride, ldc);
       }
     }
   }
 }
+
+// Which panel layout the 1-2 row kernel reads (gate_panels): side by side for bf16 (one
+// stream; measured against the separate panels on the AVX-512 EPYC, extension calls
+// alternated: 0.74-0.90x the time at B=1-2, H=64-256), separate for fp32/fp64, where side
+// by side measured 0.93-1.08x (slower at B=2, whose two passes each read half of every
+// interleaved row, and at H=64).
+template <typename scalar_t>
+constexpr bool kFewRowsSideBySide = Operands<scalar_t>::kStep > 1;
 
 // gates[kRows, 4H] (+)= h[kRows, P] @ the four gate panels of the unit block at `block`,
 // for its `units` (<= kUnitBlock) units: gate_panel_tile over the panels kPanels at a
@@ -469,7 +490,7 @@ inline void gate_panel_tile(int64_t inner, int64_t units_left,
 template <typename scalar_t, int kRows>
 void few_rows_gate_product(int64_t P, int64_t H, int64_t units,
                            const scalar_t* h, int64_t ldh,          // [kRows, P]
-                           const scalar_t* panels, int64_t blocks,  // gate_panels(W_hh) data
+                           const scalar_t* panels, int64_t blocks,  // gate_panels(W_hh, H, kFewRowsSideBySide)
                            int64_t block,
                            typename Operands<scalar_t>::acc_t* gates,  // [kRows, 4H] at the block's first unit
                            int64_t ldg) {
@@ -477,17 +498,23 @@ void few_rows_gate_product(int64_t P, int64_t H, int64_t units,
   constexpr int kCols = Blocking<scalar_t>::kCols;
   constexpr int kPanels = 4 / kRows;  // kRows x kPanels x kCols = 4 x kCols accumulators
   constexpr int64_t chunk = Blocking<scalar_t>::tile;
+  constexpr bool side = kFewRowsSideBySide<scalar_t>;
   const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
-  const int64_t panel_stride = blocks * panel_size;  // gate g's panel of this block is g panels of blocks apart
+  // Where gate g's panel of this block starts is first + g * panel_stride.
+  const scalar_t* first = panels + (side ? block * 4 * panel_size : block * panel_size);
+  const int64_t panel_stride = side ? O::kStep * kUnitBlock : blocks * panel_size;
+  const int64_t panel_ld = side ? 4 * kUnitBlock : kUnitBlock;
   for (int gate = 0; gate < 4; gate += kPanels) {
-    const scalar_t* panel = panels + (gate * blocks + block) * panel_size;
+    const scalar_t* panel = first + gate * panel_stride;
     for (int64_t u = 0; u < units; u += chunk) {
       if (u + chunk <= units) {
         gate_panel_tile<scalar_t, kRows, kPanels, kCols, true>(P, units - u, h, ldh, panel + O::kStep * u,
-                                                               panel_stride, gates + gate * H + u, ldg, H);
+                                                               panel_stride, panel_ld,
+                                                               gates + gate * H + u, ldg, H);
       } else {
         gate_panel_tile<scalar_t, kRows, kPanels, kCols, false>(P, units - u, h, ldh, panel + O::kStep * u,
-                                                                panel_stride, gates + gate * H + u, ldg, H);
+                                                                panel_stride, panel_ld,
+                                                                gates + gate * H + u, ldg, H);
       }
     }
   }
@@ -534,7 +561,8 @@ void check_matrix(const Tensor& t, const char* name, int64_t dim0, int64_t dim1,
 template <typename scalar_t>
 void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
                         const Tensor& h0,      // [B, P]
-                        const Tensor& panels,  // [4 * blocks, P * kUnitBlock]: gate_panels(W_hh)
+                        const Tensor& panels,  // [4 * blocks, P * kUnitBlock]: gate_panels(W_hh, H, false)
+                        const Tensor& few_row_panels,  // gate_panels(W_hh, H, kFewRowsSideBySide), for steps of 1-2 rows
                         const Tensor* w_hr_t,  // [H, P]: pack_transposed(W_hr), or nullptr
                         Tensor& gates,    // [N, 4H] acc_t: input projection in, gates out
                         Tensor& c_state,  // [B, H] acc_t: c0 in, c_n out
@@ -551,10 +579,11 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
   acc_t* cells_p = cells != nullptr ? cells->data_ptr<acc_t>() : nullptr;
   scalar_t* hidden_p = hidden.data_ptr<scalar_t>();
   const scalar_t* h0_p = h0.data_ptr<scalar_t>();
-  const scalar_t* panels_p = panels.data_ptr<scalar_t>();
+  const scalar_t* panels_p = panels.defined() ? panels.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* few_row_panels_p = few_row_panels.defined() ? few_row_panels.data_ptr<scalar_t>() : nullptr;
   const scalar_t* w_hr_t_p = w_hr_t != nullptr ? w_hr_t->data_ptr<scalar_t>() : nullptr;
   const int64_t unit_blocks = (H + kUnitBlock - 1) / kUnitBlock;
-  const int64_t panel_size = panels.size(1);
+  const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
   const int64_t threads = at::get_num_threads();
 
   for (size_t k = 0; k < sizes.size(); ++k) {
@@ -600,9 +629,9 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
           gemm<scalar_t>(rows, u1 - u0, P, h, P, 1, panel, kUnitBlock, true, out + gate * H, G);
         }
       } else if (rows == 2) {
-        few_rows_gate_product<scalar_t, 2>(P, H, u1 - u0, h, P, panels_p, unit_blocks, block, out, G);
+        few_rows_gate_product<scalar_t, 2>(P, H, u1 - u0, h, P, few_row_panels_p, unit_blocks, block, out, G);
       } else if (rows == 1) {
-        few_rows_gate_product<scalar_t, 1>(P, H, u1 - u0, h, P, panels_p, unit_blocks, block, out, G);
+        few_rows_gate_product<scalar_t, 1>(P, H, u1 - u0, h, P, few_row_panels_p, unit_blocks, block, out, G);
       }
     };
     // The next step's gates of the task's rows and units (its input projection, written
@@ -710,13 +739,19 @@ std::vector<Tensor> forward(const Tensor& x2d, const Tensor& h0, const Tensor& c
     using scalar_t = decltype(tag);
     // Weights rearranged once per call into the [inner, out] rows the GEMM streams: W_ih^T,
     // W_hh as gate panels (every step size reads them), W_hr^T.
-    Tensor w_ih_t = pack_transposed<scalar_t>(w_ih), panels = gate_panels<scalar_t>(w_hh, H);
+    // Each panel layout only where some step has rows that read it.
+    const bool wide_steps = std::any_of(sizes.begin(), sizes.end(), [](int64_t n) { return n >= 3; });
+    const bool narrow_steps = std::any_of(sizes.begin(), sizes.end(), [](int64_t n) { return n == 1 || n == 2; });
+    constexpr bool side = kFewRowsSideBySide<scalar_t>;
+    Tensor w_ih_t = pack_transposed<scalar_t>(w_ih);
+    Tensor panels = wide_steps || (narrow_steps && !side) ? gate_panels<scalar_t>(w_hh, H, false) : Tensor();
+    Tensor few_row_panels = !narrow_steps ? Tensor() : side ? gate_panels<scalar_t>(w_hh, H, true) : panels;
     Tensor w_hr_t = w_hr.has_value() ? pack_transposed<scalar_t>(*w_hr) : Tensor();
     using acc_t = typename Operands<scalar_t>::acc_t;
     gemm_rows<scalar_t>(rows, 4 * H, I, x2d_c.data_ptr<scalar_t>(), I, w_ih_t.data_ptr<scalar_t>(),
                         false, gates.data_ptr<acc_t>(), 4 * H,
                         bias.has_value() ? bias_c.data_ptr<acc_t>() : nullptr);
-    forward_recurrence<scalar_t>(offsets, sizes, h0_c, panels,
+    forward_recurrence<scalar_t>(offsets, sizes, h0_c, panels, few_row_panels,
                                  w_hr.has_value() ? &w_hr_t : nullptr,
                                  gates, c_state, y, save_cells ? &cells : nullptr, hidden,
                                  projected, hidden_per_row, save_gates);
