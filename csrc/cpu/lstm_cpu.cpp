@@ -588,6 +588,7 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
 
   for (size_t k = 0; k < sizes.size(); ++k) {
     const int64_t off = offsets[k], n = sizes[k];
+    if (n == 0) continue;  // B = 0: no rows (and no row chunks to size)
     const int64_t n_prev = k > 0 ? sizes[k - 1] : 0, carried = std::min(n, n_prev);
     acc_t* g = gates_p + off * G;
     // Without a projection h_t is y_t itself; with one it goes to hidden first.
