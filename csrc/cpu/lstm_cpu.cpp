@@ -638,7 +638,8 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
     // The next step's gates of the task's rows and units (its input projection, written
     // long before and gone from the caches: 256 KB a step at B=64 H=256) fetched into L2
     // while this step computes; the static split gives the next step's task for them to
-    // this thread. Without it, loading them was ~a third of the bf16 product's time.
+    // this thread. Without it the tiles waited on these loads (bf16 T=100 B=64 H=256:
+    // 14.6 ms against 13.6, one-off script).
     auto prefetch_next_step = [&](int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
       if (k + 1 >= sizes.size()) return;
       const acc_t* next = gates_p + offsets[k + 1] * G;
