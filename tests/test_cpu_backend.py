@@ -179,7 +179,7 @@ def test_layers_it_lacks_kernels_for_fall_back_to_reference_with_the_reason(monk
     if has_bf16:
         assert reason is None
     else:
-        assert "bfloat16 on CPUs with AVX512_BF16, which this one lacks" in reason
+        assert "bfloat16 where torch runs AVX-512 kernels on a CPU with AVX512_BF16 (here: CPU capability" in reason
 
 
 def test_kernel_rejects_inconsistent_arguments_naming_expected_and_got():

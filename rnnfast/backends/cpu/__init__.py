@@ -77,7 +77,8 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> Optional[str
         return f"its kernels run on CPU tensors, got a {device.type} tensor"
     if dtype not in supported_dtypes():
         covered = ("float32, float64 and bfloat16" if build.has_bf16_kernels() else
-                   "float32 and float64, and bfloat16 on CPUs with AVX512_BF16, which this one lacks")
+                   "float32 and float64, and bfloat16 where torch runs AVX-512 kernels on a CPU "
+                   f"with AVX512_BF16 (here: {build.bf16_facts()})")
         return (f"dtype {dtype}: the C++ CPU kernels cover {covered} (other layers run on the "
                 "reference backend, which keeps 16-bit layers' state in fp32)")
     return None

@@ -68,6 +68,13 @@ def has_bf16_kernels() -> bool:
     return _bf16_kernels
 
 
+@torch.compiler.assume_constant_result
+def bf16_facts() -> str:
+    """What decides has_bf16_kernels on this machine, for messages."""
+    return (f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AVX512_BF16 "
+            f"{'present' if torch.cpu._is_avx512_bf16_supported() else 'absent'}")
+
+
 def _flags() -> tuple[str, list[str]]:
     """A name unique to the instruction set and the compile flags for it."""
     # -fopenmp: at::parallel_for is a header template whose threads are an OpenMP
