@@ -304,10 +304,20 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
         const bool acc = accumulate || p > 0;
         const acc_t* bias_j = bias != nullptr && p == 0 ? bias + j : nullptr;
         const scalar_t* w_p = w + p * ldw + step * j;
+        // Whole 6-row tiles, but a remainder of 1-2 rows joins the last of them as two
+        // tiles of 3-4: a 1-2 row tile does 4-8 multiply-adds per W load, too few to
+        // keep the FMA units busy (B=8 was a 6-row and a 2-row tile per step).
+        const int64_t rem = (r_end - r0) % B::kRows;
+        const int64_t whole_end = r_end - rem - (rem <= 2 && rem > 0 && r_end - r0 > B::kRows ? B::kRows : 0);
         int64_t r = r0;
-        for (; r + B::kRows <= r_end; r += B::kRows) {
+        for (; r + B::kRows <= whole_end; r += B::kRows) {
           gemm_row_tile<scalar_t, B::kRows, B::kCols>(cols, depth, a + r * a_rs + p * a_is, a_rs,
                                                       a_is, w_p, ldw, acc, c + r * ldc + j, ldc, bias_j);
+        }
+        if (r_end - r > B::kRows) {  // 7 or 8 rows: a tile of 4, then the rest below
+          gemm_row_tile<scalar_t, 4, B::kCols>(cols, depth, a + r * a_rs + p * a_is, a_rs, a_is,
+                                               w_p, ldw, acc, c + r * ldc + j, ldc, bias_j);
+          r += 4;
         }
         const scalar_t* a_r = a + r * a_rs + p * a_is;
         acc_t* c_r = c + r * ldc + j;
