@@ -392,13 +392,13 @@ Tensor pack_transposed(const Tensor& w) {
 // past H left unset: the GEMM never reads them). A task's product then streams
 // contiguous rows of its own panel: read in place, W_hh^T's rows are 4H apart, 4 KB at
 // H = 256, so all of a chunk fell into one L1 set (AVX2: 46 against 66 GMAC/s packed).
-// Two layouts: `side_by_side` false, panel g * blocks + b whole after whole (the GEMM of
+// Two layouts: `interleaved` false, panel g * blocks + b whole after whole (the GEMM of
 // a step of 3+ rows takes one gate's panel at a time); true, block b's four panels
 // interleaved by row, [P][4][kUnitBlock], so that the 1-2 row kernel, which reads all
 // four at each inner step, streams one contiguous run instead of four (B=1: W_hh comes
 // from L2 at every step, and one stream is what the prefetchers follow best).
 template <typename scalar_t>
-Tensor gate_panels(const Tensor& w_hh, int64_t H, bool side_by_side) {
+Tensor gate_panels(const Tensor& w_hh, int64_t H, bool interleaved) {
   constexpr int64_t S = Operands<scalar_t>::kStep;
   const int64_t P = w_hh.size(1), blocks = (H + kUnitBlock - 1) / kUnitBlock;
   const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
@@ -408,9 +408,9 @@ Tensor gate_panels(const Tensor& w_hh, int64_t H, bool side_by_side) {
   scalar_t* dst = panels.data_ptr<scalar_t>();
   const int64_t rs = w_hh.stride(0), cs = w_hh.stride(1);
   // Where element (p, u) of gate g's panel of block b goes.
-  const int64_t row_stride = side_by_side ? 4 * kUnitBlock : kUnitBlock;
+  const int64_t row_stride = interleaved ? 4 * kUnitBlock : kUnitBlock;
   auto base = [&](int64_t gate, int64_t block) {
-    return side_by_side ? block * 4 * panel_size + gate * S * kUnitBlock
+    return interleaved ? block * 4 * panel_size + gate * S * kUnitBlock
                         : (gate * blocks + block) * panel_size;
   };
   at::parallel_for(0, 4 * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -486,13 +486,13 @@ inline void gate_panel_tile(int64_t inner, int64_t units_left,
   }
 }
 
-// Which panel layout the 1-2 row kernel reads (gate_panels): side by side for bf16 (one
+// Which panel layout the 1-2 row kernel reads (gate_panels): interleaved for bf16 (one
 // stream; measured against the separate panels on the AVX-512 EPYC, extension calls
-// alternated: 0.74-0.90x the time at B=1-2, H=64-256), separate for fp32/fp64, where side
-// by side measured 0.93-1.08x (slower at B=2, whose two passes each read half of every
+// alternated: 0.74-0.90x the time at B=1-2, H=64-256), separate for fp32/fp64, where
+// interleaved measured 0.93-1.08x (slower at B=2, whose two passes each read half of every
 // interleaved row, and at H=64).
 template <typename scalar_t>
-constexpr bool kFewRowsSideBySide = Operands<scalar_t>::kStep > 1;
+constexpr bool kFewRowsInterleaved = Operands<scalar_t>::kStep > 1;
 
 // gates[kRows, 4H] (+)= h[kRows, P] @ the four gate panels of the unit block at `block`,
 // for its `units` (<= kUnitBlock) units: gate_panel_tile over the panels kPanels at a
@@ -500,7 +500,7 @@ constexpr bool kFewRowsSideBySide = Operands<scalar_t>::kStep > 1;
 template <typename scalar_t, int kRows>
 void few_rows_gate_product(int64_t P, int64_t H, int64_t units,
                            const scalar_t* h, int64_t ldh,          // [kRows, P]
-                           const scalar_t* panels, int64_t blocks,  // gate_panels(W_hh, H, kFewRowsSideBySide)
+                           const scalar_t* panels, int64_t blocks,  // gate_panels(W_hh, H, kFewRowsInterleaved)
                            int64_t block,
                            typename Operands<scalar_t>::acc_t* gates,  // [kRows, 4H] at the block's first unit
                            int64_t ldg) {
@@ -508,12 +508,12 @@ void few_rows_gate_product(int64_t P, int64_t H, int64_t units,
   constexpr int kCols = Blocking<scalar_t>::kCols;
   constexpr int kPanels = 4 / kRows;  // kRows x kPanels x kCols = 4 x kCols accumulators
   constexpr int64_t chunk = Blocking<scalar_t>::tile;
-  constexpr bool side = kFewRowsSideBySide<scalar_t>;
+  constexpr bool interleaved = kFewRowsInterleaved<scalar_t>;
   const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
   // Where gate g's panel of this block starts is first + g * panel_stride.
-  const scalar_t* first = panels + (side ? block * 4 * panel_size : block * panel_size);
-  const int64_t panel_stride = side ? O::kStep * kUnitBlock : blocks * panel_size;
-  const int64_t panel_ld = side ? 4 * kUnitBlock : kUnitBlock;
+  const scalar_t* first = panels + (interleaved ? block * 4 * panel_size : block * panel_size);
+  const int64_t panel_stride = interleaved ? O::kStep * kUnitBlock : blocks * panel_size;
+  const int64_t panel_ld = interleaved ? 4 * kUnitBlock : kUnitBlock;
   for (int gate = 0; gate < 4; gate += kPanels) {
     const scalar_t* panel = first + gate * panel_stride;
     for (int64_t u = 0; u < units; u += chunk) {
@@ -572,7 +572,7 @@ template <typename scalar_t>
 void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
                         const Tensor& h0,      // [B, P]
                         const Tensor& panels,  // [4 * blocks, P * kUnitBlock]: gate_panels(W_hh, H, false)
-                        const Tensor& few_row_panels,  // gate_panels(W_hh, H, kFewRowsSideBySide), for steps of 1-2 rows
+                        const Tensor& few_row_panels,  // gate_panels(W_hh, H, kFewRowsInterleaved), for steps of 1-2 rows
                         const Tensor* w_hr_t,  // [H, P]: pack_transposed(W_hr), or nullptr
                         Tensor& gates,    // [N, 4H] acc_t: input projection in, gates out
                         Tensor& c_state,  // [B, H] acc_t: c0 in, c_n out
@@ -754,10 +754,10 @@ std::vector<Tensor> forward(const Tensor& x2d, const Tensor& h0, const Tensor& c
     // Each panel layout only where some step has rows that read it.
     const bool wide_steps = std::any_of(sizes.begin(), sizes.end(), [](int64_t n) { return n >= 3; });
     const bool narrow_steps = std::any_of(sizes.begin(), sizes.end(), [](int64_t n) { return n == 1 || n == 2; });
-    constexpr bool side = kFewRowsSideBySide<scalar_t>;
+    constexpr bool interleaved = kFewRowsInterleaved<scalar_t>;
     Tensor w_ih_t = pack_transposed<scalar_t>(w_ih);
-    Tensor panels = wide_steps || (narrow_steps && !side) ? gate_panels<scalar_t>(w_hh, H, false) : Tensor();
-    Tensor few_row_panels = !narrow_steps ? Tensor() : side ? gate_panels<scalar_t>(w_hh, H, true) : panels;
+    Tensor panels = wide_steps || (narrow_steps && !interleaved) ? gate_panels<scalar_t>(w_hh, H, false) : Tensor();
+    Tensor few_row_panels = !narrow_steps ? Tensor() : interleaved ? gate_panels<scalar_t>(w_hh, H, true) : panels;
     Tensor w_hr_t = w_hr.has_value() ? pack_transposed<scalar_t>(*w_hr) : Tensor();
     using acc_t = typename Operands<scalar_t>::acc_t;
     gemm_rows<scalar_t>(rows, 4 * H, I, x2d_c.data_ptr<scalar_t>(), I, w_ih_t.data_ptr<scalar_t>(),
