@@ -98,30 +98,20 @@ RNNFAST_HD CellGrad lstm_cell_backward(float i, float f, float g, float o, float
 // Inf and NaN pass through unchanged. The same bit arithmetic runs in the kernels and
 // in the host check, which measures the split's error growth against float64.
 
-RNNFAST_HD uint32_t float_bits(float x) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(x);
-#else
-  uint32_t u;
-  memcpy(&u, &x, 4);
-  return u;
-#endif
-}
-
-RNNFAST_HD float bits_float(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float x;
-  memcpy(&x, &u, 4);
-  return x;
-#endif
+// The bits of x as a To of the same size (memcpy: host and device alike; nvcc makes it a
+// register move).
+template <typename To, typename From>
+RNNFAST_HD To bit_cast(const From& x) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast: sizes differ");
+  To y;
+  memcpy(&y, &x, sizeof(To));
+  return y;
 }
 
 RNNFAST_HD float tf32_round(float x) {
-  const uint32_t u = float_bits(x);
+  const uint32_t u = bit_cast<uint32_t>(x);
   if ((u & 0x7f800000u) == 0x7f800000u) return x;
-  return bits_float((u + 0x1000u) & 0xffffe000u);
+  return bit_cast<float>((u + 0x1000u) & 0xffffe000u);
 }
 
 struct Tf32Split {

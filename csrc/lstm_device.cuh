@@ -119,8 +119,8 @@ __device__ __forceinline__ void load_a(AFragment<T>& a, const T* a_s, int a_ld, 
     for (int i = 0; i < 4; ++i) {
       const Coord at = tf32_a_fragment(lane, m0, ka, i);
       const Tf32Split split = tf32_split(a_s[at.row * a_ld + at.col]);
-      a.big[i] = float_bits(split.big);
-      a.small[i] = float_bits(split.small);
+      a.big[i] = bit_cast<uint32_t>(split.big);
+      a.small[i] = bit_cast<uint32_t>(split.small);
     }
   }
 }
@@ -141,8 +141,8 @@ __device__ __forceinline__ void mma_with(float (&d)[4], const AFragment<T>& a, c
     const Coord at0 = tf32_b_fragment(lane, n0, kb, 0), at1 = tf32_b_fragment(lane, n0, kb, 1);
     const Tf32Split b0 = tf32_split(b_s[at0.row * b_ld + at0.col]);
     const Tf32Split b1 = tf32_split(b_s[at1.row * b_ld + at1.col]);
-    const uint32_t b_big[2] = {float_bits(b0.big), float_bits(b1.big)};
-    const uint32_t b_small[2] = {float_bits(b0.small), float_bits(b1.small)};
+    const uint32_t b_big[2] = {bit_cast<uint32_t>(b0.big), bit_cast<uint32_t>(b1.big)};
+    const uint32_t b_small[2] = {bit_cast<uint32_t>(b0.small), bit_cast<uint32_t>(b1.small)};
     mma_tf32(d, a.big, b_small);
     mma_tf32(d, a.small, b_big);
     mma_tf32(d, a.big, b_big);

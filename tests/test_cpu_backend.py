@@ -254,7 +254,7 @@ def test_error_against_fp64_within_the_rule(lengths, proj, reverse, sizes, dtype
         errors[name] = max_errors(got, exact_all)
     names = ["y", "h_n", "c_n"] + [n for n, need in zip(NEEDS, needs) if need]
     assert rule_violations(errors["cpu"], errors["reference"], dtype, magnitudes(exact_all), names) == []
-    assert all(e > 0 for e in errors["cpu"][:1])  # really ran in this dtype
+    assert errors["cpu"][0] > 0  # y is not exact: really ran in this dtype
 
 
 @needs_bf16_kernels
