@@ -173,68 +173,93 @@ def test_outputs_are_rounded_to_nearest_even():
 
 def _forced(plan_module, **changes):
     base = plan_module.Plan(block_b=16, block_h=16, block_k=16, batch_blocks=1,
-                            programs_per_batch_block=1, weights_resident=False,
-                            use_barrier=False, num_warps=4, num_stages=1)
+                            programs_per_batch_block=1, one_tile=False, held_chunks=0,
+                            batch_as_n=False, use_barrier=False, num_warps=4, num_stages=1)
     return dataclasses.replace(base, **changes)
 
 
-@pytest.mark.parametrize("batch,hidden,proj,seq,form", [
-    (4, 256, 0, 50, "barrier, resident"),      # small batch: programs share the units
-    (16, 768, 0, 1024, "barrier, resident"),   # FlashRNN's case: 96 programs of 8 units
-    (16, 2048, 0, 1024, "barrier"),            # 256 tiles for 132 SMs: W_hh streamed
-    (4, 256, 0, 2**30, "split"),               # the int32 arrival count would overflow
-    (8192, 512, 0, 100, "split"),              # the batch fills the GPU: no barrier needed
-    (4096, 512, 0, 100, "barrier"),            # it fills half: two programs per batch block
-    (3, 20, 7, 7, "barrier, resident"),        # tiny, with projection: 2 unit tiles
-    (1, 8, 0, 5, "split"),                     # a single unit tile: nothing to share
+@pytest.mark.parametrize("batch,hidden,proj,seq,forward_form,backward_form", [
+    # small batch as the products' N; 32 programs of 8 units hold W_hh in 1 / 4 chunks
+    (4, 256, 0, 50, "barrier, one tile, held", "barrier, one tile, held"),
+    # FlashRNN's case: the forward 96 programs of 8 units, the backward 48 of 16 (each
+    # program re-reads the step's gate gradients: fewer, wider programs move less)
+    (16, 768, 0, 1024, "barrier, one tile, held", "barrier, one tile, held"),
+    (16, 2048, 0, 1024, "barrier, one tile", "barrier, one tile"),  # too wide to hold
+    (4, 256, 0, 2**30, "split", "split"),          # the int32 arrival count would overflow
+    (8192, 512, 0, 100, "split", "split"),         # the batch fills the GPU: no barrier needed
+    (1024, 512, 0, 100, "barrier", "barrier"),     # 16 batch blocks x 8 programs, 2 tiles each
+    (3, 20, 7, 7, "split", "split"),               # tiny: one program does it all
+    (8, 512, 128, 100, "barrier, one tile, held", "barrier, one tile"),  # projection
 ])
-def test_gpu_plans_for_an_h100(batch, hidden, proj, seq, form):
+def test_gpu_plans_for_an_h100(batch, hidden, proj, seq, forward_form, backward_form):
     """The launch plans chosen for 132 SMs: the barrier form only with a grid that fits
-    at once, every tl.dot dimension >= 16 (the forward's gate product has N = 4 units),
-    W_hh held only where each program owns one unit tile and the slice fits."""
+    at once, every reduction chunk >= 16 (tl.dot's K; M and N are padded), the batch as
+    the products' N up to 8 rows, W_hh held only where each program owns one tile and
+    the chunks cover the reduction (the forward's P, the backward's 4H)."""
     _, _, plan_module = _kernels()
     out_size = proj or hidden
-    plan = plan_module.gpu_plan(batch, hidden, out_size, seq, 2, sms=132)
-    assert plan.use_barrier == form.startswith("barrier")
-    assert plan.weights_resident == ("resident" in form)
-    assert plan.batch_blocks * plan.programs_per_batch_block <= 132 or not plan.use_barrier
-    assert min(plan.block_b, 4 * plan.block_h, plan.block_k) >= 16
-    assert plan.block_h >= 16 or not proj  # the projection's product has N = BLOCK_H
-    backward = plan_module.gpu_plan(batch, hidden, out_size, seq, 2, sms=132, direction="backward")
-    assert min(backward.block_b, backward.block_h, backward.block_k) >= 16
-    assert not backward.weights_resident
-    assert plan.batch_blocks * plan.block_b >= batch
-    if plan.weights_resident:
-        assert plan.block_k >= out_size
-        assert plan.programs_per_batch_block * plan.block_h >= hidden
+    for direction, form in (("forward", forward_form), ("backward", backward_form)):
+        plan = plan_module.gpu_plan(batch, hidden, out_size, seq, 2, sms=132, direction=direction)
+        assert plan.use_barrier == form.startswith("barrier"), (direction, plan)
+        assert plan.one_tile == ("one tile" in form), (direction, plan)
+        assert plan.weights_resident == ("held" in form), (direction, plan)
+        assert plan.batch_as_n == (batch <= 8) == (plan.block_b == 8)
+        assert plan.batch_blocks * plan.programs_per_batch_block <= 132 or not plan.use_barrier
+        assert plan.block_k >= 16 and plan.batch_blocks * plan.block_b >= batch
+        assert not plan.one_tile or plan.programs_per_batch_block == triton.cdiv(hidden,
+                                                                              plan.block_h)
+        if plan.weights_resident:
+            reduction = out_size if direction == "forward" else 4 * hidden
+            assert plan.held_chunks * plan.block_k >= reduction > (plan.held_chunks - 1) * plan.block_k
 
 
-@pytest.mark.parametrize("proj", [0, 7])
-@pytest.mark.parametrize("case", ["tiles_and_k_chunks", "batch_blocks", "resident", "barrier",
-                                  "narrow_tiles", "narrow_resident"])
-def test_every_launch_plan_form(proj, case):
-    """Each code path of the kernels: several unit tiles and K chunks per program,
-    several batch blocks, W_hh held in registers, the grid barrier's counting (with one
-    program per batch block, the only form the interpreter can run), and the forward's
-    8-unit tiles (its one product covers the four gates: N = 32), streamed and held."""
-    _, _, plan_module = _kernels()
-    B, H = {"resident": (3, 12), "narrow_resident": (3, 8)}.get(case, (20, 40))
-    changes = {
-        "tiles_and_k_chunks": {},
-        "batch_blocks": dict(batch_blocks=2),
-        "resident": dict(weights_resident=True, block_k=16),
-        "barrier": dict(use_barrier=True, batch_blocks=2),
-        "narrow_tiles": dict(block_h=8),
-        "narrow_resident": dict(block_h=8, weights_resident=True, block_k=16),
-    }[case]
-    if case != "batch_blocks" and case != "barrier":
-        changes.setdefault("batch_blocks", 1 if B <= 16 else 2)
+# Each code path of the kernels: (B, H, plan changes). "held" holds W_hh in chunks of
+# block_k: the forward its tile's rows (P columns), the backward its columns (4H rows).
+PLAN_FORMS = {
+    "tiles_and_k_chunks": (12, 40, {}),                      # 3 unit tiles, 3 K chunks
+    "batch_blocks": (20, 40, {}),                            # 2 batch blocks
+    "barrier": (20, 40, dict(use_barrier=True)),             # the barrier's counting
+    "narrow_tiles": (20, 40, dict(block_h=8)),               # 8 units: N = 32 / N = 8
+    "one_tile": (20, 12, dict(one_tile=True)),               # the next step's inputs ahead
+    "held": (3, 12, dict(one_tile=True, held=True, block_k=8)),  # 2 and 6 chunks
+    "narrow_held": (3, 8, dict(block_h=8, one_tile=True, held=True)),
+    "batch_as_n": (20, 40, dict(block_b=8, batch_as_n=True)),   # 3 batch blocks of 8
+    "batch_as_n_held": (3, 12, dict(block_b=8, batch_as_n=True, one_tile=True, held=True,
+                                    block_k=8)),
+}
+
+
+def _plan_form(plan_module, case, H, P):
+    """The case's forward and backward plans (held chunks cover P and 4H)."""
+    B, _, changes = PLAN_FORMS[case]
+    changes = dict(changes)
+    held = changes.pop("held", False)
     plan = _forced(plan_module, **changes)
-    # The backward's dh product has N = BLOCK_H: its plans keep 16 units (plan.gpu_plan).
-    bwd_plan = dataclasses.replace(plan, block_h=16, weights_resident=False)
+    plan = dataclasses.replace(plan, batch_blocks=triton.cdiv(B, plan.block_b))
+    if not held:
+        return plan, plan
+    return (dataclasses.replace(plan, held_chunks=triton.cdiv(P, plan.block_k), num_stages=1),
+            dataclasses.replace(plan, held_chunks=triton.cdiv(4 * H, plan.block_k), num_stages=1))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("proj", [0, 7])
+@pytest.mark.parametrize("case", list(PLAN_FORMS))
+def test_every_launch_plan_form(case, proj, reverse):
+    """Each code path of the kernels against the reference, on packed rows whose
+    sequences end (forward) or start (reverse) at different steps, so that rows join
+    and leave the carried state in both kernels: several unit tiles and K chunks per
+    program, several batch blocks, the grid barrier's counting (with one program per
+    batch block, the only form the interpreter can run), 8-unit tiles, one tile a
+    program (state in registers, the next step's inputs loaded ahead), W_hh held in
+    chunks, and the batch as the products' N."""
+    _, _, plan_module = _kernels()
+    B, H, _ = PLAN_FORMS[case]
+    fwd_plan, bwd_plan = _plan_form(plan_module, case, H, proj or H)
     lengths = [5 - (4 * i) // B for i in range(B)]  # non-increasing, from 5 down to 2
     args = _layer(5, B, 6, H, proj, lengths=lengths)
-    _assert_same(*_compare(args, True, fwd_plan=plan, bwd_plan=bwd_plan), TIGHT[torch.float64])
+    _assert_same(*_compare(args, reverse, fwd_plan=fwd_plan, bwd_plan=bwd_plan),
+                 TIGHT[torch.float64])
 
 
 def _barrier_plan(plan_module, B):

@@ -16,17 +16,19 @@ from rnnfast.backends.triton.plan import Plan  # noqa: E402
 ARCHS = (80, 90)
 
 # (batch, hidden, proj_size, packed, dtype): each plan form the planner has (W_hh held
-# or streamed, barrier or batch split, 16/32/64-row tiles) in each dtype, odd sizes,
-# projection, packed rows, and sizes Triton's launcher specializes (B = 1).
+# or streamed, one tile a program or several, barrier or batch split, the batch as N
+# (8 rows) or 16/32/64-row tiles) in each dtype, odd sizes, projection, packed rows,
+# and sizes Triton's launcher specializes (B = 1).
 SWEEP = [
     (64, 512, 0, False, torch.float16),     # fastrnns' size: 262,144 B of shared on the old plan
     (64, 256, 0, True, torch.float32),      # the old plan's fp32 spills (W_hh held, 64 rows)
-    (16, 768, 0, False, torch.bfloat16),    # FlashRNN's case: W_hh held by 96 programs
-    (4, 256, 0, False, torch.float16),      # W_hh held, 256 columns
-    (16, 1024, 0, False, torch.float16),    # W_hh held, 1024 columns (the largest held)
-    (8, 512, 0, True, torch.bfloat16),      # W_hh held, 512 columns
-    (8, 512, 0, False, torch.float32),      # the same in fp32: streamed (tf32x3 would spill held)
-    (8, 128, 0, False, torch.float32),      # fp32 held: 16 KB a program, split for tf32x3
+    (16, 768, 0, False, torch.bfloat16),    # FlashRNN's case: W_hh held, 12 chunks backward
+    (4, 256, 0, False, torch.float16),      # batch as N, W_hh held both ways
+    (16, 1024, 0, False, torch.float16),    # W_hh held by 128 programs on sm_90, not on sm_80
+    (8, 512, 0, True, torch.bfloat16),      # batch as N, held, packed
+    (8, 512, 128, False, torch.float16),    # held with a projection (P = 128)
+    (8, 512, 0, False, torch.float32),      # fp32: streamed (tf32x3 would spill held)
+    (8, 128, 0, False, torch.float32),      # fp32 held forward (16 KB), streamed backward
     (2, 1000, 0, True, torch.float32),      # fp32, 1024 padded columns: streamed
     (3, 20, 11, True, torch.float32),       # tiny, odd, projection, packed
     (17, 100, 0, False, torch.float16),     # 32-row tiles
@@ -58,25 +60,34 @@ def test_every_planned_kernel_multiplies_on_tensor_cores(compiled):
 
 
 def test_every_planned_kernel_fits_sm80_and_sm90(compiled):
-    forms = {(c.plan.weights_resident, c.plan.use_barrier, c.plan.block_b) for c, _ in compiled}
-    assert forms >= {(True, True, 16), (False, True, 16), (False, True, 32), (False, True, 64),
-                     (False, False, 64)}  # (W_hh held, barrier, rows a tile): the forms claimed
+    forms = {(c.plan.weights_resident, c.plan.one_tile, c.plan.use_barrier, c.plan.block_b)
+             for c, _ in compiled}
+    # (W_hh held, one tile a program, barrier, rows a tile): the forms claimed
+    assert forms >= {(True, True, True, 8), (True, True, True, 16), (False, True, True, 8),
+                     (False, True, True, 64), (False, False, True, 64), (False, False, False, 8),
+                     (False, False, False, 64)}
     problems = [f"{case}: {', '.join(result.resources.problems(case.arch))}"
                 for case, result in compiled if result.resources.problems(case.arch)]
     assert problems == []
 
 
-def test_backward_has_its_own_plan(compiled):
-    """Where the forward holds W_hh (one unpipelined pass over a padded P), the
-    backward, which reduces over 4H, streams it in pipelined chunks instead of reusing
-    the forward's plan."""
-    plans = {(c.batch, c.hidden, c.out_size, c.dtype, c.arch, c.direction): r.plan
-             for c, r in compiled}
-    held = [key for key, plan in plans.items() if key[-1] == "forward" and plan.weights_resident]
-    assert held
-    for key in held:
-        backward = plans[key[:-1] + ("backward",)]
-        assert not backward.weights_resident and backward.num_stages > 1
+def test_held_weights_stay_in_shared_memory_for_the_whole_sequence(compiled):
+    """A held plan's chunks cover its reduction (the forward P, the backward 4H) and
+    the compiled kernel fills one shared-memory buffer per chunk before its loop over
+    time, reading them at every step; a streamed plan fills none. fp32's backward
+    streams (tf32x3 spilled held)."""
+    held = [(c, r) for c, r in compiled if c.plan.weights_resident]
+    assert {c.direction for c, _ in held} == {"forward", "backward"}
+    for case, result in compiled:
+        plan = case.plan
+        reduction = case.out_size if case.direction == "forward" else 4 * case.hidden
+        if plan.weights_resident:
+            assert plan.one_tile and plan.num_stages == 1
+            assert (plan.held_chunks - 1) * plan.block_k < reduction <= plan.held_chunks * plan.block_k
+        # fp32 holds two buffers a chunk: tf32x3's big and small parts
+        assert (result.resources.held_buffers >= plan.held_chunks
+                and (plan.held_chunks or not result.resources.held_buffers)), case
+    assert not any(c.dtype == "float32" and c.direction == "backward" for c, _ in held)
 
 
 def test_the_gate_catches_an_oversized_plan():
@@ -84,7 +95,8 @@ def test_the_gate_catches_an_oversized_plan():
     in registers, three pipeline stages) needs more shared memory than an H100 has and
     spills: the check must say so."""
     old = Plan(block_b=64, block_h=16, block_k=512, batch_blocks=1, programs_per_batch_block=32,
-               weights_resident=True, use_barrier=True, num_warps=4, num_stages=3)
+               one_tile=True, held_chunks=1, batch_as_n=False, use_barrier=True, num_warps=4,
+               num_stages=3)
     result = aot.compile_plan(64, 512, 0, 100, torch.float16, 90, plan=old)
     assert result.resources.shared > aot.SHARED_LIMIT[90]
     assert any("shared memory" in p for p in result.resources.problems(90))
@@ -104,17 +116,30 @@ def test_bad_requests_raise_clear_errors(kwargs, error):
 
 
 def test_latency_model_counts_what_each_plan_moves_and_waits_for():
+    from dataclasses import replace
+
     from rnnfast.backends.triton import model
     from rnnfast.backends.triton.plan import gpu_plan
 
     held = gpu_plan(4, 256, 256, 50, 2, sms=132)
-    streamed = Plan(**{**held.__dict__, "weights_resident": False, "block_k": 32, "num_stages": 2})
-    split = Plan(**{**streamed.__dict__, "programs_per_batch_block": 1, "use_barrier": False})
+    streamed = replace(held, held_chunks=0, block_k=32, num_stages=2)
+    not_ahead = replace(streamed, one_tile=False)
+    split = replace(not_ahead, programs_per_batch_block=1, use_barrier=False)
+    plans = dict(held=held, streamed=streamed, not_ahead=not_ahead, split=split)
     times = {name: model.forward_time(p, 4, 256, 256, 256, 50, torch.float16)
-             for name, p in (("held", held), ("streamed", streamed), ("split", split))}
-    assert held.weights_resident
+             for name, p in plans.items()}
+    assert held.weights_resident and held.one_tile and held.batch_as_n
     assert times["held"].bytes_per_step < times["streamed"].bytes_per_step
     assert times["held"].step_s < times["streamed"].step_s
+    # Inputs loaded ahead of the barrier wait leave the critical path (same bytes moved,
+    # plus the cell state read each step without one_tile).
+    assert times["streamed"].step_s < times["not_ahead"].step_s
+    # Rows as the mma's M are padded to 16, as its N to 8: with 32-unit tiles (128 gate
+    # rows) that is 16 mma tiles against 8 for four warps.
+    wide = replace(held, block_h=32, programs_per_batch_block=8)
+    assert (model.forward_time(wide, 4, 256, 256, 256, 50, torch.float16).step_s
+            < model.forward_time(replace(wide, batch_as_n=False), 4, 256, 256, 256, 50,
+                                 torch.float16).step_s)
     assert (times["streamed"].barriers_per_step, times["split"].barriers_per_step) == (1, 0)
     floor = model.H100.l2_round_trip_s + model.H100.barrier_s
     assert times["held"].step_s > floor  # never below one L2 round trip and one barrier
@@ -122,17 +147,24 @@ def test_latency_model_counts_what_each_plan_moves_and_waits_for():
     assert with_proj.barriers_per_step == 2
     backward = model.backward_time(streamed, 4, 256, 256, 256, 50, torch.float16)
     assert backward.barriers_per_step == 2 and backward.gemm_s > times["streamed"].gemm_s
+    held_backward = gpu_plan(4, 256, 256, 50, 2, sms=132, direction="backward")
+    assert held_backward.held_chunks == 4  # 4H = 1024 rows in chunks of 256
+    assert (model.backward_time(held_backward, 4, 256, 256, 256, 50, torch.float16).step_s
+            < model.backward_time(replace(held_backward, held_chunks=0, block_k=32), 4, 256,
+                                  256, 256, 50, torch.float16).step_s)
 
 
 def test_bench_explain_prints_plan_resources_and_modelled_time(capsys):
     from rnnfast.__main__ import main
 
-    assert main(["bench", "--explain", "--batch", "4", "--hidden", "64", "--seq", "8",
+    assert main(["bench", "--explain", "--batch", "4", "--hidden", "256", "--seq", "8",
                  "--dtype", "fp16"]) == 0
     out = capsys.readouterr().out.split("CUDA plans")[0]  # the Triton table
-    rows = [line for line in out.splitlines() if line.startswith("custom T=8 B=4 I=H=64 fp16")]
+    rows = [line for line in out.splitlines() if line.startswith("custom T=8 B=4 I=H=256 fp16")]
     assert [row.split()[5] for row in rows] == ["forward", "backward"]
-    assert "barrier x8" in rows[0] and "W held" in rows[0]  # 64 units, 8 a program
+    # 256 units, 8 a program, 4 rows as the products' N; W_hh held in 1 and 4 chunks
+    assert "N8x8x256" in rows[0] and "barrier x32+" in rows[0] and "W held x1" in rows[0]
+    assert "W held x4" in rows[1]
     assert "fwd+bwd" in out and "no published figure" in out
 
 

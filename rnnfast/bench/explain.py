@@ -139,7 +139,11 @@ def _describe_cuda(plan) -> str:
 
 
 def _describe(plan) -> str:
+    """rows x units x reduction chunk (rows as the products' N: "N"), warps, stages, the
+    grid's form ("+" where each program owns one tile and loads ahead), the weights."""
     form = (f"barrier x{plan.programs_per_batch_block}" if plan.use_barrier else "batch split")
-    weights = "W held" if plan.weights_resident else "W streamed"
-    return (f"{plan.block_b}x{plan.block_h}x{plan.block_k} w{plan.num_warps} s{plan.num_stages} "
+    form += "+" if plan.one_tile else ""
+    weights = f"W held x{plan.held_chunks}" if plan.weights_resident else "W streamed"
+    rows = f"N{plan.block_b}" if plan.batch_as_n else str(plan.block_b)
+    return (f"{rows}x{plan.block_h}x{plan.block_k} w{plan.num_warps} s{plan.num_stages} "
             f"{form}, {weights}")

@@ -47,6 +47,7 @@ class Resources:
     registers: int     # per thread
     spill_bytes: int   # spill stores + spill loads per thread, as ptxas counts them
     mma: int = 0       # tensor-core instructions (mma / wgmma) in the PTX
+    held_buffers: int = 0  # shared-memory buffers filled before the time loop: held W_hh
 
     def problems(self, arch: int) -> list[str]:
         """What keeps this kernel from running well on `arch`: [] when nothing does."""
@@ -182,7 +183,7 @@ def _resources(case: KernelCase) -> Resources:
                                          need_dy_total=case.has_proj)
         pointers = dict(dy_ptr=ptr, gates_ptr=acc, cells_ptr=acc, c0_ptr=acc, w_hh_ptr=ptr,
                         w_hr_ptr=ptr, dh_ptr=acc, dc_ptr=acc, dh0_ptr=acc, dc0_ptr=acc,
-                        dgates_ptr=acc, dy_total_ptr=acc)
+                        dgates_ptr=acc, chain_ptr=ptr, dy_total_ptr=acc)
     pointers.update(offsets_ptr="*i64", sizes_ptr="*i32", barrier_ptr="*i32")
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
@@ -202,7 +203,12 @@ def _resources(case: KernelCase) -> Resources:
     ptx = compiled.asm["ptx"]
     registers, spills, static_shared = _ptxas_report(ptx, case.arch)
     mma = len(re.findall(r"^\s*(?:mma|wgmma)\.", ptx, re.MULTILINE))
-    return Resources(compiled.metadata.shared + static_shared, registers, spills, mma)
+    # The held W_hh chunks are written to shared memory once, before the loop over time
+    # (the kernel's first scf.for), and read from there at every step.
+    ttgir = compiled.asm["ttgir"]
+    held_buffers = ttgir[:ttgir.index("scf.for")].count("ttg.local_alloc")
+    return Resources(compiled.metadata.shared + static_shared, registers, spills, mma,
+                     held_buffers)
 
 
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, int, int]:

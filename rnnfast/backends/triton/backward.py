@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..gradients import parameter_and_input_grads
 from ..steps import make_steps, step_tables
-from .cell import end_phase, lstm_cell_backward, rounded, step_rows
+from .cell import end_phase, held_chunks, lstm_cell_backward, rounded, step_rows
 from .. import reference
 from .launch import backward_constexprs, launch
 from .plan import Plan, fallback_plans, make_plan
@@ -24,7 +24,8 @@ def _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids, active, 
                  HAS_DY: tl.constexpr, HAS_PROJ: tl.constexpr, NEED_DY_TOTAL: tl.constexpr,
                  ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dL/dh of the tile's units at this step: [BLOCK_B, BLOCK_H] in ACC.
+    """dL/dh of the tile's units at this step, [BLOCK_B, BLOCK_H] in ACC, but for dy
+    without a projection (_saved_tile loads that part, ahead of the barrier).
 
     The gradient reaching y is the carried dh plus dy; with a projection it is taken
     back through W_hr (dh_units = (dh + dy) @ W_hr), and `write_dy_total` programs
@@ -47,13 +48,68 @@ def _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids, active, 
                         mask=col_mask[:, None] & unit_mask[None, :], other=0.0).to(ACC)
             dh = tl.dot(d, w, dh, input_precision=PRECISION, out_dtype=ACC)
     else:
-        mask = active[:, None] & unit_mask[None, :]
-        dh = tl.load(dh_ptr + rows[:, None] * P + units[None, :], mask=mask, other=0.0,
-                     cache_modifier=".cg")
-        if HAS_DY:
-            dh += tl.load(dy_ptr + row_ids[:, None] * P + units[None, :], mask=mask,
-                          other=0.0).to(ACC)
+        dh = tl.load(dh_ptr + rows[:, None] * P + units[None, :],
+                     mask=active[:, None] & unit_mask[None, :], other=0.0, cache_modifier=".cg")
     return dh
+
+
+@triton.jit
+def _saved_tile(gates_ptr, cells_ptr, dc_ptr, dy_ptr, c_prev_rows, rows, row_ids, units, mask,
+                dc_mask, H, HAS_DY_UNITS: tl.constexpr, ACC: tl.constexpr):
+    """What a tile's gate gradients need besides the incoming dh, none of it written by
+    other programs: the saved gates i, f, g, o, c(t), c(t-1), the dc carried in dc_ptr,
+    and dy (HAS_DY_UNITS: dy without a projection, else zeros); [BLOCK_B, BLOCK_H] each.
+    c_prev_rows: [BLOCK_B] pointers to each row's c(t-1) (a row of cells or of c0);
+    mask: [BLOCK_B, BLOCK_H] which exist; dc_mask: those whose dc is read from dc_ptr."""
+    gates_rows = gates_ptr + row_ids[:, None] * (4 * H) + units[None, :]
+    gate_i = tl.load(gates_rows, mask=mask, other=0.0)
+    gate_f = tl.load(gates_rows + H, mask=mask, other=0.0)
+    gate_g = tl.load(gates_rows + 2 * H, mask=mask, other=0.0)
+    gate_o = tl.load(gates_rows + 3 * H, mask=mask, other=0.0)
+    c = tl.load(cells_ptr + row_ids[:, None] * H + units[None, :], mask=mask, other=0.0)
+    c_prev = tl.load(c_prev_rows[:, None] + units[None, :], mask=mask, other=0.0)
+    dc = tl.load(dc_ptr + rows[:, None] * H + units[None, :], mask=dc_mask, other=0.0)
+    if HAS_DY_UNITS:  # P == H: dy's columns are the units
+        dy = tl.load(dy_ptr + row_ids[:, None] * H + units[None, :], mask=mask, other=0.0).to(ACC)
+    else:
+        dy = tl.zeros_like(c)
+    return gate_i, gate_f, gate_g, gate_o, c, c_prev, dc, dy
+
+
+@triton.jit
+def _dh_product(acc, chain_rows_ptr, active, k0, H, w, ACC: tl.constexpr,
+                PRECISION: tl.constexpr, BATCH_AS_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + one reduction chunk of dh(t-1) = dgates @ W_hh: the rows' gate gradients
+    k0 .. k0 + BLOCK_K (loaded here) times w [BLOCK_K, BLOCK_H], W_hh's rows k0 .. at
+    the tile's columns. BATCH_AS_N: acc and the product transposed, [BLOCK_H, BLOCK_B].
+    chain_rows_ptr: [BLOCK_B] pointers to each row's gate gradients in the dtype of the
+    product (cast to the weights' dtype in the interpreter's bf16 work-around)."""
+    cols = k0 + tl.arange(0, BLOCK_K)
+    col_mask = cols < 4 * H
+    # .cg: the gate gradients were written by other programs (other SMs) this step.
+    if BATCH_AS_N:  # dgates^T [BLOCK_K, BLOCK_B]
+        d = tl.load(chain_rows_ptr[None, :] + cols[:, None],
+                    mask=col_mask[:, None] & active[None, :], other=0.0, cache_modifier=".cg")
+    else:
+        d = tl.load(chain_rows_ptr[:, None] + cols[None, :],
+                    mask=active[:, None] & col_mask[None, :], other=0.0, cache_modifier=".cg")
+    d = d.to(w.dtype)
+    if BATCH_AS_N:
+        acc = tl.dot(tl.trans(w), d, acc, input_precision=PRECISION, out_dtype=ACC)
+    else:
+        acc = tl.dot(d, w, acc, input_precision=PRECISION, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _product_operand(w, INTERPRET_BF16: tl.constexpr, ACC: tl.constexpr):
+    """W_hh's chunk as the dh product takes it: 16-bit as it is (tensor cores), fp32 /
+    fp64 in ACC, and bf16 as fp32 in the interpreter (its bf16 dot is wrong)."""
+    if INTERPRET_BF16:
+        w = w.to(tl.float32)
+    elif w.dtype != tl.float16 and w.dtype != tl.bfloat16:
+        w = w.to(ACC)
+    return w
 
 
 @triton.jit
@@ -65,10 +121,13 @@ def _lstm_backward_kernel(
     w_hh_ptr,      # [4H, P] recurrent weight
     w_hr_ptr,      # [P, H] projection (HAS_PROJ)
     dh_ptr,        # [B, P] ACC: dL/dh_n on entry; the dh carried between steps
-    dc_ptr,        # [B, H] ACC: dL/dc_n on entry; the dc carried between steps
+    dc_ptr,        # [B, H] ACC: dL/dc_n on entry; the dc carried between steps (but for
+                   # ONE_TILE, which carries it in registers)
     dh0_ptr,       # [B, P] ACC zeros: receives dL/dh0 of rows that start at a step
     dc0_ptr,       # [B, H] ACC zeros: receives dL/dc0
     dgates_ptr,    # [N, 4H] ACC out: dL/d(gate pre-activations) of every row
+    chain_ptr,     # [B, 4H] W_hh's dtype: this step's gate gradients rounded for the dh
+                   # product (TENSOR_CORE_CHAIN)
     dy_total_ptr,  # [N, P] ACC out: dh + dy of every row (NEED_DY_TOTAL, for dW_hr)
     offsets_ptr,   # [T] int64: first row of each processed step (PACKED)
     sizes_ptr,     # [T] int32: active rows of each processed step (PACKED)
@@ -77,7 +136,8 @@ def _lstm_backward_kernel(
     T, B, H, P,
     REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_DY: tl.constexpr,
     HAS_PROJ: tl.constexpr, NEED_DY_TOTAL: tl.constexpr, USE_BARRIER: tl.constexpr,
-    SPIN_LIMIT: tl.constexpr, TENSOR_CORE_CHAIN: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr, ONE_TILE: tl.constexpr, W_CHUNKS: tl.constexpr,
+    BATCH_AS_N: tl.constexpr, TENSOR_CORE_CHAIN: tl.constexpr, INTERPRET_BF16: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -90,6 +150,25 @@ def _lstm_backward_kernel(
     timeout_ptr = barrier_ptr + tl.num_programs(0)
     arrivals_ptr = barrier_ptr + batch_block
     arrived = tl.full((), 0, tl.int32)  # barrier arrivals expected so far
+    HAS_DY_UNITS: tl.constexpr = HAS_DY and not HAS_PROJ
+
+    # With ONE_TILE each program owns at most one unit tile (phase 1) and one output
+    # tile (phase 2). It may hold its W_hh columns, all 4H rows, in registers for the
+    # whole sequence (W_CHUNKS > 0); its dc stays in registers from step to step; and
+    # it loads the next step's saved gates, cells and dy before the barrier waits. The
+    # incoming dh is then the only load a step waits for after the barrier.
+    own = first_tile * BLOCK_H + tl.arange(0, BLOCK_H)  # its units, and its output columns
+    k_index = tl.arange(0, BLOCK_K)
+    w_held = held_chunks(w_hh_ptr + k_index[:, None] * P + own[None, :], k_index[:, None],
+                         (own < P)[None, :], 4 * H, P, W_CHUNKS, BLOCK_K)
+    if ONE_TILE:
+        offset, size, offset_prev, size_prev = step_rows(offsets_ptr, sizes_ptr, T - 1, T, B,
+                                                         REVERSE, PACKED)
+        first_mask = (rows < size)[:, None] & (own < H)[None, :]
+        next_i, next_f, next_g, next_o, next_c, next_c_prev, next_dc, next_dy = _saved_tile(
+            gates_ptr, cells_ptr, dc_ptr, dy_ptr,
+            tl.where(rows < size_prev, cells_ptr + (offset_prev + rows) * H, c0_ptr + rows * H),
+            rows, offset + rows, own, first_mask, first_mask, H, HAS_DY_UNITS, ACC)
 
     for step in range(T):
         k = T - 1 - step  # the forward's processing order, walked backwards
@@ -113,25 +192,54 @@ def _lstm_backward_kernel(
             dh = _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids, active,
                               units, unit_mask, tile == 0, H, P, HAS_DY, HAS_PROJ,
                               NEED_DY_TOTAL, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-            gates_rows = gates_ptr + row_ids[:, None] * (4 * H) + units[None, :]
-            gate_i = tl.load(gates_rows, mask=mask, other=0.0)
-            gate_f = tl.load(gates_rows + H, mask=mask, other=0.0)
-            gate_g = tl.load(gates_rows + 2 * H, mask=mask, other=0.0)
-            gate_o = tl.load(gates_rows + 3 * H, mask=mask, other=0.0)
-            c = tl.load(cells_ptr + row_ids[:, None] * H + units[None, :], mask=mask, other=0.0)
-            c_prev = tl.load(c_prev_rows[:, None] + units[None, :], mask=mask, other=0.0)
-            dc_rows = dc_ptr + rows[:, None] * H + units[None, :]
+            if ONE_TILE:
+                gate_i, gate_f, gate_g, gate_o, c, c_prev, dc, dy = (
+                    next_i, next_f, next_g, next_o, next_c, next_c_prev, next_dc, next_dy)
+            else:  # loaded after dh's product (with a projection): fewer live registers
+                gate_i, gate_f, gate_g, gate_o, c, c_prev, dc, dy = _saved_tile(
+                    gates_ptr, cells_ptr, dc_ptr, dy_ptr, c_prev_rows, rows, row_ids, units,
+                    mask, mask, H, HAS_DY_UNITS, ACC)
             d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(
-                gate_i, gate_f, gate_g, gate_o, c, c_prev, dh,
-                tl.load(dc_rows, mask=mask, other=0.0))
+                gate_i, gate_f, gate_g, gate_o, c, c_prev, dh + dy, dc)
             dgates_rows = dgates_ptr + row_ids[:, None] * (4 * H) + units[None, :]
             tl.store(dgates_rows, d_i, mask=mask)
             tl.store(dgates_rows + H, d_f, mask=mask)
             tl.store(dgates_rows + 2 * H, d_g, mask=mask)
             tl.store(dgates_rows + 3 * H, d_o, mask=mask)
-            tl.store(dc_rows, dc_prev, mask=to_state[:, None] & unit_mask[None, :])
+            if TENSOR_CORE_CHAIN:
+                # Rounded once here for every program's dh product (which reads half
+                # the bytes of the fp32 gradients). One buffer serves every step: the
+                # barrier after phase 2 keeps the next step's writes after this step's reads.
+                chain_rows = chain_ptr + rows[:, None] * (4 * H) + units[None, :]
+                tl.store(chain_rows, rounded(d_i, chain_ptr, INTERPRET_BF16), mask=mask)
+                tl.store(chain_rows + H, rounded(d_f, chain_ptr, INTERPRET_BF16), mask=mask)
+                tl.store(chain_rows + 2 * H, rounded(d_g, chain_ptr, INTERPRET_BF16), mask=mask)
+                tl.store(chain_rows + 3 * H, rounded(d_o, chain_ptr, INTERPRET_BF16), mask=mask)
+            if ONE_TILE:
+                next_dc = dc_prev
+            else:
+                tl.store(dc_ptr + rows[:, None] * H + units[None, :], dc_prev,
+                         mask=to_state[:, None] & unit_mask[None, :])
             tl.store(dc0_ptr + rows[:, None] * H + units[None, :], dc_prev,
                      mask=to_initial[:, None] & unit_mask[None, :])
+
+        if ONE_TILE:
+            # The next step's inputs, loaded now so that the waits below hide their
+            # latency (after the last step: that step's rows again, in bounds, unused).
+            # Rows carried to it keep this step's dc; rows that start there (counting
+            # back) read dL/dc_n from dc_ptr, which no step writes in this form.
+            k_next = tl.maximum(k - 1, 0)
+            offset_next, size_next, offset_prev_next, size_prev_next = step_rows(
+                offsets_ptr, sizes_ptr, k_next, T, B, REVERSE, PACKED)
+            next_mask = (rows < size_next)[:, None] & (own < H)[None, :]
+            carried_dc = next_dc
+            next_i, next_f, next_g, next_o, next_c, next_c_prev, next_dc, next_dy = _saved_tile(
+                gates_ptr, cells_ptr, dc_ptr, dy_ptr,
+                tl.where(rows < size_prev_next, cells_ptr + (offset_prev_next + rows) * H,
+                         c0_ptr + rows * H),
+                rows, offset_next + rows, own, next_mask, next_mask & (rows >= carried)[:, None],
+                H, HAS_DY_UNITS, ACC)
+            next_dc = tl.where(to_state[:, None], carried_dc, next_dc)
         arrived += tile_stride
         end_phase(arrivals_ptr, arrived, timeout_ptr, USE_BARRIER, SPIN_LIMIT)
 
@@ -139,26 +247,32 @@ def _lstm_backward_kernel(
         # ACC; with 16-bit weights the gate gradients are rounded to the weights' dtype
         # so that the product runs on tensor cores (the error this adds over T = 1024
         # steps stays within DESIGN.md §6: tests/test_triton.py measures it).
+        if TENSOR_CORE_CHAIN:
+            chain_rows_ptr = chain_ptr + rows * (4 * H)
+        else:
+            chain_rows_ptr = dgates_ptr + row_ids * (4 * H)
         for tile in range(first_tile, out_tiles, tile_stride):
             out_cols = tile * BLOCK_H + tl.arange(0, BLOCK_H)
             out_mask = out_cols < P
-            acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-            for k0 in range(0, 4 * H, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                col_mask = cols < 4 * H
-                d = tl.load(dgates_ptr + row_ids[:, None] * (4 * H) + cols[None, :],
-                            mask=active[:, None] & col_mask[None, :], other=0.0,
-                            cache_modifier=".cg")
-                w = tl.load(w_hh_ptr + cols[:, None] * P + out_cols[None, :],
-                            mask=col_mask[:, None] & out_mask[None, :], other=0.0)
-                if TENSOR_CORE_CHAIN:
-                    d = rounded(d, w_hh_ptr, INTERPRET_BF16)
-                    if INTERPRET_BF16:
-                        d = d.to(tl.float32)
-                        w = w.to(tl.float32)
-                else:
-                    w = w.to(ACC)
-                acc = tl.dot(d, w, acc, input_precision=PRECISION, out_dtype=ACC)
+            if BATCH_AS_N:
+                acc = tl.zeros((BLOCK_H, BLOCK_B), ACC)
+            else:
+                acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+            if W_CHUNKS > 0:
+                for c in tl.static_range(W_CHUNKS):
+                    acc = _dh_product(acc, chain_rows_ptr, active, c * BLOCK_K, H,
+                                      _product_operand(w_held[c], INTERPRET_BF16, ACC),
+                                      ACC, PRECISION, BATCH_AS_N, BLOCK_K)
+            else:
+                for k0 in range(0, 4 * H, BLOCK_K):
+                    cols = k0 + tl.arange(0, BLOCK_K)
+                    w = tl.load(w_hh_ptr + cols[:, None] * P + out_cols[None, :],
+                                mask=(cols < 4 * H)[:, None] & out_mask[None, :], other=0.0)
+                    acc = _dh_product(acc, chain_rows_ptr, active, k0, H,
+                                      _product_operand(w, INTERPRET_BF16, ACC),
+                                      ACC, PRECISION, BATCH_AS_N, BLOCK_K)
+            if BATCH_AS_N:
+                acc = tl.trans(acc)
             tl.store(dh_ptr + rows[:, None] * P + out_cols[None, :], acc,
                      mask=to_state[:, None] & out_mask[None, :])
             tl.store(dh0_ptr + rows[:, None] * P + out_cols[None, :], acc,
@@ -200,6 +314,8 @@ def backward(
     dh0 = gates.new_zeros(batch, out_size)
     dc0 = gates.new_zeros(batch, hidden_size)
     dgates = gates.new_empty(rows, 4 * hidden_size)
+    tensor_core_chain = dtype in (torch.float16, torch.bfloat16)
+    chain = w_hh.new_empty(batch, 4 * hidden_size) if tensor_core_chain else dgates
     need_dy_total = needs[7]
     dy_total = gates.new_empty(rows, out_size) if need_dy_total else None
     if rows > 0:
@@ -211,7 +327,7 @@ def backward(
             dy.reshape(rows, out_size).contiguous() if dy is not None else unused,
             gates, cells, c0.to(acc).contiguous(), w_hh.contiguous(),
             w_hr.contiguous() if w_hr is not None else unused,
-            dh_state, dc_state, dh0, dc0, dgates,
+            dh_state, dc_state, dh0, dc0, dgates, chain,
             dy_total if dy_total is not None else unused,
             offsets if offsets is not None else unused, sizes if sizes is not None else unused,
         ]

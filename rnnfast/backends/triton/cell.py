@@ -1,5 +1,6 @@
 """Device functions shared by the forward and backward kernels: the cell's pointwise
-math, the row geometry of a time step, and the barrier that ends each phase of a step."""
+math, the row geometry of a time step, the weights a program holds, and the barrier
+that ends each phase of a step."""
 import triton
 import triton.language as tl
 
@@ -59,6 +60,24 @@ def step_rows(offsets_ptr, sizes_ptr, k, T, B, REVERSE: tl.constexpr, PACKED: tl
         size = B
         size_prev = tl.where(k > 0, B, 0)
     return offset, size, offset_prev, size_prev
+
+
+@triton.jit
+def held_chunks(ptrs, k_index, mask, K, k_stride, W_CHUNKS: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """A weight tile loaded once, for the whole sequence: a tuple of W_CHUNKS tiles, chunk
+    c covering reduction indices c * BLOCK_K + k_index (k_index < K are loaded, the rest
+    are zero). Chunks of BLOCK_K rather than one tile of K padded to a power of two: no
+    registers and no multiplies are spent on padding (P = 768 would pad to 1024).
+
+    ptrs: the tile's pointers at reduction index k_index (0 .. BLOCK_K - 1, broadcast
+    against the tile); k_stride: elements between consecutive reduction indices;
+    mask: which of the tile's other indices exist."""
+    chunks = ()
+    for c in tl.static_range(W_CHUNKS):
+        chunks = chunks + (tl.load(ptrs + c * BLOCK_K * k_stride,
+                                   mask=mask & (c * BLOCK_K + k_index < K), other=0.0),)
+    return chunks
 
 
 @triton.jit

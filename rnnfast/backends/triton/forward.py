@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import reference
 from ..steps import accumulation_dtype, final_rows, make_steps, step_tables
-from .cell import end_phase, lstm_cell, rounded, step_rows
+from .cell import end_phase, held_chunks, lstm_cell, rounded, step_rows
 from .launch import forward_constexprs, launch
 from .plan import Plan, fallback_plans, make_plan
 
@@ -26,38 +26,87 @@ def _gate_rows(units, H, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
-def _recurrent_gates(h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_tile,
+def _recurrent_gates(h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_held,
                      ACC: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
-                     W_RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     W_CHUNKS: tl.constexpr, BATCH_AS_N: tl.constexpr, BLOCK_B: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """h(t-1) @ W_hh^T for one tile: all four gates of its units in one product
     [BLOCK_B, 4 * BLOCK_H] (so the product's N is 4 * BLOCK_H and the tile can be as
     narrow as 4 units), then split into four [BLOCK_B, BLOCK_H] accumulators i, f, g, o.
+    With BATCH_AS_N the product is taken transposed, W_hh h(t-1)^T [4 * BLOCK_H, BLOCK_B]:
+    a batch of <= 8 rows is then the mma's N (8 wide), not its M (16 rows, mostly padding).
 
     h_rows_ptr: [BLOCK_B] pointers to each row's h(t-1) (a row of y or of h0).
     gate_rows, gate_mask: [4 * BLOCK_H] the tile's W_hh rows and which exist (_gate_rows).
-    w_tile: [4 * BLOCK_H, BLOCK_K] those rows, when W_RESIDENT (BLOCK_K >= P)."""
-    acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), ACC)
-    for k0 in range(0, P, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        col_mask = cols < P
-        # .cg: h(t-1) was written by other programs (other SMs) in the previous step.
-        h = tl.load(h_rows_ptr[:, None] + cols[None, :], mask=active[:, None] & col_mask[None, :],
-                    other=0.0, cache_modifier=".cg")
-        if W_RESIDENT:
-            w = w_tile
-        else:
+    w_held: W_CHUNKS tiles [4 * BLOCK_H, BLOCK_K], those rows' columns c * BLOCK_K + ..,
+    held for the whole sequence (cell.held_chunks); () when W_hh is streamed."""
+    if BATCH_AS_N:
+        acc = tl.zeros((4 * BLOCK_H, BLOCK_B), ACC)
+    else:
+        acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), ACC)
+    if W_CHUNKS > 0:
+        for c in tl.static_range(W_CHUNKS):
+            acc = _gate_product(acc, h_rows_ptr, active, c * BLOCK_K, P, w_held[c], ACC,
+                                INTERPRET_BF16, PRECISION, BATCH_AS_N, BLOCK_K)
+    else:
+        for k0 in range(0, P, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
             w = tl.load(w_hh_ptr + gate_rows[:, None] * P + cols[None, :],
-                        mask=gate_mask[:, None] & col_mask[None, :], other=0.0)
-        if INTERPRET_BF16:
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION, out_dtype=ACC)
+                        mask=gate_mask[:, None] & (cols < P)[None, :], other=0.0)
+            acc = _gate_product(acc, h_rows_ptr, active, k0, P, w, ACC, INTERPRET_BF16,
+                                PRECISION, BATCH_AS_N, BLOCK_K)
+    if BATCH_AS_N:
+        acc = tl.trans(acc)
     # Column 4u + g, with g = 2a + b, is [.., u, a, b]: split b, then a.
     gates_even, gates_odd = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))
     acc_i, acc_g = tl.split(gates_even)
     acc_f, acc_o = tl.split(gates_odd)
     return acc_i, acc_f, acc_g, acc_o
+
+
+@triton.jit
+def _gate_product(acc, h_rows_ptr, active, k0, P, w, ACC: tl.constexpr,
+                  INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
+                  BATCH_AS_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + one reduction chunk of the gate product: h(t-1)'s columns k0 .. k0 + BLOCK_K
+    (loaded here) times w [4 * BLOCK_H, BLOCK_K], W_hh's rows of the tile at those columns."""
+    cols = k0 + tl.arange(0, BLOCK_K)
+    col_mask = cols < P
+    # .cg: h(t-1) was written by other programs (other SMs) in the previous step.
+    if BATCH_AS_N:  # h(t-1)^T [BLOCK_K, BLOCK_B]
+        h = tl.load(h_rows_ptr[None, :] + cols[:, None], mask=col_mask[:, None] & active[None, :],
+                    other=0.0, cache_modifier=".cg")
+    else:
+        h = tl.load(h_rows_ptr[:, None] + cols[None, :], mask=active[:, None] & col_mask[None, :],
+                    other=0.0, cache_modifier=".cg")
+    if INTERPRET_BF16:
+        h = h.to(tl.float32)
+        w = w.to(tl.float32)
+    if BATCH_AS_N:
+        acc = tl.dot(w, h, acc, input_precision=PRECISION, out_dtype=ACC)
+    else:
+        acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _input_gates(xg_ptr, bias_ptr, row_ids, units, mask, H, HAS_BIAS: tl.constexpr,
+                 ACC: tl.constexpr):
+    """The input's part of the tile's four gate pre-activations, xg + bias: four
+    [BLOCK_B, BLOCK_H] in ACC. row_ids: [BLOCK_B] rows of xg; units: [BLOCK_H];
+    mask: [BLOCK_B, BLOCK_H] which exist."""
+    xg_rows = xg_ptr + row_ids[:, None] * (4 * H) + units[None, :]
+    in_i = tl.load(xg_rows, mask=mask, other=0.0).to(ACC)
+    in_f = tl.load(xg_rows + H, mask=mask, other=0.0).to(ACC)
+    in_g = tl.load(xg_rows + 2 * H, mask=mask, other=0.0).to(ACC)
+    in_o = tl.load(xg_rows + 3 * H, mask=mask, other=0.0).to(ACC)
+    if HAS_BIAS:
+        unit_mask = units < H
+        in_i += tl.load(bias_ptr + units, mask=unit_mask, other=0.0)[None, :]
+        in_f += tl.load(bias_ptr + H + units, mask=unit_mask, other=0.0)[None, :]
+        in_g += tl.load(bias_ptr + 2 * H + units, mask=unit_mask, other=0.0)[None, :]
+        in_o += tl.load(bias_ptr + 3 * H + units, mask=unit_mask, other=0.0)[None, :]
+    return in_i, in_f, in_g, in_o
 
 
 @triton.jit
@@ -79,10 +128,10 @@ def _lstm_forward_kernel(
     T, B, H, P,
     REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_PROJ: tl.constexpr, SAVE_GATES: tl.constexpr, SAVE_CELLS: tl.constexpr,
-    USE_BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr,
-    W_RESIDENT: tl.constexpr, ACC: tl.constexpr, INTERPRET_BF16: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    USE_BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr, ONE_TILE: tl.constexpr,
+    W_CHUNKS: tl.constexpr, BATCH_AS_N: tl.constexpr, ACC: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     batch_block = tl.program_id(0)
     first_tile = tl.program_id(1)
@@ -94,14 +143,23 @@ def _lstm_forward_kernel(
     arrivals_ptr = barrier_ptr + batch_block
     arrived = tl.full((), 0, tl.int32)  # barrier arrivals expected so far
 
-    # With W_RESIDENT each program owns exactly one unit tile and keeps its W_hh rows
-    # in registers for the whole sequence.
-    w_tile = tl.zeros((4 * BLOCK_H, BLOCK_K), w_hh_ptr.dtype.element_ty)
-    if W_RESIDENT:
-        gate_rows, gate_mask = _gate_rows(first_tile * BLOCK_H + tl.arange(0, BLOCK_H), H, BLOCK_H)
-        cols = tl.arange(0, BLOCK_K)
-        w_tile = tl.load(w_hh_ptr + gate_rows[:, None] * P + cols[None, :],
-                         mask=gate_mask[:, None] & (cols < P)[None, :], other=0.0)
+    # With ONE_TILE each program owns at most one unit tile. It may hold that tile's
+    # W_hh rows in registers for the whole sequence (W_CHUNKS > 0); its cell state stays
+    # in registers from step to step; and it loads each step's input part (xg + bias)
+    # during the previous step, before the barrier wait. h(t-1) is then the only load
+    # a step waits for after the barrier.
+    own_units = first_tile * BLOCK_H + tl.arange(0, BLOCK_H)
+    own_rows, own_rows_mask = _gate_rows(own_units, H, BLOCK_H)
+    k_index = tl.arange(0, BLOCK_K)
+    w_held = held_chunks(w_hh_ptr + own_rows[:, None] * P + k_index[None, :], k_index[None, :],
+                         own_rows_mask[:, None], P, 1, W_CHUNKS, BLOCK_K)
+    own_c_rows = c_ptr + rows[:, None] * H + own_units[None, :]
+    if ONE_TILE:
+        offset, size, _, _ = step_rows(offsets_ptr, sizes_ptr, 0, T, B, REVERSE, PACKED)
+        first_mask = (rows < size)[:, None] & (own_units < H)[None, :]
+        next_i, next_f, next_g, next_o = _input_gates(xg_ptr, bias_ptr, offset + rows, own_units,
+                                                      first_mask, H, HAS_BIAS, ACC)
+        next_c = tl.load(own_c_rows, mask=first_mask, other=0.0)
 
     for k in range(T):
         offset, size, offset_prev, size_prev = step_rows(offsets_ptr, sizes_ptr, k, T, B,
@@ -115,26 +173,27 @@ def _lstm_forward_kernel(
             units = tile * BLOCK_H + tl.arange(0, BLOCK_H)
             unit_mask = units < H
             mask = active[:, None] & unit_mask[None, :]
+            if ONE_TILE:
+                in_i, in_f, in_g, in_o = next_i, next_f, next_g, next_o
+            else:
+                in_i, in_f, in_g, in_o = _input_gates(xg_ptr, bias_ptr, row_ids, units, mask, H,
+                                                      HAS_BIAS, ACC)
             gate_rows, gate_mask = _gate_rows(units, H, BLOCK_H)
             pre_i, pre_f, pre_g, pre_o = _recurrent_gates(
-                h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_tile,
-                ACC, INTERPRET_BF16, PRECISION, W_RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K)
-            xg_rows = xg_ptr + row_ids[:, None] * (4 * H) + units[None, :]
-            pre_i += tl.load(xg_rows, mask=mask, other=0.0).to(ACC)
-            pre_f += tl.load(xg_rows + H, mask=mask, other=0.0).to(ACC)
-            pre_g += tl.load(xg_rows + 2 * H, mask=mask, other=0.0).to(ACC)
-            pre_o += tl.load(xg_rows + 3 * H, mask=mask, other=0.0).to(ACC)
-            if HAS_BIAS:
-                pre_i += tl.load(bias_ptr + units, mask=unit_mask, other=0.0)[None, :]
-                pre_f += tl.load(bias_ptr + H + units, mask=unit_mask, other=0.0)[None, :]
-                pre_g += tl.load(bias_ptr + 2 * H + units, mask=unit_mask, other=0.0)[None, :]
-                pre_o += tl.load(bias_ptr + 3 * H + units, mask=unit_mask, other=0.0)[None, :]
+                h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_held, ACC,
+                INTERPRET_BF16, PRECISION, W_CHUNKS, BATCH_AS_N, BLOCK_B, BLOCK_H, BLOCK_K)
             # The cell state lives in c_ptr in ACC: a row's slot holds c0 until its first
-            # step, then its latest c.
+            # step, then its latest c (so that it ends as c_n).
             c_rows = c_ptr + rows[:, None] * H + units[None, :]
+            if ONE_TILE:
+                c_prev = next_c
+            else:
+                c_prev = tl.load(c_rows, mask=mask, other=0.0)
             gate_i, gate_f, gate_g, gate_o, c, h = lstm_cell(
-                pre_i, pre_f, pre_g, pre_o, tl.load(c_rows, mask=mask, other=0.0))
+                pre_i + in_i, pre_f + in_f, pre_g + in_g, pre_o + in_o, c_prev)
             tl.store(c_rows, c, mask=mask)
+            if ONE_TILE:
+                next_c = c
             if SAVE_GATES:
                 gates_rows = gates_ptr + row_ids[:, None] * (4 * H) + units[None, :]
                 tl.store(gates_rows, gate_i, mask=mask)
@@ -149,6 +208,21 @@ def _lstm_forward_kernel(
             else:
                 tl.store(y_ptr + row_ids[:, None] * P + units[None, :],
                          rounded(h, y_ptr, INTERPRET_BF16), mask=mask)
+
+        if ONE_TILE:
+            # The next step's input part, loaded now so that the waits below hide its
+            # latency. After the last step it loads that step's rows again (in bounds,
+            # unused). Step rows are disjoint, so gates written over xg this step (fp32)
+            # never reach these rows. Rows that start at the next step take c0 from c_ptr
+            # (slots no step has written yet); the others keep this step's c.
+            k_next = tl.minimum(k + 1, T - 1)
+            offset_next, size_next, _, _ = step_rows(offsets_ptr, sizes_ptr, k_next, T, B,
+                                                     REVERSE, PACKED)
+            next_mask = (rows < size_next)[:, None] & (own_units < H)[None, :]
+            next_i, next_f, next_g, next_o = _input_gates(xg_ptr, bias_ptr, offset_next + rows,
+                                                          own_units, next_mask, H, HAS_BIAS, ACC)
+            starting = next_mask & (rows >= size)[:, None]
+            next_c = tl.where(starting, tl.load(own_c_rows, mask=starting, other=0.0), next_c)
 
         if HAS_PROJ:
             # y = hidden @ W_hr^T needs every unit of the step: a second phase.

@@ -40,7 +40,8 @@ def forward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed:
     return dict(REVERSE=reverse, PACKED=packed, HAS_BIAS=has_bias, HAS_PROJ=has_proj,
                 SAVE_GATES=save == "all", SAVE_CELLS=save != "none",
                 USE_BARRIER=plan.use_barrier, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
-                W_RESIDENT=plan.weights_resident, ACC=acc, INTERPRET_BF16=interpret_bf16,
+                ONE_TILE=plan.one_tile, W_CHUNKS=plan.held_chunks, BATCH_AS_N=plan.batch_as_n,
+                ACC=acc, INTERPRET_BF16=interpret_bf16,
                 PRECISION=precision, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
                 BLOCK_K=plan.block_k)
 
@@ -54,7 +55,8 @@ def backward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed
     acc, _, precision = kernel_dtypes(accumulation_dtype(dtype))
     return dict(REVERSE=reverse, PACKED=packed, HAS_DY=has_dy, HAS_PROJ=has_proj,
                 NEED_DY_TOTAL=need_dy_total, USE_BARRIER=plan.use_barrier,
-                SPIN_LIMIT=BARRIER_SPIN_LIMIT,
+                SPIN_LIMIT=BARRIER_SPIN_LIMIT, ONE_TILE=plan.one_tile,
+                W_CHUNKS=plan.held_chunks, BATCH_AS_N=plan.batch_as_n,
                 TENSOR_CORE_CHAIN=dtype in (torch.float16, torch.bfloat16),
                 INTERPRET_BF16=interpret_bf16, ACC=acc, PRECISION=precision,
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
