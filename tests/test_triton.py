@@ -221,6 +221,7 @@ PLAN_FORMS = {
     "barrier": (20, 40, dict(use_barrier=True)),             # the barrier's counting
     "narrow_tiles": (20, 40, dict(block_h=8)),               # 8 units: N = 32 / N = 8
     "one_tile": (20, 12, dict(one_tile=True)),               # the next step's inputs ahead
+    "one_tile_barrier": (20, 12, dict(one_tile=True, use_barrier=True)),  # one a step backward
     "held": (3, 12, dict(one_tile=True, held=True, block_k=8)),  # 2 and 6 chunks
     "narrow_held": (3, 8, dict(block_h=8, one_tile=True, held=True)),
     "batch_as_n": (20, 40, dict(block_b=8, batch_as_n=True)),   # 3 batch blocks of 8

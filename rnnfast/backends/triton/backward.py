@@ -120,14 +120,15 @@ def _lstm_backward_kernel(
     c0_ptr,        # [B, H] ACC: initial cell state
     w_hh_ptr,      # [4H, P] recurrent weight
     w_hr_ptr,      # [P, H] projection (HAS_PROJ)
-    dh_ptr,        # [B, P] ACC: dL/dh_n on entry; the dh carried between steps
+    dh_ptr,        # [B, P] ACC: dL/dh_n on entry; the dh carried between steps (but for
+                   # ONE_PHASE, which carries it in registers)
     dc_ptr,        # [B, H] ACC: dL/dc_n on entry; the dc carried between steps (but for
                    # ONE_TILE, which carries it in registers)
     dh0_ptr,       # [B, P] ACC zeros: receives dL/dh0 of rows that start at a step
     dc0_ptr,       # [B, H] ACC zeros: receives dL/dc0
     dgates_ptr,    # [N, 4H] ACC out: dL/d(gate pre-activations) of every row
-    chain_ptr,     # [B, 4H] W_hh's dtype: this step's gate gradients rounded for the dh
-                   # product (TENSOR_CORE_CHAIN)
+    chain_ptr,     # [2, B, 4H] W_hh's dtype: the step's gate gradients rounded for the
+                   # dh product (TENSOR_CORE_CHAIN; the second buffer for ONE_PHASE)
     dy_total_ptr,  # [N, P] ACC out: dh + dy of every row (NEED_DY_TOTAL, for dW_hr)
     offsets_ptr,   # [T] int64: first row of each processed step (PACKED)
     sizes_ptr,     # [T] int32: active rows of each processed step (PACKED)
@@ -151,6 +152,12 @@ def _lstm_backward_kernel(
     arrivals_ptr = barrier_ptr + batch_block
     arrived = tl.full((), 0, tl.int32)  # barrier arrivals expected so far
     HAS_DY_UNITS: tl.constexpr = HAS_DY and not HAS_PROJ
+    # With ONE_TILE and no projection, the dh a program computes in phase 2 is exactly
+    # what its own phase 1 needs at the next step (its output columns are its units):
+    # dh stays in registers and a step has one barrier, after phase 1. The 16-bit gate
+    # gradients then alternate between two buffers by step parity, so that a program
+    # already in the next step's phase 1 never overwrites what a slower one still reads.
+    ONE_PHASE: tl.constexpr = ONE_TILE and not HAS_PROJ
 
     # With ONE_TILE each program owns at most one unit tile (phase 1) and one output
     # tile (phase 2). It may hold its W_hh columns, all 4H rows, in registers for the
@@ -169,6 +176,9 @@ def _lstm_backward_kernel(
             gates_ptr, cells_ptr, dc_ptr, dy_ptr,
             tl.where(rows < size_prev, cells_ptr + (offset_prev + rows) * H, c0_ptr + rows * H),
             rows, offset + rows, own, first_mask, first_mask, H, HAS_DY_UNITS, ACC)
+        if ONE_PHASE:
+            next_dh = tl.load(dh_ptr + rows[:, None] * P + own[None, :], mask=first_mask,
+                              other=0.0)
 
     for step in range(T):
         k = T - 1 - step  # the forward's processing order, walked backwards
@@ -183,15 +193,21 @@ def _lstm_backward_kernel(
         to_initial = (rows >= carried) & active
         c_prev_rows = tl.where(rows < size_prev, cells_ptr + (offset_prev + rows) * H,
                                c0_ptr + rows * H)
+        chain_step_ptr = chain_ptr
+        if ONE_PHASE:
+            chain_step_ptr = chain_ptr + (step % 2) * B * (4 * H)
 
         # Phase 1: gate gradients of this program's units.
         for tile in range(first_tile, unit_tiles, tile_stride):
             units = tile * BLOCK_H + tl.arange(0, BLOCK_H)
             unit_mask = units < H
             mask = active[:, None] & unit_mask[None, :]
-            dh = _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids, active,
-                              units, unit_mask, tile == 0, H, P, HAS_DY, HAS_PROJ,
-                              NEED_DY_TOTAL, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+            if ONE_PHASE:
+                dh = next_dh
+            else:
+                dh = _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids,
+                                  active, units, unit_mask, tile == 0, H, P, HAS_DY, HAS_PROJ,
+                                  NEED_DY_TOTAL, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
             if ONE_TILE:
                 gate_i, gate_f, gate_g, gate_o, c, c_prev, dc, dy = (
                     next_i, next_f, next_g, next_o, next_c, next_c_prev, next_dc, next_dy)
@@ -208,9 +224,10 @@ def _lstm_backward_kernel(
             tl.store(dgates_rows + 3 * H, d_o, mask=mask)
             if TENSOR_CORE_CHAIN:
                 # Rounded once here for every program's dh product (which reads half
-                # the bytes of the fp32 gradients). One buffer serves every step: the
-                # barrier after phase 2 keeps the next step's writes after this step's reads.
-                chain_rows = chain_ptr + rows[:, None] * (4 * H) + units[None, :]
+                # the bytes of the fp32 gradients). One buffer serves every step where
+                # the barrier after phase 2 keeps the next step's writes after this
+                # step's reads; two alternate with ONE_PHASE.
+                chain_rows = chain_step_ptr + rows[:, None] * (4 * H) + units[None, :]
                 tl.store(chain_rows, rounded(d_i, chain_ptr, INTERPRET_BF16), mask=mask)
                 tl.store(chain_rows + H, rounded(d_f, chain_ptr, INTERPRET_BF16), mask=mask)
                 tl.store(chain_rows + 2 * H, rounded(d_g, chain_ptr, INTERPRET_BF16), mask=mask)
@@ -248,7 +265,7 @@ def _lstm_backward_kernel(
         # so that the product runs on tensor cores (the error this adds over T = 1024
         # steps stays within DESIGN.md §6: tests/test_triton.py measures it).
         if TENSOR_CORE_CHAIN:
-            chain_rows_ptr = chain_ptr + rows * (4 * H)
+            chain_rows_ptr = chain_step_ptr + rows * (4 * H)
         else:
             chain_rows_ptr = dgates_ptr + row_ids * (4 * H)
         for tile in range(first_tile, out_tiles, tile_stride):
@@ -273,12 +290,20 @@ def _lstm_backward_kernel(
                                       ACC, PRECISION, BATCH_AS_N, BLOCK_K)
             if BATCH_AS_N:
                 acc = tl.trans(acc)
-            tl.store(dh_ptr + rows[:, None] * P + out_cols[None, :], acc,
-                     mask=to_state[:, None] & out_mask[None, :])
+            dh_rows = dh_ptr + rows[:, None] * P + out_cols[None, :]
+            if ONE_PHASE:
+                # Rows carried on keep their dh in registers; rows that start at the
+                # next step (counting back) read dL/dh_n from dh_ptr, unwritten here.
+                starting = (rows >= carried)[:, None] & next_mask
+                next_dh = tl.where(to_state[:, None], acc,
+                                   tl.load(dh_rows, mask=starting, other=0.0))
+            else:
+                tl.store(dh_rows, acc, mask=to_state[:, None] & out_mask[None, :])
             tl.store(dh0_ptr + rows[:, None] * P + out_cols[None, :], acc,
                      mask=to_initial[:, None] & out_mask[None, :])
-        arrived += tile_stride
-        end_phase(arrivals_ptr, arrived, timeout_ptr, USE_BARRIER, SPIN_LIMIT)
+        if not ONE_PHASE:
+            arrived += tile_stride
+            end_phase(arrivals_ptr, arrived, timeout_ptr, USE_BARRIER, SPIN_LIMIT)
 
 
 def backward(
@@ -315,7 +340,7 @@ def backward(
     dc0 = gates.new_zeros(batch, hidden_size)
     dgates = gates.new_empty(rows, 4 * hidden_size)
     tensor_core_chain = dtype in (torch.float16, torch.bfloat16)
-    chain = w_hh.new_empty(batch, 4 * hidden_size) if tensor_core_chain else dgates
+    chain = w_hh.new_empty(2, batch, 4 * hidden_size) if tensor_core_chain else dgates
     need_dy_total = needs[7]
     dy_total = gates.new_empty(rows, out_size) if need_dy_total else None
     if rows > 0:

@@ -104,11 +104,14 @@ def backward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size
     out_tiles = triton.cdiv(triton.cdiv(out_size, plan.block_h), plan.programs_per_batch_block)
     # The dh product's gate gradients: 16-bit copies for 16-bit layers, else the ACC ones.
     chain = item if item == 2 else 0
-    # Phase 1 per tile: dh in and 4 gate gradients out (and their 16-bit copies), after
-    # the barrier; the 4 saved gates, c, c(t-1), dc and dy are loaded ahead of it with
-    # one_tile (dc then stays in registers), else after it, and dc stored.
+    # One tile a program without a projection keeps dh in registers: one phase a step.
+    phases = 1 if plan.one_tile and out_size == hidden else 2
+    # Phase 1 per tile: dh in (but with one phase) and 4 gate gradients out (and their
+    # 16-bit copies), after the barrier; the 4 saved gates, c, c(t-1), dc and dy are
+    # loaded ahead of it with one_tile (dc then stays in registers), else after it, and
+    # dc stored.
     saved = rows * plan.block_h * (7 * acc + item)
-    phase1 = unit_tiles * rows * plan.block_h * (5 * acc + 4 * chain)
+    phase1 = unit_tiles * rows * plan.block_h * ((3 + phases) * acc + 4 * chain)
     if not plan.one_tile:
         phase1 += unit_tiles * (saved + rows * plan.block_h * acc)
     # Phase 2 per output tile: every gate gradient of the rows, and W_hh's columns
@@ -119,10 +122,10 @@ def backward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size
                           + (0 if plan.weights_resident else weights))
     held = padded_k * plan.block_h * item if plan.weights_resident else 0
     multiply = out_tiles * _multiply_time(plan, dtype, plan.block_h, padded_k, gpu)
-    step = _step_time(plan, phase1 + phase2, multiply, held, 2, gpu)
+    step = _step_time(plan, phase1 + phase2, multiply, held, phases, gpu)
     moved = phase1 + phase2 + (unit_tiles * saved if plan.one_tile else 0)
     gemm_flops = 2 * 2 * seq_len * batch * 4 * hidden * (input_size + out_size)
     programs = plan.batch_blocks * plan.programs_per_batch_block
     return ModelledTime(step, seq_len * step + gpu.launch_s,
                         gemm_flops / (_gemm_rate(dtype, gpu) * gpu.gemm_efficiency),
-                        int(moved * programs), 2 if plan.use_barrier else 0)
+                        int(moved * programs), phases if plan.use_barrier else 0)
