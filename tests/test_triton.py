@@ -403,7 +403,12 @@ def test_sequence_longer_than_a_grid_dimension():
 def test_persistent_barrier_plan_on_gpu(dtype):
     _, _, plan_module = _kernels()
     plan = plan_module.make_plan(4, 256, 256, 50, DEVICE, dtype)
-    assert plan.use_barrier and plan.programs_per_batch_block > 1
+    backward_plan = plan_module.make_plan(4, 256, 256, 50, DEVICE, dtype, "backward")
+    assert plan.use_barrier and plan.programs_per_batch_block > 1 and plan.batch_as_n
+    # each program one tile: the backward keeps dh in registers, one barrier a step,
+    # its 16-bit gate gradients in two buffers by step parity; 16-bit layers hold W_hh
+    assert plan.one_tile and backward_plan.one_tile
+    assert plan.weights_resident == backward_plan.weights_resident == (dtype != torch.float32)
     args64 = _layer(50, 4, 64, 256, lengths=[50, 40, 40, 7])
     forward, backward, _ = _kernels()
     ours = _errors_vs_float64(args64, dtype, False, (forward.forward, backward.backward))
