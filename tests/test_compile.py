@@ -119,3 +119,36 @@ def test_eager_skips_the_ops_but_dispatch_modes_still_see_them(monkeypatch):
     assert {"rnnfast.lstm_layer_forward.default", "rnnfast.lstm_layer_backward.default"} <= set(mode.ops)
     for a, b in zip([*eager[:2], *eager[2]], [*seen[:2], *seen[2]]):
         assert torch.equal(a, b)
+
+
+def test_helpers_are_marked_constant_as_torch_marks_them():
+    """rnnfast marks its untraceable helpers (the CPU build, the GPU kind) constant to
+    torch.compile without importing torch._dynamo (backends/traced.py): the mark must
+    be exactly what torch.compiler.assume_constant_result sets."""
+    from rnnfast.backends import cpu, evidence
+    from rnnfast.backends.traced import compile_constant
+
+    def ours():
+        return 1
+
+    def torchs():
+        return 1
+
+    assert compile_constant(ours) is ours
+    assert torch.compiler.assume_constant_result(torchs) is torchs
+    assert ours.__dict__ == torchs.__dict__ == {"_dynamo_marked_constant": True}
+    for helper in (cpu._load, cpu.unavailable_reason, evidence._gpu_kind):
+        assert helper.__dict__ == torchs.__dict__
+
+
+def test_import_and_a_layer_call_leave_torch_dynamo_unloaded():
+    """`import rnnfast` and an eager layer call must not import torch._dynamo (1.4 s of
+    every process's start, measured)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, rnnfast; m = rnnfast.LSTM(4, 4); m(torch.randn(3, 2, 4))[0]"
+            ".sum().backward(); print('torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False"

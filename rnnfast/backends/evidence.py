@@ -19,6 +19,8 @@ from typing import Iterable, Optional
 
 import torch
 
+from .traced import compile_constant
+
 GPU_BACKENDS = ("triton", "cuda")
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -35,7 +37,7 @@ class Earned:
 EARNED: tuple[Earned, ...] = ()
 
 
-@torch.compiler.assume_constant_result
+@compile_constant
 def _gpu_kind(index: int) -> str:
     # A constant to torch.compile: the device a traced call runs on does not change.
     return torch.cuda.get_device_name(index)

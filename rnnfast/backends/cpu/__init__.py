@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from . import build
+from ..traced import compile_constant
 
 
 def supported_dtypes() -> tuple[torch.dtype, ...]:
@@ -27,7 +28,7 @@ _extension: Optional[ModuleType] = None
 _build_error: Optional[str] = None
 
 
-@torch.compiler.assume_constant_result
+@compile_constant
 def _load() -> Optional[str]:
     """Builds or loads the extension once per process; None on success, else why not.
     A constant to torch.compile: tracing never compiles, it sees the eager outcome."""
@@ -61,7 +62,7 @@ def extension() -> ModuleType:
     return _extension
 
 
-@torch.compiler.assume_constant_result
+@compile_constant
 def unavailable_reason() -> Optional[str]:
     """Cheap: what rules the backend out without compiling (a failed build counts once
     it has been tried). On a GPU machine nothing is compiled until a CPU layer runs.

@@ -53,26 +53,25 @@ def missing_tool() -> Optional[str]:
     return None
 
 
-_bf16_kernels: Optional[bool] = None
+# Whether this CPU's build has the bf16 kernels: AVX-512 torch kernels (so the build is
+# the AVX-512 one) on a CPU with AVX512_BF16. Found once, at import: every CPU layer call
+# asks, and torch.compile reads module constants as constants (it cannot trace the CPU
+# queries). torch.compiler.assume_constant_result would do that too, but importing
+# torch._dynamo for it made `import rnnfast` take 1.5 s instead of 0.1 s.
+_CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
+_AVX512_BF16 = torch.cpu._is_avx512_bf16_supported()
+_BF16_KERNELS = _CPU_CAPABILITY == "AVX512" and _AVX512_BF16
 
 
-@torch.compiler.assume_constant_result
 def has_bf16_kernels() -> bool:
-    """Whether this CPU's build has the bf16 kernels: AVX-512 torch kernels (so the build is
-    the AVX-512 one) on a CPU with AVX512_BF16. Asked once per process (every CPU layer
-    call asks); a constant to torch.compile, which cannot trace the CPU queries."""
-    global _bf16_kernels
-    if _bf16_kernels is None:
-        _bf16_kernels = (torch.backends.cpu.get_cpu_capability() == "AVX512"
-                         and torch.cpu._is_avx512_bf16_supported())
-    return _bf16_kernels
+    """Whether this CPU's build has the bf16 kernels (_BF16_KERNELS)."""
+    return _BF16_KERNELS
 
 
-@torch.compiler.assume_constant_result
 def bf16_facts() -> str:
     """What decides has_bf16_kernels on this machine, for messages."""
-    return (f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AVX512_BF16 "
-            f"{'present' if torch.cpu._is_avx512_bf16_supported() else 'absent'}")
+    return (f"CPU capability {_CPU_CAPABILITY}, AVX512_BF16 "
+            f"{'present' if _AVX512_BF16 else 'absent'}")
 
 
 def _flags() -> tuple[str, list[str]]:
@@ -81,7 +80,7 @@ def _flags() -> tuple[str, list[str]]:
     # pragma; compiled without it, every split over threads runs on one thread. Linked
     # as libgomp.so.1, the runtime libtorch already loaded (one pool, one thread count).
     flags = ["-O3", "-std=c++17", "-fopenmp"]
-    capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
+    capability = _CPU_CAPABILITY
     if capability == "AVX512":
         # 512-bit at::vec, with the AVX-512 SLEEF exp/tanh that libtorch exports.
         flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma",

@@ -160,8 +160,8 @@ def _lstm_backward_kernel(
     ONE_PHASE: tl.constexpr = ONE_TILE and not HAS_PROJ
 
     # With ONE_TILE each program owns at most one unit tile (phase 1) and one output
-    # tile (phase 2). It may hold its W_hh columns, all 4H rows, in registers for the
-    # whole sequence (W_CHUNKS > 0); its dc stays in registers from step to step; and
+    # tile (phase 2). It may hold its W_hh columns, all 4H rows, on chip for the whole
+    # sequence (W_CHUNKS > 0); its dc stays in registers from step to step; and
     # it loads the next step's saved gates, cells and dy before the barrier waits. The
     # incoming dh is then the only load a step waits for after the barrier.
     own = first_tile * BLOCK_H + tl.arange(0, BLOCK_H)  # its units, and its output columns
@@ -261,9 +261,9 @@ def _lstm_backward_kernel(
         end_phase(arrivals_ptr, arrived, timeout_ptr, USE_BARRIER, SPIN_LIMIT)
 
         # Phase 2: dh(t-1) = dgates @ W_hh needs every gate of the step. Accumulated in
-        # ACC; with 16-bit weights the gate gradients are rounded to the weights' dtype
-        # so that the product runs on tensor cores (the error this adds over T = 1024
-        # steps stays within DESIGN.md §6: tests/test_triton.py measures it).
+        # ACC; with 16-bit weights it reads the gradients' copies rounded to the
+        # weights' dtype, so that the product runs on tensor cores (the error this adds
+        # over T = 1024 steps stays within DESIGN.md §6: tests/test_triton.py measures it).
         if TENSOR_CORE_CHAIN:
             chain_rows_ptr = chain_step_ptr + rows * (4 * H)
         else:

@@ -144,7 +144,7 @@ def _lstm_forward_kernel(
     arrived = tl.full((), 0, tl.int32)  # barrier arrivals expected so far
 
     # With ONE_TILE each program owns at most one unit tile. It may hold that tile's
-    # W_hh rows in registers for the whole sequence (W_CHUNKS > 0); its cell state stays
+    # W_hh rows on chip for the whole sequence (W_CHUNKS > 0); its cell state stays
     # in registers from step to step; and it loads each step's input part (xg + bias)
     # during the previous step, before the barrier wait. h(t-1) is then the only load
     # a step waits for after the barrier.
