@@ -76,3 +76,24 @@ def test_ops_are_registered_with_torch_library():
                           (torch.randn(4, 2, 3), None, torch.randn(2, 5), torch.randn(2, 5),
                            torch.randn(20, 3), torch.randn(20, 5), torch.randn(20), torch.randn(20),
                            None, True, "all", "reference"))
+
+
+def test_auto_looks_for_triton_once_per_process(monkeypatch):
+    """Every layer call on `auto` asks whether triton is usable; where it is not imported
+    the search for it takes ~40 us (more than a B=1 layer's own work on CPU), so it is
+    done once."""
+    import importlib.util
+
+    from rnnfast.backends import triton as triton_backend
+
+    searches = []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: searches.append(name) or real(name, *a))
+    triton_backend._installed.cache_clear()
+    try:
+        for _ in range(3):
+            backends.resolve("auto", torch.device("cpu"), torch.float32)
+    finally:
+        triton_backend._installed.cache_clear()
+    assert searches.count("triton") == 1

@@ -9,6 +9,7 @@ kernel modules are imported on first use, so `import rnnfast` never pays for Tri
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Optional
@@ -23,8 +24,15 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.lru_cache(maxsize=None)
+def _installed() -> bool:
+    # Looked up once: every layer call on `auto` asks, and without triton imported the
+    # search of sys.path takes about 40 us.
+    return importlib.util.find_spec("triton") is not None
+
+
 def unavailable_reason() -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
+    if not _installed():
         return "the triton package is not installed (pip install triton)"
     if not interpreting() and not torch.cuda.is_available():
         return ("no CUDA device (set TRITON_INTERPRET=1 to run its kernels on CPU in Triton's "
