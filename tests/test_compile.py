@@ -125,7 +125,7 @@ def test_helpers_are_marked_constant_as_torch_marks_them():
     """rnnfast marks its untraceable helpers (the CPU build, the GPU kind) constant to
     torch.compile without importing torch._dynamo (backends/traced.py): the mark must
     be exactly what torch.compiler.assume_constant_result sets."""
-    from rnnfast.backends import cpu, evidence
+    from rnnfast.backends import cpu, evidence, triton
     from rnnfast.backends.traced import compile_constant
 
     def ours():
@@ -137,7 +137,7 @@ def test_helpers_are_marked_constant_as_torch_marks_them():
     assert compile_constant(ours) is ours
     assert torch.compiler.assume_constant_result(torchs) is torchs
     assert ours.__dict__ == torchs.__dict__ == {"_dynamo_marked_constant": True}
-    for helper in (cpu._load, cpu.unavailable_reason, evidence._gpu_kind):
+    for helper in (cpu._load, cpu.unavailable_reason, evidence._gpu_kind, triton._installed):
         assert helper.__dict__ == torchs.__dict__
 
 

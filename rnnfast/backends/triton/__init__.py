@@ -9,12 +9,13 @@ kernel modules are imported on first use, so `import rnnfast` never pays for Tri
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from typing import Optional
 
 import torch
+
+from ..traced import compile_constant
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -24,11 +25,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+_found: Optional[bool] = None  # whether the triton package is installed, once known
+
+
+@compile_constant
 def _installed() -> bool:
-    # Looked up once: every layer call on `auto` asks, and without triton imported the
-    # search of sys.path takes about 40 us.
-    return importlib.util.find_spec("triton") is not None
+    """Looked up once: every layer call on `auto` asks, and without triton imported the
+    search of sys.path takes about 40 us. A constant to torch.compile."""
+    global _found
+    if _found is None:
+        _found = importlib.util.find_spec("triton") is not None
+    return _found
 
 
 def unavailable_reason() -> Optional[str]:
