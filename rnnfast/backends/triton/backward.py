@@ -54,13 +54,18 @@ def _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids, active, 
 
 
 @triton.jit
-def _saved_tile(gates_ptr, cells_ptr, dc_ptr, dy_ptr, c_prev_rows, rows, row_ids, units, mask,
-                dc_mask, H, HAS_DY_UNITS: tl.constexpr, ACC: tl.constexpr):
+def _saved_tile(gates_ptr, cells_ptr, c0_ptr, dc_ptr, dy_ptr, offset, offset_prev, size_prev,
+                rows, units, mask, dc_mask, H, HAS_DY_UNITS: tl.constexpr, ACC: tl.constexpr):
     """What a tile's gate gradients need besides the incoming dh, none of it written by
     other programs: the saved gates i, f, g, o, c(t), c(t-1), the dc carried in dc_ptr,
     and dy (HAS_DY_UNITS: dy without a projection, else zeros); [BLOCK_B, BLOCK_H] each.
-    c_prev_rows: [BLOCK_B] pointers to each row's c(t-1) (a row of cells or of c0);
-    mask: [BLOCK_B, BLOCK_H] which exist; dc_mask: those whose dc is read from dc_ptr."""
+    offset, offset_prev, size_prev: the step's first row, and the step before's first row
+    and active rows (step_rows); mask: [BLOCK_B, BLOCK_H] which exist; dc_mask: those
+    whose dc is read from dc_ptr."""
+    row_ids = offset + rows
+    # Rows active one step earlier read c(t-1) from its cells; the others start from c0.
+    c_prev_rows = tl.where(rows < size_prev, cells_ptr + (offset_prev + rows) * H,
+                           c0_ptr + rows * H)
     gates_rows = gates_ptr + row_ids[:, None] * (4 * H) + units[None, :]
     gate_i = tl.load(gates_rows, mask=mask, other=0.0)
     gate_f = tl.load(gates_rows + H, mask=mask, other=0.0)
@@ -77,13 +82,14 @@ def _saved_tile(gates_ptr, cells_ptr, dc_ptr, dy_ptr, c_prev_rows, rows, row_ids
 
 
 @triton.jit
-def _dh_product(acc, chain_rows_ptr, active, k0, H, w, ACC: tl.constexpr,
-                PRECISION: tl.constexpr, BATCH_AS_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _dh_product(acc, chain_rows_ptr, active, k0, H, w, INTERPRET_BF16: tl.constexpr,
+                ACC: tl.constexpr, PRECISION: tl.constexpr, BATCH_AS_N: tl.constexpr,
+                BLOCK_K: tl.constexpr):
     """acc + one reduction chunk of dh(t-1) = dgates @ W_hh: the rows' gate gradients
     k0 .. k0 + BLOCK_K (loaded here) times w [BLOCK_K, BLOCK_H], W_hh's rows k0 .. at
     the tile's columns. BATCH_AS_N: acc and the product transposed, [BLOCK_H, BLOCK_B].
-    chain_rows_ptr: [BLOCK_B] pointers to each row's gate gradients in the dtype of the
-    product (cast to the weights' dtype in the interpreter's bf16 work-around)."""
+    chain_rows_ptr: [BLOCK_B] pointers to each row's gate gradients in W_hh's dtype (fp16 /
+    bf16: tensor cores) or in ACC (fp32, fp64: W_hh is ACC too)."""
     cols = k0 + tl.arange(0, BLOCK_K)
     col_mask = cols < 4 * H
     # .cg: the gate gradients were written by other programs (other SMs) this step.
@@ -93,23 +99,14 @@ def _dh_product(acc, chain_rows_ptr, active, k0, H, w, ACC: tl.constexpr,
     else:
         d = tl.load(chain_rows_ptr[:, None] + cols[None, :],
                     mask=active[:, None] & col_mask[None, :], other=0.0, cache_modifier=".cg")
-    d = d.to(w.dtype)
+    if INTERPRET_BF16:  # the interpreter's bf16 dot is wrong: both operands as fp32
+        d = d.to(tl.float32)
+        w = w.to(tl.float32)
     if BATCH_AS_N:
         acc = tl.dot(tl.trans(w), d, acc, input_precision=PRECISION, out_dtype=ACC)
     else:
         acc = tl.dot(d, w, acc, input_precision=PRECISION, out_dtype=ACC)
     return acc
-
-
-@triton.jit
-def _product_operand(w, INTERPRET_BF16: tl.constexpr, ACC: tl.constexpr):
-    """W_hh's chunk as the dh product takes it: 16-bit as it is (tensor cores), fp32 /
-    fp64 in ACC, and bf16 as fp32 in the interpreter (its bf16 dot is wrong)."""
-    if INTERPRET_BF16:
-        w = w.to(tl.float32)
-    elif w.dtype != tl.float16 and w.dtype != tl.bfloat16:
-        w = w.to(ACC)
-    return w
 
 
 @triton.jit
@@ -173,9 +170,8 @@ def _lstm_backward_kernel(
                                                          REVERSE, PACKED)
         first_mask = (rows < size)[:, None] & (own < H)[None, :]
         next_i, next_f, next_g, next_o, next_c, next_c_prev, next_dc, next_dy = _saved_tile(
-            gates_ptr, cells_ptr, dc_ptr, dy_ptr,
-            tl.where(rows < size_prev, cells_ptr + (offset_prev + rows) * H, c0_ptr + rows * H),
-            rows, offset + rows, own, first_mask, first_mask, H, HAS_DY_UNITS, ACC)
+            gates_ptr, cells_ptr, c0_ptr, dc_ptr, dy_ptr, offset, offset_prev, size_prev, rows,
+            own, first_mask, first_mask, H, HAS_DY_UNITS, ACC)
         if ONE_PHASE:
             next_dh = tl.load(dh_ptr + rows[:, None] * P + own[None, :], mask=first_mask,
                               other=0.0)
@@ -191,8 +187,6 @@ def _lstm_backward_kernel(
         carried = tl.minimum(size, size_prev)
         to_state = rows < carried
         to_initial = (rows >= carried) & active
-        c_prev_rows = tl.where(rows < size_prev, cells_ptr + (offset_prev + rows) * H,
-                               c0_ptr + rows * H)
         chain_step_ptr = chain_ptr
         if ONE_PHASE:
             chain_step_ptr = chain_ptr + (step % 2) * B * (4 * H)
@@ -213,8 +207,8 @@ def _lstm_backward_kernel(
                     next_i, next_f, next_g, next_o, next_c, next_c_prev, next_dc, next_dy)
             else:  # loaded after dh's product (with a projection): fewer live registers
                 gate_i, gate_f, gate_g, gate_o, c, c_prev, dc, dy = _saved_tile(
-                    gates_ptr, cells_ptr, dc_ptr, dy_ptr, c_prev_rows, rows, row_ids, units,
-                    mask, mask, H, HAS_DY_UNITS, ACC)
+                    gates_ptr, cells_ptr, c0_ptr, dc_ptr, dy_ptr, offset, offset_prev,
+                    size_prev, rows, units, mask, mask, H, HAS_DY_UNITS, ACC)
             d_i, d_f, d_g, d_o, dc_prev = lstm_cell_backward(
                 gate_i, gate_f, gate_g, gate_o, c, c_prev, dh + dy, dc)
             dgates_rows = dgates_ptr + row_ids[:, None] * (4 * H) + units[None, :]
@@ -251,10 +245,8 @@ def _lstm_backward_kernel(
             next_mask = (rows < size_next)[:, None] & (own < H)[None, :]
             carried_dc = next_dc
             next_i, next_f, next_g, next_o, next_c, next_c_prev, next_dc, next_dy = _saved_tile(
-                gates_ptr, cells_ptr, dc_ptr, dy_ptr,
-                tl.where(rows < size_prev_next, cells_ptr + (offset_prev_next + rows) * H,
-                         c0_ptr + rows * H),
-                rows, offset_next + rows, own, next_mask, next_mask & (rows >= carried)[:, None],
+                gates_ptr, cells_ptr, c0_ptr, dc_ptr, dy_ptr, offset_next, offset_prev_next,
+                size_prev_next, rows, own, next_mask, next_mask & (rows >= carried)[:, None],
                 H, HAS_DY_UNITS, ACC)
             next_dc = tl.where(to_state[:, None], carried_dc, next_dc)
         arrived += tile_stride
@@ -277,16 +269,14 @@ def _lstm_backward_kernel(
                 acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
             if W_CHUNKS > 0:
                 for c in tl.static_range(W_CHUNKS):
-                    acc = _dh_product(acc, chain_rows_ptr, active, c * BLOCK_K, H,
-                                      _product_operand(w_held[c], INTERPRET_BF16, ACC),
-                                      ACC, PRECISION, BATCH_AS_N, BLOCK_K)
+                    acc = _dh_product(acc, chain_rows_ptr, active, c * BLOCK_K, H, w_held[c],
+                                      INTERPRET_BF16, ACC, PRECISION, BATCH_AS_N, BLOCK_K)
             else:
                 for k0 in range(0, 4 * H, BLOCK_K):
                     cols = k0 + tl.arange(0, BLOCK_K)
                     w = tl.load(w_hh_ptr + cols[:, None] * P + out_cols[None, :],
                                 mask=(cols < 4 * H)[:, None] & out_mask[None, :], other=0.0)
-                    acc = _dh_product(acc, chain_rows_ptr, active, k0, H,
-                                      _product_operand(w, INTERPRET_BF16, ACC),
+                    acc = _dh_product(acc, chain_rows_ptr, active, k0, H, w, INTERPRET_BF16,
                                       ACC, PRECISION, BATCH_AS_N, BLOCK_K)
             if BATCH_AS_N:
                 acc = tl.trans(acc)
