@@ -185,22 +185,30 @@ def test_layers_it_lacks_kernels_for_fall_back_to_reference_with_the_reason(monk
 def test_kernel_rejects_inconsistent_arguments_naming_expected_and_got():
     x, _, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = _args(None, 0, dtype=torch.float32)
     ext = cpu_backend.extension()
-    x2d, steps = x.reshape(-1, I), ([t * B for t in range(T)], [B] * T)
+
+    def call(x=x, batch_sizes=None, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=None, b_hh=None):
+        return ext.forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False, True, True)
+
     with pytest.raises(ValueError, match=r"w_hh: expected shape \[80, 20\], got \[80, 19\]"):
-        ext.forward(x2d, h0, c0, w_ih, w_hh[:, :19], None, None, *steps, True, True)
+        call(w_hh=w_hh[:, :19])
     with pytest.raises(TypeError, match=r"w_ih: expected dtype Float, got Double"):
-        ext.forward(x2d, h0, c0, w_ih.double(), w_hh, None, None, *steps, True, True)
+        call(w_ih=w_ih.double())
     with pytest.raises(TypeError, match=r"expected float32, float64 or bfloat16 input, got Half"):
-        ext.forward(x2d.half(), h0, c0, w_ih, w_hh, None, None, *steps, True, True)
-    if cpu_backend.build.has_bf16_kernels():   # a bf16 layer's cell state is fp32
-        with pytest.raises(TypeError, match=r"c0: expected dtype Float, got BFloat16"):
-            ext.forward(x2d.bfloat16(), h0.bfloat16(), c0.bfloat16(), w_ih.bfloat16(),
-                        w_hh.bfloat16(), None, None, *steps, True, True)
+        call(x=x.half())
+    with pytest.raises(TypeError, match=r"c0: expected dtype Float, got Double"):
+        call(c0=c0.double())
     with pytest.raises(ValueError, match=r"bias: expected shape \[80\], got \[20\]"):
-        ext.forward(x2d, h0, c0, w_ih, w_hh, b_ih[:20], None, *steps, True, True)
-    with pytest.raises(ValueError, match=r"step 6: expected rows \[offset, offset \+ size\) within the 21"):
-        ext.forward(x2d, h0, c0, w_ih, w_hh, None, None, [t * B for t in range(T - 1)] + [20], [B] * T,
-                    True, True)
+        call(b_ih=b_ih[:20], b_hh=b_hh)
+    with pytest.raises(ValueError, match=r"b_ih and b_hh: expected both or neither"):
+        call(b_ih=b_ih)
+    with pytest.raises(ValueError, match=r"x: expected a batch of 3 \(h0's rows\), got shape \[7, 2, 5\]"):
+        call(x=x[:, :2])
+    with pytest.raises(ValueError, match=r"x: expected packed rows \[N, I\], got shape \[7, 3, 5\]"):
+        call(batch_sizes=torch.tensor([3] * T))
+    with pytest.raises(ValueError, match=r"batch_sizes: expected a 1-D int64 CPU tensor, got 1-D Int"):
+        call(x=x.reshape(-1, I), batch_sizes=torch.tensor([3] * T, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"step 6: expected rows \[offset, offset \+ size\) within the 20"):
+        call(x=x.reshape(-1, I)[:20], batch_sizes=torch.tensor([3] * T))
 
 
 def test_without_a_compiler_rnnfast_says_so_once_and_runs_reference(monkeypatch):
@@ -322,6 +330,42 @@ def test_a_sequence_gives_the_same_bits_alone_or_in_any_batch(dtype, hidden):
         for rows in (slice(0, 1), slice(5, 7), slice(2, 5)):   # B = 1, 2 and 3
             alone, _ = model(x[:, rows])
             assert torch.equal(alone, whole[:, rows])
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for a test, and puts it back."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32,
+                                   pytest.param(torch.bfloat16, marks=needs_bf16_kernels)])
+@pytest.mark.parametrize("size,lengths,proj,reverse", [
+    (dict(B=1, H=64), None, 0, False),         # B=1: a block's units cut in two
+    (dict(B=9, H=64), None, 0, True),          # rows in chunks of 6
+    (dict(B=2, H=200), None, 70, False),       # ragged blocks; projection columns split
+    (dict(B=5, H=64), [9, 6, 6, 2, 1], 0, True),   # packed: the cut changes from step to step
+    (dict(B=5, H=130), [9, 6, 6, 2, 1], 33, False),
+], ids=["B1-halved-block", "B9-row-chunks", "projection", "packed-reverse", "packed-projection"])
+def test_threads_split_a_forwards_steps_without_changing_a_bit(threads, dtype, size, lengths, proj, reverse):
+    """A forward keeps one team of threads for the whole sequence, a barrier between steps
+    (csrc/cpu: forward_recurrence). Each step is cut into tasks by unit blocks, halves of
+    blocks, chunks of rows and, with a projection, columns of W_hr; every output element
+    is summed in one order whatever the cut, so 2 and 3 threads give one thread's bits."""
+    ext = cpu_backend.extension()
+    args = _args(lengths, proj, dtype=dtype, T=9, I=24, **size)
+    steps = [size["B"]] * 9 if lengths is None else args[1].tolist()
+    threads(1)
+    assert ext.forward_team(steps, size["H"], proj or size["H"], dtype) == 1
+    alone = cpu_backend.lstm_forward(*args, reverse, "all")
+    for count in (2, 3):
+        threads(count)
+        assert ext.forward_team(steps, size["H"], proj or size["H"], dtype) > 1   # split indeed
+        split = cpu_backend.lstm_forward(*args, reverse, "all")
+        for name, got, want in zip(("y", "h_n", "c_n") + SAVED, split, alone):
+            assert torch.equal(got, want), (count, name)
 
 
 def _close_as_torch_mm(got, a, b):

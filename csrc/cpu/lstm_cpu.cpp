@@ -15,9 +15,15 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -357,77 +363,130 @@ constexpr int64_t padded_inner(int64_t n) {
   return (n + Operands<scalar_t>::kStep - 1) / Operands<scalar_t>::kStep * Operands<scalar_t>::kStep;
 }
 
-// w^T as a product's W: [cols, rows] from w [rows, cols] (any strides), in Operands'
-// layout (bf16: pairs of columns interleaved, an odd last one paired with 0). In 32 x 32
-// blocks so that reads and writes both stay within a few cache lines
-// (Tensor::t().contiguous() took 0.1 ms for a 1 MB weight, a tenth of a step-loop's time
-// at T=32 B=8 H=256).
-template <typename scalar_t>
-Tensor pack_transposed(const Tensor& w) {
-  constexpr int64_t kBlock = 32, S = Operands<scalar_t>::kStep;
-  const int64_t rows = w.size(0), cols = w.size(1);
-  Tensor result = S > 1 && cols % S != 0 ? at::zeros({padded_inner<scalar_t>(cols), rows}, w.options())
-                                         : at::empty({cols, rows}, w.options());
-  const scalar_t* src = w.data_ptr<scalar_t>();
-  scalar_t* dst = result.data_ptr<scalar_t>();
-  const int64_t rs = w.stride(0), cs = w.stride(1);
-  const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
-  at::parallel_for(0, row_blocks, std::max<int64_t>(1, (int64_t(1) << 16) / (kBlock * cols)),
-                   [&](int64_t begin, int64_t end) {
-    for (int64_t r0 = begin * kBlock; r0 < std::min(end * kBlock, rows); r0 += kBlock) {
-      for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
-        const int64_t r1 = std::min(r0 + kBlock, rows), c1 = std::min(c0 + kBlock, cols);
-        for (int64_t c = c0; c < c1; ++c) {
-          scalar_t* out = dst + (c / S) * S * rows + c % S;
-          for (int64_t r = r0; r < r1; ++r) out[S * r] = src[r * rs + c * cs];
-        }
-      }
+// Memory a call uses and drops (the rearranged weights; the gates buffer when the gates
+// are not saved), kept on the calling thread from call to call. A fresh buffer this large
+// is a fresh mmap whose pages fault in on first touch: at B=1 T=1 H=256 a call took
+// 0.3-1.1 ms at random with fresh buffers, 0.2 ms with kept ones (perf: page faults and
+// page clearing were a third of the time). A buffer over kScratchKeptBytes is this call's
+// own: such calls are long enough not to notice. So a thread that runs the kernels keeps
+// at most kScratchSlots * kScratchKeptBytes (fp32: every layer up to H = 512).
+enum ScratchSlot { kInputWeights, kGatePanels, kFewRowPanels, kProjectionWeights, kGateBuffer,
+                   kBias, kScratchSlots };
+constexpr int64_t kScratchKeptBytes = int64_t(4) << 20;
+
+class CallScratch {
+ public:
+  // `count` elements of T, 64-byte aligned, valid until this object dies.
+  template <typename T>
+  T* get(ScratchSlot slot, int64_t count) {
+    thread_local std::array<Tensor, kScratchSlots> kept;
+    const int64_t bytes = std::max<int64_t>(count, 1) * static_cast<int64_t>(sizeof(T));
+    Tensor& buffer = bytes > kScratchKeptBytes ? own_[slot] : kept[slot];
+    if (!buffer.defined() || buffer.numel() < bytes) buffer = at::empty({bytes}, at::kByte);
+    return static_cast<T*>(buffer.data_ptr());
+  }
+
+ private:
+  std::array<Tensor, kScratchSlots> own_;  // this call's buffers over the kept size
+};
+
+// dst[q * ld_dst + r] = src[r * ld_src + q] for r < rows, q < cols, 32-bit words moved
+// bit for bit (fp32 values, or bf16 pairs): blocks of a vector's width of rows and words
+// transposed in registers (at::vec::transpose_mxn), the ragged edges one by one. One
+// element at a time, a 1 MB weight took ~0.15 ms: each read is in another row, 4H apart.
+inline void transpose_words(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,
+                            int64_t rows, int64_t cols) {
+  constexpr int kBlock = Vec<float>::size();
+  const int64_t full_rows = rows / kBlock * kBlock, full_cols = cols / kBlock * kBlock;
+  for (int64_t r = 0; r < full_rows; r += kBlock) {
+    for (int64_t q = 0; q < full_cols; q += kBlock) {
+      at::vec::transpose_mxn<float, kBlock, kBlock>(src + r * ld_src + q, ld_src,
+                                                    dst + q * ld_dst + r, ld_dst);
     }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t q = r < full_rows ? full_cols : 0; q < cols; ++q) dst[q * ld_dst + r] = src[r * ld_src + q];
+  }
+}
+
+// The rows of src [rows, cols] (strides rs, cs) as the columns of a product's W in
+// Operands' layout: inner index p of row r goes to dst + (p / S) * S * ld_dst + S * r + p % S
+// (S = kStep: fp32/fp64 one element, bf16 a pair of inner indices; an odd last index is
+// paired with 0), where ld_dst counts columns. fp32 and bf16 pairs with unit column
+// stride (the weights as nn.LSTM keeps them) go through transpose_words.
+template <typename scalar_t>
+void transpose_into(const scalar_t* src, int64_t rs, int64_t cs, int64_t rows, int64_t cols,
+                    scalar_t* dst, int64_t ld_dst) {
+  constexpr int64_t S = Operands<scalar_t>::kStep;
+  const int64_t words = cols / S;  // whole steps of S inner indices
+  const bool as_words = sizeof(scalar_t) * S == sizeof(float) && (cs == 1 || words == 0) &&
+                        rs % S == 0 && reinterpret_cast<uintptr_t>(src) % sizeof(float) == 0;
+  if (as_words) {
+    transpose_words(reinterpret_cast<const float*>(src), rs / S, reinterpret_cast<float*>(dst),
+                    ld_dst, rows, words);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t p = 0; p < words * S; ++p) dst[(p / S) * S * ld_dst + S * r + p % S] = src[r * rs + p * cs];
+    }
+  }
+  if (words * S < cols) {  // bf16: the odd last index, paired with 0
+    scalar_t* odd = dst + words * S * ld_dst;
+    for (int64_t r = 0; r < rows; ++r) {
+      odd[S * r] = src[r * rs + (cols - 1) * cs];
+      odd[S * r + 1] = scalar_t(0);
+    }
+  }
+}
+
+// Rearranging a weight is split over threads from this many bytes (at H = 64 one
+// weight is 64 KB, about 2 us alone: less than the fork and join).
+constexpr int64_t kPackSplitBytes = int64_t(256) << 10;
+
+// w^T as a product's W, into dst [padded_inner(cols), rows]: from w [rows, cols] (any
+// strides), in Operands' layout, in blocks of 64 rows (split over threads when large).
+template <typename scalar_t>
+void pack_transposed(const Tensor& w, scalar_t* dst) {
+  constexpr int64_t kRowBlock = 64;
+  const int64_t rows = w.size(0), cols = w.size(1), rs = w.stride(0), cs = w.stride(1);
+  const scalar_t* src = w.data_ptr<scalar_t>();
+  const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
+  const int64_t bytes = rows * cols * static_cast<int64_t>(sizeof(scalar_t));
+  at::parallel_for(0, row_blocks, bytes >= kPackSplitBytes ? 1 : row_blocks, [&](int64_t begin, int64_t end) {
+    const int64_t r0 = begin * kRowBlock, r1 = std::min(end * kRowBlock, rows);
+    transpose_into(src + r0 * rs, rs, cs, r1 - r0, cols, dst + Operands<scalar_t>::kStep * r0, rows);
   });
-  return result;
 }
 
 // W_hh^T cut into one panel per (gate, block of kUnitBlock units), [P, kUnitBlock] each
 // in Operands' layout, with panel[p][u] = w_hh[g * H + b * kUnitBlock + u][p] (columns
-// past H left unset: the GEMM never reads them). A task's product then streams
-// contiguous rows of its own panel: read in place, W_hh^T's rows are 4H apart, 4 KB at
-// H = 256, so all of a chunk fell into one L1 set (AVX2: 46 against 66 GMAC/s packed).
+// past H left unset: the GEMM never reads them), written to dst [4 * blocks, panel_size].
+// A task's product then streams contiguous rows of its own panel: read in place, W_hh^T's
+// rows are 4H apart, 4 KB at H = 256, so all of a chunk fell into one L1 set (AVX2: 46
+// against 66 GMAC/s packed).
 // Two layouts: `interleaved` false, panel g * blocks + b whole after whole (the GEMM of
 // a step of 3+ rows takes one gate's panel at a time); true, block b's four panels
 // interleaved by row, [P][4][kUnitBlock], so that the 1-2 row kernel, which reads all
 // four at each inner step, streams one contiguous run instead of four (B=1: W_hh comes
 // from L2 at every step, and one stream is what the prefetchers follow best).
 template <typename scalar_t>
-Tensor gate_panels(const Tensor& w_hh, int64_t H, bool interleaved) {
+void gate_panels(const Tensor& w_hh, int64_t H, bool interleaved, scalar_t* dst) {
   constexpr int64_t S = Operands<scalar_t>::kStep;
   const int64_t P = w_hh.size(1), blocks = (H + kUnitBlock - 1) / kUnitBlock;
   const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
-  Tensor panels = S > 1 && P % S != 0 ? at::zeros({4 * blocks, panel_size}, w_hh.options())
-                                      : at::empty({4 * blocks, panel_size}, w_hh.options());
   const scalar_t* src = w_hh.data_ptr<scalar_t>();
-  scalar_t* dst = panels.data_ptr<scalar_t>();
   const int64_t rs = w_hh.stride(0), cs = w_hh.stride(1);
-  // Where element (p, u) of gate g's panel of block b goes.
-  const int64_t row_stride = interleaved ? 4 * kUnitBlock : kUnitBlock;
-  auto base = [&](int64_t gate, int64_t block) {
-    return interleaved ? block * 4 * panel_size + gate * S * kUnitBlock
-                        : (gate * blocks + block) * panel_size;
-  };
-  at::parallel_for(0, 4 * blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t bytes = 4 * H * P * static_cast<int64_t>(sizeof(scalar_t));
+  at::parallel_for(0, 4 * blocks, bytes >= kPackSplitBytes ? 1 : 4 * blocks, [&](int64_t begin, int64_t end) {
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t gate = panel / blocks, block = panel % blocks;
       const int64_t first = gate * H + block * kUnitBlock;
       const int64_t width = std::min(kUnitBlock, H - block * kUnitBlock);
-      scalar_t* out = dst + base(gate, block);
-      // Row by row of the panel: the writes run along a row, the reads take one element
-      // from each of the block's W_hh rows, whose lines stay in L1 for S * 16 rows.
-      for (int64_t p = 0; p < P; ++p) {
-        scalar_t* out_row = out + (p / S) * S * row_stride + p % S;
-        for (int64_t u = 0; u < width; ++u) out_row[S * u] = src[(first + u) * rs + p * cs];
-      }
+      scalar_t* out = dst + (interleaved ? block * 4 * panel_size + gate * S * kUnitBlock
+                                         : (gate * blocks + block) * panel_size);
+      transpose_into(src + first * rs, rs, cs, width, P, out,
+                     interleaved ? 4 * kUnitBlock : kUnitBlock);
     }
   });
-  return panels;
 }
 
 // C[kRows, kPanels panels x kCols vectors] (+)= A[kRows, inner] @ kPanels gate panels of
@@ -495,40 +554,140 @@ template <typename scalar_t>
 constexpr bool kFewRowsInterleaved = Operands<scalar_t>::kStep > 1;
 
 // gates[kRows, 4H] (+)= h[kRows, P] @ the four gate panels of the unit block at `block`,
-// for its `units` (<= kUnitBlock) units: gate_panel_tile over the panels kPanels at a
-// time and the units kCols vectors at a time (16 accumulators with AVX-512, 8 with AVX2).
+// for `units` of its units from `first_unit` on: gate_panel_tile over the panels kPanels at
+// a time and the units kCols vectors at a time (16 accumulators with AVX-512, 8 with
+// AVX2); a rest of at most half that width in a tile of half the vectors, so that a task of
+// 32 units (a block split between threads) or H = 32 does no multiply-adds on zeros.
 template <typename scalar_t, int kRows>
-void few_rows_gate_product(int64_t P, int64_t H, int64_t units,
+void few_rows_gate_product(int64_t P, int64_t H, int64_t first_unit, int64_t units,
                            const scalar_t* h, int64_t ldh,          // [kRows, P]
                            const scalar_t* panels, int64_t blocks,  // gate_panels(W_hh, H, kFewRowsInterleaved)
                            int64_t block,
-                           typename Operands<scalar_t>::acc_t* gates,  // [kRows, 4H] at the block's first unit
+                           typename Operands<scalar_t>::acc_t* gates,  // [kRows, 4H] at the first unit
                            int64_t ldg) {
   using O = Operands<scalar_t>;
   constexpr int kCols = Blocking<scalar_t>::kCols;
+  constexpr int kHalf = kCols / 2;
+  static_assert(kHalf >= 1, "the narrow tile needs two or more vectors to halve");
   constexpr int kPanels = 4 / kRows;  // kRows x kPanels x kCols = 4 x kCols accumulators
-  constexpr int64_t chunk = Blocking<scalar_t>::tile;
+  constexpr int64_t chunk = Blocking<scalar_t>::tile, half = chunk / 2;
   constexpr bool interleaved = kFewRowsInterleaved<scalar_t>;
   const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
   // Where gate g's panel of this block starts is first + g * panel_stride.
-  const scalar_t* first = panels + (interleaved ? block * 4 * panel_size : block * panel_size);
+  const scalar_t* first = panels + (interleaved ? block * 4 * panel_size : block * panel_size) +
+                          O::kStep * first_unit;
   const int64_t panel_stride = interleaved ? O::kStep * kUnitBlock : blocks * panel_size;
   const int64_t panel_ld = interleaved ? 4 * kUnitBlock : kUnitBlock;
   for (int gate = 0; gate < 4; gate += kPanels) {
     const scalar_t* panel = first + gate * panel_stride;
-    for (int64_t u = 0; u < units; u += chunk) {
-      if (u + chunk <= units) {
-        gate_panel_tile<scalar_t, kRows, kPanels, kCols, true>(P, units - u, h, ldh, panel + O::kStep * u,
-                                                               panel_stride, panel_ld,
-                                                               gates + gate * H + u, ldg, H);
-      } else {
-        gate_panel_tile<scalar_t, kRows, kPanels, kCols, false>(P, units - u, h, ldh, panel + O::kStep * u,
-                                                                panel_stride, panel_ld,
-                                                                gates + gate * H + u, ldg, H);
-      }
+    typename O::acc_t* out = gates + gate * H;
+    int64_t u = 0;
+    for (; u + chunk <= units; u += chunk) {
+      gate_panel_tile<scalar_t, kRows, kPanels, kCols, true>(P, chunk, h, ldh, panel + O::kStep * u,
+                                                             panel_stride, panel_ld, out + u, ldg, H);
+    }
+    const int64_t rest = units - u;
+    if (rest == 0) continue;
+    if (rest == half) {
+      gate_panel_tile<scalar_t, kRows, kPanels, kHalf, true>(
+          P, rest, h, ldh, panel + O::kStep * u, panel_stride, panel_ld, out + u, ldg, H);
+    } else if (rest < half) {
+      gate_panel_tile<scalar_t, kRows, kPanels, kHalf, false>(
+          P, rest, h, ldh, panel + O::kStep * u, panel_stride, panel_ld, out + u, ldg, H);
+    } else {
+      gate_panel_tile<scalar_t, kRows, kPanels, kCols, false>(P, rest, h, ldh, panel + O::kStep * u,
+                                                              panel_stride, panel_ld, out + u, ldg, H);
     }
   }
 }
+
+// How a step of n rows is cut into a team's tasks. A task is a range of units within one
+// block of kUnitBlock (the four gates' columns of the product from their panels, then the
+// cell math of those units) and a chunk of rows. Rows are chunked only where there are
+// fewer unit blocks than threads, in whole register tiles (6 rows); where that still
+// leaves threads idle (B <= 6 at H <= 64 on 2 threads), each block's units are cut into
+// pieces of at least half a register tile's width (AVX-512 fp32: 32 units).
+struct StepTasks {
+  int64_t pieces = 1;      // unit ranges per block
+  int64_t piece = kUnitBlock;
+  int64_t blocks = 1;      // unit blocks
+  int64_t row_chunk = 0, chunks = 1;
+
+  template <typename scalar_t>
+  static StepTasks make(int64_t n, int64_t H, int64_t team) {
+    StepTasks split;
+    split.blocks = (H + kUnitBlock - 1) / kUnitBlock;
+    split.row_chunk = std::max<int64_t>(n, 1);  // B = 0: one empty chunk
+    if (team > 1 && split.blocks < team) {
+      const int64_t per_block = (team + split.blocks - 1) / split.blocks;
+      split.row_chunk = std::max<int64_t>(6, ((n + per_block - 1) / per_block + 5) / 6 * 6);
+    }
+    split.chunks = std::max<int64_t>(1, (n + split.row_chunk - 1) / split.row_chunk);
+    const int64_t most_pieces = std::max<int64_t>(1, kUnitBlock / (Blocking<scalar_t>::tile / 2));
+    while (split.blocks * split.chunks * split.pieces < team && split.pieces < most_pieces) {
+      split.pieces *= 2;
+    }
+    split.piece = kUnitBlock / split.pieces;
+    return split;
+  }
+  int64_t tasks() const { return blocks * pieces * chunks; }
+  struct Task { int64_t u0, u1, r0, r1; };
+  // Task `index`, unit-major: a contiguous run of tasks covers the same units at every step.
+  Task task(int64_t index, int64_t n, int64_t H) const {
+    const int64_t range = index / chunks, chunk = index % chunks;
+    const int64_t u0 = std::min(H, (range / pieces) * kUnitBlock + (range % pieces) * piece);
+    const int64_t r0 = chunk * row_chunk;
+    return {u0, std::min(H, u0 + piece), r0, std::min(n, r0 + row_chunk)};
+  }
+};
+
+// A thread is given a share of a step only from this many multiply-adds (product and cell
+// math of the largest step, kCellMacs a unit): below it the barrier costs more than the
+// share saves.
+constexpr int64_t kMinStepMacsPerThread = int64_t(1) << 13;
+
+// The threads of a forward's team: at most torch's, at most one per task of the largest
+// step, and each with at least kMinStepMacsPerThread of it.
+template <typename scalar_t>
+int forward_team(const std::vector<int64_t>& sizes, int64_t H, int64_t P) {
+  const int64_t threads = at::get_num_threads();
+  if (threads <= 1 || sizes.empty() || at::in_parallel_region()) return 1;
+  const int64_t n = *std::max_element(sizes.begin(), sizes.end());
+  if (n == 0) return 1;
+  const int64_t by_work = n * (4 * H * P + H * kCellMacs) / kMinStepMacsPerThread;
+  const int64_t by_tasks = StepTasks::make<scalar_t>(n, H, threads).tasks();
+  return static_cast<int>(std::max<int64_t>(1, std::min({threads, by_work, by_tasks})));
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// The step barrier of a team that stays for the whole sequence: each thread counts its
+// arrival on one atomic and waits until the whole team has arrived at this step. A fork
+// and join per step cost ~1.4 us on the 2-core EPYC, an omp barrier ~0.5 us, this ~0.16.
+// It spins for a few microseconds, then yields the core at every check, so that a machine
+// with more threads than free cores still moves on. Every thread of the team passes the
+// same barriers in the same order, so each waits for arrivals that are sure to come.
+class StepBarrier {
+ public:
+  // `passed`: the calling thread's own count of arrivals it has waited for so far.
+  void arrive_and_wait(int64_t& passed, int team) {
+    passed += team;
+    if (team == 1) return;
+    arrived_.fetch_add(1, std::memory_order_acq_rel);
+    for (int64_t spins = 0; arrived_.load(std::memory_order_acquire) < passed; ++spins) {
+      if (spins < kSpins) cpu_relax();
+      else std::this_thread::yield();
+    }
+  }
+
+ private:
+  static constexpr int64_t kSpins = 1 << 12;
+  alignas(64) std::atomic<int64_t> arrived_{0};
+};
 
 // Runs row_op(row)(begin, end) over units [begin, end) of rows [0, rows), on several
 // threads when the step holds enough work.
@@ -543,17 +702,43 @@ void for_each_unit(int64_t rows, int64_t hidden_size, const RowOp& row_op) {
   });
 }
 
-void check_step_tables(const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
-                       int64_t rows, int64_t batch) {
-  TORCH_CHECK_VALUE(offsets.size() == sizes.size(), "step tables: expected as many offsets as "
-                    "sizes, got ", offsets.size(), " offsets and ", sizes.size(), " sizes");
-  for (size_t k = 0; k < sizes.size(); ++k) {
-    TORCH_CHECK_VALUE(sizes[k] >= 0 && sizes[k] <= batch && offsets[k] >= 0 &&
-                      offsets[k] + sizes[k] <= rows,
-                      "step ", k, ": expected rows [offset, offset + size) within the ", rows,
-                      " input rows and size <= batch ", batch, ", got offset ", offsets[k],
-                      " and size ", sizes[k]);
+// The steps in processing order, as rnnfast/backends/steps.py's make_steps: dense input
+// is `steps` steps of all `batch` rows; packed input (batch_sizes [T], int64 on the CPU)
+// has batch_sizes[t] rows at step t, time-major, the active rows a prefix of the batch.
+// Reversed for the reverse direction. Checked to lie within the rows and the batch.
+struct StepTable {
+  std::vector<int64_t> offsets, sizes;  // first row and number of rows of each step
+};
+
+StepTable make_steps(int64_t steps, int64_t batch, const c10::optional<Tensor>& batch_sizes,
+                     bool reverse, int64_t rows) {
+  StepTable table;
+  if (batch_sizes.has_value()) {
+    const Tensor& counts = *batch_sizes;
+    TORCH_CHECK_VALUE(counts.dim() == 1 && counts.scalar_type() == at::kLong && counts.device().is_cpu(),
+                      "batch_sizes: expected a 1-D int64 CPU tensor, got ", counts.dim(), "-D ",
+                      counts.scalar_type(), " on ", counts.device());
+    steps = counts.size(0);
+    const Tensor contiguous = counts.contiguous();
+    const int64_t* n = contiguous.data_ptr<int64_t>();
+    table.sizes.assign(n, n + steps);
+  } else {
+    table.sizes.assign(steps, batch);
   }
+  table.offsets.resize(steps);
+  for (int64_t k = 0, row = 0; k < steps; row += table.sizes[k], ++k) table.offsets[k] = row;
+  if (reverse) {
+    std::reverse(table.offsets.begin(), table.offsets.end());
+    std::reverse(table.sizes.begin(), table.sizes.end());
+  }
+  for (int64_t k = 0; k < steps; ++k) {
+    TORCH_CHECK_VALUE(table.sizes[k] >= 0 && table.sizes[k] <= batch &&
+                      table.offsets[k] + table.sizes[k] <= rows,
+                      "step ", k, ": expected rows [offset, offset + size) within the ", rows,
+                      " input rows and size <= batch ", batch, ", got offset ", table.offsets[k],
+                      " and size ", table.sizes[k]);
+  }
+  return table;
 }
 
 void check_matrix(const Tensor& t, const char* name, int64_t dim0, int64_t dim1,
@@ -571,10 +756,10 @@ void check_matrix(const Tensor& t, const char* name, int64_t dim0, int64_t dim1,
 template <typename scalar_t>
 void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
                         const Tensor& h0,      // [B, P]
-                        const Tensor& panels,  // [4 * blocks, P * kUnitBlock]: gate_panels(W_hh, H, false)
-                        const Tensor& few_row_panels,  // gate_panels(W_hh, H, kFewRowsInterleaved), for steps of 1-2 rows
-                        const Tensor* w_hr_t,  // [H, P]: pack_transposed(W_hr), or nullptr
-                        Tensor& gates,    // [N, 4H] acc_t: input projection in, gates out
+                        const scalar_t* panels,  // [4 * blocks, P * kUnitBlock]: gate_panels(W_hh, H, false), or nullptr
+                        const scalar_t* few_row_panels,  // gate_panels(W_hh, H, kFewRowsInterleaved) for steps of 1-2 rows, or nullptr
+                        const scalar_t* w_hr_t,  // [H, P]: pack_transposed(W_hr), or nullptr
+                        typename Operands<scalar_t>::acc_t* gates,  // [N, 4H]: input projection in, gates out
                         Tensor& c_state,  // [B, H] acc_t: c0 in, c_n out
                         Tensor& y,        // [N, P] out
                         Tensor* cells,    // [N, H] acc_t: c_t out, or nullptr
@@ -583,26 +768,31 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
                         bool hidden_per_row, bool keep_gates) {
   using acc_t = typename Operands<scalar_t>::acc_t;
   const int64_t H = c_state.size(1), P = h0.size(1), G = 4 * H;
-  acc_t* gates_p = gates.data_ptr<acc_t>();
   acc_t* c_p = c_state.data_ptr<acc_t>();
   scalar_t* y_p = y.data_ptr<scalar_t>();
   acc_t* cells_p = cells != nullptr ? cells->data_ptr<acc_t>() : nullptr;
   scalar_t* hidden_p = hidden.data_ptr<scalar_t>();
   const scalar_t* h0_p = h0.data_ptr<scalar_t>();
-  const scalar_t* panels_p = panels.defined() ? panels.data_ptr<scalar_t>() : nullptr;
-  const scalar_t* few_row_panels_p = few_row_panels.defined() ? few_row_panels.data_ptr<scalar_t>() : nullptr;
-  const scalar_t* w_hr_t_p = w_hr_t != nullptr ? w_hr_t->data_ptr<scalar_t>() : nullptr;
   const int64_t unit_blocks = (H + kUnitBlock - 1) / kUnitBlock;
   const int64_t panel_size = padded_inner<scalar_t>(P) * kUnitBlock;
-  const int64_t threads = at::get_num_threads();
+  const int team_wanted = forward_team<scalar_t>(sizes, H, P);
+  StepBarrier barrier;
 
+  // One team of threads for the whole sequence, each step a barrier (StepBarrier), not a
+  // fork and join per step. Nothing in here throws: an exception cannot leave an OpenMP
+  // region. Nested inside, gemm runs on its task's thread.
+#pragma omp parallel num_threads(team_wanted) if (team_wanted > 1)
+  {
+  // The team as it came (a call from inside a parallel region gets one thread).
+  const int team = omp_get_num_threads(), me = omp_get_thread_num();
+  int64_t passed = 0;  // this thread's count of team arrivals at the barriers so far
   for (size_t k = 0; k < sizes.size(); ++k) {
     const int64_t off = offsets[k], n = sizes[k];
     if (n == 0) continue;  // B = 0: no rows (and no row chunks to size)
     const int64_t n_prev = k > 0 ? sizes[k - 1] : 0, carried = std::min(n, n_prev);
-    acc_t* g = gates_p + off * G;
+    acc_t* g = gates + off * G;
     // Without a projection h_t is y_t itself; with one it goes to hidden first.
-    scalar_t* h_out = w_hr_t_p == nullptr ? y_p + off * P : hidden_p + (hidden_per_row ? off * H : 0);
+    scalar_t* h_out = w_hr_t == nullptr ? y_p + off * P : hidden_p + (hidden_per_row ? off * H : 0);
     // Rows active one step earlier continue from that step's output; rows that become
     // active here (reverse direction of a packed batch) start from h0.
     const scalar_t* h_prev = y_p + (k > 0 ? offsets[k - 1] : 0) * P;  // unread at k = 0
@@ -611,38 +801,22 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
                                   cells_p != nullptr ? cells_p + (off + r) * H : nullptr,
                                   h_out + r * H, H, keep_gates};
     };
-    // Rows are split only where there are fewer unit blocks than threads, in chunks of
-    // whole register tiles (6 rows).
-    int64_t row_chunk = n;
-    if (unit_blocks < threads) {
-      const int64_t per_block = (threads + unit_blocks - 1) / unit_blocks;
-      row_chunk = std::max<int64_t>(6, ((n + per_block - 1) / per_block + 5) / 6 * 6);
-    }
-    const int64_t row_chunks = (n + row_chunk - 1) / row_chunk;
-    const bool split = threads > 1 && unit_blocks * row_chunks >= 2 &&
-                       n * (G * P + H * kCellMacs) >= 2 * kMinMacsPerTask;
-    // One task per (block of units, chunk of rows): the four gates' columns of the
-    // recurrent product from their panels, then the cell math of those units and rows.
-    // Split over threads (when large enough), a step is one barrier, and with the
-    // static split each thread keeps the same panels in its own cache at every step
-    // (T=32 B=32 H=256 on 2 threads: 3.0 ms against 3.4 for product and cell split
-    // apart; B=1 H=256: each core's half of W_hh, 512 KB, stays in its L2). Rows are
-    // chunked only when split. Nested inside, gemm runs on the task's thread.
-    const int64_t chunks = split ? row_chunks : 1, chunk = split ? row_chunk : n;
-    const int64_t tasks = unit_blocks * chunks;
-    // Rows [first, last) of the product from h (their previous output, or h0).
+    const StepTasks split = StepTasks::make<scalar_t>(n, H, team);
+    // Rows [first, last) of the product from h (their previous output, or h0), units
+    // [u0, u1) of one block.
     auto product = [&](int64_t first, int64_t last, const scalar_t* h, int64_t block, int64_t u0, int64_t u1) {
       const int64_t rows = last - first;
       acc_t* out = g + first * G + u0;
+      const int64_t in_block = u0 - block * kUnitBlock;
       if (rows >= 3) {
         for (int64_t gate = 0; gate < 4; ++gate) {
-          const scalar_t* panel = panels_p + (gate * unit_blocks + block) * panel_size;
+          const scalar_t* panel = panels + (gate * unit_blocks + block) * panel_size + Operands<scalar_t>::kStep * in_block;
           gemm<scalar_t>(rows, u1 - u0, P, h, P, 1, panel, kUnitBlock, true, out + gate * H, G);
         }
       } else if (rows == 2) {
-        few_rows_gate_product<scalar_t, 2>(P, H, u1 - u0, h, P, few_row_panels_p, unit_blocks, block, out, G);
+        few_rows_gate_product<scalar_t, 2>(P, H, in_block, u1 - u0, h, P, few_row_panels, unit_blocks, block, out, G);
       } else if (rows == 1) {
-        few_rows_gate_product<scalar_t, 1>(P, H, u1 - u0, h, P, few_row_panels_p, unit_blocks, block, out, G);
+        few_rows_gate_product<scalar_t, 1>(P, H, in_block, u1 - u0, h, P, few_row_panels, unit_blocks, block, out, G);
       }
     };
     // The next step's gates of the task's rows and units (its input projection, written
@@ -652,7 +826,7 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
     // 14.6 ms against 13.6, one-off script).
     auto prefetch_next_step = [&](int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
       if (k + 1 >= sizes.size()) return;
-      const acc_t* next = gates_p + offsets[k + 1] * G;
+      const acc_t* next = gates + offsets[k + 1] * G;
       constexpr int64_t line = 64 / sizeof(acc_t);
       for (int64_t r = r0; r < std::min(r1, sizes[k + 1]); ++r) {
         for (int64_t gate = 0; gate < 4; ++gate) {
@@ -660,30 +834,42 @@ void forward_recurrence(const std::vector<int64_t>& offsets, const std::vector<i
         }
       }
     };
-    at::parallel_for(0, tasks, split ? 1 : tasks, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t block = task / chunks;
-        const int64_t u0 = block * kUnitBlock, u1 = std::min(u0 + kUnitBlock, H);
-        const int64_t r0 = (task % chunks) * chunk, r1 = std::min(r0 + chunk, n);
-        const int64_t split_row = std::clamp(carried, r0, r1);  // [r0, split_row) carried on
-        prefetch_next_step(r0, r1, u0, u1);
-        product(r0, split_row, h_prev + r0 * P, block, u0, u1);
-        product(split_row, r1, h0_p + split_row * P, block, u0, u1);
-        for (int64_t r = r0; r < r1; ++r) cell(r)(u0, u1);
-      }
-    });
-    if (w_hr_t_p != nullptr) {
+    // This thread's tasks: a contiguous run, the same at every step of a dense sequence,
+    // so each thread keeps the same panels in its own cache (B=1 H=256: each core's half
+    // of W_hh, 512 KB, stays in its L2).
+    const int64_t task_end = split.tasks() * (me + 1) / team;
+    for (int64_t task = split.tasks() * me / team; task < task_end; ++task) {
+      const auto [u0, u1, r0, r1] = split.task(task, n, H);
+      if (u0 == u1) continue;  // a piece past H
+      const int64_t block = u0 / kUnitBlock;
+      const int64_t split_row = std::clamp(carried, r0, r1);  // [r0, split_row) carried on
+      prefetch_next_step(r0, r1, u0, u1);
+      product(r0, split_row, h_prev + r0 * P, block, u0, u1);
+      product(split_row, r1, h0_p + split_row * P, block, u0, u1);
+      for (int64_t r = r0; r < r1; ++r) cell(r)(u0, u1);
+    }
+    barrier.arrive_and_wait(passed, team);
+    if (w_hr_t != nullptr) {
+      // y_t = h_t W_hr^T, the team splitting its columns (a vector's width at a time).
+      constexpr int64_t width = Vec<acc_t>::size();
+      const int64_t vectors = (P + width - 1) / width;
+      const int64_t c0 = std::min(P, vectors * me / team * width), c1 = std::min(P, vectors * (me + 1) / team * width);
+      const scalar_t* w_cols = w_hr_t + Operands<scalar_t>::kStep * c0;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        gemm_rows<scalar_t>(n, P, H, h_out, H, w_hr_t_p, false, y_p + off * P, P);
+        gemm<scalar_t>(n, c1 - c0, H, h_out, H, 1, w_cols, P, false, y_p + off * P + c0, P);
       } else {
         acc_t* projected_p = projected.data_ptr<acc_t>();
-        gemm_rows<scalar_t>(n, P, H, h_out, H, w_hr_t_p, false, projected_p, P);
-        for (int64_t i = 0; i < n * P; i += Vec<acc_t>::size()) {
-          const int count = static_cast<int>(std::min<int64_t>(Vec<acc_t>::size(), n * P - i));
-          store_as(Vec<acc_t>::loadu(projected_p + i, count), y_p + off * P + i, count);
+        gemm<scalar_t>(n, c1 - c0, H, h_out, H, 1, w_cols, P, false, projected_p + c0, P);
+        for (int64_t r = 0; r < n; ++r) {
+          for (int64_t j = c0; j < c1; j += width) {
+            const int count = static_cast<int>(std::min<int64_t>(width, c1 - j));
+            store_as(Vec<acc_t>::loadu(projected_p + r * P + j, count), y_p + (off + r) * P + j, count);
+          }
         }
       }
+      barrier.arrive_and_wait(passed, team);
     }
+  }
   }
 }
 
@@ -700,76 +886,123 @@ void check_layer_dtype(c10::ScalarType dtype) {
                    "rnnfast CPU kernel: expected float32, float64 or bfloat16 input, got ", dtype);
 }
 
-// x2d [N, I], h0 [B, P], w_ih [4H, I], w_hh [4H, P], w_hr [P, H] or None, all in the
-// layer's dtype; c0 [B, H] and bias [4H] (b_ih + b_hh) or None in its accumulation dtype
-// (fp32 for bf16); offsets/sizes [K]: the steps in processing order.
-// Returns y [N, P], c_n [B, H] (accumulation dtype), gates [N, 4H] (activated,
-// accumulation dtype; empty unless save_gates), cells [N, H] (c_t, accumulation dtype;
-// empty unless save_cells), hidden [N, H] (o * tanh(c) before the projection; empty
-// unless save_gates with a projection).
-std::vector<Tensor> forward(const Tensor& x2d, const Tensor& h0, const Tensor& c0,
-                            const Tensor& w_ih, const Tensor& w_hh,
-                            const c10::optional<Tensor>& bias, const c10::optional<Tensor>& w_hr,
-                            const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
-                            bool save_gates, bool save_cells) {
-  const auto dtype = x2d.scalar_type();
+// Each batch entry's output after its last step, [B, P] (steps.py's final_rows): the rows
+// [staying, n) of step k are last active there when only `staying` rows are active at the
+// step processed after it (dense: all rows at the last step).
+Tensor final_rows(const Tensor& y, const Tensor& h0, const StepTable& steps) {
+  Tensor out = h0.clone();  // rows that never ran keep h0 (only where the batch is empty)
+  const int64_t row_bytes = y.size(1) * static_cast<int64_t>(y.element_size());
+  const char* src = static_cast<const char*>(y.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  const size_t K = steps.sizes.size();
+  for (size_t k = 0; k < K; ++k) {
+    const int64_t n = steps.sizes[k], staying = k + 1 < K ? std::min(n, steps.sizes[k + 1]) : 0;
+    std::memcpy(dst + staying * row_bytes, src + (steps.offsets[k] + staying) * row_bytes,
+                (n - staying) * row_bytes);
+  }
+  return out;
+}
+
+// One layer and direction, the contract of rnnfast/backends/reference.py's forward:
+// x [T, B, I] dense, or packed rows [N, I] with batch_sizes [T] (int64, CPU); h0 [B, P],
+// c0 [B, H], w_ih [4H, I], w_hh [4H, P], b_ih and b_hh [4H] or both None, w_hr [P, H] or
+// None, all in the layer's dtype. Returns y [T, B, P] (dense) or [N, P], h_n [B, P] and
+// c_n [B, H] in the layer's dtype, then in its accumulation dtype (fp32 for bf16) gates
+// [N, 4H] (activated; empty unless save_gates), cells [N, H] (c_t; empty unless
+// save_cells) and hidden [N, H] (o * tanh(c) before the projection; empty unless
+// save_gates with a projection).
+std::vector<Tensor> forward(const Tensor& x, const c10::optional<Tensor>& batch_sizes,
+                            const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                            const Tensor& w_hh, const c10::optional<Tensor>& b_ih,
+                            const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& w_hr,
+                            bool reverse, bool save_gates, bool save_cells) {
+  const auto dtype = x.scalar_type();
   check_layer_dtype(dtype);
   const auto acc = dtype == at::kBFloat16 ? at::kFloat : dtype;
-  const int64_t rows = x2d.size(0), I = x2d.size(1), H = c0.size(1), P = h0.size(1);
-  const int64_t batch = h0.size(0);
-  check_matrix(x2d, "x", rows, I, dtype);
+  const bool packed = batch_sizes.has_value();
+  TORCH_CHECK_VALUE(x.dim() == (packed ? 2 : 3), "x: expected ", packed ? "packed rows [N, I]" : "[T, B, I]",
+                    ", got shape ", x.sizes());
+  const int64_t rows = packed ? x.size(0) : x.size(0) * x.size(1), I = x.size(-1);
+  const int64_t H = c0.size(-1), P = h0.size(-1), batch = h0.size(0);
+  TORCH_CHECK_VALUE(packed || x.size(1) == batch, "x: expected a batch of ", batch,
+                    " (h0's rows), got shape ", x.sizes());
   check_matrix(h0, "h0", batch, P, dtype);
-  check_matrix(c0, "c0", batch, H, acc);
+  check_matrix(c0, "c0", batch, H, dtype);
   check_matrix(w_ih, "w_ih", 4 * H, I, dtype);
   check_matrix(w_hh, "w_hh", 4 * H, P, dtype);
   if (w_hr.has_value()) check_matrix(*w_hr, "w_hr", P, H, dtype);
   else TORCH_CHECK_VALUE(P == H, "without w_hr h0 must be [B, H=", H, "], got ", h0.sizes());
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == 4 * H,
-                      "bias: expected shape [", 4 * H, "], got ", bias->sizes());
-    TORCH_CHECK_TYPE(bias->scalar_type() == acc, "bias: expected dtype ", acc, ", got ",
-                     bias->scalar_type());
+  TORCH_CHECK_VALUE(b_ih.has_value() == b_hh.has_value(), "b_ih and b_hh: expected both or neither");
+  for (const auto* b : {&b_ih, &b_hh}) {
+    if (!b->has_value()) continue;
+    TORCH_CHECK_VALUE((*b)->dim() == 1 && (*b)->size(0) == 4 * H, "bias: expected shape [", 4 * H,
+                      "], got ", (*b)->sizes());
+    TORCH_CHECK_TYPE((*b)->scalar_type() == dtype, "bias: expected dtype ", dtype, ", got ",
+                     (*b)->scalar_type());
   }
-  check_step_tables(offsets, sizes, rows, batch);
+  const StepTable steps = make_steps(packed ? 0 : x.size(0), batch, batch_sizes, reverse, rows);
 
   // The input projection of all steps: one GEMM, off the sequential path, its sums
   // starting from the bias (no pass over the buffer before it). The buffer then takes
   // each step's recurrent product and, when saved, the activations.
-  const auto acc_options = x2d.options().dtype(acc);
-  Tensor gates = at::empty({rows, 4 * H}, acc_options);
-  Tensor bias_c = bias.has_value() ? bias->contiguous() : Tensor();
-  Tensor x2d_c = x2d.contiguous();
-  Tensor c_state = c0.contiguous().clone();
-  Tensor y = at::empty({rows, P}, x2d.options());
+  const auto acc_options = x.options().dtype(acc);
+  Tensor saved_gates = save_gates ? at::empty({rows, 4 * H}, acc_options) : at::empty({0}, acc_options);
+    Tensor x2d = x.contiguous().view({rows, I});
+  Tensor c_state = c0.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  Tensor y = at::empty({rows, P}, x.options());
   Tensor cells = save_cells ? at::empty({rows, H}, acc_options) : at::empty({0}, acc_options);
   const bool hidden_per_row = save_gates && w_hr.has_value();
   Tensor hidden = at::empty({hidden_per_row ? rows : (w_hr.has_value() ? batch : 0), H},
-                            x2d.options());
+                            x.options());
   Tensor projected = at::empty({w_hr.has_value() && acc != dtype ? batch : 0, P}, acc_options);
   Tensor h0_c = h0.contiguous();
   dispatch_layer_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
+    using acc_t = typename Operands<scalar_t>::acc_t;
+    CallScratch scratch;
+    acc_t* gates = save_gates ? saved_gates.data_ptr<acc_t>()
+                              : scratch.get<acc_t>(kGateBuffer, rows * 4 * H);
     // Weights rearranged once per call into the [inner, out] rows the GEMM streams: W_ih^T,
     // W_hh as gate panels (every step size reads them), W_hr^T.
     // Each panel layout only where some step has rows that read it.
-    const bool wide_steps = std::any_of(sizes.begin(), sizes.end(), [](int64_t n) { return n >= 3; });
-    const bool narrow_steps = std::any_of(sizes.begin(), sizes.end(), [](int64_t n) { return n == 1 || n == 2; });
+    const bool wide_steps = std::any_of(steps.sizes.begin(), steps.sizes.end(), [](int64_t n) { return n >= 3; });
+    const bool narrow_steps = std::any_of(steps.sizes.begin(), steps.sizes.end(), [](int64_t n) { return n == 1 || n == 2; });
     constexpr bool interleaved = kFewRowsInterleaved<scalar_t>;
-    Tensor w_ih_t = pack_transposed<scalar_t>(w_ih);
-    Tensor panels = wide_steps || (narrow_steps && !interleaved) ? gate_panels<scalar_t>(w_hh, H, false) : Tensor();
-    Tensor few_row_panels = !narrow_steps ? Tensor() : interleaved ? gate_panels<scalar_t>(w_hh, H, true) : panels;
-    Tensor w_hr_t = w_hr.has_value() ? pack_transposed<scalar_t>(*w_hr) : Tensor();
-    using acc_t = typename Operands<scalar_t>::acc_t;
-    gemm_rows<scalar_t>(rows, 4 * H, I, x2d_c.data_ptr<scalar_t>(), I, w_ih_t.data_ptr<scalar_t>(),
-                        false, gates.data_ptr<acc_t>(), 4 * H,
-                        bias.has_value() ? bias_c.data_ptr<acc_t>() : nullptr);
-    forward_recurrence<scalar_t>(offsets, sizes, h0_c, panels, few_row_panels,
-                                 w_hr.has_value() ? &w_hr_t : nullptr,
-                                 gates, c_state, y, save_cells ? &cells : nullptr, hidden,
-                                 projected, hidden_per_row, save_gates);
+    const int64_t panels_size = 4 * ((H + kUnitBlock - 1) / kUnitBlock) * padded_inner<scalar_t>(P) * kUnitBlock;
+    scalar_t* w_ih_t = scratch.get<scalar_t>(kInputWeights, padded_inner<scalar_t>(I) * 4 * H);
+    pack_transposed<scalar_t>(w_ih, w_ih_t);
+    scalar_t* panels = nullptr;
+    if (wide_steps || (narrow_steps && !interleaved)) {
+      panels = scratch.get<scalar_t>(kGatePanels, panels_size);
+      gate_panels<scalar_t>(w_hh, H, false, panels);
+    }
+    scalar_t* few_row_panels = interleaved ? nullptr : panels;
+    if (narrow_steps && interleaved) {
+      few_row_panels = scratch.get<scalar_t>(kFewRowPanels, panels_size);
+      gate_panels<scalar_t>(w_hh, H, true, few_row_panels);
+    }
+    scalar_t* w_hr_t = nullptr;
+    if (w_hr.has_value()) {
+      w_hr_t = scratch.get<scalar_t>(kProjectionWeights, padded_inner<scalar_t>(H) * P);
+      pack_transposed<scalar_t>(*w_hr, w_hr_t);
+    }
+    // The gate biases as one row, b_ih + b_hh in acc_t (as the reference adds them).
+    acc_t* bias = nullptr;
+    if (b_ih.has_value()) {
+      bias = scratch.get<acc_t>(kBias, 4 * H);
+      const Tensor b1 = b_ih->contiguous(), b2 = b_hh->contiguous();
+      const scalar_t* p1 = b1.data_ptr<scalar_t>();
+      const scalar_t* p2 = b2.data_ptr<scalar_t>();
+      for (int64_t j = 0; j < 4 * H; ++j) bias[j] = acc_t(p1[j]) + acc_t(p2[j]);
+    }
+    gemm_rows<scalar_t>(rows, 4 * H, I, x2d.data_ptr<scalar_t>(), I, w_ih_t, false, gates, 4 * H, bias);
+    forward_recurrence<scalar_t>(steps.offsets, steps.sizes, h0_c, panels, few_row_panels, w_hr_t, gates,
+                                 c_state, y, save_cells ? &cells : nullptr, hidden, projected,
+                                 hidden_per_row, save_gates);
   });
-  return {y, c_state, save_gates ? gates : at::empty({0}, acc_options), cells,
-          hidden_per_row ? hidden : at::empty({0}, x2d.options())};
+  Tensor h_n = final_rows(y, h0_c, steps);
+  return {packed ? y : y.view({x.size(0), batch, P}), h_n, acc == dtype ? c_state : c_state.to(dtype),
+          saved_gates, cells, hidden_per_row ? hidden : at::empty({0}, x.options())};
 }
 
 template <typename scalar_t>
@@ -839,13 +1072,14 @@ void backward_recurrence(const std::vector<int64_t>& offsets, const std::vector<
 }
 
 // dy [N, P] or None, dh_n [B, P], dc_n [B, H] (zeros where no gradient came), gates
-// [N, 4H] activated, cells [N, H], c0 [B, H], w_hh [4H, P], w_hr [P, H] or None;
-// offsets/sizes [K] as in forward. Returns dgates [N, 4H], dh0 [B, P], dc0 [B, H] and
+// [N, 4H] activated, cells [N, H], c0 [B, H], w_hh [4H, P], w_hr [P, H] or None, all in
+// the accumulation dtype; batch_sizes and reverse as in forward (the rows dense unless
+// batch_sizes is given). Returns dgates [N, 4H], dh0 [B, P], dc0 [B, H] and
 // dy_total [N, P] (dL/dy_t through output and recurrence; empty unless want_dy_total).
 std::vector<Tensor> backward(const c10::optional<Tensor>& dy, const Tensor& dh_n,
                              const Tensor& dc_n, const Tensor& gates, const Tensor& cells,
                              const Tensor& c0, const Tensor& w_hh, const c10::optional<Tensor>& w_hr,
-                             const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
+                             const c10::optional<Tensor>& batch_sizes, bool reverse,
                              bool want_dy_total) {
   TORCH_CHECK_TYPE(gates.scalar_type() == at::kFloat || gates.scalar_type() == at::kDouble,
                    "rnnfast CPU kernel: expected float32 or float64 gates, got ",
@@ -860,7 +1094,7 @@ std::vector<Tensor> backward(const c10::optional<Tensor>& dy, const Tensor& dh_n
   check_matrix(w_hh, "w_hh", 4 * H, P, dtype);
   if (dy.has_value()) check_matrix(*dy, "dy", rows, P, dtype);
   if (w_hr.has_value()) check_matrix(*w_hr, "w_hr", P, H, dtype);
-  check_step_tables(offsets, sizes, rows, batch);
+  const StepTable steps = make_steps(batch > 0 ? rows / batch : 0, batch, batch_sizes, reverse, rows);
 
   Tensor dh_state = dh_n.contiguous().clone(), dc_state = dc_n.contiguous().clone();
   Tensor dh0 = at::zeros({batch, P}, gates.options()), dc0 = at::zeros({batch, H}, gates.options());
@@ -872,7 +1106,7 @@ std::vector<Tensor> backward(const c10::optional<Tensor>& dy, const Tensor& dh_n
   Tensor gates_c = gates.contiguous(), cells_c = cells.contiguous(), c0_c = c0.contiguous();
   Tensor w_hh_c = w_hh.contiguous(), w_hr_c = w_hr.has_value() ? w_hr->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(dtype, "rnnfast_cpu_backward", [&] {
-    backward_recurrence<scalar_t>(offsets, sizes, dy.has_value() ? &dy_c : nullptr, gates_c,
+    backward_recurrence<scalar_t>(steps.offsets, steps.sizes, dy.has_value() ? &dy_c : nullptr, gates_c,
                                   cells_c, c0_c, w_hh_c, w_hr.has_value() ? &w_hr_c : nullptr,
                                   dh_state, dc_state, dh0, dc0, dgates,
                                   want_dy_total ? &dy_total : nullptr, dh_step, dh_hidden);
@@ -925,6 +1159,15 @@ Tensor cell_activation(const Tensor& x, const std::string& which) {
   return result;
 }
 
+// forward_team for a layer of `dtype` (for tests: whether a size is split over threads).
+int64_t forward_team_for(const std::vector<int64_t>& sizes, int64_t H, int64_t P,
+                         c10::ScalarType dtype) {
+  check_layer_dtype(dtype);
+  int64_t team = 1;
+  dispatch_layer_dtype(dtype, [&](auto tag) { team = forward_team<decltype(tag)>(sizes, H, P); });
+  return team;
+}
+
 }  // namespace
 }  // namespace rnnfast_cpu
 
@@ -933,6 +1176,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rnnfast_cpu::forward, "LSTM layer forward, one direction");
   m.def("backward", &rnnfast_cpu::backward, "LSTM layer backward: gate gradients, dh0, dc0");
   m.def("mm_into", &rnnfast_cpu::mm_into, "out = a @ b (a any strides; b, out unit column stride)");
+  m.def("forward_team", &rnnfast_cpu::forward_team_for,
+        "threads the forward of a layer with these step sizes, H and P splits its steps over "
+        "(for tests)");
   m.def("cell_activation", &rnnfast_cpu::cell_activation,
         "the cell's tanh, sigmoid or exp, elementwise (for tests)");
 }

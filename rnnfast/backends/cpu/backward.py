@@ -45,7 +45,7 @@ def backward(
     dgates, dh0, dc0, dy_total = extension().backward(
         dy.reshape(rows, out_size).to(acc) if dy is not None else None, dh_n, dc_n, gates,
         cells, c0.to(acc), w_hh.to(acc), w_hr.to(acc) if w_hr is not None else None,
-        list(steps.offsets), list(steps.sizes), needs[7])
+        batch_sizes, reverse, needs[7])
     grads = parameter_and_input_grads(dgates, dh0, dc0, dy_total if needs[7] else None, x, h0,
                                       w_ih, y, hidden, steps, needs, frozen, x_shape, w_hh.dtype,
                                       mm=mm if acc == w_hh.dtype else None)

@@ -1,12 +1,13 @@
 """Forward: one call into the C++ layer (csrc/cpu/lstm_cpu.cpp) runs the input
-projection and the whole recurrence of a layer and direction."""
+projection and the whole recurrence of a layer and direction, and returns the contract's
+six tensors (at B=1 the Python around a call is a fair part of its time, so nothing is
+done here that the call can do)."""
 from __future__ import annotations
 
 from typing import Optional
 
 from torch import Tensor
 
-from ..steps import accumulation_dtype, final_rows, make_steps
 from . import extension
 
 
@@ -24,15 +25,8 @@ def forward(
     save: str,                      # "all", "cells" or "none"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Same contract as backends.reference.forward: gates, cells and the cell state in the
-    accumulation dtype (the input dtype for fp32/fp64, fp32 for bf16), y and h in the
-    input dtype. bf16: products of bf16 operands summed in fp32 straight into the gates
-    (the reference rounds each product to bf16 first)."""
-    steps = make_steps(x.shape, batch_sizes, reverse)
-    x2d = x.reshape(-1, x.shape[-1])
-    acc = accumulation_dtype(x.dtype)
-    bias = b_ih.to(acc) + b_hh.to(acc) if b_ih is not None else None
-    y, c_n, gates, cells, hidden = extension().forward(
-        x2d, h0, c0.to(acc), w_ih, w_hh, bias, w_hr, list(steps.offsets), list(steps.sizes),
-        save == "all", save != "none")
-    return (y.view(*x.shape[:-1], y.shape[1]), final_rows(y, h0, steps), c_n.to(x.dtype), gates,
-            cells, hidden)
+    accumulation dtype (the input dtype for fp32/fp64, fp32 for bf16), y, h_n and c_n in
+    the input dtype. bf16: products of bf16 operands summed in fp32 straight into the
+    gates (the reference rounds each product to bf16 first)."""
+    return tuple(extension().forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                                     save == "all", save != "none"))
