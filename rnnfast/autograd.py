@@ -109,7 +109,12 @@ def _backward_impl(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, 
     return tuple(g if g is not None else gates.new_empty(0) for g in grads)
 
 
-_PLAIN = (Tensor, torch.nn.Parameter)
+# Argument types the ops' direct call takes as they are: tensors that are no subclass, and
+# the plain Python values of the ops' other arguments.
+_PLAIN = frozenset((Tensor, torch.nn.Parameter, type(None), bool, int, float, str, list, tuple))
+# The thread's usual dispatch include set (BackendSelect, ADInplaceOrView), as a number:
+# where the set is this one, legacy vmap's VmapMode is not in it, with no repr to search.
+_USUAL_INCLUDE = torch._C._dispatch_tls_local_include_set().raw_repr()
 
 
 def plain_eager(args) -> bool:
@@ -118,11 +123,12 @@ def plain_eager(args) -> bool:
     (is_grads_batched: its fallback loops over the op), no dispatch mode (fake tensors,
     FlopCounterMode) and no tensor subclass among the arguments. Then the op's dispatch
     (~13 us a call, 10% of a B=1 T=100 H=64 forward) is skipped."""
+    include = torch._C._dispatch_tls_local_include_set()
     return (not torch.compiler.is_compiling()
             and not torch._C._are_functorch_transforms_active()
             and torch._C._len_torch_dispatch_stack() == 0
-            and "VmapMode" not in repr(torch._C._dispatch_tls_local_include_set())
-            and all(type(t) in _PLAIN for t in args if isinstance(t, Tensor)))
+            and (include.raw_repr() == _USUAL_INCLUDE or "VmapMode" not in repr(include))
+            and all(type(a) in _PLAIN for a in args))
 
 
 def run_forward(*args):

@@ -76,21 +76,22 @@ def check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> No
     states = (("h0 (initial hidden state)", h0), ("c0 (initial cell state)", c0))
     params = (("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih), ("bias_hh", b_hh),
               ("weight_hr", w_hr))
+    device, dtype = x.device, x.dtype
     for what, t in params:
-        if t is not None and t.device != x.device:
+        if t is not None and t.device != device:
             raise RuntimeError("Input and parameter tensors are not at the same device, found "
-                               f"input tensor at {x.device} and parameter tensor at {t.device} "
+                               f"input tensor at {device} and parameter tensor at {t.device} "
                                f"({what}); move the input to the module's device")
     for what, t in states:
-        if t.device != x.device:
+        if t.device != device:
             raise RuntimeError("Input and hidden tensors are not at the same device, found "
-                               f"input tensor at {x.device} and hidden tensor at {t.device} "
+                               f"input tensor at {device} and hidden tensor at {t.device} "
                                f"({what})")
     for what, t in params:
-        if t is not None and t.dtype != x.dtype:
-            raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype "
+        if t is not None and t.dtype != dtype:
+            raise ValueError(f"RNN input dtype ({dtype}) does not match weight dtype "
                              f"({t.dtype}). Convert input: input.to({t.dtype}), or convert "
-                             f"model: model.to({x.dtype}) (the mismatched parameter: {what})")
+                             f"model: model.to({dtype}) (the mismatched parameter: {what})")
     if not x.dtype.is_floating_point:
         raise TypeError(f"LSTM input must be a floating-point tensor, got dtype {x.dtype}")
     for what, t in states:
@@ -120,7 +121,7 @@ def check_layer_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> No
                 ("h0 (initial hidden state)", h0, (batch, out_size)),
                 ("c0 (initial cell state)", c0, (batch, hidden)))
     for what, t, shape in expected:
-        if t is not None and tuple(t.shape) != shape:
+        if t is not None and t.shape != shape:
             raise RuntimeError(f"LSTM {what} must have shape {shape}, got {tuple(t.shape)}")
     if (w_hr is None) != (out_size == hidden):
         raise RuntimeError(f"LSTM weight_hh has {out_size} columns for hidden size {hidden}: "

@@ -421,3 +421,24 @@ def test_convert_same_instance_under_two_names():
     assert type(model.encoder) is rnnfast.LSTM
     assert model.alias is model.encoder
     _assert_no_torch_lstm(model)
+
+
+def test_parametrized_weights_work_as_on_nn_lstm():
+    """torch.nn.utils.parametrize (weight norm here) replaces a parameter by a property
+    computed on access; the module reads weights from _parameters for speed, and falls
+    back to attribute access for such names: outputs and gradients match nn.LSTM's with
+    the same parametrization."""
+    from torch.nn.utils.parametrizations import weight_norm
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H, num_layers=2)
+    ours = rnnfast.LSTM.from_torch(ref)
+    for model in (ref, ours):
+        weight_norm(model, "weight_hh_l1")
+    x = torch.randn(T, B, I)
+    (out, (h, c)), (want, (want_h, want_c)) = ours(x), ref(x)
+    for got, expected in ((out, want), (h, want_h), (c, want_c)):
+        torch.testing.assert_close(got, expected)
+    out.sum().backward()
+    want.sum().backward()
+    for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)

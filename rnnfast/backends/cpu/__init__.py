@@ -92,13 +92,7 @@ def auto_picks(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype in supported_dtypes() and _load() is None
 
 
-def lstm_forward(*args):
-    """backends.reference.forward's contract."""
-    from .forward import forward
-    return forward(*args)
-
-
-def lstm_backward(*args):
-    """backends.reference.backward's contract."""
-    from .backward import backward
-    return backward(*args)
+# The contracts of backends.reference.forward and backward. Imported last: they call
+# extension() above.
+from .forward import forward as lstm_forward  # noqa: E402
+from .backward import backward as lstm_backward  # noqa: E402
