@@ -344,11 +344,13 @@ def threads():
                                    pytest.param(torch.bfloat16, marks=needs_bf16_kernels)])
 @pytest.mark.parametrize("size,lengths,proj,reverse", [
     (dict(B=1, H=64), None, 0, False),         # B=1: a block's units cut in two
-    (dict(B=9, H=64), None, 0, True),          # rows in chunks of 6
+    (dict(B=9, H=64), None, 0, True),          # rows in chunks
+    (dict(B=8, H=64), None, 0, False),         # not 6 + 2 rows: bf16 has no 1-2 row panels here
     (dict(B=2, H=200), None, 70, False),       # ragged blocks; projection columns split
     (dict(B=5, H=64), [9, 6, 6, 2, 1], 0, True),   # packed: the cut changes from step to step
     (dict(B=5, H=130), [9, 6, 6, 2, 1], 33, False),
-], ids=["B1-halved-block", "B9-row-chunks", "projection", "packed-reverse", "packed-projection"])
+], ids=["B1-halved-block", "B9-row-chunks", "B8-row-chunks", "projection", "packed-reverse",
+        "packed-projection"])
 def test_threads_split_a_forwards_steps_without_changing_a_bit(threads, dtype, size, lengths, proj, reverse):
     """A forward keeps one team of threads for the whole sequence, a barrier between steps
     (csrc/cpu: forward_recurrence). Each step is cut into tasks by unit blocks, halves of

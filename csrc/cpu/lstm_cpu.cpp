@@ -647,25 +647,26 @@ void few_rows_gate_product(int64_t P, int64_t H, int64_t first_unit, int64_t uni
 // How a step of n rows is cut into a team's tasks. A task is a range of units within one
 // block of kUnitBlock (the four gates' columns of the product from their panels, then the
 // cell math of those units) and a chunk of rows. Rows are chunked only where there are
-// fewer unit blocks than threads, in whole register tiles (6 rows); where that still
-// leaves threads idle (B <= 6 at H <= 64 on 2 threads), each block's units are cut into
-// pieces of at least half a register tile's width (AVX-512 fp32: 32 units).
+// fewer unit blocks than threads, into chunks as even as can be and of 3 rows or more: a
+// product of 3+ rows is a GEMM on the gate panels, one of 1-2 rows reads the few-row
+// kernel's panels, which bf16 packs only for steps that small (a B=8 step cut into 6 + 2
+// rows read panels that were never packed). Where that still leaves threads idle (B <= 5
+// at H <= 64 on 2 threads), each block's units are cut into pieces of at least half a
+// register tile's width (AVX-512 fp32: 32 units).
 struct StepTasks {
   int64_t pieces = 1;      // unit ranges per block
   int64_t piece = kUnitBlock;
   int64_t blocks = 1;      // unit blocks
-  int64_t row_chunk = 0, chunks = 1;
+  int64_t chunks = 1;      // row chunks
 
   template <typename scalar_t>
   static StepTasks make(int64_t n, int64_t H, int64_t team) {
     StepTasks split;
     split.blocks = (H + kUnitBlock - 1) / kUnitBlock;
-    split.row_chunk = std::max<int64_t>(n, 1);  // B = 0: one empty chunk
     if (team > 1 && split.blocks < team) {
       const int64_t per_block = (team + split.blocks - 1) / split.blocks;
-      split.row_chunk = std::max<int64_t>(6, ((n + per_block - 1) / per_block + 5) / 6 * 6);
+      split.chunks = std::max<int64_t>(1, std::min(per_block, n / 3));
     }
-    split.chunks = std::max<int64_t>(1, (n + split.row_chunk - 1) / split.row_chunk);
     const int64_t most_pieces = std::max<int64_t>(1, kUnitBlock / (Blocking<scalar_t>::tile / 2));
     while (split.blocks * split.chunks * split.pieces < team && split.pieces < most_pieces) {
       split.pieces *= 2;
@@ -679,8 +680,7 @@ struct StepTasks {
   Task task(int64_t index, int64_t n, int64_t H) const {
     const int64_t range = index / chunks, chunk = index % chunks;
     const int64_t u0 = std::min(H, (range / pieces) * kUnitBlock + (range % pieces) * piece);
-    const int64_t r0 = chunk * row_chunk;
-    return {u0, std::min(H, u0 + piece), r0, std::min(n, r0 + row_chunk)};
+    return {u0, std::min(H, u0 + piece), chunk * n / chunks, (chunk + 1) * n / chunks};
   }
 };
 
