@@ -106,12 +106,15 @@ def test_backward_computes_only_what_needs_asks_and_zeroes_frozen_entries():
 
 
 @pytest.mark.parametrize("sizes", [dict(T=1, B=1, I=1, H=1), dict(T=3, B=64, I=8, H=160),
-                                   dict(T=20, B=7, I=200, H=150)],
-                         ids=["one-of-each", "multithreaded-cell", "blocked-products"])
+                                   dict(T=20, B=7, I=200, H=150), dict(T=2, B=2, I=300, H=512)],
+                         ids=["one-of-each", "multithreaded-cell", "blocked-products",
+                              "scratch-not-kept"])
 def test_extreme_sizes_match_reference(sizes):
     """H=1: only a vector tail; B*H=10240 units: each step's cell math is split over
     threads; I=200, H=150, B=7, 140 rows: every product spans several inner blocks (128),
-    row blocks (96), a ragged column tile and a partial row tile, split over threads."""
+    row blocks (96), a ragged column tile and a partial row tile, split over threads;
+    I=300, H=512 in fp64: W_ih^T and W_hh's panels are 4.9 and 8.4 MB, over what a thread
+    keeps between calls (4 MB a buffer), so they live in the call's own buffers."""
     args = _args(None, 0, **sizes)
     ours = cpu_backend.lstm_forward(*args, True, "all")
     expected = reference.forward(*args, True, "all")
