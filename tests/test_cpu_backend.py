@@ -204,6 +204,10 @@ def test_kernel_rejects_inconsistent_arguments_naming_expected_and_got():
         call(b_ih=b_ih[:20], b_hh=b_hh)
     with pytest.raises(ValueError, match=r"b_ih and b_hh: expected both or neither"):
         call(b_ih=b_ih)
+    with pytest.raises(ValueError, match=r"x: expected a CPU tensor, got one on meta"):
+        call(x=x.to("meta"))
+    with pytest.raises(ValueError, match=r"bias: expected a CPU tensor, got one on meta"):
+        call(b_ih=b_ih, b_hh=b_hh.to("meta"))
     with pytest.raises(ValueError, match=r"x: expected a batch of 3 \(h0's rows\), got shape \[7, 2, 5\]"):
         call(x=x[:, :2])
     with pytest.raises(ValueError, match=r"x: expected packed rows \[N, I\], got shape \[7, 3, 5\]"):

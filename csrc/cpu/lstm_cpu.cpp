@@ -965,6 +965,7 @@ std::vector<Tensor> forward(const Tensor& x, const c10::optional<Tensor>& batch_
   const bool packed = batch_sizes.has_value();
   TORCH_CHECK_VALUE(x.dim() == (packed ? 2 : 3), "x: expected ", packed ? "packed rows [N, I]" : "[T, B, I]",
                     ", got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "x: expected a CPU tensor, got one on ", x.device());
   const int64_t rows = packed ? x.size(0) : x.size(0) * x.size(1), I = x.size(-1);
   const int64_t H = c0.size(-1), P = h0.size(-1), batch = h0.size(0);
   TORCH_CHECK_VALUE(packed || x.size(1) == batch, "x: expected a batch of ", batch,
@@ -982,6 +983,8 @@ std::vector<Tensor> forward(const Tensor& x, const c10::optional<Tensor>& batch_
                       "], got ", (*b)->sizes());
     TORCH_CHECK_TYPE((*b)->scalar_type() == dtype, "bias: expected dtype ", dtype, ", got ",
                      (*b)->scalar_type());
+    TORCH_CHECK_VALUE((*b)->device().is_cpu(), "bias: expected a CPU tensor, got one on ",
+                      (*b)->device());
   }
   const StepTable steps = make_steps(packed ? 0 : x.size(0), batch, batch_sizes, reverse, rows);
 
@@ -990,7 +993,7 @@ std::vector<Tensor> forward(const Tensor& x, const c10::optional<Tensor>& batch_
   // each step's recurrent product and, when saved, the activations.
   const auto acc_options = x.options().dtype(acc);
   Tensor saved_gates = save_gates ? at::empty({rows, 4 * H}, acc_options) : at::empty({0}, acc_options);
-    Tensor x2d = x.contiguous().view({rows, I});
+  Tensor x2d = x.contiguous().view({rows, I});
   Tensor c_state = c0.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   Tensor y = at::empty({rows, P}, x.options());
   Tensor cells = save_cells ? at::empty({rows, H}, acc_options) : at::empty({0}, acc_options);
