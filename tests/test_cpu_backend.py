@@ -398,5 +398,17 @@ def test_gemm_matches_torch_mm_on_views_and_row_slices(dtype):
     assert out[:10].eq(0).all() and out[27:].eq(0).all()
     _close_as_torch_mm(cpu_backward.mm(b.t()[:, :5], b[:5, :9]), b.t()[:, :5], b[:5, :9])
     assert cpu_backward.mm(a[:0].t(), b[:0]).eq(0).all()
+    # A transposed view is packed a row block (96 rows) and inner block (128-512) at a
+    # time: 203 rows, 1100 inner and a ragged column tile cross every edge, and the
+    # packed product has the bits of the one from a contiguous copy (read in place).
+    a, b = torch.randn(1100, 203, dtype=dtype), torch.randn(1100, 131, dtype=dtype)
+    packed = cpu_backward.mm(a.t(), b)
+    assert torch.equal(packed, cpu_backward.mm(a.t().contiguous(), b))
+    _close_as_torch_mm(packed, a.t(), b)
+    if dtype == torch.float32:  # (float64 is the measure itself)
+        # A weight gradient over T x B = 25,600 rows: summed in chunks (one chain of
+        # multiply-adds had 10-18x torch.mm's error here).
+        a, b = torch.randn(25600, 48, dtype=dtype), torch.randn(25600, 40, dtype=dtype)
+        _close_as_torch_mm(cpu_backward.mm(a.t(), b), a.t(), b)
     with pytest.raises(ValueError, match=r"expected a \[M, K\] and b \[K, N\]"):
         cpu_backward.mm(a, b)
