@@ -12,10 +12,15 @@ size. Both rates are measured here (a loop of independent FMAs; a loop of vector
 over a buffer read again and again), on the threads torch uses, with the instruction
 set the `cpu` backend is built for (build.py).
 
+(`python -m rnnfast bench` gives every case a floor from rnnfast/bench/floor.py: the
+matmul rate, DRAM bandwidth and launch latency, with the weights counted once. A B=1
+step's bound is reading W_hh again from the caches at every step, which that model
+does not see.)
+
 Per step, both implementations are timed at two lengths (T and 5T, calls alternated,
-median of --repeats each) and the difference divided by 4T; the `cpu` backend also at I=1, which
-leaves its recurrence alone. A number on a noisy machine moves between runs: compare
-the columns of one run."""
+median of --repeats each) and the difference divided by 4T; the `cpu` backend also at
+I=1, which leaves its recurrence alone. A number on a noisy machine moves between runs:
+compare the columns of one run."""
 from __future__ import annotations
 
 import argparse
@@ -91,7 +96,7 @@ def _rates_module():
     from torch.utils.cpp_extension import load_inline
 
     from rnnfast.backends.cpu import build
-    name, flags = build._flags()
+    name, flags = build.compile_flags()
     return load_inline(name=name.replace("rnnfast_cpu", "rnnfast_cpu_floor"), cpp_sources=_SOURCE,
                        functions=["read_rate", "fma_rate"], extra_cflags=flags,
                        extra_ldflags=["-fopenmp"])

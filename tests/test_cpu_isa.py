@@ -29,7 +29,7 @@ def test_cpu_backend_tests_pass_on_a_lower_instruction_sets_build(capability):
         pytest.skip(f"this CPU's own build is {_HERE}; the main run already tests it")
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
     probe = ("import torch; from rnnfast.backends.cpu import build; "
-             "print(torch.backends.cpu.get_cpu_capability(), build._flags()[0])")
+             "print(torch.backends.cpu.get_cpu_capability(), build.compile_flags()[0])")
     lowered = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                              text=True, timeout=120)
     assert lowered.stdout.split() == [capability.upper(), f"rnnfast_cpu_{capability}"], (

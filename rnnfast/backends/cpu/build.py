@@ -74,8 +74,9 @@ def bf16_facts() -> str:
             f"{'present' if _AVX512_BF16 else 'absent'}")
 
 
-def _flags() -> tuple[str, list[str]]:
-    """A name unique to the instruction set and the compile flags for it."""
+def compile_flags() -> tuple[str, list[str]]:
+    """A name unique to the instruction set and the compile flags for it (also what
+    bench/cpu_floor.py compiles its probes with)."""
     # -fopenmp: at::parallel_for is a header template whose threads are an OpenMP
     # pragma; compiled without it, every split over threads runs on one thread. Linked
     # as libgomp.so.1, the runtime libtorch already loaded (one pool, one thread count).
@@ -96,7 +97,7 @@ def _flags() -> tuple[str, list[str]]:
 
 def build() -> ModuleType:
     """The compiled extension: loaded from the cache, or built first (about a minute)."""
-    name, flags = _flags()
+    name, flags = compile_flags()
     directory = source_dir()
     sources = [os.path.join(directory, f) for f in SOURCES]
     from torch.utils.cpp_extension import _get_build_directory, load
