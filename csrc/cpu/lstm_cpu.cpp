@@ -213,6 +213,7 @@ inline void gemm_tile(int64_t inner, int64_t cols_left,
   }
 }
 
+// gemm_tile as a call of its own, for gemm_row_tile's chunk loop (why: there).
 template <typename in_t, int kRows, int kCols, bool kFull>
 __attribute__((noinline)) void gemm_tile_outlined(int64_t inner, int64_t cols_left, const in_t* a,
                                                   int64_t a_rs, int64_t a_is, const in_t* w,
@@ -313,6 +314,11 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
   using acc_t = typename B::acc_t;
   constexpr int64_t step = Operands<scalar_t>::kStep;
   if (rows <= 0 || out <= 0) return;
+  // How the sum over inner indices from some point on starts: fresh at the first unless
+  // accumulating; else one chain onto C, or (in chunks) added to C.
+  auto sum_from = [&](bool first) {
+    return !accumulate && first ? Sum::kFresh : sum_chunk > 0 ? Sum::kAddToC : Sum::kOntoC;
+  };
   if (inner == 0) {
     if (!accumulate) {
       for (int64_t r = 0; r < rows; ++r) {
@@ -331,7 +337,7 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
     constexpr int64_t tile = 2 * B::tile;
     const int64_t tiles = (out + tile - 1) / tile;
     const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / (rows * tile * inner));
-    const Sum sum = !accumulate ? Sum::kFresh : sum_chunk > 0 ? Sum::kAddToC : Sum::kOntoC;
+    const Sum sum = sum_from(true);
     at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
       // Whole wide tiles, then the rest (< 128 columns) in narrower ones, so that a
       // slice of 64 columns wastes no lanes.
@@ -365,8 +371,7 @@ void gemm(int64_t rows, int64_t out, int64_t inner,
       const int64_t r0 = block_index * B::row_block, r_end = std::min(rows, r0 + B::row_block);
       for (int64_t p = 0; p < inner; p += B::inner_block) {
         const int64_t depth = std::min(B::inner_block, inner - p);
-        // One chain onto C across the inner blocks, unless summed in chunks.
-        const Sum sum = !accumulate && p == 0 ? Sum::kFresh : sum_chunk > 0 ? Sum::kAddToC : Sum::kOntoC;
+        const Sum sum = sum_from(p == 0);
         const scalar_t* a_block = a + r0 * a_rs + p * a_is;  // rows [r0, r_end), inner [p, p + depth)
         int64_t block_rs = a_rs, block_is = a_is;
         if (pack_a) {
