@@ -131,6 +131,7 @@ def main() -> int:
     H, I, threads = args.hidden, args.input or args.hidden, torch.get_num_threads()
 
     from rnnfast.backends.cpu import extension
+    from rnnfast.bench.report import device_name
     ext, rates = extension(), _rates_module()
     torch.manual_seed(0)
     w_hh_bytes = 4 * H * H * 4
@@ -164,7 +165,7 @@ def main() -> int:
     recurrence_step = _per_step(cpu_call(1), args.seq, args.repeats)
     torch_step = _per_step(torch_call, args.seq, args.repeats)
     us = 1e6
-    print(f"B=1 H={H} I={I} fp32 inference, {threads} threads, CPU capability "
+    print(f"B=1 H={H} I={I} fp32 inference on {device_name(torch.device('cpu'))}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}")
     print(f"measured rates: read {read:.0f} GB/s over {share >> 10} KB a thread, "
           f"{fmas:.0f} G fp32 multiply-adds/s")
