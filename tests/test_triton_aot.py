@@ -59,6 +59,18 @@ def test_every_planned_kernel_multiplies_on_tensor_cores(compiled):
     assert on_fma == []
 
 
+def test_every_barrier_plan_acquires_after_its_wait(compiled):
+    """A barrier plan's programs read what the others stored before they arrived: the
+    wait must end with an acquire (cell.end_phase), or those reads may see old values.
+    Triton drops an unused atomic_add(ptr, 0, sem="acquire"): 3.6 and 3.7 compiled the
+    barrier without it until its result decided the timeout."""
+    barrier = [(c, r) for c, r in compiled if c.plan.use_barrier]
+    assert barrier
+    missing = [f"{c.direction} {c.dtype} B={c.batch} H={c.hidden} sm_{c.arch}"
+               for c, r in barrier if r.resources.acquires == 0]
+    assert missing == []
+
+
 def test_every_planned_kernel_fits_sm80_and_sm90(compiled):
     forms = {(c.plan.weights_resident, c.plan.one_tile, c.plan.use_barrier, c.plan.block_b)
              for c, _ in compiled}

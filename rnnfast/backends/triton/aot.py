@@ -48,6 +48,7 @@ class Resources:
     spill_bytes: int   # spill stores + spill loads per thread, as ptxas counts them
     mma: int = 0       # tensor-core instructions (mma / wgmma) in the PTX
     held_buffers: int = 0  # shared-memory buffers filled before the time loop: held W_hh
+    acquires: int = 0  # acquire-ordered loads or atomics in the PTX: the barrier's acquire
 
     def problems(self, arch: int) -> list[str]:
         """What keeps this kernel from running well on `arch`: [] when nothing does."""
@@ -207,8 +208,9 @@ def _resources(case: KernelCase) -> Resources:
     # (the kernel's first scf.for), and read from there at every step.
     ttgir = compiled.asm["ttgir"]
     held_buffers = ttgir[:ttgir.index("scf.for")].count("ttg.local_alloc")
+    acquires = len(re.findall(r"^\s*(?:@%p\d+\s+)?(?:ld|atom)\.\S*acquire", ptx, re.MULTILINE))
     return Resources(compiled.metadata.shared + static_shared, registers, spills, mma,
-                     held_buffers)
+                     held_buffers, acquires)
 
 
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, int, int]:

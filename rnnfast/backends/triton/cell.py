@@ -94,15 +94,18 @@ def end_phase(arrivals_ptr, expected, timeout_ptr, USE_BARRIER: tl.constexpr,
     plan expects (plan.py keeps them below), so that no wait of this batch block blocks
     again, and sets the flag at timeout_ptr: a hang ends as an error the host raises,
     not a frozen process. The polls are plain volatile loads; one acquire read after
-    them orders this program's later loads after every arrival's stores."""
+    them orders this program's later loads after every arrival's stores. That read
+    decides whether the wait gave up: Triton drops an atomic whose result is unused
+    (3.6 and 3.7 compiled this barrier without its acquire), so the result must be
+    used (tests/test_triton_aot.py checks every barrier plan's PTX for it)."""
     tl.debug_barrier()
     if USE_BARRIER:
         tl.atomic_add(arrivals_ptr, 1, sem="release", scope="gpu")
         polls = 0
         while (tl.load(arrivals_ptr, volatile=True) < expected) & (polls < SPIN_LIMIT):
             polls += 1
-        tl.atomic_add(arrivals_ptr, 0, sem="acquire", scope="gpu")
-        if polls >= SPIN_LIMIT:
+        seen = tl.atomic_add(arrivals_ptr, 0, sem="acquire", scope="gpu")
+        if seen < expected:
             tl.atomic_max(arrivals_ptr, 1 << 30, sem="relaxed", scope="gpu")
             tl.atomic_xchg(timeout_ptr, 1, sem="relaxed", scope="gpu")
         tl.debug_barrier()
