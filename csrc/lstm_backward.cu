@@ -192,7 +192,8 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
 
 template <typename T>
 cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
-  return launch_cooperative(lstm_backward_kernel<T>, args, backward_smem_bytes(args), stream);
+  return launch_cooperative(lstm_backward_kernel<T>, args, args.blocks, backward_smem_bytes(args),
+                            stream);
 }
 
 }  // namespace

@@ -378,40 +378,41 @@ __device__ __forceinline__ void store_to_peer(T* local, unsigned rank, T v) {
 }
 
 // ---------------------------------------------------------------------------------
-// Launchers: a kernel taking its argument struct by value, with `smem` bytes of
-// dynamic shared memory (above 48 KB it must be opted into per kernel).
+// Launchers: `blocks` blocks of kThreads threads running a kernel that takes its
+// argument struct by value, with `smem` bytes of dynamic shared memory (above 48 KB it
+// must be opted into per kernel).
 
 template <typename Args>
-cudaError_t launch_cooperative(void (*kernel)(const Args), const Args& args, size_t smem,
-                               cudaStream_t stream) {
+cudaError_t launch_cooperative(void (*kernel)(const Args), const Args& args, int blocks,
+                               size_t smem, cudaStream_t stream) {
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
   Args copy = args;
   void* params[] = {&copy};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(args.blocks),
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(blocks),
                                      dim3(kThreads), params, smem, stream);
 }
 
-// Clusters of args.split.cluster blocks (sm_90; above 8 the non-portable size). A
-// cluster the GPU cannot place (too few SMs free in a GPC for its size and shared
-// memory) is refused before launch with cudaErrorInvalidClusterSize.
+// Clusters of `cluster` blocks (sm_90; above 8 the non-portable size). A cluster the
+// GPU cannot place (too few SMs free in a GPC for its size and shared memory) is
+// refused before launch with cudaErrorInvalidClusterSize.
 template <typename Args>
-cudaError_t launch_clusters(void (*kernel)(const Args), const Args& args, size_t smem,
-                            cudaStream_t stream) {
+cudaError_t launch_clusters(void (*kernel)(const Args), const Args& args, int blocks,
+                            int cluster, size_t smem, cudaStream_t stream) {
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (err == cudaSuccess && args.split.cluster > 8)
+  if (err == cudaSuccess && cluster > 8)
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   if (err != cudaSuccess) return err;
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(args.blocks);
+  config.gridDim = dim3(blocks);
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = args.split.cluster;
+  attribute[0].val.clusterDim.x = cluster;
   attribute[0].val.clusterDim.y = 1;
   attribute[0].val.clusterDim.z = 1;
   config.attrs = attribute;
