@@ -72,7 +72,7 @@ def _cuda_extension_kwargs() -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
     csrc = os.path.join("csrc")
     sources = [os.path.join(csrc, name) for name in
-               ("binding.cpp", "lstm_forward.cu", "lstm_backward.cu")]
+               ("binding.cpp", "lstm_forward.cu", "lstm_backward.cu", "lstm_probe.cu")]
     nvcc = ["-O3", "-std=c++17", "-lineinfo",
             *_gencode_flags(os.environ.get("RNNFAST_CUDA_ARCHS", "80;90"))]
     extension = CUDAExtension(

@@ -259,6 +259,61 @@ pybind11::tuple device_limits(int64_t index) {
   return pybind11::make_tuple(sms, smem, coop != 0, major);
 }
 
+// Latency probes (lstm_probe.cu), timed by rnnfast/backends/probe.py. They trust their
+// arguments' values (next's indices, blocks co-resident): that module builds them.
+void probe_l2_chase(const Tensor& next,  // [n] int32: one cycle through 0..n-1
+                    int64_t loads,
+                    const Tensor& out) {  // [2] int64 out: clocks, last index
+  const at::Device device = next.device();
+  check(next, "next", device, at::kInt, -1);
+  check(out, "out", device, at::kLong, 2);
+  TORCH_CHECK(loads >= 1, "rnnfast._C.probe_l2_chase: loads must be positive");
+  const c10::cuda::CUDAGuard guard(device);
+  raise_on_error(rnnfast::probe_l2_chase(reinterpret_cast<const uint32_t*>(next.data_ptr<int>()), loads,
+                                         reinterpret_cast<long long*>(out.data_ptr<int64_t>()),
+                                         c10::cuda::getCurrentCUDAStream().stream()),
+                 "launch of the L2 probe");
+}
+
+void probe_phases(const OptTensor& rows,      // [2, blocks, kThreads, 4] int32 zeros (grid exchange)
+                  const Tensor& arrivals,     // [1] int64 zeros: the grid barrier's count
+                  const Tensor& timed_out,    // [1] int32 zero: set if a barrier wait gave up
+                  int64_t rounds, int64_t blocks, int64_t cluster, bool exchange,
+                  int64_t spin_limit) {
+  const at::Device device = arrivals.device();
+  check(arrivals, "arrivals", device, at::kLong, 1);
+  check(timed_out, "timed_out", device, at::kInt, 1);
+  TORCH_CHECK(rounds >= 1 && blocks >= 1 && cluster >= 0 && spin_limit >= 1,
+              "rnnfast._C.probe_phases: rounds, blocks and spin_limit must be positive");
+  rnnfast::PhaseProbe a{};
+  a.rows = ptr_or_null<void>(rows, "rows", device, at::kInt, 2 * blocks * rnnfast::kThreads * 4);
+  TORCH_CHECK(!exchange || cluster > 0 || a.rows != nullptr,
+              "rnnfast._C.probe_phases: a grid exchange needs rows");
+  a.rounds = rounds;
+  a.blocks = static_cast<int>(blocks);
+  a.cluster = static_cast<int>(cluster);
+  a.exchange = exchange;
+  a.barrier.arrivals = reinterpret_cast<unsigned long long*>(arrivals.data_ptr<int64_t>());
+  a.barrier.timed_out = timed_out.data_ptr<int>();
+  a.barrier.spin_limit = spin_limit;
+  const c10::cuda::CUDAGuard guard(device);
+  raise_on_launch_error(rnnfast::probe_phases(a, c10::cuda::getCurrentCUDAStream().stream()),
+                        cluster > 0 ? "cluster launch of the phase probe"
+                                    : "cooperative launch of the phase probe");
+}
+
+void probe_mma(int64_t blocks, int64_t chains, int64_t rounds,
+               const Tensor& out) {  // [3] int64 out: block 0's clocks, nanoseconds, a sum
+  check(out, "out", out.device(), at::kLong, 3);
+  TORCH_CHECK(out.is_cuda() && blocks >= 1 && rounds >= 1 && (chains == 1 || chains == 8),
+              "rnnfast._C.probe_mma: a CUDA out, blocks and rounds >= 1, chains 1 or 8");
+  const c10::cuda::CUDAGuard guard(out.device());
+  raise_on_error(rnnfast::probe_mma(static_cast<int>(blocks), static_cast<int>(chains), rounds,
+                                    reinterpret_cast<long long*>(out.data_ptr<int64_t>()),
+                                    c10::cuda::getCurrentCUDAStream().stream()),
+                 "launch of the mma probe");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -268,4 +323,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "LSTM backward recurrence (persistent cooperative kernel)");
   m.def("device_limits", &device_limits,
         "(SM count, opt-in shared memory per block, cooperative launch, CC major)");
+  m.def("probe_l2_chase", &probe_l2_chase, "latency probe: chained L2 loads (lstm_probe.cu)");
+  m.def("probe_phases", &probe_phases, "latency probe: grid or cluster barrier phases");
+  m.def("probe_mma", &probe_mma, "latency probe: mma.sync chains");
 }

@@ -88,4 +88,28 @@ size_t backward_smem_bytes(const BackwardArgs& args);
 cudaError_t launch_forward(const ForwardArgs& args, cudaStream_t stream);
 cudaError_t launch_backward(const BackwardArgs& args, cudaStream_t stream);
 
+// Latency probes (lstm_probe.cu): the primitives whose cost rnnfast/backends/latency.py
+// assumes, each run `rounds` (`loads`) times through the kernels' own device code;
+// rnnfast/backends/probe.py times them.
+struct PhaseProbe {
+  void* rows;       // [2, blocks, kThreads] 16-byte pieces zeroed: the grid exchange by
+                    // round parity, or null (cluster probes, or no exchange)
+  int64_t rounds;   // phases to run
+  int blocks;       // blocks of the launch (grid: at most one per SM)
+  int cluster;      // blocks a cluster (sm_90), or 0 for a cooperative grid
+  bool exchange;    // exchange data each phase (grid: needs rows), or the barrier alone
+  Barrier barrier;  // grid: arrivals [1] and timed_out [1], zeroed by the caller
+};
+
+// One thread chains `loads` L2 loads through `next` ([n] one cycle of indices < n);
+// out [2]: the clocks they took, the last index.
+cudaError_t probe_l2_chase(const uint32_t* next, int64_t loads, long long* out,
+                           cudaStream_t stream);
+// Phases ending at the grid barrier (cluster == 0, cooperative) or the cluster barrier.
+cudaError_t probe_phases(const PhaseProbe& args, cudaStream_t stream);
+// `blocks` blocks (one per SM) of 8 warps, each issuing rounds x chains (1 or 8)
+// mma.sync m16n8k16; out [3]: block 0's clocks and global-timer nanoseconds, a sum.
+cudaError_t probe_mma(int blocks, int chains, int64_t rounds, long long* out,
+                      cudaStream_t stream);
+
 }  // namespace rnnfast

@@ -45,6 +45,8 @@ ARCHS = ("sm_80", "sm_90a")
 KIND = {"lstm_forward.cu": "lstm_forward_kernel", "lstm_backward.cu": "lstm_backward_kernel"}
 # sm_90 only: the cluster kernel's sm_80 image is an empty stub the host never launches.
 SM90_KIND = {"lstm_forward.cu": "lstm_forward_cluster_kernel"}
+# The latency probes (test_probes_time_the_instructions_they_name).
+PROBES = "lstm_probe.cu"
 
 
 def _tool_dirs():
@@ -171,7 +173,7 @@ def cubins(tmp_path_factory):
         pytest.skip("nvdisasm not found (CUDA toolkit bin, PATH, or triton's "
                     "backends/nvidia/bin)")
     outdir = str(tmp_path_factory.mktemp("sass"))
-    jobs = [(s, a) for s in SOURCES for a in ARCHS]
+    jobs = [(s, a) for s in SOURCES + (PROBES,) for a in ARCHS]
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
         results = pool.map(lambda job: _compile(*job, outdir), jobs)
         return dict(zip(jobs, results))
@@ -234,3 +236,36 @@ def test_kernel_instruction_mix(cubins, source, arch):
     if problems:
         pytest.fail(f"{source} for {arch}: {len(problems)} violation(s) of the instruction-mix "
                     "rules (DESIGN.md §5):\n" + "\n".join(problems), pytrace=False)
+
+
+# What each latency probe of csrc/lstm_probe.cu must execute for its figure to mean
+# what rnnfast/backends/probe.py says (kernel name part -> instruction patterns, each
+# of which must occur in the kernel or its subroutines). ptxas deletes an mma whose
+# result is unused, which would leave an mma probe timing an empty loop.
+PROBE_NEEDS = {
+    "l2_chase_kernel": (r"^LDG\.E\.STRONG\.GPU$",),                  # ld.global.cg: L2, not L1
+    "grid_phase_kernel": (r"^REDG?\.E\.ADD\.64\.STRONG\.GPU$",     # grid_barrier_arrive
+                          r"^LDG\.E\.64\.STRONG\.GPU$",             # grid_barrier_wait's poll
+                          r"^LDGSTS\.E\.BYPASS\.128$"),              # the exchange's cp.async.cg
+    "mma_kernelILi1E": (r"^HMMA\.16816\.F32$",),
+    "mma_kernelILi8E": (r"^HMMA\.16816\.F32$",),
+}
+SM90_PROBE_NEEDS = {"cluster_phase_kernel": (r"^UCGABAR_ARV$", r"^UCGABAR_WAIT$")}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_probes_time_the_instructions_they_name(cubins, arch):
+    cubin, returncode, log = cubins[PROBES, arch]
+    assert returncode == 0, f"nvcc failed for {PROBES} {arch}:\n{log}"
+    sass = sass_functions(cubin)
+    needs = {**PROBE_NEEDS, **(SM90_PROBE_NEEDS if arch == "sm_90a" else {})}
+    problems = []
+    for part, patterns in needs.items():
+        kernels = [k for k in sass if part in k]
+        if len(kernels) != 1:
+            problems.append(f"{part}: {len(kernels)} kernels match")
+            continue
+        ops = {opcode(i) for ins in sass[kernels[0]].values() for i in ins}
+        problems += [f"{part}: no {p}" for p in patterns if not any(re.match(p, op) for op in ops)]
+        problems += [f"{part}: local memory {op}" for op in sorted(ops) if LOCAL_MEMORY.match(op)]
+    assert problems == [], f"{PROBES} {arch}"
