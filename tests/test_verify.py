@@ -38,9 +38,9 @@ def test_dry_run_walks_every_stage_and_writes_the_results(dry_run):
     assert sorted(os.listdir(out)) == ["env.json", "logs.txt", "smoke.csv", "summary.md", "verify.json"]
     record = json.loads((out / "verify.json").read_text())
     status = {s["stage"]: s["status"] for s in record["stages"]}
-    assert list(status) == ["env", "build", "smoke", "tests", "sanitize", "bench"]
+    assert list(status) == ["env", "build", "probe", "smoke", "tests", "sanitize", "bench"]
     assert status["smoke"].startswith("PASS")
-    for stage in ("build", "tests", "sanitize", "bench"):
+    for stage in ("build", "probe", "tests", "sanitize", "bench"):
         assert status[stage] == "skipped: needs a CUDA device (dry run on the CPU)"
     smoke = record["smoke"]
     assert {(c["backend"], c["dtype"]) for c in smoke} == {("reference", "fp32"), ("triton", "fp32")}
@@ -59,8 +59,8 @@ def test_summary_format(dry_run):
     assert lines[0].startswith("# rnnfast verify: ") and lines[0].endswith("(dry run)")
     table = lines[lines.index("| stage | status | seconds |"):]
     assert table[1] == "|---|---|---|"
-    assert [row.split(" | ")[0] for row in table[2:9]] == [
-        "| env", "| build", "| smoke", "| tests", "| sanitize", "| bench", "| total"]
+    assert [row.split(" | ")[0] for row in table[2:10]] == [
+        "| env", "| build", "| probe", "| smoke", "| tests", "| sanitize", "| bench", "| total"]
     parity = lines[lines.index("| backend | dtype | packed | T=1 | masks |"):]
     assert parity[1] == "|---|---|---|---|---|"
     assert [row.split(" | ")[:2] for row in parity[2:4]] == [["| reference", "fp32"], ["| triton", "fp32"]]
@@ -184,7 +184,7 @@ def test_stages_that_cannot_fit_the_budget_are_skipped(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--stages", "smoke,fly"], "expected a comma list of build, smoke, tests, sanitize, bench"),
+    (["--stages", "smoke,fly"], "expected a comma list of build, probe, smoke, tests, sanitize, bench"),
     (["--limit", "bench"], "expected STAGE=SECONDS"),
     (["--budget-s", "-5"], "expected a positive number of seconds"),
     (["--providers", "cudnn"], "expected a comma list of torch,"),

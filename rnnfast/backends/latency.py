@@ -9,7 +9,7 @@ predict to the microsecond).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -46,6 +46,30 @@ H100 = Gpu("H100 SXM / H200 (same SMs and L2)", sms=132, l2_bytes_per_s=5.5e12,
            l2_bytes_per_s_per_sm=64 * 1.755e9, l2_round_trip_s=0.6e-6, barrier_s=1.0e-6,
            tensor_flops=990e12, fp32_flops=67e12, fp64_flops=34e12, gemm_efficiency=0.6,
            launch_s=5e-6)
+
+
+# The Gpu fields a figure of rnnfast/backends/probe.py replaces as it is.
+MEASURED_FIELDS = ("clock_hz", "l2_round_trip_s", "barrier_s", "cluster_barrier_s", "dsmem_store_s")
+
+
+def measured_gpu(found: dict, backend: str, base: Gpu = H100) -> Gpu:
+    """`base` with what probe.measure found on a GPU in place of the assumptions it has
+    figures for. backend "triton": the barrier is the Triton kernels' own (they meet at
+    cell.end_phase, the CUDA kernels at grid_barrier_wait). The per-clock L2 rate stays
+    64 B a clock at the measured clock; mma.sync's measured rate becomes its fraction of
+    base.tensor_flops (the datasheet's dense rate)."""
+    values = {name: found[name] for name in MEASURED_FIELDS if name in found}
+    if backend == "triton":
+        values.pop("barrier_s", None)
+        if "triton_barrier_s" in found:
+            values["barrier_s"] = found["triton_barrier_s"]
+    if "clock_hz" in values:
+        values["l2_bytes_per_s_per_sm"] = base.l2_bytes_per_s_per_sm / base.clock_hz * values["clock_hz"]
+    if "mma_latency_clocks" in found:
+        values["mma_latency_clocks"] = round(found["mma_latency_clocks"])
+    if "mma_sync_flops" in found:
+        values["mma_sync_fraction"] = found["mma_sync_flops"] / base.tensor_flops
+    return replace(base, name=f"{found.get('device', 'this GPU')}, measured figures", **values)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ kernels (their plans from rnnfast/backends/cuda/plan.py; needs neither triton no
 extension)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..cli_args import UsageError
@@ -79,45 +81,61 @@ def _triton_table(suite) -> None:
               f"{_reference(case)}")
 
 
-def _cuda_table(suite) -> None:
-    """The CUDA kernels' plan of each layer and direction (one plan serves both
-    directions of a bidirectional layer) and the model's time. The forward row is the
-    training forward (gates and cells saved); the totals' fwd is the inference forward,
-    fwd+bwd the training forward and the backward. A layer no plan fits says why: the
-    backend runs it on the reference path, which the model does not cover."""
+def cuda_layers(case, gpu=None) -> tuple[list[tuple], Optional[float], Optional[float]]:
+    """The CUDA kernels' plan of each layer and direction of `case` (one plan serves
+    both directions of a bidirectional layer) and the model's time on `gpu` (default:
+    the H100 model). Returns (rows, inference, training): a row is (label, direction,
+    plan or why no plan fits, ModelledTime or None); inference is the inference
+    forward's seconds, training the training forward's (gates and cells saved) plus
+    the backward's, each None when a layer falls back to the reference path, which the
+    model does not cover."""
     from ..backends.cuda import model, plan as cuda_plan
+
+    gpu = gpu or model.H100
+    dtype = case.torch_dtype
+    supported = dtype in (torch.float16, torch.bfloat16, torch.float32)
+    rows, inference, training = [], 0.0, 0.0
+    for layer in range(case.layers):
+        input_size = case.I if layer == 0 else case.H
+        label = case.name + (f" layer {layer}" if case.layers > 1 else "")
+        for direction in DIRECTIONS:
+            plan = (cuda_plan.make_plan(direction, case.B, case.H, case.H, False, dtype.itemsize,
+                                        CUDA_SMS, CUDA_SMEM_PER_BLOCK, CUDA_MAJOR)
+                    if supported else f"the CUDA kernels take fp32, fp16 and bf16, not {case.dtype}")
+            if isinstance(plan, str):
+                rows.append((label, direction, plan, None))
+                inference = training = None
+                continue
+            if direction == "forward":
+                timing = model.forward_time(plan, case.B, case.H, case.H, input_size, case.T, dtype, gpu)
+                if inference is not None:
+                    inference += model.forward_time(plan, case.B, case.H, case.H, input_size, case.T,
+                                                    dtype, gpu, training=False).total_s
+            else:
+                timing = model.backward_time(plan, case.B, case.H, case.H, input_size, case.T, dtype, gpu)
+            if training is not None:
+                training += timing.total_s
+            rows.append((label, direction, plan, timing))
+    return rows, inference, training
+
+
+def _cuda_table(suite) -> None:
+    """cuda_layers' rows of every case on the H100 model, then each case's totals. The
+    forward row is the training forward; the totals' fwd is the inference forward,
+    fwd+bwd the training forward and the backward."""
+    from ..backends.cuda import model
 
     print(f"CUDA plans on sm_{CUDA_MAJOR}0 ({CUDA_SMS} SMs, {CUDA_SMEM_PER_BLOCK} B shared a "
           f"block), modelled on an {model.H100.name} (rnnfast/backends/cuda/model.py: a model, "
           f"not a measurement)")
     print(f"{'case':44} {'pass':8} {'plan':44} {'step us':>7} {'total ms':>8}")
-    totals: dict = {}  # (case, "fwd" | "fwdbwd") -> seconds, or None when a layer falls back
+    totals: dict = {}  # case -> (inference, training) seconds, None when a layer falls back
     for case in suite:
-        dtype = case.torch_dtype
-        supported = dtype in (torch.float16, torch.bfloat16, torch.float32)
-        inference = training = 0.0
-        for layer in range(case.layers):
-            input_size = case.I if layer == 0 else case.H
-            label = case.name + (f" layer {layer}" if case.layers > 1 else "")
-            for direction in DIRECTIONS:
-                plan = (cuda_plan.make_plan(direction, case.B, case.H, case.H, False, dtype.itemsize,
-                                            CUDA_SMS, CUDA_SMEM_PER_BLOCK, CUDA_MAJOR)
-                        if supported else f"the CUDA kernels take fp32, fp16 and bf16, not {case.dtype}")
-                if isinstance(plan, str):
-                    print(f"{label:44} {direction:8} falls back: {plan}")
-                    inference = training = None
-                    continue
-                if direction == "forward":
-                    timing = model.forward_time(plan, case.B, case.H, case.H, input_size, case.T,
-                                                dtype)
-                    if inference is not None:
-                        inference += model.forward_time(plan, case.B, case.H, case.H, input_size,
-                                                        case.T, dtype, training=False).total_s
-                else:
-                    timing = model.backward_time(plan, case.B, case.H, case.H, input_size, case.T,
-                                                 dtype)
-                if training is not None:
-                    training += timing.total_s
+        rows, inference, training = cuda_layers(case)
+        for label, direction, plan, timing in rows:
+            if timing is None:
+                print(f"{label:44} {direction:8} falls back: {plan}")
+            else:
                 print(f"{label:44} {direction:8} {_describe_cuda(plan):44} "
                       f"{timing.step_s * 1e6:7.2f} {timing.total_s * 1e3:8.3f}")
         totals[case] = (inference, training)

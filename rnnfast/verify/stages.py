@@ -1,6 +1,6 @@
 """The stages of `python -m rnnfast verify`, their time limits and the budget rule.
 
-Order: env (always, first), build, smoke, tests, sanitize, bench. Each stage has a
+Order: env (always, first), build, probe, smoke, tests, sanitize, bench. Each stage has a
 limit (the most it may take) and a minimum (less than this is not worth starting).
 The rule, in `stage_time`: a stage gets its limit or what the budget has left after
 holding back the minimums of the stages still to come, whichever is less; when that
@@ -41,6 +41,7 @@ class StageSpec:
 
 STAGES = (
     StageSpec("build", 180, 60, "the CUDA extension for this GPU's architecture, offline"),
+    StageSpec("probe", 45, 20, "the latency models' figures measured: barriers, L2, DSMEM, mma.sync"),
     StageSpec("smoke", 120, 30, "every backend x dtype x shape against nn.LSTM"),
     StageSpec("tests", 120, 30, "the CUDA-only pytest files, each under a time limit"),
     StageSpec("sanitize", 75, 30, "compute-sanitizer memcheck, racecheck, synccheck on tiny cases"),
@@ -279,6 +280,31 @@ def build(ctx: Context, seconds: float) -> str:
     return f"PASS (sm_{major}{minor}, pip {done.seconds:.0f} s)"
 
 
+def probe_stage(ctx: Context, seconds: float) -> str:
+    """rnnfast/backends/probe.py in a worker: the figures the latency models assume,
+    measured with the kernels' own barrier, exchange and mma code (results["probe"])."""
+    if not ctx.gpu:
+        return NO_GPU
+    case = {"id": "latency probes", "device": str(ctx.device)}
+    result = run_cases(ctx.worker("probe"), [case], seconds, time.monotonic() + seconds,
+                       env=ctx.child_env(), cwd=ctx.out_dir, log=ctx.log.line_writer("probe: worker output"))[0]
+    if result["status"] != "PASS":
+        return f"{result['status']}: {result.get('error', '')[:200]}"
+    found = result["figures"]
+    ctx.results["probe"] = found
+    measured = [name for name, value in found.items() if isinstance(value, float)]
+    for name in measured:
+        ctx.say(f"  {name:24} {found[name]:.4g}")
+    for name, why in found["skipped"].items():
+        ctx.say(f"  {name:24} not measured: {why[:160]}")
+    for name, why in found["failed"].items():
+        ctx.say(f"  {name:24} FAILED: {why[:160]}")
+    counts = f"{len(measured)} figures, {len(found['skipped'])} not measured here"
+    if found["failed"]:
+        return f"FAIL: {', '.join(found['failed'])} failed; {counts}"
+    return f"PASS: {counts}"
+
+
 def smoke_cases(ctx: Context) -> list[dict]:
     """GPU: every backend x fp32/bf16/fp16 x every shape. CPU (dry run): the reference
     and Triton (interpreter) backends, fp32, on the tiny shapes. The backends take
@@ -469,5 +495,5 @@ def bench_stage(ctx: Context, seconds: float) -> str:
     return _count(results, "cases")
 
 
-RUNNERS = {"build": build, "smoke": smoke_stage, "tests": tests_stage, "sanitize": sanitize_stage,
+RUNNERS = {"build": build, "probe": probe_stage, "smoke": smoke_stage, "tests": tests_stage, "sanitize": sanitize_stage,
            "bench": bench_stage}

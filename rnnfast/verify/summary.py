@@ -3,7 +3,9 @@ bench/results/<gpu-slug>/verify/ (and few enough files to fetch from a lent mach
 
   env.json             the environment, written first (stages.environment)
   summary.md           the stage table (stage, status, seconds), then parity, GPU tests,
-                       sanitizer, speed ratios to cuDNN, and the auto-pick rows earned
+                       sanitizer, speed ratios to cuDNN, the latency models' figures as
+                       measured (probe) and the CUDA model beside the measured times,
+                       and the auto-pick rows earned
   verify.json          every stage's status and every case's result
   smoke.csv            one row per parity case
   bench/results.json   rnnfast.bench's rows (report.write), the same format as
@@ -18,8 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rnnfast.backends.evidence import Earned
-from rnnfast.bench import report
+from rnnfast.backends.latency import H100, measured_gpu
+from rnnfast.bench import explain, report
 from rnnfast.bench.providers import BASELINE
+from rnnfast.verify.stages import BENCH_CASES
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -116,6 +120,57 @@ def frozen_table(rows: list[dict]) -> list[str]:
             *_table(["case", "mode", "provider", *(f"{f:.0%} frozen" for f in fractions)], table)]
 
 
+# The probe's figures beside the models' assumptions: (label, its key in probe.measure's
+# result, the assumption it is compared with (latency.H100), unit scale, unit).
+PROBE_ROWS = (
+    ("SM clock, tensor cores busy", "clock_hz", H100.clock_hz, 1e-9, "GHz"),
+    ("L2 round trip, one dependent load", "l2_round_trip_s", H100.l2_round_trip_s, 1e6, "µs"),
+    ("grid barrier, CUDA kernels", "barrier_s", H100.barrier_s, 1e6, "µs"),
+    ("grid barrier + a dependent L2 copy", "grid_exchange_s", H100.barrier_s + H100.l2_round_trip_s, 1e6, "µs"),
+    ("grid barrier, Triton kernels", "triton_barrier_s", H100.barrier_s, 1e6, "µs"),
+    ("cluster barrier", "cluster_barrier_s", H100.cluster_barrier_s, 1e6, "µs"),
+    ("DSMEM store before the cluster barrier", "dsmem_store_s", H100.dsmem_store_s, 1e6, "µs"),
+    ("mma.sync to a dependent mma.sync", "mma_latency_clocks", H100.mma_latency_clocks, 1, "clocks"),
+    ("mma.sync rate, 8 warps an SM", "mma_sync_flops", H100.mma_sync_fraction * H100.tensor_flops, 1e-12, "TFLOP/s"),
+)
+
+
+def model_section(found: dict, bench_rows: list[dict]) -> list[str]:
+    """The probe stage's figures beside the models' assumptions; then the CUDA model of
+    each verify bench case with the assumed and with the measured figures, beside this
+    run's own times of rnnfast/cuda and cuDNN (median ms)."""
+    if not found:
+        return []
+    rows = [[label, f"{assumed * scale:.3g}", f"{found[key] * scale:.3g}" if key in found else "not measured", unit]
+            for label, key, assumed, scale, unit in PROBE_ROWS]
+    lines = ["## The latency models' figures, measured (rnnfast/backends/probe.py)", "",
+             f"Assumed: rnnfast/backends/latency.py's {H100.name}. Measured here with the kernels' own "
+             "barrier, exchange and mma code (csrc/lstm_probe.cu, triton/probe.py)"
+             + (f"; cluster of {found['cluster_blocks']} blocks" if "cluster_blocks" in found else "") + ".", "",
+             *_table(["figure", "assumed", "measured", "unit"], rows)]
+    lines += [f"- not measured, {name}: {why}" for name, why in found.get("skipped", {}).items()]
+    lines += [f"- **failed**, {name}: {why}" for name, why in found.get("failed", {}).items()]
+    measured = measured_gpu(found, "cuda")
+    times: dict = {}  # the first time of each (case, mode, provider), as ratio_table shows
+    for r in bench_rows:
+        if r.get("status") == "ok" and "median_ms" in r and "frozen" not in r:
+            times.setdefault((r["case"], r["mode"], r["provider"]), r["median_ms"])
+    table = []
+    for case, _ in BENCH_CASES:
+        if case.layers != 1:
+            continue
+        modelled = [explain.cuda_layers(case, gpu)[1:] for gpu in (H100, measured)]
+        for mode, index in (("fwd", 0), ("fwdbwd", 1)):
+            cells = [f"{m[index] * 1e3:.3f}" if m[index] is not None else "falls back" for m in modelled]
+            table.append([case.name, mode, *cells,
+                          *(f"{times[case.name, mode, p]:.3f}" if (case.name, mode, p) in times else ""
+                            for p in ("rnnfast/cuda", BASELINE))])
+    return lines + ["", "The CUDA model (rnnfast/backends/cuda/model.py) of each case, one layer, in ms: "
+                    "with the assumed figures, with the measured ones, and this run's medians.", "",
+                    *_table(["case", "mode", "model, assumed", "model, measured figures",
+                             "rnnfast/cuda, measured", "cuDNN, measured"], table)]
+
+
 def earned_section(earned: list[Earned], gpu: bool) -> list[str]:
     lines = ["## backend=\"auto\" evidence (rnnfast/backends/evidence.py)", ""]
     if not gpu:
@@ -140,7 +195,9 @@ def render(env: dict, stages: list[dict], results: dict, earned: list[Earned], b
              *stage_table(stages, budget_s)]
     for section in (parity_table(results.get("smoke", [])), tests_table(results.get("tests", [])),
                     sanitize_table(results.get("sanitize", [])), ratio_table(results.get("bench_rows", [])),
-                    frozen_table(results.get("bench_rows", [])), earned_section(earned, bool(gpu))):
+                    frozen_table(results.get("bench_rows", [])),
+                    model_section(results.get("probe", {}), results.get("bench_rows", [])),
+                    earned_section(earned, bool(gpu))):
         if section:
             lines += ["", *section]
     return "\n".join(lines) + "\n"

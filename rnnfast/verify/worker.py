@@ -5,6 +5,7 @@ case with its result merged in (status first of all). KIND says what a case is:
   smoke     parity of one backend x dtype x shape against nn.LSTM (smoke.check)
   exercise  forward + backward of rnnfast alone, for compute-sanitizer (smoke.exercise)
   bench     one rnnfast.bench case, every provider, through rnnfast.bench.runner
+  probe     the latency models' figures on this GPU (rnnfast.backends.probe.measure)
 The parent (child.run_cases) holds each case to a time limit and starts a new worker
 for the rest when one hangs or dies. After a failed case on a GPU the worker leaves
 with child.RESTART_EXIT_CODE: a CUDA error can leave the context unusable, and the
@@ -46,8 +47,13 @@ def _bench(case: dict, device: torch.device) -> dict:
     return {"status": "FAIL" if failed else "PASS", "rows": rows}
 
 
+def _probe(case: dict, device: torch.device) -> dict:
+    from rnnfast.backends import probe
+    return {"status": "PASS", "figures": probe.measure(device)}
+
+
 KINDS = {"smoke": _backend_case(smoke.check), "exercise": _backend_case(smoke.exercise),
-         "bench": _bench}
+         "bench": _bench, "probe": _probe}
 
 
 def main(argv: list[str]) -> int:

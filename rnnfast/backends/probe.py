@@ -1,0 +1,182 @@
+"""Measures, on the GPU at hand, the figures the latency models assume (latency.Gpu,
+used by triton/model.py and cuda/model.py to rank plans): the grid barrier and the
+dependent L2 round trip after it, the cluster barrier and a store into a peer block's
+shared memory, mma.sync's latency and rate, and the SM clock while the tensor cores
+are busy. The CUDA figures come from csrc/lstm_probe.cu, which runs the CUDA kernels'
+own device code for each primitive; Triton's barrier from triton/probe.py, which calls
+the Triton kernels' own end_phase. `python -m rnnfast verify` runs this in its probe
+stage and re-runs the models with the figures (latency.measured_gpu).
+
+Each time is the difference between a launch of 2R rounds and one of R rounds, over R
+(the launch and the first round's cold misses cancel out); each of the two is the
+fastest of TRIES launches (interference only adds time).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from .barrier import BARRIER_SPIN_LIMIT
+
+TRIES = 3
+CHASE_LINES = 1 << 16       # the L2 probe's buffer: 65,536 lines of 128 B = 8 MiB (in L2)
+CHASE_STRIDE = 32           # int32 words a line: one load a line, no line read twice a lap
+CLUSTER_SIZES = (16, 8)     # the cluster forward's size (non-portable 16), else the portable 8
+MMA_FLOPS = 2 * 16 * 8 * 16  # one mma.m16n8k16
+WARPS_PER_BLOCK = 8         # csrc kThreads / 32
+ROUNDS = {"chase": 8192, "grid": 4096, "cluster": 8192, "mma_chain": 65536, "mma_rate": 16384,
+          "triton": 4096}
+
+
+def _launch_seconds(launch: Callable[[], None], device: torch.device) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.cuda.device(device):
+        start.record()
+        launch()
+        end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e-3
+
+
+def seconds_per_round(launch: Callable[[int], None], rounds: int, device: torch.device,
+                      prepare: Callable[[], None] = lambda: None) -> float:
+    """(fastest launch of 2*rounds - fastest launch of rounds) / rounds. `prepare` runs
+    before each launch, outside the timed span (it resets a barrier's counter)."""
+    def fastest(n: int) -> float:
+        best = math.inf
+        for _ in range(TRIES):
+            prepare()
+            best = min(best, _launch_seconds(lambda: launch(n), device))
+        return best
+    return (fastest(2 * rounds) - fastest(rounds)) / rounds
+
+
+def _barrier_flags(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(1, dtype=dtype, device=device), torch.zeros(1, dtype=torch.int32, device=device)
+
+
+def _raise_if_timed_out(timed_out: torch.Tensor, what: str) -> None:
+    if int(timed_out.item()) != 0:
+        raise RuntimeError(f"{what}: a block gave up waiting at the barrier "
+                           f"({BARRIER_SPIN_LIMIT} polls); no figure from it")
+
+
+def l2_chase(ext, device: torch.device) -> dict:
+    """One thread's chained L2 loads over an 8 MiB random cycle: seconds and clocks a load."""
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(CHASE_LINES, generator=generator) * CHASE_STRIDE
+    chase = torch.zeros(CHASE_LINES * CHASE_STRIDE, dtype=torch.int32)
+    chase[order] = torch.roll(order, -1).to(torch.int32)   # each line points at the next
+    chase = chase.to(device)
+    out = torch.zeros(2, dtype=torch.int64, device=device)
+    ext.probe_l2_chase(chase, CHASE_LINES, out)             # one lap: every line in L2
+    rounds = ROUNDS["chase"]
+    seconds = seconds_per_round(lambda n: ext.probe_l2_chase(chase, n, out), rounds, device)
+    clocks = []
+    for n in (rounds, 2 * rounds):
+        ext.probe_l2_chase(chase, n, out)
+        clocks.append(int(out[0].item()))
+    return {"l2_round_trip_s": seconds, "l2_round_trip_clocks": (clocks[1] - clocks[0]) / rounds}
+
+
+def grid_phases(ext, device: torch.device, blocks: int) -> dict:
+    """A cooperative grid of `blocks` (one per SM) meeting at the CUDA kernels' barrier
+    each round, alone and with a 16-byte piece per thread exchanged through L2."""
+    found = {}
+    rows = torch.zeros(2, blocks, 256, 4, dtype=torch.int32, device=device)
+    for exchange, name in ((False, "barrier_s"), (True, "grid_exchange_s")):
+        arrivals, timed_out = _barrier_flags(device, torch.int64)
+        found[name] = seconds_per_round(
+            lambda n: ext.probe_phases(rows, arrivals, timed_out, n, blocks, 0, exchange,
+                                       BARRIER_SPIN_LIMIT),
+            ROUNDS["grid"], device, prepare=arrivals.zero_)
+        _raise_if_timed_out(timed_out, "the grid barrier probe")
+    return found
+
+
+def cluster_phases(ext, device: torch.device) -> dict:
+    """One cluster (16 blocks, else 8) meeting at the hardware cluster barrier each round,
+    alone and with a word a thread stored into the next block's shared memory. Raises
+    ext.LaunchRefused when the GPU places neither size."""
+    arrivals, timed_out = _barrier_flags(device, torch.int64)
+    for size in CLUSTER_SIZES:
+        found = {"cluster_blocks": size}
+        try:
+            for exchange, name in ((False, "cluster_barrier_s"), (True, "cluster_exchange_s")):
+                found[name] = seconds_per_round(
+                    lambda n: ext.probe_phases(None, arrivals, timed_out, n, size, size, exchange,
+                                               BARRIER_SPIN_LIMIT),
+                    ROUNDS["cluster"], device)
+        except ext.LaunchRefused:
+            if size == CLUSTER_SIZES[-1]:
+                raise
+            continue
+        found["dsmem_store_s"] = max(0.0, found["cluster_exchange_s"] - found["cluster_barrier_s"])
+        return found
+
+
+def mma(ext, device: torch.device, sms: int) -> dict:
+    """mma.sync m16n8k16: clocks from one to a dependent one (one warp chain), and the
+    rate of 8 warps a block x 8 independent chains on every SM; the SM clock meanwhile."""
+    out = torch.zeros(3, dtype=torch.int64, device=device)
+    clocks = []
+    for n in (ROUNDS["mma_chain"], 2 * ROUNDS["mma_chain"]):
+        ext.probe_mma(1, 1, n, out)
+        clocks.append(int(out[0].item()))
+    latency = (clocks[1] - clocks[0]) / ROUNDS["mma_chain"]
+    rounds = ROUNDS["mma_rate"]
+    seconds = seconds_per_round(lambda n: ext.probe_mma(sms, 8, n, out), rounds, device)
+    ext.probe_mma(sms, 8, 2 * rounds, out)
+    clock_hz = int(out[0].item()) / max(int(out[1].item()), 1) * 1e9
+    flops_per_round = sms * WARPS_PER_BLOCK * 8 * MMA_FLOPS
+    return {"mma_latency_clocks": latency, "mma_sync_flops": flops_per_round / seconds,
+            "clock_hz": clock_hz}
+
+
+def triton_barrier(device: torch.device, sms: int) -> dict:
+    """The Triton kernels' end_phase, one program per SM (4 warps), cooperative launch."""
+    from .triton.probe import barrier_rounds_kernel
+
+    arrivals, timed_out = _barrier_flags(device, torch.int32)
+    seconds = seconds_per_round(
+        lambda n: barrier_rounds_kernel[(sms,)](arrivals, timed_out, n, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
+                                                num_warps=4, launch_cooperative_grid=True),
+        ROUNDS["triton"], device, prepare=arrivals.zero_)
+    _raise_if_timed_out(timed_out, "the Triton barrier probe")
+    return {"triton_barrier_s": seconds}
+
+
+def measure(device: torch.device) -> dict:
+    """Every figure this GPU and this install can give. A probe that cannot run here
+    says why under "skipped", one that fails (a refused launch, a barrier that timed
+    out) under "failed" (its first figure -> the reason); the others still run."""
+    from . import available_backends
+    from .cuda import _C, device_limits
+
+    props = torch.cuda.get_device_properties(device)
+    found: dict = {"device": props.name, "sms": props.multi_processor_count, "skipped": {}, "failed": {}}
+    backends = available_backends()
+    probes: list[tuple[str, Optional[str], Callable[[], dict]]] = []  # (figure, why not, probe)
+    if backends["cuda"] is None:
+        sms, _, cooperative, major = device_limits(device)
+        probes += [
+            ("l2_round_trip_s", None, lambda: l2_chase(_C, device)),
+            ("mma_latency_clocks", None, lambda: mma(_C, device, sms)),
+            ("barrier_s", None if cooperative else "this device has no cooperative launch",
+             lambda: grid_phases(_C, device, sms)),
+            ("cluster_barrier_s", None if major >= 9 else f"thread-block clusters need sm_90, this is sm_{major}x",
+             lambda: cluster_phases(_C, device))]
+    else:
+        found["skipped"]["cuda"] = backends["cuda"]
+    probes.append(("triton_barrier_s", backends["triton"], lambda: triton_barrier(device, found["sms"])))
+    for figure, why_not, probe in probes:
+        if why_not is not None:
+            found["skipped"][figure] = why_not
+            continue
+        try:
+            found.update(probe())
+        except Exception as error:  # one probe's failure is its own
+            found["failed"][figure] = f"{type(error).__name__}: {error}"
+    return found

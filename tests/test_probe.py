@@ -1,0 +1,110 @@
+"""The latency probes without a GPU: what their figures replace in the models
+(latency.measured_gpu), how verify's summary sets them beside the assumptions and
+re-runs the CUDA model with them, and the Triton barrier probe's kernel (in the
+interpreter, and compiled for sm_90). The CUDA probe kernels (csrc/lstm_probe.cu) are
+compiled by tests/test_cuda_sources.py and their instruction mix is checked by
+tests/test_cuda_sass.py; their timing needs a GPU (`python -m rnnfast verify`)."""
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from rnnfast.backends.barrier import BARRIER_SPIN_LIMIT
+from rnnfast.backends.latency import H100, measured_gpu
+from rnnfast.bench import explain
+from rnnfast.verify import summary
+from rnnfast.verify.stages import BENCH_CASES
+
+FOUND = {"device": "NVIDIA H200", "sms": 132, "clock_hz": 1.98e9, "l2_round_trip_s": 0.45e-6,
+         "l2_round_trip_clocks": 890.0, "barrier_s": 0.7e-6, "grid_exchange_s": 1.2e-6,
+         "triton_barrier_s": 0.9e-6, "cluster_blocks": 16, "cluster_barrier_s": 0.19e-6,
+         "cluster_exchange_s": 0.31e-6, "dsmem_store_s": 0.12e-6, "mma_latency_clocks": 33.4,
+         "mma_sync_flops": 5.0e14, "skipped": {}, "failed": {}}
+
+
+def test_measured_gpu_takes_each_measured_figure_and_keeps_the_other_assumptions():
+    cuda = measured_gpu(FOUND, "cuda")
+    assert (cuda.clock_hz, cuda.l2_round_trip_s, cuda.barrier_s) == (1.98e9, 0.45e-6, 0.7e-6)
+    assert (cuda.cluster_barrier_s, cuda.dsmem_store_s, cuda.mma_latency_clocks) == (0.19e-6, 0.12e-6, 33)
+    assert cuda.mma_sync_fraction == pytest.approx(5.0e14 / H100.tensor_flops)
+    assert cuda.l2_bytes_per_s_per_sm == pytest.approx(64 * 1.98e9)  # 64 B a clock, at this clock
+    assert cuda.name == "NVIDIA H200, measured figures"
+    # Triton's barrier is its own; everything else is the same GPU.
+    triton = measured_gpu(FOUND, "triton")
+    assert triton.barrier_s == 0.9e-6 and dataclasses.replace(triton, barrier_s=0.7e-6) == cuda
+    # What was not measured stays assumed: the chip-wide L2 rate always, and here the
+    # cluster figures of a GPU without clusters.
+    partial = measured_gpu({k: v for k, v in FOUND.items() if not k.startswith(("cluster", "dsmem"))}, "cuda")
+    assert (partial.cluster_barrier_s, partial.dsmem_store_s) == (H100.cluster_barrier_s, H100.dsmem_store_s)
+    assert partial.l2_bytes_per_s == H100.l2_bytes_per_s
+    assert measured_gpu({"device": "x"}, "triton") == dataclasses.replace(H100, name="x, measured figures")
+
+
+def test_summary_sets_the_figures_beside_the_assumptions_and_reruns_the_cuda_model():
+    flash = next(case for case, _ in BENCH_CASES if case.group == "flashrnn-dense")
+    rows = [{"case": flash.name, "mode": "fwd", "provider": "torch", "status": "ok", "median_ms": 2.05},
+            {"case": flash.name, "mode": "fwd", "provider": "rnnfast/cuda", "status": "ok", "median_ms": 2.31},
+            {"case": flash.name, "mode": "fwd", "provider": "torch", "status": "ok", "median_ms": 9.99}]
+    found = {**FOUND, "skipped": {"triton_barrier_s": "triton is not installed"},
+             "failed": {"cluster_barrier_s": "LaunchRefused: cluster launch of the phase probe was refused"}}
+    del found["triton_barrier_s"]
+    lines = summary.model_section(found, rows)
+    text = "\n".join(lines)
+    assert "| grid barrier, CUDA kernels | 1 | 0.7 | µs |" in text
+    assert "| grid barrier + a dependent L2 copy | 1.6 | 1.2 | µs |" in text
+    assert "| grid barrier, Triton kernels | 1 | not measured | µs |" in text
+    assert "| mma.sync rate, 8 warps an SM | 660 | 500 | TFLOP/s |" in text
+    assert "- not measured, triton_barrier_s: triton is not installed" in text
+    assert "- **failed**, cluster_barrier_s: LaunchRefused: cluster launch" in text
+    assert "cluster of 16 blocks" in text
+    # The model's rows: the H100 assumptions, then the measured figures, then this run.
+    assumed = explain.cuda_layers(flash)[1]
+    measured = explain.cuda_layers(flash, measured_gpu(found, "cuda"))[1]
+    assert measured < assumed  # every measured latency above is below its assumption
+    assert (f"| {flash.name} | fwd | {assumed * 1e3:.3f} | {measured * 1e3:.3f} | 2.310 | 2.050 |"
+            in text)
+    assert summary.model_section({}, rows) == []
+
+
+def test_the_triton_barrier_probe_counts_rounds_and_gives_up_when_alone(monkeypatch):
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter test; on a GPU, verify's probe stage runs the kernel")
+    from rnnfast.backends.triton.probe import barrier_rounds_kernel
+
+    arrivals, timed_out = torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    barrier_rounds_kernel[(1,)](arrivals, timed_out, 5, SPIN_LIMIT=BARRIER_SPIN_LIMIT)
+    assert (int(arrivals), int(timed_out)) == (5, 0)
+    # Two programs, run one after the other by the interpreter: the first waits for a
+    # second that cannot arrive, gives up after SPIN_LIMIT polls and raises the flag.
+    arrivals.zero_()
+    barrier_rounds_kernel[(2,)](arrivals, timed_out, 3, SPIN_LIMIT=8)
+    assert int(timed_out) == 1 and int(arrivals) >= 1 << 30
+
+
+def test_the_triton_barrier_probe_compiles_for_sm90_as_a_cooperative_kernel():
+    pytest.importorskip("triton")
+    script = textwrap.dedent(f"""
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from rnnfast.backends.triton.probe import barrier_rounds_kernel as kernel
+        source = ASTSource(kernel, {{"arrivals_ptr": "*i32", "timeout_ptr": "*i32", "rounds": "i32",
+                                     "SPIN_LIMIT": "constexpr"}}, {{"SPIN_LIMIT": {BARRIER_SPIN_LIMIT}}})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=4, launch_cooperative_grid=True))
+        print(compiled.asm["ptx"])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ptx = done.stdout
+    # The kernels' barrier as they compile it: the release arrival, the volatile
+    # poll, the acquire after it.
+    assert "atom.global.gpu.release.add" in ptx and "ld.volatile.global" in ptx, ptx[-2000:]
+    assert "ld.global.gpu.acquire" in ptx, ptx[-2000:]
