@@ -495,5 +495,5 @@ def bench_stage(ctx: Context, seconds: float) -> str:
     return _count(results, "cases")
 
 
-RUNNERS = {"build": build, "probe": probe_stage, "smoke": smoke_stage, "tests": tests_stage, "sanitize": sanitize_stage,
-           "bench": bench_stage}
+RUNNERS = {"build": build, "probe": probe_stage, "smoke": smoke_stage, "tests": tests_stage,
+           "sanitize": sanitize_stage, "bench": bench_stage}
