@@ -18,14 +18,14 @@ from typing import Callable, Optional
 
 import torch
 
-from .barrier import BARRIER_SPIN_LIMIT
+from .barrier import BARRIER_SPIN_LIMIT, raise_if_barrier_timed_out, watch_timeout_flag
+from .cuda.plan import THREADS, WARPS
 
 TRIES = 3
 CHASE_LINES = 1 << 16       # the L2 probe's buffer: 65,536 lines of 128 B = 8 MiB (in L2)
 CHASE_STRIDE = 32           # int32 words a line: one load a line, no line read twice a lap
 CLUSTER_SIZES = (16, 8)     # the cluster forward's size (non-portable 16), else the portable 8
 MMA_FLOPS = 2 * 16 * 8 * 16  # one mma.m16n8k16
-WARPS_PER_BLOCK = 8         # csrc kThreads / 32
 ROUNDS = {"chase": 8192, "grid": 4096, "cluster": 8192, "mma_chain": 65536, "mma_rate": 16384,
           "triton": 4096}
 
@@ -57,12 +57,6 @@ def _barrier_flags(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tens
     return torch.zeros(1, dtype=dtype, device=device), torch.zeros(1, dtype=torch.int32, device=device)
 
 
-def _raise_if_timed_out(timed_out: torch.Tensor, what: str) -> None:
-    if int(timed_out.item()) != 0:
-        raise RuntimeError(f"{what}: a block gave up waiting at the barrier "
-                           f"({BARRIER_SPIN_LIMIT} polls); no figure from it")
-
-
 def l2_chase(ext, device: torch.device) -> dict:
     """One thread's chained L2 loads over an 8 MiB random cycle: seconds and clocks a load."""
     generator = torch.Generator().manual_seed(0)
@@ -85,14 +79,15 @@ def grid_phases(ext, device: torch.device, blocks: int) -> dict:
     """A cooperative grid of `blocks` (one per SM) meeting at the CUDA kernels' barrier
     each round, alone and with a 16-byte piece per thread exchanged through L2."""
     found = {}
-    rows = torch.zeros(2, blocks, 256, 4, dtype=torch.int32, device=device)
+    rows = torch.zeros(2, blocks, THREADS, 4, dtype=torch.int32, device=device)
     for exchange, name in ((False, "barrier_s"), (True, "grid_exchange_s")):
         arrivals, timed_out = _barrier_flags(device, torch.int64)
         found[name] = seconds_per_round(
             lambda n: ext.probe_phases(rows, arrivals, timed_out, n, blocks, 0, exchange,
                                        BARRIER_SPIN_LIMIT),
             ROUNDS["grid"], device, prepare=arrivals.zero_)
-        _raise_if_timed_out(timed_out, "the grid barrier probe")
+        watch_timeout_flag(timed_out, "the grid barrier probe")
+        raise_if_barrier_timed_out(wait=True)
     return found
 
 
@@ -128,9 +123,8 @@ def mma(ext, device: torch.device, sms: int) -> dict:
     latency = (clocks[1] - clocks[0]) / ROUNDS["mma_chain"]
     rounds = ROUNDS["mma_rate"]
     seconds = seconds_per_round(lambda n: ext.probe_mma(sms, 8, n, out), rounds, device)
-    ext.probe_mma(sms, 8, 2 * rounds, out)
-    clock_hz = int(out[0].item()) / max(int(out[1].item()), 1) * 1e9
-    flops_per_round = sms * WARPS_PER_BLOCK * 8 * MMA_FLOPS
+    clock_hz = int(out[0].item()) / max(int(out[1].item()), 1) * 1e9  # the last timed launch's
+    flops_per_round = sms * WARPS * 8 * MMA_FLOPS
     return {"mma_latency_clocks": latency, "mma_sync_flops": flops_per_round / seconds,
             "clock_hz": clock_hz}
 
@@ -144,7 +138,8 @@ def triton_barrier(device: torch.device, sms: int) -> dict:
         lambda n: barrier_rounds_kernel[(sms,)](arrivals, timed_out, n, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
                                                 num_warps=4, launch_cooperative_grid=True),
         ROUNDS["triton"], device, prepare=arrivals.zero_)
-    _raise_if_timed_out(timed_out, "the Triton barrier probe")
+    watch_timeout_flag(timed_out, "the Triton barrier probe")
+    raise_if_barrier_timed_out(wait=True)
     return {"triton_barrier_s": seconds}
 
 
