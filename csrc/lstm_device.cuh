@@ -293,6 +293,12 @@ __device__ __forceinline__ void load_weights(T* a_s, const Product& p, int rows,
   }
 }
 
+// Zeros `elems` elements of shared memory, spread over the block (the caller syncs).
+template <typename T>
+__device__ __forceinline__ void zero_shared(T* dst, int elems) {
+  for (int e = threadIdx.x; e < elems; e += kThreads) dst[e] = from_float<T>(0.0f);
+}
+
 // ---------------------------------------------------------------------------------
 // Grid barrier of a batch block (grid plans): every block adds one arrival per phase
 // and waits until the batch block's count reaches `target` (blocks x phases so far).

@@ -64,7 +64,12 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     c_s[e] = row0 + b < B && u < my_units ? args.c[(size_t)(row0 + b) * H + unit0 + u] : 0.0f;
   }
   const int h_elems = L.rec.nb * L.rec.b_ld;  // one h buffer of a cluster block
-  if constexpr (kCluster) {  // h0 of the batch block into the buffer step 0 reads
+  if constexpr (kCluster) {
+    // Peers write only the real (row, unit) entries of the h buffers; the product also
+    // reads the k-padding columns, so they must be zeros, not whatever the shared
+    // memory held. Then h0 of the batch block into the buffer step 0 reads.
+    zero_shared(ring, 2 * h_elems);
+    __syncthreads();
     stage_rows(ring + h_elems, L.rec.b_ld, min_int(Bb, B - row0), 0, L.rec.k,
                [&](int b) { return h0x + (size_t)(row0 + b) * xld; });
     cp_async_commit();
