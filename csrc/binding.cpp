@@ -182,14 +182,14 @@ void backward(const OptTensor& dy,        // [N, P] io
               const Tensor& dc0,          // [B, H] fp32 out (zeros on entry)
               const Tensor& dgates,       // [N, 4H] fp32 out
               const OptTensor& dy_total,  // [N, P] fp32 out
-              const Tensor& gx,           // [2, B, ld(4H)] io exchange
+              const OptTensor& gx,        // [2, B, ld(4H)] io exchange (grid plans)
               const OptTensor& dhx,       // [B, ld(P)] io exchange (w_hr only)
               const OptTensor& offsets,   // [T] int64
               const OptTensor& sizes,     // [T] int32
               const Tensor& arrivals,     // [Q] int64 zeros
               const Tensor& timed_out,    // [1] int32 zero
               int64_t steps, bool reverse, int64_t units, int64_t proj_cols, int64_t unit_slices,
-              int64_t block_rows, int64_t spin_limit) {
+              int64_t block_rows, int64_t cluster, int64_t spin_limit) {
   const at::Device device = gates.device();
   TORCH_CHECK(device.is_cuda(), "rnnfast._C.backward: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
@@ -207,7 +207,6 @@ void backward(const OptTensor& dy,        // [N, P] io
   check(dh0, "dh0", device, at::kFloat, B * P);
   check(dc0, "dc0", device, at::kFloat, B * H);
   check(dgates, "dgates", device, at::kFloat, N * 4 * H);
-  check(gx, "gx", device, io, 2 * B * gld);
   a.gates = gates.data_ptr<float>();
   a.cells = cells.data_ptr<float>();
   a.c0 = c0.data_ptr<float>();
@@ -219,7 +218,9 @@ void backward(const OptTensor& dy,        // [N, P] io
   a.dc0 = dc0.data_ptr<float>();
   a.dgates = dgates.data_ptr<float>();
   a.dy_total = ptr_or_null<float>(dy_total, "dy_total", device, at::kFloat, N * P);
-  a.gx = gx.data_ptr();
+  a.gx = ptr_or_null<void>(gx, "gx", device, io, 2 * B * gld);
+  TORCH_CHECK((cluster > 0) == (a.gx == nullptr),
+              "rnnfast._C.backward: gx is required exactly for grid plans (cluster == 0)");
   a.dhx = ptr_or_null<void>(dhx, "dhx", device, io, B * pld);
   TORCH_CHECK((a.w_hr == nullptr) == (a.dhx == nullptr),
               "rnnfast._C.backward: dhx is required exactly when w_hr is given");
@@ -235,12 +236,16 @@ void backward(const OptTensor& dy,        // [N, P] io
   a.out_size = static_cast<int>(P);
   a.reverse = reverse;
   a.dtype = io_dtype(w_hh);
-  a.split = make_split(units, a.w_hr != nullptr ? proj_cols : units, unit_slices, block_rows, 0);
+  TORCH_CHECK(cluster == 0 || a.w_hr == nullptr,
+              "rnnfast._C.backward: cluster plans have no projection phase");
+  a.split = make_split(units, a.w_hr != nullptr ? proj_cols : units, unit_slices, block_rows,
+                       cluster);
   a.blocks = check_split(a.split, H, P, B, true, arrivals, timed_out, device, spin_limit,
                          &a.barrier, "backward");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
-                        "cooperative launch of the backward kernel");
+                        cluster > 0 ? "cluster launch of the backward kernel"
+                                    : "cooperative launch of the backward kernel");
 }
 
 // What the plan needs to know about a device: SMs, opt-in shared memory per block,
@@ -320,7 +325,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnfast CUDA C++ kernels (see csrc/README.md)";
   pybind11::register_exception<LaunchRefused>(m, "LaunchRefused", PyExc_RuntimeError);
   m.def("forward", &forward, "LSTM forward recurrence (persistent grid or cluster kernel)");
-  m.def("backward", &backward, "LSTM backward recurrence (persistent cooperative kernel)");
+  m.def("backward", &backward, "LSTM backward recurrence (persistent grid or cluster kernel)");
   m.def("device_limits", &device_limits,
         "(SM count, opt-in shared memory per block, cooperative launch, CC major)");
   m.def("probe_l2_chase", &probe_l2_chase, "latency probe: chained L2 loads (lstm_probe.cu)");

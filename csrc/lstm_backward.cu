@@ -1,7 +1,7 @@
 // Backward recurrence of one LSTM layer and direction: the reverse-time chain
-// dh, dc -> gate gradients of every row, in one persistent cooperative launch. The
-// weight and input gradients are then GEMMs over all rows (torch/cuBLAS, shared with
-// the other backends in rnnfast/backends/gradients.py).
+// dh, dc -> gate gradients of every row, in one persistent launch (a cooperative grid
+// or thread-block clusters). The weight and input gradients are then GEMMs over all
+// rows (torch/cuBLAS, shared with the other backends in rnnfast/backends/gradients.py).
 //
 // Block (slice j, batch block q) owns hidden units [j*U, (j+1)*U) of batch rows
 // [q*Bb, (q+1)*Bb) and keeps W_hh's columns of its units, transposed, in shared memory
@@ -16,6 +16,12 @@
 // accumulation) and in fp32 with the 3xTF32 split for fp32 layers; dgates themselves
 // are written in fp32 for the weight gradients. The next step's saved gates, cells and
 // dy are loaded into registers between arriving at the barrier and waiting at it.
+//
+// Cluster plans (sm_90, no projection) exchange dgates as the forward's cluster plans
+// exchange h: the batch block is one thread-block cluster, each CTA stores its gate
+// gradients straight into every CTA's shared memory (DSMEM), double-buffered by step
+// parity, and the step ends at the cluster's hardware barrier: no global exchange, no
+// grid barrier, no staging.
 #include "lstm_device.cuh"
 
 namespace rnnfast {
@@ -26,8 +32,8 @@ struct SavedCell {
   float i, f, g, o, c, c_prev, dy;
 };
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const BackwardArgs args) {
+template <typename T, bool kCluster>
+__device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
@@ -35,7 +41,7 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
   const BackwardLayout L = backward_layout(H, P, has_proj, sizeof(T), sp);
   T* w_s = reinterpret_cast<T*>(smem + L.w_off);     // [chain.m][chain.a_ld]: W_hh columns
   T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);   // [proj.m][proj.a_ld]: W_hr columns
-  T* ring = reinterpret_cast<T*>(smem + L.ring_off);
+  T* ring = reinterpret_cast<T*>(smem + L.ring_off);  // B stages, or (cluster) dgates [2][nb][b_ld]
   float* part = reinterpret_cast<float*>(smem + L.part_off);  // [ksplit][m][Bb]
   float* dc_s = reinterpret_cast<float*>(smem + L.dc_off);    // [Bb][U] carried dc
   const T* dy = static_cast<const T*>(args.dy);
@@ -62,7 +68,13 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
     const int b = e / U, u = e % U;
     dc_s[e] = row0 + b < B && u < my_units ? args.dc_n[(size_t)(row0 + b) * H + unit0 + u] : 0.0f;
   }
+  // Cluster plans: peers write only real (row, gate column) entries of the dgates
+  // buffers; the product also reads the k-padding columns, so they must be zeros, not
+  // whatever the shared memory held.
+  const int g_elems = L.chain.nb * L.chain.b_ld;  // one dgates buffer of a cluster block
+  if constexpr (kCluster) zero_shared(ring, 2 * g_elems);
   __syncthreads();
+  if constexpr (kCluster) cluster_sync();  // every peer's memory is live and zeroed
 
   auto rows_of = [&](int64_t k) {
     return step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
@@ -87,14 +99,19 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
     });
   };
   auto end_phase = [&](bool prefetch, int64_t next) {
-    end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, [&] {
+    if constexpr (kCluster) {
+      cluster_arrive();
       if (prefetch) load_saved(next, 0);
-    });
+      cluster_wait();
+    } else {
+      end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, [&] {
+        if (prefetch) load_saved(next, 0);
+      });
+    }
   };
   // The cell's backward at step k for my pairs, given dh(b, u); writes dgates(t) (fp32
   // and the chain's exchange copy) and the carried dc, or dc0 for rows starting here.
   auto cell_backward = [&](int64_t k, const StepRows& s, int n_act, auto dh_of) {
-    T* g_out = gx + (size_t)(k & 1) * B * gld;
     const int carried = carried_rows(s);
     auto reload = [&](int round) { load_saved(k, round); };
     for_each_cell(n_act, U, my_units, reload, [&](int i, int e, int b, int u) {
@@ -109,11 +126,18 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
       dgates[H] = d.d_f;
       dgates[2 * H] = d.d_g;
       dgates[3 * H] = d.d_o;
-      T* chain = g_out + (size_t)r * gld + unit;
-      chain[0] = from_float<T>(d.d_i);
-      chain[H] = from_float<T>(d.d_f);
-      chain[2 * H] = from_float<T>(d.d_g);
-      chain[3 * H] = from_float<T>(d.d_o);
+      const T chain_values[4] = {from_float<T>(d.d_i), from_float<T>(d.d_f),
+                                 from_float<T>(d.d_g), from_float<T>(d.d_o)};
+      if constexpr (kCluster) {
+        T* mine = ring + (k & 1) * g_elems + b * L.chain.b_ld + unit;
+        for (unsigned rank = 0; rank < cluster_blocks(); ++rank)
+#pragma unroll
+          for (int g = 0; g < 4; ++g) store_to_peer(mine + g * H, rank, chain_values[g]);
+      } else {
+        T* g_out = gx + ((size_t)(k & 1) * B + r) * gld + unit;
+#pragma unroll
+        for (int g = 0; g < 4; ++g) g_out[g * H] = chain_values[g];
+      }
       if (r < carried)
         dc_s[e] = d.dc_prev;
       else
@@ -135,7 +159,13 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
       if (k >= 0) s = rows_of(k);
       const int n_act = k >= 0 ? block_active(s.size, row0, Bb) : 0;
       const int n_next = k + 1 < args.steps ? block_active(rows_of(k + 1).size, row0, Bb) : 0;
-      if (n_next > 0) resident_product(L.chain, w_s, ring, true, n_next, gates_rows(k + 1), part);
+      if (n_next > 0) {
+        if constexpr (kCluster)
+          resident_product(L.chain, w_s, ring + ((k + 1) & 1) * g_elems, false, n_next,
+                           [](int) { return (const T*)nullptr; }, part);
+        else
+          resident_product(L.chain, w_s, ring, true, n_next, gates_rows(k + 1), part);
+      }
       if (k >= 0)
         cell_backward(k, s, n_act, [&](int b, int u) {
           return b < n_next ? product_out(L.chain, part, u, b)
@@ -149,7 +179,9 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
       }
       if (k >= 0) end_phase(k >= 1, k - 1);
     }
-  } else {
+    // The last barrier (k = 0) follows every DSMEM store: no peer writes into a block
+    // that has exited.
+  } else if constexpr (!kCluster) {
     // Phase B of step k (k = T: no product) leaves dh(t-1) + dy in dhx for step k-1's
     // rows (dh_n for rows whose last step is k-1) and dh0 for rows that start at k.
     auto phase_b = [&](int64_t k) {
@@ -191,9 +223,25 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
 }
 
 template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const BackwardArgs args) {
+  backward_body<T, false>(args);
+}
+
+// Compiled for sm_90 only; the sm_80 image is an empty kernel the host never launches.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_backward_cluster_kernel(const BackwardArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  backward_body<T, true>(args);
+#endif
+}
+
+template <typename T>
 cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
-  return launch_cooperative(lstm_backward_kernel<T>, args, args.blocks, backward_smem_bytes(args),
-                            stream);
+  const size_t smem = backward_smem_bytes(args);
+  if (args.split.cluster > 0)
+    return launch_clusters(lstm_backward_cluster_kernel<T>, args, args.blocks, args.split.cluster,
+                           smem, stream);
+  return launch_cooperative(lstm_backward_kernel<T>, args, args.blocks, smem, stream);
 }
 
 }  // namespace

@@ -333,6 +333,10 @@ RNNFAST_HD size_t a_bytes(const Product& p, int itemsize) {
 RNNFAST_HD size_t ring_bytes(const Product& p, int itemsize) {
   return align_bytes((size_t)p.stages * p.nb * p.b_ld * itemsize);
 }
+// Cluster plans: the exchanged operand held whole, [2][p.nb][p.b_ld] by step parity.
+RNNFAST_HD size_t exchange_bytes(const Product& p, int itemsize) {
+  return align_bytes((size_t)2 * p.nb * p.b_ld * itemsize);
+}
 RNNFAST_HD size_t part_bytes(const Product& p) {
   return align_bytes((size_t)p.ksplit * p.m * p.nb * 4);
 }
@@ -352,7 +356,7 @@ struct ForwardLayout {
   Product proj;       // y^T [Pc][Bb] = W_hr[my rows] . hidden^T (projection only)
   size_t w_off;       // A of rec: [rec.m][rec.a_ld] io
   size_t wr_off;      // A of proj: [proj.m][proj.a_ld] io
-  size_t ring_off;    // B of rec / proj: ring stages, or (cluster) h [2][Bb][rec.b_ld] io
+  size_t ring_off;    // B of rec / proj: ring stages, or (cluster) h [2][rec.nb][rec.b_ld] io
   size_t part_off;    // partial sums [ksplit][m][Bb] fp32
   size_t c_off;       // cell state [Bb][U] fp32
   size_t bytes;
@@ -365,8 +369,7 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
   L.rec = make_product(4 * sp.units, out_size, sp.block_rows, itemsize, cluster);
   L.proj = make_product(has_proj ? sp.proj_cols : 0, has_proj ? hidden : 0, sp.block_rows,
                         itemsize, false);
-  const size_t ring = cluster ? align_bytes((size_t)2 * L.rec.nb * L.rec.b_ld * itemsize)
-                              : ring_bytes(L.rec, itemsize);
+  const size_t ring = cluster ? exchange_bytes(L.rec, itemsize) : ring_bytes(L.rec, itemsize);
   const size_t part = part_bytes(L.rec);
   L.w_off = 0;
   L.wr_off = L.w_off + a_bytes(L.rec, itemsize);
@@ -381,13 +384,15 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
 
 // Shared memory of a backward block. The chain's operand (gate gradients, and dh with a
 // projection) is exchanged in the layer's dtype for 16-bit layers (tensor cores, fp32
-// accumulation) and in fp32 with the 3xTF32 split for fp32 layers.
+// accumulation) and in fp32 with the 3xTF32 split for fp32 layers. Cluster plans (no
+// projection) hold the batch block's gate gradients whole, by step parity, where grid
+// plans stage them through the ring.
 struct BackwardLayout {
   Product chain;      // dh^T [cols][Bb] = W_hh[:, my cols]^T . dgates^T
   Product proj;       // dh_units^T [U][Bb] = W_hr[:, my units]^T . (dh + dy)^T (projection only)
   size_t w_off;       // A of chain: [chain.m][chain.a_ld] io (rows: W_hh columns)
   size_t wr_off;      // A of proj: [proj.m][proj.a_ld] io (rows: W_hr columns)
-  size_t ring_off;    // B stages of chain / proj
+  size_t ring_off;    // B stages of chain / proj, or (cluster) dgates [2][chain.nb][chain.b_ld] io
   size_t part_off;    // partial sums [ksplit][m][Bb] fp32
   size_t dc_off;      // carried dc [Bb][U] fp32
   size_t bytes;
@@ -396,14 +401,15 @@ struct BackwardLayout {
 RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_proj, int itemsize,
                                           const Split& sp) {
   BackwardLayout L;
+  const bool cluster = sp.cluster > 0;
   L.chain = make_product(has_proj ? sp.proj_cols : sp.units, 4 * hidden, sp.block_rows, itemsize,
-                         false);
+                         cluster);
   L.proj = make_product(has_proj ? sp.units : 0, has_proj ? out_size : 0, sp.block_rows, itemsize,
                         false);
   L.w_off = 0;
   L.wr_off = L.w_off + a_bytes(L.chain, itemsize);
   L.ring_off = L.wr_off + (has_proj ? a_bytes(L.proj, itemsize) : 0);
-  const size_t ring = ring_bytes(L.chain, itemsize);
+  const size_t ring = cluster ? exchange_bytes(L.chain, itemsize) : ring_bytes(L.chain, itemsize);
   const size_t proj_ring = has_proj ? ring_bytes(L.proj, itemsize) : 0;
   L.part_off = L.ring_off + (ring > proj_ring ? ring : proj_ring);
   const size_t part = part_bytes(L.chain);

@@ -58,14 +58,14 @@ def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj,
         if p.kind == "grid":  # cooperative: every block resident
             assert p.blocks <= SMS
         else:
-            assert (direction, major, proj) == ("forward", 9, 0) and 2 <= p.unit_slices <= 16
+            assert (major, proj) == (9, 0) and 2 <= p.unit_slices <= 16
         if proj or direction == "backward":
             assert p.unit_slices * p.proj_cols >= out
         smem = (cuda_plan.forward_smem_bytes(hidden, out, bool(proj), itemsize, p.units,
                                              p.proj_cols, p.block_rows, p.kind == "cluster")
                 if direction == "forward" else
                 cuda_plan.backward_smem_bytes(hidden, out, bool(proj), itemsize, p.units,
-                                              p.proj_cols, p.block_rows))
+                                              p.proj_cols, p.block_rows, p.kind == "cluster"))
         assert p.smem_bytes == smem
 
 
@@ -79,20 +79,22 @@ def test_h100_plan_numbers_for_the_standard_cases():
         p = _plan(direction, 16, 768)
         assert (p.kind, p.unit_slices, p.units, p.block_rows, p.batch_blocks) == (
             "grid", 64, 12, 8, 2), direction
-    # H = 512 fp16 fits one cluster of 16 CTAs (32 units each) per batch block; on an
-    # A100 (sm_80) a grid.
-    small = _plan("forward", 16, 512)
-    assert (small.kind, small.unit_slices, small.units) == ("cluster", 16, 32)
-    assert _plan("forward", 16, 512, major=8).kind == "grid"
+    # H = 512 fp16 fits one cluster of 16 CTAs (32 units each) per batch block, forward
+    # and backward; on an A100 (sm_80) a grid.
+    for direction in ("forward", "backward"):
+        small = _plan(direction, 16, 512)
+        assert (small.kind, small.unit_slices, small.units) == ("cluster", 16, 32), direction
+        assert _plan(direction, 16, 512, major=8).kind == "grid"
     # B = 256 H = 1024 bf16: two batch blocks of 128 rows over 64 blocks of 16 units.
     big = _plan("forward", 256, 1024)
     assert (big.kind, big.unit_slices, big.units, big.batch_blocks) == ("grid", 64, 16, 2)
     # A refused cluster launch falls back to the grid plan of the same layer.
-    assert cuda_plan.make_plan("forward", 16, 512, 512, False, 2, SMS, SMEM, 9,
-                               clusters=False).kind == "grid"
+    for direction in ("forward", "backward"):
+        assert cuda_plan.make_plan(direction, 16, 512, 512, False, 2, SMS, SMEM, 9,
+                                   clusters=False).kind == "grid"
     # A product of 8 units against 16 rows takes the batch as the mma's M: one tile, not
     # two, and no padding rows held; fp32 FlashRNN backward fits.
-    chain, _ = cuda_plan.backward_products(768, 768, False, 2, 8, 8, 16)
+    chain, _ = cuda_plan.backward_products(768, 768, False, 2, 8, 8, 16, False)
     assert (chain.swapped, chain.m, chain.nb, chain.tiles) == (True, 8, 16, 1)
     assert isinstance(_plan("backward", 16, 768, itemsize=4), cuda_plan.Plan)
 
@@ -132,6 +134,8 @@ def test_largest_square_layers_held_on_chip():
     assert largest("forward", 4, "cluster") == 384
     assert largest("backward", 2) == 1216
     assert largest("backward", 4) == 1024
+    assert largest("backward", 2, "cluster") == 512
+    assert largest("backward", 4, "cluster") == 256
 
 
 # ---------------------------------------------------------------------------------
@@ -226,8 +230,8 @@ class _FakeExtension:
         self.launch(self, "forward", args[-2], args[15])
 
     def backward(self, *args):
-        self.tried.append(("backward", 0))
-        self.launch(self, "backward", 0, args[17])
+        self.tried.append(("backward", args[-2]))  # (..., block_rows, cluster, spin_limit)
+        self.launch(self, "backward", args[-2], args[17])
 
 
 def _refuse(fake, kind, cluster, timed_out):
@@ -252,9 +256,9 @@ def test_a_refused_launch_falls_back_cluster_then_grid_then_reference_with_one_w
     args = _layer(5, 3, 4, 6, proj=0, lengths=[5, 3, 2], device=torch.device("cpu"))
     with pytest.warns(UserWarning, match="kernel was refused.*using the reference"):
         got = _run(fwd, bwd, args, False)
-    # The forward tried its cluster plan, then the grid plan; the backward its grid plan.
+    # Each direction tried its cluster plan, then its grid plan.
     assert [(kind, cluster > 0) for kind, cluster in fake.tried] == [
-        ("forward", True), ("forward", False), ("backward", False)]
+        ("forward", True), ("forward", False), ("backward", True), ("backward", False)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # each reason said once only
         again = _run(fwd, bwd, args, False)

@@ -23,10 +23,11 @@ def _plan(direction, B, H, P=None, itemsize=2, major=9):
     return plan
 
 
-def _as_grid(plan, H):
-    """The same split of a forward cluster plan, run as a cooperative grid."""
-    smem = layout.forward_smem_bytes(H, H, False, plan.itemsize, plan.units, plan.proj_cols,
-                                     plan.block_rows, False)
+def _as_grid(plan, direction, H):
+    """The same split of a cluster plan, run as a cooperative grid."""
+    smem_bytes = layout.forward_smem_bytes if direction == "forward" else layout.backward_smem_bytes
+    smem = smem_bytes(H, H, False, plan.itemsize, plan.units, plan.proj_cols, plan.block_rows,
+                      False)
     return dataclasses.replace(plan, kind="grid", smem_bytes=smem)
 
 
@@ -36,15 +37,16 @@ def test_the_shared_gpu_description_is_what_the_triton_model_uses():
     assert triton_model.H100 is latency.H100 and triton_model.ModelledTime is latency.ModelledTime
 
 
+@pytest.mark.parametrize("direction", ["forward", "backward"])
 @pytest.mark.parametrize("B,H", [(4, 64), (8, 256), (16, 128)])
-def test_a_cluster_step_is_cheaper_than_a_grid_step_of_the_same_layer(B, H):
-    cluster = _plan("forward", B, H)
+def test_a_cluster_step_is_cheaper_than_a_grid_step_of_the_same_layer(direction, B, H):
+    cluster = _plan(direction, B, H)
     assert cluster.kind == "cluster"
-    same_split = _as_grid(cluster, H)
-    sm80 = _plan("forward", B, H, major=8)  # the grid plan an sm_80 GPU gets
+    same_split = _as_grid(cluster, direction, H)
+    sm80 = _plan(direction, B, H, major=8)  # the grid plan an sm_80 GPU gets
     assert sm80.kind == "grid"
-    times = [model.forward_time(p, B, H, H, H, 100, torch.float16).step_s
-             for p in (cluster, same_split, sm80)]
+    time = model.forward_time if direction == "forward" else model.backward_time
+    times = [time(p, B, H, H, H, 100, torch.float16).step_s for p in (cluster, same_split, sm80)]
     assert times[0] < times[1] and times[0] < times[2]
     # The grid plan pays an L2 round trip and a grid barrier; the cluster plan doesn't.
     gpu = latency.H100
@@ -220,7 +222,7 @@ def test_explain_models_a_custom_shape_with_its_cuda_plan(capsys, monkeypatch):
                  "--dtype", "fp16"]) == 0
     table = _cuda_part(capsys.readouterr().out)
     rows = [line for line in table.splitlines() if line.startswith("custom T=8 B=4 I=H=64 fp16")]
-    assert len(rows) == 2 and "cluster of 16" in rows[0] and "grid of 16" in rows[1]
+    assert len(rows) == 2 and all("cluster of 16" in row for row in rows)
     step = float(rows[0].split()[-2])
     expected = model.forward_time(_plan("forward", 4, 64), 4, 64, 64, 64, 8, torch.float16)
     assert step == pytest.approx(expected.step_s * 1e6, abs=0.006)

@@ -14,7 +14,11 @@ __half, __nv_bfloat16, any cluster variant) must have:
   16-bit inputs, HMMA.1684.F32.TF32 for the 3xTF32 fp32 product) or, on sm_90a,
   HGMMA;
 - 16-byte or asynchronous global loads in the per-step path: at least one LDGSTS
-  (cp.async), LDG.E[...].128, UTMALDG or UBLKCP (TMA / cp.async.bulk);
+  (cp.async), LDG.E[...].128, UTMALDG or UBLKCP (TMA / cp.async.bulk). A cluster
+  kernel's operand never comes from global memory: it must instead store into its
+  peers' shared memory (st.shared::cluster to a mapa address, a generic ST.E[.U16] in
+  the SASS, where every other store of these kernels is an STG or STS) and meet at the
+  hardware cluster barrier (UCGABAR_ARV and UCGABAR_WAIT);
 - no strong (GPU- or system-scope) loads outside the grid barrier's poll loop:
   LD[G].E[...].STRONG.GPU/.SYS only in a function whose name contains
   "barrier_wait" (a __noinline__ device function; see sass_functions for how it is
@@ -43,8 +47,9 @@ from test_cuda_sources import CSRC, NVCC, TORCH_NVCC_DEFINES
 SOURCES = ("lstm_forward.cu", "lstm_backward.cu")
 ARCHS = ("sm_80", "sm_90a")
 KIND = {"lstm_forward.cu": "lstm_forward_kernel", "lstm_backward.cu": "lstm_backward_kernel"}
-# sm_90 only: the cluster kernel's sm_80 image is an empty stub the host never launches.
-SM90_KIND = {"lstm_forward.cu": "lstm_forward_cluster_kernel"}
+# sm_90 only: the cluster kernels' sm_80 images are empty stubs the host never launches.
+SM90_KIND = {"lstm_forward.cu": "lstm_forward_cluster_kernel",
+             "lstm_backward.cu": "lstm_backward_cluster_kernel"}
 # The latency probes (test_probes_time_the_instructions_they_name).
 PROBES = "lstm_probe.cu"
 
@@ -139,6 +144,8 @@ LOCAL_MEMORY = re.compile(r"^(LDL|STL)(\.|$)")
 TENSOR_CORE = re.compile(r"^(HMMA|HGMMA)\.")
 WIDE_OR_ASYNC_LOAD = re.compile(r"^(LDGSTS|LDG\.E[.\w]*\.128|UTMALDG|UBLKCP)(\.|$)")
 STRONG_LOAD = re.compile(r"^LDG?\.E[.\w]*\.STRONG\.(GPU|SYS)(\.|$)")
+PEER_STORE = re.compile(r"^ST\.E(\.U16)?$")
+CLUSTER_BARRIER = ("UCGABAR_ARV", "UCGABAR_WAIT")
 _PROPERTIES = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, "
                          r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -179,8 +186,9 @@ def cubins(tmp_path_factory):
         return dict(zip(jobs, results))
 
 
-def _violations(name, functions, arch):
-    """What kernel `name` ({function: instructions}, its subroutines included) breaks."""
+def _violations(name, functions, arch, cluster):
+    """What kernel `name` ({function: instructions}, its subroutines included) breaks;
+    `cluster`: a cluster kernel, which exchanges through its peers' shared memory."""
     found = []
     everything = [(f, i, opcode(i)) for f, ins in functions.items() for i in ins]
     local = sorted({op for _, _, op in everything if LOCAL_MEMORY.match(op)})
@@ -190,8 +198,13 @@ def _violations(name, functions, arch):
     if not mma:
         found.append("no tensor-core instruction (HMMA" + ("/HGMMA" if arch == "sm_90a" else "")
                      + ")")
-    loads = sorted({op for _, _, op in everything if op.startswith(("LDG", "LD.", "UTMA", "UBLK"))})
-    if not any(WIDE_OR_ASYNC_LOAD.match(op) for op in loads):
+    ops = {op for _, _, op in everything}
+    loads = sorted({op for op in ops if op.startswith(("LDG", "LD.", "UTMA", "UBLK"))})
+    if cluster:
+        if not any(PEER_STORE.match(op) for op in ops):
+            found.append("no store into a peer's shared memory (ST.E[.U16])")
+        found += [f"no {op} (cluster barrier)" for op in CLUSTER_BARRIER if op not in ops]
+    elif not any(WIDE_OR_ASYNC_LOAD.match(op) for op in loads):
         found.append("no 16-byte or async global load (LDGSTS, LDG.E*.128, UTMALDG, UBLKCP); "
                      f"global loads are: {', '.join(loads) or 'none'}")
     strong = {}
@@ -224,7 +237,7 @@ def test_kernel_instruction_mix(cubins, source, arch):
             problems.append(f"  {kind} instances for float, __half, __nv_bfloat16 expected; "
                             f"found {sorted(dtypes)}")
         for k in sorted(kernels):
-            for v in _violations(k, kernels[k], arch):
+            for v in _violations(k, kernels[k], arch, kind in SM90_KIND.values()):
                 problems.append(f"  {names[k]}: {v}")
     # ptxas -v: every function it compiled, kernels and device functions alike.
     properties = _PROPERTIES.findall(log)

@@ -133,7 +133,7 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
         assert fwd == cuda_plan.forward_smem_bytes(H, P, bool(proj), itemsize, units, cols, rows,
                                                    bool(cluster)), config
         assert bwd == cuda_plan.backward_smem_bytes(H, P, bool(proj), itemsize, units, cols,
-                                                    rows), config
+                                                    rows, bool(cluster)), config
 
 
 def test_fragment_addressing_agrees_with_the_ptx_layouts(host_check):
@@ -178,7 +178,7 @@ SHAPES = [
 def _host_run(host_check, tmp_path, T, B, I, H, proj, lengths, reverse, sms, major, itemsize,
               dtype=torch.float64):
     """Forward and backward recurrences with the kernels' own logic on the CPU, for the
-    plans of a GPU with `sms` SMs and compute capability `major` (9: cluster forward),
+    plans of a GPU with `sms` SMs and compute capability `major` (9: cluster plans),
     with the product geometry of `itemsize`-byte weights. Returns the host's results and
     the reference's, both float64."""
     bias = lengths is None
@@ -247,7 +247,7 @@ def _host_run(host_check, tmp_path, T, B, I, H, proj, lengths, reverse, sms, maj
 def test_host_run_of_the_kernels_logic_matches_reference(host_check, tmp_path, T, B, I, H, proj,
                                                          lengths, reverse, sms, major, itemsize):
     """On 3 SMs units, columns and batch rows split unevenly over blocks (grid plans); on
-    132 SMs of an sm_90 the forward runs as clusters. fp32 data throughout: itemsize
+    132 SMs of an sm_90 most layers run as clusters. fp32 data throughout: itemsize
     picks the plan's product geometry and, for 4, the 3xTF32 split of every product."""
     host, expected = _host_run(host_check, tmp_path, T, B, I, H, proj, lengths, reverse, sms,
                                major, itemsize)

@@ -528,7 +528,6 @@ void layout() {
     sp.units = units, sp.proj_cols = cols, sp.unit_slices = 1, sp.block_rows = block_rows;
     sp.cluster = cluster;
     const ForwardLayout f = forward_layout(H, P, proj != 0, itemsize, sp);
-    sp.cluster = 0;
     const BackwardLayout b = backward_layout(H, P, proj != 0, itemsize, sp);
     printf("%zu %zu\n", f.bytes, b.bytes);
   }

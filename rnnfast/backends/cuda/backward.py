@@ -1,7 +1,8 @@
-"""Backward: one cooperative launch of csrc/lstm_backward.cu runs the reverse-time chain
-(dh, dc -> gate gradients of every row); the input and parameter gradients are then
-GEMMs over all steps, shared with the other backends (backends/gradients.py), each
-skipped or masked as `needs` and the freeze masks say (DESIGN.md §4)."""
+"""Backward: one launch of csrc/lstm_backward.cu (a cluster or a cooperative grid) runs the
+reverse-time chain (dh, dc -> gate gradients of every row); the input and parameter
+gradients are then GEMMs over all steps, shared with the other backends
+(backends/gradients.py), each skipped or masked as `needs` and the freeze masks say
+(DESIGN.md §4)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -49,17 +50,17 @@ def backward(
     dc0 = gates.new_zeros(batch, hidden_size)
     dgates = gates.new_empty(rows, 4 * hidden_size)
     dy_total = gates.new_empty(rows, out_size) if needs[7] else None
-    gx = exchange(gates, 2, batch, 4 * hidden_size, dtype=dtype)
     dhx = exchange(gates, batch, out_size, dtype=dtype) if has_proj else None
     offsets, sizes = step_tables(steps, gates.device)
 
     def kernel(plan, arrivals, timed_out):
+        gx = exchange(gates, 2, batch, 4 * hidden_size, dtype=dtype) if plan.kind == "grid" else None
         _C.backward(dy.reshape(rows, out_size).contiguous() if dy is not None else None,
                     gates.contiguous(), cells.contiguous(), c0.to(acc).contiguous(),
                     w_hh.contiguous(), w_hr.contiguous() if has_proj else None, dh_start,
                     dc_start, dh0, dc0, dgates, dy_total, gx, dhx, offsets, sizes, arrivals,
                     timed_out, len(steps), reverse, plan.units, plan.proj_cols, plan.unit_slices,
-                    plan.block_rows, BARRIER_SPIN_LIMIT)
+                    plan.block_rows, plan.cluster, BARRIER_SPIN_LIMIT)
 
     ran = run("backward", gates.device, dtype, batch, hidden_size, out_size, has_proj, kernel)
     if isinstance(ran, str):

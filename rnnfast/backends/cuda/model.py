@@ -44,7 +44,8 @@ blocks run side by side, so one block's time is the step's time):
   Product and L2 traffic are added, not overlapped: a single-chunk product waits for its
   whole operand before the first mma, and the cell's stores follow the product. The xg
   and saved-value loads issued across the barrier are counted too (conservative).
-- cluster plans also send h to every peer: rows x units x item x cluster bytes, counted at
+- cluster plans also send what they exchange to every peer: rows x units x item x cluster
+  bytes for h (forward), four times that for the gate gradients (backward), counted at
   the shared-memory rate (assumption: the SM-to-SM network keeps up).
 
 Off the sequential path, as in the Triton model: the input projection (forward,
@@ -195,17 +196,22 @@ def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inpu
 def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, input_size: int,
                   seq_len: int, dtype: torch.dtype, gpu: Gpu = H100) -> ModelledTime:
     """One layer and direction of the backward under a cuda/plan.py backward `plan`: the
-    reverse-time chain (grid plans only) and the dW_ih, dW_hh, dx (and dW_hr) GEMMs."""
+    reverse-time chain and the dW_ih, dW_hh, dx (and dW_hr) GEMMs."""
     item = _itemsize(plan, dtype)
     has_proj = out_size != hidden
+    cluster = plan.kind == "cluster"
     chain, proj = layout.backward_products(hidden, out_size, has_proj, item, plan.units,
-                                           plan.proj_cols, plan.block_rows)
+                                           plan.proj_cols, plan.block_rows, cluster)
     cells = plan.block_rows * plan.units
     cell_bytes = (cells * 6 * 4                                # saved gates, c, c(t-1) in
                   + (0 if has_proj else cells * item)          # dy in
-                  + cells * 4 * (4 + item))                    # dgates out: fp32 + the chain copy
+                  + cells * 4 * 4                              # dgates out in fp32
+                  + (0 if cluster else cells * 4 * item))      # and the chain's exchange copy
     gates_in = chain.nb * chain.k * item                       # dgates(t+1) of the batch block
-    if has_proj:
+    if cluster:  # the chain's copy of each gate gradient goes to every peer, not through L2
+        phases = [(product_time(chain, item, False, gpu), cell_bytes,
+                   cells * 4 * item * plan.unit_slices)]
+    elif has_proj:
         cols = plan.block_rows * plan.proj_cols                # (row, column) pairs of phase B
         phases = [(product_time(proj, item, True, gpu), proj.nb * proj.k * item + cell_bytes, 0),
                   (product_time(chain, item, True, gpu),

@@ -5,9 +5,10 @@ A block (256 threads, one per SM) owns `units` hidden units of `block_rows` batc
 sequence; the `unit_slices` blocks of a batch block exchange h(t) (forward) or the
 gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
 
-- "cluster" (forward, sm_90, no projection): a batch block is one thread-block
-  cluster of up to 16 CTAs that writes h(t) into each other's shared memory and meets
-  at the cluster's hardware barrier. Clusters are independent, so any number may run.
+- "cluster" (sm_90, no projection): a batch block is one thread-block cluster of up
+  to 16 CTAs that writes h(t) (forward) or the gate gradients (backward) into each
+  other's shared memory and meets at the cluster's hardware barrier. Clusters are
+  independent, so any number may run.
 - "grid" (sm_80+): a cooperative launch of unit_slices x batch_blocks <= SMs blocks;
   a batch block meets at a bounded release/acquire counter barrier in global memory.
 
@@ -144,6 +145,10 @@ class Product:
     def ring_bytes(self, itemsize: int) -> int:
         return _align(self.stages * self.nb * self.b_ld * itemsize)
 
+    def exchange_bytes(self, itemsize: int) -> int:
+        """Cluster plans: the exchanged operand held whole, [2][nb][b_ld] by step parity."""
+        return _align(2 * self.nb * self.b_ld * itemsize)
+
     def part_bytes(self) -> int:
         return _align(self.ksplit * self.m * self.nb * 4)
 
@@ -161,7 +166,7 @@ def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int
     """csrc/lstm_common.cuh forward_layout(...).bytes."""
     rec, proj = forward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
                                  block_rows, cluster)
-    ring = (_align(2 * rec.nb * rec.b_ld * itemsize) if cluster else rec.ring_bytes(itemsize))
+    ring = rec.exchange_bytes(itemsize) if cluster else rec.ring_bytes(itemsize)
     return (rec.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
             + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
             + max(rec.part_bytes(), proj.part_bytes() if has_proj else 0)
@@ -169,20 +174,22 @@ def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int
 
 
 def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
-                      proj_cols: int, block_rows: int) -> tuple[Product, Product]:
-    chain = Product.make(proj_cols if has_proj else units, 4 * hidden, block_rows, itemsize, False)
+                      proj_cols: int, block_rows: int, cluster: bool) -> tuple[Product, Product]:
+    chain = Product.make(proj_cols if has_proj else units, 4 * hidden, block_rows, itemsize,
+                         cluster)
     proj = Product.make(units if has_proj else 0, out_size if has_proj else 0, block_rows,
                         itemsize, False)
     return chain, proj
 
 
 def backward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
-                        proj_cols: int, block_rows: int) -> int:
+                        proj_cols: int, block_rows: int, cluster: bool) -> int:
     """csrc/lstm_common.cuh backward_layout(...).bytes."""
     chain, proj = backward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
-                                    block_rows)
+                                    block_rows, cluster)
+    ring = chain.exchange_bytes(itemsize) if cluster else chain.ring_bytes(itemsize)
     return (chain.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
-            + max(chain.ring_bytes(itemsize), proj.ring_bytes(itemsize) if has_proj else 0)
+            + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
             + max(chain.part_bytes(), proj.part_bytes() if has_proj else 0)
             + _align(block_rows * units * 4))
 
@@ -204,8 +211,10 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
         smem = forward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
                                   kind == "cluster")
     else:
-        products = backward_products(hidden, out_size, has_proj, itemsize, units, cols, block_rows)
-        smem = backward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows)
+        products = backward_products(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
+                                     kind == "cluster")
+        smem = backward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
+                                   kind == "cluster")
     if smem > smem_per_block or not _fits(products):
         return None
     return Plan(kind, units, cols, slices, block_rows, batch_blocks, smem, itemsize)
@@ -221,7 +230,7 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
     back to). Of the splits that fit, the one whose step the latency model (model.py)
     rates fastest; on a tie the first: cluster plans, then fewer batch blocks."""
     candidates = []
-    if clusters and direction == "forward" and major >= 9 and not has_proj:
+    if clusters and major >= 9 and not has_proj:
         # One cluster per batch block, as many CTAs as split the layer into >= 4 units
         # each (up to 16), while the clusters fit the GPU.
         slices = min(MAX_CLUSTER, _cdiv(hidden, 4))
