@@ -237,11 +237,8 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_cluster_kernel(cons
 
 template <typename T>
 cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
-  const size_t smem = backward_smem_bytes(args);
-  if (args.split.cluster > 0)
-    return launch_clusters(lstm_backward_cluster_kernel<T>, args, args.blocks, args.split.cluster,
-                           smem, stream);
-  return launch_cooperative(lstm_backward_kernel<T>, args, args.blocks, smem, stream);
+  return launch_plan(lstm_backward_kernel<T>, lstm_backward_cluster_kernel<T>, args, backward_smem_bytes(args),
+                     stream);
 }
 
 }  // namespace

@@ -430,4 +430,14 @@ cudaError_t launch_clusters(void (*kernel)(const Args), const Args& args, int bl
   return cudaLaunchKernelEx(&config, kernel, args);
 }
 
+// A layer's launch as its plan says (Args: ForwardArgs or BackwardArgs): clusters of
+// args.split.cluster blocks of the cluster kernel, or a cooperative grid of the grid one.
+template <typename Args>
+cudaError_t launch_plan(void (*grid_kernel)(const Args), void (*cluster_kernel)(const Args),
+                        const Args& args, size_t smem, cudaStream_t stream) {
+  if (args.split.cluster > 0)
+    return launch_clusters(cluster_kernel, args, args.blocks, args.split.cluster, smem, stream);
+  return launch_cooperative(grid_kernel, args, args.blocks, smem, stream);
+}
+
 }  // namespace rnnfast

@@ -208,11 +208,8 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_forward_cluster_kernel(const
 
 template <typename T>
 cudaError_t launch_typed(const ForwardArgs& args, cudaStream_t stream) {
-  const size_t smem = forward_smem_bytes(args);
-  if (args.split.cluster > 0)
-    return launch_clusters(lstm_forward_cluster_kernel<T>, args, args.blocks, args.split.cluster,
-                           smem, stream);
-  return launch_cooperative(lstm_forward_kernel<T>, args, args.blocks, smem, stream);
+  return launch_plan(lstm_forward_kernel<T>, lstm_forward_cluster_kernel<T>, args, forward_smem_bytes(args),
+                     stream);
 }
 
 }  // namespace
