@@ -249,7 +249,9 @@ void backward(const OptTensor& dy,        // [N, P] io
 }
 
 // What the plan needs to know about a device: SMs, opt-in shared memory per block,
-// and whether it supports cooperative launches at all.
+// whether it supports cooperative launches at all, its compute capability major, and
+// (sm_90+) how many clusters of c blocks of the cluster kernels it holds at once, for
+// c = 0..16 (0 where it cannot place one, and for c < 2).
 pybind11::tuple device_limits(int64_t index) {
   int sms = 0, smem = 0, coop = 0, major = 0;
   raise_on_error(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, (int)index),
@@ -261,7 +263,18 @@ pybind11::tuple device_limits(int64_t index) {
                  "cudaDeviceGetAttribute");
   raise_on_error(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, (int)index),
                  "cudaDeviceGetAttribute");
-  return pybind11::make_tuple(sms, smem, coop != 0, major);
+  pybind11::list resident(17);
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
+  for (int c = 0; c <= 16; ++c) {
+    int clusters = 0;
+    // A size the GPU cannot form errors here: 0 such clusters, error cleared.
+    if (major >= 9 && c >= 2 && rnnfast::resident_clusters(c, smem, &clusters) != cudaSuccess) {
+      (void)cudaGetLastError();
+      clusters = 0;
+    }
+    resident[c] = clusters;
+  }
+  return pybind11::make_tuple(sms, smem, coop != 0, major, pybind11::tuple(resident));
 }
 
 // Latency probes (lstm_probe.cu), timed by rnnfast/backends/probe.py. They trust their

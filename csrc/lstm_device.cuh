@@ -400,31 +400,45 @@ cudaError_t launch_cooperative(void (*kernel)(const Args), const Args& args, int
                                      dim3(kThreads), params, smem, stream);
 }
 
-// Clusters of `cluster` blocks (sm_90; above 8 the non-portable size). A cluster the
-// GPU cannot place (too few SMs free in a GPC for its size and shared memory) is
-// refused before launch with cudaErrorInvalidClusterSize.
+// A launch of `blocks` blocks in clusters of `cluster` (sm_90; above 8 the non-portable
+// size) with `smem` bytes of dynamic shared memory each: `kernel` opted in, `config`
+// filled (it points at `attribute`), and `clusters` set to how many such clusters the
+// GPU can hold at once (0: it cannot place one: too few SMs free in a GPC for its size
+// and shared memory).
 template <typename Args>
-cudaError_t launch_clusters(void (*kernel)(const Args), const Args& args, int blocks,
-                            int cluster, size_t smem, cudaStream_t stream) {
+cudaError_t prepare_clusters(void (*kernel)(const Args), int blocks, int cluster, size_t smem,
+                             cudaStream_t stream, cudaLaunchConfig_t* config,
+                             cudaLaunchAttribute* attribute, int* clusters) {
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err == cudaSuccess && cluster > 8)
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   if (err != cudaSuccess) return err;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(blocks);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = cluster;
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
+  *config = {};
+  config->gridDim = dim3(blocks);
+  config->blockDim = dim3(kThreads);
+  config->dynamicSmemBytes = smem;
+  config->stream = stream;
+  attribute->id = cudaLaunchAttributeClusterDimension;
+  attribute->val.clusterDim.x = cluster;
+  attribute->val.clusterDim.y = 1;
+  attribute->val.clusterDim.z = 1;
+  config->attrs = attribute;
+  config->numAttrs = 1;
+  *clusters = 0;
+  return cudaOccupancyMaxActiveClusters(clusters, kernel, config);
+}
+
+// Clusters of `cluster` blocks. A cluster the GPU cannot place is refused before launch
+// with cudaErrorInvalidClusterSize.
+template <typename Args>
+cudaError_t launch_clusters(void (*kernel)(const Args), const Args& args, int blocks,
+                            int cluster, size_t smem, cudaStream_t stream) {
+  cudaLaunchConfig_t config;
+  cudaLaunchAttribute attribute;
   int clusters = 0;
-  err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+  cudaError_t err =
+      prepare_clusters(kernel, blocks, cluster, smem, stream, &config, &attribute, &clusters);
   if (err != cudaSuccess) return err;
   if (clusters == 0) return cudaErrorInvalidClusterSize;
   return cudaLaunchKernelEx(&config, kernel, args);

@@ -220,6 +220,14 @@ size_t forward_smem_bytes(const ForwardArgs& args) {
       .bytes;
 }
 
+// The backward's cluster kernel has the same block shape (threads, one block per SM).
+cudaError_t resident_clusters(int cluster, size_t smem, int* clusters) {
+  cudaLaunchConfig_t config;
+  cudaLaunchAttribute attribute;
+  return prepare_clusters(lstm_forward_cluster_kernel<__half>, cluster, cluster, smem, nullptr,
+                          &config, &attribute, clusters);
+}
+
 cudaError_t launch_forward(const ForwardArgs& args, cudaStream_t stream) {
   switch (args.dtype) {
     case DType::kFloat32: return launch_typed<float>(args, stream);

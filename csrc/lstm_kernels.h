@@ -88,6 +88,11 @@ size_t backward_smem_bytes(const BackwardArgs& args);
 cudaError_t launch_forward(const ForwardArgs& args, cudaStream_t stream);
 cudaError_t launch_backward(const BackwardArgs& args, cudaStream_t stream);
 
+// How many clusters of `cluster` blocks of the cluster kernels (one block per SM: `smem`
+// bytes of shared memory and their registers allow no second) the current GPU holds at
+// once, into *clusters: the most batch blocks a cluster plan can run side by side.
+cudaError_t resident_clusters(int cluster, size_t smem, int* clusters);
+
 // Latency probes (lstm_probe.cu): the primitives whose cost rnnfast/backends/latency.py
 // assumes, each run `rounds` (`loads`) times through the kernels' own device code;
 // rnnfast/backends/probe.py times them.

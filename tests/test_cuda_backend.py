@@ -99,6 +99,23 @@ def test_h100_plan_numbers_for_the_standard_cases():
     assert isinstance(_plan("backward", 16, 768, itemsize=4), cuda_plan.Plan)
 
 
+def test_cluster_plans_run_only_as_many_batch_blocks_as_clusters_the_gpu_holds():
+    """B = 64 at H = 512 fp16 is 8 clusters of 16 CTAs where 132 SMs would hold them;
+    a GPU whose GPCs hold only 7 such clusters at once (device_limits) gets a plan
+    whose batch blocks all run side by side, not a second wave."""
+    eight = _plan("forward", 64, 512)
+    assert (eight.kind, eight.unit_slices, eight.batch_blocks) == ("cluster", 16, 8)
+    resident = tuple(7 if c == 16 else SMS // max(c, 1) for c in range(17))
+    for direction in ("forward", "backward"):
+        p = cuda_plan.make_plan(direction, 64, 512, 512, False, 2, SMS, SMEM, 9,
+                                resident_clusters=resident)
+        assert p.kind == "grid" or p.batch_blocks <= resident[p.unit_slices], (direction, p)
+    none = tuple([0] * 17)  # no cluster can be placed: grid plans only
+    assert _plan("forward", 16, 512).kind == "cluster"
+    assert cuda_plan.make_plan("forward", 16, 512, 512, False, 2, SMS, SMEM, 9,
+                               resident_clusters=none).kind == "grid"
+
+
 def test_the_plan_is_the_split_the_model_rates_fastest():
     from rnnfast.backends.cuda import model
     for direction, batch, hidden in [("forward", 16, 768), ("backward", 256, 1024),
@@ -223,7 +240,8 @@ class _FakeExtension:
         self.major, self.launch, self.tried = major, launch, []
 
     def device_limits(self, index):
-        return (SMS, SMEM, True, self.major)
+        resident = [SMS // c if self.major >= 9 and c >= 2 else 0 for c in range(17)]
+        return (SMS, SMEM, True, self.major, resident)
 
     def forward(self, *args):
         self.tried.append(("forward", args[-2]))  # (..., block_rows, cluster, spin_limit)

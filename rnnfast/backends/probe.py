@@ -155,7 +155,7 @@ def measure(device: torch.device) -> dict:
     backends = available_backends()
     probes: list[tuple[str, Optional[str], Callable[[], dict]]] = []  # (figure, why not, probe)
     if backends["cuda"] is None:
-        sms, _, cooperative, major = device_limits(device)
+        sms, _, cooperative, major, _ = device_limits(device)
         probes += [
             ("l2_round_trip_s", None, lambda: l2_chase(_C, device)),
             ("mma_latency_clocks", None, lambda: mma(_C, device, sms)),

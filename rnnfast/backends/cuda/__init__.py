@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -39,7 +39,7 @@ def _load_extension():
 
 
 _C, _NOT_BUILT_REASON = _load_extension()
-_limits: dict[int, tuple[int, int, bool, int]] = {}
+_limits: dict[int, "DeviceLimits"] = {}
 _warned: set[str] = set()
 
 
@@ -59,11 +59,20 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> Optional[str
     return None
 
 
-def device_limits(device: torch.device) -> tuple[int, int, bool, int]:
-    """(SMs, opt-in shared memory per block, cooperative launch support, CC major)."""
+class DeviceLimits(NamedTuple):
+    sms: int
+    smem: int                           # opt-in shared memory per block (bytes)
+    cooperative: bool                   # cooperative launches supported
+    major: int                          # compute capability major
+    resident_clusters: tuple[int, ...]  # [c]: clusters of c CTAs held at once (0: none, or c < 2)
+
+
+def device_limits(device: torch.device) -> DeviceLimits:
+    """What the plan needs to know about `device` (binding.cpp device_limits)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _limits:
-        _limits[index] = tuple(_C.device_limits(index))
+        sms, smem, cooperative, major, resident = _C.device_limits(index)
+        _limits[index] = DeviceLimits(sms, smem, cooperative, major, tuple(resident))
     return _limits[index]
 
 
@@ -72,13 +81,13 @@ def plan_for(direction: str, device: torch.device, dtype: torch.dtype, batch: in
     """The launch plan of the "forward" or "backward" kernel (plan.py), or why it cannot
     run; clusters=False: the grid plan, what a refused cluster launch falls back to."""
     from . import plan
-    sms, smem, cooperative, major = device_limits(device)
+    sms, smem, cooperative, major, resident = device_limits(device)
     if major < 8:
         return f"the kernels need compute capability 8.0 or newer, this GPU has {major}.x"
     if not cooperative:
         return "this GPU does not support cooperative launches"
     return plan.make_plan(direction, batch, hidden, out_size, has_proj, dtype.itemsize, sms, smem,
-                          major, clusters)
+                          major, clusters, resident)
 
 
 def fallback(reason: str):

@@ -223,24 +223,30 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
 @functools.lru_cache(maxsize=1024)
 def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: bool,
               itemsize: int, sms: int, smem_per_block: int, major: int,
-              clusters: bool = True) -> Union[Plan, str]:
+              clusters: bool = True, resident_clusters: tuple[int, ...] = ()) -> Union[Plan, str]:
     """The plan of the "forward" or "backward" kernel for this layer on a GPU with `sms`
     SMs, `smem_per_block` opt-in shared memory and compute capability `major`.x, or why
     none fits. clusters=False: grid plans only (what a refused cluster launch falls
-    back to). Of the splits that fit, the one whose step the latency model (model.py)
-    rates fastest; on a tie the first: cluster plans, then fewer batch blocks."""
+    back to). resident_clusters[c]: how many clusters of c CTAs the GPU holds at once
+    (binding.cpp device_limits); a cluster plan runs its batch blocks side by side only
+    up to that many (more would run in waves, each as long as the whole layer). Without
+    it, sms // c. Of the splits that fit, the one whose step the latency model
+    (model.py) rates fastest; on a tie the first: cluster plans, then fewer batch
+    blocks."""
     candidates = []
     if clusters and major >= 9 and not has_proj:
         # One cluster per batch block, as many CTAs as split the layer into >= 4 units
-        # each (up to 16), while the clusters fit the GPU.
+        # each (up to 16), while the GPU holds all the clusters at once.
         slices = min(MAX_CLUSTER, _cdiv(hidden, 4))
         for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
-            if batch_blocks * slices > sms:
-                break
             plan = _candidate("cluster", direction, batch, hidden, out_size, has_proj, itemsize,
                               slices, batch_blocks, smem_per_block)
-            if plan is not None and plan.unit_slices > 1 and plan not in candidates:
-                candidates.append(plan)
+            if plan is None or plan.unit_slices < 2 or plan in candidates:
+                continue
+            size = plan.unit_slices
+            if plan.batch_blocks > (resident_clusters[size] if resident_clusters else sms // size):
+                break  # more batch blocks only need more clusters
+            candidates.append(plan)
     for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
         slices = min(sms // batch_blocks, _cdiv(hidden, 4))
         if slices < 1:
