@@ -220,8 +220,17 @@ size_t forward_smem_bytes(const ForwardArgs& args) {
       .bytes;
 }
 
-// The backward's cluster kernel has the same block shape (threads, one block per SM).
+// The backward's cluster kernel has the same block shape (threads, one block per SM)
+// and comes from the same build.
 cudaError_t resident_clusters(int cluster, size_t smem, int* clusters) {
+  // Built without an sm_90 image (RNNFAST_CUDA_ARCHS=80 run on a Hopper, the kernel
+  // JIT-compiled from compute_80 PTX), the cluster kernels are empty stubs: none.
+  cudaFuncAttributes built;
+  cudaError_t err = cudaFuncGetAttributes(&built, lstm_forward_cluster_kernel<__half>);
+  if (err != cudaSuccess || built.ptxVersion < 90) {
+    *clusters = 0;
+    return err;
+  }
   cudaLaunchConfig_t config;
   cudaLaunchAttribute attribute;
   return prepare_clusters(lstm_forward_cluster_kernel<__half>, cluster, cluster, smem, nullptr,

@@ -90,7 +90,8 @@ cudaError_t launch_backward(const BackwardArgs& args, cudaStream_t stream);
 
 // How many clusters of `cluster` blocks of the cluster kernels (one block per SM: `smem`
 // bytes of shared memory and their registers allow no second) the current GPU holds at
-// once, into *clusters: the most batch blocks a cluster plan can run side by side.
+// once, into *clusters: the most batch blocks a cluster plan can run side by side. 0
+// when this build has no sm_90 code for them.
 cudaError_t resident_clusters(int cluster, size_t smem, int* clusters);
 
 // Latency probes (lstm_probe.cu): the primitives whose cost rnnfast/backends/latency.py
