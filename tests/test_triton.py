@@ -22,7 +22,7 @@ import triton.language as tl  # noqa: E402
 import rnnfast  # noqa: E402
 from rnnfast.backends import available_backends, reference  # noqa: E402
 from rnnfast.backends import triton as triton_backend  # noqa: E402
-from rnnfast.backends.triton.cell import rounded  # noqa: E402
+from rnnfast.backends.triton.cell import dot, rounded, tf32_parts  # noqa: E402
 from rnnfast.precision import rule_violations  # noqa: E402
 
 from helpers import layer_args, upstream_grads  # noqa: E402
@@ -70,11 +70,14 @@ def _compare(args, reverse, fwd_plan=None, bwd_plan=None, **kw):
     return outs, grads, outs_ref, grads_ref
 
 
+OUTPUT_NAMES = ("y", "h_n", "c_n")
+GRAD_NAMES = ("dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh", "dW_hr", "dgates")
+
+
 def _assert_same(outs, grads, outs_ref, grads_ref, tol):
-    for name, a, b in zip(("y", "h_n", "c_n"), outs, outs_ref):
+    for name, a, b in zip(OUTPUT_NAMES, outs, outs_ref):
         assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
-    names = ("dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh", "dW_hr", "dgates")
-    for name, a, b in zip(names, grads, grads_ref):
+    for name, a, b in zip(GRAD_NAMES, grads, grads_ref):
         assert (a is None) == (b is None), name
         if a is not None:
             assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
@@ -114,15 +117,23 @@ def test_without_bias_and_without_incoming_gradients():
     assert x.shape == (7, 3, 5)
 
 
-def _errors_vs_float64(args64, dtype, reverse, backend_fns):
-    """Largest error of every output and gradient of `backend_fns` run in dtype,
-    against the reference run in float64."""
+def _differences_from_float64(args64, dtype, reverse, backend_fns):
+    """{name: |result - float64 result|} of every output and gradient of `backend_fns`
+    run in dtype, against the reference run in float64 (same inputs and upstream
+    gradients, rounded to dtype)."""
     outs64, grads64 = _run(reference.forward, reference.backward, args64, reverse)
     upstream = tuple(u.to(dtype) for u in _upstream(*outs64))
     low = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
     outs, grads = _run(*backend_fns, low, reverse, upstream=upstream)
-    return [(a.double() - b).abs().max().item()
-            for a, b in zip([*outs, *grads], [*outs64, *grads64]) if b is not None]
+    return {name: (a.double() - b).abs() for name, a, b in
+            zip(OUTPUT_NAMES + GRAD_NAMES, [*outs, *grads], [*outs64, *grads64]) if b is not None}
+
+
+def _errors_vs_float64(args64, dtype, reverse, backend_fns):
+    """Largest error of every output and gradient of `backend_fns` run in dtype,
+    against the reference run in float64."""
+    return [d.max().item() for d in
+            _differences_from_float64(args64, dtype, reverse, backend_fns).values()]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -149,6 +160,38 @@ def test_16bit_error_stays_within_the_rule_over_long_sequences(dtype, steps):
     assert rule_violations(ours, theirs, dtype) == []
 
 
+def test_fp32_tf32x3_error_stays_within_the_rule_over_1024_steps(monkeypatch):
+    """fp32 products run on tensor cores as tf32x3 (cell.dot: each operand split into two
+    tf32 parts, three products; the interpreter, which ignores the precision, makes the
+    GPU's three products itself). Over T = 1024, forward and backward, every output and
+    gradient stays within DESIGN.md §6: its error against float64 at most 2x that of the
+    reference backend in plain fp32 (with one tf32 product instead of three, every one
+    breaks it). Prints the error along t (pytest -s): y's, and the gate gradients' (the
+    backward's dh chain runs from t = T - 1 down). B = 3, H = 20: about 40 s of
+    interpreter time."""
+    from rnnfast.backends.triton.launch import kernel_dtypes
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # GPU: not 1xTF32
+    assert kernel_dtypes(torch.float32)[2:] == ("tf32x3", triton_backend.interpreting())
+    forward, backward, _ = _kernels()
+    T, B, H = 1024, 3, 20
+    args64 = _layer(T, B, 5, H)
+    ours = _differences_from_float64(args64, torch.float32, False,
+                                     (forward.forward, backward.backward))
+    theirs = _differences_from_float64(args64, torch.float32, False,
+                                       (reference.forward, reference.backward))
+    by_step = {which: {name: d[name].reshape(T, -1).amax(dim=1) for name in ("y", "dgates")}
+               for which, d in (("ours", ours), ("fp32", theirs))}
+    print("\nlargest error against float64 at step t: tf32x3 kernel / fp32 reference")
+    for t in [*range(0, T, 128), T - 1]:
+        print(f"t={t:4d}  y {by_step['ours']['y'][t]:.2e} / {by_step['fp32']['y'][t]:.2e}"
+              f"  dgates {by_step['ours']['dgates'][t]:.2e} / {by_step['fp32']['dgates'][t]:.2e}")
+    names = list(ours)
+    assert rule_violations([ours[n].max().item() for n in names],
+                           [theirs[n].max().item() for n in names], torch.float32,
+                           names=names) == []
+
+
 @triton.jit
 def _store_rounded(x_ptr, y_ptr, N: tl.constexpr, INTERPRET_BF16: tl.constexpr):
     offsets = tl.arange(0, N)
@@ -169,6 +212,62 @@ def test_outputs_are_rounded_to_nearest_even():
         y = torch.empty(len(x), dtype=dtype, device=DEVICE)
         _store_rounded[(1,)](x, y, N=len(x), INTERPRET_BF16=kernel_dtypes(dtype)[1])
         assert_close(y, x.to(dtype), atol=0, rtol=0, equal_nan=True)
+
+
+@triton.jit
+def _tf32x3_dot(a_ptr, b_ptr, acc_ptr, out_ptr, big_ptr, small_ptr, N: tl.constexpr):
+    index = tl.arange(0, N)[:, None] * N + tl.arange(0, N)[None, :]
+    a = tl.load(a_ptr + index)
+    big, small = tf32_parts(a)
+    tl.store(big_ptr + index, big)
+    tl.store(small_ptr + index, small)
+    out = dot(a, tl.load(b_ptr + index), tl.load(acc_ptr + index), tl.float32, "tf32x3",
+              False, True)
+    tl.store(out_ptr + index, out)
+
+
+def _tf32_parts_reference(x):
+    """fp32 x -> (big, small) of tf32x3, computed apart from the kernel's bit arithmetic:
+    big = x to 11 significant bits, half away from zero; small = the rest, truncated to 11
+    significant bits (normal numbers; Inf and NaN: big = x)."""
+    x64 = x.double()
+    m, e = torch.frexp(x64)  # x = m * 2^e, 1/2 <= |m| < 1
+    big = torch.sign(m) * torch.floor(m.abs() * 2**11 + 0.5) * torch.pow(2.0, e - 11.0)
+    big = torch.where(x64.isfinite(), big, x64).float()  # rounds up to Inf past fp32's range
+    m, e = torch.frexp(x64 - big.double())
+    small = (torch.sign(m) * torch.floor(m.abs() * 2**11) * torch.pow(2.0, e - 11.0)).float()
+    return big, small
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # Inf - Inf, on purpose
+def test_tf32x3_products_are_made_as_on_the_gpu():
+    """cell.dot with INTERPRET_TF32X3 makes what the GPU's tf32x3 makes, bit for bit:
+    the operands' tf32 parts (big rounded to nearest, ties away from zero, as
+    cvt.rna.tf32.f32; small truncated, as the mma reads it), then small_a·big_b +
+    big_a·small_b, NaN -> 0, + big_a·big_b, + acc. b is diagonal, so every output is one
+    product of each kind and its roundings are those of fp32 additions, in that order."""
+    g = torch.Generator().manual_seed(0)
+    N = 16
+    a = torch.randn(N, N, generator=g) * 10.0 ** torch.randint(-20, 20, (N, N), generator=g)
+    for i, special in enumerate([float("inf"), -float("inf"), float("nan"),
+                                 torch.finfo(torch.float32).max]):  # the last rounds to Inf
+        a[i, i] = special  # one a row: Inf x 0 makes NaN in the rest of its row anyway
+    a[4, :4] = torch.tensor([0.0, -0.0, 1.0 + 2.0**-11, -(1.0 + 3 * 2.0**-11)])  # ties
+    b = torch.diag(torch.randn(N, generator=g))
+    acc = torch.randn(N, N, generator=g)
+    out, big, small = (torch.empty(N, N, device=DEVICE) for _ in range(3))
+    _tf32x3_dot[(1,)](a.to(DEVICE), b.to(DEVICE), acc.to(DEVICE), out, big, small, N=N)
+
+    a_big, a_small = _tf32_parts_reference(a)
+    assert_close(big.cpu(), a_big, atol=0, rtol=0, equal_nan=True)
+    assert_close(small.cpu(), a_small, atol=0, rtol=0, equal_nan=True)
+    a_big, a_small, b_big, b_small = (p.double() for p in (a_big, a_small,
+                                                           *_tf32_parts_reference(b)))
+    products = (a_small @ b_big + a_big @ b_small).float()  # float64: exact here
+    products = torch.where(products.isnan(), 0.0, products)
+    expected = ((a_big @ b_big + products.double()).float().double() + acc.double()).float()
+    assert_close(out.cpu(), expected, atol=0, rtol=0, equal_nan=True)
+    assert out[0, 0].isinf() and out[1, 1].isinf()  # not NaN: the small products' NaN masked
 
 
 def _forced(plan_module, **changes):

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..gradients import parameter_and_input_grads
 from ..steps import make_steps, step_tables
-from .cell import end_phase, held_chunks, lstm_cell_backward, rounded, step_rows
+from .cell import dot, end_phase, held_chunks, lstm_cell_backward, rounded, step_rows
 from .. import reference
 from .launch import backward_constexprs, launch
 from .plan import Plan, fallback_plans, make_plan
@@ -22,8 +22,8 @@ from .plan import Plan, fallback_plans, make_plan
 def _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids, active, units, unit_mask,
                  write_dy_total, H, P,
                  HAS_DY: tl.constexpr, HAS_PROJ: tl.constexpr, NEED_DY_TOTAL: tl.constexpr,
-                 ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-                 BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+                 ACC: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_TF32X3: tl.constexpr,
+                 BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """dL/dh of the tile's units at this step, [BLOCK_B, BLOCK_H] in ACC, but for dy
     without a projection (_saved_tile loads that part, ahead of the barrier).
 
@@ -46,7 +46,7 @@ def _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids, active, 
                          mask=mask & write_dy_total)
             w = tl.load(w_hr_ptr + cols[:, None] * H + units[None, :],
                         mask=col_mask[:, None] & unit_mask[None, :], other=0.0).to(ACC)
-            dh = tl.dot(d, w, dh, input_precision=PRECISION, out_dtype=ACC)
+            dh = dot(d, w, dh, ACC, PRECISION, False, INTERPRET_TF32X3)  # operands in ACC
     else:
         dh = tl.load(dh_ptr + rows[:, None] * P + units[None, :],
                      mask=active[:, None] & unit_mask[None, :], other=0.0, cache_modifier=".cg")
@@ -83,8 +83,8 @@ def _saved_tile(gates_ptr, cells_ptr, c0_ptr, dc_ptr, dy_ptr, offset, offset_pre
 
 @triton.jit
 def _dh_product(acc, chain_rows_ptr, active, k0, H, w, INTERPRET_BF16: tl.constexpr,
-                ACC: tl.constexpr, PRECISION: tl.constexpr, BATCH_AS_N: tl.constexpr,
-                BLOCK_K: tl.constexpr):
+                ACC: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_TF32X3: tl.constexpr,
+                BATCH_AS_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc + one reduction chunk of dh(t-1) = dgates @ W_hh: the rows' gate gradients
     k0 .. k0 + BLOCK_K (loaded here) times w [BLOCK_K, BLOCK_H], W_hh's rows k0 .. at
     the tile's columns. BATCH_AS_N: acc and the product transposed, [BLOCK_H, BLOCK_B].
@@ -99,13 +99,10 @@ def _dh_product(acc, chain_rows_ptr, active, k0, H, w, INTERPRET_BF16: tl.conste
     else:
         d = tl.load(chain_rows_ptr[:, None] + cols[None, :],
                     mask=active[:, None] & col_mask[None, :], other=0.0, cache_modifier=".cg")
-    if INTERPRET_BF16:  # the interpreter's bf16 dot is wrong: both operands as fp32
-        d = d.to(tl.float32)
-        w = w.to(tl.float32)
     if BATCH_AS_N:
-        acc = tl.dot(tl.trans(w), d, acc, input_precision=PRECISION, out_dtype=ACC)
+        acc = dot(tl.trans(w), d, acc, ACC, PRECISION, INTERPRET_BF16, INTERPRET_TF32X3)
     else:
-        acc = tl.dot(d, w, acc, input_precision=PRECISION, out_dtype=ACC)
+        acc = dot(d, w, acc, ACC, PRECISION, INTERPRET_BF16, INTERPRET_TF32X3)
     return acc
 
 
@@ -136,8 +133,8 @@ def _lstm_backward_kernel(
     HAS_PROJ: tl.constexpr, NEED_DY_TOTAL: tl.constexpr, USE_BARRIER: tl.constexpr,
     SPIN_LIMIT: tl.constexpr, ONE_TILE: tl.constexpr, W_CHUNKS: tl.constexpr,
     BATCH_AS_N: tl.constexpr, TENSOR_CORE_CHAIN: tl.constexpr, INTERPRET_BF16: tl.constexpr,
-    ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_TF32X3: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     batch_block = tl.program_id(0)
     first_tile = tl.program_id(1)
@@ -201,7 +198,8 @@ def _lstm_backward_kernel(
             else:
                 dh = _incoming_dh(dh_ptr, dy_ptr, dy_total_ptr, w_hr_ptr, rows, row_ids,
                                   active, units, unit_mask, tile == 0, H, P, HAS_DY, HAS_PROJ,
-                                  NEED_DY_TOTAL, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+                                  NEED_DY_TOTAL, ACC, PRECISION, INTERPRET_TF32X3, BLOCK_B,
+                                  BLOCK_H, BLOCK_K)
             if ONE_TILE:
                 gate_i, gate_f, gate_g, gate_o, c, c_prev, dc, dy = (
                     next_i, next_f, next_g, next_o, next_c, next_c_prev, next_dc, next_dy)
@@ -270,14 +268,15 @@ def _lstm_backward_kernel(
             if W_CHUNKS > 0:
                 for c in tl.static_range(W_CHUNKS):
                     acc = _dh_product(acc, chain_rows_ptr, active, c * BLOCK_K, H, w_held[c],
-                                      INTERPRET_BF16, ACC, PRECISION, BATCH_AS_N, BLOCK_K)
+                                      INTERPRET_BF16, ACC, PRECISION, INTERPRET_TF32X3,
+                                      BATCH_AS_N, BLOCK_K)
             else:
                 for k0 in range(0, 4 * H, BLOCK_K):
                     cols = k0 + tl.arange(0, BLOCK_K)
                     w = tl.load(w_hh_ptr + cols[:, None] * P + out_cols[None, :],
                                 mask=(cols < 4 * H)[:, None] & out_mask[None, :], other=0.0)
                     acc = _dh_product(acc, chain_rows_ptr, active, k0, H, w, INTERPRET_BF16,
-                                      ACC, PRECISION, BATCH_AS_N, BLOCK_K)
+                                      ACC, PRECISION, INTERPRET_TF32X3, BATCH_AS_N, BLOCK_K)
             if BATCH_AS_N:
                 acc = tl.trans(acc)
             dh_rows = dh_ptr + rows[:, None] * P + out_cols[None, :]

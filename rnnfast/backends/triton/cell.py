@@ -1,6 +1,6 @@
 """Device functions shared by the forward and backward kernels: the cell's pointwise
-math, the row geometry of a time step, the weights a program holds, and the barrier
-that ends each phase of a step."""
+math, the products, the row geometry of a time step, the weights a program holds, and
+the barrier that ends each phase of a step."""
 import triton
 import triton.language as tl
 
@@ -35,6 +35,46 @@ def lstm_cell_backward(gate_i, gate_f, gate_g, gate_o, c, c_prev, dh, dc_carried
     d_g = dc * gate_i * (1.0 - gate_g * gate_g)
     d_o = dh * tanh_c * gate_o * (1.0 - gate_o)
     return d_i, d_f, d_g, d_o, dc * gate_f
+
+
+@triton.jit
+def dot(a, b, acc, ACC: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+        INTERPRET_TF32X3: tl.constexpr):
+    """acc + a @ b in ACC, as the GPU computes it: every recurrent product goes through
+    here, so that the interpreter checks the GPU's arithmetic. On a GPU (both flags
+    False) this is tl.dot alone. The interpreter gets bf16 products wrong (INTERPRET_BF16:
+    the operands are taken as fp32, which holds their products exactly), and it ignores
+    input_precision: for fp32 operands with PRECISION "tf32x3" (INTERPRET_TF32X3) the
+    three tf32 products that Triton's F32DotTC pass (3.6, 3.7) issues are made here from
+    the same parts, in the same order. (tl.dot's operands share one dtype.)"""
+    if INTERPRET_TF32X3 and a.dtype == tl.float32:
+        a_big, a_small = tf32_parts(a)
+        b_big, b_small = tf32_parts(b)
+        small = tl.dot(a_small, b_big, tl.zeros_like(acc), input_precision="ieee", out_dtype=ACC)
+        small = tl.dot(a_big, b_small, small, input_precision="ieee", out_dtype=ACC)
+        small = tl.where(small == small, small, 0.0)  # NaN (from an Inf operand) -> 0
+        acc += tl.dot(a_big, b_big, small, input_precision="ieee", out_dtype=ACC)
+    else:
+        if INTERPRET_BF16:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def tf32_parts(x):
+    """fp32 x -> (big, small) as a tf32 mma reads them: |x - big - small| < 2^-21 |x|.
+    big: x rounded to tf32 (10 mantissa bits) to nearest, ties away from zero, as
+    cvt.rna.tf32.f32 does; Inf and NaN unchanged. small: x - big (exact in fp32, up to
+    13 more bits), then truncated to tf32: the mma reads only the top 19 bits of an
+    operand register and ignores the rest; Triton does not round it."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded_bits = (bits + 0x1000) & 0xFFFFE000
+    finite = (bits & 0x7F800000) != 0x7F800000
+    big = tl.where(finite, rounded_bits.to(tl.float32, bitcast=True), x)
+    small_bits = (x - big).to(tl.uint32, bitcast=True) & 0xFFFFE000
+    return big, small_bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import reference
 from ..steps import accumulation_dtype, final_rows, make_steps, step_tables
-from .cell import end_phase, held_chunks, lstm_cell, rounded, step_rows
+from .cell import dot, end_phase, held_chunks, lstm_cell, rounded, step_rows
 from .launch import forward_constexprs, launch
 from .plan import Plan, fallback_plans, make_plan
 
@@ -28,8 +28,9 @@ def _gate_rows(units, H, BLOCK_H: tl.constexpr):
 @triton.jit
 def _recurrent_gates(h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_held,
                      ACC: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
-                     W_CHUNKS: tl.constexpr, BATCH_AS_N: tl.constexpr, BLOCK_B: tl.constexpr,
-                     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+                     INTERPRET_TF32X3: tl.constexpr, W_CHUNKS: tl.constexpr,
+                     BATCH_AS_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     """h(t-1) @ W_hh^T for one tile: all four gates of its units in one product
     [BLOCK_B, 4 * BLOCK_H] (so the product's N is 4 * BLOCK_H and the tile can be as
     narrow as 4 units), then split into four [BLOCK_B, BLOCK_H] accumulators i, f, g, o.
@@ -47,14 +48,15 @@ def _recurrent_gates(h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_he
     if W_CHUNKS > 0:
         for c in tl.static_range(W_CHUNKS):
             acc = _gate_product(acc, h_rows_ptr, active, c * BLOCK_K, P, w_held[c], ACC,
-                                INTERPRET_BF16, PRECISION, BATCH_AS_N, BLOCK_K)
+                                INTERPRET_BF16, PRECISION, INTERPRET_TF32X3, BATCH_AS_N,
+                                BLOCK_K)
     else:
         for k0 in range(0, P, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             w = tl.load(w_hh_ptr + gate_rows[:, None] * P + cols[None, :],
                         mask=gate_mask[:, None] & (cols < P)[None, :], other=0.0)
             acc = _gate_product(acc, h_rows_ptr, active, k0, P, w, ACC, INTERPRET_BF16,
-                                PRECISION, BATCH_AS_N, BLOCK_K)
+                                PRECISION, INTERPRET_TF32X3, BATCH_AS_N, BLOCK_K)
     if BATCH_AS_N:
         acc = tl.trans(acc)
     # Column 4u + g, with g = 2a + b, is [.., u, a, b]: split b, then a.
@@ -67,7 +69,8 @@ def _recurrent_gates(h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_he
 @triton.jit
 def _gate_product(acc, h_rows_ptr, active, k0, P, w, ACC: tl.constexpr,
                   INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
-                  BATCH_AS_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  INTERPRET_TF32X3: tl.constexpr, BATCH_AS_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
     """acc + one reduction chunk of the gate product: h(t-1)'s columns k0 .. k0 + BLOCK_K
     (loaded here) times w [4 * BLOCK_H, BLOCK_K], W_hh's rows of the tile at those columns."""
     cols = k0 + tl.arange(0, BLOCK_K)
@@ -79,13 +82,10 @@ def _gate_product(acc, h_rows_ptr, active, k0, P, w, ACC: tl.constexpr,
     else:
         h = tl.load(h_rows_ptr[:, None] + cols[None, :], mask=active[:, None] & col_mask[None, :],
                     other=0.0, cache_modifier=".cg")
-    if INTERPRET_BF16:
-        h = h.to(tl.float32)
-        w = w.to(tl.float32)
     if BATCH_AS_N:
-        acc = tl.dot(w, h, acc, input_precision=PRECISION, out_dtype=ACC)
+        acc = dot(w, h, acc, ACC, PRECISION, INTERPRET_BF16, INTERPRET_TF32X3)
     else:
-        acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION, out_dtype=ACC)
+        acc = dot(h, tl.trans(w), acc, ACC, PRECISION, INTERPRET_BF16, INTERPRET_TF32X3)
     return acc
 
 
@@ -130,8 +130,8 @@ def _lstm_forward_kernel(
     HAS_PROJ: tl.constexpr, SAVE_GATES: tl.constexpr, SAVE_CELLS: tl.constexpr,
     USE_BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr, ONE_TILE: tl.constexpr,
     W_CHUNKS: tl.constexpr, BATCH_AS_N: tl.constexpr, ACC: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_TF32X3: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     batch_block = tl.program_id(0)
     first_tile = tl.program_id(1)
@@ -181,7 +181,8 @@ def _lstm_forward_kernel(
             gate_rows, gate_mask = _gate_rows(units, H, BLOCK_H)
             pre_i, pre_f, pre_g, pre_o = _recurrent_gates(
                 h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_held, ACC,
-                INTERPRET_BF16, PRECISION, W_CHUNKS, BATCH_AS_N, BLOCK_B, BLOCK_H, BLOCK_K)
+                INTERPRET_BF16, PRECISION, INTERPRET_TF32X3, W_CHUNKS, BATCH_AS_N, BLOCK_B,
+                BLOCK_H, BLOCK_K)
             # The cell state lives in c_ptr in ACC: a row's slot holds c0 until its first
             # step, then its latest c (so that it ends as c_n).
             c_rows = c_ptr + rows[:, None] * H + units[None, :]
@@ -240,10 +241,8 @@ def _lstm_forward_kernel(
                                   cache_modifier=".cg")
                     w = tl.load(w_hr_ptr + out_cols[:, None] * H + cols[None, :],
                                 mask=out_mask[:, None] & col_mask[None, :], other=0.0)
-                    if INTERPRET_BF16:
-                        hid = hid.to(tl.float32)
-                        w = w.to(tl.float32)
-                    acc = tl.dot(hid, tl.trans(w), acc, input_precision=PRECISION, out_dtype=ACC)
+                    acc = dot(hid, tl.trans(w), acc, ACC, PRECISION, INTERPRET_BF16,
+                              INTERPRET_TF32X3)
                 tl.store(y_ptr + row_ids[:, None] * P + out_cols[None, :],
                          rounded(acc, y_ptr, INTERPRET_BF16), mask=active[:, None] & out_mask[None, :])
         arrived += tile_stride

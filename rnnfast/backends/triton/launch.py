@@ -18,31 +18,34 @@ MAX_REGISTERS = 255  # per thread, on every NVIDIA GPU since Kepler
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def kernel_dtypes(dtype: torch.dtype) -> tuple[tl.dtype, bool, str]:
+def kernel_dtypes(dtype: torch.dtype) -> tuple[tl.dtype, bool, str, bool]:
     """For a layer of `dtype`: the accumulation dtype, whether the interpreter's bf16
     must be worked around (its bf16 maths is wrong: tl.dot operands are converted to
     fp32 first; and it truncates on conversion to bf16: outputs are rounded by hand),
-    and the fp32 dot precision: "tf32x3" (tensor cores, each operand split into two tf32
+    the fp32 dot precision: "tf32x3" (tensor cores, each operand split into two tf32
     parts, three products: about fp32's accuracy, where "ieee" would run on the FMA
-    units), or "tf32" where torch's own matmul setting allows it; fp64 "ieee"."""
+    units), or "tf32" where torch's own matmul setting allows it; fp64 "ieee"; and
+    whether the interpreter must make tf32x3's three products itself (it ignores the
+    precision: cell.dot). The interpreter always takes tf32x3 for fp32, so that CI
+    checks the GPU's default arithmetic."""
     acc = _TL_DTYPES[accumulation_dtype(dtype)]
     interpret_bf16 = interpreting() and dtype == torch.bfloat16
     if dtype != torch.float32:
-        return acc, interpret_bf16, "ieee"
+        return acc, interpret_bf16, "ieee", False
     tf32 = not interpreting() and torch.backends.cuda.matmul.allow_tf32
-    return acc, interpret_bf16, "tf32" if tf32 else "tf32x3"
+    return acc, interpret_bf16, "tf32" if tf32 else "tf32x3", interpreting()
 
 
 def forward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed: bool,
                        has_bias: bool, has_proj: bool, save: str) -> dict:
     """The forward kernel's compile-time arguments (shared by the launcher and aot)."""
-    acc, interpret_bf16, precision = kernel_dtypes(dtype)
+    acc, interpret_bf16, precision, interpret_tf32x3 = kernel_dtypes(dtype)
     return dict(REVERSE=reverse, PACKED=packed, HAS_BIAS=has_bias, HAS_PROJ=has_proj,
                 SAVE_GATES=save == "all", SAVE_CELLS=save != "none",
                 USE_BARRIER=plan.use_barrier, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
                 ONE_TILE=plan.one_tile, W_CHUNKS=plan.held_chunks, BATCH_AS_N=plan.batch_as_n,
-                ACC=acc, INTERPRET_BF16=interpret_bf16,
-                PRECISION=precision, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+                ACC=acc, INTERPRET_BF16=interpret_bf16, PRECISION=precision,
+                INTERPRET_TF32X3=interpret_tf32x3, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
                 BLOCK_K=plan.block_k)
 
 
@@ -51,15 +54,16 @@ def backward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed
     """The backward kernel's compile-time arguments (shared by the launcher and aot):
     16-bit layers run the dh chain's product on tensor cores (TENSOR_CORE_CHAIN), the
     others in their accumulation dtype."""
-    _, interpret_bf16, _ = kernel_dtypes(dtype)
-    acc, _, precision = kernel_dtypes(accumulation_dtype(dtype))
+    _, interpret_bf16, _, _ = kernel_dtypes(dtype)
+    acc, _, precision, interpret_tf32x3 = kernel_dtypes(accumulation_dtype(dtype))
     return dict(REVERSE=reverse, PACKED=packed, HAS_DY=has_dy, HAS_PROJ=has_proj,
                 NEED_DY_TOTAL=need_dy_total, USE_BARRIER=plan.use_barrier,
                 SPIN_LIMIT=BARRIER_SPIN_LIMIT, ONE_TILE=plan.one_tile,
                 W_CHUNKS=plan.held_chunks, BATCH_AS_N=plan.batch_as_n,
                 TENSOR_CORE_CHAIN=dtype in (torch.float16, torch.bfloat16),
                 INTERPRET_BF16=interpret_bf16, ACC=acc, PRECISION=precision,
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
+                INTERPRET_TF32X3=interpret_tf32x3, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+                BLOCK_K=plan.block_k)
 
 
 def launch_options(plan: Plan) -> dict:
