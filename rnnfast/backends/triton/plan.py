@@ -36,13 +36,18 @@ from . import interpreting
 _MIN_K = 16               # tl.dot's reduction is at least 16 deep (M and N may be smaller: padded)
 # The W_hh slice a program may hold for the whole sequence, by (bytes an element,
 # direction); Triton keeps it in shared memory, in the mma's operand layout. 16-bit: 96 KB,
-# which with the operands staged beside it fits an A100's 164 KB. fp32's dot splits its
-# operands into tf32 parts in registers at every step (tf32x3), so less: the forward
-# 16 KB (held, P = 512 and 768 spilled 24-56 B), the backward nothing (held, H = 64-256
-# spilled 392-696 B on sm_80). fp64 streams.
-_HELD_BYTES = {(2, "forward"): 96 << 10, (2, "backward"): 96 << 10, (4, "forward"): 16 << 10}
+# which with the operands staged beside it fits an A100's 164 KB. fp32 (tf32x3): Triton
+# splits the held chunks into tf32 parts once, before the time loop (two buffers a
+# chunk), but each product still has both parts of both operands in registers, so less:
+# the forward 24 KB in chunks of 32 (P <= 192 at 8-unit tiles; 28 KB, P = 200, spilled
+# 8 B on sm_90, 64 KB 8-16 B; in chunks of 64, 32 KB spilled 56 B). The backward streams:
+# held with the batch as N (W_hh the mma's A operand), H = 64-256 spilled 164-816 B in
+# chunks of 16-256; with the batch as M (W_hh its B operand) in chunks of 32 it spilled
+# only at H = 64 (8 B, sm_80) and 64 KB, but the latency model rates that form 1-5%
+# slower than streaming (model.py), so it is not a candidate. fp64 streams.
+_HELD_BYTES = {(2, "forward"): 96 << 10, (2, "backward"): 96 << 10, (4, "forward"): 24 << 10}
 # Reduction chunk of held weights: h(t-1) or dgates is loaded chunk by chunk.
-_HELD_CHUNK = {2: 256, 4: 64}
+_HELD_CHUNK = {2: 256, 4: 32}
 # Largest tile (rows x units), without and with a projection, whose products' operands
 # are live beside the cell's: with one, 64 x 32 spilled 12-1,376 B. Largest tile whose
 # next step's inputs a program keeps in registers through a step (Plan.one_tile): with
