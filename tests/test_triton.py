@@ -160,7 +160,18 @@ def test_16bit_error_stays_within_the_rule_over_long_sequences(dtype, steps):
     assert rule_violations(ours, theirs, dtype) == []
 
 
-def test_fp32_tf32x3_error_stays_within_the_rule_over_1024_steps(monkeypatch):
+@pytest.fixture
+def without_tf32():
+    """torch's own matmul setting held off (on a GPU it would make the kernels' fp32
+    products single tf32), restored after. Not monkeypatch: allow_tf32 is a property
+    of torch's cuBLAS module, which monkeypatch's undo deletes instead of resetting."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def test_fp32_tf32x3_error_stays_within_the_rule_over_1024_steps(without_tf32):
     """fp32 products run on tensor cores as tf32x3 (cell.dot: each operand split into two
     tf32 parts, three products; the interpreter, which ignores the precision, makes the
     GPU's three products itself). Over T = 1024, forward and backward, every output and
@@ -171,7 +182,6 @@ def test_fp32_tf32x3_error_stays_within_the_rule_over_1024_steps(monkeypatch):
     interpreter time."""
     from rnnfast.backends.triton.launch import kernel_dtypes
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # GPU: not 1xTF32
     assert kernel_dtypes(torch.float32)[2:] == ("tf32x3", triton_backend.interpreting())
     forward, backward, _ = _kernels()
     T, B, H = 1024, 3, 20
