@@ -251,7 +251,7 @@ void backward(const OptTensor& dy,        // [N, P] io
 // What the plan needs to know about a device: SMs, opt-in shared memory per block,
 // whether it supports cooperative launches at all, its compute capability major, and
 // (sm_90+) how many clusters of c blocks of the cluster kernels it holds at once, for
-// c = 0..16 (0 where it cannot place one, and for c < 2).
+// c = 0..kMaxCluster (0 where it cannot place one, and for c < 2).
 pybind11::tuple device_limits(int64_t index) {
   int sms = 0, smem = 0, coop = 0, major = 0;
   raise_on_error(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, (int)index),
@@ -263,9 +263,9 @@ pybind11::tuple device_limits(int64_t index) {
                  "cudaDeviceGetAttribute");
   raise_on_error(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, (int)index),
                  "cudaDeviceGetAttribute");
-  pybind11::list resident(17);
+  pybind11::list resident(rnnfast::kMaxCluster + 1);
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
-  for (int c = 0; c <= 16; ++c) {
+  for (int c = 0; c <= rnnfast::kMaxCluster; ++c) {
     int clusters = 0;
     // A size the GPU cannot form errors here: 0 such clusters, error cleared.
     if (major >= 9 && c >= 2 && rnnfast::resident_clusters(c, smem, &clusters) != cudaSuccess) {

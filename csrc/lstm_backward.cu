@@ -237,8 +237,8 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_cluster_kernel(cons
 
 template <typename T>
 cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
-  return launch_plan(lstm_backward_kernel<T>, lstm_backward_cluster_kernel<T>, args, backward_smem_bytes(args),
-                     stream);
+  return launch_plan(lstm_backward_kernel<T>, lstm_backward_cluster_kernel<T>, args,
+                     backward_smem_bytes(args), stream);
 }
 
 }  // namespace

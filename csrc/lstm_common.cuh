@@ -31,6 +31,7 @@ constexpr int kMaxCellItems = 4;   // (batch row, unit) cells a thread holds in 
 constexpr int kExchangeAlign = 16; // exchange rows (h, dgates, dh) padded to 16 elements
 constexpr int kRingBytes = 64 * 1024;  // shared memory for a streamed operand's stages
 constexpr int kAlign = 128;        // bytes: every shared-memory region starts aligned
+constexpr int kMaxCluster = 16;    // CTAs a cluster may have (the non-portable size, sm_90)
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
 RNNFAST_HD int round_up(int a, int b) { return cdiv(a, b) * b; }

@@ -208,8 +208,8 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_forward_cluster_kernel(const
 
 template <typename T>
 cudaError_t launch_typed(const ForwardArgs& args, cudaStream_t stream) {
-  return launch_plan(lstm_forward_kernel<T>, lstm_forward_cluster_kernel<T>, args, forward_smem_bytes(args),
-                     stream);
+  return launch_plan(lstm_forward_kernel<T>, lstm_forward_cluster_kernel<T>, args,
+                     forward_smem_bytes(args), stream);
 }
 
 }  // namespace

@@ -34,7 +34,7 @@ MAX_COPIES = 4
 EXCHANGE_ALIGN = 16
 RING_BYTES = 64 * 1024
 ALIGN = 128
-MAX_CLUSTER = 16  # CTAs per cluster with the non-portable size (H100/H200)
+MAX_CLUSTER = 16  # kMaxCluster: CTAs per cluster with the non-portable size (H100/H200)
 
 # H100 SXM: what the plan is tested against on CPU (tests/test_cuda_backend.py).
 H100_SMS = 132
