@@ -40,13 +40,17 @@ def _skip(reason: str, force: bool):
 
 
 def _gencode_flags(archs: str) -> list:
-    """ "80;90" -> -gencode for sm_80 and sm_90, plus compute_90 PTX for newer GPUs."""
+    """ "80;90" -> -gencode for sm_80 and sm_90a, plus compute_90 PTX for newer GPUs.
+    Hopper's machine code is built as sm_90a: the multicast bulk copies of the grid
+    kernels are optimized for it (PTX ISA) and run on every compute capability 9.0 GPU;
+    the PTX stays the portable compute_90."""
     codes = [a.strip().replace(".", "") for a in archs.replace(",", ";").split(";") if a.strip()]
     if not codes:
         sys.exit(f"RNNFAST_CUDA_ARCHS={archs!r} names no architecture")
     flags = []
     for code in codes:
-        flags.append(f"-gencode=arch=compute_{code},code=sm_{code}")
+        machine = "90a" if code == "90" else code
+        flags.append(f"-gencode=arch=compute_{machine},code=sm_{machine}")
     flags.append(f"-gencode=arch=compute_{codes[-1]},code=compute_{codes[-1]}")
     return flags
 

@@ -71,13 +71,14 @@ void raise_on_launch_error(cudaError_t err, const char* what) {
 
 // The launch shape chosen by rnnfast/backends/cuda/plan.py.
 rnnfast::Split make_split(int64_t units, int64_t proj_cols, int64_t unit_slices,
-                          int64_t block_rows, int64_t cluster) {
+                          int64_t block_rows, int64_t cluster, int64_t multicast) {
   rnnfast::Split sp{};
   sp.units = static_cast<int>(units);
   sp.proj_cols = static_cast<int>(proj_cols);
   sp.unit_slices = static_cast<int>(unit_slices);
   sp.block_rows = static_cast<int>(block_rows);
   sp.cluster = static_cast<int>(cluster);
+  sp.multicast = static_cast<int>(multicast);
   return sp;
 }
 
@@ -90,6 +91,11 @@ int check_split(const rnnfast::Split& sp, int64_t H, int64_t P, int64_t B, bool 
                   (!proj_split || (sp.proj_cols >= 1 && (int64_t)sp.proj_cols * sp.unit_slices >= P)) &&
                   (sp.cluster == 0 || sp.cluster == sp.unit_slices) && spin_limit >= 1,
               "rnnfast._C.", who, ": the plan does not cover every unit and column");
+  // Multicast clusters hold consecutive slices of one batch block (portable sizes).
+  TORCH_CHECK(sp.multicast == 0 || (sp.cluster == 0 && sp.multicast >= 2 && sp.multicast <= 8 &&
+                                    sp.unit_slices % sp.multicast == 0),
+              "rnnfast._C.", who, ": multicast must be 0 or 2..8 dividing unit_slices (",
+              sp.unit_slices, ") in a grid plan, got ", sp.multicast);
   const int64_t batch_blocks = (B + sp.block_rows - 1) / sp.block_rows;
   check(arrivals, "arrivals", device, at::kLong, batch_blocks);
   check(timed_out, "timed_out", device, at::kInt, 1);
@@ -116,7 +122,7 @@ void forward(const Tensor& xg,            // [N, 4H] io
              const Tensor& arrivals,      // [Q] int64 zeros: the grid barrier's counts
              const Tensor& timed_out,     // [1] int32 zero: set if a barrier wait gave up
              int64_t steps, bool reverse, int64_t units, int64_t proj_cols, int64_t unit_slices,
-             int64_t block_rows, int64_t cluster, int64_t spin_limit) {
+             int64_t block_rows, int64_t cluster, int64_t multicast, int64_t spin_limit) {
   const at::Device device = xg.device();
   TORCH_CHECK(device.is_cuda(), "rnnfast._C.forward: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
@@ -161,13 +167,15 @@ void forward(const Tensor& xg,            // [N, 4H] io
   a.out_size = static_cast<int>(P);
   a.reverse = reverse;
   a.dtype = io_dtype(xg);
-  a.split = make_split(units, a.w_hr != nullptr ? proj_cols : 0, unit_slices, block_rows, cluster);
+  a.split = make_split(units, a.w_hr != nullptr ? proj_cols : 0, unit_slices, block_rows, cluster,
+                       multicast);
   a.blocks = check_split(a.split, H, P, B, a.w_hr != nullptr, arrivals, timed_out, device,
                          spin_limit, &a.barrier, "forward");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()),
-                        cluster > 0 ? "cluster launch of the forward kernel"
-                                    : "cooperative launch of the forward kernel");
+                        cluster > 0     ? "cluster launch of the forward kernel"
+                        : multicast > 0 ? "cooperative cluster launch of the forward kernel"
+                                        : "cooperative launch of the forward kernel");
 }
 
 void backward(const OptTensor& dy,        // [N, P] io
@@ -189,7 +197,7 @@ void backward(const OptTensor& dy,        // [N, P] io
               const Tensor& arrivals,     // [Q] int64 zeros
               const Tensor& timed_out,    // [1] int32 zero
               int64_t steps, bool reverse, int64_t units, int64_t proj_cols, int64_t unit_slices,
-              int64_t block_rows, int64_t cluster, int64_t spin_limit) {
+              int64_t block_rows, int64_t cluster, int64_t multicast, int64_t spin_limit) {
   const at::Device device = gates.device();
   TORCH_CHECK(device.is_cuda(), "rnnfast._C.backward: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
@@ -239,13 +247,14 @@ void backward(const OptTensor& dy,        // [N, P] io
   TORCH_CHECK(cluster == 0 || a.w_hr == nullptr,
               "rnnfast._C.backward: cluster plans have no projection phase");
   a.split = make_split(units, a.w_hr != nullptr ? proj_cols : units, unit_slices, block_rows,
-                       cluster);
+                       cluster, multicast);
   a.blocks = check_split(a.split, H, P, B, true, arrivals, timed_out, device, spin_limit,
                          &a.barrier, "backward");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
-                        cluster > 0 ? "cluster launch of the backward kernel"
-                                    : "cooperative launch of the backward kernel");
+                        cluster > 0     ? "cluster launch of the backward kernel"
+                        : multicast > 0 ? "cooperative cluster launch of the backward kernel"
+                                        : "cooperative launch of the backward kernel");
 }
 
 // What the plan needs to know about a device: SMs, opt-in shared memory per block,

@@ -59,6 +59,8 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   const int gld = exchange_ld(4 * H), pld = exchange_ld(P);
   unsigned long long* arrivals = args.barrier.arrivals + blockIdx.x / sp.unit_slices;
   unsigned long long phases = 0;
+  // Grid plans in clusters: the staged operands arrive by multicast (bar null: cp.async).
+  MulticastStage mc = multicast_stage(smem + L.bar_off, kCluster ? 0 : sp.multicast, args.barrier);
 
   load_weights(w_s, L.chain, my_cols, 4 * H,
                [&](int n, int j) { return w_hh[(size_t)j * P + col0 + n]; });
@@ -74,7 +76,8 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   const int g_elems = L.chain.nb * L.chain.b_ld;  // one dgates buffer of a cluster block
   if constexpr (kCluster) zero_shared(ring, 2 * g_elems);
   __syncthreads();
-  if constexpr (kCluster) cluster_sync();  // every peer's memory is live and zeroed
+  // Every peer's memory is live (cluster plans: and zeroed; multicast: its mbarrier set).
+  if (kCluster || mc.bar != nullptr) cluster_sync();
 
   auto rows_of = [&](int64_t k) {
     return step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
@@ -164,7 +167,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
           resident_product(L.chain, w_s, ring + ((k + 1) & 1) * g_elems, false, n_next,
                            [](int) { return (const T*)nullptr; }, part);
         else
-          resident_product(L.chain, w_s, ring, true, n_next, gates_rows(k + 1), part);
+          resident_product(L.chain, w_s, ring, true, n_next, gates_rows(k + 1), part, &mc);
       }
       if (k >= 0)
         cell_backward(k, s, n_act, [&](int b, int u) {
@@ -189,7 +192,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       StepRows s_prev{0, 0, 0, 0};
       if (k >= 1) s_prev = rows_of(k - 1);
       const int n_prev = k >= 1 ? block_active(s_prev.size, row0, Bb) : 0;
-      if (n_act > 0) resident_product(L.chain, w_s, ring, true, n_act, gates_rows(k), part);
+      if (n_act > 0) resident_product(L.chain, w_s, ring, true, n_act, gates_rows(k), part, &mc);
       const int rows = max_int(n_act, n_prev);
       for (int e = threadIdx.x; e < rows * Pc; e += kThreads) {
         const int b = e / Pc, n = e % Pc;
@@ -213,13 +216,14 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       const int n_act = block_active(s.size, row0, Bb);
       if (n_act > 0) {
         resident_product(L.proj, wr_s, ring, true, n_act,
-                         [&](int b) { return dhx + (size_t)(row0 + b) * pld; }, part);
+                         [&](int b) { return dhx + (size_t)(row0 + b) * pld; }, part, &mc);
         cell_backward(k, s, n_act, [&](int b, int u) { return product_out(L.proj, part, u, b); });
       }
       end_phase(false, 0);
       phase_b(k);
     }
   }
+  if (mc.bar != nullptr) cluster_sync();  // no peer's bulk copy lands in an exited block
 }
 
 template <typename T>

@@ -349,6 +349,8 @@ struct Split {
   int unit_slices;   // blocks per batch block
   int block_rows;    // Bb: batch rows per batch block (a multiple of 8)
   int cluster;       // 0: grid kernel; else CTAs per cluster (== unit_slices), sm_90
+  int multicast;     // grid kernel on sm_90: CTAs per cluster (divides unit_slices) sharing
+                     // each single-chunk staged operand by multicast bulk copies; 0: none
 };
 
 // Shared memory of a forward block, in bytes from the (128-byte aligned) base.
@@ -360,6 +362,7 @@ struct ForwardLayout {
   size_t ring_off;    // B of rec / proj: ring stages, or (cluster) h [2][rec.nb][rec.b_ld] io
   size_t part_off;    // partial sums [ksplit][m][Bb] fp32
   size_t c_off;       // cell state [Bb][U] fp32
+  size_t bar_off;     // (multicast) the mbarrier the staged operand's bulk copies complete on
   size_t bytes;
 };
 
@@ -379,7 +382,8 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
   L.part_off = L.ring_off + (ring > proj_ring ? ring : proj_ring);
   const size_t proj_part = has_proj ? part_bytes(L.proj) : 0;
   L.c_off = L.part_off + (part > proj_part ? part : proj_part);
-  L.bytes = L.c_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
+  L.bar_off = L.c_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
+  L.bytes = L.bar_off + (sp.multicast > 0 ? kAlign : 0);
   return L;
 }
 
@@ -396,6 +400,7 @@ struct BackwardLayout {
   size_t ring_off;    // B stages of chain / proj, or (cluster) dgates [2][chain.nb][chain.b_ld] io
   size_t part_off;    // partial sums [ksplit][m][Bb] fp32
   size_t dc_off;      // carried dc [Bb][U] fp32
+  size_t bar_off;     // (multicast) the mbarrier the staged operand's bulk copies complete on
   size_t bytes;
 };
 
@@ -416,7 +421,8 @@ RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_pro
   const size_t part = part_bytes(L.chain);
   const size_t proj_part = has_proj ? part_bytes(L.proj) : 0;
   L.dc_off = L.part_off + (part > proj_part ? part : proj_part);
-  L.bytes = L.dc_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
+  L.bar_off = L.dc_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
+  L.bytes = L.bar_off + (sp.multicast > 0 ? kAlign : 0);
   return L;
 }
 

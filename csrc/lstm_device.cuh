@@ -13,6 +13,14 @@
 
 namespace rnnfast {
 
+// Hopper-only instructions (clusters, bulk copies, mbarrier transactions) exist in the
+// sm_90 image only; the host never runs the code paths that use them elsewhere.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define RNNFAST_SM90(body) body
+#else
+#define RNNFAST_SM90(body)
+#endif
+
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -53,6 +61,94 @@ __device__ __forceinline__ void stage_rows(T* dst, int dst_ld, int rows, int col
   for (int e = threadIdx.x; e < rows * pieces; e += kThreads) {
     const int b = e / pieces, piece = e % pieces;
     cp_async16(dst + b * dst_ld + piece * kPer, row_src(b) + col0 + piece * kPer);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Multicast staging (grid plans in clusters of `size` CTAs, sm_90). Every CTA of a
+// cluster belongs to the same batch block, so all stage the same operand: each copies
+// every size-th row with one bulk copy (cp.async.bulk, the copy engine) into the same
+// offset of every CTA's shared memory, and each CTA waits on its own mbarrier until all
+// rows' bytes have landed. One L2 read per cluster instead of one per CTA.
+//
+// Why the buffers are free: a CTA issues step t's copies after the grid barrier that
+// follows every CTA's product of step t-1 (each arrives after its product), and the
+// launch's first copies after the cluster barrier that follows the mbarriers' init.
+struct MulticastStage {
+  uint64_t* bar;           // this CTA's mbarrier (layout bar_off); null: cp.async staging
+  int size;                // CTAs per cluster
+  unsigned rank;           // this CTA's rank in its cluster
+  unsigned uses;           // completed phases of bar: the next wait's parity is uses & 1
+  bool gave_up;            // a wait timed out: later waits return at once
+  int* timed_out;          // the launch's timeout flag (Barrier::timed_out)
+  long long spin_limit;    // polls before a wait gives up (Barrier::spin_limit)
+};
+
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// Thread 0 sets up the mbarrier (one arrival a phase: thread 0's expect); the caller
+// then makes it visible to the cluster (cluster_sync) before any copy targets it.
+__device__ __forceinline__ MulticastStage multicast_stage(void* bar, int size, const Barrier& barrier) {
+  // Values, not a pointer to `barrier`: the address of a kernel parameter would move
+  // the whole argument struct to local memory.
+  MulticastStage st{nullptr, size, 0u, 0u, false, barrier.timed_out, barrier.spin_limit};
+  if (size <= 0) return st;
+  st.bar = static_cast<uint64_t*>(bar);
+  RNNFAST_SM90(asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(st.rank));)
+  if (threadIdx.x == 0) {
+    RNNFAST_SM90(asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n"
+                              "fence.mbarrier_init.release.cluster;\n" ::"r"(shared_address(bar))
+                              : "memory");)
+  }
+  return st;
+}
+
+// Thread 0 (which acquired the grid barrier): the phase expects rows x row_bytes, then
+// this CTA's share of the rows goes to every CTA of the cluster. The proxy fence (all
+// state spaces) orders what the barrier acquired before the copy engine's accesses:
+// the other blocks' ordinary stores of the rows (global) and every CTA's reads of its
+// previous operand (shared), which the copies overwrite.
+template <typename T, typename RowSource>
+__device__ __forceinline__ void multicast_rows(const MulticastStage& st, T* dst, int dst_ld,
+                                               int rows, int row_elems, RowSource row_src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned row_bytes = static_cast<unsigned>(row_elems * sizeof(T));
+  const unsigned short all = static_cast<unsigned short>((1u << st.size) - 1u);
+  const unsigned bar = shared_address(st.bar);
+  RNNFAST_SM90(asm volatile("{\n .reg .b64 state;\n"
+                            " mbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n"
+                            "fence.proxy.async;\n" ::"r"(bar), "r"(rows * row_bytes)
+                            : "memory");)
+  for (int b = static_cast<int>(st.rank); b < rows; b += st.size) {
+    RNNFAST_SM90(asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+        " [%0], [%1], %2, [%3], %4;\n" ::"r"(shared_address(dst + b * dst_ld)), "l"(row_src(b)),
+        "r"(row_bytes), "r"(bar), "h"(all)
+        : "memory");)
+  }
+#endif
+}
+
+// Every thread waits for the phase's bytes, at most barrier->spin_limit polls; then
+// sets the launch's timed_out flag (the host raises naming the plan) and gives up on
+// every later wait, so a lost copy costs one timeout, not one per step. (Every other
+// poll of the kernels is in grid_barrier_wait; these are shared-memory polls.)
+__device__ __forceinline__ void multicast_wait(MulticastStage& st) {
+  const unsigned parity = st.uses++ & 1u;
+  if (st.gave_up) return;
+  unsigned done = 0;
+  long long polls = 0;
+  do {
+    RNNFAST_SM90(asm volatile("{\n .reg .pred ready;\n"
+                              " mbarrier.try_wait.parity.shared::cta.b64 ready, [%1], %2;\n"
+                              " selp.u32 %0, 1, 0, ready;\n}\n"
+                              : "=r"(done) : "r"(shared_address(st.bar)), "r"(parity) : "memory");)
+  } while (!done && ++polls < st.spin_limit);
+  if (!done) {
+    st.gave_up = true;
+    atomicExch(st.timed_out, 1);
   }
 }
 
@@ -154,14 +250,15 @@ __device__ __forceinline__ void mma_with(float (&d)[4], const AFragment<T>& a, c
 //   part[ks][m][n] = sum over this warp's k-tiles of A[m][k] . B[n][k]
 // A: a_s [p.m][p.a_ld], resident. B: when `staged`, `rows` rows are copied from global
 // memory chunk by chunk into `ring` (double-buffered: chunk c+1 is in flight while
-// chunk c is multiplied); otherwise `ring` already holds B whole [p.nb][p.b_ld]. Rows
+// chunk c is multiplied), or, with a multicast stage `mc` and B in one chunk, by the
+// cluster's bulk copies; otherwise `ring` already holds B whole [p.nb][p.b_ld]. Rows
 // from `rows` to p.nb hold stale values: they only reach output columns the caller
 // ignores. The mma's M side is A, or B when p.swapped. Every thread must call this; it
 // ends with a barrier.
 template <typename T, typename RowSource>
 __device__ __forceinline__ void resident_product(const Product& p, const T* a_s, T* ring,
                                                  bool staged, int rows, RowSource row_src,
-                                                 float* part) {
+                                                 float* part, MulticastStage* mc = nullptr) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kt = k_tile(sizeof(T));
   // This warp's accumulators (lstm_common.cuh slot_word), decoded once, out of the
@@ -176,6 +273,11 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   }
 
   const int stage_elems = p.nb * p.b_ld;
+  if (staged && mc != nullptr && mc->bar != nullptr && p.chunks == 1) {
+    if (threadIdx.x == 0) multicast_rows(*mc, ring, p.b_ld, rows, p.k, row_src);
+    multicast_wait(*mc);  // every thread sees the bytes land: no __syncthreads needed
+    staged = false;       // B is whole in ring now
+  }
   if (staged) {
     stage_rows(ring, p.b_ld, rows, 0, min_int(p.chunk, p.k), row_src);
     cp_async_commit();
@@ -345,13 +447,6 @@ __device__ __forceinline__ void end_grid_phase(const Barrier& barrier, unsigned 
 // sit between arriving and waiting, and stores into a peer block's shared memory
 // (distributed shared memory). Only the cluster kernel, compiled for sm_90, uses them.
 
-// The bodies exist for sm_90 only; other images never call them.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define RNNFAST_SM90(body) body
-#else
-#define RNNFAST_SM90(body)
-#endif
-
 __device__ __forceinline__ void cluster_arrive() {
   RNNFAST_SM90(asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");)
 }
@@ -444,13 +539,43 @@ cudaError_t launch_clusters(void (*kernel)(const Args), const Args& args, int bl
   return cudaLaunchKernelEx(&config, kernel, args);
 }
 
+// A cooperative grid in clusters of `cluster` blocks (grid plans with multicast
+// staging, sm_90). Refused before launch unless the GPU holds every block's cluster
+// at once, which the cooperative launch's grid barrier needs.
+template <typename Args>
+cudaError_t launch_cooperative_clusters(void (*kernel)(const Args), const Args& args, int blocks,
+                                        int cluster, size_t smem, cudaStream_t stream) {
+  cudaLaunchConfig_t config;
+  cudaLaunchAttribute attributes[2];
+  int clusters = 0;
+  cudaError_t err =
+      prepare_clusters(kernel, blocks, cluster, smem, stream, &config, attributes, &clusters);
+  if (err != cudaSuccess) return err;
+  if ((long long)clusters * cluster < blocks) return cudaErrorCooperativeLaunchTooLarge;
+  attributes[1].id = cudaLaunchAttributeCooperative;
+  attributes[1].val.cooperative = 1;
+  config.numAttrs = 2;
+  err = cudaLaunchKernelEx(&config, kernel, args);
+  // A driver that does not take the two attributes together rejects the configuration
+  // before anything runs: a refusal (the host retries without clusters), not a failure.
+  if (err == cudaErrorInvalidValue || err == cudaErrorInvalidConfiguration) {
+    (void)cudaGetLastError();
+    return cudaErrorNotSupported;
+  }
+  return err;
+}
+
 // A layer's launch as its plan says (Args: ForwardArgs or BackwardArgs): clusters of
-// args.split.cluster blocks of the cluster kernel, or a cooperative grid of the grid one.
+// args.split.cluster blocks of the cluster kernel, or a cooperative grid of the grid one,
+// in clusters of args.split.multicast blocks where it stages by multicast.
 template <typename Args>
 cudaError_t launch_plan(void (*grid_kernel)(const Args), void (*cluster_kernel)(const Args),
                         const Args& args, size_t smem, cudaStream_t stream) {
   if (args.split.cluster > 0)
     return launch_clusters(cluster_kernel, args, args.blocks, args.split.cluster, smem, stream);
+  if (args.split.multicast > 0)
+    return launch_cooperative_clusters(grid_kernel, args, args.blocks, args.split.multicast, smem,
+                                       stream);
   return launch_cooperative(grid_kernel, args, args.blocks, smem, stream);
 }
 

@@ -53,6 +53,8 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   const int xld = exchange_ld(P), hld = exchange_ld(H);
   unsigned long long* arrivals = args.barrier.arrivals + blockIdx.x / sp.unit_slices;
   unsigned long long phases = 0;
+  // Grid plans in clusters: the staged h(t-1) arrives by multicast (bar null: cp.async).
+  MulticastStage mc = multicast_stage(smem + L.bar_off, kCluster ? 0 : sp.multicast, args.barrier);
 
   load_weights(w_s, L.rec, 4 * U, P, [&](int m, int k) {
     return m % U < my_units ? w_hh[(size_t)gate_row(m, U, unit0, H) * P + k] : from_float<T>(0.0f);
@@ -76,7 +78,8 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     cp_async_wait<0>();
   }
   __syncthreads();
-  if constexpr (kCluster) cluster_sync();  // every peer's memory is live
+  const bool in_cluster = kCluster || mc.bar != nullptr;
+  if (in_cluster) cluster_sync();  // every peer's memory (and mbarrier) is live
 
   // xg + bias of my cells at step k, round `round` (kMaxCellItems cells a thread per
   // round), into registers: round 0 of the next step is issued before the barrier wait.
@@ -130,7 +133,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
                            const int r = row0 + b;
                            return (r < s.size_prev ? h_prev : h0x) + (size_t)r * xld;
                          },
-                         part);
+                         part, &mc);
       }
       auto reload = [&](int round) { load_xg(k, round); };
       for_each_cell(n_act, U, my_units, reload, [&](int i, int e, int b, int u) {
@@ -171,7 +174,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
         end_phase(true, 0);
         if (n_act > 0) {
           resident_product(L.proj, wr_s, ring, true, n_act,
-                           [&](int b) { return hidx + (size_t)(row0 + b) * hld; }, part);
+                           [&](int b) { return hidx + (size_t)(row0 + b) * hld; }, part, &mc);
           for (int e = threadIdx.x; e < n_act * sp.proj_cols; e += kThreads) {
             const int b = e / sp.proj_cols, n = e % sp.proj_cols;
             if (n >= my_cols) continue;
@@ -190,7 +193,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     const int b = e / U, u = e % U;
     if (row0 + b < B && u < my_units) args.c[(size_t)(row0 + b) * H + unit0 + u] = c_s[e];
   }
-  if constexpr (kCluster) cluster_sync();  // no peer writes into an exited block
+  if (in_cluster) cluster_sync();  // no peer writes into an exited block
 }
 
 template <typename T>

@@ -61,11 +61,18 @@ def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj,
             assert (major, proj) == (9, 0) and 2 <= p.unit_slices <= 16
         if proj or direction == "backward":
             assert p.unit_slices * p.proj_cols >= out
-        smem = (cuda_plan.forward_smem_bytes(hidden, out, bool(proj), itemsize, p.units,
-                                             p.proj_cols, p.block_rows, p.kind == "cluster")
-                if direction == "forward" else
-                cuda_plan.backward_smem_bytes(hidden, out, bool(proj), itemsize, p.units,
-                                              p.proj_cols, p.block_rows, p.kind == "cluster"))
+        products = (cuda_plan.forward_products if direction == "forward" else
+                    cuda_plan.backward_products)(hidden, out, bool(proj), itemsize, p.units,
+                                                 p.proj_cols, p.block_rows, p.kind == "cluster")
+        if p.multicast:  # clusters of consecutive slices of one batch block, all resident
+            assert (p.kind, major) == ("grid", 9) and p.multicast in cuda_plan.MULTICAST_SIZES
+            assert p.unit_slices % p.multicast == 0
+            assert p.blocks <= SMS // p.multicast * p.multicast
+            assert any(q.m and q.chunks == 1 for q in products)  # something to multicast
+        smem = (cuda_plan.forward_smem_bytes if direction == "forward" else
+                cuda_plan.backward_smem_bytes)(hidden, out, bool(proj), itemsize, p.units,
+                                               p.proj_cols, p.block_rows, p.kind == "cluster",
+                                               bool(p.multicast))
         assert p.smem_bytes == smem
 
 
@@ -74,11 +81,24 @@ def test_h100_plan_numbers_for_the_standard_cases():
     latency model rates fastest."""
     # FlashRNN's dense case, fp16 H = 768, B = 16: W_hh (4.7 MB) does not fit one
     # cluster's shared memory; two batch blocks of 8 rows, each over 64 blocks of 12
-    # units, stage half the h rows per block that one batch block would.
-    for direction in ("forward", "backward"):
+    # units, stage half the h rows per block that one batch block would. On sm_90 the
+    # grid runs in clusters that read each staged operand (h(t-1), dgates(t+1): one
+    # chunk each) from L2 once: one mbarrier slot more of shared memory. Forward: 8
+    # CTAs. Backward: 4, because at 4 each SM's own L2 rate (49 KB of dgates a step)
+    # already bounds the step and 8 gains nothing in the model. Without clusters (sm_80,
+    # or a refused cluster launch), the same split, each block staging its own copy.
+    for direction, multicast in (("forward", 8), ("backward", 4)):
         p = _plan(direction, 16, 768)
-        assert (p.kind, p.unit_slices, p.units, p.block_rows, p.batch_blocks) == (
-            "grid", 64, 12, 8, 2), direction
+        assert (p.kind, p.unit_slices, p.units, p.block_rows, p.batch_blocks, p.multicast) == (
+            "grid", 64, 12, 8, 2, multicast), direction
+        assert p.cluster == 0  # not a cluster plan: the grid's barrier and exchange
+        for plain in (_plan(direction, 16, 768, major=8),
+                      cuda_plan.make_plan(direction, 16, 768, 768, False, 2, SMS, SMEM, 9,
+                                          clusters=False)):
+            assert plain == dataclasses.replace(p, multicast=0,
+                                                smem_bytes=p.smem_bytes - cuda_plan.ALIGN)
+    assert (_plan("forward", 16, 768).smem_bytes, _plan("backward", 16, 768).smem_bytes) == (
+        90496, 152448)
     # H = 512 fp16 fits one cluster of 16 CTAs (32 units each) per batch block, forward
     # and backward; on an A100 (sm_80) a grid.
     for direction in ("forward", "backward"):
@@ -86,8 +106,22 @@ def test_h100_plan_numbers_for_the_standard_cases():
         assert (small.kind, small.unit_slices, small.units) == ("cluster", 16, 32), direction
         assert _plan(direction, 16, 512, major=8).kind == "grid"
     # B = 256 H = 1024 bf16: two batch blocks of 128 rows over 64 blocks of 16 units.
-    big = _plan("forward", 256, 1024)
-    assert (big.kind, big.unit_slices, big.units, big.batch_blocks) == ("grid", 64, 16, 2)
+    # Both staged operands (128 x 1024 h, 128 x 4096 dgates) are double-buffered chunks,
+    # which keep cp.async: no multicast variant of any split.
+    for direction in ("forward", "backward"):
+        big = _plan(direction, 256, 1024)
+        assert (big.kind, big.unit_slices, big.units, big.batch_blocks, big.multicast) == (
+            "grid", 64, 16, 2, 0), direction
+        for batch_blocks in range(1, 33):
+            for m in cuda_plan.MULTICAST_SIZES:
+                assert cuda_plan._candidate("grid", direction, 256, 1024, 1024, False, 2,
+                                            SMS // batch_blocks, batch_blocks, SMEM, m) is None
+    # fastrnns B = 64 H = 512 fp32: 4 batch blocks of 16 rows over 32 blocks of 16 units;
+    # the forward's h (16 x 512) is one chunk and multicast, the backward's dgates
+    # (16 x 2048 fp32) are chunked.
+    fwd, bwd = _plan("forward", 64, 512, itemsize=4), _plan("backward", 64, 512, itemsize=4)
+    assert (fwd.kind, fwd.unit_slices, fwd.batch_blocks, fwd.multicast) == ("grid", 32, 4, 8)
+    assert (bwd.kind, bwd.unit_slices, bwd.batch_blocks, bwd.multicast) == ("grid", 32, 4, 0)
     # A refused cluster launch falls back to the grid plan of the same layer.
     for direction in ("forward", "backward"):
         assert cuda_plan.make_plan(direction, 16, 512, 512, False, 2, SMS, SMEM, 9,
@@ -114,6 +148,41 @@ def test_cluster_plans_run_only_as_many_batch_blocks_as_clusters_the_gpu_holds()
     assert _plan("forward", 16, 512).kind == "cluster"
     assert cuda_plan.make_plan("forward", 16, 512, 512, False, 2, SMS, SMEM, 9,
                                resident_clusters=none).kind == "grid"
+
+
+def test_multicast_grid_plans_need_every_block_in_a_resident_cluster():
+    """The cooperative launch needs all 128 blocks of FlashRNN's split resident at once,
+    here in clusters: where the GPU holds only 12 clusters of 8 (96 CTAs, e.g. GPCs with
+    too few free SMs), clusters of 4 (33 of them) hold them; where it holds no cluster,
+    the plain grid. (The backward takes clusters of 4 anyway: see the standard cases.)"""
+    def plan(direction, resident):
+        return cuda_plan.make_plan(direction, 16, 768, 768, False, 2, SMS, SMEM, 9,
+                                   resident_clusters=tuple(resident))
+    every = [SMS // c if c >= 2 else 0 for c in range(17)]
+    twelve = [12 if c == 8 else n for c, n in enumerate(every)]
+    only_pairs = [n if c == 2 else 0 for c, n in enumerate(every)]
+    for direction, multicast in (("forward", 8), ("backward", 4)):
+        assert plan(direction, every).multicast == multicast
+        p = plan(direction, twelve)
+        assert (p.kind, p.unit_slices, p.batch_blocks, p.multicast) == ("grid", 64, 2, 4)
+        assert plan(direction, only_pairs).multicast == 2
+        p = plan(direction, [0] * 17)
+        assert (p.kind, p.unit_slices, p.batch_blocks, p.multicast) == ("grid", 64, 2, 0)
+
+
+def test_multicast_only_on_sm_90_with_clusters_allowed():
+    """sm_80 has no clusters, and clusters=False (what a refused launch in clusters
+    falls back to) must give plans launched without them."""
+    for batch, hidden, itemsize in [(16, 768, 2), (16, 768, 4), (64, 512, 4), (16, 1024, 2),
+                                    (64, 1024, 2)]:
+        for direction in ("forward", "backward"):
+            assert _plan(direction, batch, hidden, itemsize=itemsize, major=8).multicast == 0
+            p = cuda_plan.make_plan(direction, batch, hidden, hidden, False, itemsize, SMS, SMEM,
+                                    9, clusters=False)
+            assert (p.kind, p.multicast) == ("grid", 0)
+    # A projection layer has no cluster plan but may multicast (both phases' operands).
+    assert _plan("forward", 64, 1024, 256).multicast > 0
+    assert _plan("forward", 64, 1024, 256, major=8).multicast == 0
 
 
 def test_the_plan_is_the_split_the_model_rates_fastest():
@@ -230,8 +299,9 @@ def test_layer_too_large_falls_back_to_reference_with_one_warning(monkeypatch):
 
 class _FakeExtension:
     """rnnfast._C on a GPU of compute capability `major` whose launches do `launch(kind,
-    cluster, timed_out)`: a refusal raises LaunchRefused (as under MPS with too few SMs,
-    beside a kernel holding them, or for a cluster the GPU cannot place)."""
+    cluster, multicast, timed_out)`: a refusal raises LaunchRefused (as under MPS with
+    too few SMs, beside a kernel holding them, or for a cluster the GPU cannot place).
+    `tried`: (kernel, cluster, multicast) of each launch."""
 
     class LaunchRefused(RuntimeError):
         pass
@@ -243,17 +313,17 @@ class _FakeExtension:
         resident = [SMS // c if self.major >= 9 and c >= 2 else 0 for c in range(17)]
         return (SMS, SMEM, True, self.major, resident)
 
-    def forward(self, *args):
-        self.tried.append(("forward", args[-2]))  # (..., block_rows, cluster, spin_limit)
-        self.launch(self, "forward", args[-2], args[15])
+    def forward(self, *args):  # (..., block_rows, cluster, multicast, spin_limit)
+        self.tried.append(("forward", args[-3], args[-2]))
+        self.launch(self, "forward", args[-3], args[-2], args[15])
 
-    def backward(self, *args):
-        self.tried.append(("backward", args[-2]))  # (..., block_rows, cluster, spin_limit)
-        self.launch(self, "backward", args[-2], args[17])
+    def backward(self, *args):  # (..., block_rows, cluster, multicast, spin_limit)
+        self.tried.append(("backward", args[-3], args[-2]))
+        self.launch(self, "backward", args[-3], args[-2], args[17])
 
 
-def _refuse(fake, kind, cluster, timed_out):
-    form = "cluster" if cluster else "cooperative"
+def _refuse(fake, kind, cluster, multicast, timed_out):
+    form = "cluster" if cluster or multicast else "cooperative"
     raise fake.LaunchRefused(f"rnnfast._C: {form} launch of the {kind} kernel was refused: "
                              "too many blocks in cooperative launch")
 
@@ -274,9 +344,10 @@ def test_a_refused_launch_falls_back_cluster_then_grid_then_reference_with_one_w
     args = _layer(5, 3, 4, 6, proj=0, lengths=[5, 3, 2], device=torch.device("cpu"))
     with pytest.warns(UserWarning, match="kernel was refused.*using the reference"):
         got = _run(fwd, bwd, args, False)
-    # Each direction tried its cluster plan, then its grid plan.
-    assert [(kind, cluster > 0) for kind, cluster in fake.tried] == [
-        ("forward", True), ("forward", False), ("backward", True), ("backward", False)]
+    # Each direction tried its cluster plan, then its grid plan, launched without clusters.
+    assert [(kind, cluster > 0, multicast) for kind, cluster, multicast in fake.tried] == [
+        ("forward", True, 0), ("forward", False, 0), ("backward", True, 0),
+        ("backward", False, 0)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # each reason said once only
         again = _run(fwd, bwd, args, False)
@@ -285,11 +356,27 @@ def test_a_refused_launch_falls_back_cluster_then_grid_then_reference_with_one_w
     _assert_same(again, expected, dict(atol=0, rtol=0))
 
 
+def test_a_refused_multicast_launch_falls_back_to_the_plain_grid_then_reference(monkeypatch):
+    """FlashRNN's layer (B = 16, H = 768 fp16) runs as a grid in clusters of 8 (forward)
+    and 4 (backward) for multicast on sm_90. Refused, it retries as the plain grid of the same split (no
+    clusters), then runs on the reference backend."""
+    fake = _FakeExtension(9, _refuse)
+    fwd, bwd = _use_fake(monkeypatch, fake)
+    args = _layer(2, 16, 8, 768, dtype=torch.float16, device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match="cooperative launch of the .* kernel was refused.*"
+                                         "using the reference"):
+        got = _run(fwd, bwd, args, False)
+    assert fake.tried == [("forward", 0, 8), ("forward", 0, 0), ("backward", 0, 4),
+                          ("backward", 0, 0)]
+    expected = _run(reference.forward, reference.backward, args, False)
+    _assert_same(got, expected, dict(atol=0, rtol=0))
+
+
 def test_a_grid_barrier_that_gave_up_raises_an_error_naming_the_plan(monkeypatch):
     """The kernel sets the timeout flag when a barrier wait passes its spin limit (a
     block never arrived); the launcher reads the flag and raises, never returning the
     launch's wrong results silently."""
-    def time_out(fake, kind, cluster, timed_out):
+    def time_out(fake, kind, cluster, multicast, timed_out):
         timed_out.fill_(1)
     fake = _FakeExtension(8, time_out)
     fwd, bwd = _use_fake(monkeypatch, fake)
@@ -348,6 +435,49 @@ def test_error_at_most_twice_the_reference(dtype, proj, lengths, reverse):
     ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
     theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
     assert rule_violations(ours, theirs, dtype) == []
+
+
+class _Recorder:
+    """The real rnnfast._C, recording (kernel, cluster, multicast) of each launch that
+    returned (a refused launch raises before it is recorded)."""
+
+    def __init__(self, real):
+        self.real, self.ran = real, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def forward(self, *args):  # (..., block_rows, cluster, multicast, spin_limit)
+        self.real.forward(*args)
+        self.ran.append(("forward", args[-3], args[-2]))
+
+    def backward(self, *args):
+        self.real.backward(*args)
+        self.ran.append(("backward", args[-3], args[-2]))
+
+
+@requires_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
+    """FlashRNN's layer (B = 16, H = 768), 5 steps: on a Hopper that holds the clusters,
+    it runs as grids in clusters whose CTAs stage h(t-1) (and, where the operand is one
+    chunk, dgates(t+1)) by multicast bulk copies. Within DESIGN.md §6's rule against
+    float64, and the launches that ran are those plans, not a silent fallback."""
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
+    plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, 16, 768, 768, False)
+             for d in ("forward", "backward")}
+    if not any(getattr(p, "multicast", 0) for p in plans.values()):
+        pytest.skip(f"this GPU plans no multicast grid for B=16 H=768 {dtype}: {plans} "
+                    f"({cuda_backend.device_limits(DEVICE)})")
+    recorder = _Recorder(cuda_backend._C)
+    for module in (cuda_fwd, cuda_bwd, launch):
+        monkeypatch.setattr(module, "_C", recorder)
+    args64 = _layer(5, 16, 8, 768)
+    ours = _errors_vs_float64(args64, dtype, False, _kernels())
+    theirs = _errors_vs_float64(args64, dtype, False, (reference.forward, reference.backward))
+    assert rule_violations(ours, theirs, dtype) == []
+    assert sorted(set(recorder.ran)) == sorted({(d, 0, p.multicast) for d, p in plans.items()
+                                                if not isinstance(p, str)})
 
 
 @requires_kernels

@@ -226,3 +226,68 @@ def test_explain_models_a_custom_shape_with_its_cuda_plan(capsys, monkeypatch):
     step = float(rows[0].split()[-2])
     expected = model.forward_time(_plan("forward", 4, 64), 4, 64, 64, 64, 8, torch.float16)
     assert step == pytest.approx(expected.step_s * 1e6, abs=0.006)
+
+
+def _without_multicast(plan):
+    return dataclasses.replace(plan, multicast=0, smem_bytes=plan.smem_bytes - layout.ALIGN)
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_multicast_reads_the_staged_operand_from_l2_once_per_cluster(direction):
+    """FlashRNN's layer (B = 16, H = 768 fp16) in clusters of 8: the chip's L2 traffic
+    loses 7/8 of the staged operand (h(t-1) forward, dgates(t+1) backward, 8 rows of
+    the batch block); the step is faster, and every SM still receives the whole operand
+    at its own L2 rate."""
+    B, H = 16, 768
+    plan = dataclasses.replace(_plan(direction, B, H), multicast=8)  # the backward picks 4
+    assert (plan.kind, plan.blocks, plan.block_rows) == ("grid", 128, 8)
+    time = model.forward_time if direction == "forward" else model.backward_time
+    multicast = time(plan, B, H, H, H, 100, torch.float16)
+    plain = time(_without_multicast(plan), B, H, H, H, 100, torch.float16)
+    staged = 8 * (H if direction == "forward" else 4 * H) * 2  # one block's operand, bytes
+    assert plain.bytes_per_step - multicast.bytes_per_step == plan.blocks * staged * 7 // 8
+    assert multicast.step_s < plain.step_s
+    assert (multicast.barriers_per_step, multicast.gemm_s) == (plain.barriers_per_step,
+                                                               plain.gemm_s)
+    # Only the L2 term differs: the larger of the block's bytes at the per-SM rate and
+    # the chip's bytes at the chip's rate.
+    gpu = latency.H100
+    block = plain.bytes_per_step // plan.blocks
+    l2 = lambda chip: max(block / gpu.l2_bytes_per_s_per_sm, chip / gpu.l2_bytes_per_s)
+    assert plain.step_s - multicast.step_s == pytest.approx(
+        l2(plain.bytes_per_step) - l2(multicast.bytes_per_step))
+    # The whole operand still reaches each SM at the per-SM rate.
+    assert multicast.step_s > (gpu.l2_round_trip_s + gpu.barrier_s
+                               + block / gpu.l2_bytes_per_s_per_sm)
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_multicast_gains_nothing_where_the_per_sm_l2_rate_bounds_the_step(direction):
+    """With few blocks (B = 8, H = 64: 16 blocks of 4 units) the chip's L2 rate is not
+    the bound: each SM receives its whole operand either way, so no cluster size makes
+    the step faster, though it lowers the chip's traffic."""
+    B, H = 8, 64
+    time = model.forward_time if direction == "forward" else model.backward_time
+    plans = [layout._candidate("grid", direction, B, H, H, False, 2, 16, 1, SMEM, m)
+             for m in (0, 2, 4, 8)]
+    assert [p.multicast for p in plans] == [0, 2, 4, 8] and plans[0].blocks == 16
+    times = [time(p, B, H, H, H, 100, torch.float16) for p in plans]
+    assert len({t.step_s for t in times}) == 1
+    assert times[0].bytes_per_step > times[1].bytes_per_step > times[2].bytes_per_step \
+        > times[3].bytes_per_step
+
+
+def test_chunked_operands_are_not_multicast():
+    """A chunked staged operand keeps cp.async, so it counts in full. B = 64, H = 1024,
+    P = 256 fp16 backward: the projection phase's dh (16 rows x 256, one chunk) is
+    multicast, the chain's dgates (16 rows x 4096, double-buffered chunks) are not."""
+    B, H, P = 64, 1024, 256
+    plan = _plan("backward", B, H, P)
+    chain, proj = layout.backward_products(H, P, True, 2, plan.units, plan.proj_cols,
+                                           plan.block_rows, False)
+    assert plan.multicast and proj.chunks == 1 and chain.chunks > 1
+    mine = model.backward_time(plan, B, H, P, H, 10, torch.float16)
+    plain = model.backward_time(_without_multicast(plan), B, H, P, H, 10, torch.float16)
+    shared = proj.nb * proj.k * 2
+    assert plain.bytes_per_step - mine.bytes_per_step == (
+        plan.blocks * shared - plan.blocks * shared // plan.multicast)

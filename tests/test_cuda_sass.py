@@ -18,7 +18,10 @@ __half, __nv_bfloat16, any cluster variant) must have:
   kernel's operand never comes from global memory: it must instead store into its
   peers' shared memory (st.shared::cluster to a mapa address, a generic ST.E[.U16] in
   the SASS, where every other store of these kernels is an STG or STS) and meet at the
-  hardware cluster barrier (UCGABAR_ARV and UCGABAR_WAIT);
+  hardware cluster barrier (UCGABAR_ARV and UCGABAR_WAIT). On sm_90a a grid kernel
+  must also have the multicast staging of grid plans in clusters: a bulk copy to every
+  CTA of its cluster (UBLKCP.S.G.MULTICAST) and the mbarrier wait for its bytes
+  (SYNCS.PHASECHK.TRANS64);
 - no strong (GPU- or system-scope) loads outside the grid barrier's poll loop:
   LD[G].E[...].STRONG.GPU/.SYS only in a function whose name contains
   "barrier_wait" (a __noinline__ device function; see sass_functions for how it is
@@ -146,6 +149,10 @@ WIDE_OR_ASYNC_LOAD = re.compile(r"^(LDGSTS|LDG\.E[.\w]*\.128|UTMALDG|UBLKCP)(\.|
 STRONG_LOAD = re.compile(r"^LDG?\.E[.\w]*\.STRONG\.(GPU|SYS)(\.|$)")
 PEER_STORE = re.compile(r"^ST\.E(\.U16)?$")
 CLUSTER_BARRIER = ("UCGABAR_ARV", "UCGABAR_WAIT")
+# sm_90a grid kernels: the multicast staging of grid plans in clusters, a bulk copy to
+# every CTA of the cluster and the mbarrier wait its bytes complete.
+MULTICAST_STAGING = (re.compile(r"^UBLKCP\.S\.G\.MULTICAST$"),
+                     re.compile(r"^SYNCS\.PHASECHK\.TRANS64(\.TRYWAIT)?$"))
 _PROPERTIES = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, "
                          r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -204,9 +211,13 @@ def _violations(name, functions, arch, cluster):
         if not any(PEER_STORE.match(op) for op in ops):
             found.append("no store into a peer's shared memory (ST.E[.U16])")
         found += [f"no {op} (cluster barrier)" for op in CLUSTER_BARRIER if op not in ops]
-    elif not any(WIDE_OR_ASYNC_LOAD.match(op) for op in loads):
-        found.append("no 16-byte or async global load (LDGSTS, LDG.E*.128, UTMALDG, UBLKCP); "
-                     f"global loads are: {', '.join(loads) or 'none'}")
+    else:
+        if not any(WIDE_OR_ASYNC_LOAD.match(op) for op in loads):
+            found.append("no 16-byte or async global load (LDGSTS, LDG.E*.128, UTMALDG, UBLKCP); "
+                         f"global loads are: {', '.join(loads) or 'none'}")
+        if arch == "sm_90a":
+            found += [f"no {rule.pattern} (multicast staging)" for rule in MULTICAST_STAGING
+                      if not any(rule.match(op) for op in ops)]
     strong = {}
     for f, _, op in everything:
         own = f[len(name) + 2:] if f.startswith(f"${name}$") else f

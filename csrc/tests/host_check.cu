@@ -12,7 +12,8 @@
 //
 //   host_check forward DIR    reads DIR/meta.txt and DIR/<name>.bin (float32 / int64),
 //   host_check backward DIR   writes DIR/out_<name>.bin
-//   host_check layout         stdin: "H P proj itemsize units cols block_rows cluster" lines;
+//   host_check layout         stdin: "H P proj itemsize units cols block_rows cluster multicast"
+//                             lines;
 //                             stdout: forward and backward shared-memory bytes
 //   host_check fragments      emulates ldmatrix and mma from the PTX ISA's layout
 //                             formulas on the kernels' fragment addresses, and checks
@@ -88,8 +89,10 @@ Tables read_tables(const Meta& m) {
   return t;
 }
 
+// Multicast staging (Split::multicast) changes how B arrives in shared memory, not the
+// product: the host check reads B whole either way, so its splits have none.
 Split split_of(const Meta& m) {
-  Split sp;
+  Split sp{};
   sp.units = (int)m.units, sp.proj_cols = (int)m.proj_cols, sp.unit_slices = (int)m.unit_slices;
   sp.block_rows = (int)m.block_rows, sp.cluster = (int)m.cluster;
   return sp;
@@ -521,12 +524,12 @@ int fragments() {
 }
 
 void layout() {
-  int H, P, proj, itemsize, units, cols, block_rows, cluster;
-  while (scanf("%d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols, &block_rows,
-               &cluster) == 8) {
-    Split sp;
+  int H, P, proj, itemsize, units, cols, block_rows, cluster, multicast;
+  while (scanf("%d %d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols, &block_rows,
+               &cluster, &multicast) == 9) {
+    Split sp{};
     sp.units = units, sp.proj_cols = cols, sp.unit_slices = 1, sp.block_rows = block_rows;
-    sp.cluster = cluster;
+    sp.cluster = cluster, sp.multicast = multicast;
     const ForwardLayout f = forward_layout(H, P, proj != 0, itemsize, sp);
     const BackwardLayout b = backward_layout(H, P, proj != 0, itemsize, sp);
     printf("%zu %zu\n", f.bytes, b.bytes);

@@ -128,7 +128,7 @@ def _cuda_table(suite) -> None:
     print(f"CUDA plans on sm_{CUDA_MAJOR}0 ({CUDA_SMS} SMs, {CUDA_SMEM_PER_BLOCK} B shared a "
           f"block), modelled on an {model.H100.name} (rnnfast/backends/cuda/model.py: a model, "
           f"not a measurement)")
-    print(f"{'case':44} {'pass':8} {'plan':44} {'step us':>7} {'total ms':>8}")
+    print(f"{'case':44} {'pass':8} {'plan':54} {'step us':>7} {'total ms':>8}")
     totals: dict = {}  # case -> (inference, training) seconds, None when a layer falls back
     for case in suite:
         rows, inference, training = cuda_layers(case)
@@ -136,7 +136,7 @@ def _cuda_table(suite) -> None:
             if timing is None:
                 print(f"{label:44} {direction:8} falls back: {plan}")
             else:
-                print(f"{label:44} {direction:8} {_describe_cuda(plan):44} "
+                print(f"{label:44} {direction:8} {_describe_cuda(plan):54} "
                       f"{timing.step_s * 1e6:7.2f} {timing.total_s * 1e3:8.3f}")
         totals[case] = (inference, training)
     print("\nModelled CUDA layer totals against cuDNN:")
@@ -149,11 +149,14 @@ def _cuda_table(suite) -> None:
 
 def _describe_cuda(plan) -> str:
     """Kind and size (CTAs a cluster, or blocks of the cooperative grid), hidden units a
-    block, batch rows a block x batch blocks, shared memory bytes a block."""
+    block, batch rows a block x batch blocks, shared memory bytes a block, and (grid
+    plans launched in clusters) the CTAs a cluster sharing the staged operand by
+    multicast."""
     form = (f"cluster of {plan.cluster}" if plan.kind == "cluster"
             else f"grid of {plan.blocks}")
     return (f"{form}, U={plan.units}, rows {plan.block_rows}x{plan.batch_blocks}, "
-            f"smem {plan.smem_bytes}")
+            f"smem {plan.smem_bytes}" + (f", multicast {plan.multicast}" if plan.multicast
+                                         else ""))
 
 
 def _describe(plan) -> str:

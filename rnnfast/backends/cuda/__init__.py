@@ -79,7 +79,8 @@ def device_limits(device: torch.device) -> DeviceLimits:
 def plan_for(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hidden: int,
              out_size: int, has_proj: bool, clusters: bool = True):
     """The launch plan of the "forward" or "backward" kernel (plan.py), or why it cannot
-    run; clusters=False: the grid plan, what a refused cluster launch falls back to."""
+    run; clusters=False: a plain grid plan (no clusters, no multicast), what a refused
+    cluster or multicast launch falls back to."""
     from . import plan
     sms, smem, cooperative, major, resident = device_limits(device)
     if major < 8:

@@ -22,11 +22,13 @@ def exchange(like: Tensor, *shape_and_cols: int, dtype: Optional[torch.dtype] = 
 def run(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hidden: int,
         out_size: int, has_proj: bool, kernel: Callable[[Plan, Tensor, Tensor], None]):
     """Runs kernel(plan, arrivals, timed_out) with the layer's plan, falling back from a
-    refused cluster launch to the grid plan. arrivals [batch_blocks] int64 and timed_out
-    [1] int32 are the grid barrier's state, zeroed. Returns the plan that ran, or the
-    reason none could (the caller then runs the layer on the fallback backend): no plan
-    fits, or the GPU refused the launch before anything ran. A grid barrier that timed
-    out raises RuntimeError at the next launch (or raise_if_barrier_timed_out)."""
+    refused launch in clusters (a cluster plan, or a grid plan with multicast) to the
+    plain grid plan, launched without clusters (plan_for(..., clusters=False)).
+    arrivals [batch_blocks] int64 and timed_out [1] int32 are the grid barrier's state,
+    zeroed. Returns the plan that ran, or the reason none could (the caller then runs the
+    layer on the fallback backend): no plan fits, or the GPU refused the launch before
+    anything ran. A grid barrier that timed out raises RuntimeError at the next launch
+    (or raise_if_barrier_timed_out)."""
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     if not capturing:
         raise_if_barrier_timed_out()
@@ -37,7 +39,7 @@ def run(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hi
         try:
             kernel(plan, arrivals, timed_out)
         except _C.LaunchRefused as refusal:  # nothing ran: the inputs are untouched
-            if plan.kind != "cluster":
+            if plan.kind != "cluster" and not plan.multicast:
                 return str(refusal)
             plan = plan_for(direction, device, dtype, batch, hidden, out_size, has_proj,
                             clusters=False)

@@ -12,7 +12,8 @@ blocks run side by side, so one block's time is the step's time):
 - exchange latency: what a block waits for before the next phase can read the operand
   other blocks wrote.
     grid plans:    one dependent L2 round trip (staging the exchanged operand with
-                   cp.async) + one grid barrier (gpu.l2_round_trip_s + gpu.barrier_s);
+                   cp.async, or multicast bulk copies) + one grid barrier
+                   (gpu.l2_round_trip_s + gpu.barrier_s);
     cluster plans: one DSMEM store becoming visible + the cluster's hardware barrier
                    (gpu.dsmem_store_s + gpu.cluster_barrier_s).
 - product (`product_time`): the resident-weight product out[M][Nb] = A[M][K] . B[Nb][K]^T
@@ -34,16 +35,26 @@ blocks run side by side, so one block's time is the step's time):
     * shared-memory reads at gpu.smem_bytes_per_clock_per_sm: every item reads its
       16 x kt M-side fragment once per k-tile and an 8 x kt N-side fragment per N tile:
       the M side (weights, or the batch when the product is swapped) is read once per
-      N-tile group, the N side once per M tile; plus the staged B written in (grid plans) and the k-split partial sums
-      written and read back.
-- L2 traffic: the block's bytes at the per-SM L2 rate or all blocks' bytes at the chip's
-  L2 rate, whichever is slower: the staged B operand (grid plans; Nb x K x item per
-  product), the xg the cells read (4 gates x item), what the cells write (training
-  forward: fp32 gates and cells; y / h exchange in the layer's dtype; backward: fp32
-  saved gates and cells in, fp32 dgates and the dtype copy for the chain out).
+      N-tile group, the N side once per M tile; plus the staged B written in (grid
+      plans) and the k-split partial sums written and read back.
+- L2 traffic: the block's bytes at the per-SM L2 rate or all blocks' bytes (the chip's
+  traffic; multicast plans: below) at the chip's L2 rate, whichever is slower: the
+  staged B operand (grid plans; Nb x K x item per product), the xg the cells read
+  (4 gates x item), what the cells write (training forward: fp32 gates and cells; y / h
+  exchange in the layer's dtype; backward: fp32 saved gates and cells in, fp32 dgates
+  and the dtype copy for the chain out).
   Product and L2 traffic are added, not overlapped: a single-chunk product waits for its
   whole operand before the first mma, and the cell's stores follow the product. The xg
   and saved-value loads issued across the barrier are counted too (conservative).
+- multicast grid plans (plan.multicast = m, sm_90): each single-chunk staged operand is
+  read from L2 once per cluster of m CTAs (each CTA copies 1/m of its rows into all m
+  CTAs' shared memory), so it counts 1/m against the chip's L2 rate (and in
+  bytes_per_step, the chip's traffic), but in full against the per-SM rate: every SM
+  still receives all of it. Chunked operands keep cp.async and count in full. Nothing
+  else changes: no latency is added for the cluster launch or the multicast copies
+  (the wait on the mbarrier the copies complete on replaces cp.async's wait), the
+  barrier is still the grid's, and the staged bytes are still written to each SM's
+  shared memory.
 - cluster plans also send what they exchange to every peer: rows x units x item x cluster
   bytes for h (forward), four times that for the gate gradients (backward), counted at
   the shared-memory rate (assumption: the SM-to-SM network keeps up).
@@ -63,14 +74,15 @@ The model ranks plans and shapes; it does not predict to the microsecond.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from ..latency import H100, Gpu, ModelledTime, gemm_rate
 from . import plan as layout
 
-__all__ = ["H100", "Gpu", "ModelledTime", "ProductTime", "product_time", "forward_time",
-           "backward_time"]
+__all__ = ["H100", "Gpu", "ModelledTime", "Phase", "ProductTime", "product_time",
+           "forward_time", "backward_time"]
 
 MMA_FLOPS_16 = 2 * 16 * 8 * 16   # one mma.m16n8k16: FLOP
 MMA_FLOPS_TF32 = 2 * 16 * 8 * 8  # one mma.m16n8k8.tf32: FLOP
@@ -130,27 +142,46 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
     return ProductTime(issue, chain, smem, sum(warp_mma), max(warp_mma))
 
 
-def _phase_time(plan: layout.Plan, product: ProductTime, block_l2_bytes: float,
-                dsmem_bytes: float, gpu: Gpu) -> float:
+class Phase(NamedTuple):
+    """One phase of a step, for one block."""
+    product: ProductTime
+    l2_bytes: int          # the block's L2 traffic (what its SM receives and sends)
+    shared_bytes: int = 0  # the part of it its multicast cluster reads from L2 once
+    dsmem_bytes: int = 0   # cluster plans: what the block stores into its peers
+
+    def chip_bytes(self, plan: layout.Plan) -> int:
+        """L2 traffic of all the plan's blocks: the shared part once per cluster."""
+        shared = self.shared_bytes * plan.blocks // plan.multicast if self.shared_bytes else 0
+        return (self.l2_bytes - self.shared_bytes) * plan.blocks + shared
+
+
+def _staged(plan: layout.Plan, product: layout.Product, itemsize: int) -> tuple[int, int]:
+    """A grid plan's staged B of `product` (bytes a block receives a step), and the part
+    of it shared by the multicast cluster: all of it when the plan multicasts and the
+    product is a single chunk, else nothing."""
+    staged = product.nb * product.k * itemsize
+    return staged, staged if plan.multicast and product.chunks == 1 else 0
+
+
+def _phase_time(plan: layout.Plan, phase: Phase, gpu: Gpu) -> float:
     """One phase of one step (seconds): exchange latency + product + L2 traffic."""
     if plan.kind == "cluster":
         latency = gpu.dsmem_store_s + gpu.cluster_barrier_s
     else:
         latency = gpu.l2_round_trip_s + gpu.barrier_s
-    l2 = max(block_l2_bytes / gpu.l2_bytes_per_s_per_sm,
-             block_l2_bytes * plan.blocks / gpu.l2_bytes_per_s)
-    dsmem = dsmem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
-    return latency + product.s + l2 + dsmem
+    l2 = max(phase.l2_bytes / gpu.l2_bytes_per_s_per_sm,
+             phase.chip_bytes(plan) / gpu.l2_bytes_per_s)
+    dsmem = phase.dsmem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
+    return latency + phase.product.s + l2 + dsmem
 
 
-def _layer(plan, seq_len: int, phases: list, weight_bytes: int, gemm_flops: float,
+def _layer(plan, seq_len: int, phases: list[Phase], weight_bytes: int, gemm_flops: float,
            dtype: torch.dtype, gpu: Gpu) -> ModelledTime:
-    """phases: (ProductTime, block L2 bytes, DSMEM bytes) per phase of one step."""
-    step = sum(_phase_time(plan, p, l2, ds, gpu) for p, l2, ds in phases)
+    step = sum(_phase_time(plan, phase, gpu) for phase in phases)
     prologue = weight_bytes * plan.blocks / gpu.l2_bytes_per_s   # W slices into shared memory
     return ModelledTime(step, seq_len * step + prologue + gpu.launch_s,
                         gemm_flops / (gemm_rate(dtype, gpu) * gpu.gemm_efficiency),
-                        int(sum(l2 for _, l2, _ in phases) * plan.blocks), len(phases))
+                        sum(phase.chip_bytes(plan) for phase in phases), len(phases))
 
 
 def _itemsize(plan: layout.Plan, dtype: torch.dtype) -> int:
@@ -181,13 +212,16 @@ def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inpu
     cell_bytes = (cells * 4 * item + 4 * plan.units * 4        # xg of 4 gates in, bias
                   + (cells * 5 * 4 if training else 0)         # fp32 gates and c_t out
                   + cells * 2 * item)                          # y (or hidden) and the h exchange
-    staged = 0 if cluster else rec.nb * rec.k * item           # h(t-1) of the batch block
-    # Cluster plans store each h into every peer's buffer (and their own).
-    dsmem = cells * item * plan.unit_slices if cluster else 0
-    phases = [(product_time(rec, item, not cluster, gpu), staged + cell_bytes, dsmem)]
+    if cluster:  # each h is stored into every peer's buffer (and the CTA's own)
+        phases = [Phase(product_time(rec, item, False, gpu), cell_bytes,
+                        dsmem_bytes=cells * item * plan.unit_slices)]
+    else:
+        staged, shared = _staged(plan, rec, item)              # h(t-1) of the batch block
+        phases = [Phase(product_time(rec, item, True, gpu), staged + cell_bytes, shared)]
     if has_proj:  # y^T = W_hr[my rows] . hidden^T: hidden staged in, y and h(t) out
-        phases.append((product_time(proj, item, True, gpu),
-                       proj.nb * proj.k * item + 2 * plan.block_rows * plan.proj_cols * item, 0))
+        staged, shared = _staged(plan, proj, item)
+        phases.append(Phase(product_time(proj, item, True, gpu),
+                            staged + 2 * plan.block_rows * plan.proj_cols * item, shared))
     weights = rec.m * rec.k * item + proj.m * proj.k * item
     gemm_flops = 2 * seq_len * batch * 4 * hidden * input_size
     return _layer(plan, seq_len, phases, weights, gemm_flops, dtype, gpu)
@@ -207,17 +241,21 @@ def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inp
                   + (0 if has_proj else cells * item)          # dy in
                   + cells * 4 * 4                              # dgates out in fp32
                   + (0 if cluster else cells * 4 * item))      # and the chain's exchange copy
-    gates_in = chain.nb * chain.k * item                       # dgates(t+1) of the batch block
     if cluster:  # the chain's copy of each gate gradient goes to every peer, not through L2
-        phases = [(product_time(chain, item, False, gpu), cell_bytes,
-                   cells * 4 * item * plan.unit_slices)]
+        phases = [Phase(product_time(chain, item, False, gpu), cell_bytes,
+                        dsmem_bytes=cells * 4 * item * plan.unit_slices)]
     elif has_proj:
         cols = plan.block_rows * plan.proj_cols                # (row, column) pairs of phase B
-        phases = [(product_time(proj, item, True, gpu), proj.nb * proj.k * item + cell_bytes, 0),
-                  (product_time(chain, item, True, gpu),
-                   gates_in + cols * (2 * item + 4), 0)]       # dy in, dh out, dy_total out
+        dh_in, dh_shared = _staged(plan, proj, item)
+        gates_in, gates_shared = _staged(plan, chain, item)    # dgates(t+1) of the batch block
+        phases = [Phase(product_time(proj, item, True, gpu), dh_in + cell_bytes, dh_shared),
+                  Phase(product_time(chain, item, True, gpu),
+                        gates_in + cols * (2 * item + 4),      # dy in, dh out, dy_total out
+                        gates_shared)]
     else:
-        phases = [(product_time(chain, item, True, gpu), gates_in + cell_bytes, 0)]
+        gates_in, gates_shared = _staged(plan, chain, item)    # dgates(t+1) of the batch block
+        phases = [Phase(product_time(chain, item, True, gpu), gates_in + cell_bytes,
+                        gates_shared)]
     weights = chain.m * chain.k * item + proj.m * proj.k * item
     gemm_flops = (2 * seq_len * batch * 4 * hidden * (2 * input_size + out_size)
                   + (2 * seq_len * batch * out_size * hidden if has_proj else 0))

@@ -11,11 +11,16 @@ gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
   independent, so any number may run.
 - "grid" (sm_80+): a cooperative launch of unit_slices x batch_blocks <= SMs blocks;
   a batch block meets at a bounded release/acquire counter barrier in global memory.
+  Each block stages its batch block's exchanged operand from L2 every step. On sm_90 a
+  grid plan may also be launched in clusters of `multicast` CTAs (consecutive slices
+  of one batch block): each single-chunk staged operand is then read from L2 once per
+  cluster, each CTA copying 1/multicast of its rows into every CTA of the cluster by
+  TMA multicast. The barrier and the exchange stay the grid's.
 
-The plan is the first that fits, from the fastest form down: cluster (when the GPU
-and layer allow it), then grid with as few batch blocks as possible (each batch block
-holds its own copy of the weights). A layer no form fits runs on the reference
-backend (cuda/__init__.py) and says so once. The layout sizes below mirror
+make_plan lists the splits that fit (cluster plans, then every number of batch blocks
+as a grid, plain and then with its multicast variants) and takes the one the latency
+model (model.py) rates fastest. A layer no form fits runs on the reference backend
+(cuda/__init__.py) and says so once. The layout sizes below mirror
 csrc/lstm_common.cuh byte for byte; tests/test_cuda_sources.py compares the two.
 """
 from __future__ import annotations
@@ -35,6 +40,13 @@ EXCHANGE_ALIGN = 16
 RING_BYTES = 64 * 1024
 ALIGN = 128
 MAX_CLUSTER = 16  # kMaxCluster: CTAs per cluster with the non-portable size (H100/H200)
+# CTAs per cluster a multicast grid plan tries, smallest first: the portable cluster sizes
+# (at most 8 CTAs, which every sm_90 part places without the non-portable-size opt-in)
+# that are powers of two, so that they divide the usual unit_slices (64, 32, ...) and
+# split a staged operand's rows (nb, a multiple of 8) evenly between the cluster's CTAs.
+# The grid's blocks all run at once (cooperative launch), so a larger cluster, harder to
+# place in a GPC, is only taken where the GPU holds enough of them (make_plan).
+MULTICAST_SIZES = (2, 4, 8)
 
 # H100 SXM: what the plan is tested against on CPU (tests/test_cuda_backend.py).
 H100_SMS = 132
@@ -51,6 +63,9 @@ class Plan:
     batch_blocks: int
     smem_bytes: int     # dynamic shared memory per block
     itemsize: int       # 2: fp16/bf16 mma.m16n8k16; 4: fp32 as 3xTF32 mma.m16n8k8
+    multicast: int = 0  # grid plans on sm_90: CTAs per cluster (consecutive slices of one
+                        # batch block) sharing each single-chunk staged operand by TMA
+                        # multicast, one L2 read per cluster; 0: none, cp.async per block
 
     @property
     def blocks(self) -> int:
@@ -58,6 +73,8 @@ class Plan:
 
     @property
     def cluster(self) -> int:
+        """CTAs per cluster of a cluster plan (DSMEM exchange); 0 for grid plans, also
+        those launched in clusters for multicast (see `multicast`)."""
         return self.unit_slices if self.kind == "cluster" else 0
 
 
@@ -162,15 +179,18 @@ def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, 
 
 
 def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
-                       proj_cols: int, block_rows: int, cluster: bool) -> int:
-    """csrc/lstm_common.cuh forward_layout(...).bytes."""
+                       proj_cols: int, block_rows: int, cluster: bool,
+                       multicast: bool = False) -> int:
+    """csrc/lstm_common.cuh forward_layout(...).bytes; `multicast`: one ALIGN slot at the
+    end for the mbarrier the multicast copies complete on (bar_off)."""
     rec, proj = forward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
                                  block_rows, cluster)
     ring = rec.exchange_bytes(itemsize) if cluster else rec.ring_bytes(itemsize)
     return (rec.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
             + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
             + max(rec.part_bytes(), proj.part_bytes() if has_proj else 0)
-            + _align(block_rows * units * 4))
+            + _align(block_rows * units * 4)
+            + (ALIGN if multicast else 0))
 
 
 def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
@@ -183,15 +203,18 @@ def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int,
 
 
 def backward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
-                        proj_cols: int, block_rows: int, cluster: bool) -> int:
-    """csrc/lstm_common.cuh backward_layout(...).bytes."""
+                        proj_cols: int, block_rows: int, cluster: bool,
+                        multicast: bool = False) -> int:
+    """csrc/lstm_common.cuh backward_layout(...).bytes; `multicast` as in
+    forward_smem_bytes."""
     chain, proj = backward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
                                     block_rows, cluster)
     ring = chain.exchange_bytes(itemsize) if cluster else chain.ring_bytes(itemsize)
     return (chain.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
             + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
             + max(chain.part_bytes(), proj.part_bytes() if has_proj else 0)
-            + _align(block_rows * units * 4))
+            + _align(block_rows * units * 4)
+            + (ALIGN if multicast else 0))
 
 
 def _fits(products: tuple[Product, ...]) -> bool:
@@ -199,25 +222,36 @@ def _fits(products: tuple[Product, ...]) -> bool:
 
 
 def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int, has_proj: bool,
-               itemsize: int, slices: int, batch_blocks: int, smem_per_block: int):
+               itemsize: int, slices: int, batch_blocks: int, smem_per_block: int,
+               multicast: int = 0):
+    """The plan of this split, or None where it does not fit. `multicast` (grid plans):
+    its CTAs per cluster; None too where it does not divide the split's unit_slices, or
+    where no staged product is a single chunk (chunked products keep cp.async, so
+    multicast would change nothing)."""
     units = _round_up(_cdiv(hidden, slices), 4)
     slices = _cdiv(hidden, units)
     block_rows = _round_up(_cdiv(batch, batch_blocks), ROW_TILE)
     batch_blocks = _cdiv(batch, block_rows)
     cols = _cdiv(out_size, slices) if has_proj else (units if direction == "backward" else 0)
-    if direction == "forward":
-        products = forward_products(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
-                                    kind == "cluster")
-        smem = forward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
-                                  kind == "cluster")
-    else:
-        products = backward_products(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
-                                     kind == "cluster")
-        smem = backward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
-                                   kind == "cluster")
+    cluster = kind == "cluster"
+    if multicast and (cluster or slices % multicast):
+        return None
+    products = (forward_products if direction == "forward" else backward_products)(
+        hidden, out_size, has_proj, itemsize, units, cols, block_rows, cluster)
+    smem = (forward_smem_bytes if direction == "forward" else backward_smem_bytes)(
+        hidden, out_size, has_proj, itemsize, units, cols, block_rows, cluster, multicast > 0)
     if smem > smem_per_block or not _fits(products):
         return None
-    return Plan(kind, units, cols, slices, block_rows, batch_blocks, smem, itemsize)
+    if multicast and not any(p.m and p.chunks == 1 for p in products):
+        return None
+    return Plan(kind, units, cols, slices, block_rows, batch_blocks, smem, itemsize, multicast)
+
+
+def _resident(resident_clusters: tuple[int, ...], size: int, sms: int) -> int:
+    """Clusters of `size` CTAs the GPU holds at once (device_limits), else sms // size."""
+    if not resident_clusters:
+        return sms // size
+    return resident_clusters[size] if size < len(resident_clusters) else 0
 
 
 @functools.lru_cache(maxsize=1024)
@@ -226,13 +260,23 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
               clusters: bool = True, resident_clusters: tuple[int, ...] = ()) -> Union[Plan, str]:
     """The plan of the "forward" or "backward" kernel for this layer on a GPU with `sms`
     SMs, `smem_per_block` opt-in shared memory and compute capability `major`.x, or why
-    none fits. clusters=False: grid plans only (what a refused cluster launch falls
-    back to). resident_clusters[c]: how many clusters of c CTAs the GPU holds at once
-    (binding.cpp device_limits); a cluster plan runs its batch blocks side by side only
-    up to that many (more would run in waves, each as long as the whole layer). Without
-    it, sms // c. Of the splits that fit, the one whose step the latency model
-    (model.py) rates fastest; on a tie the first: cluster plans, then fewer batch
-    blocks."""
+    none fits.
+
+    Candidates, in this order: cluster plans (sm_90, no projection), then for each
+    number of batch blocks its grid split, plain and then as multicast grid plans
+    (sm_90, m in MULTICAST_SIZES, smallest first). A multicast variant is kept only
+    where m divides unit_slices (a cluster is consecutive slices of one batch block), a
+    staged product is a single chunk, the mbarrier slot still fits, and the GPU holds
+    every block in a cluster at once (the launch is cooperative too). Of the candidates,
+    the one whose step the latency model (model.py) rates fastest; on a tie the first,
+    so a cluster of CTAs is only taken where the model says it pays, and no larger than
+    it pays (a plan bound by one SM's L2 rate gains nothing from more multicast).
+
+    clusters=False: plain grid plans only, what a refused cluster or multicast launch
+    falls back to. resident_clusters[c]: how many clusters of c CTAs the GPU holds at
+    once (binding.cpp device_limits); a cluster plan runs its batch blocks side by side
+    only up to that many (more would run in waves, each as long as the whole layer), a
+    multicast grid plan needs blocks <= that many x c. Without it, sms // c."""
     candidates = []
     if clusters and major >= 9 and not has_proj:
         # One cluster per batch block, as many CTAs as split the layer into >= 4 units
@@ -244,16 +288,21 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
             if plan is None or plan.unit_slices < 2 or plan in candidates:
                 continue
             size = plan.unit_slices
-            if plan.batch_blocks > (resident_clusters[size] if resident_clusters else sms // size):
+            if plan.batch_blocks > _resident(resident_clusters, size, sms):
                 break  # more batch blocks only need more clusters
             candidates.append(plan)
+    sizes = MULTICAST_SIZES if clusters and major >= 9 else ()
     for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
         slices = min(sms // batch_blocks, _cdiv(hidden, 4))
         if slices < 1:
             break
-        plan = _candidate("grid", direction, batch, hidden, out_size, has_proj, itemsize, slices,
-                          batch_blocks, smem_per_block)
-        if plan is not None and plan not in candidates:
+        for multicast in (0, *sizes):
+            plan = _candidate("grid", direction, batch, hidden, out_size, has_proj, itemsize,
+                              slices, batch_blocks, smem_per_block, multicast)
+            if plan is None or plan in candidates:
+                continue
+            if multicast and plan.blocks > _resident(resident_clusters, multicast, sms) * multicast:
+                continue  # a cooperative launch needs every block (here: cluster) resident
             candidates.append(plan)
     if not candidates:
         return (f"the {direction} kernel cannot hold this layer on chip (B={batch}, H={hidden}, "
