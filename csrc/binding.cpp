@@ -305,8 +305,8 @@ void probe_l2_chase(const Tensor& next,  // [n] int32: one cycle through 0..n-1
 void probe_phases(const OptTensor& rows,      // [2, blocks, kThreads, 4] int32 zeros (grid exchange)
                   const Tensor& arrivals,     // [1] int64 zeros: the grid barrier's count
                   const Tensor& timed_out,    // [1] int32 zero: set if a barrier wait gave up
-                  int64_t rounds, int64_t blocks, int64_t cluster, bool exchange,
-                  int64_t spin_limit) {
+                  int64_t rounds, int64_t blocks, int64_t cluster, int64_t multicast,
+                  bool exchange, int64_t spin_limit) {
   const at::Device device = arrivals.device();
   check(arrivals, "arrivals", device, at::kLong, 1);
   check(timed_out, "timed_out", device, at::kInt, 1);
@@ -316,17 +316,24 @@ void probe_phases(const OptTensor& rows,      // [2, blocks, kThreads, 4] int32 
   a.rows = ptr_or_null<void>(rows, "rows", device, at::kInt, 2 * blocks * rnnfast::kThreads * 4);
   TORCH_CHECK(!exchange || cluster > 0 || a.rows != nullptr,
               "rnnfast._C.probe_phases: a grid exchange needs rows");
+  TORCH_CHECK(multicast == 0 || (cluster == 0 && exchange && (multicast == 2 || multicast == 4 ||
+                                                              multicast == 8) &&
+                                 blocks % multicast == 0),
+              "rnnfast._C.probe_phases: multicast must be 0, or 2, 4 or 8 dividing blocks in an "
+              "exchanging grid, got ", multicast, " with ", blocks, " blocks");
   a.rounds = rounds;
   a.blocks = static_cast<int>(blocks);
   a.cluster = static_cast<int>(cluster);
+  a.multicast = static_cast<int>(multicast);
   a.exchange = exchange;
   a.barrier.arrivals = reinterpret_cast<unsigned long long*>(arrivals.data_ptr<int64_t>());
   a.barrier.timed_out = timed_out.data_ptr<int>();
   a.barrier.spin_limit = spin_limit;
   const c10::cuda::CUDAGuard guard(device);
   raise_on_launch_error(rnnfast::probe_phases(a, c10::cuda::getCurrentCUDAStream().stream()),
-                        cluster > 0 ? "cluster launch of the phase probe"
-                                    : "cooperative launch of the phase probe");
+                        cluster > 0     ? "cluster launch of the phase probe"
+                        : multicast > 0 ? "cooperative cluster launch of the phase probe"
+                                        : "cooperative launch of the phase probe");
 }
 
 void probe_mma(int64_t blocks, int64_t chains, int64_t rounds,

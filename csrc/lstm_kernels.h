@@ -103,6 +103,8 @@ struct PhaseProbe {
   int64_t rounds;   // phases to run
   int blocks;       // blocks of the launch (grid: at most one per SM)
   int cluster;      // blocks a cluster (sm_90), or 0 for a cooperative grid
+  int multicast;    // grid: CTAs a cluster staging the exchange by multicast bulk copies
+                    // (sm_90, divides blocks), or 0: cp.async, a piece per thread
   bool exchange;    // exchange data each phase (grid: needs rows), or the barrier alone
   Barrier barrier;  // grid: arrivals [1] and timed_out [1], zeroed by the caller
 };

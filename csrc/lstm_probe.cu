@@ -35,6 +35,10 @@ __global__ void l2_chase_kernel(const uint32_t* next,  // [n] one cycle through 
 // grid barrier (end_grid_phase); then each thread copies its piece of the next
 // block's row in with cp.async and waits for it (as a step stages h(t-1)): one
 // dependent L2 round trip after the barrier. Without `exchange`, the barrier alone.
+// Grid in clusters (`multicast`, sm_90): the same rows, but every CTA of a cluster takes
+// in the row of the next cluster's first block, each CTA bulk-copying 1/multicast of it
+// into every CTA of its cluster and waiting on its mbarrier (multicast_rows,
+// multicast_wait, as a multicast grid plan stages h(t-1)).
 // Cluster (sm_90): with `exchange`, each thread stores a word into the next block's
 // shared memory (store_to_peer, as the cluster forward sends h(t)); the phase ends at
 // the hardware cluster barrier; then it reads the word its peer stored.
@@ -43,9 +47,14 @@ template <bool kCluster>
 __device__ __forceinline__ void phase_rounds(const PhaseProbe& args) {
   __shared__ uint4 landing[kThreads];        // grid: the piece copied from the next block
   __shared__ uint32_t inbox[2][kThreads];    // cluster: the word the previous block stored
+  __shared__ uint64_t bar;                   // grid in clusters: the copies' mbarrier
   uint4* rows = static_cast<uint4*>(args.rows);
-  const int next_block = (blockIdx.x + 1) % args.blocks;
   uint32_t value = blockIdx.x;
+  MulticastStage mc = multicast_stage(&bar, kCluster ? 0 : args.multicast, args.barrier);
+  const int next_block = mc.bar != nullptr ? (blockIdx.x / mc.size * mc.size + mc.size) % args.blocks
+                                           : (blockIdx.x + 1) % args.blocks;
+  __syncthreads();
+  if (mc.bar != nullptr) cluster_sync();  // every CTA's mbarrier is set
   for (int64_t r = 0; r < args.rounds; ++r) {
     const int parity = static_cast<int>(r & 1);
     if constexpr (kCluster) {
@@ -61,15 +70,22 @@ __device__ __forceinline__ void phase_rounds(const PhaseProbe& args) {
             make_uint4(value, 0, 0, 0);
       end_grid_phase(args.barrier, args.barrier.arrivals,
                      static_cast<unsigned long long>(args.blocks) * (r + 1), [] {});
-      if (args.exchange) {
-        cp_async16(&landing[threadIdx.x],
-                   rows + ((size_t)parity * args.blocks + next_block) * kThreads + threadIdx.x);
+      const uint4* source = rows + ((size_t)parity * args.blocks + next_block) * kThreads;
+      if (args.exchange && mc.bar != nullptr) {
+        const int piece = kThreads / mc.size;  // 16-byte elements a CTA copies
+        if (threadIdx.x == 0)
+          multicast_rows(mc, landing, piece, mc.size, piece, [&](int b) { return source + b * piece; });
+        multicast_wait(mc);
+        value = landing[threadIdx.x].x + 1;
+      } else if (args.exchange) {
+        cp_async16(&landing[threadIdx.x], source + threadIdx.x);
         cp_async_commit();
         cp_async_wait<0>();
         value = landing[threadIdx.x].x + 1;  // the thread's own copy: no __syncthreads
       }
     }
   }
+  if (mc.bar != nullptr) cluster_sync();  // no peer's copy lands in an exited block
 }
 
 __global__ void __launch_bounds__(kThreads, 1) grid_phase_kernel(const PhaseProbe args) {
@@ -144,6 +160,9 @@ cudaError_t probe_l2_chase(const uint32_t* next, int64_t loads, long long* out,
 cudaError_t probe_phases(const PhaseProbe& args, cudaStream_t stream) {
   if (args.cluster > 0)
     return launch_clusters(cluster_phase_kernel, args, args.blocks, args.cluster, 0, stream);
+  if (args.multicast > 0)
+    return launch_cooperative_clusters(grid_phase_kernel, args, args.blocks, args.multicast, 0,
+                                       stream);
   return launch_cooperative(grid_phase_kernel, args, args.blocks, 0, stream);
 }
 

@@ -274,7 +274,9 @@ PROBE_NEEDS = {
     "mma_kernelILi1E": (r"^HMMA\.16816\.F32$",),
     "mma_kernelILi8E": (r"^HMMA\.16816\.F32$",),
 }
-SM90_PROBE_NEEDS = {"cluster_phase_kernel": (r"^UCGABAR_ARV$", r"^UCGABAR_WAIT$")}
+SM90_PROBE_NEEDS = {"cluster_phase_kernel": (r"^UCGABAR_ARV$", r"^UCGABAR_WAIT$"),
+                    # its multicast variant: the grid plans' staging (MULTICAST_STAGING)
+                    "grid_phase_kernel": tuple(rule.pattern for rule in MULTICAST_STAGING)}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -282,7 +284,9 @@ def test_probes_time_the_instructions_they_name(cubins, arch):
     cubin, returncode, log = cubins[PROBES, arch]
     assert returncode == 0, f"nvcc failed for {PROBES} {arch}:\n{log}"
     sass = sass_functions(cubin)
-    needs = {**PROBE_NEEDS, **(SM90_PROBE_NEEDS if arch == "sm_90a" else {})}
+    needs = dict(PROBE_NEEDS)
+    for part, patterns in (SM90_PROBE_NEEDS.items() if arch == "sm_90a" else ()):
+        needs[part] = needs.get(part, ()) + patterns
     problems = []
     for part, patterns in needs.items():
         kernels = [k for k in sass if part in k]

@@ -21,6 +21,7 @@ from rnnfast.verify.stages import BENCH_CASES
 
 FOUND = {"device": "NVIDIA H200", "sms": 132, "clock_hz": 1.98e9, "l2_round_trip_s": 0.45e-6,
          "l2_round_trip_clocks": 890.0, "barrier_s": 0.7e-6, "grid_exchange_s": 1.2e-6,
+         "grid_multicast_exchange_s": 1.3e-6, "multicast_blocks": 128, "multicast_size": 8,
          "triton_barrier_s": 0.9e-6, "cluster_blocks": 16, "cluster_barrier_s": 0.19e-6,
          "cluster_exchange_s": 0.31e-6, "dsmem_store_s": 0.12e-6, "mma_latency_clocks": 33.4,
          "mma_sync_flops": 5.0e14, "skipped": {}, "failed": {}}
@@ -56,6 +57,8 @@ def test_summary_sets_the_figures_beside_the_assumptions_and_reruns_the_cuda_mod
     text = "\n".join(lines)
     assert "| grid barrier, CUDA kernels | 1 | 0.7 | µs |" in text
     assert "| grid barrier + a dependent L2 copy | 1.6 | 1.2 | µs |" in text
+    assert "| grid barrier + a dependent multicast copy | 1.6 | 1.3 | µs |" in text
+    assert "multicast in 16 clusters of 8" in text
     assert "| grid barrier, Triton kernels | 1 | not measured | µs |" in text
     assert "| mma.sync rate, 8 warps an SM | 660 | 500 | TFLOP/s |" in text
     assert "- not measured, triton_barrier_s: triton is not installed" in text
@@ -108,3 +111,34 @@ def test_the_triton_barrier_probe_compiles_for_sm90_as_a_cooperative_kernel():
     # poll, the acquire after it.
     assert "atom.global.gpu.release.add" in ptx and "ld.volatile.global" in ptx, ptx[-2000:]
     assert "ld.global.gpu.acquire" in ptx, ptx[-2000:]
+
+
+def test_the_multicast_probe_takes_the_largest_cluster_the_gpu_holds_at_least_twice(monkeypatch):
+    """grid_multicast_phase's launch shape (the timing itself needs a GPU): clusters of 8
+    where the GPU holds two or more, as many as fit one block per SM; else 4, else 2;
+    else it says no cluster fits, which measure() records under "failed"."""
+    from rnnfast.backends import probe
+
+    class Extension:
+        LaunchRefused = RuntimeError
+
+        def __init__(self):
+            self.launches = set()
+
+        def probe_phases(self, rows, arrivals, timed_out, rounds, blocks, cluster, multicast,
+                         exchange, spin_limit):
+            self.launches.add((tuple(rows.shape), blocks, cluster, multicast, exchange))
+
+    monkeypatch.setattr(probe, "_launch_seconds", lambda launch, device: launch() or 1e-3)
+    monkeypatch.setattr(probe, "watch_timeout_flag", lambda *args: None)
+    monkeypatch.setattr(probe, "raise_if_barrier_timed_out", lambda **kwargs: None)
+    every = [132 // c if c >= 2 else 0 for c in range(17)]
+    for resident, blocks, size in [(every, 128, 8),
+                                   ([1 if c == 8 else n for c, n in enumerate(every)], 132, 4),
+                                   ([n if c == 2 else 0 for c, n in enumerate(every)], 132, 2)]:
+        ext = Extension()
+        found = probe.grid_multicast_phase(ext, torch.device("cpu"), 132, tuple(resident))
+        assert (found["multicast_blocks"], found["multicast_size"]) == (blocks, size)
+        assert ext.launches == {((2, blocks, 256, 4), blocks, 0, size, True)}
+    with pytest.raises(RuntimeError, match="no two clusters"):
+        probe.grid_multicast_phase(Extension(), torch.device("cpu"), 132, (0,) * 17)

@@ -1,8 +1,8 @@
 """Measures, on the GPU at hand, the figures the latency models assume (latency.Gpu,
 used by triton/model.py and cuda/model.py to rank plans): the grid barrier and the
-dependent L2 round trip after it, the cluster barrier and a store into a peer block's
-shared memory, mma.sync's latency and rate, and the SM clock while the tensor cores
-are busy. The CUDA figures come from csrc/lstm_probe.cu, which runs the CUDA kernels'
+dependent L2 round trip after it (cp.async, or multicast bulk copies into the CTAs of
+a cluster of the grid), the cluster barrier and a store into a peer block's shared
+memory, mma.sync's latency and rate, and the SM clock while the tensor cores are busy. The CUDA figures come from csrc/lstm_probe.cu, which runs the CUDA kernels'
 own device code for each primitive; Triton's barrier from triton/probe.py, which calls
 the Triton kernels' own end_phase. `python -m rnnfast verify` runs this in its probe
 stage and re-runs the models with the figures (latency.measured_gpu).
@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from .barrier import BARRIER_SPIN_LIMIT, raise_if_barrier_timed_out, watch_timeout_flag
-from .cuda.plan import THREADS, WARPS
+from .cuda.plan import MULTICAST_SIZES, THREADS, WARPS
 
 TRIES = 3
 CHASE_LINES = 1 << 16       # the L2 probe's buffer: 65,536 lines of 128 B = 8 MiB (in L2)
@@ -83,12 +83,35 @@ def grid_phases(ext, device: torch.device, blocks: int) -> dict:
     for exchange, name in ((False, "barrier_s"), (True, "grid_exchange_s")):
         arrivals, timed_out = _barrier_flags(device, torch.int64)
         found[name] = seconds_per_round(
-            lambda n: ext.probe_phases(rows, arrivals, timed_out, n, blocks, 0, exchange,
+            lambda n: ext.probe_phases(rows, arrivals, timed_out, n, blocks, 0, 0, exchange,
                                        BARRIER_SPIN_LIMIT),
             ROUNDS["grid"], device, prepare=arrivals.zero_)
         watch_timeout_flag(timed_out, "the grid barrier probe")
         raise_if_barrier_timed_out(wait=True)
     return found
+
+
+def grid_multicast_phase(ext, device: torch.device, sms: int, resident_clusters: tuple[int, ...]) -> dict:
+    """A cooperative grid in clusters (sm_90) meeting at the CUDA kernels' barrier each
+    round, then staging the same 4 KB of pieces as grid_phases into every CTA of a
+    cluster by multicast bulk copies, as a multicast grid plan stages h(t-1): clusters of
+    8 (else 4, 2), as many as the GPU holds at once, up to one block per SM. Compare
+    with grid_exchange_s: the latency model charges both the same."""
+    for size in MULTICAST_SIZES[::-1]:
+        blocks = min(sms // size, resident_clusters[size] if size < len(resident_clusters) else 0) * size
+        if blocks >= 2 * size:
+            break
+    else:
+        raise ext.LaunchRefused(f"the GPU holds no two clusters of {MULTICAST_SIZES} blocks at once")
+    rows = torch.zeros(2, blocks, THREADS, 4, dtype=torch.int32, device=device)
+    arrivals, timed_out = _barrier_flags(device, torch.int64)
+    seconds = seconds_per_round(
+        lambda n: ext.probe_phases(rows, arrivals, timed_out, n, blocks, 0, size, True,
+                                   BARRIER_SPIN_LIMIT),
+        ROUNDS["grid"], device, prepare=arrivals.zero_)
+    watch_timeout_flag(timed_out, "the multicast grid probe")
+    raise_if_barrier_timed_out(wait=True)
+    return {"grid_multicast_exchange_s": seconds, "multicast_blocks": blocks, "multicast_size": size}
 
 
 def cluster_phases(ext, device: torch.device) -> dict:
@@ -101,8 +124,8 @@ def cluster_phases(ext, device: torch.device) -> dict:
         try:
             for exchange, name in ((False, "cluster_barrier_s"), (True, "cluster_exchange_s")):
                 found[name] = seconds_per_round(
-                    lambda n: ext.probe_phases(None, arrivals, timed_out, n, size, size, exchange,
-                                               BARRIER_SPIN_LIMIT),
+                    lambda n: ext.probe_phases(None, arrivals, timed_out, n, size, size, 0,
+                                               exchange, BARRIER_SPIN_LIMIT),
                     ROUNDS["cluster"], device)
         except ext.LaunchRefused:
             if size == CLUSTER_SIZES[-1]:
@@ -155,14 +178,16 @@ def measure(device: torch.device) -> dict:
     backends = available_backends()
     probes: list[tuple[str, Optional[str], Callable[[], dict]]] = []  # (figure, why not, probe)
     if backends["cuda"] is None:
-        sms, _, cooperative, major, _ = device_limits(device)
+        sms, _, cooperative, major, resident = device_limits(device)
+        no_clusters = None if major >= 9 else f"thread-block clusters need sm_90, this is sm_{major}x"
         probes += [
             ("l2_round_trip_s", None, lambda: l2_chase(_C, device)),
             ("mma_latency_clocks", None, lambda: mma(_C, device, sms)),
             ("barrier_s", None if cooperative else "this device has no cooperative launch",
              lambda: grid_phases(_C, device, sms)),
-            ("cluster_barrier_s", None if major >= 9 else f"thread-block clusters need sm_90, this is sm_{major}x",
-             lambda: cluster_phases(_C, device))]
+            ("grid_multicast_exchange_s", no_clusters if cooperative else "this device has no cooperative launch",
+             lambda: grid_multicast_phase(_C, device, sms, resident)),
+            ("cluster_barrier_s", no_clusters, lambda: cluster_phases(_C, device))]
     else:
         found["skipped"]["cuda"] = backends["cuda"]
     probes.append(("triton_barrier_s", backends["triton"], lambda: triton_barrier(device, found["sms"])))

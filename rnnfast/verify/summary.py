@@ -127,6 +127,8 @@ PROBE_ROWS = (
     ("L2 round trip, one dependent load", "l2_round_trip_s", H100.l2_round_trip_s, 1e6, "µs"),
     ("grid barrier, CUDA kernels", "barrier_s", H100.barrier_s, 1e6, "µs"),
     ("grid barrier + a dependent L2 copy", "grid_exchange_s", H100.barrier_s + H100.l2_round_trip_s, 1e6, "µs"),
+    ("grid barrier + a dependent multicast copy", "grid_multicast_exchange_s",
+     H100.barrier_s + H100.l2_round_trip_s, 1e6, "µs"),
     ("grid barrier, Triton kernels", "triton_barrier_s", H100.barrier_s, 1e6, "µs"),
     ("cluster barrier", "cluster_barrier_s", H100.cluster_barrier_s, 1e6, "µs"),
     ("DSMEM store before the cluster barrier", "dsmem_store_s", H100.dsmem_store_s, 1e6, "µs"),
@@ -146,7 +148,9 @@ def model_section(found: dict, bench_rows: list[dict]) -> list[str]:
     lines = ["## The latency models' figures, measured (rnnfast/backends/probe.py)", "",
              f"Assumed: rnnfast/backends/latency.py's {H100.name}. Measured here with the kernels' own "
              "barrier, exchange and mma code (csrc/lstm_probe.cu, triton/probe.py)"
-             + (f"; cluster of {found['cluster_blocks']} blocks" if "cluster_blocks" in found else "") + ".", "",
+             + (f"; cluster of {found['cluster_blocks']} blocks" if "cluster_blocks" in found else "")
+             + (f"; multicast in {found['multicast_blocks'] // found['multicast_size']} clusters of "
+                f"{found['multicast_size']}" if "multicast_size" in found else "") + ".", "",
              *_table(["figure", "assumed", "measured", "unit"], rows)]
     lines += [f"- not measured, {name}: {why}" for name, why in found.get("skipped", {}).items()]
     lines += [f"- **failed**, {name}: {why}" for name, why in found.get("failed", {}).items()]
