@@ -59,6 +59,8 @@ SHAPES = (
     Shape("proj", T=8, B=3, I=11, H=32, layers=2, proj=12),
     Shape("T=1", T=1, B=5, I=7, H=16),
     Shape("H=600", T=20, B=8, I=64, H=600),  # many blocks meet at each step's barrier
+    # FlashRNN's split: on an H100/H200 the CUDA grids run in clusters with multicast staging
+    Shape("multicast", T=6, B=16, I=32, H=768),
     Shape("masks", T=7, B=3, I=13, H=20, layers=2, masks=True),
 )
 # On a CPU (the dry run), in Triton's interpreter: a few tiny shapes.
