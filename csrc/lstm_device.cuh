@@ -117,21 +117,21 @@ __device__ __forceinline__ void multicast_rows(const MulticastStage& st, T* dst,
   const unsigned row_bytes = static_cast<unsigned>(row_elems * sizeof(T));
   const unsigned short all = static_cast<unsigned short>((1u << st.size) - 1u);
   const unsigned bar = shared_address(st.bar);
-  RNNFAST_SM90(asm volatile("{\n .reg .b64 state;\n"
-                            " mbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n"
-                            "fence.proxy.async;\n" ::"r"(bar), "r"(rows * row_bytes)
-                            : "memory");)
+  asm volatile("{\n .reg .b64 state;\n"
+               " mbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n"
+               "fence.proxy.async;\n" ::"r"(bar), "r"(rows * row_bytes)
+               : "memory");
   for (int b = static_cast<int>(st.rank); b < rows; b += st.size) {
-    RNNFAST_SM90(asm volatile(
+    asm volatile(
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
         " [%0], [%1], %2, [%3], %4;\n" ::"r"(shared_address(dst + b * dst_ld)), "l"(row_src(b)),
         "r"(row_bytes), "r"(bar), "h"(all)
-        : "memory");)
+        : "memory");
   }
 #endif
 }
 
-// Every thread waits for the phase's bytes, at most barrier->spin_limit polls; then
+// Every thread waits for the phase's bytes, at most st.spin_limit polls; then
 // sets the launch's timed_out flag (the host raises naming the plan) and gives up on
 // every later wait, so a lost copy costs one timeout, not one per step. (Every other
 // poll of the kernels is in grid_barrier_wait; these are shared-memory polls.)
