@@ -291,3 +291,18 @@ def test_chunked_operands_are_not_multicast():
     shared = proj.nb * proj.k * 2
     assert plain.bytes_per_step - mine.bytes_per_step == (
         plan.blocks * shared - plan.blocks * shared // plan.multicast)
+
+
+def test_multicast_staging_pays_its_measured_extra_latency_once_per_shared_phase():
+    """latency.Gpu.multicast_extra_s (assumed 0; the probe measures it) is added to each
+    phase whose operand the cluster multicasts, and to nothing else: FlashRNN's forward
+    (one shared phase) and the backward of B = 64, H = 1024, P = 256 (its projection
+    phase shared, its chunked chain phase not)."""
+    slower = dataclasses.replace(latency.H100, multicast_extra_s=0.4e-6)
+    for direction, B, H, P in [("forward", 16, 768, 768), ("backward", 64, 1024, 256)]:
+        plan = _plan(direction, B, H, P)
+        time = model.forward_time if direction == "forward" else model.backward_time
+        for p, extra in ((plan, 0.4e-6), (_without_multicast(plan), 0.0)):
+            assumed = time(p, B, H, P, H, 10, torch.float16)
+            measured = time(p, B, H, P, H, 10, torch.float16, slower)
+            assert measured.step_s - assumed.step_s == pytest.approx(extra), (direction, p)

@@ -34,6 +34,9 @@ def test_measured_gpu_takes_each_measured_figure_and_keeps_the_other_assumptions
     assert cuda.mma_sync_fraction == pytest.approx(5.0e14 / H100.tensor_flops)
     assert cuda.l2_bytes_per_s_per_sm == pytest.approx(64 * 1.98e9)  # 64 B a clock, at this clock
     assert cuda.name == "NVIDIA H200, measured figures"
+    # Multicast staging costs what its exchange takes over cp.async's, never less than 0.
+    assert cuda.multicast_extra_s == pytest.approx(0.1e-6)
+    assert measured_gpu({**FOUND, "grid_multicast_exchange_s": 1.1e-6}, "cuda").multicast_extra_s == 0
     # Triton's barrier is its own; everything else is the same GPU.
     triton = measured_gpu(FOUND, "triton")
     assert triton.barrier_s == 0.9e-6 and dataclasses.replace(triton, barrier_s=0.7e-6) == cuda

@@ -34,6 +34,11 @@ class Gpu:
     dsmem_store_s: float = 0.2e-6           # a store into a peer CTA's shared memory becoming
                                             # visible (assumption, to be measured)
     cluster_barrier_s: float = 0.3e-6       # barrier.cluster arrive + wait (assumption, to be measured)
+    multicast_extra_s: float = 0.0          # what staging by multicast bulk copies after the grid
+                                            # barrier adds to the dependent L2 round trip of
+                                            # cp.async (the last of a cluster's CTAs to leave the
+                                            # barrier issues its rows, the mbarrier wait)
+                                            # (assumption: nothing, to be measured)
     mma_sync_fraction: float = 2 / 3        # of tensor_flops reached by 16-bit mma.sync.m16n8k16
                                             # (wgmma reaches the peak) (assumption)
     tf32_fraction: float = 0.5              # tf32 mma rate / 16-bit rate (datasheet: 495 vs 990 TF)
@@ -57,7 +62,8 @@ def measured_gpu(found: dict, backend: str, base: Gpu = H100) -> Gpu:
     figures for. backend "triton": the barrier is the Triton kernels' own (they meet at
     cell.end_phase, the CUDA kernels at grid_barrier_wait). The per-clock L2 rate stays
     64 B a clock at the measured clock; mma.sync's measured rate becomes its fraction of
-    base.tensor_flops (the datasheet's dense rate)."""
+    base.tensor_flops (the datasheet's dense rate); the multicast exchange's time over
+    the cp.async one's becomes multicast_extra_s (never below 0)."""
     values = {name: found[name] for name in MEASURED_FIELDS if name in found}
     if backend == "triton":
         values.pop("barrier_s", None)
@@ -69,6 +75,8 @@ def measured_gpu(found: dict, backend: str, base: Gpu = H100) -> Gpu:
         values["mma_latency_clocks"] = round(found["mma_latency_clocks"])
     if "mma_sync_flops" in found:
         values["mma_sync_fraction"] = found["mma_sync_flops"] / base.tensor_flops
+    if "grid_multicast_exchange_s" in found and "grid_exchange_s" in found:
+        values["multicast_extra_s"] = max(0.0, found["grid_multicast_exchange_s"] - found["grid_exchange_s"])
     return replace(base, name=f"{found.get('device', 'this GPU')}, measured figures", **values)
 
 

@@ -51,10 +51,10 @@ blocks run side by side, so one block's time is the step's time):
   CTAs' shared memory), so it counts 1/m against the chip's L2 rate (and in
   bytes_per_step, the chip's traffic), but in full against the per-SM rate: every SM
   still receives all of it. Chunked operands keep cp.async and count in full. Nothing
-  else changes: no latency is added for the cluster launch or the multicast copies
-  (the wait on the mbarrier the copies complete on replaces cp.async's wait), the
-  barrier is still the grid's, and the staged bytes are still written to each SM's
-  shared memory.
+  else changes: the copies' latency is cp.async's plus gpu.multicast_extra_s (assumed
+  0; the probe measures it: the last of a cluster's CTAs to leave the barrier issues
+  its rows, and every CTA waits for all of them), the barrier is still the grid's, and
+  the staged bytes are still written to each SM's shared memory.
 - cluster plans also send what they exchange to every peer: rows x units x item x cluster
   bytes for h (forward), four times that for the gate gradients (backward), counted at
   the shared-memory rate (assumption: the SM-to-SM network keeps up).
@@ -169,6 +169,8 @@ def _phase_time(plan: layout.Plan, phase: Phase, gpu: Gpu) -> float:
         latency = gpu.dsmem_store_s + gpu.cluster_barrier_s
     else:
         latency = gpu.l2_round_trip_s + gpu.barrier_s
+        if phase.shared_bytes:  # staged by the cluster's multicast copies
+            latency += gpu.multicast_extra_s
     l2 = max(phase.l2_bytes / gpu.l2_bytes_per_s_per_sm,
              phase.chip_bytes(plan) / gpu.l2_bytes_per_s)
     dsmem = phase.dsmem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
