@@ -51,8 +51,9 @@ __device__ __forceinline__ void phase_rounds(const PhaseProbe& args) {
   uint4* rows = static_cast<uint4*>(args.rows);
   uint32_t value = blockIdx.x;
   MulticastStage mc = multicast_stage(&bar, kCluster ? 0 : args.multicast, args.barrier);
-  const int next_block = mc.bar != nullptr ? (blockIdx.x / mc.size * mc.size + mc.size) % args.blocks
-                                           : (blockIdx.x + 1) % args.blocks;
+  const int next_block = mc.bar != nullptr  // the next cluster's first block
+                             ? (blockIdx.x / mc.size * mc.size + mc.size) % args.blocks
+                             : (blockIdx.x + 1) % args.blocks;
   __syncthreads();
   if (mc.bar != nullptr) cluster_sync();  // every CTA's mbarrier is set
   for (int64_t r = 0; r < args.rounds; ++r) {
@@ -70,18 +71,20 @@ __device__ __forceinline__ void phase_rounds(const PhaseProbe& args) {
             make_uint4(value, 0, 0, 0);
       end_grid_phase(args.barrier, args.barrier.arrivals,
                      static_cast<unsigned long long>(args.blocks) * (r + 1), [] {});
-      const uint4* source = rows + ((size_t)parity * args.blocks + next_block) * kThreads;
-      if (args.exchange && mc.bar != nullptr) {
-        const int piece = kThreads / mc.size;  // 16-byte elements a CTA copies
-        if (threadIdx.x == 0)
-          multicast_rows(mc, landing, piece, mc.size, piece, [&](int b) { return source + b * piece; });
-        multicast_wait(mc);
+      if (args.exchange) {
+        const uint4* source = rows + ((size_t)parity * args.blocks + next_block) * kThreads;
+        if (mc.bar != nullptr) {
+          const int piece = kThreads / mc.size;  // 16-byte elements a CTA copies
+          if (threadIdx.x == 0)
+            multicast_rows(mc, landing, piece, mc.size, piece,
+                           [&](int b) { return source + b * piece; });
+          multicast_wait(mc);
+        } else {
+          cp_async16(&landing[threadIdx.x], source + threadIdx.x);
+          cp_async_commit();
+          cp_async_wait<0>();  // the thread's own copy: no __syncthreads
+        }
         value = landing[threadIdx.x].x + 1;
-      } else if (args.exchange) {
-        cp_async16(&landing[threadIdx.x], source + threadIdx.x);
-        cp_async_commit();
-        cp_async_wait<0>();
-        value = landing[threadIdx.x].x + 1;  // the thread's own copy: no __syncthreads
       }
     }
   }
