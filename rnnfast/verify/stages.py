@@ -424,9 +424,10 @@ def sanitize_stage(ctx: Context, seconds: float) -> str:
     tool = cuda_tool("compute-sanitizer")
     if tool is None:
         return "unsupported: compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)"
+    runs = [(b, dt, s) for b in ("cuda", "triton") for dt in ("fp32", "bf16") for s in smoke.SANITIZE_SHAPES]
+    runs += [("cuda", "bf16", s) for s in smoke.SANITIZE_CUDA_SHAPES]
     cases = [{"id": f"{b} {dt} {s.name}", "backend": b, "dtype": dt, "shape": s.as_dict(),
-              "device": str(ctx.device)}
-             for b in ("cuda", "triton") for dt in ("fp32", "bf16") for s in smoke.SANITIZE_SHAPES]
+              "device": str(ctx.device)} for b, dt, s in runs]
     deadline = time.monotonic() + seconds
     results = []
     for k, name in enumerate(SANITIZE_TOOLS):
