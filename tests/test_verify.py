@@ -17,7 +17,7 @@ from rnnfast import backends
 from rnnfast.__main__ import main
 from rnnfast.backends import evidence
 from rnnfast.precision import allowed_error, rule_violations
-from rnnfast.verify import child, stages, summary, worker
+from rnnfast.verify import child, smoke, stages, summary, worker
 from rnnfast.verify.stages import STAGES, StageSpec
 
 
@@ -245,6 +245,28 @@ def test_bench_items_are_the_issue_cases_kernels_first():
     assert {p for i in items for p in i["providers"]} == set(KNOWN_PROVIDERS) - {"rnnfast/cpu"}
     ctx.providers = ["rnnfast/cuda"]
     assert [i["providers"] for i in stages.bench_items(ctx)] == [["rnnfast/cuda"]] * 5
+
+
+def test_sanitize_cases_reach_every_cuda_plan_form_an_h100_makes():
+    """The tiny shapes in both backends and fp32/bf16, plus one CUDA bf16 case that an
+    H100/H200 plans as multicast grids (the bulk copies and mbarriers), and the tiny
+    bidirectional shape, which it plans as clusters."""
+    from rnnfast.backends.cuda import plan as cuda_plan
+    ctx = stages.Context(out_dir=None, device=torch.device("cuda"), dry_run=False, repo=None, log=None)
+    cases = stages.sanitize_cases(ctx)
+    assert len(cases) == 2 * 2 * len(smoke.SANITIZE_SHAPES) + len(smoke.SANITIZE_CUDA_SHAPES)
+    forms = set()
+    for case in cases:
+        if case["backend"] != "cuda":
+            continue
+        shape = smoke.Shape.from_dict(case["shape"])
+        out = shape.proj or shape.H
+        for direction in ("forward", "backward"):
+            plan = cuda_plan.make_plan(direction, shape.B, shape.H, out, bool(shape.proj),
+                                       2 if case["dtype"] == "bf16" else 4, cuda_plan.H100_SMS,
+                                       cuda_plan.H100_SMEM_PER_BLOCK, 9)
+            forms.add("multicast" if plan.multicast else plan.kind)
+    assert forms == {"cluster", "grid", "multicast"}
 
 
 def test_precision_rule():

@@ -418,16 +418,22 @@ def sanitizer_verdict(tool: str, output: str, returncode: Optional[int]) -> dict
             "returncode": returncode, "cases": [{"id": c.get("id"), "status": c["status"]} for c in cases]}
 
 
+def sanitize_cases(ctx: Context) -> list[dict]:
+    """The CUDA and Triton backends x fp32/bf16 on the tiny shapes, and the CUDA kernels
+    in bf16 on the shapes only they plan differently (smoke.SANITIZE_CUDA_SHAPES)."""
+    runs = [(b, dt, s) for b in ("cuda", "triton") for dt in ("fp32", "bf16") for s in smoke.SANITIZE_SHAPES]
+    runs += [("cuda", "bf16", s) for s in smoke.SANITIZE_CUDA_SHAPES]
+    return [{"id": f"{b} {dt} {s.name}", "backend": b, "dtype": dt, "shape": s.as_dict(),
+             "device": str(ctx.device)} for b, dt, s in runs]
+
+
 def sanitize_stage(ctx: Context, seconds: float) -> str:
     if not ctx.gpu:
         return NO_GPU
     tool = cuda_tool("compute-sanitizer")
     if tool is None:
         return "unsupported: compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)"
-    runs = [(b, dt, s) for b in ("cuda", "triton") for dt in ("fp32", "bf16") for s in smoke.SANITIZE_SHAPES]
-    runs += [("cuda", "bf16", s) for s in smoke.SANITIZE_CUDA_SHAPES]
-    cases = [{"id": f"{b} {dt} {s.name}", "backend": b, "dtype": dt, "shape": s.as_dict(),
-              "device": str(ctx.device)} for b, dt, s in runs]
+    cases = sanitize_cases(ctx)
     deadline = time.monotonic() + seconds
     results = []
     for k, name in enumerate(SANITIZE_TOOLS):
