@@ -35,14 +35,20 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 // Read-only for the whole launch (weights, xg, saved gates, dy): the non-coherent path.
 template <typename T> __device__ __forceinline__ float load_ro(const T* p) { return to_float(__ldg(p)); }
 
+// The 32-bit shared-window address of a generic pointer into shared memory, as the
+// shared-memory instructions below take it.
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
 // ---------------------------------------------------------------------------------
 // cp.async (sm_80+): 16-byte global -> shared copies that bypass L1 (.cg), so data that
 // other blocks wrote during this launch is read from L2, where the barrier made it
 // visible. Each thread waits for its own groups; a __syncthreads then publishes them.
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(dst)), "l"(src)
+               : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most N of this thread's groups are still in flight.
@@ -83,10 +89,6 @@ struct MulticastStage {
   int* timed_out;          // the launch's timeout flag (Barrier::timed_out)
   long long spin_limit;    // polls before a wait gives up (Barrier::spin_limit)
 };
-
-__device__ __forceinline__ unsigned shared_address(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
 
 // Thread 0 sets up the mbarrier (one arrival a phase: thread 0's expect); the caller
 // then makes it visible to the cluster (cluster_sync) before any copy targets it.
@@ -158,10 +160,9 @@ __device__ __forceinline__ void multicast_wait(MulticastStage& st) {
 // for mma.m16n8k16 (16-bit) and mma.m16n8k8 (tf32): lane = 4 * group + quad.
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row_address));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s));
+               : "r"(shared_address(row_address)));
 }
 
 template <typename T> struct MmaOp;
@@ -466,7 +467,7 @@ __device__ __forceinline__ unsigned cluster_blocks() {
 template <typename T>
 __device__ __forceinline__ void store_to_peer(T* local, unsigned rank, T v) {
   static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16- or 32-bit elements");
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(local));
+  const unsigned address = shared_address(local);
   unsigned remote = address;
   RNNFAST_SM90(asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(rank));)
   if constexpr (sizeof(T) == 2) {
