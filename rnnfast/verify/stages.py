@@ -44,7 +44,7 @@ STAGES = (
     StageSpec("probe", 45, 20, "the latency models' figures measured: barriers, L2, DSMEM, mma.sync"),
     StageSpec("smoke", 120, 30, "every backend x dtype x shape against nn.LSTM"),
     StageSpec("tests", 120, 30, "the CUDA-only pytest files, each under a time limit"),
-    StageSpec("sanitize", 75, 30, "compute-sanitizer memcheck, racecheck, synccheck on tiny cases"),
+    StageSpec("sanitize", 75, 30, "compute-sanitizer memcheck, racecheck, synccheck on tiny cases and a multicast one"),
     StageSpec("bench", 150, 90, "standard cases, every provider, ratios to cuDNN in the same run"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
