@@ -96,6 +96,10 @@ int check_split(const rnnfast::Split& sp, int64_t H, int64_t P, int64_t B, bool 
                                     sp.unit_slices % sp.multicast == 0),
               "rnnfast._C.", who, ": multicast must be 0 or 2..8 dividing unit_slices (",
               sp.unit_slices, ") in a grid plan, got ", sp.multicast);
+  // The cluster exchange sends whole words from each slice's first unit (lstm_common.cuh
+  // exchange_word_bytes): slices of multiples of 4 units.
+  TORCH_CHECK(sp.cluster == 0 || sp.units % 4 == 0, "rnnfast._C.", who,
+              ": a cluster plan's units per block must be a multiple of 4, got ", sp.units);
   const int64_t batch_blocks = (B + sp.block_rows - 1) / sp.block_rows;
   check(arrivals, "arrivals", device, at::kLong, batch_blocks);
   check(timed_out, "timed_out", device, at::kInt, 1);
@@ -246,6 +250,10 @@ void backward(const OptTensor& dy,        // [N, P] io
   a.dtype = io_dtype(w_hh);
   TORCH_CHECK(cluster == 0 || a.w_hr == nullptr,
               "rnnfast._C.backward: cluster plans have no projection phase");
+  // Its exchange's words (4 or 8 bytes) must not straddle two gates' columns.
+  TORCH_CHECK(cluster == 0 || H * w_hh.element_size() % 4 == 0,
+              "rnnfast._C.backward: a cluster plan needs hidden_size * itemsize a multiple of 4 "
+              "bytes, got hidden_size ", H, " of ", w_hh.element_size(), "-byte elements");
   a.split = make_split(units, a.w_hr != nullptr ? proj_cols : units, unit_slices, block_rows,
                        cluster, multicast);
   a.blocks = check_split(a.split, H, P, B, true, arrivals, timed_out, device, spin_limit,

@@ -18,10 +18,10 @@
 // dy are loaded into registers between arriving at the barrier and waiting at it.
 //
 // Cluster plans (sm_90, no projection) exchange dgates as the forward's cluster plans
-// exchange h: the batch block is one thread-block cluster, each CTA stores its gate
-// gradients straight into every CTA's shared memory (DSMEM), double-buffered by step
-// parity, and the step ends at the cluster's hardware barrier: no global exchange, no
-// grid barrier, no staging.
+// exchange h: the batch block is one thread-block cluster, each CTA copies its gate
+// gradients straight into every CTA's shared memory (DSMEM, st.async), double-buffered
+// by step parity, and waits on its own mbarrier for its peers' (exchange_step): no
+// global exchange, no barrier, no staging.
 #include "lstm_device.cuh"
 
 namespace rnnfast {
@@ -61,6 +61,8 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   unsigned long long phases = 0;
   // Grid plans in clusters: the staged operands arrive by multicast (bar null: cp.async).
   MulticastStage mc = multicast_stage(smem + L.bar_off, kCluster ? 0 : sp.multicast, args.barrier);
+  // Cluster plans: the mbarriers the peers' gate-gradient stores complete on.
+  ClusterExchange ex = kCluster ? cluster_exchange(smem + L.bar_off, args.barrier) : ClusterExchange{};
 
   load_weights(w_s, L.chain, my_cols, 4 * H,
                [&](int n, int j) { return w_hh[(size_t)j * P + col0 + n]; });
@@ -70,14 +72,14 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
     const int b = e / U, u = e % U;
     dc_s[e] = row0 + b < B && u < my_units ? args.dc_n[(size_t)(row0 + b) * H + unit0 + u] : 0.0f;
   }
-  // Cluster plans: peers write only real (row, gate column) entries of the dgates
-  // buffers; the product also reads the k-padding columns, so they must be zeros, not
+  // Cluster plans: peers write only their slices' columns of the dgates buffers; the product also reads the k-padding columns, so they must be zeros, not
   // whatever the shared memory held.
   const int g_elems = L.chain.nb * L.chain.b_ld;  // one dgates buffer of a cluster block
   if constexpr (kCluster) zero_shared(ring, 2 * g_elems);
   __syncthreads();
-  // Every peer's memory is live (cluster plans: and zeroed; multicast: its mbarrier set).
-  if (kCluster || mc.bar != nullptr) cluster_sync();
+  // Every peer's memory is live (cluster plans: zeroed; both: its mbarriers set).
+  const bool in_cluster = kCluster || mc.landed.bar != nullptr;
+  if (in_cluster) cluster_sync();
 
   auto rows_of = [&](int64_t k) {
     return step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
@@ -101,16 +103,11 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       saved[i].dy = !has_proj && dy != nullptr ? load_ro(dy + row * P + unit) : 0.0f;
     });
   };
+  // The end of a phase: grid plans meet at the batch block's barrier.
   auto end_phase = [&](bool prefetch, int64_t next) {
-    if constexpr (kCluster) {
-      cluster_arrive();
+    end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, [&] {
       if (prefetch) load_saved(next, 0);
-      cluster_wait();
-    } else {
-      end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, [&] {
-        if (prefetch) load_saved(next, 0);
-      });
-    }
+    });
   };
   // The cell's backward at step k for my pairs, given dh(b, u); writes dgates(t) (fp32
   // and the chain's exchange copy) and the carried dc, or dc0 for rows starting here.
@@ -132,10 +129,9 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       const T chain_values[4] = {from_float<T>(d.d_i), from_float<T>(d.d_f),
                                  from_float<T>(d.d_g), from_float<T>(d.d_o)};
       if constexpr (kCluster) {
-        T* mine = ring + (k & 1) * g_elems + b * L.chain.b_ld + unit;
-        for (unsigned rank = 0; rank < cluster_blocks(); ++rank)
+        T* mine = ring + (k & 1) * g_elems + b * L.chain.b_ld + unit;  // exchange_step sends it
 #pragma unroll
-          for (int g = 0; g < 4; ++g) store_to_peer(mine + g * H, rank, chain_values[g]);
+        for (int g = 0; g < 4; ++g) mine[g * H] = chain_values[g];
       } else {
         T* g_out = gx + ((size_t)(k & 1) * B + r) * gld + unit;
 #pragma unroll
@@ -180,10 +176,18 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
         if (b >= n_act && b < n_next && u < my_units)
           args.dh0[(size_t)(row0 + b) * P + unit0 + u] = product_out(L.chain, part, u, b);
       }
-      if (k >= 0) end_phase(k >= 1, k - 1);
+      // dgates(t) of every unit is out before iteration k-1 reads it (cluster plans:
+      // the four gates' columns of step k's rows go to every peer).
+      if (k < 0) continue;
+      auto prefetch = [&] {
+        if (k >= 1) load_saved(k - 1, 0);
+      };
+      if constexpr (kCluster)
+        exchange_step(ex, k & 1, ring + (k & 1) * g_elems, L.chain.b_ld, n_act, H, unit0, my_units,
+                      4, H, prefetch);
+      else
+        end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, prefetch);
     }
-    // The last barrier (k = 0) follows every DSMEM store: no peer writes into a block
-    // that has exited.
   } else if constexpr (!kCluster) {
     // Phase B of step k (k = T: no product) leaves dh(t-1) + dy in dhx for step k-1's
     // rows (dh_n for rows whose last step is k-1) and dh0 for rows that start at k.
@@ -223,7 +227,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       phase_b(k);
     }
   }
-  if (mc.bar != nullptr) cluster_sync();  // no peer's bulk copy lands in an exited block
+  if (in_cluster) cluster_sync();  // no peer's copy or store lands in an exited block
 }
 
 template <typename T>

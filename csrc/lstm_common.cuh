@@ -342,6 +342,33 @@ RNNFAST_HD size_t part_bytes(const Product& p) {
   return align_bytes((size_t)p.ksplit * p.m * p.nb * 4);
 }
 
+// Cluster plans' exchange (sm_90). After a step each CTA has its columns of the
+// exchanged operand in its own buffer (h(t): one segment of its units; the gate
+// gradients: four, one per gate, `hidden` apart) and copies them into the same place in
+// every peer's buffer in words of exchange_word_bytes, each store completing on the
+// peer's mbarrier (st.async); a CTA's wait expects what all its peers send. A word is
+// 8 bytes where every segment starts 8-byte aligned (a slice starts at a multiple of 4
+// units), else 4: plan.py keeps the backward's cluster plans to hidden * itemsize a
+// multiple of 4, and binding.cpp checks it.
+RNNFAST_HD int exchange_word_bytes(int segment_stride, int itemsize) {
+  return segment_stride * itemsize % 8 == 0 ? 8 : 4;
+}
+// Columns of each segment a CTA with `units` units sends: whole words. The columns past
+// its units are k-padding (zeros), never another CTA's, since slices hold multiples of
+// 4 units and the backward's words never straddle a gate (see above).
+RNNFAST_HD int exchange_cols(int units, int word_bytes, int itemsize) {
+  return round_up(units, word_bytes / itemsize);
+}
+// Bytes of one row that a CTA holding `my_units` of the layer's `hidden` units receives
+// from its peers: every slice's columns but its own (slices of multiples of 4 units tile
+// round_up(hidden, word) exactly; tests/host_check.cu sums them slice by slice).
+RNNFAST_HD unsigned peer_row_bytes(int hidden, int my_units, int segments, int word_bytes,
+                                   int itemsize) {
+  return (unsigned)(segments * itemsize *
+                    (exchange_cols(hidden, word_bytes, itemsize) -
+                     exchange_cols(my_units, word_bytes, itemsize)));
+}
+
 // Launch shape of a layer, as the plan chose it.
 struct Split {
   int units;         // U: hidden units per block
@@ -362,7 +389,8 @@ struct ForwardLayout {
   size_t ring_off;    // B of rec / proj: ring stages, or (cluster) h [2][rec.nb][rec.b_ld] io
   size_t part_off;    // partial sums [ksplit][m][Bb] fp32
   size_t c_off;       // cell state [Bb][U] fp32
-  size_t bar_off;     // (multicast) the mbarrier the staged operand's bulk copies complete on
+  size_t bar_off;     // mbarriers: (multicast) the one the staged operand's bulk copies complete
+                      // on; (cluster) two, by step parity, the peers' exchange stores complete on
   size_t bytes;
 };
 
@@ -383,7 +411,7 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
   const size_t proj_part = has_proj ? part_bytes(L.proj) : 0;
   L.c_off = L.part_off + (part > proj_part ? part : proj_part);
   L.bar_off = L.c_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
-  L.bytes = L.bar_off + (sp.multicast > 0 ? kAlign : 0);
+  L.bytes = L.bar_off + (sp.multicast > 0 || cluster ? kAlign : 0);
   return L;
 }
 
@@ -400,7 +428,7 @@ struct BackwardLayout {
   size_t ring_off;    // B stages of chain / proj, or (cluster) dgates [2][chain.nb][chain.b_ld] io
   size_t part_off;    // partial sums [ksplit][m][Bb] fp32
   size_t dc_off;      // carried dc [Bb][U] fp32
-  size_t bar_off;     // (multicast) the mbarrier the staged operand's bulk copies complete on
+  size_t bar_off;     // mbarriers, as in ForwardLayout
   size_t bytes;
 };
 
@@ -422,7 +450,7 @@ RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_pro
   const size_t proj_part = has_proj ? part_bytes(L.proj) : 0;
   L.dc_off = L.part_off + (part > proj_part ? part : proj_part);
   L.bar_off = L.dc_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
-  L.bytes = L.bar_off + (sp.multicast > 0 ? kAlign : 0);
+  L.bytes = L.bar_off + (sp.multicast > 0 || cluster ? kAlign : 0);
   return L;
 }
 

@@ -71,6 +71,69 @@ __device__ __forceinline__ void stage_rows(T* dst, int dst_ld, int rows, int col
 }
 
 // ---------------------------------------------------------------------------------
+// Transaction barriers (sm_90): an mbarrier in this CTA's shared memory that asynchronous
+// writes complete on, byte by byte (bulk copies of the multicast staging, the peers'
+// st.async stores of the cluster exchange). Thread 0 arrives once a phase and announces
+// the bytes (tx_expect); every thread waits for the phase (tx_wait), which also makes
+// the bytes visible to it. Writes may land before the announcement: the count goes
+// below zero and the phase still waits for thread 0.
+struct TxWait {
+  uint64_t* bar;         // the mbarrier (several: the first); null: none
+  unsigned uses;         // completed phases, mod 2 per mbarrier: bit i for bar + i
+  bool gave_up;          // a wait timed out: later waits return at once
+  int* timed_out;        // the launch's timeout flag (Barrier::timed_out)
+  long long spin_limit;  // polls before a wait gives up (Barrier::spin_limit)
+};
+
+// Thread 0 sets up `count` consecutive mbarriers (one arrival a phase); the caller then
+// makes them visible to the cluster (cluster_sync) before any write targets them.
+__device__ __forceinline__ TxWait tx_barrier(uint64_t* bar, int count, const Barrier& barrier) {
+  // Values, not a pointer to `barrier`: the address of a kernel parameter would move
+  // the whole argument struct to local memory.
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < count; ++i) {
+      RNNFAST_SM90(asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(shared_address(bar + i))
+                                : "memory");)
+    }
+    RNNFAST_SM90(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");)
+  }
+  return TxWait{bar, 0u, false, barrier.timed_out, barrier.spin_limit};
+}
+
+// Thread 0: the arrival of mbarrier `i`'s phase, expecting `bytes`.
+__device__ __forceinline__ void tx_expect(const TxWait& w, unsigned bytes, int i = 0) {
+  RNNFAST_SM90(asm volatile("{\n .reg .b64 state;\n"
+                            " mbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n"
+                            ::"r"(shared_address(w.bar + i)), "r"(bytes)
+                            : "memory");)
+}
+
+// Every thread waits for mbarrier `i`'s phase, at most spin_limit polls; then sets the
+// launch's timed_out flag (the host raises naming the plan) and gives up on every later
+// wait, so a lost write costs one timeout, not one per step. Cluster-scope acquire: the
+// writes come from other CTAs. (Every other poll of the kernels is in
+// grid_barrier_wait; these are shared-memory polls.) `i` is 0 or 1: a bit of `uses`,
+// not an array index, so the state stays in registers.
+__device__ __forceinline__ void tx_wait(TxWait& w, int i = 0) {
+  const unsigned bit = 1u << i;
+  w.uses ^= bit;  // the phase waited for now has the parity before the flip
+  if (w.gave_up) return;
+  unsigned done = 0;
+  long long polls = 0;
+  do {
+    RNNFAST_SM90(asm volatile("{\n .reg .pred ready;\n"
+                              " mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 ready, [%1], %2;\n"
+                              " selp.u32 %0, 1, 0, ready;\n}\n"
+                              : "=r"(done) : "r"(shared_address(w.bar + i)), "r"((w.uses & bit) ? 0u : 1u)
+                              : "memory");)
+  } while (!done && ++polls < w.spin_limit);
+  if (!done) {
+    w.gave_up = true;
+    atomicExch(w.timed_out, 1);
+  }
+}
+
+// ---------------------------------------------------------------------------------
 // Multicast staging (grid plans in clusters of `size` CTAs, sm_90). Every CTA of a
 // cluster belongs to the same batch block, so all stage the same operand: each copies
 // every size-th row with one bulk copy (cp.async.bulk, the copy engine) into the same
@@ -81,29 +144,16 @@ __device__ __forceinline__ void stage_rows(T* dst, int dst_ld, int rows, int col
 // follows every CTA's product of step t-1 (each arrives after its product), and the
 // launch's first copies after the cluster barrier that follows the mbarriers' init.
 struct MulticastStage {
-  uint64_t* bar;           // this CTA's mbarrier (layout bar_off); null: cp.async staging
-  int size;                // CTAs per cluster
-  unsigned rank;           // this CTA's rank in its cluster
-  unsigned uses;           // completed phases of bar: the next wait's parity is uses & 1
-  bool gave_up;            // a wait timed out: later waits return at once
-  int* timed_out;          // the launch's timeout flag (Barrier::timed_out)
-  long long spin_limit;    // polls before a wait gives up (Barrier::spin_limit)
+  TxWait landed;   // this CTA's mbarrier (layout bar_off); landed.bar null: cp.async staging
+  int size;        // CTAs per cluster
+  unsigned rank;   // this CTA's rank in its cluster
 };
 
-// Thread 0 sets up the mbarrier (one arrival a phase: thread 0's expect); the caller
-// then makes it visible to the cluster (cluster_sync) before any copy targets it.
 __device__ __forceinline__ MulticastStage multicast_stage(void* bar, int size, const Barrier& barrier) {
-  // Values, not a pointer to `barrier`: the address of a kernel parameter would move
-  // the whole argument struct to local memory.
-  MulticastStage st{nullptr, size, 0u, 0u, false, barrier.timed_out, barrier.spin_limit};
+  MulticastStage st{TxWait{nullptr, 0u, false, barrier.timed_out, barrier.spin_limit}, size, 0u};
   if (size <= 0) return st;
-  st.bar = static_cast<uint64_t*>(bar);
+  st.landed = tx_barrier(static_cast<uint64_t*>(bar), 1, barrier);
   RNNFAST_SM90(asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(st.rank));)
-  if (threadIdx.x == 0) {
-    RNNFAST_SM90(asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n"
-                              "fence.mbarrier_init.release.cluster;\n" ::"r"(shared_address(bar))
-                              : "memory");)
-  }
   return st;
 }
 
@@ -118,11 +168,9 @@ __device__ __forceinline__ void multicast_rows(const MulticastStage& st, T* dst,
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const unsigned row_bytes = static_cast<unsigned>(row_elems * sizeof(T));
   const unsigned short all = static_cast<unsigned short>((1u << st.size) - 1u);
-  const unsigned bar = shared_address(st.bar);
-  asm volatile("{\n .reg .b64 state;\n"
-               " mbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n"
-               "fence.proxy.async;\n" ::"r"(bar), "r"(rows * row_bytes)
-               : "memory");
+  tx_expect(st.landed, rows * row_bytes);
+  asm volatile("fence.proxy.async;\n" ::: "memory");
+  const unsigned bar = shared_address(st.landed.bar);
   for (int b = static_cast<int>(st.rank); b < rows; b += st.size) {
     asm volatile(
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
@@ -131,27 +179,6 @@ __device__ __forceinline__ void multicast_rows(const MulticastStage& st, T* dst,
         : "memory");
   }
 #endif
-}
-
-// Every thread waits for the phase's bytes, at most st.spin_limit polls; then
-// sets the launch's timed_out flag (the host raises naming the plan) and gives up on
-// every later wait, so a lost copy costs one timeout, not one per step. (Every other
-// poll of the kernels is in grid_barrier_wait; these are shared-memory polls.)
-__device__ __forceinline__ void multicast_wait(MulticastStage& st) {
-  const unsigned parity = st.uses++ & 1u;
-  if (st.gave_up) return;
-  unsigned done = 0;
-  long long polls = 0;
-  do {
-    RNNFAST_SM90(asm volatile("{\n .reg .pred ready;\n"
-                              " mbarrier.try_wait.parity.shared::cta.b64 ready, [%1], %2;\n"
-                              " selp.u32 %0, 1, 0, ready;\n}\n"
-                              : "=r"(done) : "r"(shared_address(st.bar)), "r"(parity) : "memory");)
-  } while (!done && ++polls < st.spin_limit);
-  if (!done) {
-    st.gave_up = true;
-    atomicExch(st.timed_out, 1);
-  }
 }
 
 // ---------------------------------------------------------------------------------
@@ -274,9 +301,9 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   }
 
   const int stage_elems = p.nb * p.b_ld;
-  if (staged && mc != nullptr && mc->bar != nullptr && p.chunks == 1) {
+  if (staged && mc != nullptr && mc->landed.bar != nullptr && p.chunks == 1) {
     if (threadIdx.x == 0) multicast_rows(*mc, ring, p.b_ld, rows, p.k, row_src);
-    multicast_wait(*mc);  // every thread sees the bytes land: no __syncthreads needed
+    tx_wait(mc->landed);  // every thread sees the bytes land: no __syncthreads needed
     staged = false;       // B is whole in ring now
   }
   if (staged) {
@@ -444,9 +471,17 @@ __device__ __forceinline__ void end_grid_phase(const Barrier& barrier, unsigned 
 }
 
 // ---------------------------------------------------------------------------------
-// Thread-block clusters (sm_90): the hardware cluster barrier, split so that work can
-// sit between arriving and waiting, and stores into a peer block's shared memory
-// (distributed shared memory). Only the cluster kernel, compiled for sm_90, uses them.
+// Thread-block clusters (sm_90): the hardware cluster barrier (the kernels meet at it
+// only at their start and end), and the cluster plans' per-step exchange: each CTA
+// copies its columns of the operand it produced (h(t), or the gate gradients) from its
+// own buffer into every peer's with st.async, each store completing on the peer's
+// mbarrier, and waits on its own for what the peers send. No barrier a step, and no
+// fence: a cluster-scope release (barrier.cluster.arrive.release) compiles to
+// MEMBAR.ALL.GPU, which would also wait for the CTA's global stores of the step.
+//
+// Why the buffers are free (double-buffered by step parity): a peer writes a CTA's
+// buffer of parity p at step t+2 only after it has received the CTA's step-t+1 operand,
+// which the CTA sends after its step-t+1 product has read that buffer.
 
 __device__ __forceinline__ void cluster_arrive() {
   RNNFAST_SM90(asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");)
@@ -458,24 +493,80 @@ __device__ __forceinline__ void cluster_sync() {
   cluster_arrive();
   cluster_wait();
 }
-__device__ __forceinline__ unsigned cluster_blocks() {
-  unsigned n = 1;
-  RNNFAST_SM90(asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));)
-  return n;
+
+struct ClusterExchange {
+  TxWait arrived;    // two mbarriers, by step parity: the peers' stores into that buffer
+                     // complete on arrived.bar + parity
+  unsigned rank;     // this CTA's rank in the cluster
+  unsigned blocks;   // CTAs in the cluster
+};
+
+// Thread 0 sets up the two mbarriers at `bars` (16 bytes, layout bar_off); the caller
+// then makes them visible to the cluster (cluster_sync) before any peer sends.
+__device__ __forceinline__ ClusterExchange cluster_exchange(void* bars, const Barrier& barrier) {
+  ClusterExchange ex{tx_barrier(static_cast<uint64_t*>(bars), 2, barrier), 0u, 1u};
+  RNNFAST_SM90(asm volatile("mov.u32 %0, %%cluster_ctarank;\n"
+                            "mov.u32 %1, %%cluster_nctarank;\n"
+                            : "=r"(ex.rank), "=r"(ex.blocks));)
+  return ex;
 }
-// *local's counterpart in block `rank` of the cluster = v.
+
+// Sends rows [0, rows) of `segments` column ranges of `buf` ([.][ld], this CTA's buffer
+// of parity `parity`): columns [col0 + s * stride, + cols) for s < segments, into the
+// same place in every peer's buffer, in words of `word` bytes (lstm_common.cuh
+// exchange_word_bytes; cols a whole number of words), completing on the peers'
+// mbarrier of that parity. The block's threads split the (word, peer) pairs; every
+// thread must have passed a __syncthreads since the buffer's columns were written.
 template <typename T>
-__device__ __forceinline__ void store_to_peer(T* local, unsigned rank, T v) {
-  static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16- or 32-bit elements");
-  const unsigned address = shared_address(local);
-  unsigned remote = address;
-  RNNFAST_SM90(asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(rank));)
-  if constexpr (sizeof(T) == 2) {
-    const unsigned short bits = *reinterpret_cast<const unsigned short*>(&v);
-    RNNFAST_SM90(asm volatile("st.shared::cluster.b16 [%0], %1;\n" ::"r"(remote), "h"(bits) : "memory");)
-  } else {
-    const unsigned bits = *reinterpret_cast<const unsigned*>(&v);
-    RNNFAST_SM90(asm volatile("st.shared::cluster.b32 [%0], %1;\n" ::"r"(remote), "r"(bits) : "memory");)
+__device__ __forceinline__ void send_to_peers(const ClusterExchange& ex, int parity, const T* buf,
+                                              int ld, int rows, int col0, int cols, int segments,
+                                              int stride, int word) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const int per = word / static_cast<int>(sizeof(T));  // elements a word
+  const int words = cols / per, peers = static_cast<int>(ex.blocks) - 1;
+  const unsigned bar = shared_address(ex.arrived.bar + parity);
+  for (int e = threadIdx.x; e < rows * segments * words * peers; e += kThreads) {
+    const int item = e / peers, seg_word = item % (segments * words);
+    const unsigned peer = (ex.rank + 1 + static_cast<unsigned>(e % peers)) % ex.blocks;
+    const T* src = buf + (item / (segments * words)) * ld + col0 + (seg_word / words) * stride +
+                   (seg_word % words) * per;
+    unsigned dst, dst_bar;
+    asm volatile("mapa.shared::cluster.u32 %0, %2, %3;\n"
+                 "mapa.shared::cluster.u32 %1, %4, %3;\n"
+                 : "=r"(dst), "=r"(dst_bar) : "r"(shared_address(src)), "r"(peer), "r"(bar));
+    if (word == 8) {
+      const unsigned long long v = *reinterpret_cast<const unsigned long long*>(src);
+      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];\n"
+                   ::"r"(dst), "l"(v), "r"(dst_bar) : "memory");
+    } else {
+      const unsigned v = *reinterpret_cast<const unsigned*>(src);
+      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n"
+                   ::"r"(dst), "r"(v), "r"(dst_bar) : "memory");
+    }
+  }
+#endif
+}
+
+// One step's exchange of a cluster plan: this CTA's `units` columns of each of
+// `segments` segments (at col0 + s * stride; forward: one, stride 0; backward: the four
+// gates, stride hidden) of rows [0, rows) of its buffer `buf` of parity `parity` go to
+// every peer, `between` runs while they travel, then every thread waits until the
+// peers' columns of those rows have landed (thread 0 expects their bytes). Every
+// thread calls it after writing its own columns; all agree on `rows` (0: nothing).
+template <typename T, typename Between>
+__device__ __forceinline__ void exchange_step(ClusterExchange& ex, int parity, const T* buf, int ld,
+                                              int rows, int hidden, int col0, int units,
+                                              int segments, int stride, Between between) {
+  const int item = static_cast<int>(sizeof(T)), word = exchange_word_bytes(stride, item);
+  __syncthreads();  // the block's own columns are in buf
+  if (rows > 0)
+    send_to_peers(ex, parity, buf, ld, rows, col0, exchange_cols(units, word, item), segments,
+                  stride, word);
+  between();
+  if (rows > 0) {
+    if (threadIdx.x == 0)
+      tx_expect(ex.arrived, rows * peer_row_bytes(hidden, units, segments, word, item), parity);
+    tx_wait(ex.arrived, parity);
   }
 }
 

@@ -13,8 +13,9 @@
 //     barrier of the batch block; the next step stages h(t) with 16-byte cp.async.
 //     The barrier is a release/acquire counter under a cooperative launch, bounded.
 //   - cluster plans (sm_90, no projection): the batch block is one thread-block
-//     cluster; h(t) is written straight into every CTA's shared memory (distributed
-//     shared memory) and the step ends at the cluster's hardware barrier.
+//     cluster; h(t) is copied straight into every CTA's shared memory (distributed
+//     shared memory, st.async), and each CTA waits on its own mbarrier for its peers'
+//     bytes (exchange_step): no barrier a step.
 // With a projection (grid plans) a second phase computes y = hidden . W_hr^T from the
 // W_hr rows the block holds; two barriers per step. The next step's xg (and bias) is
 // loaded into registers between arriving at the barrier and waiting at it.
@@ -55,6 +56,8 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   unsigned long long phases = 0;
   // Grid plans in clusters: the staged h(t-1) arrives by multicast (bar null: cp.async).
   MulticastStage mc = multicast_stage(smem + L.bar_off, kCluster ? 0 : sp.multicast, args.barrier);
+  // Cluster plans: the mbarriers the peers' h(t) stores complete on.
+  ClusterExchange ex = kCluster ? cluster_exchange(smem + L.bar_off, args.barrier) : ClusterExchange{};
 
   load_weights(w_s, L.rec, 4 * U, P, [&](int m, int k) {
     return m % U < my_units ? w_hh[(size_t)gate_row(m, U, unit0, H) * P + k] : from_float<T>(0.0f);
@@ -67,9 +70,9 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   }
   const int h_elems = L.rec.nb * L.rec.b_ld;  // one h buffer of a cluster block
   if constexpr (kCluster) {
-    // Peers write only the real (row, unit) entries of the h buffers; the product also
-    // reads the k-padding columns, so they must be zeros, not whatever the shared
-    // memory held. Then h0 of the batch block into the buffer step 0 reads.
+    // Peers write only their slices' columns of the h buffers; the product also reads
+    // the k-padding columns, so they must be zeros, not whatever the shared memory
+    // held. Then h0 of the batch block into the buffer step 0 reads.
     zero_shared(ring, 2 * h_elems);
     __syncthreads();
     stage_rows(ring + h_elems, L.rec.b_ld, min_int(Bb, B - row0), 0, L.rec.k,
@@ -78,8 +81,8 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     cp_async_wait<0>();
   }
   __syncthreads();
-  const bool in_cluster = kCluster || mc.bar != nullptr;
-  if (in_cluster) cluster_sync();  // every peer's memory (and mbarrier) is live
+  const bool in_cluster = kCluster || mc.landed.bar != nullptr;
+  if (in_cluster) cluster_sync();  // every peer's memory and mbarriers are live
 
   // xg + bias of my cells at step k, round `round` (kMaxCellItems cells a thread per
   // round), into registers: round 0 of the next step is issued before the barrier wait.
@@ -93,16 +96,10 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
         xg_regs[i][g] = to_float(x[g * H]) + (args.bias ? args.bias[g * H + unit0 + u] : 0.0f);
     });
   };
-  auto end_phase = [&](bool last, int64_t next) {
-    if constexpr (kCluster) {
-      cluster_arrive();
+  auto end_phase = [&](bool last, int64_t next) {  // grid plans
+    end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, [&] {
       if (!last) load_xg(next, 0);
-      cluster_wait();
-    } else {
-      end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, [&] {
-        if (!last) load_xg(next, 0);
-      });
-    }
+    });
   };
 
   load_xg(0, 0);
@@ -160,8 +157,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
           y[row * P + unit] = h;
           if (last) return;
           if constexpr (kCluster) {
-            T* mine = ring + (k & 1) * h_elems + b * L.rec.b_ld + unit;
-            for (unsigned rank = 0; rank < cluster_blocks(); ++rank) store_to_peer(mine, rank, h);
+            ring[(k & 1) * h_elems + b * L.rec.b_ld + unit] = h;  // exchange_step sends it
           } else {
             h_next[(size_t)r * xld + unit] = h;
           }
@@ -186,7 +182,14 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
         }
       }
     }
-    if (!last) end_phase(false, k + 1);  // h(t) of every unit is out before step t+1 reads it
+    // h(t) of every unit is out before step t+1 reads it.
+    if constexpr (kCluster) {
+      if (!last)
+        exchange_step(ex, k & 1, ring + (k & 1) * h_elems, L.rec.b_ld, n_act, H, unit0, my_units, 1,
+                      0, [&] { load_xg(k + 1, 0); });
+    } else if (!last) {
+      end_phase(false, k + 1);
+    }
   }
 
   for (int e = threadIdx.x; e < Bb * U; e += kThreads) {

@@ -1,6 +1,6 @@
 // Latency probes: the primitives whose cost rnnfast/backends/latency.py assumes (the
-// grid barrier, the dependent L2 load after it, the cluster barrier, a store into a
-// peer block's shared memory, mma.sync's latency and rate, the SM clock under load).
+// grid barrier, the dependent L2 load after it, the cluster plans' exchange through
+// peer blocks' shared memory, mma.sync's latency and rate, the SM clock under load).
 // Each probe runs the kernels' own device code for its primitive (lstm_device.cuh), so
 // that what rnnfast/backends/probe.py measures is what a step of the LSTM kernels
 // pays. The launches here only repeat a primitive `rounds` or `loads` times; the
@@ -38,33 +38,42 @@ __global__ void l2_chase_kernel(const uint32_t* next,  // [n] one cycle through 
 // Grid in clusters (`multicast`, sm_90): the same rows, but every CTA of a cluster takes
 // in the row of the next cluster's first block, each CTA bulk-copying 1/multicast of it
 // into every CTA of its cluster and waiting on its mbarrier (multicast_rows,
-// multicast_wait, as a multicast grid plan stages h(t-1)).
-// Cluster (sm_90): with `exchange`, each thread stores a word into the next block's
-// shared memory (store_to_peer, as the cluster forward sends h(t)); the phase ends at
-// the hardware cluster barrier; then it reads the word its peer stored.
+// tx_wait, as a multicast grid plan stages h(t-1)).
+// Cluster (sm_90; `exchange` is implied): the cluster forward's exchange of h(t) at
+// its FastRNNs size (B = 64 H = 512 fp16: 8 rows of 32 units a CTA) — each CTA writes
+// its units' columns of a buffer (the value it read last round, plus one), sends them
+// to every peer with exchange_step and reads a column of the next CTA's: one exchange
+// latency a round.
 // Both buffers alternate by round parity, as the kernels' exchange buffers do.
+constexpr int kProbeRows = 8, kProbeUnits = 32;                // a cluster CTA's slice
+constexpr int kProbeLd = kMaxCluster * kProbeUnits + 8;        // a row, padded as b_ld
+
 template <bool kCluster>
 __device__ __forceinline__ void phase_rounds(const PhaseProbe& args) {
   __shared__ uint4 landing[kThreads];        // grid: the piece copied from the next block
-  __shared__ uint32_t inbox[2][kThreads];    // cluster: the word the previous block stored
-  __shared__ uint64_t bar;                   // grid in clusters: the copies' mbarrier
+  __shared__ __align__(16) unsigned short inbox[kCluster ? 2 : 1][kProbeRows][kProbeLd];
+  __shared__ uint64_t bars[2];               // multicast: the copies' mbarrier; cluster: the
+                                             // exchange's two
   uint4* rows = static_cast<uint4*>(args.rows);
   uint32_t value = blockIdx.x;
-  MulticastStage mc = multicast_stage(&bar, kCluster ? 0 : args.multicast, args.barrier);
-  const int next_block = mc.bar != nullptr  // the next cluster's first block
+  MulticastStage mc = multicast_stage(bars, kCluster ? 0 : args.multicast, args.barrier);
+  ClusterExchange ex = kCluster ? cluster_exchange(bars, args.barrier) : ClusterExchange{};
+  const int next_block = mc.landed.bar != nullptr  // the next cluster's first block
                              ? (blockIdx.x / mc.size * mc.size + mc.size) % args.blocks
                              : (blockIdx.x + 1) % args.blocks;
   __syncthreads();
-  if (mc.bar != nullptr) cluster_sync();  // every CTA's mbarrier is set
+  if (kCluster || mc.landed.bar != nullptr) cluster_sync();  // every CTA's mbarriers are set
   for (int64_t r = 0; r < args.rounds; ++r) {
     const int parity = static_cast<int>(r & 1);
     if constexpr (kCluster) {
-      if (args.exchange) {
-        const unsigned blocks = cluster_blocks(), rank = blockIdx.x % blocks;
-        store_to_peer(&inbox[parity][threadIdx.x], (rank + 1) % blocks, value);
-      }
-      cluster_sync();
-      if (args.exchange) value = inbox[parity][threadIdx.x] + 1;
+      const int hidden = static_cast<int>(ex.blocks) * kProbeUnits;
+      const int b = threadIdx.x / kProbeUnits, u = threadIdx.x % kProbeUnits;
+      const int mine = static_cast<int>(ex.rank) * kProbeUnits;
+      const int next = static_cast<int>((ex.rank + 1) % ex.blocks) * kProbeUnits;
+      unsigned short* buf = &inbox[parity][0][0];
+      buf[b * kProbeLd + mine + u] = static_cast<unsigned short>(value);
+      exchange_step(ex, parity, buf, kProbeLd, kProbeRows, hidden, mine, kProbeUnits, 1, 0, [] {});
+      value = buf[b * kProbeLd + next + u] + 1u;
     } else {
       if (args.exchange)
         rows[((size_t)parity * args.blocks + blockIdx.x) * kThreads + threadIdx.x] =
@@ -73,12 +82,12 @@ __device__ __forceinline__ void phase_rounds(const PhaseProbe& args) {
                      static_cast<unsigned long long>(args.blocks) * (r + 1), [] {});
       if (args.exchange) {
         const uint4* source = rows + ((size_t)parity * args.blocks + next_block) * kThreads;
-        if (mc.bar != nullptr) {
+        if (mc.landed.bar != nullptr) {
           const int piece = kThreads / mc.size;  // 16-byte elements a CTA copies
           if (threadIdx.x == 0)
             multicast_rows(mc, landing, piece, mc.size, piece,
                            [&](int b) { return source + b * piece; });
-          multicast_wait(mc);
+          tx_wait(mc.landed);
         } else {
           cp_async16(&landing[threadIdx.x], source + threadIdx.x);
           cp_async_commit();
@@ -88,7 +97,7 @@ __device__ __forceinline__ void phase_rounds(const PhaseProbe& args) {
       }
     }
   }
-  if (mc.bar != nullptr) cluster_sync();  // no peer's copy lands in an exited block
+  if (kCluster || mc.landed.bar != nullptr) cluster_sync();  // nothing lands in an exited block
 }
 
 __global__ void __launch_bounds__(kThreads, 1) grid_phase_kernel(const PhaseProbe args) {

@@ -150,6 +150,18 @@ def test_cluster_plans_run_only_as_many_batch_blocks_as_clusters_the_gpu_holds()
                                resident_clusters=none).kind == "grid"
 
 
+@pytest.mark.parametrize("H,itemsize,backward_cluster", [(21, 2, False), (22, 2, True),
+                                                         (21, 4, True), (130, 2, True)])
+def test_a_cluster_backward_needs_hidden_times_itemsize_a_multiple_of_4(H, itemsize,
+                                                                       backward_cluster):
+    """The cluster exchange sends 4- or 8-byte words; the backward's four gate blocks
+    start hidden apart, so with H * itemsize not a multiple of 4 a word would straddle
+    two gates: the backward takes a grid plan there (binding.cpp refuses such a split).
+    The forward (one block of h) always can."""
+    assert _plan("forward", 4, H, itemsize=itemsize).kind == "cluster"
+    assert (_plan("backward", 4, H, itemsize=itemsize).kind == "cluster") == backward_cluster
+
+
 def test_multicast_grid_plans_need_every_block_in_a_resident_cluster():
     """The cooperative launch needs all 128 blocks of FlashRNN's split resident at once,
     here in clusters: where the GPU holds only 12 clusters of 8 (96 CTAs, e.g. GPCs with

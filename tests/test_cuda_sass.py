@@ -15,10 +15,11 @@ __half, __nv_bfloat16, any cluster variant) must have:
   HGMMA;
 - 16-byte or asynchronous global loads in the per-step path: at least one LDGSTS
   (cp.async), LDG.E[...].128, UTMALDG or UBLKCP (TMA / cp.async.bulk). A cluster
-  kernel's operand never comes from global memory: it must instead store into its
-  peers' shared memory (st.shared::cluster to a mapa address, a generic ST.E[.U16] in
-  the SASS, where every other store of these kernels is an STG or STS) and meet at the
-  hardware cluster barrier (UCGABAR_ARV and UCGABAR_WAIT). On sm_90a a grid kernel
+  kernel's operand never comes from global memory: it must instead copy into its
+  peers' shared memory with st.async (STAS[.64]) and wait on its mbarrier for theirs
+  (SYNCS.PHASECHK.TRANS64), and meet at the hardware cluster barrier at most twice
+  (UCGABAR_ARV: the start and the end; a barrier a step would be a release at cluster
+  scope, MEMBAR.ALL.GPU, waiting for the step's global stores). On sm_90a a grid kernel
   must also have the multicast staging of grid plans in clusters: a bulk copy to every
   CTA of its cluster (UBLKCP.S.G.MULTICAST) and the mbarrier wait for its bytes
   (SYNCS.PHASECHK.TRANS64);
@@ -147,12 +148,12 @@ LOCAL_MEMORY = re.compile(r"^(LDL|STL)(\.|$)")
 TENSOR_CORE = re.compile(r"^(HMMA|HGMMA)\.")
 WIDE_OR_ASYNC_LOAD = re.compile(r"^(LDGSTS|LDG\.E[.\w]*\.128|UTMALDG|UBLKCP)(\.|$)")
 STRONG_LOAD = re.compile(r"^LDG?\.E[.\w]*\.STRONG\.(GPU|SYS)(\.|$)")
-PEER_STORE = re.compile(r"^ST\.E(\.U16)?$")
-CLUSTER_BARRIER = ("UCGABAR_ARV", "UCGABAR_WAIT")
+PEER_STORE = re.compile(r"^STAS(\.64)?$")   # st.async into a peer CTA's shared memory
+TX_WAIT = re.compile(r"^SYNCS\.PHASECHK\.TRANS64(\.TRYWAIT)?$")  # an mbarrier's bytes
+CLUSTER_ARRIVALS = 2   # cluster plans meet at the hardware barrier at the start and the end
 # sm_90a grid kernels: the multicast staging of grid plans in clusters, a bulk copy to
 # every CTA of the cluster and the mbarrier wait its bytes complete.
-MULTICAST_STAGING = (re.compile(r"^UBLKCP\.S\.G\.MULTICAST$"),
-                     re.compile(r"^SYNCS\.PHASECHK\.TRANS64(\.TRYWAIT)?$"))
+MULTICAST_STAGING = (re.compile(r"^UBLKCP\.S\.G\.MULTICAST$"), TX_WAIT)
 _PROPERTIES = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, "
                          r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -209,8 +210,14 @@ def _violations(name, functions, arch, cluster):
     loads = sorted({op for op in ops if op.startswith(("LDG", "LD.", "UTMA", "UBLK"))})
     if cluster:
         if not any(PEER_STORE.match(op) for op in ops):
-            found.append("no store into a peer's shared memory (ST.E[.U16])")
-        found += [f"no {op} (cluster barrier)" for op in CLUSTER_BARRIER if op not in ops]
+            found.append("no st.async into a peer's shared memory (STAS[.64])")
+        if not any(TX_WAIT.match(op) for op in ops):
+            found.append("no mbarrier wait for the peers' bytes (SYNCS.PHASECHK.TRANS64)")
+        arrivals = sum(1 for _, _, op in everything if op == "UCGABAR_ARV")
+        if arrivals > CLUSTER_ARRIVALS:
+            found.append(f"{arrivals} cluster barrier arrivals (UCGABAR_ARV): at most "
+                         f"{CLUSTER_ARRIVALS}, the start and the end; a step exchanges "
+                         "through mbarriers")
     else:
         if not any(WIDE_OR_ASYNC_LOAD.match(op) for op in loads):
             found.append("no 16-byte or async global load (LDGSTS, LDG.E*.128, UTMALDG, UBLKCP); "
@@ -274,7 +281,7 @@ PROBE_NEEDS = {
     "mma_kernelILi1E": (r"^HMMA\.16816\.F32$",),
     "mma_kernelILi8E": (r"^HMMA\.16816\.F32$",),
 }
-SM90_PROBE_NEEDS = {"cluster_phase_kernel": (r"^UCGABAR_ARV$", r"^UCGABAR_WAIT$"),
+SM90_PROBE_NEEDS = {"cluster_phase_kernel": (PEER_STORE.pattern, TX_WAIT.pattern),
                     # its multicast variant: the grid plans' staging (MULTICAST_STAGING)
                     "grid_phase_kernel": tuple(rule.pattern for rule in MULTICAST_STAGING)}
 

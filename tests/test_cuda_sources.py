@@ -137,6 +137,17 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
                                                     rows, bool(cluster), bool(multicast)), config
 
 
+def test_cluster_exchange_sends_every_column_once_and_the_bytes_the_mbarrier_expects(host_check):
+    """Every cluster split plan.py can make, forward and backward, 16- and 32-bit: each
+    CTA's st.async words (lstm_device.cuh exchange_step) stay word-aligned inside the
+    operand's k columns and off every other CTA's columns, every peer column arrives
+    exactly once, and the bytes add up to what the receiver's mbarrier expects
+    (lstm_common.cuh peer_row_bytes): a miscount would be a timed-out wait on the GPU."""
+    result = subprocess.run([host_check, "exchange"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "cover every peer column once and add up to the expected bytes" in result.stdout
+
+
 def test_fragment_addressing_agrees_with_the_ptx_layouts(host_check):
     """The kernels' shared-memory addresses for ldmatrix, the mma operand registers and
     the accumulators (lstm_common.cuh) load and store exactly what the PTX ISA's

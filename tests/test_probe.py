@@ -22,15 +22,15 @@ from rnnfast.verify.stages import BENCH_CASES
 FOUND = {"device": "NVIDIA H200", "sms": 132, "clock_hz": 1.98e9, "l2_round_trip_s": 0.45e-6,
          "l2_round_trip_clocks": 890.0, "barrier_s": 0.7e-6, "grid_exchange_s": 1.2e-6,
          "grid_multicast_exchange_s": 1.3e-6, "multicast_blocks": 128, "multicast_size": 8,
-         "triton_barrier_s": 0.9e-6, "cluster_blocks": 16, "cluster_barrier_s": 0.19e-6,
-         "cluster_exchange_s": 0.31e-6, "dsmem_store_s": 0.12e-6, "mma_latency_clocks": 33.4,
+         "triton_barrier_s": 0.9e-6, "cluster_blocks": 16, "cluster_exchange_s": 0.21e-6,
+         "mma_latency_clocks": 33.4,
          "mma_sync_flops": 5.0e14, "skipped": {}, "failed": {}}
 
 
 def test_measured_gpu_takes_each_measured_figure_and_keeps_the_other_assumptions():
     cuda = measured_gpu(FOUND, "cuda")
     assert (cuda.clock_hz, cuda.l2_round_trip_s, cuda.barrier_s) == (1.98e9, 0.45e-6, 0.7e-6)
-    assert (cuda.cluster_barrier_s, cuda.dsmem_store_s, cuda.mma_latency_clocks) == (0.19e-6, 0.12e-6, 33)
+    assert (cuda.cluster_exchange_s, cuda.mma_latency_clocks) == (0.21e-6, 33)
     assert cuda.mma_sync_fraction == pytest.approx(5.0e14 / H100.tensor_flops)
     assert cuda.l2_bytes_per_s_per_sm == pytest.approx(64 * 1.98e9)  # 64 B a clock, at this clock
     assert cuda.name == "NVIDIA H200, measured figures"
@@ -42,8 +42,8 @@ def test_measured_gpu_takes_each_measured_figure_and_keeps_the_other_assumptions
     assert triton.barrier_s == 0.9e-6 and dataclasses.replace(triton, barrier_s=0.7e-6) == cuda
     # What was not measured stays assumed: the chip-wide L2 rate always, and here the
     # cluster figures of a GPU without clusters.
-    partial = measured_gpu({k: v for k, v in FOUND.items() if not k.startswith(("cluster", "dsmem"))}, "cuda")
-    assert (partial.cluster_barrier_s, partial.dsmem_store_s) == (H100.cluster_barrier_s, H100.dsmem_store_s)
+    partial = measured_gpu({k: v for k, v in FOUND.items() if not k.startswith("cluster")}, "cuda")
+    assert partial.cluster_exchange_s == H100.cluster_exchange_s
     assert partial.l2_bytes_per_s == H100.l2_bytes_per_s
     assert measured_gpu({"device": "x"}, "triton") == dataclasses.replace(H100, name="x, measured figures")
 
@@ -54,7 +54,7 @@ def test_summary_sets_the_figures_beside_the_assumptions_and_reruns_the_cuda_mod
             {"case": flash.name, "mode": "fwd", "provider": "rnnfast/cuda", "status": "ok", "median_ms": 2.31},
             {"case": flash.name, "mode": "fwd", "provider": "torch", "status": "ok", "median_ms": 9.99}]
     found = {**FOUND, "skipped": {"triton_barrier_s": "triton is not installed"},
-             "failed": {"cluster_barrier_s": "LaunchRefused: cluster launch of the phase probe was refused"}}
+             "failed": {"cluster_exchange_s": "LaunchRefused: cluster launch of the phase probe was refused"}}
     del found["triton_barrier_s"]
     lines = summary.model_section(found, rows)
     text = "\n".join(lines)
@@ -65,7 +65,8 @@ def test_summary_sets_the_figures_beside_the_assumptions_and_reruns_the_cuda_mod
     assert "| grid barrier, Triton kernels | 1 | not measured | µs |" in text
     assert "| mma.sync rate, 8 warps an SM | 660 | 500 | TFLOP/s |" in text
     assert "- not measured, triton_barrier_s: triton is not installed" in text
-    assert "- **failed**, cluster_barrier_s: LaunchRefused: cluster launch" in text
+    assert "- **failed**, cluster_exchange_s: LaunchRefused: cluster launch" in text
+    assert "| cluster exchange: st.async to every peer, mbarrier wait | 0.3 | 0.21 | µs |" in text
     assert "cluster of 16 blocks" in text
     # The model's rows: the H100 assumptions, then the measured figures, then this run.
     assumed = explain.cuda_layers(flash)[1]

@@ -19,6 +19,12 @@
 //                             formulas on the kernels' fragment addresses, and checks
 //                             the warps' split of every product covers each tile once
 //                             (exit 1 and a message on the first disagreement)
+//   host_check exchange       replays the cluster plans' st.async exchange
+//                             (exchange_step) of every cluster split: what each CTA
+//                             sends lands inside the operand's k columns, word-aligned,
+//                             on no other CTA's columns, covers every peer column, and
+//                             adds up to the bytes each receiver's mbarrier expects
+//                             (exit 1 and a message on the first disagreement)
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -523,6 +529,73 @@ int fragments() {
   return ok ? 0 : 1;
 }
 
+// The cluster exchange of one split, replayed column by column: `segments` segments
+// `stride` apart (forward: 1, 0; backward: 4, hidden) of an operand of k columns (rows
+// ld elements apart), `slices` CTAs of `units` units.
+bool check_exchange(int hidden, int units, int slices, int itemsize, int segments, int stride,
+                    int k, int ld) {
+  const int word = exchange_word_bytes(stride, itemsize);
+  auto fail = [&](const char* what, int sender, int col) {
+    fprintf(stderr, "exchange: %s (H=%d U=%d slices=%d itemsize=%d segments=%d: CTA %d, column %d)\n",
+            what, hidden, units, slices, itemsize, segments, sender, col);
+    return false;
+  };
+  if (ld * itemsize % word != 0) return fail("rows not word-aligned", 0, ld);
+  std::vector<int> owner(k, -1);  // the CTA whose units a column holds (-1: k-padding)
+  for (int s = 0; s < slices; ++s)
+    for (int g = 0; g < segments; ++g)
+      for (int u = 0; u < clamp_int(hidden - s * units, 0, units); ++u) owner[g * stride + s * units + u] = s;
+  for (int receiver = 0; receiver < slices; ++receiver) {
+    std::vector<int> landed(k, 0);
+    unsigned bytes = 0;
+    for (int s = 0; s < slices; ++s) {
+      if (s == receiver) continue;
+      const int my_units = clamp_int(hidden - s * units, 0, units);
+      const int cols = exchange_cols(my_units, word, itemsize);
+      if (cols * itemsize % word != 0) return fail("not whole words", s, cols);
+      for (int g = 0; g < segments; ++g) {
+        const int col0 = g * stride + s * units;
+        if (col0 * itemsize % word != 0) return fail("segment not word-aligned", s, col0);
+        for (int c = col0; c < col0 + cols; ++c) {
+          if (c >= k) return fail("sends past the operand's k columns", s, c);
+          if (owner[c] != s && owner[c] != -1) return fail("overwrites another CTA's column", s, c);
+          if (landed[c]++) return fail("column sent twice", s, c);
+        }
+        bytes += (unsigned)(cols * itemsize);
+      }
+    }
+    for (int c = 0; c < k; ++c)
+      if (owner[c] != -1 && owner[c] != receiver && !landed[c]) return fail("peer column never sent", owner[c], c);
+    const int mine = clamp_int(hidden - receiver * units, 0, units);
+    if (bytes != peer_row_bytes(hidden, mine, segments, word, itemsize))
+      return fail("bytes differ from what the mbarrier expects", receiver, (int)bytes);
+  }
+  return true;
+}
+
+// Every cluster split plan.py can make (2-16 CTAs of multiples of 4 units), both
+// directions, both element sizes; the backward only where hidden * itemsize is a
+// multiple of 4 (plan.py, binding.cpp).
+int exchange() {
+  int checked = 0;
+  for (int itemsize : {2, 4})
+    for (int hidden = 4; hidden <= 1100; hidden += hidden < 80 ? 1 : 37)
+      for (int cluster = 2; cluster <= kMaxCluster; ++cluster) {
+        const int units = round_up(cdiv(hidden, cluster), 4), slices = cdiv(hidden, units);
+        if (slices < 2) continue;
+        const Product fwd = make_product(4 * units, hidden, kRowTile, itemsize, true);
+        if (!check_exchange(hidden, units, slices, itemsize, 1, 0, fwd.k, fwd.b_ld)) return 1;
+        if (hidden * itemsize % 4 == 0) {
+          const Product bwd = make_product(units, 4 * hidden, kRowTile, itemsize, true);
+          if (!check_exchange(hidden, units, slices, itemsize, 4, hidden, bwd.k, bwd.b_ld)) return 1;
+        }
+        ++checked;
+      }
+  printf("exchange: %d cluster splits: every CTA's st.async words land on its own or padding "
+         "columns, cover every peer column once and add up to the expected bytes\n", checked);
+  return 0;
+}
+
 void layout() {
   int H, P, proj, itemsize, units, cols, block_rows, cluster, multicast;
   while (scanf("%d %d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols, &block_rows,
@@ -541,7 +614,8 @@ void layout() {
 int main(int argc, char** argv) {
   if (argc >= 2 && strcmp(argv[1], "layout") == 0) { layout(); return 0; }
   if (argc >= 2 && strcmp(argv[1], "fragments") == 0) return fragments();
-  if (argc < 3) { fprintf(stderr, "usage: host_check forward|backward DIR | layout\n"); return 2; }
+  if (argc >= 2 && strcmp(argv[1], "exchange") == 0) return exchange();
+  if (argc < 3) { fprintf(stderr, "usage: host_check forward|backward DIR | layout | fragments | exchange\n"); return 2; }
   g_dir = argv[2];
   const Meta m = read_meta();
   if (strcmp(argv[1], "forward") == 0) forward(m);

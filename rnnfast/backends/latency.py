@@ -31,9 +31,11 @@ class Gpu:
     clock_hz: float = 1.755e9               # SM clock the per-clock figures run at (assumption:
                                             # sustained clock under load, below the 1.98 GHz boost)
     smem_bytes_per_clock_per_sm: int = 128  # shared-memory bandwidth, 32 banks x 4 B (datasheet)
-    dsmem_store_s: float = 0.2e-6           # a store into a peer CTA's shared memory becoming
-                                            # visible (assumption, to be measured)
-    cluster_barrier_s: float = 0.3e-6       # barrier.cluster arrive + wait (assumption, to be measured)
+    cluster_exchange_s: float = 0.3e-6      # a cluster plan's step exchange: a CTA's st.async
+                                            # stores landing in its peers' shared memory and
+                                            # their mbarrier waits returning (assumption: one
+                                            # DSMEM store, 0.2 µs, and the mbarrier's 0.1; to be
+                                            # measured)
     multicast_extra_s: float = 0.0          # what staging by multicast bulk copies after the grid
                                             # barrier adds to the dependent L2 round trip of
                                             # cp.async (the last of a cluster's CTAs to leave the
@@ -54,7 +56,7 @@ H100 = Gpu("H100 SXM / H200 (same SMs and L2)", sms=132, l2_bytes_per_s=5.5e12,
 
 
 # The Gpu fields a figure of rnnfast/backends/probe.py replaces as it is.
-MEASURED_FIELDS = ("clock_hz", "l2_round_trip_s", "barrier_s", "cluster_barrier_s", "dsmem_store_s")
+MEASURED_FIELDS = ("clock_hz", "l2_round_trip_s", "barrier_s", "cluster_exchange_s")
 
 
 def measured_gpu(found: dict, backend: str, base: Gpu = H100) -> Gpu:

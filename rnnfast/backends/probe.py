@@ -1,9 +1,10 @@
 """Measures, on the GPU at hand, the figures the latency models assume (latency.Gpu,
 used by triton/model.py and cuda/model.py to rank plans): the grid barrier and the
 dependent L2 round trip after it (cp.async, or multicast bulk copies into the CTAs of
-a cluster of the grid), the cluster barrier and a store into a peer block's shared
-memory, mma.sync's latency and rate, and the SM clock while the tensor cores are busy. The CUDA figures come from csrc/lstm_probe.cu, which runs the CUDA kernels'
-own device code for each primitive; Triton's barrier from triton/probe.py, which calls
+a cluster of the grid), the cluster plans' step exchange (st.async into the peer
+blocks' shared memory, an mbarrier wait), mma.sync's latency and rate, and the SM
+clock while the tensor cores are busy. The CUDA figures come from csrc/lstm_probe.cu,
+which runs the CUDA kernels' own device code for each primitive; Triton's barrier from triton/probe.py, which calls
 the Triton kernels' own end_phase. `python -m rnnfast verify` runs this in its probe
 stage and re-runs the models with the figures (latency.measured_gpu).
 
@@ -115,24 +116,24 @@ def grid_multicast_phase(ext, device: torch.device, sms: int, resident_clusters:
 
 
 def cluster_phases(ext, device: torch.device) -> dict:
-    """One cluster (16 blocks, else 8) meeting at the hardware cluster barrier each round,
-    alone and with a word a thread stored into the next block's shared memory. Raises
-    ext.LaunchRefused when the GPU places neither size."""
+    """One cluster (16 blocks, else 8) exchanging as the cluster forward does each round
+    (8 rows of 32 fp16 units a block, copied by st.async into every peer, each block
+    waiting on its mbarrier for its peers' bytes): the cluster plans' per-step exchange.
+    Raises ext.LaunchRefused when the GPU places neither size."""
     arrivals, timed_out = _barrier_flags(device, torch.int64)
     for size in CLUSTER_SIZES:
-        found = {"cluster_blocks": size}
         try:
-            for exchange, name in ((False, "cluster_barrier_s"), (True, "cluster_exchange_s")):
-                found[name] = seconds_per_round(
-                    lambda n: ext.probe_phases(None, arrivals, timed_out, n, size, size, 0,
-                                               exchange, BARRIER_SPIN_LIMIT),
-                    ROUNDS["cluster"], device)
+            seconds = seconds_per_round(
+                lambda n: ext.probe_phases(None, arrivals, timed_out, n, size, size, 0, True,
+                                           BARRIER_SPIN_LIMIT),
+                ROUNDS["cluster"], device)
         except ext.LaunchRefused:
             if size == CLUSTER_SIZES[-1]:
                 raise
             continue
-        found["dsmem_store_s"] = max(0.0, found["cluster_exchange_s"] - found["cluster_barrier_s"])
-        return found
+        watch_timeout_flag(timed_out, "the cluster exchange probe")
+        raise_if_barrier_timed_out(wait=True)
+        return {"cluster_exchange_s": seconds, "cluster_blocks": size}
 
 
 def mma(ext, device: torch.device, sms: int) -> dict:
@@ -187,7 +188,7 @@ def measure(device: torch.device) -> dict:
              lambda: grid_phases(_C, device, sms)),
             ("grid_multicast_exchange_s", no_clusters if cooperative else "this device has no cooperative launch",
              lambda: grid_multicast_phase(_C, device, sms, resident)),
-            ("cluster_barrier_s", no_clusters, lambda: cluster_phases(_C, device))]
+            ("cluster_exchange_s", no_clusters, lambda: cluster_phases(_C, device))]
     else:
         found["skipped"]["cuda"] = backends["cuda"]
     probes.append(("triton_barrier_s", backends["triton"], lambda: triton_barrier(device, found["sms"])))

@@ -130,8 +130,8 @@ PROBE_ROWS = (
     ("grid barrier + a dependent multicast copy", "grid_multicast_exchange_s",
      H100.barrier_s + H100.l2_round_trip_s + H100.multicast_extra_s, 1e6, "µs"),
     ("grid barrier, Triton kernels", "triton_barrier_s", H100.barrier_s, 1e6, "µs"),
-    ("cluster barrier", "cluster_barrier_s", H100.cluster_barrier_s, 1e6, "µs"),
-    ("DSMEM store before the cluster barrier", "dsmem_store_s", H100.dsmem_store_s, 1e6, "µs"),
+    ("cluster exchange: st.async to every peer, mbarrier wait", "cluster_exchange_s",
+     H100.cluster_exchange_s, 1e6, "µs"),
     ("mma.sync to a dependent mma.sync", "mma_latency_clocks", H100.mma_latency_clocks, 1, "clocks"),
     ("mma.sync rate, 8 warps an SM", "mma_sync_flops", H100.mma_sync_fraction * H100.tensor_flops, 1e-12, "TFLOP/s"),
 )

@@ -14,8 +14,9 @@ blocks run side by side, so one block's time is the step's time):
     grid plans:    one dependent L2 round trip (staging the exchanged operand with
                    cp.async, or multicast bulk copies) + one grid barrier
                    (gpu.l2_round_trip_s + gpu.barrier_s);
-    cluster plans: one DSMEM store becoming visible + the cluster's hardware barrier
-                   (gpu.dsmem_store_s + gpu.cluster_barrier_s).
+    cluster plans: the exchange itself: the CTA's st.async stores landing in its
+                   peers' shared memory and their mbarrier waits returning
+                   (gpu.cluster_exchange_s; no barrier a step).
 - product (`product_time`): the resident-weight product out[M][Nb] = A[M][K] . B[Nb][K]^T
   of cuda/plan.py's Product, the larger of
     * mma issue: a warp item is one m16 tile with a group of up to 8 n8 tiles, times
@@ -166,7 +167,7 @@ def _staged(plan: layout.Plan, product: layout.Product, itemsize: int) -> tuple[
 def _phase_time(plan: layout.Plan, phase: Phase, gpu: Gpu) -> float:
     """One phase of one step (seconds): exchange latency + product + L2 traffic."""
     if plan.kind == "cluster":
-        latency = gpu.dsmem_store_s + gpu.cluster_barrier_s
+        latency = gpu.cluster_exchange_s
     else:
         latency = gpu.l2_round_trip_s + gpu.barrier_s
         if phase.shared_bytes:  # staged by the cluster's multicast copies

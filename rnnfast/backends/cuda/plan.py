@@ -6,9 +6,11 @@ sequence; the `unit_slices` blocks of a batch block exchange h(t) (forward) or t
 gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
 
 - "cluster" (sm_90, no projection): a batch block is one thread-block cluster of up
-  to 16 CTAs that writes h(t) (forward) or the gate gradients (backward) into each
-  other's shared memory and meets at the cluster's hardware barrier. Clusters are
-  independent, so any number may run.
+  to 16 CTAs that copy h(t) (forward) or the gate gradients (backward) into each
+  other's shared memory (st.async), each waiting on its own mbarrier for its peers'
+  bytes: no barrier a step. Clusters are independent, so any number may run. The
+  backward's needs hidden x itemsize a multiple of 4 bytes (its words must not
+  straddle two gates' columns).
 - "grid" (sm_80+): a cooperative launch of unit_slices x batch_blocks <= SMs blocks;
   a batch block meets at a bounded release/acquire counter barrier in global memory.
   Each block stages its batch block's exchanged operand from L2 every step. On sm_90 a
@@ -181,8 +183,9 @@ def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, 
 def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
                        proj_cols: int, block_rows: int, cluster: bool,
                        multicast: bool = False) -> int:
-    """csrc/lstm_common.cuh forward_layout(...).bytes; `multicast`: one ALIGN slot at the
-    end for the mbarrier the multicast copies complete on (bar_off)."""
+    """csrc/lstm_common.cuh forward_layout(...).bytes; `multicast` or `cluster`: one ALIGN
+    slot at the end for the mbarrier(s) the multicast copies or the peers' exchange
+    stores complete on (bar_off)."""
     rec, proj = forward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
                                  block_rows, cluster)
     ring = rec.exchange_bytes(itemsize) if cluster else rec.ring_bytes(itemsize)
@@ -190,7 +193,7 @@ def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int
             + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
             + max(rec.part_bytes(), proj.part_bytes() if has_proj else 0)
             + _align(block_rows * units * 4)
-            + (ALIGN if multicast else 0))
+            + (ALIGN if multicast or cluster else 0))
 
 
 def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
@@ -205,7 +208,7 @@ def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int,
 def backward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
                         proj_cols: int, block_rows: int, cluster: bool,
                         multicast: bool = False) -> int:
-    """csrc/lstm_common.cuh backward_layout(...).bytes; `multicast` as in
+    """csrc/lstm_common.cuh backward_layout(...).bytes; `multicast` and `cluster` as in
     forward_smem_bytes."""
     chain, proj = backward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
                                     block_rows, cluster)
@@ -214,7 +217,7 @@ def backward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: in
             + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
             + max(chain.part_bytes(), proj.part_bytes() if has_proj else 0)
             + _align(block_rows * units * 4)
-            + (ALIGN if multicast else 0))
+            + (ALIGN if multicast or cluster else 0))
 
 
 def _fits(products: tuple[Product, ...]) -> bool:
@@ -236,6 +239,8 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
     cluster = kind == "cluster"
     if multicast and (cluster or slices % multicast):
         return None
+    if cluster and direction == "backward" and hidden * itemsize % 4:
+        return None  # the exchange's st.async words (>= 4 bytes) would straddle two gates
     products = (forward_products if direction == "forward" else backward_products)(
         hidden, out_size, has_proj, itemsize, units, cols, block_rows, cluster)
     smem = (forward_smem_bytes if direction == "forward" else backward_smem_bytes)(
