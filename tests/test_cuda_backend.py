@@ -493,6 +493,33 @@ def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
 
 
 @requires_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("H,lengths", [(21, None), (22, [6, 4, 1]), (30, None)])
+def test_cluster_exchange_edge_sizes_meet_the_rule(monkeypatch, dtype, H, lengths):
+    """The cluster plans' st.async exchange where its words do not match the units:
+    H = 21 (a last slice of one unit, sent as a whole word into the k-padding; the
+    16-bit backward takes a grid plan), H = 22 and 30 (the 16-bit backward's gates
+    H x 2 bytes apart, not 8-byte aligned: 4-byte words), packed and reversed rows
+    for H = 22 (the expected bytes follow the active rows). Within DESIGN.md §6's rule
+    against float64, and the forward ran as a cluster plan (and the backward where its
+    plan is one), not a fallback."""
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
+    plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, 3, H, H, False)
+             for d in ("forward", "backward")}
+    if getattr(plans["forward"], "kind", None) != "cluster":
+        pytest.skip(f"this GPU plans no cluster forward for B=3 H={H}: {plans}")
+    recorder = _Recorder(cuda_backend._C)
+    for module in (cuda_fwd, cuda_bwd, launch):
+        monkeypatch.setattr(module, "_C", recorder)
+    args64 = _layer(6, 3, 5, H, lengths=lengths)
+    reverse = lengths is not None
+    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
+    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
+    assert rule_violations(ours, theirs, dtype) == []
+    assert sorted(set(recorder.ran)) == sorted({(d, p.cluster, p.multicast) for d, p in plans.items()})
+
+
+@requires_kernels
 @pytest.mark.parametrize("save", ["cells", "none"])
 def test_save_modes(save):
     args = _layer(7, 3, 5, 20, proj=11, dtype=torch.float32)

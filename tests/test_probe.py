@@ -20,7 +20,8 @@ from rnnfast.verify import summary
 from rnnfast.verify.stages import BENCH_CASES
 
 FOUND = {"device": "NVIDIA H200", "sms": 132, "clock_hz": 1.98e9, "l2_round_trip_s": 0.45e-6,
-         "l2_round_trip_clocks": 890.0, "barrier_s": 0.7e-6, "grid_exchange_s": 1.2e-6,
+         "l2_round_trip_clocks": 890.0, "barrier_s": 0.7e-6, "barrier_few_blocks_s": 0.55e-6,
+         "grid_exchange_s": 1.2e-6,
          "grid_multicast_exchange_s": 1.3e-6, "multicast_blocks": 128, "multicast_size": 8,
          "triton_barrier_s": 0.9e-6, "cluster_blocks": 16, "cluster_exchange_s": 0.21e-6,
          "mma_latency_clocks": 33.4,
@@ -59,6 +60,7 @@ def test_summary_sets_the_figures_beside_the_assumptions_and_reruns_the_cuda_mod
     lines = summary.model_section(found, rows)
     text = "\n".join(lines)
     assert "| grid barrier, CUDA kernels | 1 | 0.7 | µs |" in text
+    assert "| grid barrier, 16 blocks arriving | 1 | 0.55 | µs |" in text
     assert "| grid barrier + a dependent L2 copy | 1.6 | 1.2 | µs |" in text
     assert "| grid barrier + a dependent multicast copy | 1.6 | 1.3 | µs |" in text
     assert "multicast in 16 clusters of 8" in text

@@ -76,16 +76,22 @@ def l2_chase(ext, device: torch.device) -> dict:
     return {"l2_round_trip_s": seconds, "l2_round_trip_clocks": (clocks[1] - clocks[0]) / rounds}
 
 
+FEW_BLOCKS = 16  # a 128-block grid plan's multicast clusters of 8, each arriving once
+
+
 def grid_phases(ext, device: torch.device, blocks: int) -> dict:
     """A cooperative grid of `blocks` (one per SM) meeting at the CUDA kernels' barrier
-    each round, alone and with a 16-byte piece per thread exchanged through L2."""
+    each round, alone and with a 16-byte piece per thread exchanged through L2; and the
+    barrier alone with FEW_BLOCKS arriving on its counter, what a barrier tree (one
+    arrival per cluster) would leave: whether the arrivals' atomics cost."""
     found = {}
     rows = torch.zeros(2, blocks, THREADS, 4, dtype=torch.int32, device=device)
-    for exchange, name in ((False, "barrier_s"), (True, "grid_exchange_s")):
+    for exchange, name, n_blocks in ((False, "barrier_s", blocks), (True, "grid_exchange_s", blocks),
+                                     (False, "barrier_few_blocks_s", min(FEW_BLOCKS, blocks))):
         arrivals, timed_out = _barrier_flags(device, torch.int64)
         found[name] = seconds_per_round(
-            lambda n: ext.probe_phases(rows, arrivals, timed_out, n, blocks, 0, 0, exchange,
-                                       BARRIER_SPIN_LIMIT),
+            lambda n: ext.probe_phases(rows if exchange else None, arrivals, timed_out, n,
+                                       n_blocks, 0, 0, exchange, BARRIER_SPIN_LIMIT),
             ROUNDS["grid"], device, prepare=arrivals.zero_)
         watch_timeout_flag(timed_out, "the grid barrier probe")
         raise_if_barrier_timed_out(wait=True)

@@ -126,6 +126,7 @@ PROBE_ROWS = (
     ("SM clock, tensor cores busy", "clock_hz", H100.clock_hz, 1e-9, "GHz"),
     ("L2 round trip, one dependent load", "l2_round_trip_s", H100.l2_round_trip_s, 1e6, "µs"),
     ("grid barrier, CUDA kernels", "barrier_s", H100.barrier_s, 1e6, "µs"),
+    ("grid barrier, 16 blocks arriving", "barrier_few_blocks_s", H100.barrier_s, 1e6, "µs"),
     ("grid barrier + a dependent L2 copy", "grid_exchange_s", H100.barrier_s + H100.l2_round_trip_s, 1e6, "µs"),
     ("grid barrier + a dependent multicast copy", "grid_multicast_exchange_s",
      H100.barrier_s + H100.l2_round_trip_s + H100.multicast_extra_s, 1e6, "µs"),
