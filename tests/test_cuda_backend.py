@@ -384,16 +384,18 @@ def test_a_refused_multicast_launch_falls_back_to_the_plain_grid_then_reference(
     _assert_same(got, expected, dict(atol=0, rtol=0))
 
 
-def test_a_grid_barrier_that_gave_up_raises_an_error_naming_the_plan(monkeypatch):
-    """The kernel sets the timeout flag when a barrier wait passes its spin limit (a
-    block never arrived); the launcher reads the flag and raises, never returning the
-    launch's wrong results silently."""
+@pytest.mark.parametrize("major,kind", [(8, "grid"), (9, "cluster")])
+def test_a_wait_that_gave_up_raises_an_error_naming_the_plan(monkeypatch, major, kind):
+    """The kernel sets the timeout flag when a wait passes its spin limit: a grid
+    barrier (a block never arrived) or a cluster plan's mbarrier wait (a peer's bytes
+    never landed). The launcher reads the flag after either plan and raises, never
+    returning the launch's wrong results silently."""
     def time_out(fake, kind, cluster, multicast, timed_out):
         timed_out.fill_(1)
-    fake = _FakeExtension(8, time_out)
+    fake = _FakeExtension(major, time_out)
     fwd, bwd = _use_fake(monkeypatch, fake)
     args = _layer(5, 3, 4, 6, proj=0, device=torch.device("cpu"))
-    with pytest.raises(RuntimeError, match=r"CUDA LSTM forward with Plan\(kind='grid'.*gave up"):
+    with pytest.raises(RuntimeError, match=rf"CUDA LSTM forward with Plan\(kind='{kind}'.*gave up"):
         _run(fwd, bwd, args, False)
     from rnnfast.backends.barrier import raise_if_barrier_timed_out
     raise_if_barrier_timed_out(wait=True)  # reported once, not left pending

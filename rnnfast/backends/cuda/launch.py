@@ -27,8 +27,9 @@ def run(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hi
     arrivals [batch_blocks] int64 and timed_out [1] int32 are the grid barrier's state,
     zeroed. Returns the plan that ran, or the reason none could (the caller then runs the
     layer on the fallback backend): no plan fits, or the GPU refused the launch before
-    anything ran. A grid barrier that timed out raises RuntimeError at the next launch
-    (or raise_if_barrier_timed_out)."""
+    anything ran. A wait that timed out (the grid barrier, or an mbarrier wait of the
+    multicast staging or of a cluster plan's exchange: all set timed_out) raises
+    RuntimeError at the next launch (or raise_if_barrier_timed_out)."""
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     if not capturing:
         raise_if_barrier_timed_out()
@@ -44,7 +45,7 @@ def run(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hi
             plan = plan_for(direction, device, dtype, batch, hidden, out_size, has_proj,
                             clusters=False)
             continue
-        if plan.kind == "grid" and not capturing:
+        if not capturing:
             watch_timeout_flag(timed_out, f"CUDA LSTM {direction} with {plan}")
         return plan
     return plan
