@@ -105,15 +105,17 @@ struct PhaseProbe {
   int cluster;      // blocks a cluster (sm_90), or 0 for a cooperative grid
   int multicast;    // grid: CTAs a cluster staging the exchange by multicast bulk copies
                     // (sm_90, divides blocks), or 0: cp.async, a piece per thread
-  bool exchange;    // exchange data each phase (grid: needs rows), or the barrier alone
-  Barrier barrier;  // grid: arrivals [1] and timed_out [1], zeroed by the caller
+  bool exchange;    // grid: exchange data each phase (needs rows), or the barrier alone;
+                    // cluster probes always exchange (the cluster plans' st.async step)
+  Barrier barrier;  // arrivals [1] (grid) and timed_out [1], zeroed by the caller
 };
 
 // One thread chains `loads` L2 loads through `next` ([n] one cycle of indices < n);
 // out [2]: the clocks they took, the last index.
 cudaError_t probe_l2_chase(const uint32_t* next, int64_t loads, long long* out,
                            cudaStream_t stream);
-// Phases ending at the grid barrier (cluster == 0, cooperative) or the cluster barrier.
+// Phases ending at the grid barrier (cluster == 0, cooperative) or, in a cluster, at the
+// cluster plans' exchange (st.async into every peer, an mbarrier wait).
 cudaError_t probe_phases(const PhaseProbe& args, cudaStream_t stream);
 // `blocks` blocks (one per SM) of 8 warps, each issuing rounds x chains (1 or 8)
 // mma.sync m16n8k16; out [3]: block 0's clocks and global-timer nanoseconds, a sum.
