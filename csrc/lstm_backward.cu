@@ -72,8 +72,9 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
     const int b = e / U, u = e % U;
     dc_s[e] = row0 + b < B && u < my_units ? args.dc_n[(size_t)(row0 + b) * H + unit0 + u] : 0.0f;
   }
-  // Cluster plans: peers write only their slices' columns of the dgates buffers; the product also reads the k-padding columns, so they must be zeros, not
-  // whatever the shared memory held.
+  // Cluster plans: peers write only their slices' columns of the dgates buffers; the
+  // product also reads the k-padding columns, so they must be zeros, not whatever the
+  // shared memory held.
   const int g_elems = L.chain.nb * L.chain.b_ld;  // one dgates buffer of a cluster block
   if constexpr (kCluster) zero_shared(ring, 2 * g_elems);
   __syncthreads();
@@ -179,14 +180,13 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       // dgates(t) of every unit is out before iteration k-1 reads it (cluster plans:
       // the four gates' columns of step k's rows go to every peer).
       if (k < 0) continue;
-      auto prefetch = [&] {
-        if (k >= 1) load_saved(k - 1, 0);
-      };
       if constexpr (kCluster)
         exchange_step(ex, k & 1, ring + (k & 1) * g_elems, L.chain.b_ld, n_act, H, unit0, my_units,
-                      4, H, prefetch);
+                      4, H, [&] {
+                        if (k >= 1) load_saved(k - 1, 0);
+                      });
       else
-        end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, prefetch);
+        end_phase(k >= 1, k - 1);
     }
   } else if constexpr (!kCluster) {
     // Phase B of step k (k = T: no product) leaves dh(t-1) + dy in dhx for step k-1's

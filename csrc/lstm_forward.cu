@@ -182,13 +182,12 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
         }
       }
     }
-    // h(t) of every unit is out before step t+1 reads it.
-    if constexpr (kCluster) {
-      if (!last)
+    if (!last) {  // h(t) of every unit is out before step t+1 reads it
+      if constexpr (kCluster)
         exchange_step(ex, k & 1, ring + (k & 1) * h_elems, L.rec.b_ld, n_act, H, unit0, my_units, 1,
                       0, [&] { load_xg(k + 1, 0); });
-    } else if (!last) {
-      end_phase(false, k + 1);
+      else
+        end_phase(false, k + 1);
     }
   }
 

@@ -536,7 +536,8 @@ bool check_exchange(int hidden, int units, int slices, int itemsize, int segment
                     int k, int ld) {
   const int word = exchange_word_bytes(stride, itemsize);
   auto fail = [&](const char* what, int sender, int col) {
-    fprintf(stderr, "exchange: %s (H=%d U=%d slices=%d itemsize=%d segments=%d: CTA %d, column %d)\n",
+    fprintf(stderr,
+            "exchange: %s (H=%d U=%d slices=%d itemsize=%d segments=%d: CTA %d, column %d)\n",
             what, hidden, units, slices, itemsize, segments, sender, col);
     return false;
   };
@@ -544,7 +545,8 @@ bool check_exchange(int hidden, int units, int slices, int itemsize, int segment
   std::vector<int> owner(k, -1);  // the CTA whose units a column holds (-1: k-padding)
   for (int s = 0; s < slices; ++s)
     for (int g = 0; g < segments; ++g)
-      for (int u = 0; u < clamp_int(hidden - s * units, 0, units); ++u) owner[g * stride + s * units + u] = s;
+      for (int u = 0; u < clamp_int(hidden - s * units, 0, units); ++u)
+        owner[g * stride + s * units + u] = s;
   for (int receiver = 0; receiver < slices; ++receiver) {
     std::vector<int> landed(k, 0);
     unsigned bytes = 0;
@@ -565,7 +567,8 @@ bool check_exchange(int hidden, int units, int slices, int itemsize, int segment
       }
     }
     for (int c = 0; c < k; ++c)
-      if (owner[c] != -1 && owner[c] != receiver && !landed[c]) return fail("peer column never sent", owner[c], c);
+      if (owner[c] != -1 && owner[c] != receiver && !landed[c])
+        return fail("peer column never sent", owner[c], c);
     const int mine = clamp_int(hidden - receiver * units, 0, units);
     if (bytes != peer_row_bytes(hidden, mine, segments, word, itemsize))
       return fail("bytes differ from what the mbarrier expects", receiver, (int)bytes);

@@ -4,9 +4,10 @@ dependent L2 round trip after it (cp.async, or multicast bulk copies into the CT
 a cluster of the grid), the cluster plans' step exchange (st.async into the peer
 blocks' shared memory, an mbarrier wait), mma.sync's latency and rate, and the SM
 clock while the tensor cores are busy. The CUDA figures come from csrc/lstm_probe.cu,
-which runs the CUDA kernels' own device code for each primitive; Triton's barrier from triton/probe.py, which calls
-the Triton kernels' own end_phase. `python -m rnnfast verify` runs this in its probe
-stage and re-runs the models with the figures (latency.measured_gpu).
+which runs the CUDA kernels' own device code for each primitive; Triton's barrier from
+triton/probe.py, which calls the Triton kernels' own end_phase. `python -m rnnfast
+verify` runs this in its probe stage and re-runs the models with the figures
+(latency.measured_gpu).
 
 Each time is the difference between a launch of 2R rounds and one of R rounds, over R
 (the launch and the first round's cold misses cancel out); each of the two is the
@@ -86,8 +87,9 @@ def grid_phases(ext, device: torch.device, blocks: int) -> dict:
     arrival per cluster) would leave: whether the arrivals' atomics cost."""
     found = {}
     rows = torch.zeros(2, blocks, THREADS, 4, dtype=torch.int32, device=device)
-    for exchange, name, n_blocks in ((False, "barrier_s", blocks), (True, "grid_exchange_s", blocks),
-                                     (False, "barrier_few_blocks_s", min(FEW_BLOCKS, blocks))):
+    runs = ((False, "barrier_s", blocks), (True, "grid_exchange_s", blocks),
+            (False, "barrier_few_blocks_s", min(FEW_BLOCKS, blocks)))
+    for exchange, name, n_blocks in runs:
         arrivals, timed_out = _barrier_flags(device, torch.int64)
         found[name] = seconds_per_round(
             lambda n: ext.probe_phases(rows if exchange else None, arrivals, timed_out, n,

@@ -9,7 +9,7 @@ gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
   to 16 CTAs that copy h(t) (forward) or the gate gradients (backward) into each
   other's shared memory (st.async), each waiting on its own mbarrier for its peers'
   bytes: no barrier a step. Clusters are independent, so any number may run. The
-  backward's needs hidden x itemsize a multiple of 4 bytes (its words must not
+  backward's plan needs hidden x itemsize a multiple of 4 bytes (its words must not
   straddle two gates' columns).
 - "grid" (sm_80+): a cooperative launch of unit_slices x batch_blocks <= SMs blocks;
   a batch block meets at a bounded release/acquire counter barrier in global memory.
