@@ -126,7 +126,8 @@ void forward(const Tensor& xg,            // [N, 4H] io
              const Tensor& arrivals,      // [Q] int64 zeros: the grid barrier's counts
              const Tensor& timed_out,     // [1] int32 zero: set if a barrier wait gave up
              int64_t steps, bool reverse, int64_t units, int64_t proj_cols, int64_t unit_slices,
-             int64_t block_rows, int64_t cluster, int64_t multicast, int64_t spin_limit) {
+             int64_t block_rows, int64_t cluster, int64_t multicast, int64_t reg_k_tiles,
+             int64_t spin_limit) {
   const at::Device device = xg.device();
   TORCH_CHECK(device.is_cuda(), "rnnfast._C.forward: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
@@ -173,8 +174,18 @@ void forward(const Tensor& xg,            // [N, 4H] io
   a.dtype = io_dtype(xg);
   a.split = make_split(units, a.w_hr != nullptr ? proj_cols : 0, unit_slices, block_rows, cluster,
                        multicast);
+  a.split.reg_k_tiles = static_cast<int>(reg_k_tiles);
   a.blocks = check_split(a.split, H, P, B, a.w_hr != nullptr, arrivals, timed_out, device,
                          spin_limit, &a.barrier, "forward");
+  const int itemsize = a.dtype == rnnfast::DType::kFloat32 ? 4 : 2;
+  TORCH_CHECK(reg_k_tiles >= 0 &&
+                  rnnfast::reg_split_ok(rnnfast::forward_layout((int)H, (int)P, a.w_hr != nullptr,
+                                                                itemsize, a.split),
+                                        a.split, itemsize),
+              "rnnfast._C.forward: reg_k_tiles=", reg_k_tiles,
+              " is not a register split the kernel handles (a cluster plan of 16-bit weights, at "
+              "most 8 rows a block, at most ", rnnfast::kRegKTiles,
+              " k-tiles a slice, leaving a k-slice in shared memory)");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()),
                         cluster > 0     ? "cluster launch of the forward kernel"

@@ -32,6 +32,8 @@ constexpr int kExchangeAlign = 16; // exchange rows (h, dgates, dh) padded to 16
 constexpr int kRingBytes = 64 * 1024;  // shared memory for a streamed operand's stages
 constexpr int kAlign = 128;        // bytes: every shared-memory region starts aligned
 constexpr int kMaxCluster = 16;    // CTAs a cluster may have (the non-portable size, sm_90)
+constexpr int kRegTiles = 3;      // register cluster plans: M tiles of W_hh a warp holds in registers
+constexpr int kRegKTiles = 11;    // ... and k-tiles of each (3 x 11 A fragments: 132 registers)
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
 RNNFAST_HD int round_up(int a, int b) { return cdiv(a, b) * b; }
@@ -338,8 +340,9 @@ RNNFAST_HD size_t ring_bytes(const Product& p, int itemsize) {
 RNNFAST_HD size_t exchange_bytes(const Product& p, int itemsize) {
   return align_bytes((size_t)2 * p.nb * p.b_ld * itemsize);
 }
-RNNFAST_HD size_t part_bytes(const Product& p) {
-  return align_bytes((size_t)p.ksplit * p.m * p.nb * 4);
+// Partial sums [reg_slices + ksplit][m][nb] (register k-slices: register cluster plans).
+RNNFAST_HD size_t part_bytes(const Product& p, int reg_slices = 0) {
+  return align_bytes((size_t)(reg_slices + p.ksplit) * p.m * p.nb * 4);
 }
 
 // Cluster plans' exchange (sm_90). After a step each CTA has its columns of the
@@ -378,11 +381,39 @@ struct Split {
   int cluster;       // 0: grid kernel; else CTAs per cluster (== unit_slices), sm_90
   int multicast;     // grid kernel on sm_90: CTAs per cluster (divides unit_slices) sharing
                      // each single-chunk staged operand by multicast bulk copies; 0: none
+  int reg_k_tiles;   // cluster forward, 16-bit: k-tiles per k-slice of W_hh kept in
+                     // registers (reg_slices below); 0: the whole slice in shared memory
 };
+
+// Register cluster plans (forward, sm_90, fp16/bf16, at most 8 batch rows): a block keeps
+// the first reg_cols columns of its W_hh slice in registers, as mma A fragments loaded
+// once, and the rest in shared memory: a step reads fewer weight bytes from shared
+// memory, and a cluster holds layers whose slice shared memory alone cannot. They are
+// `slices` k-slices of sp.reg_k_tiles k-tiles; the warps are split into `slices`
+// groups of kWarps / slices, and warp r of group g holds M tiles r, r + kWarps / slices,
+// ... (kRegTiles at most) of k-slice g. Per step each warp multiplies its fragments by
+// the matching h(t-1) columns into one partial sum per M tile (reg_product), written as
+// k-slice g of the partial sums ahead of the shared-memory part's own k-slices.
+// The most k-slices whose warps still cover every M tile (0: none can).
+RNNFAST_HD int reg_slices(int m_tiles) {
+  if (m_tiles > kRegTiles * kWarps) return 0;
+  int slices = kWarps;
+  while (slices > 1 && m_tiles > kRegTiles * (kWarps / slices)) slices /= 2;
+  return slices;
+}
+RNNFAST_HD int reg_slice(int slices, int warp) { return warp / (kWarps / slices); }
+// M origin of a warp's register tile j (may be past the product's M: no tile).
+RNNFAST_HD int reg_m0(int slices, int warp, int j) {
+  const int per = kWarps / slices;
+  return (warp % per + j * per) * kWeightTile;
+}
 
 // Shared memory of a forward block, in bytes from the (128-byte aligned) base.
 struct ForwardLayout {
-  Product rec;        // gates^T [4U][Bb] = W_hh[my gate rows] . h(t-1)^T
+  Product rec;        // gates^T [4U][Bb] = W_hh[my gate rows] . h(t-1)^T; register plans: its
+                      // shared-memory part, columns [reg_cols, K) (b_ld: h's whole row)
+  int reg_slices;    // register plans: k-slices in registers (reg_slices()), else 0
+  int reg_cols;      // ... and the columns they cover: reg_slices x reg_k_tiles k-tiles
   Product proj;       // y^T [Pc][Bb] = W_hr[my rows] . hidden^T (projection only)
   size_t w_off;       // A of rec: [rec.m][rec.a_ld] io
   size_t wr_off;      // A of proj: [proj.m][proj.a_ld] io
@@ -398,11 +429,16 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
                                         const Split& sp) {
   ForwardLayout L;
   const bool cluster = sp.cluster > 0;
-  L.rec = make_product(4 * sp.units, out_size, sp.block_rows, itemsize, cluster);
+  const bool regs = cluster && sp.reg_k_tiles > 0;
+  L.reg_slices = regs ? reg_slices(cdiv(4 * sp.units, kWeightTile)) : 0;
+  L.reg_cols = L.reg_slices * sp.reg_k_tiles * k_tile(itemsize);
+  L.rec = make_product(4 * sp.units, max_int(out_size - L.reg_cols, 0), sp.block_rows, itemsize,
+                       cluster);
+  if (regs) L.rec.b_ld = round_up(out_size, k_tile(itemsize)) + row_pad(itemsize);
   L.proj = make_product(has_proj ? sp.proj_cols : 0, has_proj ? hidden : 0, sp.block_rows,
                         itemsize, false);
   const size_t ring = cluster ? exchange_bytes(L.rec, itemsize) : ring_bytes(L.rec, itemsize);
-  const size_t part = part_bytes(L.rec);
+  const size_t part = part_bytes(L.rec, L.reg_slices);
   L.w_off = 0;
   L.wr_off = L.w_off + a_bytes(L.rec, itemsize);
   L.ring_off = L.wr_off + (has_proj ? a_bytes(L.proj, itemsize) : 0);
@@ -413,6 +449,18 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
   L.bar_off = L.c_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
   L.bytes = L.bar_off + (sp.multicast > 0 || cluster ? kAlign : 0);
   return L;
+}
+
+// Whether the kernel handles a plan's register split (no registers: always): a cluster
+// forward of 16-bit weights with one N tile (at most 8 batch rows, not swapped), its M
+// tiles covered by the warps, at most kRegKTiles k-tiles a slice, and a k-slice no
+// wider than the shared-memory part it is staged through (load_reg_weights), which so
+// keeps at least one k-tile of its own.
+RNNFAST_HD bool reg_split_ok(const ForwardLayout& L, const Split& sp, int itemsize) {
+  return sp.reg_k_tiles == 0 ||
+         (sp.cluster > 0 && itemsize == 2 && !L.rec.swapped && L.rec.n_tiles == 1 &&
+          L.reg_slices > 0 && sp.reg_k_tiles <= kRegKTiles &&
+          L.rec.k >= sp.reg_k_tiles * k_tile(itemsize));
 }
 
 // Shared memory of a backward block. The chain's operand (gate gradients, and dh with a

@@ -249,15 +249,25 @@ __device__ __forceinline__ void load_a(AFragment<T>& a, const T* a_s, int a_ld, 
   }
 }
 
+// The m16n8k16 B fragment of B[n0:n0+8][kb:kb+16] (16-bit, rows of b_ld elements).
+template <typename T>
+__device__ __forceinline__ void load_b16(uint32_t (&b)[2], const T* b_s, int b_ld, int n0, int kb) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const Coord at = b16_fragment(lane, n0, kb, r);
+    b[r] = *reinterpret_cast<const uint32_t*>(b_s + at.row * b_ld + at.col);
+  }
+}
+
 // d += A fragment . B[n0:n0+8][kb:kb+K]^T, B rows of b_ld elements in shared memory.
 template <typename T>
 __device__ __forceinline__ void mma_with(float (&d)[4], const AFragment<T>& a, const T* b_s,
                                          int b_ld, int n0, int kb) {
   const int lane = threadIdx.x % 32;
   if constexpr (sizeof(T) == 2) {
-    const Coord at0 = b16_fragment(lane, n0, kb, 0), at1 = b16_fragment(lane, n0, kb, 1);
-    const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(b_s + at0.row * b_ld + at0.col),
-                           *reinterpret_cast<const uint32_t*>(b_s + at1.row * b_ld + at1.col)};
+    uint32_t b[2];
+    load_b16(b, b_s, b_ld, n0, kb);
     MmaOp<T>::run(d, a.big, b);
   } else {
     // 3xTF32: small products first, so the big one lands on an accumulator that
@@ -378,11 +388,81 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   __syncthreads();
 }
 
-// Output (m, n) of a product: the sum of its k-split partial sums.
-__device__ __forceinline__ float product_out(const Product& p, const float* part, int m, int n) {
+// Output (m, n) of a product: the sum of its k-split partial sums, after `held` held
+// k-slices where the layout has them (held cluster forward plans).
+__device__ __forceinline__ float product_out(const Product& p, const float* part, int m, int n,
+                                             int held = 0) {
   float s = 0.0f;
-  for (int ks = 0; ks < p.ksplit; ++ks) s += part[part_index(p, ks, m, n)];
+  for (int ks = 0; ks < held + p.ksplit; ++ks) s += part[part_index(p, ks, m, n)];
   return s;
+}
+
+// ---------------------------------------------------------------------------------
+// Held cluster forward plans (lstm_common.cuh reg_slices): the W_hh columns
+// [0, L.reg_cols) of a block's gate rows as A fragments in registers, for the whole
+// sequence: warp w's tile j of k-slice reg_slice(w) at its kk-th k-tile.
+template <typename T> struct RegWeights {
+  AFragment<T> frag[kRegTiles][kRegKTiles];
+};
+
+// Loads the held fragments once, one k-slice at a time through a_s (the shared-memory
+// part's [rec.m][rec.a_ld], wide enough for a k-slice: plan.py): weight(m, k) as in
+// load_weights. Every thread must call this; a_s is free again when it returns.
+template <typename T, typename Weight>
+__device__ __forceinline__ void load_reg_weights(RegWeights<T>& held, const ForwardLayout& L, int k_tiles,
+                                          T* a_s, int rows, Weight weight) {
+  const int warp = threadIdx.x / 32, kt = k_tile(sizeof(T)), cols = k_tiles * kt;
+  Product slice = L.rec;
+  slice.k = cols;
+  for (int g = 0; g < L.reg_slices; ++g) {
+    load_weights(a_s, slice, rows, cols, [&](int m, int k) { return weight(m, g * cols + k); });
+    __syncthreads();
+    if (reg_slice(L.reg_slices, warp) == g) {
+#pragma unroll
+      for (int j = 0; j < kRegTiles; ++j) {
+#pragma unroll
+        for (int kk = 0; kk < kRegKTiles; ++kk) {
+          const int m0 = reg_m0(L.reg_slices, warp, j);
+          if (m0 < L.rec.m && kk < k_tiles) load_a(held.frag[j][kk], a_s, L.rec.a_ld, m0, kk * kt);
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// The held columns' part of a step's product: k-slice reg_slice(warp) of the partial
+// sums [reg_slices + ksplit][m][nb], from h(t-1) whole in b_s [rec.nb][rec.b_ld]
+// (one N tile: held plans have at most 8 batch rows). The B fragment of a k-tile is
+// loaded once for the warp's tiles.
+template <typename T>
+__device__ __forceinline__ void reg_product(const RegWeights<T>& held, const ForwardLayout& L,
+                                             int k_tiles, const T* b_s, float* part) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kt = k_tile(sizeof(T));
+  const int g = reg_slice(L.reg_slices, warp);
+  float acc[kRegTiles][4];
+#pragma unroll
+  for (int j = 0; j < kRegTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < kRegKTiles; ++kk) {
+    if (kk >= k_tiles) continue;
+    uint32_t b[2];
+    load_b16(b, b_s, L.rec.b_ld, 0, (g * k_tiles + kk) * kt);
+#pragma unroll
+    for (int j = 0; j < kRegTiles; ++j)
+      if (reg_m0(L.reg_slices, warp, j) < L.rec.m) MmaOp<T>::run(acc[j], held.frag[j][kk].big, b);
+  }
+#pragma unroll
+  for (int j = 0; j < kRegTiles; ++j) {
+    const int m0 = reg_m0(L.reg_slices, warp, j);
+    if (m0 >= L.rec.m) continue;
+#pragma unroll
+    for (int r = 0; r < 4; r += 2) {
+      const Coord at = accumulator(lane, m0, 0, r);
+      *reinterpret_cast<float2*>(part + part_index(L.rec, g, at.row, at.col)) =
+          make_float2(acc[j][r], acc[j][r + 1]);
+    }
+  }
 }
 
 // The (row, unit) cells of a step, kMaxCellItems a thread per round: cell

@@ -24,17 +24,19 @@
 namespace rnnfast {
 namespace {
 
-template <typename T, bool kCluster>
+template <typename T, bool kCluster, bool kRegs = false>
 __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
+  static_assert(!kRegs || (kCluster && sizeof(T) == 2), "held plans: cluster, 16-bit");
   extern __shared__ __align__(128) unsigned char smem[];
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
   const Split& sp = args.split;
   const ForwardLayout L = forward_layout(H, P, has_proj, sizeof(T), sp);
   T* w_s = reinterpret_cast<T*>(smem + L.w_off);       // [rec.m][rec.a_ld] W_hh rows of my units
+                                                       // (held plans: columns reg_cols..)
   T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);     // [proj.m][proj.a_ld] W_hr rows of my columns
   T* ring = reinterpret_cast<T*>(smem + L.ring_off);   // B stages, or (cluster) h [2][Bb][b_ld]
-  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [ksplit][m][Bb]
+  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [reg_slices + ksplit][m][Bb]
   float* c_s = reinterpret_cast<float*>(smem + L.c_off);      // [Bb][U] cell state
   const T* xg = static_cast<const T*>(args.xg);
   const T* w_hh = static_cast<const T*>(args.w_hh);
@@ -59,9 +61,14 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   // Cluster plans: the mbarriers the peers' h(t) stores complete on.
   ClusterExchange ex = kCluster ? cluster_exchange(smem + L.bar_off, args.barrier) : ClusterExchange{};
 
-  load_weights(w_s, L.rec, 4 * U, P, [&](int m, int k) {
+  auto w_hh_of = [&](int m, int k) {  // element (my gate row m, column k) of W_hh
     return m % U < my_units ? w_hh[(size_t)gate_row(m, U, unit0, H) * P + k] : from_float<T>(0.0f);
-  });
+  };
+  // Held plans: W_hh columns [0, reg_cols) of my rows as A fragments in registers.
+  RegWeights<T> held;
+  if constexpr (kRegs) load_reg_weights(held, L, sp.reg_k_tiles, w_s, 4 * U, w_hh_of);
+  load_weights(w_s, L.rec, 4 * U, P - L.reg_cols,
+               [&](int m, int k) { return w_hh_of(m, L.reg_cols + k); });
   if (has_proj)
     load_weights(wr_s, L.proj, my_cols, H, [&](int n, int k) { return w_hr[(size_t)(col0 + n) * H + k]; });
   for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
@@ -69,13 +76,14 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     c_s[e] = row0 + b < B && u < my_units ? args.c[(size_t)(row0 + b) * H + unit0 + u] : 0.0f;
   }
   const int h_elems = L.rec.nb * L.rec.b_ld;  // one h buffer of a cluster block
+  const int h_cols = L.reg_cols + L.rec.k;   // its columns: P padded to the k-tile
   if constexpr (kCluster) {
     // Peers write only their slices' columns of the h buffers; the product also reads
     // the k-padding columns, so they must be zeros, not whatever the shared memory
     // held. Then h0 of the batch block into the buffer step 0 reads.
     zero_shared(ring, 2 * h_elems);
     __syncthreads();
-    stage_rows(ring + h_elems, L.rec.b_ld, min_int(Bb, B - row0), 0, L.rec.k,
+    stage_rows(ring + h_elems, L.rec.b_ld, min_int(Bb, B - row0), 0, h_cols,
                [&](int b) { return h0x + (size_t)(row0 + b) * xld; });
     cp_async_commit();
     cp_async_wait<0>();
@@ -115,14 +123,16 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
       if constexpr (kCluster) {
         T* h_prev = ring + ((k & 1) ^ 1) * h_elems;
         if (n_act > n_prev) {  // rows that start here (reverse packed) begin from h0
-          stage_rows(h_prev + n_prev * L.rec.b_ld, L.rec.b_ld, n_act - n_prev, 0, L.rec.k,
+          stage_rows(h_prev + n_prev * L.rec.b_ld, L.rec.b_ld, n_act - n_prev, 0, h_cols,
                      [&](int b) { return h0x + (size_t)(row0 + n_prev + b) * xld; });
           cp_async_commit();
           cp_async_wait<0>();
           __syncthreads();
         }
-        resident_product(L.rec, w_s, h_prev, false, n_act, [](int) { return (const T*)nullptr; },
-                         part);
+        if constexpr (kRegs) reg_product(held, L, sp.reg_k_tiles, h_prev, part);
+        resident_product(L.rec, w_s, h_prev + L.reg_cols, false, n_act,
+                         [](int) { return (const T*)nullptr; },
+                         part + (size_t)L.reg_slices * L.rec.m * L.rec.nb);
       } else {
         const T* h_prev = hx + (size_t)((k & 1) ^ 1) * B * xld;
         resident_product(L.rec, w_s, ring, true, n_act,
@@ -138,7 +148,8 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
         const int64_t row = s.offset + r;
         float pre[4];
 #pragma unroll
-        for (int g = 0; g < 4; ++g) pre[g] = product_out(L.rec, part, g * U + u, b) + xg_regs[i][g];
+        for (int g = 0; g < 4; ++g)
+          pre[g] = product_out(L.rec, part, g * U + u, b, L.reg_slices) + xg_regs[i][g];
         const CellOut out = lstm_cell(pre[0], pre[1], pre[2], pre[3], c_s[e]);
         c_s[e] = out.c;
         if (args.gates != nullptr) {
@@ -211,10 +222,25 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_forward_cluster_kernel(const
 #endif
 }
 
+// Held cluster plans (16-bit): a kernel of its own, so that the 132 registers of held
+// fragments are reserved only where a plan holds some.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_forward_reg_kernel(const ForwardArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  forward_body<T, true, true>(args);
+#endif
+}
+
 template <typename T>
 cudaError_t launch_typed(const ForwardArgs& args, cudaStream_t stream) {
-  return launch_plan(lstm_forward_kernel<T>, lstm_forward_cluster_kernel<T>, args,
-                     forward_smem_bytes(args), stream);
+  auto cluster_kernel = lstm_forward_cluster_kernel<T>;
+  if constexpr (sizeof(T) == 2) {
+    if (args.split.reg_k_tiles > 0) cluster_kernel = lstm_forward_reg_kernel<T>;
+  } else if (args.split.reg_k_tiles > 0) {
+    return cudaErrorInvalidValue;  // binding.cpp refuses held fp32 plans before this
+  }
+  return launch_plan(lstm_forward_kernel<T>, cluster_kernel, args, forward_smem_bytes(args),
+                     stream);
 }
 
 }  // namespace

@@ -61,9 +61,14 @@ def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj,
             assert (major, proj) == (9, 0) and 2 <= p.unit_slices <= 16
         if proj or direction == "backward":
             assert p.unit_slices * p.proj_cols >= out
+        regs = (p.reg_k_tiles,) if direction == "forward" else ()
         products = (cuda_plan.forward_products if direction == "forward" else
                     cuda_plan.backward_products)(hidden, out, bool(proj), itemsize, p.units,
-                                                 p.proj_cols, p.block_rows, p.kind == "cluster")
+                                                 p.proj_cols, p.block_rows, p.kind == "cluster",
+                                                 *regs)
+        if p.reg_k_tiles:  # a cluster forward the register kernel takes (reg_split_ok)
+            assert (p.kind, direction, itemsize) == ("cluster", "forward", 2)
+            assert cuda_plan.reg_split_ok(products[0], p.units, itemsize, True, p.reg_k_tiles)
         if p.multicast:  # clusters of consecutive slices of one batch block, all resident
             assert (p.kind, major) == ("grid", 9) and p.multicast in cuda_plan.MULTICAST_SIZES
             assert p.unit_slices % p.multicast == 0
@@ -72,23 +77,34 @@ def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj,
         smem = (cuda_plan.forward_smem_bytes if direction == "forward" else
                 cuda_plan.backward_smem_bytes)(hidden, out, bool(proj), itemsize, p.units,
                                                p.proj_cols, p.block_rows, p.kind == "cluster",
-                                               bool(p.multicast))
+                                               bool(p.multicast), *regs)
         assert p.smem_bytes == smem
 
 
 def test_h100_plan_numbers_for_the_standard_cases():
     """csrc/README.md quotes these. Of the splits that fit, the plan is the one the
     latency model rates fastest."""
-    # FlashRNN's dense case, fp16 H = 768, B = 16: W_hh (4.7 MB) does not fit one
-    # cluster's shared memory; two batch blocks of 8 rows, each over 64 blocks of 12
-    # units, stage half the h rows per block that one batch block would. On sm_90 the
-    # grid runs in clusters that read each staged operand (h(t-1), dgates(t+1): one
-    # chunk each) from L2 once: one mbarrier slot more of shared memory. Forward: 8
-    # CTAs. Backward: 4, because at 4 each SM's own L2 rate (49 KB of dgates a step)
-    # already bounds the step and 8 gains nothing in the model. Without clusters (sm_80,
-    # or a refused cluster launch), the same split, each block staging its own copy.
+    # FlashRNN's dense case, fp16 H = 768, B = 16. Forward on sm_90: two batch blocks of
+    # 8 rows, each a cluster of 16 CTAs of 48 units, every CTA holding 2 k-slices of 11
+    # k-tiles of its W_hh rows (352 of 768 columns) in registers and the rest (160 KB)
+    # in shared memory. W_hh (4.7 MB) does not fit 16 CTAs' shared memory alone.
+    fwd = _plan("forward", 16, 768)
+    assert (fwd.kind, fwd.unit_slices, fwd.units, fwd.block_rows, fwd.batch_blocks,
+            fwd.reg_k_tiles, fwd.smem_bytes) == ("cluster", 16, 48, 8, 2, 11, 207744)
+    assert cuda_plan.reg_geometry(fwd.units, 2, fwd.reg_k_tiles) == (2, 352)
+    # Backward, and the forward where no 16-CTA cluster can be placed: two batch blocks
+    # of 8 rows, each over 64 blocks of 12 units, stage half the h rows per block that
+    # one batch block would. On sm_90 the grid runs in clusters that read each staged
+    # operand (h(t-1), dgates(t+1): one chunk each) from L2 once: one mbarrier slot more
+    # of shared memory. Forward: 8 CTAs. Backward: 4, because at 4 each SM's own L2
+    # rate (49 KB of dgates a step) already bounds the step and 8 gains nothing in the
+    # model. Without clusters (sm_80, or a refused cluster launch), the same split, each
+    # block staging its own copy.
+    no_16 = tuple(0 if c == 16 else (SMS // c if c >= 2 else 0) for c in range(17))
     for direction, multicast in (("forward", 8), ("backward", 4)):
-        p = _plan(direction, 16, 768)
+        p = cuda_plan.make_plan(direction, 16, 768, 768, False, 2, SMS, SMEM, 9,
+                                resident_clusters=no_16)
+        assert p == _plan("backward", 16, 768) or direction == "forward"
         assert (p.kind, p.unit_slices, p.units, p.block_rows, p.batch_blocks, p.multicast) == (
             "grid", 64, 12, 8, 2, multicast), direction
         assert p.cluster == 0  # not a cluster plan: the grid's barrier and exchange
@@ -97,8 +113,7 @@ def test_h100_plan_numbers_for_the_standard_cases():
                                           clusters=False)):
             assert plain == dataclasses.replace(p, multicast=0,
                                                 smem_bytes=p.smem_bytes - cuda_plan.ALIGN)
-    assert (_plan("forward", 16, 768).smem_bytes, _plan("backward", 16, 768).smem_bytes) == (
-        90496, 152448)
+    assert _plan("backward", 16, 768).smem_bytes == 152448
     # H = 512 fp16 fits one cluster of 16 CTAs (32 units each) per batch block, forward
     # and backward; on an A100 (sm_80) a grid.
     for direction in ("forward", "backward"):
@@ -166,11 +181,12 @@ def test_multicast_grid_plans_need_every_block_in_a_resident_cluster():
     """The cooperative launch needs all 128 blocks of FlashRNN's split resident at once,
     here in clusters: where the GPU holds only 12 clusters of 8 (96 CTAs, e.g. GPCs with
     too few free SMs), clusters of 4 (33 of them) hold them; where it holds no cluster,
-    the plain grid. (The backward takes clusters of 4 anyway: see the standard cases.)"""
+    the plain grid. (The backward takes clusters of 4 anyway: see the standard cases.)
+    The GPUs here place no 16-CTA cluster, where the forward would be a cluster plan."""
     def plan(direction, resident):
         return cuda_plan.make_plan(direction, 16, 768, 768, False, 2, SMS, SMEM, 9,
                                    resident_clusters=tuple(resident))
-    every = [SMS // c if c >= 2 else 0 for c in range(17)]
+    every = [SMS // c if 2 <= c < 16 else 0 for c in range(17)]
     twelve = [12 if c == 8 else n for c, n in enumerate(every)]
     only_pairs = [n if c == 2 else 0 for c, n in enumerate(every)]
     for direction, multicast in (("forward", 8), ("backward", 4)):
@@ -228,7 +244,7 @@ def test_largest_square_layers_held_on_chip():
         return max(fits)
     assert largest("forward", 2) == 1536
     assert largest("forward", 4) == 1024
-    assert largest("forward", 2, "cluster") == 576
+    assert largest("forward", 2, "cluster") == 768  # 640 and 768 with W_hh partly in registers
     assert largest("forward", 4, "cluster") == 384
     assert largest("backward", 2) == 1216
     assert largest("backward", 4) == 1024
@@ -325,9 +341,9 @@ class _FakeExtension:
         resident = [SMS // c if self.major >= 9 and c >= 2 else 0 for c in range(17)]
         return (SMS, SMEM, True, self.major, resident)
 
-    def forward(self, *args):  # (..., block_rows, cluster, multicast, spin_limit)
-        self.tried.append(("forward", args[-3], args[-2]))
-        self.launch(self, "forward", args[-3], args[-2], args[15])
+    def forward(self, *args):  # (..., block_rows, cluster, multicast, reg_k_tiles, spin_limit)
+        self.tried.append(("forward", args[-4], args[-3]))
+        self.launch(self, "forward", args[-4], args[-3], args[15])
 
     def backward(self, *args):  # (..., block_rows, cluster, multicast, spin_limit)
         self.tried.append(("backward", args[-3], args[-2]))
@@ -369,16 +385,17 @@ def test_a_refused_launch_falls_back_cluster_then_grid_then_reference_with_one_w
 
 
 def test_a_refused_multicast_launch_falls_back_to_the_plain_grid_then_reference(monkeypatch):
-    """FlashRNN's layer (B = 16, H = 768 fp16) runs as a grid in clusters of 8 (forward)
-    and 4 (backward) for multicast on sm_90. Refused, it retries as the plain grid of the same split (no
-    clusters), then runs on the reference backend."""
+    """FlashRNN's layer (B = 16, H = 768 fp16) on sm_90: the backward runs as a grid in
+    clusters of 4 for multicast, the forward as a cluster plan (W_hh partly in
+    registers). Refused, each retries as the plain grid (no clusters), then runs on the
+    reference backend."""
     fake = _FakeExtension(9, _refuse)
     fwd, bwd = _use_fake(monkeypatch, fake)
     args = _layer(2, 16, 8, 768, dtype=torch.float16, device=torch.device("cpu"))
     with pytest.warns(UserWarning, match="cooperative launch of the .* kernel was refused.*"
                                          "using the reference"):
         got = _run(fwd, bwd, args, False)
-    assert fake.tried == [("forward", 0, 8), ("forward", 0, 0), ("backward", 0, 4),
+    assert fake.tried == [("forward", 16, 0), ("forward", 0, 0), ("backward", 0, 4),
                           ("backward", 0, 0)]
     expected = _run(reference.forward, reference.backward, args, False)
     _assert_same(got, expected, dict(atol=0, rtol=0))
@@ -461,9 +478,9 @@ class _Recorder:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def forward(self, *args):  # (..., block_rows, cluster, multicast, spin_limit)
+    def forward(self, *args):  # (..., block_rows, cluster, multicast, reg_k_tiles, spin_limit)
         self.real.forward(*args)
-        self.ran.append(("forward", args[-3], args[-2]))
+        self.ran.append(("forward", args[-4], args[-3]))
 
     def backward(self, *args):
         self.real.backward(*args)
@@ -474,9 +491,11 @@ class _Recorder:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
     """FlashRNN's layer (B = 16, H = 768), 5 steps: on a Hopper that holds the clusters,
-    it runs as grids in clusters whose CTAs stage h(t-1) (and, where the operand is one
-    chunk, dgates(t+1)) by multicast bulk copies. Within DESIGN.md §6's rule against
-    float64, and the launches that ran are those plans, not a silent fallback."""
+    it runs as grids in clusters whose CTAs stage h(t-1) (fp32's forward) and, where the
+    operand is one chunk, dgates(t+1) by multicast bulk copies (the 16-bit forward is
+    a cluster plan: test_register_cluster_plans_meet_the_rule). Within DESIGN.md §6's
+    rule against float64, and the launches that ran are those plans, not a silent
+    fallback."""
     from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
     plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, 16, 768, 768, False)
              for d in ("forward", "backward")}
@@ -490,8 +509,34 @@ def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
     ours = _errors_vs_float64(args64, dtype, False, _kernels())
     theirs = _errors_vs_float64(args64, dtype, False, (reference.forward, reference.backward))
     assert rule_violations(ours, theirs, dtype) == []
-    assert sorted(set(recorder.ran)) == sorted({(d, 0, p.multicast) for d, p in plans.items()
+    assert sorted(set(recorder.ran)) == sorted({(d, p.cluster, p.multicast)
+                                                for d, p in plans.items()
                                                 if not isinstance(p, str)})
+
+
+@requires_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,H,lengths", [(16, 768, None), (5, 700, [6, 4, 4, 2, 1]),
+                                         (3, 256, None)])
+def test_register_cluster_plans_meet_the_rule(monkeypatch, dtype, B, H, lengths):
+    """Cluster forwards holding part of W_hh in registers (csrc/lstm_device.cuh
+    load_reg_weights, reg_product): FlashRNN's H = 768 (2 k-slices of 11 k-tiles), an
+    odd H = 700 (11 M tiles over 12 warp places) packed and reversed, and H = 256 (4
+    k-slices of 3). Within DESIGN.md §6's rule against float64, and the forward ran as
+    that plan, not a fallback."""
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
+    plan = cuda_backend.plan_for("forward", DEVICE, dtype, B, H, H, False)
+    if not getattr(plan, "reg_k_tiles", 0):
+        pytest.skip(f"this GPU plans no register cluster forward for B={B} H={H}: {plan}")
+    recorder = _Recorder(cuda_backend._C)
+    for module in (cuda_fwd, cuda_bwd, launch):
+        monkeypatch.setattr(module, "_C", recorder)
+    args64 = _layer(6, B, 5, H, lengths=lengths)
+    reverse = lengths is not None
+    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
+    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
+    assert rule_violations(ours, theirs, dtype) == []
+    assert ("forward", plan.cluster, 0) in recorder.ran
 
 
 @requires_kernels

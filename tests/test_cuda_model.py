@@ -16,9 +16,15 @@ from rnnfast.backends.cuda import model, plan as layout
 SMS, SMEM, = 132, 227 * 1024
 
 
-def _plan(direction, B, H, P=None, itemsize=2, major=9):
+# A GPU that places no 16-CTA cluster: FlashRNN's forward is then the grid in clusters
+# of 8 for multicast (with them, a cluster plan holding W_hh partly in registers).
+NO_16_CTA_CLUSTERS = tuple(0 if c == 16 else (SMS // c if c >= 2 else 0) for c in range(17))
+
+
+def _plan(direction, B, H, P=None, itemsize=2, major=9, resident=()):
     P = H if P is None else P
-    plan = layout.make_plan(direction, B, H, P, P != H, itemsize, SMS, SMEM, major)
+    plan = layout.make_plan(direction, B, H, P, P != H, itemsize, SMS, SMEM, major,
+                            resident_clusters=resident)
     assert not isinstance(plan, str), plan
     return plan
 
@@ -240,7 +246,8 @@ def test_multicast_reads_the_staged_operand_from_l2_once_per_cluster(direction):
     the batch block); the step is faster, and every SM still receives the whole operand
     at its own L2 rate."""
     B, H = 16, 768
-    plan = dataclasses.replace(_plan(direction, B, H), multicast=8)  # the backward picks 4
+    plan = dataclasses.replace(_plan(direction, B, H, resident=NO_16_CTA_CLUSTERS),
+                               multicast=8)  # the backward picks 4
     assert (plan.kind, plan.blocks, plan.block_rows) == ("grid", 128, 8)
     time = model.forward_time if direction == "forward" else model.backward_time
     multicast = time(plan, B, H, H, H, 100, torch.float16)
@@ -297,11 +304,11 @@ def test_chunked_operands_are_not_multicast():
 def test_multicast_staging_pays_its_measured_extra_latency_once_per_shared_phase():
     """latency.Gpu.multicast_extra_s (assumed 0; the probe measures it) is added to each
     phase whose operand the cluster multicasts, and to nothing else: FlashRNN's forward
-    (one shared phase) and the backward of B = 64, H = 1024, P = 256 (its projection
-    phase shared, its chunked chain phase not)."""
+    as a grid (one shared phase) and the backward of B = 64, H = 1024, P = 256 (its
+    projection phase shared, its chunked chain phase not)."""
     slower = dataclasses.replace(latency.H100, multicast_extra_s=0.4e-6)
     for direction, B, H, P in [("forward", 16, 768, 768), ("backward", 64, 1024, 256)]:
-        plan = _plan(direction, B, H, P)
+        plan = _plan(direction, B, H, P, resident=NO_16_CTA_CLUSTERS)
         time = model.forward_time if direction == "forward" else model.backward_time
         for p, extra in ((plan, 0.4e-6), (_without_multicast(plan), 0.0)):
             assumed = time(p, B, H, P, H, 10, torch.float16)

@@ -118,23 +118,33 @@ def host_check(tmp_path_factory):
 
 
 def test_shared_memory_layout_matches_the_python_plan(host_check):
-    configs = [(H, P, proj, itemsize, units, cols, rows, cluster, multicast)
+    """Shared-memory bytes of both directions, and whether the kernel takes the forward's
+    register split (reg_split_ok), in C++ and in plan.py, over splits of every form:
+    grid, cluster, multicast, and cluster forwards with W_hh k-tiles in registers."""
+    configs = [(H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs)
                for H, P in [(20, 20), (20, 11), (96, 96), (768, 768), (1024, 512), (9, 5)]
                for proj in (0, 1) for itemsize in (2, 4)
-               for units, cols in [(4, 3), (8, 6), (12, 40), (32, 128)]
-               for rows, cluster, multicast in [(8, 0, 0), (16, 4, 0), (64, 0, 0), (256, 0, 0),
-                                                (8, 0, 8), (64, 0, 2)]]
+               for units, cols in [(4, 3), (8, 6), (12, 40), (32, 128), (48, 0)]
+               for rows, cluster, multicast, regs in [
+                   (8, 0, 0, 0), (16, 4, 0, 0), (64, 0, 0, 0), (256, 0, 0, 0), (8, 0, 8, 0),
+                   (64, 0, 2, 0), (8, 16, 0, 1), (8, 16, 0, 11), (8, 16, 0, 12), (16, 16, 0, 5)]]
     stdin = "".join(" ".join(map(str, c)) + "\n" for c in configs)
     result = subprocess.run([host_check, "layout"], input=stdin, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+    handled = 0
     for config, line in zip(configs, result.stdout.splitlines(), strict=True):
-        H, P, proj, itemsize, units, cols, rows, cluster, multicast = config
-        fwd, bwd = map(int, line.split())
+        H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs = config
+        fwd, bwd, ok = map(int, line.split())
         assert fwd == cuda_plan.forward_smem_bytes(H, P, bool(proj), itemsize, units, cols, rows,
-                                                   bool(cluster), bool(multicast)), config
+                                                   bool(cluster), bool(multicast), regs), config
         assert bwd == cuda_plan.backward_smem_bytes(H, P, bool(proj), itemsize, units, cols,
                                                     rows, bool(cluster), bool(multicast)), config
+        rec, _ = cuda_plan.forward_products(H, P, bool(proj), itemsize, units, cols, rows,
+                                            bool(cluster), regs)
+        assert ok == cuda_plan.reg_split_ok(rec, units, itemsize, bool(cluster), regs), config
+        handled += ok and regs > 0
+    assert handled >= 10  # register splits the kernel takes were among them
 
 
 def test_cluster_exchange_sends_every_column_once_and_the_bytes_the_mbarrier_expects(host_check):
@@ -184,6 +194,7 @@ SHAPES = [
     (4, 18, 3, 8, 3, [4] * 5 + [3] * 6 + [1] * 7),
     (2, 136, 3, 16, 0, None),
     (2, 64, 3, 256, 0, None),
+    (2, 16, 3, 768, 0, None),  # FlashRNN's width: on sm_90 a cluster with W_hh in registers
 ]
 
 
@@ -230,7 +241,7 @@ def _host_run(host_check, tmp_path, T, B, I, H, proj, lengths, reverse, sms, maj
             pytest.skip(f"no plan on {sms} SMs: {plan}")
         meta = [len(steps), steps.batch, H, P, rows, int(reverse), int(not steps.uniform),
                 int(bool(proj)), int(bias), plan.units, plan.proj_cols, plan.unit_slices,
-                plan.block_rows, plan.cluster, itemsize, 1]
+                plan.block_rows, plan.cluster, itemsize, 1, plan.reg_k_tiles]
         (tmp_path / "meta.txt").write_text(" ".join(map(str, meta)))
         result = subprocess.run([host_check, direction, str(tmp_path)], capture_output=True,
                                 text=True, timeout=120)

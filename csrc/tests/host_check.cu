@@ -12,9 +12,10 @@
 //
 //   host_check forward DIR    reads DIR/meta.txt and DIR/<name>.bin (float32 / int64),
 //   host_check backward DIR   writes DIR/out_<name>.bin
-//   host_check layout         stdin: "H P proj itemsize units cols block_rows cluster multicast"
-//                             lines;
-//                             stdout: forward and backward shared-memory bytes
+//   host_check layout         stdin: "H P proj itemsize units cols block_rows cluster multicast
+//                             reg_k_tiles" lines; stdout: forward and backward
+//                             shared-memory bytes, and whether the kernel handles the
+//                             forward's register split (reg_split_ok)
 //   host_check fragments      emulates ldmatrix and mma from the PTX ISA's layout
 //                             formulas on the kernels' fragment addresses, and checks
 //                             the warps' split of every product covers each tile once
@@ -39,7 +40,7 @@ namespace {
 
 struct Meta {
   long long steps, batch, hidden, out, rows, reverse, packed, has_proj, has_bias, units, proj_cols,
-      unit_slices, block_rows, cluster, itemsize, has_dy;
+      unit_slices, block_rows, cluster, itemsize, has_dy, reg_k_tiles;
 };
 
 std::string g_dir;
@@ -67,10 +68,11 @@ Meta read_meta() {
   const std::string path = g_dir + "/meta.txt";
   FILE* f = fopen(path.c_str(), "r");
   if (f == nullptr ||
-      fscanf(f, "%lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld",
+      fscanf(f,
+             "%lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld",
              &m.steps, &m.batch, &m.hidden, &m.out, &m.rows, &m.reverse, &m.packed, &m.has_proj,
              &m.has_bias, &m.units, &m.proj_cols, &m.unit_slices, &m.block_rows, &m.cluster,
-             &m.itemsize, &m.has_dy) != 16) {
+             &m.itemsize, &m.has_dy, &m.reg_k_tiles) != 17) {
     fprintf(stderr, "bad meta.txt\n");
     exit(2);
   }
@@ -101,6 +103,7 @@ Split split_of(const Meta& m) {
   Split sp{};
   sp.units = (int)m.units, sp.proj_cols = (int)m.proj_cols, sp.unit_slices = (int)m.unit_slices;
   sp.block_rows = (int)m.block_rows, sp.cluster = (int)m.cluster;
+  sp.reg_k_tiles = (int)m.reg_k_tiles;
   return sp;
 }
 
@@ -117,11 +120,11 @@ std::vector<float> held(const Product& p, int rows, int cols, Weight weight) {
 // Output m of a product for one B row (brow: p.k values, zero-padded), summed as
 // resident_product and product_out sum it: per k-slice, each accumulator copy over its
 // turns of the slice's k-tiles chunk by chunk, the copies added in order, then the
-// slices added; fp32 layouts multiply through the 3xTF32 split in the mma's order.
+// slices added onto `total`; fp32 layouts multiply through the 3xTF32 split in the mma's
+// order.
 float product_host(const Product& p, int itemsize, const std::vector<float>& a, int m,
-                   const float* brow) {
+                   const float* brow, float total = 0.f) {
   const int kt = k_tile(itemsize);
-  float total = 0.f;
   for (int ks = 0; ks < p.ksplit; ++ks) {
     float copies[kMaxCopies] = {0.f, 0.f, 0.f, 0.f};
     for (int ch = 0; ch < p.chunks; ++ch) {
@@ -148,6 +151,24 @@ float product_host(const Product& p, int itemsize, const std::vector<float>& a, 
   return total;
 }
 
+// Gate row m's pre-activation product of a forward block for one h row (brow: the
+// padded row, P values): register plans (16-bit) first add their register k-slices in
+// order, each one accumulator over its k-tiles (reg_product), then the shared-memory
+// part's slices onto that (product_out with the register slices ahead); `a` holds the
+// shared-memory part's columns [reg_cols, K), `a_regs` the full rows [m][K] it came from.
+float forward_product_host(const ForwardLayout& L, int reg_k_tiles, int itemsize,
+                           const std::vector<float>& a, const std::vector<float>& a_regs, int m,
+                           const float* brow) {
+  float total = 0.f;
+  const int kt = k_tile(itemsize), width = reg_k_tiles * kt, K = L.reg_cols + L.rec.k;
+  for (int g = 0; g < L.reg_slices; ++g) {
+    float acc = 0.f;
+    for (int k = g * width; k < (g + 1) * width; ++k) acc += a_regs[(size_t)m * K + k] * brow[k];
+    total += acc;
+  }
+  return product_host(L.rec, itemsize, a, m, brow + L.reg_cols, total);
+}
+
 void forward(const Meta& m) {
   const int H = m.hidden, P = m.out, B = m.batch, U = m.units, Bb = m.block_rows;
   const int itemsize = m.itemsize;
@@ -165,12 +186,23 @@ void forward(const Meta& m) {
   std::vector<float> h0x((size_t)B * xld, 0.f), hx(2 * (size_t)B * xld, 0.f), hidx((size_t)B * hld, 0.f);
   for (int r = 0; r < B; ++r)
     for (int p = 0; p < P; ++p) h0x[(size_t)r * xld + p] = h0[(size_t)r * P + p];
-  std::vector<std::vector<float>> w_s, wr_s;  // what each slice holds
+  if (!reg_split_ok(L, sp, itemsize)) {
+    fprintf(stderr, "not a register split the kernel handles\n");
+    exit(2);
+  }
+  std::vector<std::vector<float>> w_s, w_regs, wr_s;  // what each slice holds
+  const int K = L.reg_cols + L.rec.k;
   for (int j = 0; j < sp.unit_slices; ++j) {
     const int unit0 = j * U, mine = clamp_int(H - unit0, 0, U), col0 = j * sp.proj_cols;
-    w_s.push_back(held(L.rec, 4 * U, P, [&](int r, int k) {
-      return r % U < mine ? w_hh[(size_t)gate_row(r, U, unit0, H) * P + k] : 0.f;
-    }));
+    auto w_of = [&](int r, int k) {
+      return r % U < mine && k < P ? w_hh[(size_t)gate_row(r, U, unit0, H) * P + k] : 0.f;
+    };
+    w_s.push_back(held(L.rec, 4 * U, P - L.reg_cols,
+                       [&](int r, int k) { return w_of(r, L.reg_cols + k); }));
+    std::vector<float> rows((size_t)L.rec.m * K, 0.f);  // register plans: whole rows
+    for (int r = 0; r < 4 * U && L.reg_slices > 0; ++r)
+      for (int k = 0; k < K; ++k) rows[(size_t)r * K + k] = w_of(r, k);
+    w_regs.push_back(rows);
     if (proj)
       wr_s.push_back(held(L.proj, clamp_int(P - col0, 0, sp.proj_cols), H,
                           [&](int n, int k) { return w_hr[(size_t)(col0 + n) * H + k]; }));
@@ -191,7 +223,8 @@ void forward(const Meta& m) {
             const float* brow = (r < s.size_prev ? h_prev : h0x.data()) + (size_t)r * xld;
             float pre[4];
             for (int g = 0; g < 4; ++g)
-              pre[g] = product_host(L.rec, itemsize, w_s[j], g * U + u, brow) +
+              pre[g] = forward_product_host(L, sp.reg_k_tiles, itemsize, w_s[j], w_regs[j],
+                                            g * U + u, brow) +
                        (xg[row * G + g * H + unit] + bias[g * H + unit]);
             const CellOut o = lstm_cell(pre[0], pre[1], pre[2], pre[3], c[(size_t)r * H + unit]);
             c[(size_t)r * H + unit] = o.c;
@@ -511,8 +544,36 @@ bool check_coverage() {
   return true;
 }
 
+// Register plans (reg_slices, reg_slice, reg_m0): for every M-tile count a plan can
+// hold, each k-slice's warps hold each M tile once, every warp is in a slice, and no
+// warp needs more than kRegTiles tiles.
+bool check_register_tiles() {
+  int checked = 0;
+  for (int m_tiles = 1; m_tiles <= kRegTiles * kWarps; ++m_tiles) {
+    const int slices = reg_slices(m_tiles);
+    if (slices < 1 || kWarps % slices) return fail("register k-slices", m_tiles, slices);
+    if (slices < kWarps && m_tiles <= kRegTiles * (kWarps / (slices * 2)))
+      return fail("the most k-slices that cover the tiles", m_tiles, slices);
+    std::vector<int> hits((size_t)slices * m_tiles, 0);
+    for (int warp = 0; warp < kWarps; ++warp) {
+      const int g = reg_slice(slices, warp);
+      if (g < 0 || g >= slices) return fail("warp's register k-slice", warp, g);
+      for (int j = 0; j < kRegTiles; ++j) {
+        const int m0 = reg_m0(slices, warp, j);
+        if (m0 % kWeightTile) return fail("register tile origin", warp, m0);
+        if (m0 / kWeightTile < m_tiles) ++hits[(size_t)g * m_tiles + m0 / kWeightTile];
+      }
+    }
+    for (size_t i = 0; i < hits.size(); ++i)
+      if (hits[i] != 1) return fail("register tile held once per k-slice", (int)i, hits[i]);
+    ++checked;
+  }
+  if (reg_slices(kRegTiles * kWarps + 1) != 0) return fail("too many M tiles to hold", 0, 0);
+  return checked == kRegTiles * kWarps;
+}
+
 int fragments() {
-  bool ok = check_part_index() && check_coverage();
+  bool ok = check_part_index() && check_coverage() && check_register_tiles();
   for (int itemsize : {2, 4}) {
     const int pad = row_pad(itemsize), kt = k_tile(itemsize);
     for (int k = 16; ok && k <= 64; k += 48)  // row lengths of two layouts
@@ -600,15 +661,16 @@ int exchange() {
 }
 
 void layout() {
-  int H, P, proj, itemsize, units, cols, block_rows, cluster, multicast;
-  while (scanf("%d %d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols, &block_rows,
-               &cluster, &multicast) == 9) {
+  int H, P, proj, itemsize, units, cols, block_rows, cluster, multicast, reg_k_tiles;
+  while (scanf("%d %d %d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols,
+               &block_rows, &cluster, &multicast, &reg_k_tiles) == 10) {
     Split sp{};
     sp.units = units, sp.proj_cols = cols, sp.unit_slices = 1, sp.block_rows = block_rows;
     sp.cluster = cluster, sp.multicast = multicast;
-    const ForwardLayout f = forward_layout(H, P, proj != 0, itemsize, sp);
     const BackwardLayout b = backward_layout(H, P, proj != 0, itemsize, sp);
-    printf("%zu %zu\n", f.bytes, b.bytes);
+    sp.reg_k_tiles = reg_k_tiles;  // the forward's alone
+    const ForwardLayout f = forward_layout(H, P, proj != 0, itemsize, sp);
+    printf("%zu %zu %d\n", f.bytes, b.bytes, (int)reg_split_ok(f, sp, itemsize));
   }
 }
 

@@ -151,12 +151,15 @@ def _describe_cuda(plan) -> str:
     """Kind and size (CTAs a cluster, or blocks of the cooperative grid), hidden units a
     block, batch rows a block x batch blocks, shared memory bytes a block, and (grid
     plans launched in clusters) the CTAs a cluster sharing the staged operand by
-    multicast."""
+    multicast, or (register cluster plans) the W_hh columns a block holds in registers."""
+    from ..backends.cuda.plan import reg_geometry
     form = (f"cluster of {plan.cluster}" if plan.kind == "cluster"
             else f"grid of {plan.blocks}")
+    extra = f", multicast {plan.multicast}" if plan.multicast else ""
+    if plan.reg_k_tiles:
+        extra += f", {reg_geometry(plan.units, plan.itemsize, plan.reg_k_tiles)[1]} W_hh cols in regs"
     return (f"{form}, U={plan.units}, rows {plan.block_rows}x{plan.batch_blocks}, "
-            f"smem {plan.smem_bytes}" + (f", multicast {plan.multicast}" if plan.multicast
-                                         else ""))
+            f"smem {plan.smem_bytes}{extra}")
 
 
 def _describe(plan) -> str:

@@ -53,7 +53,8 @@ def forward(
         _C.forward(xg, bias, w_hh.contiguous(), w_hr.contiguous() if has_proj else None, h0x, hx,
                    hidx, c_state, y, gates, cells, hidden, offsets, sizes, arrivals, timed_out,
                    len(steps), reverse, plan.units, plan.proj_cols, plan.unit_slices,
-                   plan.block_rows, plan.cluster, plan.multicast, BARRIER_SPIN_LIMIT)
+                   plan.block_rows, plan.cluster, plan.multicast, plan.reg_k_tiles,
+                   BARRIER_SPIN_LIMIT)
 
     ran = run("forward", x.device, dtype, batch, hidden_size, out_size, has_proj, kernel)
     if isinstance(ran, str):

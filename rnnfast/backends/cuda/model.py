@@ -143,6 +143,33 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
     return ProductTime(issue, chain, smem, sum(warp_mma), max(warp_mma))
 
 
+def reg_product_time(rec: layout.Product, units: int, reg_k_tiles: int,
+                     gpu: Gpu = H100) -> ProductTime:
+    """A register plan's product (16-bit): its register part (lstm_device.cuh
+    reg_product: each warp multiplies its up to REG_TILES M tiles of one k-slice, held in
+    registers, by a B fragment loaded once per k-tile; one chain of reg_k_tiles mma per
+    tile, the tiles' chains side by side) followed by the shared-memory part `rec`
+    (product_time). The two run one after the other in every warp, so their times add.
+    Shared memory: the register part reads only B fragments, and writes and reads back
+    one partial sum per k-slice."""
+    rest = product_time(rec, 2, False, gpu)
+    slices, _ = layout.reg_geometry(units, 2, reg_k_tiles)
+    per = layout.WARPS // slices
+    warp_mma = [reg_k_tiles * sum(1 for j in range(layout.REG_TILES)
+                                  if (w % per + j * per) * layout.WEIGHT_TILE < rec.m)
+                for w in range(layout.WARPS)]
+    cores = gpu.tensor_cores_per_sm
+    core_mma = [sum(warp_mma[w::cores]) for w in range(cores)]
+    rate = gpu.tensor_flops * gpu.mma_sync_fraction / gpu.sms / cores
+    issue = max(core_mma) * MMA_FLOPS_16 / rate
+    chain = max(reg_k_tiles * gpu.mma_latency_clocks + m for m in warp_mma) / gpu.clock_hz
+    smem_bytes = (sum(1 for m in warp_mma if m) * reg_k_tiles * rec.nb * 16 * 2
+                  + 2 * slices * rec.m * rec.nb * 4)
+    smem = smem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
+    return ProductTime(issue + rest.issue_s, chain + rest.chain_s, smem + rest.smem_s,
+                       sum(warp_mma) + rest.mma, max(warp_mma) + rest.warp_mma)
+
+
 class Phase(NamedTuple):
     """One phase of a step, for one block."""
     product: ProductTime
@@ -210,13 +237,16 @@ def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inpu
     has_proj = out_size != hidden
     cluster = plan.kind == "cluster"
     rec, proj = layout.forward_products(hidden, out_size, has_proj, item, plan.units,
-                                        plan.proj_cols, plan.block_rows, cluster)
+                                        plan.proj_cols, plan.block_rows, cluster,
+                                        plan.reg_k_tiles)
     cells = plan.block_rows * plan.units                       # (row, unit) pairs of a block
     cell_bytes = (cells * 4 * item + 4 * plan.units * 4        # xg of 4 gates in, bias
                   + (cells * 5 * 4 if training else 0)         # fp32 gates and c_t out
                   + cells * 2 * item)                          # y (or hidden) and the h exchange
     if cluster:  # each h is stored into every peer's buffer (and the CTA's own)
-        phases = [Phase(product_time(rec, item, False, gpu), cell_bytes,
+        product = (reg_product_time(rec, plan.units, plan.reg_k_tiles, gpu) if plan.reg_k_tiles
+                   else product_time(rec, item, False, gpu))
+        phases = [Phase(product, cell_bytes,
                         dsmem_bytes=cells * item * plan.unit_slices)]
     else:
         staged, shared = _staged(plan, rec, item)              # h(t-1) of the batch block
@@ -225,7 +255,8 @@ def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inpu
         staged, shared = _staged(plan, proj, item)
         phases.append(Phase(product_time(proj, item, True, gpu),
                             staged + 2 * plan.block_rows * plan.proj_cols * item, shared))
-    weights = rec.m * rec.k * item + proj.m * proj.k * item
+    _, reg_cols = layout.reg_geometry(plan.units, item, plan.reg_k_tiles)
+    weights = rec.m * (reg_cols + rec.k) * item + proj.m * proj.k * item
     gemm_flops = 2 * seq_len * batch * 4 * hidden * input_size
     return _layer(plan, seq_len, phases, weights, gemm_flops, dtype, gpu)
 

@@ -28,7 +28,7 @@ csrc/lstm_common.cuh byte for byte; tests/test_cuda_sources.py compares the two.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 # Constants of csrc/lstm_common.cuh.
@@ -42,6 +42,8 @@ EXCHANGE_ALIGN = 16
 RING_BYTES = 64 * 1024
 ALIGN = 128
 MAX_CLUSTER = 16  # kMaxCluster: CTAs per cluster with the non-portable size (H100/H200)
+REG_TILES = 3      # kRegTiles: register cluster plans' M tiles of W_hh a warp holds in registers
+REG_K_TILES = 11   # kRegKTiles: ... and k-tiles of each
 # CTAs per cluster a multicast grid plan tries, smallest first: the portable cluster sizes
 # (at most 8 CTAs, which every sm_90 part places without the non-portable-size opt-in)
 # that are powers of two, so that they divide the usual unit_slices (64, 32, ...) and
@@ -68,6 +70,9 @@ class Plan:
     multicast: int = 0  # grid plans on sm_90: CTAs per cluster (consecutive slices of one
                         # batch block) sharing each single-chunk staged operand by TMA
                         # multicast, one L2 read per cluster; 0: none, cp.async per block
+    reg_k_tiles: int = 0  # register cluster plans (forward, 16-bit, <= 8 rows a block):
+                          # k-tiles per k-slice of W_hh held in registers (reg_slices);
+                          # 0: the block's whole slice in shared memory
 
     @property
     def blocks(self) -> int:
@@ -142,7 +147,8 @@ class Product:
                and _cdiv(m_tiles * groups, WARPS) * _cdiv(n_tiles, groups) > MAX_WARP_TILES):
             groups += 1
         work = m_tiles * groups
-        ksplit = 1 if work >= WARPS else max(1, min(WARPS // max(work, 1), chunk // kt))
+        # clamp_int(v, 1, hi) of lstm_common.cuh: hi wins when below 1 (k = 0: no product)
+        ksplit = 1 if work >= WARPS else min(max(WARPS // max(work, 1), 1), chunk // kt)
         group = _cdiv(n_tiles, groups)
         slots = _cdiv(work * ksplit, WARPS) * group
         copies = max(1, min(MAX_WARP_TILES // max(slots, 1), MAX_COPIES))
@@ -168,30 +174,66 @@ class Product:
         """Cluster plans: the exchanged operand held whole, [2][nb][b_ld] by step parity."""
         return _align(2 * self.nb * self.b_ld * itemsize)
 
-    def part_bytes(self) -> int:
-        return _align(self.ksplit * self.m * self.nb * 4)
+    def part_bytes(self, reg_slices: int = 0) -> int:
+        """Partial sums [reg_slices + ksplit][m][nb]."""
+        return _align((reg_slices + self.ksplit) * self.m * self.nb * 4)
+
+
+def reg_slices(m_tiles: int) -> int:
+    """lstm_common.cuh reg_slices: the most k-slices (warp groups) of a register plan
+    whose warps, REG_TILES M tiles each, still cover every M tile; 0 if none can."""
+    if m_tiles > REG_TILES * WARPS:
+        return 0
+    slices = WARPS
+    while slices > 1 and m_tiles > REG_TILES * (WARPS // slices):
+        slices //= 2
+    return slices
+
+
+def reg_geometry(units: int, itemsize: int, reg_k_tiles: int) -> tuple[int, int]:
+    """(k-slices, columns) of W_hh a register plan's block holds in registers."""
+    if not reg_k_tiles:
+        return 0, 0
+    slices = reg_slices(_cdiv(4 * units, WEIGHT_TILE))
+    return slices, slices * reg_k_tiles * (16 if itemsize == 2 else 8)
 
 
 def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
-                     proj_cols: int, block_rows: int, cluster: bool) -> tuple[Product, Product]:
-    rec = Product.make(4 * units, out_size, block_rows, itemsize, cluster)
+                     proj_cols: int, block_rows: int, cluster: bool,
+                     reg_k_tiles: int = 0) -> tuple[Product, Product]:
+    """The forward's products (lstm_common.cuh forward_layout). Register plans: `rec` is
+    the shared-memory part, W_hh columns from reg_geometry's onwards, whose B rows are
+    h's whole rows (b_ld)."""
+    _, reg_cols = reg_geometry(units, itemsize, reg_k_tiles if cluster else 0)
+    rec = Product.make(4 * units, max(out_size - reg_cols, 0), block_rows, itemsize, cluster)
+    if reg_cols:
+        rec = replace(rec, b_ld=_round_up(out_size, 16 if itemsize == 2 else 8) + 16 // itemsize)
     proj = Product.make(proj_cols if has_proj else 0, hidden if has_proj else 0, block_rows,
                         itemsize, False)
     return rec, proj
 
 
+def reg_split_ok(rec: Product, units: int, itemsize: int, cluster: bool, reg_k_tiles: int) -> bool:
+    """lstm_common.cuh reg_split_ok: whether the kernel handles this register split."""
+    slices, _ = reg_geometry(units, itemsize, reg_k_tiles)
+    return not reg_k_tiles or (cluster and itemsize == 2 and not rec.swapped and rec.n_tiles == 1
+                               and slices > 0 and reg_k_tiles <= REG_K_TILES
+                               and rec.k >= reg_k_tiles * 16)
+
+
 def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
                        proj_cols: int, block_rows: int, cluster: bool,
-                       multicast: bool = False) -> int:
+                       multicast: bool = False, reg_k_tiles: int = 0) -> int:
     """csrc/lstm_common.cuh forward_layout(...).bytes; `multicast` or `cluster`: one ALIGN
     slot at the end for the mbarrier(s) the multicast copies or the peers' exchange
     stores complete on (bar_off)."""
     rec, proj = forward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
-                                 block_rows, cluster)
+                                 block_rows, cluster, reg_k_tiles)
+    slices, _ = reg_geometry(units, itemsize, reg_k_tiles if cluster else 0)
     ring = rec.exchange_bytes(itemsize) if cluster else rec.ring_bytes(itemsize)
     return (rec.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
             + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
-            + max(rec.part_bytes(), proj.part_bytes() if has_proj else 0)
+            + max(rec.part_bytes(slices), proj.part_bytes() if has_proj else 0)
             + _align(block_rows * units * 4)
             + (ALIGN if multicast or cluster else 0))
 
@@ -226,11 +268,14 @@ def _fits(products: tuple[Product, ...]) -> bool:
 
 def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int, has_proj: bool,
                itemsize: int, slices: int, batch_blocks: int, smem_per_block: int,
-               multicast: int = 0):
+               multicast: int = 0, registers: bool = False):
     """The plan of this split, or None where it does not fit. `multicast` (grid plans):
     its CTAs per cluster; None too where it does not divide the split's unit_slices, or
     where no staged product is a single chunk (chunked products keep cp.async, so
-    multicast would change nothing)."""
+    multicast would change nothing). `registers` (cluster forward): the register plan of
+    the split, with as many k-tiles a slice as the kernel holds and as leave the
+    shared-memory part at least one k-slice wide (reg_split_ok); None where the split
+    has none."""
     units = _round_up(_cdiv(hidden, slices), 4)
     slices = _cdiv(hidden, units)
     block_rows = _round_up(_cdiv(batch, batch_blocks), ROW_TILE)
@@ -241,15 +286,31 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
         return None
     if cluster and direction == "backward" and hidden * itemsize % 4:
         return None  # the exchange's st.async words (>= 4 bytes) would straddle two gates
-    products = (forward_products if direction == "forward" else backward_products)(
-        hidden, out_size, has_proj, itemsize, units, cols, block_rows, cluster)
-    smem = (forward_smem_bytes if direction == "forward" else backward_smem_bytes)(
-        hidden, out_size, has_proj, itemsize, units, cols, block_rows, cluster, multicast > 0)
+    if direction == "forward":
+        reg_k_tiles = 0
+        if registers:
+            slices_in_regs, _ = reg_geometry(units, itemsize, 1)
+            reg_k_tiles = min(REG_K_TILES, _cdiv(out_size, 16) // (slices_in_regs + 1))
+            if not reg_k_tiles:
+                return None
+        products = forward_products(hidden, out_size, has_proj, itemsize, units, cols,
+                                    block_rows, cluster, reg_k_tiles)
+        if not reg_split_ok(products[0], units, itemsize, cluster, reg_k_tiles):
+            return None
+        smem = forward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
+                                  cluster, multicast > 0, reg_k_tiles)
+    else:
+        reg_k_tiles = 0
+        products = backward_products(hidden, out_size, has_proj, itemsize, units, cols,
+                                     block_rows, cluster)
+        smem = backward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
+                                   cluster, multicast > 0)
     if smem > smem_per_block or not _fits(products):
         return None
     if multicast and not any(p.m and p.chunks == 1 for p in products):
         return None
-    return Plan(kind, units, cols, slices, block_rows, batch_blocks, smem, itemsize, multicast)
+    return Plan(kind, units, cols, slices, block_rows, batch_blocks, smem, itemsize, multicast,
+                reg_k_tiles)
 
 
 def _resident(resident_clusters: tuple[int, ...], size: int, sms: int) -> int:
@@ -287,15 +348,19 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
         # One cluster per batch block, as many CTAs as split the layer into >= 4 units
         # each (up to 16), while the GPU holds all the clusters at once.
         slices = min(MAX_CLUSTER, _cdiv(hidden, 4))
+        # Forward with 16-bit weights: also each split's register plan.
+        variants = (False, True) if direction == "forward" and itemsize == 2 else (False,)
         for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
-            plan = _candidate("cluster", direction, batch, hidden, out_size, has_proj, itemsize,
-                              slices, batch_blocks, smem_per_block)
-            if plan is None or plan.unit_slices < 2 or plan in candidates:
+            plans = [_candidate("cluster", direction, batch, hidden, out_size, has_proj,
+                                itemsize, slices, batch_blocks, smem_per_block,
+                                registers=registers) for registers in variants]
+            plans = [p for p in plans if p is not None and p.unit_slices >= 2
+                     and p not in candidates]
+            if not plans:
                 continue
-            size = plan.unit_slices
-            if plan.batch_blocks > _resident(resident_clusters, size, sms):
+            if plans[0].batch_blocks > _resident(resident_clusters, plans[0].unit_slices, sms):
                 break  # more batch blocks only need more clusters
-            candidates.append(plan)
+            candidates.extend(plans)
     sizes = MULTICAST_SIZES if clusters and major >= 9 else ()
     for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
         slices = min(sms // batch_blocks, _cdiv(hidden, 4))
