@@ -248,9 +248,10 @@ def test_bench_items_are_the_issue_cases_kernels_first():
 
 
 def test_sanitize_cases_reach_every_cuda_plan_form_an_h100_makes():
-    """The tiny shapes in both backends and fp32/bf16, plus one CUDA bf16 case that an
-    H100/H200 plans as multicast grids (the bulk copies and mbarriers), and the tiny
-    bidirectional shape, which it plans as clusters."""
+    """The tiny shapes in both backends and fp32/bf16, plus FlashRNN's layer for CUDA in
+    bf16, whose backward an H100/H200 plans as a multicast grid (the bulk copies and
+    mbarriers) and its forward as a register cluster plan; the tiny bidirectional shape
+    it plans as clusters."""
     from rnnfast.backends.cuda import plan as cuda_plan
     ctx = stages.Context(out_dir=None, device=torch.device("cuda"), dry_run=False, repo=None, log=None)
     cases = stages.sanitize_cases(ctx)
@@ -265,8 +266,9 @@ def test_sanitize_cases_reach_every_cuda_plan_form_an_h100_makes():
             plan = cuda_plan.make_plan(direction, shape.B, shape.H, out, bool(shape.proj),
                                        2 if case["dtype"] == "bf16" else 4, cuda_plan.H100_SMS,
                                        cuda_plan.H100_SMEM_PER_BLOCK, 9)
-            forms.add("multicast" if plan.multicast else plan.kind)
-    assert forms == {"cluster", "grid", "multicast"}
+            forms.add("multicast" if plan.multicast else
+                      "registers" if plan.reg_k_tiles else plan.kind)
+    assert forms == {"cluster", "grid", "multicast", "registers"}
 
 
 def test_precision_rule():

@@ -59,8 +59,10 @@ SHAPES = (
     Shape("proj", T=8, B=3, I=11, H=32, layers=2, proj=12),
     Shape("T=1", T=1, B=5, I=7, H=16),
     Shape("H=600", T=20, B=8, I=64, H=600),  # many blocks meet at each step's barrier
-    # FlashRNN's split: on an H100/H200 the CUDA grids run in clusters with multicast staging
-    Shape("multicast", T=6, B=16, I=32, H=768),
+    # FlashRNN's layer: on an H100/H200 the 16-bit CUDA forward is a cluster plan holding
+    # W_hh partly in registers, the backward (and fp32's forward) a grid in clusters
+    # with multicast staging
+    Shape("flashrnn", T=6, B=16, I=32, H=768),
     Shape("masks", T=7, B=3, I=13, H=20, layers=2, masks=True),
 )
 # On a CPU (the dry run), in Triton's interpreter: a few tiny shapes.
@@ -74,9 +76,11 @@ SANITIZE_SHAPES = (
     Shape("tiny", T=5, B=3, I=5, H=22, bidirectional=True, lengths=(5, 2, 4)),
     Shape("tiny-proj", T=5, B=3, I=5, H=20, proj=7),
 )
-# And, for the CUDA kernels alone, the multicast grid plans of an H100/H200 (bulk copies
-# into the CTAs of a cluster, mbarrier waits), which no tiny shape is planned as.
-SANITIZE_CUDA_SHAPES = (Shape("multicast", T=3, B=16, I=8, H=768),)
+# And, for the CUDA kernels alone, FlashRNN's layer in bf16, which an H100/H200 plans in
+# forms no tiny shape is planned as: the forward as a register cluster plan (fragments
+# loaded once, their partial sums), the backward as a multicast grid (bulk copies into
+# the CTAs of a cluster, mbarrier waits).
+SANITIZE_CUDA_SHAPES = (Shape("flashrnn", T=3, B=16, I=8, H=768),)
 
 FALLBACK_WARNING = re.compile(r"using the \w+ backend")
 
