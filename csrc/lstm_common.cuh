@@ -275,6 +275,9 @@ RNNFAST_HD int slot_m0(uint32_t word) { return (int)(word & 0xffffu); }
 RNNFAST_HD int slot_n0(uint32_t word) { return (int)((word >> 16) & 0xfffu); }
 RNNFAST_HD int slot_copy(uint32_t word) { return (int)((word >> 28) & 3u); }
 RNNFAST_HD bool slot_loads_fragment(uint32_t word) { return (word >> 30) & 1u; }
+// Which N-side fragment a slot multiplies in a round: its N origin and copy (the copy
+// fixes the k-tile). Consecutive slots with the same one share a load.
+RNNFAST_HD uint32_t slot_n_side(uint32_t word) { return word & 0x3fff0000u; }
 
 RNNFAST_HD int warp_kslice(const Product& p, int warp) {
   return warp < p.items ? warp / (p.m_tiles * p.groups) : 0;
@@ -297,7 +300,7 @@ RNNFAST_HD size_t part_index(const Product& p, int ks, int w, int b) {
 }
 
 // ---------------------------------------------------------------------------------
-// Fragment geometry of the mma tiles (lstm_device.cuh load_a / mma_with /
+// Fragment geometry of the mma tiles (lstm_device.cuh load_a / load_b /
 // resident_product address shared memory through these). lane = 4 * group + quad.
 // csrc/tests/host_check.cu ("fragments") emulates ldmatrix and mma from the PTX ISA's
 // own layout formulas on these addresses and checks the products.

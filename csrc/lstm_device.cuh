@@ -249,37 +249,41 @@ __device__ __forceinline__ void load_a(AFragment<T>& a, const T* a_s, int a_ld, 
   }
 }
 
-// The m16n8k16 B fragment of B[n0:n0+8][kb:kb+16] (16-bit, rows of b_ld elements).
+// The B fragment of B[n0:n0+8][kb:kb+K] (rows of b_ld elements in shared memory), loaded
+// once for every mma of a warp that multiplies it. fp32: its 3xTF32 halves, split once.
+template <typename T> struct BFragment {
+  uint32_t big[2];
+  uint32_t small[sizeof(T) == 4 ? 2 : 1];
+};
+
 template <typename T>
-__device__ __forceinline__ void load_b16(uint32_t (&b)[2], const T* b_s, int b_ld, int n0, int kb) {
+__device__ __forceinline__ void load_b(BFragment<T>& b, const T* b_s, int b_ld, int n0, int kb) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const Coord at = b16_fragment(lane, n0, kb, r);
-    b[r] = *reinterpret_cast<const uint32_t*>(b_s + at.row * b_ld + at.col);
+    if constexpr (sizeof(T) == 2) {
+      const Coord at = b16_fragment(lane, n0, kb, r);
+      b.big[r] = *reinterpret_cast<const uint32_t*>(b_s + at.row * b_ld + at.col);
+    } else {
+      const Coord at = tf32_b_fragment(lane, n0, kb, r);
+      const Tf32Split split = tf32_split(b_s[at.row * b_ld + at.col]);
+      b.big[r] = bit_cast<uint32_t>(split.big);
+      b.small[r] = bit_cast<uint32_t>(split.small);
+    }
   }
 }
 
-// d += A fragment . B[n0:n0+8][kb:kb+K]^T, B rows of b_ld elements in shared memory.
+// d += A fragment . B fragment.
 template <typename T>
-__device__ __forceinline__ void mma_with(float (&d)[4], const AFragment<T>& a, const T* b_s,
-                                         int b_ld, int n0, int kb) {
-  const int lane = threadIdx.x % 32;
+__device__ __forceinline__ void mma_ab(float (&d)[4], const AFragment<T>& a, const BFragment<T>& b) {
   if constexpr (sizeof(T) == 2) {
-    uint32_t b[2];
-    load_b16(b, b_s, b_ld, n0, kb);
-    MmaOp<T>::run(d, a.big, b);
+    MmaOp<T>::run(d, a.big, b.big);
   } else {
     // 3xTF32: small products first, so the big one lands on an accumulator that
     // already holds the corrections.
-    const Coord at0 = tf32_b_fragment(lane, n0, kb, 0), at1 = tf32_b_fragment(lane, n0, kb, 1);
-    const Tf32Split b0 = tf32_split(b_s[at0.row * b_ld + at0.col]);
-    const Tf32Split b1 = tf32_split(b_s[at1.row * b_ld + at1.col]);
-    const uint32_t b_big[2] = {bit_cast<uint32_t>(b0.big), bit_cast<uint32_t>(b1.big)};
-    const uint32_t b_small[2] = {bit_cast<uint32_t>(b0.small), bit_cast<uint32_t>(b1.small)};
-    mma_tf32(d, a.big, b_small);
-    mma_tf32(d, a.small, b_big);
-    mma_tf32(d, a.big, b_big);
+    mma_tf32(d, a.big, b.small);
+    mma_tf32(d, a.small, b.big);
+    mma_tf32(d, a.big, b.big);
   }
 }
 
@@ -339,16 +343,24 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
     const int m_ld = p.swapped ? p.b_ld : p.a_ld, n_ld = p.swapped ? p.a_ld : p.b_ld;
     const int m_k0 = p.swapped ? 0 : col0, n_k0 = p.swapped ? col0 : 0;
     const int k_tiles = cols / kt;
-    // A round is `copies` of this warp's k-tiles, copy c taking the c-th.
+    // A round is `copies` of this warp's k-tiles, copy c taking the c-th. An N-side
+    // fragment is loaded once for consecutive slots that multiply it (the same N tile
+    // and copy: a warp's items of different M tiles, one N tile each).
     for (int round = ks; round < k_tiles; round += p.ksplit * p.copies) {
       AFragment<T> a;
+      BFragment<T> b;
+      uint32_t b_of = kUnusedSlot;  // N origin and copy of the fragment in b
 #pragma unroll
       for (int s = 0; s < kMaxWarpTiles; ++s) {
         const int kk = round + slot_copy(slot_of[s]) * p.ksplit;
         if (slot_of[s] == kUnusedSlot || kk >= k_tiles) continue;
         if (slot_loads_fragment(slot_of[s]))
           load_a(a, m_side, m_ld, slot_m0(slot_of[s]), m_k0 + kk * kt);
-        mma_with(acc[s], a, n_side, n_ld, slot_n0(slot_of[s]), n_k0 + kk * kt);
+        if (slot_n_side(slot_of[s]) != b_of) {
+          load_b(b, n_side, n_ld, slot_n0(slot_of[s]), n_k0 + kk * kt);
+          b_of = slot_n_side(slot_of[s]);
+        }
+        mma_ab(acc[s], a, b);
       }
     }
     if (staged) __syncthreads();  // this stage is refilled two chunks later
@@ -446,11 +458,11 @@ __device__ __forceinline__ void reg_product(const RegWeights<T>& held, const For
 #pragma unroll
   for (int kk = 0; kk < kRegKTiles; ++kk) {
     if (kk >= k_tiles) continue;
-    uint32_t b[2];
-    load_b16(b, b_s, L.rec.b_ld, 0, (g * k_tiles + kk) * kt);
+    BFragment<T> b;
+    load_b(b, b_s, L.rec.b_ld, 0, (g * k_tiles + kk) * kt);
 #pragma unroll
     for (int j = 0; j < kRegTiles; ++j)
-      if (reg_m0(L.reg_slices, warp, j) < L.rec.m) MmaOp<T>::run(acc[j], held.frag[j][kk].big, b);
+      if (reg_m0(L.reg_slices, warp, j) < L.rec.m) mma_ab(acc[j], held.frag[j][kk], b);
   }
 #pragma unroll
   for (int j = 0; j < kRegTiles; ++j) {

@@ -517,6 +517,13 @@ bool check_coverage() {
                     return fail("slot bounds or copy", warp, s);
                   if (slot_loads_fragment(w)) loaded = m0;
                   if (loaded != m0) return fail("M-side fragment loaded for the slot", warp, s);
+                  // A slot reuses the N-side fragment of the slot before it exactly when
+                  // both multiply the same one: same N tile, same copy (so k-tile).
+                  const uint32_t prev = s > 0 ? slot_word(p, warp, s - 1) : kUnusedSlot;
+                  if (prev != kUnusedSlot &&
+                      (slot_n_side(prev) == slot_n_side(w)) !=
+                          (slot_n0(prev) == n0 && slot_copy(prev) == c))
+                    return fail("N-side fragment shared by consecutive slots", warp, s);
                   if (copy == 0) {
                     ++hits[((size_t)ks * p.m_tiles + m0 / kWeightTile) * p.n_tiles + n0 / kRowTile];
                     for (int other = 1; other < p.copies; ++other) {  // every copy is held

@@ -34,9 +34,11 @@ blocks run side by side, so one block's time is the step's time):
       gpu.tf32_fraction of its rate, the same time. So for the same M, N, K the fp32
       product issues 2 x 3 = 6 times the mma of the 16-bit one.
     * shared-memory reads at gpu.smem_bytes_per_clock_per_sm: every item reads its
-      16 x kt M-side fragment once per k-tile and an 8 x kt N-side fragment per N tile:
-      the M side (weights, or the batch when the product is swapped) is read once per
-      N-tile group, the N side once per M tile; plus the staged B written in (grid
+      16 x kt M-side fragment once per k-tile, so the M side (weights, or the batch
+      when the product is swapped) is read once per N-tile group; a warp reads an
+      8 x kt N-side fragment per k-tile for each run of its slots that multiply the
+      same one (its items of different M tiles and one N tile share it: the N side is
+      read once per M tile less what they share); plus the staged B written in (grid
       plans) and the k-split partial sums written and read back.
 - L2 traffic: the block's bytes at the per-SM L2 rate or all blocks' bytes (the chip's
   traffic; multicast plans: below) at the chip's L2 rate, whichever is slower: the
@@ -115,15 +117,19 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
     # Each warp's slots (n-tiles it accumulates) and k-tile steps: resident_product's loops.
     warp_mma = [0] * layout.WARPS
     warp_steps = [0] * layout.WARPS
+    n_loads = 0  # N-side fragments loaded by all warps (one per k-tile per run of equal ones)
     for w in range(min(layout.WARPS, p.items)):
         ks = w // work
-        slots = sum(1 for item in range(w, p.items, layout.WARPS)
-                    for t in range(p.group) if (item % work % p.groups) * p.group + t < n_tiles)
+        tiles = [(item % work % p.groups) * p.group + t for item in range(w, p.items, layout.WARPS)
+                 for t in range(p.group) if (item % work % p.groups) * p.group + t < n_tiles]
+        slots = len(tiles)
+        runs = sum(1 for i, n in enumerate(tiles) if i == 0 or n != tiles[i - 1])
         for ch in range(p.chunks):
             k_tiles = min(p.chunk, p.k - ch * p.chunk) // kt
             steps = max(0, -(-(k_tiles - ks) // p.ksplit))
             warp_steps[w] += -(-steps // p.copies)  # the copies' chains run side by side
             warp_mma[w] += steps * slots * per_tile
+            n_loads += steps * runs
     cores = gpu.tensor_cores_per_sm
     core_mma = [sum(warp_mma[w::cores]) for w in range(cores)]  # warps w, w+4 share a core
     flops = MMA_FLOPS_16 if itemsize == 2 else MMA_FLOPS_TF32
@@ -133,10 +139,11 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
     issue = max(core_mma) * flops / rate
     chain = max(warp_steps[w] * per_tile * gpu.mma_latency_clocks + warp_mma[w]
                 for w in range(layout.WARPS)) / gpu.clock_hz
-    # The M side is read once per N-tile group, the N side once per M tile.
-    m_side, n_side = (p.nb, p.m) if p.swapped else (p.m, p.nb)
+    # The M side is read once per N-tile group; an N-side fragment once per k-tile for
+    # each run of a warp's slots that multiply it (consecutive items of one N tile).
+    m_side = p.nb if p.swapped else p.m
     smem_bytes = (m_side * p.k * itemsize * p.groups
-                  + n_side * p.k * itemsize * p.m_tiles
+                  + n_loads * layout.ROW_TILE * kt * itemsize
                   + (p.nb * p.k * itemsize if staged else 0)                   # B staged in
                   + 2 * p.ksplit * p.m * p.nb * 4)                             # partials w + r
     smem = smem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
