@@ -32,8 +32,8 @@ constexpr int kExchangeAlign = 16; // exchange rows (h, dgates, dh) padded to 16
 constexpr int kRingBytes = 64 * 1024;  // shared memory for a streamed operand's stages
 constexpr int kAlign = 128;        // bytes: every shared-memory region starts aligned
 constexpr int kMaxCluster = 16;    // CTAs a cluster may have (the non-portable size, sm_90)
-constexpr int kRegTiles = 3;      // register cluster plans: M tiles of W_hh a warp holds in registers
-constexpr int kRegKTiles = 11;    // ... and k-tiles of each (3 x 11 A fragments: 132 registers)
+constexpr int kRegTiles = 3;       // register cluster plans: W_hh M tiles a warp holds in registers
+constexpr int kRegKTiles = 11;     // ... and k-tiles of each (3 x 11 A fragments: 132 registers)
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
 RNNFAST_HD int round_up(int a, int b) { return cdiv(a, b) * b; }
@@ -415,8 +415,8 @@ RNNFAST_HD int reg_m0(int slices, int warp, int j) {
 struct ForwardLayout {
   Product rec;        // gates^T [4U][Bb] = W_hh[my gate rows] . h(t-1)^T; register plans: its
                       // shared-memory part, columns [reg_cols, K) (b_ld: h's whole row)
-  int reg_slices;    // register plans: k-slices in registers (reg_slices()), else 0
-  int reg_cols;      // ... and the columns they cover: reg_slices x reg_k_tiles k-tiles
+  int reg_slices;     // register plans: k-slices in registers (reg_slices()), else 0
+  int reg_cols;       // ... and the columns they cover: reg_slices x reg_k_tiles k-tiles
   Product proj;       // y^T [Pc][Bb] = W_hr[my rows] . hidden^T (projection only)
   size_t w_off;       // A of rec: [rec.m][rec.a_ld] io
   size_t wr_off;      // A of proj: [proj.m][proj.a_ld] io

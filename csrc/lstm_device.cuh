@@ -275,7 +275,8 @@ __device__ __forceinline__ void load_b(BFragment<T>& b, const T* b_s, int b_ld, 
 
 // d += A fragment . B fragment.
 template <typename T>
-__device__ __forceinline__ void mma_ab(float (&d)[4], const AFragment<T>& a, const BFragment<T>& b) {
+__device__ __forceinline__ void mma_ab(float (&d)[4], const AFragment<T>& a,
+                                       const BFragment<T>& b) {
   if constexpr (sizeof(T) == 2) {
     MmaOp<T>::run(d, a.big, b.big);
   } else {
@@ -400,29 +401,30 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   __syncthreads();
 }
 
-// Output (m, n) of a product: the sum of its k-split partial sums, after `held` held
-// k-slices where the layout has them (held cluster forward plans).
+// Output (m, n) of a product: the sum of its k-split partial sums, after the
+// `reg_slices` register k-slices where the layout has them (register cluster plans).
 __device__ __forceinline__ float product_out(const Product& p, const float* part, int m, int n,
-                                             int held = 0) {
+                                             int reg_slices = 0) {
   float s = 0.0f;
-  for (int ks = 0; ks < held + p.ksplit; ++ks) s += part[part_index(p, ks, m, n)];
+  for (int ks = 0; ks < reg_slices + p.ksplit; ++ks) s += part[part_index(p, ks, m, n)];
   return s;
 }
 
 // ---------------------------------------------------------------------------------
-// Held cluster forward plans (lstm_common.cuh reg_slices): the W_hh columns
-// [0, L.reg_cols) of a block's gate rows as A fragments in registers, for the whole
-// sequence: warp w's tile j of k-slice reg_slice(w) at its kk-th k-tile.
+// Register cluster plans (lstm_common.cuh reg_slices): the W_hh columns [0, L.reg_cols)
+// of a block's gate rows as A fragments in registers, for the whole sequence: warp w's
+// tile j of k-slice reg_slice(w) at its kk-th k-tile.
 template <typename T> struct RegWeights {
   AFragment<T> frag[kRegTiles][kRegKTiles];
 };
 
-// Loads the held fragments once, one k-slice at a time through a_s (the shared-memory
-// part's [rec.m][rec.a_ld], wide enough for a k-slice: plan.py): weight(m, k) as in
-// load_weights. Every thread must call this; a_s is free again when it returns.
+// Loads the register fragments once, one k-slice at a time through a_s (the
+// shared-memory part's [rec.m][rec.a_ld], wide enough for a k-slice: reg_split_ok):
+// weight(m, k) as in load_weights. Every thread must call this; a_s is free again when
+// it returns.
 template <typename T, typename Weight>
-__device__ __forceinline__ void load_reg_weights(RegWeights<T>& held, const ForwardLayout& L, int k_tiles,
-                                          T* a_s, int rows, Weight weight) {
+__device__ __forceinline__ void load_reg_weights(RegWeights<T>& regs, const ForwardLayout& L,
+                                                 int k_tiles, T* a_s, int rows, Weight weight) {
   const int warp = threadIdx.x / 32, kt = k_tile(sizeof(T)), cols = k_tiles * kt;
   Product slice = L.rec;
   slice.k = cols;
@@ -435,7 +437,7 @@ __device__ __forceinline__ void load_reg_weights(RegWeights<T>& held, const Forw
 #pragma unroll
         for (int kk = 0; kk < kRegKTiles; ++kk) {
           const int m0 = reg_m0(L.reg_slices, warp, j);
-          if (m0 < L.rec.m && kk < k_tiles) load_a(held.frag[j][kk], a_s, L.rec.a_ld, m0, kk * kt);
+          if (m0 < L.rec.m && kk < k_tiles) load_a(regs.frag[j][kk], a_s, L.rec.a_ld, m0, kk * kt);
         }
       }
     }
@@ -443,13 +445,13 @@ __device__ __forceinline__ void load_reg_weights(RegWeights<T>& held, const Forw
   }
 }
 
-// The held columns' part of a step's product: k-slice reg_slice(warp) of the partial
-// sums [reg_slices + ksplit][m][nb], from h(t-1) whole in b_s [rec.nb][rec.b_ld]
-// (one N tile: held plans have at most 8 batch rows). The B fragment of a k-tile is
+// The register columns' part of a step's product: k-slice reg_slice(warp) of the
+// partial sums [reg_slices + ksplit][m][nb], from h(t-1) whole in b_s [rec.nb][rec.b_ld]
+// (one N tile: register plans have at most 8 batch rows). The B fragment of a k-tile is
 // loaded once for the warp's tiles.
 template <typename T>
-__device__ __forceinline__ void reg_product(const RegWeights<T>& held, const ForwardLayout& L,
-                                             int k_tiles, const T* b_s, float* part) {
+__device__ __forceinline__ void reg_product(const RegWeights<T>& regs, const ForwardLayout& L,
+                                            int k_tiles, const T* b_s, float* part) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kt = k_tile(sizeof(T));
   const int g = reg_slice(L.reg_slices, warp);
   float acc[kRegTiles][4];
@@ -462,7 +464,7 @@ __device__ __forceinline__ void reg_product(const RegWeights<T>& held, const For
     load_b(b, b_s, L.rec.b_ld, 0, (g * k_tiles + kk) * kt);
 #pragma unroll
     for (int j = 0; j < kRegTiles; ++j)
-      if (reg_m0(L.reg_slices, warp, j) < L.rec.m) mma_ab(acc[j], held.frag[j][kk], b);
+      if (reg_m0(L.reg_slices, warp, j) < L.rec.m) mma_ab(acc[j], regs.frag[j][kk], b);
   }
 #pragma unroll
   for (int j = 0; j < kRegTiles; ++j) {

@@ -15,7 +15,9 @@
 //   - cluster plans (sm_90, no projection): the batch block is one thread-block
 //     cluster; h(t) is copied straight into every CTA's shared memory (distributed
 //     shared memory, st.async), and each CTA waits on its own mbarrier for its peers'
-//     bytes (exchange_step): no barrier a step.
+//     bytes (exchange_step): no barrier a step. Register cluster plans (16-bit,
+//     lstm_forward_reg_kernel) keep the first columns of the W_hh rows in registers
+//     as mma fragments instead (reg_product), the rest in shared memory.
 // With a projection (grid plans) a second phase computes y = hidden . W_hr^T from the
 // W_hr rows the block holds; two barriers per step. The next step's xg (and bias) is
 // loaded into registers between arriving at the barrier and waiting at it.
@@ -26,14 +28,14 @@ namespace {
 
 template <typename T, bool kCluster, bool kRegs = false>
 __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
-  static_assert(!kRegs || (kCluster && sizeof(T) == 2), "held plans: cluster, 16-bit");
+  static_assert(!kRegs || (kCluster && sizeof(T) == 2), "register plans: cluster, 16-bit");
   extern __shared__ __align__(128) unsigned char smem[];
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
   const Split& sp = args.split;
   const ForwardLayout L = forward_layout(H, P, has_proj, sizeof(T), sp);
   T* w_s = reinterpret_cast<T*>(smem + L.w_off);       // [rec.m][rec.a_ld] W_hh rows of my units
-                                                       // (held plans: columns reg_cols..)
+                                                       // (register plans: columns reg_cols..)
   T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);     // [proj.m][proj.a_ld] W_hr rows of my columns
   T* ring = reinterpret_cast<T*>(smem + L.ring_off);   // B stages, or (cluster) h [2][Bb][b_ld]
   float* part = reinterpret_cast<float*>(smem + L.part_off);  // [reg_slices + ksplit][m][Bb]
@@ -64,9 +66,9 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   auto w_hh_of = [&](int m, int k) {  // element (my gate row m, column k) of W_hh
     return m % U < my_units ? w_hh[(size_t)gate_row(m, U, unit0, H) * P + k] : from_float<T>(0.0f);
   };
-  // Held plans: W_hh columns [0, reg_cols) of my rows as A fragments in registers.
-  RegWeights<T> held;
-  if constexpr (kRegs) load_reg_weights(held, L, sp.reg_k_tiles, w_s, 4 * U, w_hh_of);
+  // Register plans: W_hh columns [0, reg_cols) of my rows as A fragments in registers.
+  RegWeights<T> regs;
+  if constexpr (kRegs) load_reg_weights(regs, L, sp.reg_k_tiles, w_s, 4 * U, w_hh_of);
   load_weights(w_s, L.rec, 4 * U, P - L.reg_cols,
                [&](int m, int k) { return w_hh_of(m, L.reg_cols + k); });
   if (has_proj)
@@ -129,7 +131,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
           cp_async_wait<0>();
           __syncthreads();
         }
-        if constexpr (kRegs) reg_product(held, L, sp.reg_k_tiles, h_prev, part);
+        if constexpr (kRegs) reg_product(regs, L, sp.reg_k_tiles, h_prev, part);
         resident_product(L.rec, w_s, h_prev + L.reg_cols, false, n_act,
                          [](int) { return (const T*)nullptr; },
                          part + (size_t)L.reg_slices * L.rec.m * L.rec.nb);
@@ -222,7 +224,7 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_forward_cluster_kernel(const
 #endif
 }
 
-// Held cluster plans (16-bit): a kernel of its own, so that the 132 registers of held
+// Register cluster plans (16-bit): a kernel of its own, so that the 132 registers of
 // fragments are reserved only where a plan holds some.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) lstm_forward_reg_kernel(const ForwardArgs args) {
@@ -237,7 +239,7 @@ cudaError_t launch_typed(const ForwardArgs& args, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
     if (args.split.reg_k_tiles > 0) cluster_kernel = lstm_forward_reg_kernel<T>;
   } else if (args.split.reg_k_tiles > 0) {
-    return cudaErrorInvalidValue;  // binding.cpp refuses held fp32 plans before this
+    return cudaErrorInvalidValue;  // binding.cpp refuses fp32 register plans before this
   }
   return launch_plan(lstm_forward_kernel<T>, cluster_kernel, args, forward_smem_bytes(args),
                      stream);

@@ -10,7 +10,10 @@ gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
   other's shared memory (st.async), each waiting on its own mbarrier for its peers'
   bytes: no barrier a step. Clusters are independent, so any number may run. The
   backward's plan needs hidden x itemsize a multiple of 4 bytes (its words must not
-  straddle two gates' columns).
+  straddle two gates' columns). A 16-bit forward of at most 8 rows a block may be a
+  register cluster plan (`reg_k_tiles`): each CTA keeps the first columns of its W_hh
+  rows as mma fragments in registers and only the rest in shared memory, so a step
+  reads fewer bytes from shared memory and a cluster holds layers up to H = 768.
 - "grid" (sm_80+): a cooperative launch of unit_slices x batch_blocks <= SMs blocks;
   a batch block meets at a bounded release/acquire counter barrier in global memory.
   Each block stages its batch block's exchanged operand from L2 every step. On sm_90 a
@@ -19,9 +22,9 @@ gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
   cluster, each CTA copying 1/multicast of its rows into every CTA of the cluster by
   TMA multicast. The barrier and the exchange stay the grid's.
 
-make_plan lists the splits that fit (cluster plans, then every number of batch blocks
-as a grid, plain and then with its multicast variants) and takes the one the latency
-model (model.py) rates fastest. A layer no form fits runs on the reference backend
+make_plan lists the splits that fit (cluster plans and their register variants, then
+every number of batch blocks as a grid, plain and then with its multicast variants) and
+takes the one the latency model (model.py) rates fastest. A layer no form fits runs on the reference backend
 (cuda/__init__.py) and says so once. The layout sizes below mirror
 csrc/lstm_common.cuh byte for byte; tests/test_cuda_sources.py compares the two.
 """
