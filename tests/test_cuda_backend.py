@@ -329,13 +329,14 @@ class _FakeExtension:
     """rnnfast._C on a GPU of compute capability `major` whose launches do `launch(kind,
     cluster, multicast, timed_out)`: a refusal raises LaunchRefused (as under MPS with
     too few SMs, beside a kernel holding them, or for a cluster the GPU cannot place).
-    `tried`: (kernel, cluster, multicast) of each launch."""
+    `tried`: (kernel, cluster, multicast) of each launch; `reg_k_tiles`: what each
+    forward launch was given."""
 
     class LaunchRefused(RuntimeError):
         pass
 
     def __init__(self, major, launch):
-        self.major, self.launch, self.tried = major, launch, []
+        self.major, self.launch, self.tried, self.reg_k_tiles = major, launch, [], []
 
     def device_limits(self, index):
         resident = [SMS // c if self.major >= 9 and c >= 2 else 0 for c in range(17)]
@@ -343,6 +344,7 @@ class _FakeExtension:
 
     def forward(self, *args):  # (..., block_rows, cluster, multicast, reg_k_tiles, spin_limit)
         self.tried.append(("forward", args[-4], args[-3]))
+        self.reg_k_tiles.append(args[-2])
         self.launch(self, "forward", args[-4], args[-3], args[15])
 
     def backward(self, *args):  # (..., block_rows, cluster, multicast, spin_limit)
@@ -397,6 +399,7 @@ def test_a_refused_multicast_launch_falls_back_to_the_plain_grid_then_reference(
         got = _run(fwd, bwd, args, False)
     assert fake.tried == [("forward", 16, 0), ("forward", 0, 0), ("backward", 0, 4),
                           ("backward", 0, 0)]
+    assert fake.reg_k_tiles == [11, 0]  # the register plan's, then the plain grid's none
     expected = _run(reference.forward, reference.backward, args, False)
     _assert_same(got, expected, dict(atol=0, rtol=0))
 
