@@ -115,11 +115,17 @@ def test_h100_plan_numbers_for_the_standard_cases():
                                                 smem_bytes=p.smem_bytes - cuda_plan.ALIGN)
     assert _plan("backward", 16, 768).smem_bytes == 152448
     # H = 512 fp16 fits one cluster of 16 CTAs (32 units each) per batch block, forward
-    # and backward; on an A100 (sm_80) a grid.
+    # and backward; on an A100 (sm_80) a grid. The forward holds 320 of its 512 W_hh
+    # columns in registers (2 k-slices of 10 k-tiles: a slice no wider than what stays
+    # in shared memory), which the model rates faster than all in shared memory.
     for direction in ("forward", "backward"):
         small = _plan(direction, 16, 512)
         assert (small.kind, small.unit_slices, small.units) == ("cluster", 16, 32), direction
         assert _plan(direction, 16, 512, major=8).kind == "grid"
+    small = _plan("forward", 16, 512)
+    assert (small.reg_k_tiles, small.smem_bytes, _plan("backward", 16, 512).smem_bytes) == (
+        10, 81280, 202624)
+    assert cuda_plan.reg_geometry(small.units, 2, small.reg_k_tiles) == (2, 320)
     # B = 256 H = 1024 bf16: two batch blocks of 128 rows over 64 blocks of 16 units.
     # Both staged operands (128 x 1024 h, 128 x 4096 dgates) are double-buffered chunks,
     # which keep cp.async: no multicast variant of any split.
