@@ -71,7 +71,8 @@ void raise_on_launch_error(cudaError_t err, const char* what) {
 
 // The launch shape chosen by rnnfast/backends/cuda/plan.py.
 rnnfast::Split make_split(int64_t units, int64_t proj_cols, int64_t unit_slices,
-                          int64_t block_rows, int64_t cluster, int64_t multicast) {
+                          int64_t block_rows, int64_t cluster, int64_t multicast,
+                          int64_t reg_k_tiles = 0) {
   rnnfast::Split sp{};
   sp.units = static_cast<int>(units);
   sp.proj_cols = static_cast<int>(proj_cols);
@@ -79,6 +80,7 @@ rnnfast::Split make_split(int64_t units, int64_t proj_cols, int64_t unit_slices,
   sp.block_rows = static_cast<int>(block_rows);
   sp.cluster = static_cast<int>(cluster);
   sp.multicast = static_cast<int>(multicast);
+  sp.reg_k_tiles = static_cast<int>(reg_k_tiles);
   return sp;
 }
 
@@ -173,11 +175,10 @@ void forward(const Tensor& xg,            // [N, 4H] io
   a.reverse = reverse;
   a.dtype = io_dtype(xg);
   a.split = make_split(units, a.w_hr != nullptr ? proj_cols : 0, unit_slices, block_rows, cluster,
-                       multicast);
-  a.split.reg_k_tiles = static_cast<int>(reg_k_tiles);
+                       multicast, reg_k_tiles);
   a.blocks = check_split(a.split, H, P, B, a.w_hr != nullptr, arrivals, timed_out, device,
                          spin_limit, &a.barrier, "forward");
-  const int itemsize = a.dtype == rnnfast::DType::kFloat32 ? 4 : 2;
+  const int itemsize = static_cast<int>(xg.element_size());
   TORCH_CHECK(reg_k_tiles >= 0 &&
                   rnnfast::reg_split_ok(rnnfast::forward_layout((int)H, (int)P, a.w_hr != nullptr,
                                                                 itemsize, a.split),

@@ -577,15 +577,10 @@ __device__ __forceinline__ void end_grid_phase(const Barrier& barrier, unsigned 
 // buffer of parity p at step t+2 only after it has received the CTA's step-t+1 operand,
 // which the CTA sends after its step-t+1 product has read that buffer.
 
-__device__ __forceinline__ void cluster_arrive() {
-  RNNFAST_SM90(asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");)
-}
-__device__ __forceinline__ void cluster_wait() {
-  RNNFAST_SM90(asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");)
-}
+// Every CTA of the cluster meets here (start and end of a launch).
 __device__ __forceinline__ void cluster_sync() {
-  cluster_arrive();
-  cluster_wait();
+  RNNFAST_SM90(asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                            "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");)
 }
 
 struct ClusterExchange {

@@ -25,6 +25,7 @@ from rnnfast.backends.cuda import plan as cuda_plan
 from rnnfast.precision import rule_violations
 
 from helpers import layer_args, upstream_grads
+from test_cuda_model import NO_16_CTA_CLUSTERS
 
 SMS, SMEM = cuda_plan.H100_SMS, cuda_plan.H100_SMEM_PER_BLOCK
 CUDA_REASON = backends.available_backends()["cuda"]
@@ -100,10 +101,9 @@ def test_h100_plan_numbers_for_the_standard_cases():
     # rate (49 KB of dgates a step) already bounds the step and 8 gains nothing in the
     # model. Without clusters (sm_80, or a refused cluster launch), the same split, each
     # block staging its own copy.
-    no_16 = tuple(0 if c == 16 else (SMS // c if c >= 2 else 0) for c in range(17))
     for direction, multicast in (("forward", 8), ("backward", 4)):
         p = cuda_plan.make_plan(direction, 16, 768, 768, False, 2, SMS, SMEM, 9,
-                                resident_clusters=no_16)
+                                resident_clusters=NO_16_CTA_CLUSTERS)
         assert p == _plan("backward", 16, 768) or direction == "forward"
         assert (p.kind, p.unit_slices, p.units, p.block_rows, p.batch_blocks, p.multicast) == (
             "grid", 64, 12, 8, 2, multicast), direction
@@ -192,7 +192,7 @@ def test_multicast_grid_plans_need_every_block_in_a_resident_cluster():
     def plan(direction, resident):
         return cuda_plan.make_plan(direction, 16, 768, 768, False, 2, SMS, SMEM, 9,
                                    resident_clusters=tuple(resident))
-    every = [SMS // c if 2 <= c < 16 else 0 for c in range(17)]
+    every = list(NO_16_CTA_CLUSTERS)
     twelve = [12 if c == 8 else n for c, n in enumerate(every)]
     only_pairs = [n if c == 2 else 0 for c, n in enumerate(every)]
     for direction, multicast in (("forward", 8), ("backward", 4)):

@@ -199,8 +199,8 @@ void forward(const Meta& m) {
     };
     w_s.push_back(held(L.rec, 4 * U, P - L.reg_cols,
                        [&](int r, int k) { return w_of(r, L.reg_cols + k); }));
-    std::vector<float> rows((size_t)L.rec.m * K, 0.f);  // register plans: whole rows
-    for (int r = 0; r < 4 * U && L.reg_slices > 0; ++r)
+    std::vector<float> rows(L.reg_slices > 0 ? (size_t)L.rec.m * K : 0, 0.f);  // register plans
+    for (int r = 0; r < 4 * U && L.reg_slices > 0; ++r)  // whole rows
       for (int k = 0; k < K; ++k) rows[(size_t)r * K + k] = w_of(r, k);
     w_regs.push_back(rows);
     if (proj)

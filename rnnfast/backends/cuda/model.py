@@ -111,7 +111,7 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
     (fp32 as 3xTF32); `staged`: B arrives in shared memory by cp.async (grid plans)."""
     if not p.m or not p.k:
         return ProductTime(0.0, 0.0, 0.0, 0, 0)
-    kt = 16 if itemsize == 2 else 8          # k-tile width (elements)
+    kt = layout.k_tile(itemsize)             # k-tile width (elements)
     per_tile = 1 if itemsize == 2 else TF32_SPLIT
     n_tiles, work = p.n_tiles, p.m_tiles * p.groups
     # Each warp's slots (n-tiles it accumulates) and k-tile steps: resident_product's loops.
@@ -170,7 +170,7 @@ def reg_product_time(rec: layout.Product, units: int, reg_k_tiles: int,
     rate = gpu.tensor_flops * gpu.mma_sync_fraction / gpu.sms / cores
     issue = max(core_mma) * MMA_FLOPS_16 / rate
     chain = max(reg_k_tiles * gpu.mma_latency_clocks + m for m in warp_mma) / gpu.clock_hz
-    smem_bytes = (sum(1 for m in warp_mma if m) * reg_k_tiles * rec.nb * 16 * 2
+    smem_bytes = (sum(1 for m in warp_mma if m) * reg_k_tiles * rec.nb * layout.k_tile(2) * 2
                   + 2 * slices * rec.m * rec.nb * 4)
     smem = smem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
     return ProductTime(issue + rest.issue_s, chain + rest.chain_s, smem + rest.smem_s,

@@ -24,8 +24,8 @@ gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
 
 make_plan lists the splits that fit (cluster plans and their register variants, then
 every number of batch blocks as a grid, plain and then with its multicast variants) and
-takes the one the latency model (model.py) rates fastest. A layer no form fits runs on the reference backend
-(cuda/__init__.py) and says so once. The layout sizes below mirror
+takes the one the latency model (model.py) rates fastest. A layer no form fits runs on
+the reference backend (cuda/__init__.py) and says so once. The layout sizes below mirror
 csrc/lstm_common.cuh byte for byte; tests/test_cuda_sources.py compares the two.
 """
 from __future__ import annotations
@@ -100,6 +100,11 @@ def _align(n: int) -> int:
     return _round_up(n, ALIGN)
 
 
+def k_tile(itemsize: int) -> int:
+    """lstm_common.cuh k_tile: the mma's K, m16n8k16 (16-bit) or m16n8k8 (tf32)."""
+    return 16 if itemsize == 2 else 8
+
+
 def exchange_ld(cols: int) -> int:
     """Elements per row of an exchange buffer (lstm_common.cuh exchange_ld)."""
     return _round_up(cols, EXCHANGE_ALIGN)
@@ -129,7 +134,7 @@ class Product:
 
     @staticmethod
     def make(m_real: int, k_real: int, rows: int, itemsize: int, b_resident: bool) -> "Product":
-        kt = 16 if itemsize == 2 else 8
+        kt = k_tile(itemsize)
         pad = 16 // itemsize
         weights_m = _cdiv(m_real, WEIGHT_TILE) * _cdiv(rows, ROW_TILE)
         batch_m = _cdiv(rows, WEIGHT_TILE) * _cdiv(m_real, ROW_TILE)
@@ -198,7 +203,7 @@ def reg_geometry(units: int, itemsize: int, reg_k_tiles: int) -> tuple[int, int]
     if not reg_k_tiles:
         return 0, 0
     slices = reg_slices(_cdiv(4 * units, WEIGHT_TILE))
-    return slices, slices * reg_k_tiles * (16 if itemsize == 2 else 8)
+    return slices, slices * reg_k_tiles * k_tile(itemsize)
 
 
 def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
@@ -210,7 +215,7 @@ def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, 
     _, reg_cols = reg_geometry(units, itemsize, reg_k_tiles if cluster else 0)
     rec = Product.make(4 * units, max(out_size - reg_cols, 0), block_rows, itemsize, cluster)
     if reg_cols:
-        rec = replace(rec, b_ld=_round_up(out_size, 16 if itemsize == 2 else 8) + 16 // itemsize)
+        rec = replace(rec, b_ld=_round_up(out_size, k_tile(itemsize)) + 16 // itemsize)
     proj = Product.make(proj_cols if has_proj else 0, hidden if has_proj else 0, block_rows,
                         itemsize, False)
     return rec, proj
@@ -221,7 +226,7 @@ def reg_split_ok(rec: Product, units: int, itemsize: int, cluster: bool, reg_k_t
     slices, _ = reg_geometry(units, itemsize, reg_k_tiles)
     return not reg_k_tiles or (cluster and itemsize == 2 and not rec.swapped and rec.n_tiles == 1
                                and slices > 0 and reg_k_tiles <= REG_K_TILES
-                               and rec.k >= reg_k_tiles * 16)
+                               and rec.k >= reg_k_tiles * k_tile(itemsize))
 
 
 def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
@@ -289,13 +294,13 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
         return None
     if cluster and direction == "backward" and hidden * itemsize % 4:
         return None  # the exchange's st.async words (>= 4 bytes) would straddle two gates
+    reg_k_tiles = 0
+    if registers:  # each k-slice no wider than what stays in shared memory
+        reg_k_tiles = min(REG_K_TILES, _cdiv(out_size, k_tile(itemsize))
+                          // (reg_slices(_cdiv(4 * units, WEIGHT_TILE)) + 1))
+        if not reg_k_tiles:
+            return None
     if direction == "forward":
-        reg_k_tiles = 0
-        if registers:
-            slices_in_regs, _ = reg_geometry(units, itemsize, 1)
-            reg_k_tiles = min(REG_K_TILES, _cdiv(out_size, 16) // (slices_in_regs + 1))
-            if not reg_k_tiles:
-                return None
         products = forward_products(hidden, out_size, has_proj, itemsize, units, cols,
                                     block_rows, cluster, reg_k_tiles)
         if not reg_split_ok(products[0], units, itemsize, cluster, reg_k_tiles):
@@ -303,7 +308,6 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
         smem = forward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
                                   cluster, multicast > 0, reg_k_tiles)
     else:
-        reg_k_tiles = 0
         products = backward_products(hidden, out_size, has_proj, itemsize, units, cols,
                                      block_rows, cluster)
         smem = backward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
