@@ -72,7 +72,7 @@ void raise_on_launch_error(cudaError_t err, const char* what) {
 // The launch shape chosen by rnnfast/backends/cuda/plan.py.
 rnnfast::Split make_split(int64_t units, int64_t proj_cols, int64_t unit_slices,
                           int64_t block_rows, int64_t cluster, int64_t multicast,
-                          int64_t reg_k_tiles = 0) {
+                          int64_t reg_k_tiles) {
   rnnfast::Split sp{};
   sp.units = static_cast<int>(units);
   sp.proj_cols = static_cast<int>(proj_cols);
@@ -213,7 +213,8 @@ void backward(const OptTensor& dy,        // [N, P] io
               const Tensor& arrivals,     // [Q] int64 zeros
               const Tensor& timed_out,    // [1] int32 zero
               int64_t steps, bool reverse, int64_t units, int64_t proj_cols, int64_t unit_slices,
-              int64_t block_rows, int64_t cluster, int64_t multicast, int64_t spin_limit) {
+              int64_t block_rows, int64_t cluster, int64_t multicast, int64_t reg_k_tiles,
+              int64_t spin_limit) {
   const at::Device device = gates.device();
   TORCH_CHECK(device.is_cuda(), "rnnfast._C.backward: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
@@ -267,9 +268,18 @@ void backward(const OptTensor& dy,        // [N, P] io
               "rnnfast._C.backward: a cluster plan needs hidden_size * itemsize a multiple of 4 "
               "bytes, got hidden_size ", H, " of ", w_hh.element_size(), "-byte elements");
   a.split = make_split(units, a.w_hr != nullptr ? proj_cols : units, unit_slices, block_rows,
-                       cluster, multicast);
+                       cluster, multicast, reg_k_tiles);
   a.blocks = check_split(a.split, H, P, B, true, arrivals, timed_out, device, spin_limit,
                          &a.barrier, "backward");
+  const int itemsize = static_cast<int>(w_hh.element_size());
+  TORCH_CHECK(reg_k_tiles >= 0 &&
+                  rnnfast::reg_split_ok(rnnfast::backward_layout((int)H, (int)P, a.w_hr != nullptr,
+                                                                 itemsize, a.split),
+                                        a.split, itemsize, a.w_hr != nullptr),
+              "rnnfast._C.backward: reg_k_tiles=", reg_k_tiles,
+              " is not a register split the kernel handles (a grid plan of 16-bit weights without "
+              "a projection, at most 8 rows a block, the gate gradients in one chunk, at most ",
+              rnnfast::kChainRegKTiles, " k-tiles a slice, leaving a k-slice in shared memory)");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
                         cluster > 0     ? "cluster launch of the backward kernel"

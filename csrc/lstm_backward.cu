@@ -22,6 +22,11 @@
 // gradients straight into every CTA's shared memory (DSMEM, st.async), double-buffered
 // by step parity, and waits on its own mbarrier for its peers' (exchange_step): no
 // global exchange, no barrier, no staging.
+//
+// Register grid plans (16-bit, no projection, at most 8 rows a block;
+// lstm_backward_reg_kernel) keep the first columns of the block's W_hh^T rows in
+// registers as mma fragments (reg_product), the rest in shared memory, and stage each
+// step's gate gradients whole before both parts multiply them.
 #include "lstm_device.cuh"
 
 namespace rnnfast {
@@ -32,17 +37,19 @@ struct SavedCell {
   float i, f, g, o, c, c_prev, dy;
 };
 
-template <typename T, bool kCluster>
+template <typename T, bool kCluster, bool kRegs = false>
 __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
+  static_assert(!kRegs || (!kCluster && sizeof(T) == 2), "register plans: grid, 16-bit");
   extern __shared__ __align__(128) unsigned char smem[];
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
   const Split& sp = args.split;
   const BackwardLayout L = backward_layout(H, P, has_proj, sizeof(T), sp);
   T* w_s = reinterpret_cast<T*>(smem + L.w_off);     // [chain.m][chain.a_ld]: W_hh columns
+                                                     // (register plans: rows reg_cols..)
   T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);   // [proj.m][proj.a_ld]: W_hr columns
   T* ring = reinterpret_cast<T*>(smem + L.ring_off);  // B stages, or (cluster) dgates [2][nb][b_ld]
-  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [ksplit][m][Bb]
+  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [reg_slices + ksplit][m][Bb]
   float* dc_s = reinterpret_cast<float*>(smem + L.dc_off);    // [Bb][U] carried dc
   const T* dy = static_cast<const T*>(args.dy);
   const T* w_hh = static_cast<const T*>(args.w_hh);
@@ -64,8 +71,13 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   // Cluster plans: the mbarriers the peers' gate-gradient stores complete on.
   ClusterExchange ex = kCluster ? cluster_exchange(smem + L.bar_off, args.barrier) : ClusterExchange{};
 
-  load_weights(w_s, L.chain, my_cols, 4 * H,
-               [&](int n, int j) { return w_hh[(size_t)j * P + col0 + n]; });
+  auto w_hh_of = [&](int n, int j) { return w_hh[(size_t)j * P + col0 + n]; };  // W_hh^T (n, j)
+  // Register plans: W_hh rows [0, reg_cols) of my columns as A fragments in registers.
+  RegWeights<T, kChainRegTiles, kChainRegKTiles> regs;
+  if constexpr (kRegs)
+    load_reg_weights(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, my_cols, w_hh_of);
+  load_weights(w_s, L.chain, my_cols, 4 * H - L.reg_cols,
+               [&](int n, int j) { return w_hh_of(n, L.reg_cols + j); });
   if (has_proj)
     load_weights(wr_s, L.proj, my_units, P, [&](int u, int p) { return w_hr[(size_t)p * H + unit0 + u]; });
   for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
@@ -160,22 +172,29 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       const int n_act = k >= 0 ? block_active(s.size, row0, Bb) : 0;
       const int n_next = k + 1 < args.steps ? block_active(rows_of(k + 1).size, row0, Bb) : 0;
       if (n_next > 0) {
-        if constexpr (kCluster)
+        if constexpr (kCluster) {
           resident_product(L.chain, w_s, ring + ((k + 1) & 1) * g_elems, false, n_next,
                            [](int) { return (const T*)nullptr; }, part);
-        else
+        } else if constexpr (kRegs) {  // dgates(t+1) whole, then both parts of W_hh^T
+          stage_whole(ring, L.chain.b_ld, n_next, L.reg_cols + L.chain.k, gates_rows(k + 1), &mc);
+          reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, ring, part);
+          resident_product(L.chain, w_s, ring + L.reg_cols, false, n_next,
+                           [](int) { return (const T*)nullptr; },
+                           part + (size_t)L.reg_slices * L.chain.m * L.chain.nb);
+        } else {
           resident_product(L.chain, w_s, ring, true, n_next, gates_rows(k + 1), part, &mc);
+        }
       }
       if (k >= 0)
         cell_backward(k, s, n_act, [&](int b, int u) {
-          return b < n_next ? product_out(L.chain, part, u, b)
+          return b < n_next ? product_out(L.chain, part, u, b, L.reg_slices)
                             : args.dh_n[(size_t)(row0 + b) * P + unit0 + u];
         });
       // Rows active at k+1 but not at k started at k+1: their dh(t-1) is dh0.
       for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
         const int b = e / U, u = e % U;
         if (b >= n_act && b < n_next && u < my_units)
-          args.dh0[(size_t)(row0 + b) * P + unit0 + u] = product_out(L.chain, part, u, b);
+          args.dh0[(size_t)(row0 + b) * P + unit0 + u] = product_out(L.chain, part, u, b, L.reg_slices);
       }
       // dgates(t) of every unit is out before iteration k-1 reads it (cluster plans:
       // the four gates' columns of step k's rows go to every peer).
@@ -188,7 +207,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       else
         end_phase(k >= 1, k - 1);
     }
-  } else if constexpr (!kCluster) {
+  } else if constexpr (!kCluster && !kRegs) {
     // Phase B of step k (k = T: no product) leaves dh(t-1) + dy in dhx for step k-1's
     // rows (dh_n for rows whose last step is k-1) and dh0 for rows that start at k.
     auto phase_b = [&](int64_t k) {
@@ -235,6 +254,14 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_kernel(const Backwa
   backward_body<T, false>(args);
 }
 
+// Register grid plans (16-bit): a kernel of its own, so that the 96 registers of
+// fragments are reserved only where a plan holds some, and without the projection's
+// phases (register plans have none), which it would not have the registers for.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_backward_reg_kernel(const BackwardArgs args) {
+  backward_body<T, false, true>(args);
+}
+
 // Compiled for sm_90 only; the sm_80 image is an empty kernel the host never launches.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) lstm_backward_cluster_kernel(const BackwardArgs args) {
@@ -245,7 +272,13 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_cluster_kernel(cons
 
 template <typename T>
 cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
-  return launch_plan(lstm_backward_kernel<T>, lstm_backward_cluster_kernel<T>, args,
+  auto grid_kernel = lstm_backward_kernel<T>;
+  if constexpr (sizeof(T) == 2) {
+    if (args.split.reg_k_tiles > 0) grid_kernel = lstm_backward_reg_kernel<T>;
+  } else if (args.split.reg_k_tiles > 0) {
+    return cudaErrorInvalidValue;  // binding.cpp refuses fp32 register plans before this
+  }
+  return launch_plan(grid_kernel, lstm_backward_cluster_kernel<T>, args,
                      backward_smem_bytes(args), stream);
 }
 

@@ -32,8 +32,10 @@ constexpr int kExchangeAlign = 16; // exchange rows (h, dgates, dh) padded to 16
 constexpr int kRingBytes = 64 * 1024;  // shared memory for a streamed operand's stages
 constexpr int kAlign = 128;        // bytes: every shared-memory region starts aligned
 constexpr int kMaxCluster = 16;    // CTAs a cluster may have (the non-portable size, sm_90)
-constexpr int kRegTiles = 3;       // register cluster plans: W_hh M tiles a warp holds in registers
+constexpr int kRegTiles = 3;       // register plans, forward: W_hh M tiles a warp holds in registers
 constexpr int kRegKTiles = 11;     // ... and k-tiles of each (3 x 11 A fragments: 132 registers)
+constexpr int kChainRegTiles = 1;  // register plans, backward: M tiles of W_hh^T a warp holds
+constexpr int kChainRegKTiles = 24;  // ... and k-tiles of it (24 A fragments: 96 registers)
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
 RNNFAST_HD int round_up(int a, int b) { return cdiv(a, b) * b; }
@@ -384,24 +386,29 @@ struct Split {
   int cluster;       // 0: grid kernel; else CTAs per cluster (== unit_slices), sm_90
   int multicast;     // grid kernel on sm_90: CTAs per cluster (divides unit_slices) sharing
                      // each single-chunk staged operand by multicast bulk copies; 0: none
-  int reg_k_tiles;   // cluster forward, 16-bit: k-tiles per k-slice of W_hh kept in
-                     // registers (reg_slices below); 0: the whole slice in shared memory
+  int reg_k_tiles;   // register plans (16-bit, one N tile: at most 8 rows a block): k-tiles
+                     // per k-slice of the recurrent weights kept in registers (reg_slices
+                     // below); 0: the whole slice in shared memory
 };
 
-// Register cluster plans (forward, sm_90, fp16/bf16, at most 8 batch rows): a block keeps
-// the first reg_cols columns of its W_hh slice in registers, as mma A fragments loaded
-// once, and the rest in shared memory: a step reads fewer weight bytes from shared
-// memory, and a cluster holds layers whose slice shared memory alone cannot. They are
-// `slices` k-slices of sp.reg_k_tiles k-tiles; the warps are split into `slices`
-// groups of kWarps / slices, and warp r of group g holds M tiles r, r + kWarps / slices,
-// ... (kRegTiles at most) of k-slice g. Per step each warp multiplies its fragments by
-// the matching h(t-1) columns into one partial sum per M tile (reg_product), written as
-// k-slice g of the partial sums ahead of the shared-memory part's own k-slices.
-// The most k-slices whose warps still cover every M tile (0: none can).
-RNNFAST_HD int reg_slices(int m_tiles) {
-  if (m_tiles > kRegTiles * kWarps) return 0;
+// Register plans (fp16/bf16, at most 8 batch rows): a block keeps the first reg_cols
+// columns of its recurrent weight slice in registers, as mma A fragments loaded once,
+// and the rest in shared memory: a step reads fewer weight bytes from shared memory,
+// and a block holds slices that shared memory alone cannot. Forward: cluster plans, the
+// W_hh rows of the CTA's units; backward: grid plans without a projection, the W_hh
+// columns of the block's units (W_hh^T rows). They are `slices` k-slices of
+// sp.reg_k_tiles k-tiles; the warps are split into `slices` groups of kWarps / slices,
+// and warp r of group g holds M tiles r, r + kWarps / slices, ... (at most `tiles`:
+// kRegTiles forward, kChainRegTiles backward) of k-slice g. Per step each warp multiplies
+// its fragments by the matching columns of the exchanged operand into one partial sum
+// per M tile (reg_product), written as k-slice g of the partial sums ahead of the
+// shared-memory part's own k-slices.
+// The most k-slices whose warps, `tiles` M tiles each, still cover every M tile (0: none
+// can).
+RNNFAST_HD int reg_slices(int m_tiles, int tiles) {
+  if (m_tiles > tiles * kWarps) return 0;
   int slices = kWarps;
-  while (slices > 1 && m_tiles > kRegTiles * (kWarps / slices)) slices /= 2;
+  while (slices > 1 && m_tiles > tiles * (kWarps / slices)) slices /= 2;
   return slices;
 }
 RNNFAST_HD int reg_slice(int slices, int warp) { return warp / (kWarps / slices); }
@@ -433,7 +440,7 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
   ForwardLayout L;
   const bool cluster = sp.cluster > 0;
   const bool regs = cluster && sp.reg_k_tiles > 0;
-  L.reg_slices = regs ? reg_slices(cdiv(4 * sp.units, kWeightTile)) : 0;
+  L.reg_slices = regs ? reg_slices(cdiv(4 * sp.units, kWeightTile), kRegTiles) : 0;
   L.reg_cols = L.reg_slices * sp.reg_k_tiles * k_tile(itemsize);
   L.rec = make_product(4 * sp.units, max_int(out_size - L.reg_cols, 0), sp.block_rows, itemsize,
                        cluster);
@@ -472,12 +479,15 @@ RNNFAST_HD bool reg_split_ok(const ForwardLayout& L, const Split& sp, int itemsi
 // projection) hold the batch block's gate gradients whole, by step parity, where grid
 // plans stage them through the ring.
 struct BackwardLayout {
-  Product chain;      // dh^T [cols][Bb] = W_hh[:, my cols]^T . dgates^T
+  Product chain;      // dh^T [cols][Bb] = W_hh[:, my cols]^T . dgates^T; register plans: its
+                      // shared-memory part, dgates columns [reg_cols, 4H) (b_ld: a whole row)
+  int reg_slices;     // register plans: k-slices in registers (reg_slices()), else 0
+  int reg_cols;       // ... and the columns they cover: reg_slices x reg_k_tiles k-tiles
   Product proj;       // dh_units^T [U][Bb] = W_hr[:, my units]^T . (dh + dy)^T (projection only)
   size_t w_off;       // A of chain: [chain.m][chain.a_ld] io (rows: W_hh columns)
   size_t wr_off;      // A of proj: [proj.m][proj.a_ld] io (rows: W_hr columns)
   size_t ring_off;    // B stages of chain / proj, or (cluster) dgates [2][chain.nb][chain.b_ld] io
-  size_t part_off;    // partial sums [ksplit][m][Bb] fp32
+  size_t part_off;    // partial sums [reg_slices + ksplit][m][Bb] fp32
   size_t dc_off;      // carried dc [Bb][U] fp32
   size_t bar_off;     // mbarriers, as in ForwardLayout
   size_t bytes;
@@ -487,8 +497,13 @@ RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_pro
                                           const Split& sp) {
   BackwardLayout L;
   const bool cluster = sp.cluster > 0;
-  L.chain = make_product(has_proj ? sp.proj_cols : sp.units, 4 * hidden, sp.block_rows, itemsize,
+  const int chain_rows = has_proj ? sp.proj_cols : sp.units;
+  const bool regs = sp.reg_k_tiles > 0;
+  L.reg_slices = regs ? reg_slices(cdiv(chain_rows, kWeightTile), kChainRegTiles) : 0;
+  L.reg_cols = L.reg_slices * sp.reg_k_tiles * k_tile(itemsize);
+  L.chain = make_product(chain_rows, max_int(4 * hidden - L.reg_cols, 0), sp.block_rows, itemsize,
                          cluster);
+  if (regs) L.chain.b_ld = round_up(4 * hidden, k_tile(itemsize)) + row_pad(itemsize);
   L.proj = make_product(has_proj ? sp.units : 0, has_proj ? out_size : 0, sp.block_rows, itemsize,
                         false);
   L.w_off = 0;
@@ -497,7 +512,7 @@ RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_pro
   const size_t ring = cluster ? exchange_bytes(L.chain, itemsize) : ring_bytes(L.chain, itemsize);
   const size_t proj_ring = has_proj ? ring_bytes(L.proj, itemsize) : 0;
   L.part_off = L.ring_off + (ring > proj_ring ? ring : proj_ring);
-  const size_t part = part_bytes(L.chain);
+  const size_t part = part_bytes(L.chain, L.reg_slices);
   const size_t proj_part = has_proj ? part_bytes(L.proj) : 0;
   L.dc_off = L.part_off + (part > proj_part ? part : proj_part);
   L.bar_off = L.dc_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
@@ -505,5 +520,17 @@ RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_pro
   return L;
 }
 
+// Whether the backward kernel handles a plan's register split (no registers: always): a
+// grid plan without a projection, 16-bit weights, one N tile (at most 8 batch rows, not
+// swapped), the gate gradients staged whole in one chunk, the M tiles covered by the
+// warps, at most kChainRegKTiles k-tiles a slice, and a k-slice no wider than the
+// shared-memory part it is staged through (load_reg_weights).
+RNNFAST_HD bool reg_split_ok(const BackwardLayout& L, const Split& sp, int itemsize,
+                             bool has_proj) {
+  return sp.reg_k_tiles == 0 ||
+         (sp.cluster == 0 && !has_proj && itemsize == 2 && !L.chain.swapped &&
+          L.chain.n_tiles == 1 && L.chain.chunks == 1 && L.reg_slices > 0 &&
+          sp.reg_k_tiles <= kChainRegKTiles && L.chain.k >= sp.reg_k_tiles * k_tile(itemsize));
+}
 
 }  // namespace rnnfast

@@ -288,6 +288,23 @@ __device__ __forceinline__ void mma_ab(float (&d)[4], const AFragment<T>& a,
   }
 }
 
+// Stages columns [0, cols) of `rows` rows whole into ring [rows][ld]: by the cluster's
+// multicast bulk copies where `mc` has them, else by cp.async. Every thread must call
+// this; it returns once every thread sees the rows.
+template <typename T, typename RowSource>
+__device__ __forceinline__ void stage_whole(T* ring, int ld, int rows, int cols, RowSource row_src,
+                                            MulticastStage* mc) {
+  if (mc != nullptr && mc->landed.bar != nullptr) {
+    if (threadIdx.x == 0) multicast_rows(*mc, ring, ld, rows, cols, row_src);
+    tx_wait(mc->landed);  // every thread sees the bytes land: no __syncthreads needed
+  } else {
+    stage_rows(ring, ld, rows, 0, cols, row_src);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+  }
+}
+
 // ---------------------------------------------------------------------------------
 // The block-wide product of a step (lstm_common.cuh: Product):
 //   part[ks][m][n] = sum over this warp's k-tiles of A[m][k] . B[n][k]
@@ -317,9 +334,8 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
 
   const int stage_elems = p.nb * p.b_ld;
   if (staged && mc != nullptr && mc->landed.bar != nullptr && p.chunks == 1) {
-    if (threadIdx.x == 0) multicast_rows(*mc, ring, p.b_ld, rows, p.k, row_src);
-    tx_wait(mc->landed);  // every thread sees the bytes land: no __syncthreads needed
-    staged = false;       // B is whole in ring now
+    stage_whole(ring, p.b_ld, rows, p.k, row_src, mc);
+    staged = false;  // B is whole in ring now
   }
   if (staged) {
     stage_rows(ring, p.b_ld, rows, 0, min_int(p.chunk, p.k), row_src);
@@ -411,33 +427,35 @@ __device__ __forceinline__ float product_out(const Product& p, const float* part
 }
 
 // ---------------------------------------------------------------------------------
-// Register cluster plans (lstm_common.cuh reg_slices): the W_hh columns [0, L.reg_cols)
-// of a block's gate rows as A fragments in registers, for the whole sequence: warp w's
-// tile j of k-slice reg_slice(w) at its kk-th k-tile.
-template <typename T> struct RegWeights {
-  AFragment<T> frag[kRegTiles][kRegKTiles];
+// Register plans (lstm_common.cuh reg_slices): the first reg_cols columns of a block's
+// recurrent weight rows (the A side of product `p`) as A fragments in registers, for the
+// whole sequence: warp w's tile j of k-slice reg_slice(w) at its kk-th k-tile. kTiles x
+// kKTiles: kRegTiles x kRegKTiles (forward), kChainRegTiles x kChainRegKTiles (backward).
+template <typename T, int kTiles, int kKTiles> struct RegWeights {
+  AFragment<T> frag[kTiles][kKTiles];
 };
 
 // Loads the register fragments once, one k-slice at a time through a_s (the
-// shared-memory part's [rec.m][rec.a_ld], wide enough for a k-slice: reg_split_ok):
+// shared-memory part's [p.m][p.a_ld], wide enough for a k-slice: reg_split_ok):
 // weight(m, k) as in load_weights. Every thread must call this; a_s is free again when
 // it returns.
-template <typename T, typename Weight>
-__device__ __forceinline__ void load_reg_weights(RegWeights<T>& regs, const ForwardLayout& L,
-                                                 int k_tiles, T* a_s, int rows, Weight weight) {
+template <typename T, int kTiles, int kKTiles, typename Weight>
+__device__ __forceinline__ void load_reg_weights(RegWeights<T, kTiles, kKTiles>& regs,
+                                                 const Product& p, int slices, int k_tiles,
+                                                 T* a_s, int rows, Weight weight) {
   const int warp = threadIdx.x / 32, kt = k_tile(sizeof(T)), cols = k_tiles * kt;
-  Product slice = L.rec;
+  Product slice = p;
   slice.k = cols;
-  for (int g = 0; g < L.reg_slices; ++g) {
+  for (int g = 0; g < slices; ++g) {
     load_weights(a_s, slice, rows, cols, [&](int m, int k) { return weight(m, g * cols + k); });
     __syncthreads();
-    if (reg_slice(L.reg_slices, warp) == g) {
+    if (reg_slice(slices, warp) == g) {
 #pragma unroll
-      for (int j = 0; j < kRegTiles; ++j) {
+      for (int j = 0; j < kTiles; ++j) {
 #pragma unroll
-        for (int kk = 0; kk < kRegKTiles; ++kk) {
-          const int m0 = reg_m0(L.reg_slices, warp, j);
-          if (m0 < L.rec.m && kk < k_tiles) load_a(regs.frag[j][kk], a_s, L.rec.a_ld, m0, kk * kt);
+        for (int kk = 0; kk < kKTiles; ++kk) {
+          const int m0 = reg_m0(slices, warp, j);
+          if (m0 < p.m && kk < k_tiles) load_a(regs.frag[j][kk], a_s, p.a_ld, m0, kk * kt);
         }
       }
     }
@@ -446,35 +464,41 @@ __device__ __forceinline__ void load_reg_weights(RegWeights<T>& regs, const Forw
 }
 
 // The register columns' part of a step's product: k-slice reg_slice(warp) of the
-// partial sums [reg_slices + ksplit][m][nb], from h(t-1) whole in b_s [rec.nb][rec.b_ld]
+// partial sums [slices + ksplit][m][nb], from the operand whole in b_s [p.nb][p.b_ld]
 // (one N tile: register plans have at most 8 batch rows). The B fragment of a k-tile is
-// loaded once for the warp's tiles.
-template <typename T>
-__device__ __forceinline__ void reg_product(const RegWeights<T>& regs, const ForwardLayout& L,
-                                            int k_tiles, const T* b_s, float* part) {
+// loaded once for the warp's tiles. A warp of fewer than kMaxCopies tiles spreads its
+// k-tiles over that many accumulator copies (added in copy order), so that its mma do
+// not all wait for the one before.
+template <typename T, int kTiles, int kKTiles>
+__device__ __forceinline__ void reg_product(const RegWeights<T, kTiles, kKTiles>& regs,
+                                            const Product& p, int slices, int k_tiles,
+                                            const T* b_s, float* part) {
+  constexpr int kCopies = kTiles >= kMaxCopies ? 1 : kMaxCopies / kTiles;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kt = k_tile(sizeof(T));
-  const int g = reg_slice(L.reg_slices, warp);
-  float acc[kRegTiles][4];
+  const int g = reg_slice(slices, warp);
+  float acc[kTiles][kCopies][4] = {};
 #pragma unroll
-  for (int j = 0; j < kRegTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-#pragma unroll
-  for (int kk = 0; kk < kRegKTiles; ++kk) {
+  for (int kk = 0; kk < kKTiles; ++kk) {
     if (kk >= k_tiles) continue;
     BFragment<T> b;
-    load_b(b, b_s, L.rec.b_ld, 0, (g * k_tiles + kk) * kt);
+    load_b(b, b_s, p.b_ld, 0, (g * k_tiles + kk) * kt);
 #pragma unroll
-    for (int j = 0; j < kRegTiles; ++j)
-      if (reg_m0(L.reg_slices, warp, j) < L.rec.m) mma_ab(acc[j], regs.frag[j][kk], b);
+    for (int j = 0; j < kTiles; ++j)
+      if (reg_m0(slices, warp, j) < p.m) mma_ab(acc[j][kk % kCopies], regs.frag[j][kk], b);
   }
 #pragma unroll
-  for (int j = 0; j < kRegTiles; ++j) {
-    const int m0 = reg_m0(L.reg_slices, warp, j);
-    if (m0 >= L.rec.m) continue;
+  for (int j = 0; j < kTiles; ++j) {
+    const int m0 = reg_m0(slices, warp, j);
+    if (m0 >= p.m) continue;
+#pragma unroll
+    for (int c = 1; c < kCopies; ++c)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][0][i] += acc[j][c][i];
 #pragma unroll
     for (int r = 0; r < 4; r += 2) {
       const Coord at = accumulator(lane, m0, 0, r);
-      *reinterpret_cast<float2*>(part + part_index(L.rec, g, at.row, at.col)) =
-          make_float2(acc[j][r], acc[j][r + 1]);
+      *reinterpret_cast<float2*>(part + part_index(p, g, at.row, at.col)) =
+          make_float2(acc[j][0][r], acc[j][0][r + 1]);
     }
   }
 }

@@ -67,8 +67,8 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     return m % U < my_units ? w_hh[(size_t)gate_row(m, U, unit0, H) * P + k] : from_float<T>(0.0f);
   };
   // Register plans: W_hh columns [0, reg_cols) of my rows as A fragments in registers.
-  RegWeights<T> regs;
-  if constexpr (kRegs) load_reg_weights(regs, L, sp.reg_k_tiles, w_s, 4 * U, w_hh_of);
+  RegWeights<T, kRegTiles, kRegKTiles> regs;
+  if constexpr (kRegs) load_reg_weights(regs, L.rec, L.reg_slices, sp.reg_k_tiles, w_s, 4 * U, w_hh_of);
   load_weights(w_s, L.rec, 4 * U, P - L.reg_cols,
                [&](int m, int k) { return w_hh_of(m, L.reg_cols + k); });
   if (has_proj)
@@ -125,13 +125,10 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
       if constexpr (kCluster) {
         T* h_prev = ring + ((k & 1) ^ 1) * h_elems;
         if (n_act > n_prev) {  // rows that start here (reverse packed) begin from h0
-          stage_rows(h_prev + n_prev * L.rec.b_ld, L.rec.b_ld, n_act - n_prev, 0, h_cols,
-                     [&](int b) { return h0x + (size_t)(row0 + n_prev + b) * xld; });
-          cp_async_commit();
-          cp_async_wait<0>();
-          __syncthreads();
+          stage_whole(h_prev + n_prev * L.rec.b_ld, L.rec.b_ld, n_act - n_prev, h_cols,
+                      [&](int b) { return h0x + (size_t)(row0 + n_prev + b) * xld; }, nullptr);
         }
-        if constexpr (kRegs) reg_product(regs, L, sp.reg_k_tiles, h_prev, part);
+        if constexpr (kRegs) reg_product(regs, L.rec, L.reg_slices, sp.reg_k_tiles, h_prev, part);
         resident_product(L.rec, w_s, h_prev + L.reg_cols, false, n_act,
                          [](int) { return (const T*)nullptr; },
                          part + (size_t)L.reg_slices * L.rec.m * L.rec.nb);

@@ -314,3 +314,27 @@ def test_multicast_staging_pays_its_measured_extra_latency_once_per_shared_phase
             assumed = time(p, B, H, P, H, 10, torch.float16)
             measured = time(p, B, H, P, H, 10, torch.float16, slower)
             assert measured.step_s - assumed.step_s == pytest.approx(extra), (direction, p)
+
+
+@pytest.mark.parametrize("direction,B,H", [("forward", 16, 512), ("backward", 16, 768)])
+def test_register_plans_issue_the_same_mma_and_read_less_shared_memory(direction, B, H):
+    """A register plan (the forward's cluster, the backward's grid in clusters of 4)
+    against the same split with its whole weight slice in shared memory: the same mma
+    (the register part's and the rest's add up to the whole product's), fewer
+    shared-memory bytes (the register columns' weights are not read each step), the
+    same L2 traffic (the backward still stages the gate gradients whole), so a faster
+    step."""
+    plan = _plan(direction, B, H)
+    assert plan.reg_k_tiles and plan.itemsize == 2
+    without = dataclasses.replace(plan, reg_k_tiles=0)
+    cluster = plan.kind == "cluster"
+    products = layout.forward_products if direction == "forward" else layout.backward_products
+    mine, _ = products(H, H, False, 2, plan.units, plan.proj_cols, plan.block_rows, cluster,
+                       plan.reg_k_tiles)
+    whole, _ = products(H, H, False, 2, plan.units, plan.proj_cols, plan.block_rows, cluster)
+    regs = model.reg_product_time(direction, mine, plan.units, plan.reg_k_tiles, not cluster)
+    plain = model.product_time(whole, 2, not cluster)
+    assert regs.mma == plain.mma and regs.smem_s < plain.smem_s
+    time = model.forward_time if direction == "forward" else model.backward_time
+    a, b = (time(p, B, H, H, H, 100, torch.float16) for p in (plan, without))
+    assert a.bytes_per_step == b.bytes_per_step and a.step_s < b.step_s

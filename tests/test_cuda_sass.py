@@ -6,7 +6,7 @@ loads, fp32 FMA products or spilled registers passes every parity test and is
 several times slower. So each of csrc/lstm_forward.cu and csrc/lstm_backward.cu is
 compiled to a cubin for sm_80 and sm_90a (the same defines torch's build adds),
 disassembled, and every lstm_forward_kernel / lstm_backward_kernel instance (float,
-__half, __nv_bfloat16, any cluster variant) must have:
+__half, __nv_bfloat16, any cluster or register variant) must have:
 
 - no local memory: no LDL/STL instruction, and ptxas -v reports 0 bytes stack frame
   and 0 bytes spill stores/loads for every function it compiled;
@@ -50,14 +50,16 @@ from test_cuda_sources import CSRC, NVCC, TORCH_NVCC_DEFINES
 
 SOURCES = ("lstm_forward.cu", "lstm_backward.cu")
 ARCHS = ("sm_80", "sm_90a")
-KIND = {"lstm_forward.cu": "lstm_forward_kernel", "lstm_backward.cu": "lstm_backward_kernel"}
+# The grid kernels, on every arch; the backward's register grid kernel too.
+KIND = {"lstm_forward.cu": ("lstm_forward_kernel",),
+        "lstm_backward.cu": ("lstm_backward_kernel", "lstm_backward_reg_kernel")}
 # sm_90 only: the cluster kernels' sm_80 images are empty stubs the host never launches.
-# The forward's register cluster kernel (W_hh partly in registers) exists for 16-bit
-# weights only.
 SM90_KIND = {"lstm_forward.cu": ("lstm_forward_cluster_kernel", "lstm_forward_reg_kernel"),
              "lstm_backward.cu": ("lstm_backward_cluster_kernel",)}
 CLUSTER_KINDS = {kind for kinds in SM90_KIND.values() for kind in kinds}
-DTYPES = {"lstm_forward_reg_kernel": {"__half", "__nv_bfloat16"}}  # else all three
+# The register kernels (W_hh partly in registers) exist for 16-bit weights only.
+DTYPES = {"lstm_forward_reg_kernel": {"__half", "__nv_bfloat16"},
+          "lstm_backward_reg_kernel": {"__half", "__nv_bfloat16"}}  # else all three
 # The latency probes (test_probes_time_the_instructions_they_name).
 PROBES = "lstm_probe.cu"
 
@@ -246,7 +248,7 @@ def test_kernel_instruction_mix(cubins, source, arch):
     cubin, returncode, log = cubins[source, arch]
     assert returncode == 0, f"nvcc failed for {source} {arch}:\n{log}"
     sass = sass_functions(cubin)
-    kinds = [KIND[source]] + (list(SM90_KIND[source]) if arch == "sm_90a" else [])
+    kinds = list(KIND[source]) + (list(SM90_KIND[source]) if arch == "sm_90a" else [])
     problems = []
     for kind in kinds:
         kernels = {k: f for k, f in sass.items() if kind in k}

@@ -118,33 +118,41 @@ def host_check(tmp_path_factory):
 
 
 def test_shared_memory_layout_matches_the_python_plan(host_check):
-    """Shared-memory bytes of both directions, and whether the kernel takes the forward's
-    register split (reg_split_ok), in C++ and in plan.py, over splits of every form:
-    grid, cluster, multicast, and cluster forwards with W_hh k-tiles in registers."""
+    """Shared-memory bytes of both directions, and whether each direction's kernel takes
+    the register split (reg_split_ok), in C++ and in plan.py, over splits of every form:
+    grid, cluster, multicast, cluster forwards with W_hh k-tiles in registers and grid
+    backwards with W_hh^T k-tiles in registers."""
     configs = [(H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs)
                for H, P in [(20, 20), (20, 11), (96, 96), (768, 768), (1024, 512), (9, 5)]
                for proj in (0, 1) for itemsize in (2, 4)
                for units, cols in [(4, 3), (8, 6), (12, 40), (32, 128), (48, 0)]
                for rows, cluster, multicast, regs in [
                    (8, 0, 0, 0), (16, 4, 0, 0), (64, 0, 0, 0), (256, 0, 0, 0), (8, 0, 8, 0),
-                   (64, 0, 2, 0), (8, 16, 0, 1), (8, 16, 0, 11), (8, 16, 0, 12), (16, 16, 0, 5)]]
+                   (64, 0, 2, 0), (8, 16, 0, 1), (8, 16, 0, 11), (8, 16, 0, 12), (16, 16, 0, 5),
+                   (8, 0, 0, 7), (8, 0, 4, 21), (8, 0, 0, 24), (8, 0, 0, 25), (16, 0, 0, 5)]]
     stdin = "".join(" ".join(map(str, c)) + "\n" for c in configs)
     result = subprocess.run([host_check, "layout"], input=stdin, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-    handled = 0
+    handled = {"forward": 0, "backward": 0}
     for config, line in zip(configs, result.stdout.splitlines(), strict=True):
         H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs = config
-        fwd, bwd, ok = map(int, line.split())
+        fwd, bwd, fwd_ok, bwd_ok = map(int, line.split())
         assert fwd == cuda_plan.forward_smem_bytes(H, P, bool(proj), itemsize, units, cols, rows,
                                                    bool(cluster), bool(multicast), regs), config
         assert bwd == cuda_plan.backward_smem_bytes(H, P, bool(proj), itemsize, units, cols,
-                                                    rows, bool(cluster), bool(multicast)), config
-        rec, _ = cuda_plan.forward_products(H, P, bool(proj), itemsize, units, cols, rows,
-                                            bool(cluster), regs)
-        assert ok == cuda_plan.reg_split_ok(rec, units, itemsize, bool(cluster), regs), config
-        handled += ok and regs > 0
-    assert handled >= 10  # register splits the kernel takes were among them
+                                                    rows, bool(cluster), bool(multicast),
+                                                    regs), config
+        for direction, ok, products in (
+                ("forward", fwd_ok, cuda_plan.forward_products),
+                ("backward", bwd_ok, cuda_plan.backward_products)):
+            product, _ = products(H, P, bool(proj), itemsize, units, cols, rows, bool(cluster),
+                                  regs)
+            assert ok == cuda_plan.reg_split_ok(direction, product, units, itemsize,
+                                                bool(cluster), bool(proj), regs), (direction,
+                                                                                   config)
+            handled[direction] += ok and regs > 0
+    assert min(handled.values()) >= 10, handled  # register splits the kernels take
 
 
 def test_cluster_exchange_sends_every_column_once_and_the_bytes_the_mbarrier_expects(host_check):
@@ -194,7 +202,8 @@ SHAPES = [
     (4, 18, 3, 8, 3, [4] * 5 + [3] * 6 + [1] * 7),
     (2, 136, 3, 16, 0, None),
     (2, 64, 3, 256, 0, None),
-    (2, 16, 3, 768, 0, None),  # FlashRNN's width: on sm_90 a cluster with W_hh in registers
+    (2, 16, 3, 768, 0, None),  # FlashRNN's width: W_hh partly in registers both ways
+    (3, 5, 3, 700, 0, [3, 2, 2, 1, 1]),  # odd H, packed: a last block of 4 of 8 units
 ]
 
 

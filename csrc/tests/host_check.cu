@@ -14,8 +14,8 @@
 //   host_check backward DIR   writes DIR/out_<name>.bin
 //   host_check layout         stdin: "H P proj itemsize units cols block_rows cluster multicast
 //                             reg_k_tiles" lines; stdout: forward and backward
-//                             shared-memory bytes, and whether the kernel handles the
-//                             forward's register split (reg_split_ok)
+//                             shared-memory bytes, and whether each direction's kernel
+//                             handles that register split (reg_split_ok)
 //   host_check fragments      emulates ldmatrix and mma from the PTX ISA's layout
 //                             formulas on the kernels' fragment addresses, and checks
 //                             the warps' split of every product covers each tile once
@@ -117,6 +117,18 @@ std::vector<float> held(const Product& p, int rows, int cols, Weight weight) {
   return a;
 }
 
+// A register plan's recurrent weight rows whole, [p.m][reg_cols + p.k]: weight(r, k) for
+// r < rows, zero elsewhere (weight must be zero past the layer's columns); empty
+// without registers (reg_cols 0).
+template <typename Weight>
+std::vector<float> whole_rows(const Product& p, int reg_cols, int rows, Weight weight) {
+  const int K = reg_cols + p.k;
+  std::vector<float> a(reg_cols > 0 ? (size_t)p.m * K : 0, 0.f);
+  for (int r = 0; r < rows && reg_cols > 0; ++r)
+    for (int k = 0; k < K; ++k) a[(size_t)r * K + k] = weight(r, k);
+  return a;
+}
+
 // Output m of a product for one B row (brow: p.k values, zero-padded), summed as
 // resident_product and product_out sum it: per k-slice, each accumulator copy over its
 // turns of the slice's k-tiles chunk by chunk, the copies added in order, then the
@@ -151,23 +163,31 @@ float product_host(const Product& p, int itemsize, const std::vector<float>& a, 
   return total;
 }
 
-// Gate row m's pre-activation product of a forward block for one h row (brow: the
-// padded row, P values): register plans (16-bit) first add their register k-slices in
-// order, each one accumulator over its k-tiles (reg_product), then the shared-memory
-// part's slices onto that (product_out with the register slices ahead); `a` holds the
-// shared-memory part's columns [reg_cols, K), `a_regs` the full rows [m][K] it came from.
-float forward_product_host(const ForwardLayout& L, int reg_k_tiles, int itemsize,
-                           const std::vector<float>& a, const std::vector<float>& a_regs, int m,
-                           const float* brow) {
+// Output m of a register plan's product for one B row (brow: the whole padded row): the
+// register k-slices added in order, each over its k-tiles in `copies` accumulators
+// taking them in turn, the copies added in order (reg_product), then the shared-memory
+// part `p`'s slices onto that (product_out with the register slices ahead); `a` holds
+// the shared-memory part's columns [reg_cols, K), `a_regs` the full rows [m][K] it came
+// from. 16-bit plans only. Without registers (slices 0), product_host.
+float reg_product_host(const Product& p, int slices, int reg_cols, int reg_k_tiles, int copies,
+                       int itemsize, const std::vector<float>& a,
+                       const std::vector<float>& a_regs, int m, const float* brow) {
   float total = 0.f;
-  const int kt = k_tile(itemsize), width = reg_k_tiles * kt, K = L.reg_cols + L.rec.k;
-  for (int g = 0; g < L.reg_slices; ++g) {
-    float acc = 0.f;
-    for (int k = g * width; k < (g + 1) * width; ++k) acc += a_regs[(size_t)m * K + k] * brow[k];
-    total += acc;
+  const int kt = k_tile(itemsize), K = reg_cols + p.k;
+  for (int g = 0; g < slices; ++g) {
+    float acc[kMaxCopies] = {0.f, 0.f, 0.f, 0.f};
+    for (int kk = 0; kk < reg_k_tiles; ++kk)
+      for (int k = (g * reg_k_tiles + kk) * kt; k < (g * reg_k_tiles + kk + 1) * kt; ++k)
+        acc[kk % copies] += a_regs[(size_t)m * K + k] * brow[k];
+    float slice = acc[0];
+    for (int c = 1; c < copies; ++c) slice += acc[c];
+    total += slice;
   }
-  return product_host(L.rec, itemsize, a, m, brow + L.reg_cols, total);
+  return product_host(p, itemsize, a, m, brow + reg_cols, total);
 }
+
+// reg_product's accumulator copies for a warp of `tiles` M tiles.
+constexpr int reg_copies(int tiles) { return tiles >= kMaxCopies ? 1 : kMaxCopies / tiles; }
 
 void forward(const Meta& m) {
   const int H = m.hidden, P = m.out, B = m.batch, U = m.units, Bb = m.block_rows;
@@ -191,7 +211,6 @@ void forward(const Meta& m) {
     exit(2);
   }
   std::vector<std::vector<float>> w_s, w_regs, wr_s;  // what each slice holds
-  const int K = L.reg_cols + L.rec.k;
   for (int j = 0; j < sp.unit_slices; ++j) {
     const int unit0 = j * U, mine = clamp_int(H - unit0, 0, U), col0 = j * sp.proj_cols;
     auto w_of = [&](int r, int k) {
@@ -199,10 +218,7 @@ void forward(const Meta& m) {
     };
     w_s.push_back(held(L.rec, 4 * U, P - L.reg_cols,
                        [&](int r, int k) { return w_of(r, L.reg_cols + k); }));
-    std::vector<float> rows(L.reg_slices > 0 ? (size_t)L.rec.m * K : 0, 0.f);  // register plans
-    for (int r = 0; r < 4 * U && L.reg_slices > 0; ++r)  // whole rows
-      for (int k = 0; k < K; ++k) rows[(size_t)r * K + k] = w_of(r, k);
-    w_regs.push_back(rows);
+    w_regs.push_back(whole_rows(L.rec, L.reg_cols, 4 * U, w_of));
     if (proj)
       wr_s.push_back(held(L.proj, clamp_int(P - col0, 0, sp.proj_cols), H,
                           [&](int n, int k) { return w_hr[(size_t)(col0 + n) * H + k]; }));
@@ -223,8 +239,9 @@ void forward(const Meta& m) {
             const float* brow = (r < s.size_prev ? h_prev : h0x.data()) + (size_t)r * xld;
             float pre[4];
             for (int g = 0; g < 4; ++g)
-              pre[g] = forward_product_host(L, sp.reg_k_tiles, itemsize, w_s[j], w_regs[j],
-                                            g * U + u, brow) +
+              pre[g] = reg_product_host(L.rec, L.reg_slices, L.reg_cols, sp.reg_k_tiles,
+                                        reg_copies(kRegTiles), itemsize, w_s[j], w_regs[j],
+                                        g * U + u, brow) +
                        (xg[row * G + g * H + unit] + bias[g * H + unit]);
             const CellOut o = lstm_cell(pre[0], pre[1], pre[2], pre[3], c[(size_t)r * H + unit]);
             c[(size_t)r * H + unit] = o.c;
@@ -274,11 +291,19 @@ void backward(const Meta& m) {
   std::vector<float> dgates(N * G), dh0((size_t)B * P), dc0((size_t)B * H), dy_total(N * P);
   const int gld = exchange_ld(4 * H), pld = exchange_ld(P);
   std::vector<float> gx(2 * (size_t)B * gld, 0.f), dhx((size_t)B * pld, 0.f);
-  std::vector<std::vector<float>> w_s, wr_s;
+  if (!reg_split_ok(L, sp, itemsize, proj)) {
+    fprintf(stderr, "not a register split the kernel handles\n");
+    exit(2);
+  }
+  std::vector<std::vector<float>> w_s, w_regs, wr_s;  // what each slice holds
   for (int j = 0; j < sp.unit_slices; ++j) {
-    const int unit0 = j * U, col0 = j * Pc;
-    w_s.push_back(held(L.chain, clamp_int(P - col0, 0, Pc), 4 * H,
-                       [&](int n, int q) { return w_hh[(size_t)q * P + col0 + n]; }));
+    const int unit0 = j * U, col0 = j * Pc, mine = clamp_int(P - col0, 0, Pc);
+    auto w_of = [&](int n, int q) {  // W_hh^T (my column n, gate row q)
+      return n < mine && q < 4 * H ? w_hh[(size_t)q * P + col0 + n] : 0.f;
+    };
+    w_s.push_back(held(L.chain, mine, 4 * H - L.reg_cols,
+                       [&](int n, int q) { return w_of(n, L.reg_cols + q); }));
+    w_regs.push_back(whole_rows(L.chain, L.reg_cols, mine, w_of));
     if (proj)
       wr_s.push_back(held(L.proj, clamp_int(H - unit0, 0, U), P,
                           [&](int u, int p) { return w_hr[(size_t)p * H + unit0 + u]; }));
@@ -313,7 +338,10 @@ void backward(const Meta& m) {
           for (int b = 0; b < (n_act > n_next ? n_act : n_next); ++b)
             for (int u = 0; u < mine; ++u) {
               const int r = row0 + b, unit = unit0 + u;
-              const float prod = b < n_next ? product_host(L.chain, itemsize, w_s[j], u, g_in + (size_t)r * gld) : 0.f;
+              const float prod = b < n_next ? reg_product_host(L.chain, L.reg_slices, L.reg_cols, sp.reg_k_tiles,
+                                                               reg_copies(kChainRegTiles), itemsize, w_s[j],
+                                                               w_regs[j], u, g_in + (size_t)r * gld)
+                                            : 0.f;
               if (b < n_act) {
                 const float dh = (b < n_next ? prod : dh_n[(size_t)r * P + unit]) + dy[(s.offset + r) * P + unit];
                 dy_total[(s.offset + r) * P + unit] = dh;
@@ -551,32 +579,36 @@ bool check_coverage() {
   return true;
 }
 
-// Register plans (reg_slices, reg_slice, reg_m0): for every M-tile count a plan can
-// hold, each k-slice's warps hold each M tile once, every warp is in a slice, and no
-// warp needs more than kRegTiles tiles.
+// Register plans (reg_slices, reg_slice, reg_m0), forward (kRegTiles a warp) and
+// backward (kChainRegTiles): for every M-tile count a plan can hold, each k-slice's
+// warps hold each M tile once, every warp is in a slice, and no warp needs more than
+// its `tiles` tiles.
 bool check_register_tiles() {
-  int checked = 0;
-  for (int m_tiles = 1; m_tiles <= kRegTiles * kWarps; ++m_tiles) {
-    const int slices = reg_slices(m_tiles);
-    if (slices < 1 || kWarps % slices) return fail("register k-slices", m_tiles, slices);
-    if (slices < kWarps && m_tiles <= kRegTiles * (kWarps / (slices * 2)))
-      return fail("the most k-slices that cover the tiles", m_tiles, slices);
-    std::vector<int> hits((size_t)slices * m_tiles, 0);
-    for (int warp = 0; warp < kWarps; ++warp) {
-      const int g = reg_slice(slices, warp);
-      if (g < 0 || g >= slices) return fail("warp's register k-slice", warp, g);
-      for (int j = 0; j < kRegTiles; ++j) {
-        const int m0 = reg_m0(slices, warp, j);
-        if (m0 % kWeightTile) return fail("register tile origin", warp, m0);
-        if (m0 / kWeightTile < m_tiles) ++hits[(size_t)g * m_tiles + m0 / kWeightTile];
+  for (int tiles : {kRegTiles, kChainRegTiles}) {
+    int checked = 0;
+    for (int m_tiles = 1; m_tiles <= tiles * kWarps; ++m_tiles) {
+      const int slices = reg_slices(m_tiles, tiles);
+      if (slices < 1 || kWarps % slices) return fail("register k-slices", m_tiles, slices);
+      if (slices < kWarps && m_tiles <= tiles * (kWarps / (slices * 2)))
+        return fail("the most k-slices that cover the tiles", m_tiles, slices);
+      std::vector<int> hits((size_t)slices * m_tiles, 0);
+      for (int warp = 0; warp < kWarps; ++warp) {
+        const int g = reg_slice(slices, warp);
+        if (g < 0 || g >= slices) return fail("warp's register k-slice", warp, g);
+        for (int j = 0; j < tiles; ++j) {
+          const int m0 = reg_m0(slices, warp, j);
+          if (m0 % kWeightTile) return fail("register tile origin", warp, m0);
+          if (m0 / kWeightTile < m_tiles) ++hits[(size_t)g * m_tiles + m0 / kWeightTile];
+        }
       }
+      for (size_t i = 0; i < hits.size(); ++i)
+        if (hits[i] != 1) return fail("register tile held once per k-slice", (int)i, hits[i]);
+      ++checked;
     }
-    for (size_t i = 0; i < hits.size(); ++i)
-      if (hits[i] != 1) return fail("register tile held once per k-slice", (int)i, hits[i]);
-    ++checked;
+    if (reg_slices(tiles * kWarps + 1, tiles) != 0) return fail("too many M tiles to hold", tiles, 0);
+    if (checked != tiles * kWarps) return false;
   }
-  if (reg_slices(kRegTiles * kWarps + 1) != 0) return fail("too many M tiles to hold", 0, 0);
-  return checked == kRegTiles * kWarps;
+  return true;
 }
 
 int fragments() {
@@ -673,11 +705,11 @@ void layout() {
                &block_rows, &cluster, &multicast, &reg_k_tiles) == 10) {
     Split sp{};
     sp.units = units, sp.proj_cols = cols, sp.unit_slices = 1, sp.block_rows = block_rows;
-    sp.cluster = cluster, sp.multicast = multicast;
+    sp.cluster = cluster, sp.multicast = multicast, sp.reg_k_tiles = reg_k_tiles;
     const BackwardLayout b = backward_layout(H, P, proj != 0, itemsize, sp);
-    sp.reg_k_tiles = reg_k_tiles;  // the forward's alone
     const ForwardLayout f = forward_layout(H, P, proj != 0, itemsize, sp);
-    printf("%zu %zu %d\n", f.bytes, b.bytes, (int)reg_split_ok(f, sp, itemsize));
+    printf("%zu %zu %d %d\n", f.bytes, b.bytes, (int)reg_split_ok(f, sp, itemsize),
+           (int)reg_split_ok(b, sp, itemsize, proj != 0));
   }
 }
 

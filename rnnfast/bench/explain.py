@@ -136,7 +136,7 @@ def _cuda_table(suite) -> None:
             if timing is None:
                 print(f"{label:44} {direction:8} falls back: {plan}")
             else:
-                print(f"{label:44} {direction:8} {_describe_cuda(plan):54} "
+                print(f"{label:44} {direction:8} {_describe_cuda(plan, direction):54} "
                       f"{timing.step_s * 1e6:7.2f} {timing.total_s * 1e3:8.3f}")
         totals[case] = (inference, training)
     print("\nModelled CUDA layer totals against cuDNN:")
@@ -147,17 +147,19 @@ def _cuda_table(suite) -> None:
         print(f"  {case.name:44} {mine}; {_reference(case)}")
 
 
-def _describe_cuda(plan) -> str:
+def _describe_cuda(plan, direction: str) -> str:
     """Kind and size (CTAs a cluster, or blocks of the cooperative grid), hidden units a
     block, batch rows a block x batch blocks, shared memory bytes a block, and (grid
     plans launched in clusters) the CTAs a cluster sharing the staged operand by
-    multicast, or (register cluster plans) the W_hh columns a block holds in registers."""
+    multicast, and (register plans) the W_hh columns (forward) or rows (backward) a
+    block holds in registers."""
     from ..backends.cuda.plan import reg_geometry
     form = (f"cluster of {plan.cluster}" if plan.kind == "cluster"
             else f"grid of {plan.blocks}")
     extra = f", multicast {plan.multicast}" if plan.multicast else ""
     if plan.reg_k_tiles:
-        extra += f", {reg_geometry(plan.units, plan.itemsize, plan.reg_k_tiles)[1]} W_hh cols in regs"
+        held = reg_geometry(direction, plan.units, plan.itemsize, plan.reg_k_tiles)[1]
+        extra += f", {held} W_hh {'cols' if direction == 'forward' else 'rows'} in regs"
     return (f"{form}, U={plan.units}, rows {plan.block_rows}x{plan.batch_blocks}, "
             f"smem {plan.smem_bytes}{extra}")
 

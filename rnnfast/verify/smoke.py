@@ -61,7 +61,8 @@ SHAPES = (
     Shape("H=600", T=20, B=8, I=64, H=600),  # many blocks meet at each step's barrier
     # FlashRNN's layer: on an H100/H200 the 16-bit CUDA forward is a cluster plan holding
     # W_hh partly in registers, the backward (and fp32's forward) a grid in clusters
-    # with multicast staging
+    # with multicast staging, the 16-bit backward's blocks holding W_hh^T partly in
+    # registers
     Shape("flashrnn", T=6, B=16, I=32, H=768),
     Shape("masks", T=7, B=3, I=13, H=20, layers=2, masks=True),
 )
@@ -79,7 +80,7 @@ SANITIZE_SHAPES = (
 # And, for the CUDA kernels alone, FlashRNN's layer in bf16, which an H100/H200 plans in
 # forms no tiny shape is planned as: the forward as a register cluster plan (fragments
 # loaded once, their partial sums), the backward as a multicast grid (bulk copies into
-# the CTAs of a cluster, mbarrier waits).
+# the CTAs of a cluster, mbarrier waits) with W_hh^T partly in registers.
 SANITIZE_CUDA_SHAPES = (Shape("flashrnn", T=3, B=16, I=8, H=768),)
 
 FALLBACK_WARNING = re.compile(r"using the \w+ backend")

@@ -77,10 +77,10 @@ def device_limits(device: torch.device) -> DeviceLimits:
 
 
 def plan_for(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hidden: int,
-             out_size: int, has_proj: bool, clusters: bool = True):
+             out_size: int, has_proj: bool, plain: bool = False):
     """The launch plan of the "forward" or "backward" kernel (plan.py), or why it cannot
-    run; clusters=False: a plain grid plan (no clusters, no multicast), what a refused
-    cluster or multicast launch falls back to."""
+    run; plain=True: a plain grid plan (no clusters, multicast or registers), what a
+    refused launch of any other plan falls back to."""
     from . import plan
     sms, smem, cooperative, major, resident = device_limits(device)
     if major < 8:
@@ -88,7 +88,7 @@ def plan_for(direction: str, device: torch.device, dtype: torch.dtype, batch: in
     if not cooperative:
         return "this GPU does not support cooperative launches"
     return plan.make_plan(direction, batch, hidden, out_size, has_proj, dtype.itemsize, sms, smem,
-                          major, clusters, resident)
+                          major, plain, resident)
 
 
 def fallback(reason: str):

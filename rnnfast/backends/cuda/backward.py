@@ -60,7 +60,8 @@ def backward(
                     w_hh.contiguous(), w_hr.contiguous() if has_proj else None, dh_start,
                     dc_start, dh0, dc0, dgates, dy_total, gx, dhx, offsets, sizes, arrivals,
                     timed_out, len(steps), reverse, plan.units, plan.proj_cols, plan.unit_slices,
-                    plan.block_rows, plan.cluster, plan.multicast, BARRIER_SPIN_LIMIT)
+                    plan.block_rows, plan.cluster, plan.multicast, plan.reg_k_tiles,
+                    BARRIER_SPIN_LIMIT)
 
     ran = run("backward", gates.device, dtype, batch, hidden_size, out_size, has_proj, kernel)
     if isinstance(ran, str):

@@ -76,7 +76,7 @@ The model ranks plans and shapes; it does not predict to the microsecond.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -150,28 +150,34 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
     return ProductTime(issue, chain, smem, sum(warp_mma), max(warp_mma))
 
 
-def reg_product_time(rec: layout.Product, units: int, reg_k_tiles: int,
-                     gpu: Gpu = H100) -> ProductTime:
+def reg_product_time(direction: str, rec: layout.Product, units: int, reg_k_tiles: int,
+                     staged: bool, gpu: Gpu = H100) -> ProductTime:
     """A register plan's product (16-bit): its register part (lstm_device.cuh
-    reg_product: each warp multiplies its up to REG_TILES M tiles of one k-slice, held in
-    registers, by a B fragment loaded once per k-tile; one chain of reg_k_tiles mma per
-    tile, the tiles' chains side by side) followed by the shared-memory part `rec`
+    reg_product: each warp multiplies its up to reg_shape(direction) M tiles of one
+    k-slice, held in registers, by a B fragment loaded once per k-tile; a warp of fewer
+    than MAX_COPIES tiles spreads each tile's reg_k_tiles mma over MAX_COPIES // tiles
+    accumulator chains, the chains side by side) followed by the shared-memory part `rec`
     (product_time). The two run one after the other in every warp, so their times add.
     Shared memory: the register part reads only B fragments, and writes and reads back
-    one partial sum per k-slice."""
-    rest = product_time(rec, 2, False, gpu)
-    slices, _ = layout.reg_geometry(units, 2, reg_k_tiles)
+    one partial sum per k-slice; `staged` (the backward's grid plans): the whole B
+    operand is written in first, the register part's columns too."""
+    rest = product_time(rec, 2, staged, gpu)
+    tiles, _ = layout.reg_shape(direction)
+    copies = 1 if tiles >= layout.MAX_COPIES else layout.MAX_COPIES // tiles
+    slices, reg_cols = layout.reg_geometry(direction, units, 2, reg_k_tiles)
     per = layout.WARPS // slices
-    warp_mma = [reg_k_tiles * sum(1 for j in range(layout.REG_TILES)
+    warp_mma = [reg_k_tiles * sum(1 for j in range(tiles)
                                   if (w % per + j * per) * layout.WEIGHT_TILE < rec.m)
                 for w in range(layout.WARPS)]
     cores = gpu.tensor_cores_per_sm
     core_mma = [sum(warp_mma[w::cores]) for w in range(cores)]
     rate = gpu.tensor_flops * gpu.mma_sync_fraction / gpu.sms / cores
     issue = max(core_mma) * MMA_FLOPS_16 / rate
-    chain = max(reg_k_tiles * gpu.mma_latency_clocks + m for m in warp_mma) / gpu.clock_hz
+    steps = -(-reg_k_tiles // copies)  # dependent mma of one accumulator chain
+    chain = max(steps * gpu.mma_latency_clocks + m for m in warp_mma) / gpu.clock_hz
     smem_bytes = (sum(1 for m in warp_mma if m) * reg_k_tiles * rec.nb * layout.k_tile(2) * 2
-                  + 2 * slices * rec.m * rec.nb * 4)
+                  + 2 * slices * rec.m * rec.nb * 4
+                  + (rec.nb * reg_cols * 2 if staged else 0))
     smem = smem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
     return ProductTime(issue + rest.issue_s, chain + rest.chain_s, smem + rest.smem_s,
                        sum(warp_mma) + rest.mma, max(warp_mma) + rest.warp_mma)
@@ -251,8 +257,8 @@ def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inpu
                   + (cells * 5 * 4 if training else 0)         # fp32 gates and c_t out
                   + cells * 2 * item)                          # y (or hidden) and the h exchange
     if cluster:  # each h is stored into every peer's buffer (and the CTA's own)
-        product = (reg_product_time(rec, plan.units, plan.reg_k_tiles, gpu) if plan.reg_k_tiles
-                   else product_time(rec, item, False, gpu))
+        product = (reg_product_time("forward", rec, plan.units, plan.reg_k_tiles, False, gpu)
+                   if plan.reg_k_tiles else product_time(rec, item, False, gpu))
         phases = [Phase(product, cell_bytes,
                         dsmem_bytes=cells * item * plan.unit_slices)]
     else:
@@ -262,7 +268,7 @@ def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inpu
         staged, shared = _staged(plan, proj, item)
         phases.append(Phase(product_time(proj, item, True, gpu),
                             staged + 2 * plan.block_rows * plan.proj_cols * item, shared))
-    _, reg_cols = layout.reg_geometry(plan.units, item, plan.reg_k_tiles)
+    _, reg_cols = layout.reg_geometry("forward", plan.units, item, plan.reg_k_tiles)
     weights = rec.m * (reg_cols + rec.k) * item + proj.m * proj.k * item
     gemm_flops = 2 * seq_len * batch * 4 * hidden * input_size
     return _layer(plan, seq_len, phases, weights, gemm_flops, dtype, gpu)
@@ -276,7 +282,11 @@ def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inp
     has_proj = out_size != hidden
     cluster = plan.kind == "cluster"
     chain, proj = layout.backward_products(hidden, out_size, has_proj, item, plan.units,
-                                           plan.proj_cols, plan.block_rows, cluster)
+                                           plan.proj_cols, plan.block_rows, cluster,
+                                           plan.reg_k_tiles)
+    # Register plans: the gate gradients are staged whole, the register part's columns too.
+    _, reg_cols = layout.reg_geometry("backward", plan.units, item, plan.reg_k_tiles)
+    whole = replace(chain, k=chain.k + reg_cols)
     cells = plan.block_rows * plan.units
     cell_bytes = (cells * 6 * 4                                # saved gates, c, c(t-1) in
                   + (0 if has_proj else cells * item)          # dy in
@@ -294,10 +304,11 @@ def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inp
                         gates_in + cols * (2 * item + 4),      # dy in, dh out, dy_total out
                         gates_shared)]
     else:
-        gates_in, gates_shared = _staged(plan, chain, item)    # dgates(t+1) of the batch block
-        phases = [Phase(product_time(chain, item, True, gpu), gates_in + cell_bytes,
-                        gates_shared)]
-    weights = chain.m * chain.k * item + proj.m * proj.k * item
+        gates_in, gates_shared = _staged(plan, whole, item)    # dgates(t+1) of the batch block
+        product = (reg_product_time("backward", chain, plan.units, plan.reg_k_tiles, True, gpu)
+                   if plan.reg_k_tiles else product_time(chain, item, True, gpu))
+        phases = [Phase(product, gates_in + cell_bytes, gates_shared)]
+    weights = whole.m * whole.k * item + proj.m * proj.k * item
     gemm_flops = (2 * seq_len * batch * 4 * hidden * (2 * input_size + out_size)
                   + (2 * seq_len * batch * out_size * hidden if has_proj else 0))
     return _layer(plan, seq_len, phases, weights, gemm_flops, dtype, gpu)

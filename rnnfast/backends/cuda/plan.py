@@ -10,10 +10,7 @@ gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
   other's shared memory (st.async), each waiting on its own mbarrier for its peers'
   bytes: no barrier a step. Clusters are independent, so any number may run. The
   backward's plan needs hidden x itemsize a multiple of 4 bytes (its words must not
-  straddle two gates' columns). A 16-bit forward of at most 8 rows a block may be a
-  register cluster plan (`reg_k_tiles`): each CTA keeps the first columns of its W_hh
-  rows as mma fragments in registers and only the rest in shared memory, so a step
-  reads fewer bytes from shared memory and a cluster holds layers up to H = 768.
+  straddle two gates' columns).
 - "grid" (sm_80+): a cooperative launch of unit_slices x batch_blocks <= SMs blocks;
   a batch block meets at a bounded release/acquire counter barrier in global memory.
   Each block stages its batch block's exchanged operand from L2 every step. On sm_90 a
@@ -22,9 +19,15 @@ gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
   cluster, each CTA copying 1/multicast of its rows into every CTA of the cluster by
   TMA multicast. The barrier and the exchange stay the grid's.
 
-make_plan lists the splits that fit (cluster plans and their register variants, then
-every number of batch blocks as a grid, plain and then with its multicast variants) and
-takes the one the latency model (model.py) rates fastest. A layer no form fits runs on
+Register plans (`reg_k_tiles`; 16-bit weights, at most 8 rows a block): a block keeps
+the first columns of its recurrent weights as mma fragments in registers and only the
+rest in shared memory, so a step reads fewer bytes from shared memory and a block holds
+more than shared memory alone could. The forward's are cluster plans (a cluster then
+holds layers up to H = 768), the backward's grid plans without a projection.
+
+make_plan lists the splits that fit (cluster plans, then every number of batch blocks as
+a grid, plain and then with its multicast variants; each with its register variant
+where it has one) and takes the one the latency model (model.py) rates fastest. A layer no form fits runs on
 the reference backend (cuda/__init__.py) and says so once. The layout sizes below mirror
 csrc/lstm_common.cuh byte for byte; tests/test_cuda_sources.py compares the two.
 """
@@ -45,8 +48,10 @@ EXCHANGE_ALIGN = 16
 RING_BYTES = 64 * 1024
 ALIGN = 128
 MAX_CLUSTER = 16  # kMaxCluster: CTAs per cluster with the non-portable size (H100/H200)
-REG_TILES = 3      # kRegTiles: register cluster plans' M tiles of W_hh a warp holds in registers
+REG_TILES = 3      # kRegTiles: forward register plans' M tiles of W_hh a warp holds in registers
 REG_K_TILES = 11   # kRegKTiles: ... and k-tiles of each
+CHAIN_REG_TILES = 1     # kChainRegTiles: backward register plans' M tiles of W_hh^T a warp holds
+CHAIN_REG_K_TILES = 24  # kChainRegKTiles: ... and k-tiles of it
 # CTAs per cluster a multicast grid plan tries, smallest first: the portable cluster sizes
 # (at most 8 CTAs, which every sm_90 part places without the non-portable-size opt-in)
 # that are powers of two, so that they divide the usual unit_slices (64, 32, ...) and
@@ -73,8 +78,9 @@ class Plan:
     multicast: int = 0  # grid plans on sm_90: CTAs per cluster (consecutive slices of one
                         # batch block) sharing each single-chunk staged operand by TMA
                         # multicast, one L2 read per cluster; 0: none, cp.async per block
-    reg_k_tiles: int = 0  # register cluster plans (forward, 16-bit, <= 8 rows a block):
-                          # k-tiles per k-slice of W_hh held in registers (reg_slices);
+    reg_k_tiles: int = 0  # register plans (16-bit, <= 8 rows a block; forward: cluster,
+                          # backward: grid without a projection): k-tiles per k-slice of
+                          # the recurrent weights held in registers (reg_geometry);
                           # 0: the block's whole slice in shared memory
 
     @property
@@ -187,22 +193,37 @@ class Product:
         return _align((reg_slices + self.ksplit) * self.m * self.nb * 4)
 
 
-def reg_slices(m_tiles: int) -> int:
+def reg_slices(m_tiles: int, tiles: int) -> int:
     """lstm_common.cuh reg_slices: the most k-slices (warp groups) of a register plan
-    whose warps, REG_TILES M tiles each, still cover every M tile; 0 if none can."""
-    if m_tiles > REG_TILES * WARPS:
+    whose warps, `tiles` M tiles each, still cover every M tile; 0 if none can."""
+    if m_tiles > tiles * WARPS:
         return 0
     slices = WARPS
-    while slices > 1 and m_tiles > REG_TILES * (WARPS // slices):
+    while slices > 1 and m_tiles > tiles * (WARPS // slices):
         slices //= 2
     return slices
 
 
-def reg_geometry(units: int, itemsize: int, reg_k_tiles: int) -> tuple[int, int]:
-    """(k-slices, columns) of W_hh a register plan's block holds in registers."""
+def reg_shape(direction: str) -> tuple[int, int]:
+    """(M tiles, k-tiles of each) a warp of a register plan holds: forward, W_hh rows;
+    backward, W_hh^T rows (the chain's)."""
+    return (REG_TILES, REG_K_TILES) if direction == "forward" else (CHAIN_REG_TILES,
+                                                                      CHAIN_REG_K_TILES)
+
+
+def reg_k_slices(direction: str, units: int) -> int:
+    """k-slices of a register plan's block of `units` units: of the forward's 4 x units
+    W_hh rows, of the backward's units W_hh^T rows."""
+    rows = 4 * units if direction == "forward" else units
+    return reg_slices(_cdiv(rows, WEIGHT_TILE), reg_shape(direction)[0])
+
+
+def reg_geometry(direction: str, units: int, itemsize: int, reg_k_tiles: int) -> tuple[int, int]:
+    """(k-slices, columns) of its recurrent weights a register plan's block holds in
+    registers."""
     if not reg_k_tiles:
         return 0, 0
-    slices = reg_slices(_cdiv(4 * units, WEIGHT_TILE))
+    slices = reg_k_slices(direction, units)
     return slices, slices * reg_k_tiles * k_tile(itemsize)
 
 
@@ -212,7 +233,7 @@ def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, 
     """The forward's products (lstm_common.cuh forward_layout). Register plans: `rec` is
     the shared-memory part, W_hh columns from reg_geometry's onwards, whose B rows are
     h's whole rows (b_ld)."""
-    _, reg_cols = reg_geometry(units, itemsize, reg_k_tiles if cluster else 0)
+    _, reg_cols = reg_geometry("forward", units, itemsize, reg_k_tiles if cluster else 0)
     rec = Product.make(4 * units, max(out_size - reg_cols, 0), block_rows, itemsize, cluster)
     if reg_cols:
         rec = replace(rec, b_ld=_round_up(out_size, k_tile(itemsize)) + 16 // itemsize)
@@ -221,12 +242,20 @@ def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, 
     return rec, proj
 
 
-def reg_split_ok(rec: Product, units: int, itemsize: int, cluster: bool, reg_k_tiles: int) -> bool:
-    """lstm_common.cuh reg_split_ok: whether the kernel handles this register split."""
-    slices, _ = reg_geometry(units, itemsize, reg_k_tiles)
-    return not reg_k_tiles or (cluster and itemsize == 2 and not rec.swapped and rec.n_tiles == 1
-                               and slices > 0 and reg_k_tiles <= REG_K_TILES
-                               and rec.k >= reg_k_tiles * k_tile(itemsize))
+def reg_split_ok(direction: str, product: Product, units: int, itemsize: int, cluster: bool,
+                 has_proj: bool, reg_k_tiles: int) -> bool:
+    """lstm_common.cuh reg_split_ok of the direction's layout: whether its kernel handles
+    this register split (`product`: the recurrent product's shared-memory part)."""
+    if not reg_k_tiles:
+        return True
+    slices, _ = reg_geometry(direction, units, itemsize, reg_k_tiles)
+    if direction == "forward":
+        form = cluster
+    else:  # the gate gradients staged whole
+        form = not cluster and not has_proj and product.chunks == 1
+    return (form and itemsize == 2 and not product.swapped and product.n_tiles == 1
+            and slices > 0 and reg_k_tiles <= reg_shape(direction)[1]
+            and product.k >= reg_k_tiles * k_tile(itemsize))
 
 
 def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
@@ -237,7 +266,7 @@ def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int
     stores complete on (bar_off)."""
     rec, proj = forward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
                                  block_rows, cluster, reg_k_tiles)
-    slices, _ = reg_geometry(units, itemsize, reg_k_tiles if cluster else 0)
+    slices, _ = reg_geometry("forward", units, itemsize, reg_k_tiles if cluster else 0)
     ring = rec.exchange_bytes(itemsize) if cluster else rec.ring_bytes(itemsize)
     return (rec.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
             + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
@@ -247,9 +276,17 @@ def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int
 
 
 def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
-                      proj_cols: int, block_rows: int, cluster: bool) -> tuple[Product, Product]:
-    chain = Product.make(proj_cols if has_proj else units, 4 * hidden, block_rows, itemsize,
-                         cluster)
+                      proj_cols: int, block_rows: int, cluster: bool,
+                      reg_k_tiles: int = 0) -> tuple[Product, Product]:
+    """The backward's products (lstm_common.cuh backward_layout). Register plans: `chain`
+    is the shared-memory part, gate-gradient columns from reg_geometry's onwards, whose B
+    rows are the gate gradients' whole rows (b_ld)."""
+    _, reg_cols = reg_geometry("backward", proj_cols if has_proj else units, itemsize,
+                               reg_k_tiles)
+    chain = Product.make(proj_cols if has_proj else units, max(4 * hidden - reg_cols, 0),
+                         block_rows, itemsize, cluster)
+    if reg_cols:
+        chain = replace(chain, b_ld=_round_up(4 * hidden, k_tile(itemsize)) + 16 // itemsize)
     proj = Product.make(units if has_proj else 0, out_size if has_proj else 0, block_rows,
                         itemsize, False)
     return chain, proj
@@ -257,15 +294,17 @@ def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int,
 
 def backward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
                         proj_cols: int, block_rows: int, cluster: bool,
-                        multicast: bool = False) -> int:
+                        multicast: bool = False, reg_k_tiles: int = 0) -> int:
     """csrc/lstm_common.cuh backward_layout(...).bytes; `multicast` and `cluster` as in
     forward_smem_bytes."""
     chain, proj = backward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
-                                    block_rows, cluster)
+                                    block_rows, cluster, reg_k_tiles)
+    slices, _ = reg_geometry("backward", proj_cols if has_proj else units, itemsize,
+                             reg_k_tiles)
     ring = chain.exchange_bytes(itemsize) if cluster else chain.ring_bytes(itemsize)
     return (chain.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
             + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
-            + max(chain.part_bytes(), proj.part_bytes() if has_proj else 0)
+            + max(chain.part_bytes(slices), proj.part_bytes() if has_proj else 0)
             + _align(block_rows * units * 4)
             + (ALIGN if multicast or cluster else 0))
 
@@ -280,10 +319,9 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
     """The plan of this split, or None where it does not fit. `multicast` (grid plans):
     its CTAs per cluster; None too where it does not divide the split's unit_slices, or
     where no staged product is a single chunk (chunked products keep cp.async, so
-    multicast would change nothing). `registers` (cluster forward): the register plan of
-    the split, with as many k-tiles a slice as the kernel holds and as leave the
-    shared-memory part at least one k-slice wide (reg_split_ok); None where the split
-    has none."""
+    multicast would change nothing). `registers`: the register plan of the split, with
+    as many k-tiles a slice as the kernel holds and as leave the shared-memory part at
+    least one k-slice wide; None where the split has none (reg_split_ok)."""
     units = _round_up(_cdiv(hidden, slices), 4)
     slices = _cdiv(hidden, units)
     block_rows = _round_up(_cdiv(batch, batch_blocks), ROW_TILE)
@@ -296,22 +334,23 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
         return None  # the exchange's st.async words (>= 4 bytes) would straddle two gates
     reg_k_tiles = 0
     if registers:  # each k-slice no wider than what stays in shared memory
-        reg_k_tiles = min(REG_K_TILES, _cdiv(out_size, k_tile(itemsize))
-                          // (reg_slices(_cdiv(4 * units, WEIGHT_TILE)) + 1))
+        k_cols = out_size if direction == "forward" else 4 * hidden
+        reg_k_tiles = min(reg_shape(direction)[1], _cdiv(k_cols, k_tile(itemsize))
+                          // (reg_k_slices(direction, units) + 1))
         if not reg_k_tiles:
             return None
     if direction == "forward":
         products = forward_products(hidden, out_size, has_proj, itemsize, units, cols,
                                     block_rows, cluster, reg_k_tiles)
-        if not reg_split_ok(products[0], units, itemsize, cluster, reg_k_tiles):
-            return None
         smem = forward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
                                   cluster, multicast > 0, reg_k_tiles)
     else:
         products = backward_products(hidden, out_size, has_proj, itemsize, units, cols,
-                                     block_rows, cluster)
+                                     block_rows, cluster, reg_k_tiles)
         smem = backward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
-                                   cluster, multicast > 0)
+                                   cluster, multicast > 0, reg_k_tiles)
+    if not reg_split_ok(direction, products[0], units, itemsize, cluster, has_proj, reg_k_tiles):
+        return None
     if smem > smem_per_block or not _fits(products):
         return None
     if multicast and not any(p.m and p.chunks == 1 for p in products):
@@ -330,14 +369,16 @@ def _resident(resident_clusters: tuple[int, ...], size: int, sms: int) -> int:
 @functools.lru_cache(maxsize=1024)
 def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: bool,
               itemsize: int, sms: int, smem_per_block: int, major: int,
-              clusters: bool = True, resident_clusters: tuple[int, ...] = ()) -> Union[Plan, str]:
+              plain: bool = False, resident_clusters: tuple[int, ...] = ()) -> Union[Plan, str]:
     """The plan of the "forward" or "backward" kernel for this layer on a GPU with `sms`
     SMs, `smem_per_block` opt-in shared memory and compute capability `major`.x, or why
     none fits.
 
     Candidates, in this order: cluster plans (sm_90, no projection), then for each
     number of batch blocks its grid split, plain and then as multicast grid plans
-    (sm_90, m in MULTICAST_SIZES, smallest first). A multicast variant is kept only
+    (sm_90, m in MULTICAST_SIZES, smallest first); with 16-bit weights each followed by
+    its register plan where the kernels have one (the forward's clusters, the
+    backward's grid plans without a projection). A multicast variant is kept only
     where m divides unit_slices (a cluster is consecutive slices of one batch block), a
     staged product is a single chunk, the mbarrier slot still fits, and the GPU holds
     every block in a cluster at once (the launch is cooperative too). Of the candidates,
@@ -345,18 +386,17 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
     so a cluster of CTAs is only taken where the model says it pays, and no larger than
     it pays (a plan bound by one SM's L2 rate gains nothing from more multicast).
 
-    clusters=False: plain grid plans only, what a refused cluster or multicast launch
-    falls back to. resident_clusters[c]: how many clusters of c CTAs the GPU holds at
+    plain=True: plain grid plans only (no clusters, multicast or registers), what a
+    refused launch of any other plan falls back to. resident_clusters[c]: how many clusters of c CTAs the GPU holds at
     once (binding.cpp device_limits); a cluster plan runs its batch blocks side by side
     only up to that many (more would run in waves, each as long as the whole layer), a
     multicast grid plan needs blocks <= that many x c. Without it, sms // c."""
     candidates = []
-    if clusters and major >= 9 and not has_proj:
+    variants = (False, True) if itemsize == 2 and not plain else (False,)  # registers
+    if not plain and major >= 9 and not has_proj:
         # One cluster per batch block, as many CTAs as split the layer into >= 4 units
         # each (up to 16), while the GPU holds all the clusters at once.
         slices = min(MAX_CLUSTER, _cdiv(hidden, 4))
-        # Forward with 16-bit weights: also each split's register plan.
-        variants = (False, True) if direction == "forward" and itemsize == 2 else (False,)
         for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
             plans = [_candidate("cluster", direction, batch, hidden, out_size, has_proj,
                                 itemsize, slices, batch_blocks, smem_per_block,
@@ -368,19 +408,22 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
             if plans[0].batch_blocks > _resident(resident_clusters, plans[0].unit_slices, sms):
                 break  # more batch blocks only need more clusters
             candidates.extend(plans)
-    sizes = MULTICAST_SIZES if clusters and major >= 9 else ()
+    sizes = MULTICAST_SIZES if not plain and major >= 9 else ()
     for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
         slices = min(sms // batch_blocks, _cdiv(hidden, 4))
         if slices < 1:
             break
         for multicast in (0, *sizes):
-            plan = _candidate("grid", direction, batch, hidden, out_size, has_proj, itemsize,
-                              slices, batch_blocks, smem_per_block, multicast)
-            if plan is None or plan in candidates:
-                continue
-            if multicast and plan.blocks > _resident(resident_clusters, multicast, sms) * multicast:
-                continue  # a cooperative launch needs every block (here: cluster) resident
-            candidates.append(plan)
+            for registers in variants:
+                plan = _candidate("grid", direction, batch, hidden, out_size, has_proj,
+                                  itemsize, slices, batch_blocks, smem_per_block, multicast,
+                                  registers)
+                if plan is None or plan in candidates:
+                    continue
+                if (multicast and plan.blocks
+                        > _resident(resident_clusters, multicast, sms) * multicast):
+                    continue  # a cooperative launch needs every block (here: cluster) resident
+                candidates.append(plan)
     if not candidates:
         return (f"the {direction} kernel cannot hold this layer on chip (B={batch}, H={hidden}, "
                 f"P={out_size}, {itemsize}-byte weights): on no split over {sms} SMs do a "
