@@ -194,7 +194,8 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
         const int b = e / U, u = e % U;
         if (b >= n_act && b < n_next && u < my_units)
-          args.dh0[(size_t)(row0 + b) * P + unit0 + u] = product_out(L.chain, part, u, b, L.reg_slices);
+          args.dh0[(size_t)(row0 + b) * P + unit0 + u] =
+              product_out(L.chain, part, u, b, L.reg_slices);
       }
       // dgates(t) of every unit is out before iteration k-1 reads it (cluster plans:
       // the four gates' columns of step k's rows go to every peer).

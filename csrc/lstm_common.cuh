@@ -32,9 +32,9 @@ constexpr int kExchangeAlign = 16; // exchange rows (h, dgates, dh) padded to 16
 constexpr int kRingBytes = 64 * 1024;  // shared memory for a streamed operand's stages
 constexpr int kAlign = 128;        // bytes: every shared-memory region starts aligned
 constexpr int kMaxCluster = 16;    // CTAs a cluster may have (the non-portable size, sm_90)
-constexpr int kRegTiles = 3;       // register plans, forward: W_hh M tiles a warp holds in registers
+constexpr int kRegTiles = 3;       // register plans, forward: W_hh M tiles a warp holds
 constexpr int kRegKTiles = 11;     // ... and k-tiles of each (3 x 11 A fragments: 132 registers)
-constexpr int kChainRegTiles = 1;  // register plans, backward: M tiles of W_hh^T a warp holds
+constexpr int kChainRegTiles = 1;  // register plans, backward: W_hh^T M tiles a warp holds
 constexpr int kChainRegKTiles = 24;  // ... and k-tiles of it (24 A fragments: 96 registers)
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }

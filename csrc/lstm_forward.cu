@@ -68,7 +68,8 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   };
   // Register plans: W_hh columns [0, reg_cols) of my rows as A fragments in registers.
   RegWeights<T, kRegTiles, kRegKTiles> regs;
-  if constexpr (kRegs) load_reg_weights(regs, L.rec, L.reg_slices, sp.reg_k_tiles, w_s, 4 * U, w_hh_of);
+  if constexpr (kRegs)
+    load_reg_weights(regs, L.rec, L.reg_slices, sp.reg_k_tiles, w_s, 4 * U, w_hh_of);
   load_weights(w_s, L.rec, 4 * U, P - L.reg_cols,
                [&](int m, int k) { return w_hh_of(m, L.reg_cols + k); });
   if (has_proj)

@@ -400,37 +400,26 @@ def test_a_refused_launch_falls_back_cluster_then_grid_then_reference_with_one_w
     _assert_same(again, expected, dict(atol=0, rtol=0))
 
 
-def test_a_refused_multicast_launch_falls_back_to_the_plain_grid_then_reference(monkeypatch):
-    """FlashRNN's layer (B = 16, H = 768 fp16) on sm_90: the backward runs as a grid in
-    clusters of 4 for multicast, the forward as a cluster plan, both with W_hh partly in
-    registers. Refused, each retries as the plain grid (no clusters, no registers), then
-    runs on the reference backend."""
-    fake = _FakeExtension(9, _refuse)
+@pytest.mark.parametrize("major,tried,reg_k_tiles", [
+    (9, [("forward", 16, 0), ("forward", 0, 0), ("backward", 0, 4), ("backward", 0, 0)],
+     [11, 0, 21, 0]),
+    (8, [("forward", 0, 0), ("backward", 0, 0), ("backward", 0, 0)], [0, 21, 0]),
+], ids=["sm_90", "sm_80"])
+def test_a_refused_cluster_multicast_or_register_launch_falls_back_to_the_plain_grid(
+        monkeypatch, major, tried, reg_k_tiles):
+    """FlashRNN's layer (B = 16, H = 768 fp16). On sm_90 the forward is a cluster plan
+    and the backward a grid in clusters of 4 for multicast, both with W_hh partly in
+    registers; on sm_80 the forward is a plain grid and the backward a grid with W_hh^T
+    partly in registers. Refused, each retries as the plain grid (no clusters, no
+    registers), then runs on the reference backend; a refused plain grid goes straight
+    there."""
+    fake = _FakeExtension(major, _refuse)
     fwd, bwd = _use_fake(monkeypatch, fake)
     args = _layer(2, 16, 8, 768, dtype=torch.float16, device=torch.device("cpu"))
     with pytest.warns(UserWarning, match="cooperative launch of the .* kernel was refused.*"
                                          "using the reference"):
         got = _run(fwd, bwd, args, False)
-    assert fake.tried == [("forward", 16, 0), ("forward", 0, 0), ("backward", 0, 4),
-                          ("backward", 0, 0)]
-    assert fake.reg_k_tiles == [11, 0, 21, 0]  # the register plans', then the plain grids' none
-    expected = _run(reference.forward, reference.backward, args, False)
-    _assert_same(got, expected, dict(atol=0, rtol=0))
-
-
-def test_a_refused_register_grid_launch_falls_back_to_the_plain_grid_then_reference(monkeypatch):
-    """FlashRNN's layer on sm_80: the forward is a plain grid, the backward a grid with
-    W_hh^T partly in registers (no clusters on sm_80). A refused register launch (its
-    255 registers a thread leave no room beside another kernel) retries as the plain
-    grid, then runs on the reference backend; a refused plain grid goes straight there."""
-    fake = _FakeExtension(8, _refuse)
-    fwd, bwd = _use_fake(monkeypatch, fake)
-    args = _layer(2, 16, 8, 768, dtype=torch.float16, device=torch.device("cpu"))
-    with pytest.warns(UserWarning, match="cooperative launch of the .* kernel was refused.*"
-                                         "using the reference"):
-        got = _run(fwd, bwd, args, False)
-    assert fake.tried == [("forward", 0, 0), ("backward", 0, 0), ("backward", 0, 0)]
-    assert fake.reg_k_tiles == [0, 21, 0]
+    assert (fake.tried, fake.reg_k_tiles) == (tried, reg_k_tiles)
     expected = _run(reference.forward, reference.backward, args, False)
     _assert_same(got, expected, dict(atol=0, rtol=0))
 

@@ -338,10 +338,11 @@ void backward(const Meta& m) {
           for (int b = 0; b < (n_act > n_next ? n_act : n_next); ++b)
             for (int u = 0; u < mine; ++u) {
               const int r = row0 + b, unit = unit0 + u;
-              const float prod = b < n_next ? reg_product_host(L.chain, L.reg_slices, L.reg_cols, sp.reg_k_tiles,
-                                                               reg_copies(kChainRegTiles), itemsize, w_s[j],
-                                                               w_regs[j], u, g_in + (size_t)r * gld)
-                                            : 0.f;
+              const float prod =
+                  b < n_next ? reg_product_host(L.chain, L.reg_slices, L.reg_cols, sp.reg_k_tiles,
+                                                reg_copies(kChainRegTiles), itemsize, w_s[j],
+                                                w_regs[j], u, g_in + (size_t)r * gld)
+                             : 0.f;
               if (b < n_act) {
                 const float dh = (b < n_next ? prod : dh_n[(size_t)r * P + unit]) + dy[(s.offset + r) * P + unit];
                 dy_total[(s.offset + r) * P + unit] = dh;
@@ -605,7 +606,8 @@ bool check_register_tiles() {
         if (hits[i] != 1) return fail("register tile held once per k-slice", (int)i, hits[i]);
       ++checked;
     }
-    if (reg_slices(tiles * kWarps + 1, tiles) != 0) return fail("too many M tiles to hold", tiles, 0);
+    if (reg_slices(tiles * kWarps + 1, tiles) != 0)
+      return fail("too many M tiles to hold", tiles, 0);
     if (checked != tiles * kWarps) return false;
   }
   return true;

@@ -27,9 +27,10 @@ holds layers up to H = 768), the backward's grid plans without a projection.
 
 make_plan lists the splits that fit (cluster plans, then every number of batch blocks as
 a grid, plain and then with its multicast variants; each with its register variant
-where it has one) and takes the one the latency model (model.py) rates fastest. A layer no form fits runs on
-the reference backend (cuda/__init__.py) and says so once. The layout sizes below mirror
-csrc/lstm_common.cuh byte for byte; tests/test_cuda_sources.py compares the two.
+where it has one) and takes the one the latency model (model.py) rates fastest. A
+layer no form fits runs on the reference backend (cuda/__init__.py) and says so once.
+The layout sizes below mirror csrc/lstm_common.cuh byte for byte;
+tests/test_cuda_sources.py compares the two.
 """
 from __future__ import annotations
 
@@ -387,10 +388,11 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
     it pays (a plan bound by one SM's L2 rate gains nothing from more multicast).
 
     plain=True: plain grid plans only (no clusters, multicast or registers), what a
-    refused launch of any other plan falls back to. resident_clusters[c]: how many clusters of c CTAs the GPU holds at
-    once (binding.cpp device_limits); a cluster plan runs its batch blocks side by side
-    only up to that many (more would run in waves, each as long as the whole layer), a
-    multicast grid plan needs blocks <= that many x c. Without it, sms // c."""
+    refused launch of any other plan falls back to. resident_clusters[c]: how many
+    clusters of c CTAs the GPU holds at once (binding.cpp device_limits); a cluster plan
+    runs its batch blocks side by side only up to that many (more would run in waves,
+    each as long as the whole layer), a multicast grid plan needs blocks <= that many x
+    c. Without it, sms // c."""
     candidates = []
     variants = (False, True) if itemsize == 2 and not plain else (False,)  # registers
     if not plain and major >= 9 and not has_proj:
