@@ -101,7 +101,7 @@ def test_h100_plan_numbers_for_the_standard_cases():
     # of shared memory. Forward: 8 CTAs. Backward: 4, because at 4 each SM's own L2
     # rate (49 KB of dgates a step) already bounds the step and 8 gains nothing in the
     # model. The backward's blocks hold 8 k-slices of 21 k-tiles of their W_hh^T rows
-    # (2688 of 3072) in registers: 70 KB of shared memory instead of 152 KB. On sm_80
+    # (2688 of 3072) in registers: 70,528 B of shared memory instead of 152,448. On sm_80
     # the same split without clusters, each block staging its own copy.
     for direction, multicast, regs in (("forward", 8, 0), ("backward", 4, 21)):
         p = cuda_plan.make_plan(direction, 16, 768, 768, False, 2, SMS, SMEM, 9,
@@ -249,10 +249,12 @@ def test_layers_too_large_for_chip_get_a_reason(direction, hidden, itemsize):
 
 
 def test_largest_square_layers_held_on_chip():
-    """Where the fallback starts on an H100 at B = 16 (csrc/README.md quotes these)."""
-    def largest(direction, itemsize, kind=None):
+    """Where the fallback starts on an H100 at B = 16, and for the 16-bit backward at
+    B = 8 (csrc/README.md quotes these)."""
+    def largest(direction, itemsize, kind=None, batch=16, plain=False):
         fits = [h for h in range(64, 4097, 64)
-                if isinstance(p := _plan(direction, 16, h, itemsize=itemsize), cuda_plan.Plan)
+                if isinstance(p := cuda_plan.make_plan(direction, batch, h, h, False, itemsize,
+                                                       SMS, SMEM, 9, plain), cuda_plan.Plan)
                 and (kind is None or p.kind == kind)]
         return max(fits)
     assert largest("forward", 2) == 1536
@@ -263,6 +265,9 @@ def test_largest_square_layers_held_on_chip():
     assert largest("backward", 4) == 1024
     assert largest("backward", 2, "cluster") == 512
     assert largest("backward", 4, "cluster") == 256
+    # One batch block of 8 rows: W_hh^T partly in registers leaves room for more.
+    assert (largest("backward", 2, batch=8), largest("backward", 2, batch=8, plain=True)) == (
+        1664, 1280)
 
 
 # ---------------------------------------------------------------------------------
