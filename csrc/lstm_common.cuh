@@ -444,7 +444,7 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
   L.reg_cols = L.reg_slices * sp.reg_k_tiles * k_tile(itemsize);
   L.rec = make_product(4 * sp.units, max_int(out_size - L.reg_cols, 0), sp.block_rows, itemsize,
                        cluster);
-  if (regs) L.rec.b_ld = round_up(out_size, k_tile(itemsize)) + row_pad(itemsize);
+  if (L.reg_cols > 0) L.rec.b_ld = round_up(out_size, k_tile(itemsize)) + row_pad(itemsize);
   L.proj = make_product(has_proj ? sp.proj_cols : 0, has_proj ? hidden : 0, sp.block_rows,
                         itemsize, false);
   const size_t ring = cluster ? exchange_bytes(L.rec, itemsize) : ring_bytes(L.rec, itemsize);
@@ -503,7 +503,7 @@ RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_pro
   L.reg_cols = L.reg_slices * sp.reg_k_tiles * k_tile(itemsize);
   L.chain = make_product(chain_rows, max_int(4 * hidden - L.reg_cols, 0), sp.block_rows, itemsize,
                          cluster);
-  if (regs) L.chain.b_ld = round_up(4 * hidden, k_tile(itemsize)) + row_pad(itemsize);
+  if (L.reg_cols > 0) L.chain.b_ld = round_up(4 * hidden, k_tile(itemsize)) + row_pad(itemsize);
   L.proj = make_product(has_proj ? sp.units : 0, has_proj ? out_size : 0, sp.block_rows, itemsize,
                         false);
   L.w_off = 0;

@@ -125,7 +125,7 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
     configs = [(H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs)
                for H, P in [(20, 20), (20, 11), (96, 96), (768, 768), (1024, 512), (9, 5)]
                for proj in (0, 1) for itemsize in (2, 4)
-               for units, cols in [(4, 3), (8, 6), (12, 40), (32, 128), (48, 0)]
+               for units, cols in [(4, 3), (8, 6), (12, 40), (32, 128), (48, 0), (136, 8)]
                for rows, cluster, multicast, regs in [
                    (8, 0, 0, 0), (16, 4, 0, 0), (64, 0, 0, 0), (256, 0, 0, 0), (8, 0, 8, 0),
                    (64, 0, 2, 0), (8, 16, 0, 1), (8, 16, 0, 11), (8, 16, 0, 12), (16, 16, 0, 5),
