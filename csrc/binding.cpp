@@ -277,9 +277,10 @@ void backward(const OptTensor& dy,        // [N, P] io
                                                                  itemsize, a.split),
                                         a.split, itemsize, a.w_hr != nullptr),
               "rnnfast._C.backward: reg_k_tiles=", reg_k_tiles,
-              " is not a register split the kernel handles (a grid plan of 16-bit weights without "
-              "a projection, at most 8 rows a block, the gate gradients in one chunk, at most ",
-              rnnfast::kChainRegKTiles, " k-tiles a slice, leaving a k-slice in shared memory)");
+              " is not a register split the kernel handles (16-bit weights without a projection, "
+              "at most 8 rows a block, the gate gradients in one chunk, at most ",
+              rnnfast::chain_reg_k_tiles(a.split), " k-tiles a slice, leaving a k-slice in "
+              "shared memory)");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
                         cluster > 0     ? "cluster launch of the backward kernel"

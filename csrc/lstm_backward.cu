@@ -23,10 +23,11 @@
 // by step parity, and waits on its own mbarrier for its peers' (exchange_step): no
 // global exchange, no barrier, no staging.
 //
-// Register grid plans (16-bit, no projection, at most 8 rows a block;
-// lstm_backward_reg_kernel) keep the first columns of the block's W_hh^T rows in
-// registers as mma fragments (reg_product), the rest in shared memory, and stage each
-// step's gate gradients whole before both parts multiply them.
+// Register plans (16-bit, no projection, at most 8 rows a block; lstm_backward_reg_kernel
+// for grids, lstm_backward_cluster_reg_kernel for clusters) keep the first columns of
+// the block's W_hh^T rows in registers as mma fragments (reg_product), the rest in
+// shared memory. Grid plans stage each step's gate gradients whole before both parts
+// multiply them; cluster plans have them whole in their exchange buffer.
 #include "lstm_device.cuh"
 
 namespace rnnfast {
@@ -39,7 +40,9 @@ struct SavedCell {
 
 template <typename T, bool kCluster, bool kRegs = false>
 __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
-  static_assert(!kRegs || (!kCluster && sizeof(T) == 2), "register plans: grid, 16-bit");
+  static_assert(!kRegs || sizeof(T) == 2, "register plans: 16-bit");
+  // A cluster kernel uses some 180 registers besides the fragments, a grid kernel fewer.
+  constexpr int kRegKTiles = kCluster ? kClusterChainRegKTiles : kChainRegKTiles;
   extern __shared__ __align__(128) unsigned char smem[];
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
@@ -73,7 +76,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
 
   auto w_hh_of = [&](int n, int j) { return w_hh[(size_t)j * P + col0 + n]; };  // W_hh^T (n, j)
   // Register plans: W_hh rows [0, reg_cols) of my columns as A fragments in registers.
-  RegWeights<T, kChainRegTiles, kChainRegKTiles> regs;
+  RegWeights<T, kChainRegTiles, kRegKTiles> regs;
   if constexpr (kRegs)
     load_reg_weights(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, my_cols, w_hh_of);
   load_weights(w_s, L.chain, my_cols, 4 * H - L.reg_cols,
@@ -172,9 +175,12 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       const int n_act = k >= 0 ? block_active(s.size, row0, Bb) : 0;
       const int n_next = k + 1 < args.steps ? block_active(rows_of(k + 1).size, row0, Bb) : 0;
       if (n_next > 0) {
-        if constexpr (kCluster) {
-          resident_product(L.chain, w_s, ring + ((k + 1) & 1) * g_elems, false, n_next,
-                           [](int) { return (const T*)nullptr; }, part);
+        if constexpr (kCluster) {  // dgates(t+1) whole in the exchange buffer
+          T* g_in = ring + ((k + 1) & 1) * g_elems;
+          if constexpr (kRegs) reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, g_in, part);
+          resident_product(L.chain, w_s, g_in + L.reg_cols, false, n_next,
+                           [](int) { return (const T*)nullptr; },
+                           part + (size_t)L.reg_slices * L.chain.m * L.chain.nb);
         } else if constexpr (kRegs) {  // dgates(t+1) whole, then both parts of W_hh^T
           stage_whole(ring, L.chain.b_ld, n_next, L.reg_cols + L.chain.k, gates_rows(k + 1), &mc);
           reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, ring, part);
@@ -263,7 +269,7 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_reg_kernel(const Ba
   backward_body<T, false, true>(args);
 }
 
-// Compiled for sm_90 only; the sm_80 image is an empty kernel the host never launches.
+// Compiled for sm_90 only; the sm_80 images are empty kernels the host never launches.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) lstm_backward_cluster_kernel(const BackwardArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -271,16 +277,28 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_cluster_kernel(cons
 #endif
 }
 
+// Register cluster plans (16-bit), a kernel of their own as the grid's.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_backward_cluster_reg_kernel(
+    const BackwardArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  backward_body<T, true, true>(args);
+#endif
+}
+
 template <typename T>
 cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
   auto grid_kernel = lstm_backward_kernel<T>;
+  auto cluster_kernel = lstm_backward_cluster_kernel<T>;
   if constexpr (sizeof(T) == 2) {
-    if (args.split.reg_k_tiles > 0) grid_kernel = lstm_backward_reg_kernel<T>;
+    if (args.split.reg_k_tiles > 0) {
+      grid_kernel = lstm_backward_reg_kernel<T>;
+      cluster_kernel = lstm_backward_cluster_reg_kernel<T>;
+    }
   } else if (args.split.reg_k_tiles > 0) {
     return cudaErrorInvalidValue;  // binding.cpp refuses fp32 register plans before this
   }
-  return launch_plan(grid_kernel, lstm_backward_cluster_kernel<T>, args,
-                     backward_smem_bytes(args), stream);
+  return launch_plan(grid_kernel, cluster_kernel, args, backward_smem_bytes(args), stream);
 }
 
 }  // namespace

@@ -35,7 +35,8 @@ constexpr int kMaxCluster = 16;    // CTAs a cluster may have (the non-portable 
 constexpr int kRegTiles = 3;       // register plans, forward: W_hh M tiles a warp holds
 constexpr int kRegKTiles = 11;     // ... and k-tiles of each (3 x 11 A fragments: 132 registers)
 constexpr int kChainRegTiles = 1;  // register plans, backward: W_hh^T M tiles a warp holds
-constexpr int kChainRegKTiles = 24;  // ... and k-tiles of it (24 A fragments: 96 registers)
+constexpr int kChainRegKTiles = 24;  // ... and k-tiles of it: grid plans (96 registers)
+constexpr int kClusterChainRegKTiles = 16;  // ... cluster plans (64: the kernel uses ~180 more)
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
 RNNFAST_HD int round_up(int a, int b) { return cdiv(a, b) * b; }
@@ -395,8 +396,8 @@ struct Split {
 // columns of its recurrent weight slice in registers, as mma A fragments loaded once,
 // and the rest in shared memory: a step reads fewer weight bytes from shared memory,
 // and a block holds slices that shared memory alone cannot. Forward: cluster plans, the
-// W_hh rows of the CTA's units; backward: grid plans without a projection, the W_hh
-// columns of the block's units (W_hh^T rows). They are `slices` k-slices of
+// W_hh rows of the CTA's units; backward: grid plans without a projection and cluster
+// plans, the W_hh columns of the block's units (W_hh^T rows). They are `slices` k-slices of
 // sp.reg_k_tiles k-tiles; the warps are split into `slices` groups of kWarps / slices,
 // and warp r of group g holds M tiles r, r + kWarps / slices, ... (at most `tiles`:
 // kRegTiles forward, kChainRegTiles backward) of k-slice g. Per step each warp multiplies
@@ -520,17 +521,23 @@ RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_pro
   return L;
 }
 
-// Whether the backward kernel handles a plan's register split (no registers: always): a
-// grid plan without a projection, 16-bit weights, one N tile (at most 8 batch rows, not
-// swapped), the gate gradients staged whole in one chunk, the M tiles covered by the
-// warps, at most kChainRegKTiles k-tiles a slice, and a k-slice no wider than the
-// shared-memory part it is staged through (load_reg_weights).
+// The most k-tiles a slice the backward's register kernels hold: grid or cluster.
+RNNFAST_HD int chain_reg_k_tiles(const Split& sp) {
+  return sp.cluster > 0 ? kClusterChainRegKTiles : kChainRegKTiles;
+}
+
+// Whether the backward kernels handle a plan's register split (no registers: always):
+// no projection, 16-bit weights, one N tile (at most 8 batch rows, not swapped), the
+// gate gradients whole in one chunk (grid plans stage them so; a cluster plan's
+// exchange holds them whole), the M tiles covered by the warps, at most
+// chain_reg_k_tiles k-tiles a slice, and a k-slice no wider than the shared-memory part
+// it is staged through (load_reg_weights).
 RNNFAST_HD bool reg_split_ok(const BackwardLayout& L, const Split& sp, int itemsize,
                              bool has_proj) {
   return sp.reg_k_tiles == 0 ||
-         (sp.cluster == 0 && !has_proj && itemsize == 2 && !L.chain.swapped &&
-          L.chain.n_tiles == 1 && L.chain.chunks == 1 && L.reg_slices > 0 &&
-          sp.reg_k_tiles <= kChainRegKTiles && L.chain.k >= sp.reg_k_tiles * k_tile(itemsize));
+         (!has_proj && itemsize == 2 && !L.chain.swapped && L.chain.n_tiles == 1 &&
+          L.chain.chunks == 1 && L.reg_slices > 0 && sp.reg_k_tiles <= chain_reg_k_tiles(sp) &&
+          L.chain.k >= sp.reg_k_tiles * k_tile(itemsize));
 }
 
 }  // namespace rnnfast

@@ -430,7 +430,8 @@ __device__ __forceinline__ float product_out(const Product& p, const float* part
 // Register plans (lstm_common.cuh reg_slices): the first reg_cols columns of a block's
 // recurrent weight rows (the A side of product `p`) as A fragments in registers, for the
 // whole sequence: warp w's tile j of k-slice reg_slice(w) at its kk-th k-tile. kTiles x
-// kKTiles: kRegTiles x kRegKTiles (forward), kChainRegTiles x kChainRegKTiles (backward).
+// kKTiles: kRegTiles x kRegKTiles (forward), kChainRegTiles x kChainRegKTiles or
+// kClusterChainRegKTiles (backward: grid or cluster).
 template <typename T, int kTiles, int kKTiles> struct RegWeights {
   AFragment<T> frag[kTiles][kKTiles];
 };

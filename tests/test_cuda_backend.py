@@ -66,9 +66,8 @@ def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj,
                     cuda_plan.backward_products)(hidden, out, bool(proj), itemsize, p.units,
                                                  p.proj_cols, p.block_rows, p.kind == "cluster",
                                                  p.reg_k_tiles)
-        if p.reg_k_tiles:  # a cluster forward or a grid backward its register kernel takes
-            assert (p.kind, itemsize, proj) == (
-                "cluster" if direction == "forward" else "grid", 2, 0), direction
+        if p.reg_k_tiles:  # a cluster forward, or a backward, its register kernel takes
+            assert (itemsize, proj) == (2, 0) and (p.kind == "cluster" or direction == "backward")
             assert cuda_plan.reg_split_ok(direction, products[0], p.units, itemsize,
                                           p.kind == "cluster", False, p.reg_k_tiles)
         if p.multicast:  # clusters of consecutive slices of one batch block, all resident
@@ -122,17 +121,18 @@ def test_h100_plan_numbers_for_the_standard_cases():
     assert cuda_plan.make_plan("backward", 16, 768, 768, False, 2, SMS, SMEM, 9,
                                plain=True).smem_bytes == 152320
     # H = 512 fp16 fits one cluster of 16 CTAs (32 units each) per batch block, forward
-    # and backward; on an A100 (sm_80) a grid. The forward holds 320 of its 512 W_hh
-    # columns in registers (2 k-slices of 10 k-tiles: a slice no wider than what stays
-    # in shared memory), which the model rates faster than all in shared memory.
-    for direction in ("forward", "backward"):
+    # and backward; on an A100 (sm_80) a grid. Both hold part of their weights in
+    # registers, which the model rates faster than all in shared memory: the forward 320
+    # of its 512 W_hh columns (2 k-slices of 10 k-tiles: a slice no wider than what stays
+    # in shared memory), the backward 1024 of its 2048 W_hh^T columns (4 k-slices of 16,
+    # the most the cluster kernel holds), 141,184 B of shared memory instead of 202,624.
+    for direction, regs, smem, held in (("forward", 10, 81280, (2, 320)),
+                                        ("backward", 16, 141184, (4, 1024))):
         small = _plan(direction, 16, 512)
-        assert (small.kind, small.unit_slices, small.units) == ("cluster", 16, 32), direction
+        assert (small.kind, small.unit_slices, small.units, small.reg_k_tiles,
+                small.smem_bytes) == ("cluster", 16, 32, regs, smem), direction
+        assert cuda_plan.reg_geometry(direction, small.units, 2, small.reg_k_tiles) == held
         assert _plan(direction, 16, 512, major=8).kind == "grid"
-    small = _plan("forward", 16, 512)
-    assert (small.reg_k_tiles, small.smem_bytes, _plan("backward", 16, 512).smem_bytes) == (
-        10, 81280, 202624)
-    assert cuda_plan.reg_geometry("forward", small.units, 2, small.reg_k_tiles) == (2, 320)
     # B = 256 H = 1024 bf16: two batch blocks of 128 rows over 64 blocks of 16 units.
     # Both staged operands (128 x 1024 h, 128 x 4096 dgates) are double-buffered chunks,
     # which keep cp.async: no multicast variant of any split.
@@ -549,16 +549,17 @@ def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
 @requires_kernels
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B,H,lengths", [(16, 768, None), (5, 700, [6, 4, 4, 2, 1]),
-                                         (3, 256, None), (2, 600, None)])
+                                         (3, 256, None), (2, 600, None), (16, 512, None)])
 def test_register_plans_meet_the_rule(monkeypatch, dtype, B, H, lengths):
     """Plans holding part of their recurrent weights in registers (csrc/lstm_device.cuh
     load_reg_weights, reg_product). On an H100/H200: FlashRNN's H = 768 (forward: a
     cluster of 2 k-slices of 11 k-tiles; backward: a grid in clusters of 4 for
     multicast, 8 k-slices of 21), an odd H = 700 packed and reversed (forward: 11 M
     tiles over 12 warp places; backward: a last block of 4 of its 8 units, in clusters
-    of 2), H = 256 (a forward of 4 k-slices of 3) and H = 600 (a backward of 8 k-slices
-    of 16 staged by cp.async). Within DESIGN.md §6's rule against float64, and every
-    direction ran as its plan, not a fallback."""
+    of 2), H = 256 (forward: 4 k-slices of 3; backward: a cluster, 8 of 7), H = 600 (a
+    backward of 8 k-slices of 16 staged by cp.async) and H = 512 (a cluster backward of
+    4 k-slices of 16). Within DESIGN.md §6's rule against float64, and every direction
+    ran as its plan, not a fallback."""
     from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
     plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
              for d in ("forward", "backward")}

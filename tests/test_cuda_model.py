@@ -316,9 +316,11 @@ def test_multicast_staging_pays_its_measured_extra_latency_once_per_shared_phase
             assert measured.step_s - assumed.step_s == pytest.approx(extra), (direction, p)
 
 
-@pytest.mark.parametrize("direction,B,H", [("forward", 16, 512), ("backward", 16, 768)])
+@pytest.mark.parametrize("direction,B,H", [("forward", 16, 512), ("backward", 16, 768),
+                                           ("backward", 64, 512)])
 def test_register_plans_issue_the_same_mma_and_read_less_shared_memory(direction, B, H):
-    """A register plan (the forward's cluster, the backward's grid in clusters of 4)
+    """A register plan (the forward's cluster, the backward's grid in clusters of 4 and
+    its cluster)
     against the same split with its whole weight slice in shared memory: the same mma
     (the register part's and the rest's add up to the whole product's), fewer
     shared-memory bytes (the register columns' weights are not read each step), the

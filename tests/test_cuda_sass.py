@@ -55,11 +55,13 @@ KIND = {"lstm_forward.cu": ("lstm_forward_kernel",),
         "lstm_backward.cu": ("lstm_backward_kernel", "lstm_backward_reg_kernel")}
 # sm_90 only: the cluster kernels' sm_80 images are empty stubs the host never launches.
 SM90_KIND = {"lstm_forward.cu": ("lstm_forward_cluster_kernel", "lstm_forward_reg_kernel"),
-             "lstm_backward.cu": ("lstm_backward_cluster_kernel",)}
+             "lstm_backward.cu": ("lstm_backward_cluster_kernel",
+                                  "lstm_backward_cluster_reg_kernel")}
 CLUSTER_KINDS = {kind for kinds in SM90_KIND.values() for kind in kinds}
 # The register kernels (W_hh partly in registers) exist for 16-bit weights only.
-DTYPES = {"lstm_forward_reg_kernel": {"__half", "__nv_bfloat16"},
-          "lstm_backward_reg_kernel": {"__half", "__nv_bfloat16"}}  # else all three
+DTYPES = {kind: {"__half", "__nv_bfloat16"} for kind in (
+    "lstm_forward_reg_kernel", "lstm_backward_reg_kernel", "lstm_backward_cluster_reg_kernel")}
+# (else all three)
 # The latency probes (test_probes_time_the_instructions_they_name).
 PROBES = "lstm_probe.cu"
 

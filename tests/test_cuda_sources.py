@@ -129,7 +129,8 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
                for rows, cluster, multicast, regs in [
                    (8, 0, 0, 0), (16, 4, 0, 0), (64, 0, 0, 0), (256, 0, 0, 0), (8, 0, 8, 0),
                    (64, 0, 2, 0), (8, 16, 0, 1), (8, 16, 0, 11), (8, 16, 0, 12), (16, 16, 0, 5),
-                   (8, 0, 0, 7), (8, 0, 4, 21), (8, 0, 0, 24), (8, 0, 0, 25), (16, 0, 0, 5)]]
+                   (8, 0, 0, 7), (8, 0, 4, 21), (8, 0, 0, 24), (8, 0, 0, 25), (16, 0, 0, 5),
+                   (8, 16, 0, 16), (8, 16, 0, 17)]]
     stdin = "".join(" ".join(map(str, c)) + "\n" for c in configs)
     result = subprocess.run([host_check, "layout"], input=stdin, capture_output=True, text=True,
                             timeout=60)

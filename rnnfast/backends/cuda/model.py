@@ -153,7 +153,7 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
 def reg_product_time(direction: str, rec: layout.Product, units: int, reg_k_tiles: int,
                      staged: bool, gpu: Gpu = H100) -> ProductTime:
     """A register plan's product (16-bit): its register part (lstm_device.cuh
-    reg_product: each warp multiplies its up to reg_shape(direction) M tiles of one
+    reg_product: each warp multiplies its up to reg_tiles(direction) M tiles of one
     k-slice, held in registers, by a B fragment loaded once per k-tile; a warp of fewer
     than MAX_COPIES tiles spreads each tile's reg_k_tiles mma over MAX_COPIES // tiles
     accumulator chains, the chains side by side) followed by the shared-memory part `rec`
@@ -162,7 +162,7 @@ def reg_product_time(direction: str, rec: layout.Product, units: int, reg_k_tile
     one partial sum per k-slice; `staged` (the backward's grid plans): the whole B
     operand is written in first, the register part's columns too."""
     rest = product_time(rec, 2, staged, gpu)
-    tiles, _ = layout.reg_shape(direction)
+    tiles = layout.reg_tiles(direction)
     copies = 1 if tiles >= layout.MAX_COPIES else layout.MAX_COPIES // tiles
     slices, reg_cols = layout.reg_geometry(direction, units, 2, reg_k_tiles)
     per = layout.WARPS // slices
@@ -293,8 +293,9 @@ def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inp
                   + cells * 4 * 4                              # dgates out in fp32
                   + (0 if cluster else cells * 4 * item))      # and the chain's exchange copy
     if cluster:  # the chain's copy of each gate gradient goes to every peer, not through L2
-        phases = [Phase(product_time(chain, item, False, gpu), cell_bytes,
-                        dsmem_bytes=cells * 4 * item * plan.unit_slices)]
+        product = (reg_product_time("backward", chain, plan.units, plan.reg_k_tiles, False, gpu)
+                   if plan.reg_k_tiles else product_time(chain, item, False, gpu))
+        phases = [Phase(product, cell_bytes, dsmem_bytes=cells * 4 * item * plan.unit_slices)]
     elif has_proj:
         cols = plan.block_rows * plan.proj_cols                # (row, column) pairs of phase B
         dh_in, dh_shared = _staged(plan, proj, item)

@@ -23,7 +23,8 @@ Register plans (`reg_k_tiles`; 16-bit weights, at most 8 rows a block): a block 
 the first columns of its recurrent weights as mma fragments in registers and only the
 rest in shared memory, so a step reads fewer bytes from shared memory and a block holds
 more than shared memory alone could. The forward's are cluster plans (a cluster then
-holds layers up to H = 768), the backward's grid plans without a projection.
+holds layers up to H = 768), the backward's grid plans without a projection and
+cluster plans.
 
 make_plan lists the splits that fit (cluster plans, then every number of batch blocks as
 a grid, plain and then with its multicast variants; each with its register variant
@@ -52,7 +53,8 @@ MAX_CLUSTER = 16  # kMaxCluster: CTAs per cluster with the non-portable size (H1
 REG_TILES = 3      # kRegTiles: forward register plans' M tiles of W_hh a warp holds in registers
 REG_K_TILES = 11   # kRegKTiles: ... and k-tiles of each
 CHAIN_REG_TILES = 1     # kChainRegTiles: backward register plans' M tiles of W_hh^T a warp holds
-CHAIN_REG_K_TILES = 24  # kChainRegKTiles: ... and k-tiles of it
+CHAIN_REG_K_TILES = 24  # kChainRegKTiles: ... and k-tiles of it: grid plans
+CLUSTER_CHAIN_REG_K_TILES = 16  # kClusterChainRegKTiles: ... cluster plans
 # CTAs per cluster a multicast grid plan tries, smallest first: the portable cluster sizes
 # (at most 8 CTAs, which every sm_90 part places without the non-portable-size opt-in)
 # that are powers of two, so that they divide the usual unit_slices (64, 32, ...) and
@@ -79,10 +81,10 @@ class Plan:
     multicast: int = 0  # grid plans on sm_90: CTAs per cluster (consecutive slices of one
                         # batch block) sharing each single-chunk staged operand by TMA
                         # multicast, one L2 read per cluster; 0: none, cp.async per block
-    reg_k_tiles: int = 0  # register plans (16-bit, <= 8 rows a block; forward: cluster,
-                          # backward: grid without a projection): k-tiles per k-slice of
-                          # the recurrent weights held in registers (reg_geometry);
-                          # 0: the block's whole slice in shared memory
+    reg_k_tiles: int = 0  # register plans (16-bit, <= 8 rows a block; forward: cluster;
+                          # backward: cluster, or grid without a projection): k-tiles
+                          # per k-slice of the recurrent weights held in registers
+                          # (reg_geometry); 0: the block's whole slice in shared memory
 
     @property
     def blocks(self) -> int:
@@ -205,18 +207,25 @@ def reg_slices(m_tiles: int, tiles: int) -> int:
     return slices
 
 
-def reg_shape(direction: str) -> tuple[int, int]:
-    """(M tiles, k-tiles of each) a warp of a register plan holds: forward, W_hh rows;
-    backward, W_hh^T rows (the chain's)."""
-    return (REG_TILES, REG_K_TILES) if direction == "forward" else (CHAIN_REG_TILES,
-                                                                      CHAIN_REG_K_TILES)
+def reg_tiles(direction: str) -> int:
+    """M tiles a warp of a register plan holds: forward, of W_hh rows; backward, of
+    W_hh^T rows (the chain's)."""
+    return REG_TILES if direction == "forward" else CHAIN_REG_TILES
+
+
+def max_reg_k_tiles(direction: str, cluster: bool) -> int:
+    """lstm_common.cuh: the most k-tiles a slice a register kernel holds of each tile
+    (the backward's chain_reg_k_tiles)."""
+    if direction == "forward":
+        return REG_K_TILES
+    return CLUSTER_CHAIN_REG_K_TILES if cluster else CHAIN_REG_K_TILES
 
 
 def reg_k_slices(direction: str, units: int) -> int:
     """k-slices of a register plan's block of `units` units: of the forward's 4 x units
     W_hh rows, of the backward's units W_hh^T rows."""
     rows = 4 * units if direction == "forward" else units
-    return reg_slices(_cdiv(rows, WEIGHT_TILE), reg_shape(direction)[0])
+    return reg_slices(_cdiv(rows, WEIGHT_TILE), reg_tiles(direction))
 
 
 def reg_geometry(direction: str, units: int, itemsize: int, reg_k_tiles: int) -> tuple[int, int]:
@@ -252,10 +261,10 @@ def reg_split_ok(direction: str, product: Product, units: int, itemsize: int, cl
     slices, _ = reg_geometry(direction, units, itemsize, reg_k_tiles)
     if direction == "forward":
         form = cluster
-    else:  # the gate gradients staged whole
-        form = not cluster and not has_proj and product.chunks == 1
+    else:  # the gate gradients whole in one chunk (staged, or in the cluster's exchange)
+        form = not has_proj and product.chunks == 1
     return (form and itemsize == 2 and not product.swapped and product.n_tiles == 1
-            and slices > 0 and reg_k_tiles <= reg_shape(direction)[1]
+            and slices > 0 and reg_k_tiles <= max_reg_k_tiles(direction, cluster)
             and product.k >= reg_k_tiles * k_tile(itemsize))
 
 
@@ -336,7 +345,7 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
     reg_k_tiles = 0
     if registers:  # each k-slice no wider than what stays in shared memory
         k_cols = out_size if direction == "forward" else 4 * hidden
-        reg_k_tiles = min(reg_shape(direction)[1], _cdiv(k_cols, k_tile(itemsize))
+        reg_k_tiles = min(max_reg_k_tiles(direction, cluster), _cdiv(k_cols, k_tile(itemsize))
                           // (reg_k_slices(direction, units) + 1))
         if not reg_k_tiles:
             return None
@@ -379,7 +388,8 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
     number of batch blocks its grid split, plain and then as multicast grid plans
     (sm_90, m in MULTICAST_SIZES, smallest first); with 16-bit weights each followed by
     its register plan where the kernels have one (the forward's clusters, the
-    backward's grid plans without a projection). A multicast variant is kept only
+    backward's clusters and grid plans without a projection). A multicast variant is
+    kept only
     where m divides unit_slices (a cluster is consecutive slices of one batch block), a
     staged product is a single chunk, the mbarrier slot still fits, and the GPU holds
     every block in a cluster at once (the launch is cooperative too). Of the candidates,
