@@ -40,6 +40,10 @@ blocks run side by side, so one block's time is the step's time):
       same one (its items of different M tiles and one N tile share it: the N side is
       read once per M tile less what they share); plus the staged B written in (grid
       plans) and the k-split partial sums written and read back.
+  Register plans (plan.reg_k_tiles; reg_product_time): the register columns' product
+  first, then the shared-memory part's, their times added; the register part reads no
+  weights from shared memory, only its B fragments and its partial sums, and a grid
+  backward still stages the gate gradients whole.
 - L2 traffic: the block's bytes at the per-SM L2 rate or all blocks' bytes (the chip's
   traffic; multicast plans: below) at the chip's L2 rate, whichever is slower: the
   staged B operand (grid plans; Nb x K x item per product), the xg the cells read
