@@ -413,6 +413,11 @@ RNNFAST_HD int reg_slices(int m_tiles, int tiles) {
   return slices;
 }
 RNNFAST_HD int reg_slice(int slices, int warp) { return warp / (kWarps / slices); }
+// Accumulator copies a warp of `tiles` register M tiles spreads its k-tiles over
+// (reg_product): enough that consecutive mma do not wait for each other.
+RNNFAST_HD constexpr int reg_copies(int tiles) {
+  return tiles >= kMaxCopies ? 1 : kMaxCopies / tiles;
+}
 // M origin of a warp's register tile j (may be past the product's M: no tile).
 RNNFAST_HD int reg_m0(int slices, int warp, int j) {
   const int per = kWarps / slices;

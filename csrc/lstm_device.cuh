@@ -309,9 +309,10 @@ __device__ __forceinline__ void stage_whole(T* ring, int ld, int rows, int cols,
 // The block-wide product of a step (lstm_common.cuh: Product):
 //   part[ks][m][n] = sum over this warp's k-tiles of A[m][k] . B[n][k]
 // A: a_s [p.m][p.a_ld], resident. B: when `staged`, `rows` rows are copied from global
-// memory chunk by chunk into `ring` (double-buffered: chunk c+1 is in flight while
-// chunk c is multiplied), or, with a multicast stage `mc` and B in one chunk, by the
-// cluster's bulk copies; otherwise `ring` already holds B whole [p.nb][p.b_ld]. Rows
+// memory into `ring`: whole if B is one chunk (stage_whole: the multicast stage `mc`'s
+// bulk copies where it has them, else cp.async), else chunk by chunk (double-buffered:
+// chunk c+1 is in flight while chunk c is multiplied); otherwise `ring` already holds
+// B whole [p.nb][p.b_ld]. Rows
 // from `rows` to p.nb hold stale values: they only reach output columns the caller
 // ignores. The mma's M side is A, or B when p.swapped. Every thread must call this; it
 // ends with a barrier.
@@ -333,7 +334,7 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   }
 
   const int stage_elems = p.nb * p.b_ld;
-  if (staged && mc != nullptr && mc->landed.bar != nullptr && p.chunks == 1) {
+  if (staged && p.chunks == 1) {  // one chunk: nothing to overlap its copies with
     stage_whole(ring, p.b_ld, rows, p.k, row_src, mc);
     staged = false;  // B is whole in ring now
   }
@@ -474,7 +475,7 @@ template <typename T, int kTiles, int kKTiles>
 __device__ __forceinline__ void reg_product(const RegWeights<T, kTiles, kKTiles>& regs,
                                             const Product& p, int slices, int k_tiles,
                                             const T* b_s, float* part) {
-  constexpr int kCopies = kTiles >= kMaxCopies ? 1 : kMaxCopies / kTiles;
+  constexpr int kCopies = reg_copies(kTiles);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kt = k_tile(sizeof(T));
   const int g = reg_slice(slices, warp);
   float acc[kTiles][kCopies][4] = {};

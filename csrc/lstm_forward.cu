@@ -86,12 +86,11 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     // held. Then h0 of the batch block into the buffer step 0 reads.
     zero_shared(ring, 2 * h_elems);
     __syncthreads();
-    stage_rows(ring + h_elems, L.rec.b_ld, min_int(Bb, B - row0), 0, h_cols,
-               [&](int b) { return h0x + (size_t)(row0 + b) * xld; });
-    cp_async_commit();
-    cp_async_wait<0>();
+    stage_whole(ring + h_elems, L.rec.b_ld, min_int(Bb, B - row0), h_cols,
+                [&](int b) { return h0x + (size_t)(row0 + b) * xld; }, nullptr);
+  } else {
+    __syncthreads();
   }
-  __syncthreads();
   const bool in_cluster = kCluster || mc.landed.bar != nullptr;
   if (in_cluster) cluster_sync();  // every peer's memory and mbarriers are live
 

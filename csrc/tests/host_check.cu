@@ -186,8 +186,6 @@ float reg_product_host(const Product& p, int slices, int reg_cols, int reg_k_til
   return product_host(p, itemsize, a, m, brow + reg_cols, total);
 }
 
-// reg_product's accumulator copies for a warp of `tiles` M tiles.
-constexpr int reg_copies(int tiles) { return tiles >= kMaxCopies ? 1 : kMaxCopies / tiles; }
 
 void forward(const Meta& m) {
   const int H = m.hidden, P = m.out, B = m.batch, U = m.units, Bb = m.block_rows;
