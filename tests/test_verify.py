@@ -247,11 +247,11 @@ def test_bench_items_are_the_issue_cases_kernels_first():
     assert [i["providers"] for i in stages.bench_items(ctx)] == [["rnnfast/cuda"]] * 5
 
 
-def test_sanitize_cases_reach_every_cuda_plan_form_an_h100_makes():
-    """The tiny shapes in both backends and fp32/bf16, plus FlashRNN's layer for CUDA in
-    bf16, whose backward an H100/H200 plans as a multicast grid (the bulk copies and
-    mbarriers) and its forward as a register cluster plan; the tiny bidirectional shape
-    it plans as clusters."""
+def test_sanitize_cases_reach_every_cuda_kernel_and_plan_form_an_h100_makes():
+    """The tiny shapes in both backends and fp32/bf16, plus the CUDA-only bf16 shapes:
+    between them an H100/H200 launches every kernel of csrc/ (grid, cluster and
+    register forms of each direction) and a multicast grid (the bulk copies and
+    mbarriers)."""
     from rnnfast.backends.cuda import plan as cuda_plan
     ctx = stages.Context(out_dir=None, device=torch.device("cuda"), dry_run=False, repo=None, log=None)
     cases = stages.sanitize_cases(ctx)
@@ -266,9 +266,12 @@ def test_sanitize_cases_reach_every_cuda_plan_form_an_h100_makes():
             plan = cuda_plan.make_plan(direction, shape.B, shape.H, out, bool(shape.proj),
                                        2 if case["dtype"] == "bf16" else 4, cuda_plan.H100_SMS,
                                        cuda_plan.H100_SMEM_PER_BLOCK, 9)
-            forms.add("multicast" if plan.multicast else
-                      "registers" if plan.reg_k_tiles else plan.kind)
-    assert forms == {"cluster", "grid", "multicast", "registers"}
+            forms.add((direction, plan.kind, bool(plan.reg_k_tiles)))
+            forms.add("multicast" if plan.multicast else "")
+    assert forms == {("forward", "grid", False), ("forward", "cluster", False),
+                     ("forward", "cluster", True), ("backward", "grid", False),
+                     ("backward", "grid", True), ("backward", "cluster", False),
+                     ("backward", "cluster", True), "multicast", ""}
 
 
 def test_precision_rule():
