@@ -301,6 +301,45 @@ def test_chunked_operands_are_not_multicast():
         plan.blocks * shared - plan.blocks * shared // plan.multicast)
 
 
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_chunked_staging_overlaps_the_product(direction):
+    """B = 256, H = 1024 bf16: each block stages 128 rows of h(t-1) (forward) or dgates
+    (backward) in 16 or 64 double-buffered chunks, chunk c+1's copies in flight while
+    chunk c is multiplied. Over n chunks the phase pays the first chunk's copies, n - 1
+    times the slower of a chunk's copies and product, and the last chunk's product: at
+    least the slower of the two, less than their sum, and exactly that sum's split."""
+    B, H = 256, 1024
+    plan = _plan(direction, B, H)
+    products = (layout.forward_products if direction == "forward"
+                else layout.backward_products)(H, H, False, 2, plan.units, plan.proj_cols,
+                                               plan.block_rows, False)
+    product = products[0]
+    assert (plan.kind, plan.block_rows, plan.multicast) == ("grid", 128, 0)
+    assert product.chunks == (16 if direction == "forward" else 64)
+    gpu = latency.H100
+    timed = model.product_time(product, 2, True, gpu)
+    phase = model._staged_phase(plan, product, timed, 2, other_bytes=0)
+    staged = product.nb * product.k * 2
+    assert (phase.l2_bytes, phase.overlapped_bytes, phase.chunks) == (staged, staged,
+                                                                      product.chunks)
+    copies = max(staged / gpu.l2_bytes_per_s_per_sm, staged * plan.blocks / gpu.l2_bytes_per_s)
+    latency_s = gpu.l2_round_trip_s + gpu.barrier_s
+    took = model._phase_time(plan, phase, gpu) - latency_s
+    n = product.chunks
+    assert took == pytest.approx(copies / n + (n - 1) / n * max(copies, timed.s) + timed.s / n)
+    assert max(copies, timed.s) < took < copies + timed.s
+    # A single chunk is not overlapped: FlashRNN's plain grid forward stages h whole.
+    single = _plan("forward", 16, 768, major=8)
+    rec = layout.forward_products(768, 768, False, 2, single.units, single.proj_cols,
+                                  single.block_rows, False)[0]
+    timed = model.product_time(rec, 2, True, gpu)
+    phase = model._staged_phase(single, rec, timed, 2, other_bytes=0)
+    assert (rec.chunks, phase.overlapped_bytes) == (1, 0)
+    whole = rec.nb * rec.k * 2
+    copies = max(whole / gpu.l2_bytes_per_s_per_sm, whole * single.blocks / gpu.l2_bytes_per_s)
+    assert model._phase_time(single, phase, gpu) - latency_s == pytest.approx(copies + timed.s)
+
+
 def test_multicast_staging_pays_its_measured_extra_latency_once_per_shared_phase():
     """latency.Gpu.multicast_extra_s (assumed 0; the probe measures it) is added to each
     phase whose operand the cluster multicasts, and to nothing else: FlashRNN's forward

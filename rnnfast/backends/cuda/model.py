@@ -50,8 +50,12 @@ blocks run side by side, so one block's time is the step's time):
   (4 gates x item), what the cells write (training forward: fp32 gates and cells; y / h
   exchange in the layer's dtype; backward: fp32 saved gates and cells in, fp32 dgates
   and the dtype copy for the chain out).
-  Product and L2 traffic are added, not overlapped: a single-chunk product waits for its
-  whole operand before the first mma, and the cell's stores follow the product. The xg
+  A single-chunk product and its staging are added, not overlapped: the product waits
+  for its whole operand before the first mma. A chunked one overlaps them (the ring is
+  double-buffered: chunk c+1's copies are in flight while chunk c is multiplied), so
+  over its n chunks it takes the first chunk's copies, then n - 1 times the slower of
+  a chunk's product and the next chunk's copies, then the last chunk's product. The
+  rest of the L2 traffic is added: the cell's stores follow the product, and the xg
   and saved-value loads issued across the barrier are counted too (conservative).
 - multicast grid plans (plan.multicast = m, sm_90): each single-chunk staged operand is
   read from L2 once per cluster of m CTAs (each CTA copies 1/m of its rows into all m
@@ -193,6 +197,8 @@ class Phase(NamedTuple):
     l2_bytes: int          # the block's L2 traffic (what its SM receives and sends)
     shared_bytes: int = 0  # the part of it its multicast cluster reads from L2 once
     dsmem_bytes: int = 0   # cluster plans: what the block stores into its peers
+    overlapped_bytes: int = 0  # the part of it staged chunk by chunk beside the product
+    chunks: int = 1            # ... in this many chunks
 
     def chip_bytes(self, plan: layout.Plan) -> int:
         """L2 traffic of all the plan's blocks: the shared part once per cluster."""
@@ -200,12 +206,16 @@ class Phase(NamedTuple):
         return (self.l2_bytes - self.shared_bytes) * plan.blocks + shared
 
 
-def _staged(plan: layout.Plan, product: layout.Product, itemsize: int) -> tuple[int, int]:
-    """A grid plan's staged B of `product` (bytes a block receives a step), and the part
-    of it shared by the multicast cluster: all of it when the plan multicasts and the
-    product is a single chunk, else nothing."""
+def _staged_phase(plan: layout.Plan, product: layout.Product, timed: ProductTime,
+                  itemsize: int, other_bytes: int) -> Phase:
+    """A grid plan's phase whose product `product` (timed as `timed`) stages its B
+    operand from L2 (bytes a block receives a step), beside `other_bytes` of L2 traffic.
+    Single chunk: shared by the multicast cluster where the plan multicasts. Chunked:
+    cp.async, overlapped with the product (the module docstring)."""
     staged = product.nb * product.k * itemsize
-    return staged, staged if plan.multicast and product.chunks == 1 else 0
+    if product.chunks > 1:
+        return Phase(timed, staged + other_bytes, overlapped_bytes=staged, chunks=product.chunks)
+    return Phase(timed, staged + other_bytes, staged if plan.multicast else 0)
 
 
 def _phase_time(plan: layout.Plan, phase: Phase, gpu: Gpu) -> float:
@@ -219,7 +229,13 @@ def _phase_time(plan: layout.Plan, phase: Phase, gpu: Gpu) -> float:
     l2 = max(phase.l2_bytes / gpu.l2_bytes_per_s_per_sm,
              phase.chip_bytes(plan) / gpu.l2_bytes_per_s)
     dsmem = phase.dsmem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
-    return latency + phase.product.s + l2 + dsmem
+    # Chunked staging (never multicast, so both rates scale with the bytes alike): the
+    # first chunk's copies, n - 1 chunks at the slower of copies and product, the last
+    # chunk's product.
+    copies = l2 * phase.overlapped_bytes / phase.l2_bytes if phase.l2_bytes else 0.0
+    product, n = phase.product.s, phase.chunks
+    staged = copies / n + (n - 1) / n * max(product, copies) + product / n
+    return latency + staged + (l2 - copies) + dsmem
 
 
 def _layer(plan, seq_len: int, phases: list[Phase], weight_bytes: int, gemm_flops: float,
@@ -266,12 +282,11 @@ def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inpu
         phases = [Phase(product, cell_bytes,
                         dsmem_bytes=cells * item * plan.unit_slices)]
     else:
-        staged, shared = _staged(plan, rec, item)              # h(t-1) of the batch block
-        phases = [Phase(product_time(rec, item, True, gpu), staged + cell_bytes, shared)]
+        phases = [_staged_phase(plan, rec, product_time(rec, item, True, gpu), item,
+                                cell_bytes)]                   # h(t-1) of the batch block
     if has_proj:  # y^T = W_hr[my rows] . hidden^T: hidden staged in, y and h(t) out
-        staged, shared = _staged(plan, proj, item)
-        phases.append(Phase(product_time(proj, item, True, gpu),
-                            staged + 2 * plan.block_rows * plan.proj_cols * item, shared))
+        phases.append(_staged_phase(plan, proj, product_time(proj, item, True, gpu), item,
+                                    2 * plan.block_rows * plan.proj_cols * item))
     _, reg_cols = layout.reg_geometry("forward", plan.units, item, plan.reg_k_tiles)
     weights = rec.m * (reg_cols + rec.k) * item + proj.m * proj.k * item
     gemm_flops = 2 * seq_len * batch * 4 * hidden * input_size
@@ -302,17 +317,15 @@ def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inp
         phases = [Phase(product, cell_bytes, dsmem_bytes=cells * 4 * item * plan.unit_slices)]
     elif has_proj:
         cols = plan.block_rows * plan.proj_cols                # (row, column) pairs of phase B
-        dh_in, dh_shared = _staged(plan, proj, item)
-        gates_in, gates_shared = _staged(plan, chain, item)    # dgates(t+1) of the batch block
-        phases = [Phase(product_time(proj, item, True, gpu), dh_in + cell_bytes, dh_shared),
-                  Phase(product_time(chain, item, True, gpu),
-                        gates_in + cols * (2 * item + 4),      # dy in, dh out, dy_total out
-                        gates_shared)]
+        phases = [_staged_phase(plan, proj, product_time(proj, item, True, gpu), item,
+                                cell_bytes),                   # dh in
+                  _staged_phase(plan, chain, product_time(chain, item, True, gpu), item,
+                                cols * (2 * item + 4))]        # dgates(t+1) in; dy in, dh
+                                                               # out, dy_total out
     else:
-        gates_in, gates_shared = _staged(plan, whole, item)    # dgates(t+1) of the batch block
         product = (reg_product_time("backward", chain, plan.units, plan.reg_k_tiles, True, gpu)
                    if plan.reg_k_tiles else product_time(chain, item, True, gpu))
-        phases = [Phase(product, gates_in + cell_bytes, gates_shared)]
+        phases = [_staged_phase(plan, whole, product, item, cell_bytes)]  # dgates(t+1) in
     weights = whole.m * whole.k * item + proj.m * proj.k * item
     gemm_flops = (2 * seq_len * batch * 4 * hidden * (2 * input_size + out_size)
                   + (2 * seq_len * batch * out_size * hidden if has_proj else 0))
