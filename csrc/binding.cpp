@@ -72,7 +72,7 @@ void raise_on_launch_error(cudaError_t err, const char* what) {
 // The launch shape chosen by rnnfast/backends/cuda/plan.py.
 rnnfast::Split make_split(int64_t units, int64_t proj_cols, int64_t unit_slices,
                           int64_t block_rows, int64_t cluster, int64_t multicast,
-                          int64_t reg_k_tiles) {
+                          int64_t reg_k_tiles, int64_t reduce_ctas = 0) {
   rnnfast::Split sp{};
   sp.units = static_cast<int>(units);
   sp.proj_cols = static_cast<int>(proj_cols);
@@ -81,6 +81,7 @@ rnnfast::Split make_split(int64_t units, int64_t proj_cols, int64_t unit_slices,
   sp.cluster = static_cast<int>(cluster);
   sp.multicast = static_cast<int>(multicast);
   sp.reg_k_tiles = static_cast<int>(reg_k_tiles);
+  sp.reduce_ctas = static_cast<int>(reduce_ctas);
   return sp;
 }
 
@@ -214,7 +215,7 @@ void backward(const OptTensor& dy,        // [N, P] io
               const Tensor& timed_out,    // [1] int32 zero
               int64_t steps, bool reverse, int64_t units, int64_t proj_cols, int64_t unit_slices,
               int64_t block_rows, int64_t cluster, int64_t multicast, int64_t reg_k_tiles,
-              int64_t spin_limit) {
+              int64_t reduce_ctas, int64_t spin_limit) {
   const at::Device device = gates.device();
   TORCH_CHECK(device.is_cuda(), "rnnfast._C.backward: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
@@ -268,7 +269,7 @@ void backward(const OptTensor& dy,        // [N, P] io
               "rnnfast._C.backward: a cluster plan needs hidden_size * itemsize a multiple of 4 "
               "bytes, got hidden_size ", H, " of ", w_hh.element_size(), "-byte elements");
   a.split = make_split(units, a.w_hr != nullptr ? proj_cols : units, unit_slices, block_rows,
-                       cluster, multicast, reg_k_tiles);
+                       cluster, multicast, reg_k_tiles, reduce_ctas);
   a.blocks = check_split(a.split, H, P, B, true, arrivals, timed_out, device, spin_limit,
                          &a.barrier, "backward");
   const int itemsize = static_cast<int>(w_hh.element_size());
@@ -281,11 +282,17 @@ void backward(const OptTensor& dy,        // [N, P] io
               "at most 8 rows a block, the gate gradients in one chunk, at most ",
               rnnfast::chain_reg_k_tiles(a.split), " k-tiles a slice, leaving a k-slice in "
               "shared memory)");
+  TORCH_CHECK(reduce_ctas >= 0 && rnnfast::reduce_ok(a.split, (int)H, a.w_hr != nullptr),
+              "rnnfast._C.backward: reduce_ctas=", reduce_ctas,
+              " is not a reduce split the kernel handles (a grid plan without a projection, "
+              "registers or multicast, in clusters of 2 to 8 CTAs dividing unit_slices (",
+              unit_slices, "), each CTA's gate columns inside the layer's 4 x ", H, ")");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
-                        cluster > 0     ? "cluster launch of the backward kernel"
-                        : multicast > 0 ? "cooperative cluster launch of the backward kernel"
-                                        : "cooperative launch of the backward kernel");
+                        cluster > 0 ? "cluster launch of the backward kernel"
+                        : multicast > 0 || reduce_ctas > 0
+                            ? "cooperative cluster launch of the backward kernel"
+                            : "cooperative launch of the backward kernel");
 }
 
 // What the plan needs to know about a device: SMs, opt-in shared memory per block,

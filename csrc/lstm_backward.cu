@@ -23,6 +23,13 @@
 // by step parity, and waits on its own mbarrier for its peers' (exchange_step): no
 // global exchange, no barrier, no staging.
 //
+// Reduce splits (sm_90, no projection; lstm_backward_reduce_kernel) are grid plans in
+// clusters of c CTAs that split the chain's reduction over the 4H gate columns: CTA r
+// holds W_hh^T rows of all the cluster's c x U units for its 1/c of the gate columns,
+// stages only those columns of dgates(t+1), and after the cluster barrier sums its own
+// units' partial dh from every CTA's shared memory (reduce_partials). A block stages a
+// c-th of the 4H-wide rows a step, which bounds the grid's step at large batches.
+//
 // Register plans (16-bit, no projection, at most 8 rows a block; lstm_backward_reg_kernel
 // for grids, lstm_backward_cluster_reg_kernel for clusters) keep the first columns of
 // the block's W_hh^T rows in registers as mma fragments (reg_product), the rest in
@@ -38,22 +45,28 @@ struct SavedCell {
   float i, f, g, o, c, c_prev, dy;
 };
 
-template <typename T, bool kCluster, bool kRegs = false>
+template <typename T, bool kCluster, bool kRegs = false, bool kReduce = false>
 __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   static_assert(!kRegs || sizeof(T) == 2, "register plans: 16-bit");
+  static_assert(!kReduce || (!kCluster && !kRegs), "reduce splits: grid plans, no registers");
   // A cluster kernel uses some 180 registers besides the fragments, a grid kernel fewer.
   constexpr int kRegKTiles = kCluster ? kClusterChainRegKTiles : kChainRegKTiles;
   extern __shared__ __align__(128) unsigned char smem[];
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
   const Split& sp = args.split;
-  const BackwardLayout L = backward_layout(H, P, has_proj, sizeof(T), sp);
+  // A kernel without the reduce split lays out with reduce_ctas the constant 0 (it is
+  // launched only so), so that its layout folds as if the split did not exist.
+  Split layout_split = sp;
+  if constexpr (!kReduce) layout_split.reduce_ctas = 0;
+  const BackwardLayout L = backward_layout(H, P, has_proj, sizeof(T), layout_split);
   T* w_s = reinterpret_cast<T*>(smem + L.w_off);     // [chain.m][chain.a_ld]: W_hh columns
                                                      // (register plans: rows reg_cols..)
   T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);   // [proj.m][proj.a_ld]: W_hr columns
   T* ring = reinterpret_cast<T*>(smem + L.ring_off);  // B stages, or (cluster) dgates [2][nb][b_ld]
   float* part = reinterpret_cast<float*>(smem + L.part_off);  // [reg_slices + ksplit][m][Bb]
   float* dc_s = reinterpret_cast<float*>(smem + L.dc_off);    // [Bb][U] carried dc
+  float* dh_s = reinterpret_cast<float*>(smem + L.dh_off);    // reduce: [U][chain.nb] summed dh
   const T* dy = static_cast<const T*>(args.dy);
   const T* w_hh = static_cast<const T*>(args.w_hh);
   const T* w_hr = static_cast<const T*>(args.w_hr);
@@ -74,13 +87,27 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   // Cluster plans: the mbarriers the peers' gate-gradient stores complete on.
   ClusterExchange ex = kCluster ? cluster_exchange(smem + L.bar_off, args.barrier) : ClusterExchange{};
 
+  // Reduce splits: my rank in the cluster (its slices are consecutive) and my gate
+  // columns [g0, g0 + chain.k) (rows of W_hh, columns of dgates).
+  const int rank = kReduce ? slice % sp.reduce_ctas : 0;
+  const int g0 = kReduce ? rank * reduce_cols(H, sp.reduce_ctas) : 0;
+  Product chain = L.chain;  // reduce splits: the last CTA's gate columns may be fewer
   auto w_hh_of = [&](int n, int j) { return w_hh[(size_t)j * P + col0 + n]; };  // W_hh^T (n, j)
   // Register plans: W_hh rows [0, reg_cols) of my columns as A fragments in registers.
   RegWeights<T, kChainRegTiles, kRegKTiles> regs;
   if constexpr (kRegs)
     load_reg_weights(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, my_cols, w_hh_of);
-  load_weights(w_s, L.chain, my_cols, 4 * H - L.reg_cols,
-               [&](int n, int j) { return w_hh_of(n, L.reg_cols + j); });
+  if constexpr (kReduce) {  // W_hh^T rows of the cluster's units, from its first
+    chain.k = round_up(reduce_real_cols(H, sp.reduce_ctas, rank), k_tile(sizeof(T)));
+    chain.chunks = cdiv(chain.k, chain.chunk);
+    const int first = (slice - rank) * U;
+    load_weights(w_s, L.chain, clamp_int(H - first, 0, sp.reduce_ctas * U),
+                 reduce_real_cols(H, sp.reduce_ctas, rank),
+                 [&](int n, int j) { return w_hh[(size_t)(g0 + j) * P + first + n]; });
+  } else {
+    load_weights(w_s, L.chain, my_cols, 4 * H - L.reg_cols,
+                 [&](int n, int j) { return w_hh_of(n, L.reg_cols + j); });
+  }
   if (has_proj)
     load_weights(wr_s, L.proj, my_units, P, [&](int u, int p) { return w_hr[(size_t)p * H + unit0 + u]; });
   for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
@@ -94,7 +121,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   if constexpr (kCluster) zero_shared(ring, 2 * g_elems);
   __syncthreads();
   // Every peer's memory is live (cluster plans: zeroed; both: its mbarriers set).
-  const bool in_cluster = kCluster || mc.landed.bar != nullptr;
+  const bool in_cluster = kCluster || kReduce || mc.landed.bar != nullptr;
   if (in_cluster) cluster_sync();
 
   auto rows_of = [&](int64_t k) {
@@ -159,10 +186,16 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
         args.dc0[(size_t)r * H + unit] = d.dc_prev;
     });
   };
-  // Stages rows of the gate-gradient exchange written at step k.
+  // Stages rows of the gate-gradient exchange written at step k (reduce splits: from
+  // my first gate column).
   auto gates_rows = [&](int64_t k) {
-    const T* g_in = gx + (size_t)(k & 1) * B * gld;
+    const T* g_in = gx + (size_t)(k & 1) * B * gld + g0;
     return [=](int b) { return g_in + (size_t)(row0 + b) * gld; };
+  };
+  // dh of (row b, unit u) from the product of this iteration.
+  auto dh_of = [&](int b, int u) {
+    if constexpr (kReduce) return dh_s[u * chain.nb + b];
+    return product_out(L.chain, part, u, b, L.reg_slices);
   };
 
   if (!has_proj) {
@@ -188,20 +221,19 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
                            [](int) { return (const T*)nullptr; },
                            part + (size_t)L.reg_slices * L.chain.m * L.chain.nb);
         } else {
-          resident_product(L.chain, w_s, ring, true, n_next, gates_rows(k + 1), part, &mc);
+          resident_product(chain, w_s, ring, true, n_next, gates_rows(k + 1), part, &mc);
+          if constexpr (kReduce) reduce_partials(chain, part, dh_s, U, rank, sp.reduce_ctas);
         }
       }
       if (k >= 0)
         cell_backward(k, s, n_act, [&](int b, int u) {
-          return b < n_next ? product_out(L.chain, part, u, b, L.reg_slices)
-                            : args.dh_n[(size_t)(row0 + b) * P + unit0 + u];
+          return b < n_next ? dh_of(b, u) : args.dh_n[(size_t)(row0 + b) * P + unit0 + u];
         });
       // Rows active at k+1 but not at k started at k+1: their dh(t-1) is dh0.
       for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
         const int b = e / U, u = e % U;
         if (b >= n_act && b < n_next && u < my_units)
-          args.dh0[(size_t)(row0 + b) * P + unit0 + u] =
-              product_out(L.chain, part, u, b, L.reg_slices);
+          args.dh0[(size_t)(row0 + b) * P + unit0 + u] = dh_of(b, u);
       }
       // dgates(t) of every unit is out before iteration k-1 reads it (cluster plans:
       // the four gates' columns of step k's rows go to every peer).
@@ -286,6 +318,15 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_backward_cluster_reg_kernel(
 #endif
 }
 
+// Reduce-split grid plans (sm_90 only, like the cluster kernels): a kernel of its own, so
+// that the others' layouts fold with no reduce split.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_backward_reduce_kernel(const BackwardArgs args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  backward_body<T, false, false, true>(args);
+#endif
+}
+
 template <typename T>
 cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
   auto grid_kernel = lstm_backward_kernel<T>;
@@ -297,6 +338,15 @@ cudaError_t launch_typed(const BackwardArgs& args, cudaStream_t stream) {
     }
   } else if (args.split.reg_k_tiles > 0) {
     return cudaErrorInvalidValue;  // binding.cpp refuses fp32 register plans before this
+  }
+  if (args.split.reduce_ctas > 0) {
+    grid_kernel = lstm_backward_reduce_kernel<T>;
+    // Built without an sm_90 image (a Hopper running compute_80 PTX), the kernel is an
+    // empty stub: refused, so the host falls back to the plain grid.
+    cudaFuncAttributes built;
+    const cudaError_t err = cudaFuncGetAttributes(&built, grid_kernel);
+    if (err != cudaSuccess) return err;
+    if (built.ptxVersion < 90) return cudaErrorNotSupported;
   }
   return launch_plan(grid_kernel, cluster_kernel, args, backward_smem_bytes(args), stream);
 }

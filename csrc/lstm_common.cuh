@@ -37,6 +37,7 @@ constexpr int kRegKTiles = 11;     // ... and k-tiles of each (3 x 11 A fragment
 constexpr int kChainRegTiles = 1;  // register plans, backward: W_hh^T M tiles a warp holds
 constexpr int kChainRegKTiles = 24;  // ... and k-tiles of it: grid plans (96 registers)
 constexpr int kClusterChainRegKTiles = 16;  // ... cluster plans (64: the kernel uses ~180 more)
+constexpr int kReduceAlign = 16;   // reduce splits: a CTA's gate columns, a multiple of this
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
 RNNFAST_HD int round_up(int a, int b) { return cdiv(a, b) * b; }
@@ -390,7 +391,24 @@ struct Split {
   int reg_k_tiles;   // register plans (16-bit, one N tile: at most 8 rows a block): k-tiles
                      // per k-slice of the recurrent weights kept in registers (reg_slices
                      // below); 0: the whole slice in shared memory
+  int reduce_ctas;   // grid backward on sm_90 without a projection: CTAs per cluster
+                     // (consecutive slices of one batch block) splitting the chain's
+                     // reduction over the gate columns (reduce_cols below); 0: none
 };
+
+// Reduce splits (backward): the chain's product dh^T = W_hh^T . dgates^T sums over the 4H
+// gate columns. A cluster of c CTAs splits that sum: CTA r holds W_hh^T rows of all the
+// cluster's c x U units for gate columns [r * reduce_cols, + reduce_cols) and stages only
+// those columns of the gate gradients; after a cluster barrier each CTA adds its own
+// units' partial sums from every CTA's shared memory (DSMEM). A block stages 1/c of the
+// 4H-wide rows a step, which at large batches is what bounds the grid's step.
+RNNFAST_HD int reduce_cols(int hidden, int ctas) {
+  return round_up(cdiv(4 * hidden, ctas), kReduceAlign);
+}
+// The gate columns CTA `rank` of a reduce split multiplies (the last CTA's may be fewer).
+RNNFAST_HD int reduce_real_cols(int hidden, int ctas, int rank) {
+  return clamp_int(4 * hidden - rank * reduce_cols(hidden, ctas), 0, reduce_cols(hidden, ctas));
+}
 
 // Register plans (fp16/bf16, at most 8 batch rows): a block keeps the first reg_cols
 // columns of its recurrent weight slice in registers, as mma A fragments loaded once,
@@ -495,6 +513,7 @@ struct BackwardLayout {
   size_t ring_off;    // B stages of chain / proj, or (cluster) dgates [2][chain.nb][chain.b_ld] io
   size_t part_off;    // partial sums [reg_slices + ksplit][m][Bb] fp32
   size_t dc_off;      // carried dc [Bb][U] fp32
+  size_t dh_off;      // reduce splits: the cluster's sum of my units' dh [U][chain.nb] fp32
   size_t bar_off;     // mbarriers, as in ForwardLayout
   size_t bytes;
 };
@@ -503,12 +522,16 @@ RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_pro
                                           const Split& sp) {
   BackwardLayout L;
   const bool cluster = sp.cluster > 0;
-  const int chain_rows = has_proj ? sp.proj_cols : sp.units;
-  const bool regs = sp.reg_k_tiles > 0;
+  const bool reduce = sp.reduce_ctas > 0;
+  // Reduce splits: W_hh^T rows of the cluster's units, over one CTA's gate columns.
+  const int chain_rows = reduce ? sp.reduce_ctas * sp.units : has_proj ? sp.proj_cols : sp.units;
+  const bool regs = sp.reg_k_tiles > 0 && !reduce;  // (reduce_ok refuses both together)
   L.reg_slices = regs ? reg_slices(cdiv(chain_rows, kWeightTile), kChainRegTiles) : 0;
   L.reg_cols = L.reg_slices * sp.reg_k_tiles * k_tile(itemsize);
-  L.chain = make_product(chain_rows, max_int(4 * hidden - L.reg_cols, 0), sp.block_rows, itemsize,
-                         cluster);
+  L.chain = make_product(chain_rows,
+                         reduce ? reduce_cols(hidden, sp.reduce_ctas)
+                                : max_int(4 * hidden - L.reg_cols, 0),
+                         sp.block_rows, itemsize, cluster);
   if (L.reg_cols > 0) L.chain.b_ld = round_up(4 * hidden, k_tile(itemsize)) + row_pad(itemsize);
   L.proj = make_product(has_proj ? sp.units : 0, has_proj ? out_size : 0, sp.block_rows, itemsize,
                         false);
@@ -521,9 +544,20 @@ RNNFAST_HD BackwardLayout backward_layout(int hidden, int out_size, bool has_pro
   const size_t part = part_bytes(L.chain, L.reg_slices);
   const size_t proj_part = has_proj ? part_bytes(L.proj) : 0;
   L.dc_off = L.part_off + (part > proj_part ? part : proj_part);
-  L.bar_off = L.dc_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
+  L.dh_off = L.dc_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
+  L.bar_off = L.dh_off + (reduce ? align_bytes((size_t)sp.units * L.chain.nb * 4) : 0);
   L.bytes = L.bar_off + (sp.multicast > 0 || cluster ? kAlign : 0);
   return L;
+}
+
+// Whether the backward kernels take a plan's reduce split (none: always): a grid plan
+// without a projection, registers or multicast, in clusters of 2-8 CTAs (portable
+// sizes) that divide the slices, every CTA's gate columns starting inside the layer's.
+RNNFAST_HD bool reduce_ok(const Split& sp, int hidden, bool has_proj) {
+  return sp.reduce_ctas == 0 ||
+         (sp.cluster == 0 && !has_proj && sp.reg_k_tiles == 0 && sp.multicast == 0 &&
+          sp.reduce_ctas >= 2 && sp.reduce_ctas <= 8 && sp.unit_slices % sp.reduce_ctas == 0 &&
+          (sp.reduce_ctas - 1) * reduce_cols(hidden, sp.reduce_ctas) < 4 * hidden);
 }
 
 // The most k-tiles a slice the backward's register kernels hold: grid or cluster.
@@ -540,7 +574,8 @@ RNNFAST_HD int chain_reg_k_tiles(const Split& sp) {
 RNNFAST_HD bool reg_split_ok(const BackwardLayout& L, const Split& sp, int itemsize,
                              bool has_proj) {
   return sp.reg_k_tiles == 0 ||
-         (!has_proj && itemsize == 2 && !L.chain.swapped && L.chain.n_tiles == 1 &&
+         (!has_proj && sp.reduce_ctas == 0 && itemsize == 2 && !L.chain.swapped &&
+          L.chain.n_tiles == 1 &&
           L.chain.chunks == 1 && L.reg_slices > 0 && sp.reg_k_tiles <= chain_reg_k_tiles(sp) &&
           L.chain.k >= sp.reg_k_tiles * k_tile(itemsize));
 }

@@ -609,6 +609,42 @@ __device__ __forceinline__ void cluster_sync() {
                             "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");)
 }
 
+// Reduce splits (lstm_common.cuh reduce_cols): after every CTA of the cluster has
+// written its partial sums part [ksplit][p.m][p.nb] (the product ends with a
+// __syncthreads), the cluster barrier publishes them (release / acquire: the loads
+// below see them); then dh_s [units][p.nb] = the sum over the `ctas` CTAs and their
+// k-slices of rows [rank * units, + units), 16 bytes a load from each CTA's shared
+// memory (the CTA's own included, through the same window), CTAs in rank order. Every
+// thread calls it; it ends with a barrier. A CTA overwrites `part` only at its next
+// product, after the grid barrier that every peer reaches after these loads.
+__device__ __forceinline__ void reduce_partials(const Product& p, const float* part, float* dh_s,
+                                                int units, unsigned rank, int ctas) {
+  cluster_sync();
+  const int vectors = units * p.nb / 4;  // p.nb: a multiple of 8
+  for (int e = threadIdx.x; e < vectors; e += kThreads) {
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int q = 0; q < ctas; ++q) {
+      for (int ks = 0; ks < p.ksplit; ++ks) {
+        const float* src = part + part_index(p, ks, static_cast<int>(rank) * units, 0) + 4 * e;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        RNNFAST_SM90({
+          unsigned at;
+          asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+                       : "=r"(at) : "r"(shared_address(src)), "r"(q));
+          asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                       : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(at) : "memory");
+        })
+        sum.x += v.x;
+        sum.y += v.y;
+        sum.z += v.z;
+        sum.w += v.w;
+      }
+    }
+    reinterpret_cast<float4*>(dh_s)[e] = sum;
+  }
+  __syncthreads();
+}
+
 struct ClusterExchange {
   TxWait arrived;    // two mbarriers, by step parity: the peers' stores into that buffer
                      // complete on arrived.bar + parity
@@ -774,15 +810,16 @@ cudaError_t launch_cooperative_clusters(void (*kernel)(const Args), const Args& 
 
 // A layer's launch as its plan says (Args: ForwardArgs or BackwardArgs): clusters of
 // args.split.cluster blocks of the cluster kernel, or a cooperative grid of the grid one,
-// in clusters of args.split.multicast blocks where it stages by multicast.
+// in clusters of args.split.multicast blocks where it stages by multicast, or of
+// args.split.reduce_ctas where they split the chain's reduction.
 template <typename Args>
 cudaError_t launch_plan(void (*grid_kernel)(const Args), void (*cluster_kernel)(const Args),
                         const Args& args, size_t smem, cudaStream_t stream) {
   if (args.split.cluster > 0)
     return launch_clusters(cluster_kernel, args, args.blocks, args.split.cluster, smem, stream);
-  if (args.split.multicast > 0)
-    return launch_cooperative_clusters(grid_kernel, args, args.blocks, args.split.multicast, smem,
-                                       stream);
+  const int grid_cluster = args.split.multicast > 0 ? args.split.multicast : args.split.reduce_ctas;
+  if (grid_cluster > 0)
+    return launch_cooperative_clusters(grid_kernel, args, args.blocks, grid_cluster, smem, stream);
   return launch_cooperative(grid_kernel, args, args.blocks, smem, stream);
 }
 

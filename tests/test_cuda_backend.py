@@ -62,10 +62,11 @@ def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj,
             assert (major, proj) == (9, 0) and 2 <= p.unit_slices <= 16
         if proj or direction == "backward":
             assert p.unit_slices * p.proj_cols >= out
+        reduce = (p.reduce_ctas,) if direction == "backward" else ()
         products = (cuda_plan.forward_products if direction == "forward" else
                     cuda_plan.backward_products)(hidden, out, bool(proj), itemsize, p.units,
                                                  p.proj_cols, p.block_rows, p.kind == "cluster",
-                                                 p.reg_k_tiles)
+                                                 p.reg_k_tiles, *reduce)
         if p.reg_k_tiles:  # a cluster forward, or a backward, its register kernel takes
             assert (itemsize, proj) == (2, 0) and (p.kind == "cluster" or direction == "backward")
             assert cuda_plan.reg_split_ok(direction, products[0], p.units, itemsize,
@@ -75,10 +76,17 @@ def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj,
             assert p.unit_slices % p.multicast == 0
             assert p.blocks <= SMS // p.multicast * p.multicast
             assert any(q.m and q.chunks == 1 for q in products)  # something to multicast
+        if p.reduce_ctas:  # a backward in clusters that split the gate columns, all resident
+            assert (p.kind, major, direction, proj, p.multicast, p.reg_k_tiles) == (
+                "grid", 9, "backward", 0, 0, 0)
+            assert p.reduce_ctas in cuda_plan.REDUCE_SIZES and p.unit_slices % p.reduce_ctas == 0
+            assert p.blocks <= SMS // p.reduce_ctas * p.reduce_ctas
+            assert products[0].m == p.reduce_ctas * p.units  # the cluster's units (M tile 16)
+            assert products[0].k == cuda_plan.reduce_cols(hidden, p.reduce_ctas)
         smem = (cuda_plan.forward_smem_bytes if direction == "forward" else
                 cuda_plan.backward_smem_bytes)(hidden, out, bool(proj), itemsize, p.units,
                                                p.proj_cols, p.block_rows, p.kind == "cluster",
-                                               bool(p.multicast), p.reg_k_tiles)
+                                               bool(p.multicast), p.reg_k_tiles, *reduce)
         assert p.smem_bytes == smem
 
 
@@ -138,21 +146,28 @@ def test_h100_plan_numbers_for_the_standard_cases():
         assert _plan(direction, 16, 512, major=8).kind == "grid"
     # B = 256 H = 1024 bf16: two batch blocks of 128 rows over 64 blocks of 16 units.
     # Both staged operands (128 x 1024 h, 128 x 4096 dgates) are double-buffered chunks,
-    # which keep cp.async: no multicast variant of any split.
-    for direction in ("forward", "backward"):
+    # which keep cp.async: no multicast variant of any split. The backward is a reduce
+    # split in clusters of 4: each CTA holds W_hh^T rows of the cluster's 64 units over
+    # 1024 of the 4096 gate columns, and stages only those (128 x 1024 a step, not
+    # 128 x 4096), in 16 chunks.
+    for direction, reduce in (("forward", 0), ("backward", 4)):
         big = _plan(direction, 256, 1024)
-        assert (big.kind, big.unit_slices, big.units, big.batch_blocks, big.multicast) == (
-            "grid", 64, 16, 2, 0), direction
+        assert (big.kind, big.unit_slices, big.units, big.batch_blocks, big.multicast,
+                big.reduce_ctas) == ("grid", 64, 16, 2, 0, reduce), direction
         for batch_blocks in range(1, 33):
             for m in cuda_plan.MULTICAST_SIZES:
                 assert cuda_plan._candidate("grid", direction, 256, 1024, 1024, False, 2,
                                             SMS // batch_blocks, batch_blocks, SMEM, m) is None
+    chain, _ = cuda_plan.backward_products(1024, 1024, False, 2, 16, 16, 128, False, 0, 4)
+    assert (chain.m, chain.k, chain.nb, chain.chunks) == (64, 1024, 128, 16)
+    assert _plan("backward", 256, 1024).smem_bytes == 218112
     # fastrnns B = 64 H = 512 fp32: 4 batch blocks of 16 rows over 32 blocks of 16 units;
-    # the forward's h (16 x 512) is one chunk and multicast, the backward's dgates
-    # (16 x 2048 fp32) are chunked.
+    # the forward's h (16 x 512) is one chunk and multicast; the backward's dgates
+    # (16 x 2048 fp32) are split over clusters of 8 (16 x 256 each, one chunk).
     fwd, bwd = _plan("forward", 64, 512, itemsize=4), _plan("backward", 64, 512, itemsize=4)
     assert (fwd.kind, fwd.unit_slices, fwd.batch_blocks, fwd.multicast) == ("grid", 32, 4, 8)
-    assert (bwd.kind, bwd.unit_slices, bwd.batch_blocks, bwd.multicast) == ("grid", 32, 4, 0)
+    assert (bwd.kind, bwd.unit_slices, bwd.batch_blocks, bwd.multicast, bwd.reduce_ctas) == (
+        "grid", 32, 4, 0, 8)
     # A refused cluster launch falls back to the grid plan of the same layer.
     for direction in ("forward", "backward"):
         assert cuda_plan.make_plan(direction, 16, 512, 512, False, 2, SMS, SMEM, 9,
@@ -264,7 +279,9 @@ def test_largest_square_layers_held_on_chip():
     assert largest("forward", 4) == 1024
     assert largest("forward", 2, "cluster") == 768  # 640 and 768 with W_hh partly in registers
     assert largest("forward", 4, "cluster") == 384
-    assert largest("backward", 2) == 1216
+    # A reduce split stages a 1/c-th of the 4H-wide gate-gradient rows through a smaller
+    # ring: the 16-bit backward then holds what the forward holds (plain grids: 1216).
+    assert (largest("backward", 2), largest("backward", 2, plain=True)) == (1536, 1216)
     assert largest("backward", 4) == 1024
     assert largest("backward", 2, "cluster") == 512
     assert largest("backward", 4, "cluster") == 256
@@ -349,15 +366,17 @@ def test_layer_too_large_falls_back_to_reference_with_one_warning(monkeypatch):
 class _FakeExtension:
     """rnnfast._C on a GPU of compute capability `major` whose launches do `launch(kind,
     cluster, multicast, timed_out)`: a refusal raises LaunchRefused (as under MPS with
-    too few SMs, beside a kernel holding them, or for a cluster the GPU cannot place).
-    `tried`: (kernel, cluster, multicast) of each launch; `reg_k_tiles`: what each
-    launch was given."""
+    too few SMs, beside a kernel holding them, or for a cluster the GPU cannot place;
+    `multicast` is the backward's reduce_ctas where it has those). `tried`: (kernel,
+    cluster, multicast) of each launch; `reg_k_tiles`, `reduce_ctas` (backward): what
+    each launch was given."""
 
     class LaunchRefused(RuntimeError):
         pass
 
     def __init__(self, major, launch):
         self.major, self.launch, self.tried, self.reg_k_tiles = major, launch, [], []
+        self.reduce_ctas = []
 
     def device_limits(self, index):
         resident = [SMS // c if self.major >= 9 and c >= 2 else 0 for c in range(17)]
@@ -368,10 +387,11 @@ class _FakeExtension:
         self.reg_k_tiles.append(args[-2])
         self.launch(self, "forward", args[-4], args[-3], args[15])
 
-    def backward(self, *args):  # (..., block_rows, cluster, multicast, reg_k_tiles, spin_limit)
-        self.tried.append(("backward", args[-4], args[-3]))
-        self.reg_k_tiles.append(args[-2])
-        self.launch(self, "backward", args[-4], args[-3], args[17])
+    def backward(self, *args):  # (..., cluster, multicast, reg_k_tiles, reduce_ctas, spin_limit)
+        self.tried.append(("backward", args[-5], args[-4]))
+        self.reg_k_tiles.append(args[-3])
+        self.reduce_ctas.append(args[-2])
+        self.launch(self, "backward", args[-5], args[-4] or args[-2], args[17])
 
 
 def _refuse(fake, kind, cluster, multicast, timed_out):
@@ -428,6 +448,24 @@ def test_a_refused_cluster_multicast_or_register_launch_falls_back_to_the_plain_
                                          "using the reference"):
         got = _run(fwd, bwd, args, False)
     assert (fake.tried, fake.reg_k_tiles) == (tried, reg_k_tiles)
+    expected = _run(reference.forward, reference.backward, args, False)
+    _assert_same(got, expected, dict(atol=0, rtol=0))
+
+
+def test_a_refused_reduce_split_launch_falls_back_to_the_plain_grid(monkeypatch):
+    """B = 16, H = 512 fp32 on sm_90: the backward is a reduce split in clusters of 8.
+    Refused (a GPU that cannot place the clusters cooperatively, or an extension built
+    without sm_90 code), it retries as the plain grid, which no cluster launches; a
+    refused plain grid runs on the reference backend."""
+    fake = _FakeExtension(9, _refuse)
+    fwd, bwd = _use_fake(monkeypatch, fake)
+    args = _layer(2, 16, 8, 512, dtype=torch.float32, device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match="cooperative launch of the .* kernel was refused.*"
+                                         "using the reference"):
+        got = _run(fwd, bwd, args, False)
+    backward = [t for t in fake.tried if t[0] == "backward"]
+    assert backward == [("backward", 0, 0), ("backward", 0, 0)]
+    assert fake.reduce_ctas == [8, 0]
     expected = _run(reference.forward, reference.backward, args, False)
     _assert_same(got, expected, dict(atol=0, rtol=0))
 
@@ -500,8 +538,9 @@ def test_error_at_most_twice_the_reference(dtype, proj, lengths, reverse):
 
 
 class _Recorder:
-    """The real rnnfast._C, recording (kernel, cluster, multicast, reg_k_tiles) of each
-    launch that returned (a refused launch raises before it is recorded)."""
+    """The real rnnfast._C, recording (kernel, cluster, multicast, reg_k_tiles,
+    reduce_ctas) of each launch that returned (a refused launch raises before it is
+    recorded)."""
 
     def __init__(self, real):
         self.real, self.ran = real, []
@@ -511,17 +550,17 @@ class _Recorder:
 
     def forward(self, *args):  # (..., block_rows, cluster, multicast, reg_k_tiles, spin_limit)
         self.real.forward(*args)
-        self.ran.append(("forward", *args[-4:-1]))
+        self.ran.append(("forward", *args[-4:-1], 0))
 
-    def backward(self, *args):  # the same
+    def backward(self, *args):  # (..., cluster, multicast, reg_k_tiles, reduce_ctas, spin_limit)
         self.real.backward(*args)
-        self.ran.append(("backward", *args[-4:-1]))
+        self.ran.append(("backward", *args[-5:-1]))
 
 
 def _launches(plans):
     """What _Recorder records for launches of {direction: plan} (reasons skipped)."""
-    return sorted({(d, p.cluster, p.multicast, p.reg_k_tiles) for d, p in plans.items()
-                   if not isinstance(p, str)})
+    return sorted({(d, p.cluster, p.multicast, p.reg_k_tiles, p.reduce_ctas)
+                   for d, p in plans.items() if not isinstance(p, str)})
 
 
 @requires_kernels
@@ -529,10 +568,10 @@ def _launches(plans):
 def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
     """FlashRNN's layer (B = 16, H = 768), 5 steps: on a Hopper that holds the clusters,
     it runs as grids in clusters whose CTAs stage h(t-1) (fp32's forward) and, where the
-    operand is one chunk, dgates(t+1) by multicast bulk copies (the 16-bit forward is
-    a cluster plan: test_register_cluster_plans_meet_the_rule). Within DESIGN.md §6's
-    rule against float64, and the launches that ran are those plans, not a silent
-    fallback."""
+    operand is one chunk, dgates(t+1) (16-bit backward) by multicast bulk copies (the
+    16-bit forward is a cluster plan: test_register_plans_meet_the_rule; fp32's backward
+    a reduce split). Within DESIGN.md §6's rule against float64, and the launches that
+    ran are those plans, not a silent fallback."""
     from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
     plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, 16, 768, 768, False)
              for d in ("forward", "backward")}
@@ -568,6 +607,32 @@ def test_register_plans_meet_the_rule(monkeypatch, dtype, B, H, lengths):
              for d in ("forward", "backward")}
     if not any(getattr(p, "reg_k_tiles", 0) for p in plans.values()):
         pytest.skip(f"this GPU plans no register plan for B={B} H={H}: {plans}")
+    recorder = _Recorder(cuda_backend._C)
+    for module in (cuda_fwd, cuda_bwd, launch):
+        monkeypatch.setattr(module, "_C", recorder)
+    args64 = _layer(6, B, 5, H, lengths=lengths)
+    reverse = lengths is not None
+    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
+    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
+    assert rule_violations(ours, theirs, dtype) == []
+    assert sorted(set(recorder.ran)) == _launches(plans)
+
+
+@requires_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,H,lengths", [(3, 350, None), (5, 700, [6, 4, 4, 2, 1]),
+                                         (8, 1024, None), (16, 704, None)])
+def test_reduce_split_backwards_meet_the_rule(monkeypatch, dtype, B, H, lengths):
+    """Backwards whose clusters split the gate columns (csrc/lstm_backward.cu,
+    reduce_partials). On an H100/H200 in fp32: H = 350 (1400 gate columns over 8 CTAs
+    of 176, the last 168; 88 blocks of 4 units) and H = 700 packed and reversed; in
+    16-bit: H = 1024 and 704 (clusters of 8). Within DESIGN.md §6's rule against
+    float64, and the backward ran as its plan, not a fallback."""
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
+    plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
+             for d in ("forward", "backward")}
+    if not getattr(plans["backward"], "reduce_ctas", 0):
+        pytest.skip(f"this GPU plans no reduce split for B={B} H={H} {dtype}: {plans}")
     recorder = _Recorder(cuda_backend._C)
     for module in (cuda_fwd, cuda_bwd, launch):
         monkeypatch.setattr(module, "_C", recorder)

@@ -303,13 +303,14 @@ def test_chunked_operands_are_not_multicast():
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_chunked_staging_overlaps_the_product(direction):
-    """B = 256, H = 1024 bf16: each block stages 128 rows of h(t-1) (forward) or dgates
-    (backward) in 16 or 64 double-buffered chunks, chunk c+1's copies in flight while
-    chunk c is multiplied. Over n chunks the phase pays the first chunk's copies, n - 1
-    times the slower of a chunk's copies and product, and the last chunk's product: at
-    least the slower of the two, less than their sum, and exactly that sum's split."""
+    """B = 256, H = 1024 bf16 as plain grids: each block stages 128 rows of h(t-1)
+    (forward) or dgates (backward) in 16 or 64 double-buffered chunks, chunk c+1's
+    copies in flight while chunk c is multiplied. Over n chunks the phase pays the first
+    chunk's copies, n - 1 times the slower of a chunk's copies and product, and the last
+    chunk's product: at least the slower of the two, less than their sum, and exactly
+    that sum's split."""
     B, H = 256, 1024
-    plan = _plan(direction, B, H)
+    plan = layout.make_plan(direction, B, H, H, False, 2, SMS, SMEM, 9, plain=True)
     products = (layout.forward_products if direction == "forward"
                 else layout.backward_products)(H, H, False, 2, plan.units, plan.proj_cols,
                                                plan.block_rows, False)
@@ -338,6 +339,30 @@ def test_chunked_staging_overlaps_the_product(direction):
     whole = rec.nb * rec.k * 2
     copies = max(whole / gpu.l2_bytes_per_s_per_sm, whole * single.blocks / gpu.l2_bytes_per_s)
     assert model._phase_time(single, phase, gpu) - latency_s == pytest.approx(copies + timed.s)
+
+
+def test_a_reduce_split_stages_a_share_of_the_gate_gradients_and_pays_the_cluster_meeting():
+    """B = 256, H = 1024 bf16 backward: the reduce split in clusters of 4 against the
+    same 2 x 64 blocks of 16 units without it. Each block stages 128 x 1024 of the gate
+    gradients instead of 128 x 4096, so the chip's L2 traffic loses the difference for
+    every block; the step pays the cluster's meeting (latency.Gpu.cluster_reduce_s,
+    once), and is less than half as long."""
+    B, H = 256, 1024
+    plan = _plan("backward", B, H)
+    assert (plan.kind, plan.reduce_ctas, plan.units, plan.block_rows) == ("grid", 4, 16, 128)
+    plain = dataclasses.replace(plan, reduce_ctas=0, smem_bytes=layout.backward_smem_bytes(
+        H, H, False, 2, plan.units, plan.proj_cols, plan.block_rows, False))
+    split = model.backward_time(plan, B, H, H, H, 10, torch.bfloat16)
+    whole = model.backward_time(plain, B, H, H, H, 10, torch.bfloat16)
+    assert whole.bytes_per_step - split.bytes_per_step == plan.blocks * 128 * (4096 - 1024) * 2
+    assert split.step_s < whole.step_s / 2
+    assert (split.barriers_per_step, split.gemm_s) == (whole.barriers_per_step, whole.gemm_s)
+    slower = dataclasses.replace(latency.H100, cluster_reduce_s=latency.H100.cluster_reduce_s
+                                 + 1e-6)
+    for p, extra in ((plan, 1e-6), (plain, 0.0)):
+        assumed = model.backward_time(p, B, H, H, H, 10, torch.bfloat16).step_s
+        measured = model.backward_time(p, B, H, H, H, 10, torch.bfloat16, slower).step_s
+        assert measured - assumed == pytest.approx(extra)
 
 
 def test_multicast_staging_pays_its_measured_extra_latency_once_per_shared_phase():

@@ -22,7 +22,10 @@ __half, __nv_bfloat16, any cluster or register variant) must have:
   scope, MEMBAR.ALL.GPU, waiting for the step's global stores). On sm_90a a grid kernel
   must also have the multicast staging of grid plans in clusters: a bulk copy to every
   CTA of its cluster (UBLKCP.S.G.MULTICAST) and the mbarrier wait for its bytes
-  (SYNCS.PHASECHK.TRANS64);
+  (SYNCS.PHASECHK.TRANS64); except the reduce-split backward (sm_90a only), which must
+  instead meet its cluster at the hardware barrier every step (UCGABAR_ARV beyond the
+  start and the end) and read its peers' partial sums 16 bytes at a time (LD.E.128
+  through the cluster's shared-memory window);
 - no strong (GPU- or system-scope) loads outside the grid barrier's poll loop:
   LD[G].E[...].STRONG.GPU/.SYS only in a function whose name contains
   "barrier_wait" (a __noinline__ device function; see sass_functions for how it is
@@ -56,8 +59,11 @@ KIND = {"lstm_forward.cu": ("lstm_forward_kernel",),
 # sm_90 only: the cluster kernels' sm_80 images are empty stubs the host never launches.
 SM90_KIND = {"lstm_forward.cu": ("lstm_forward_cluster_kernel", "lstm_forward_reg_kernel"),
              "lstm_backward.cu": ("lstm_backward_cluster_kernel",
-                                  "lstm_backward_cluster_reg_kernel")}
-CLUSTER_KINDS = {kind for kinds in SM90_KIND.values() for kind in kinds}
+                                  "lstm_backward_cluster_reg_kernel",
+                                  "lstm_backward_reduce_kernel")}
+# A grid kernel in clusters whose CTAs add up each other's partial products (DSMEM).
+REDUCE_KINDS = {"lstm_backward_reduce_kernel"}
+CLUSTER_KINDS = {kind for kinds in SM90_KIND.values() for kind in kinds} - REDUCE_KINDS
 # The register kernels (W_hh partly in registers) exist for 16-bit weights only.
 DTYPES = {kind: {"__half", "__nv_bfloat16"} for kind in (
     "lstm_forward_reg_kernel", "lstm_backward_reg_kernel", "lstm_backward_cluster_reg_kernel")}
@@ -162,6 +168,8 @@ CLUSTER_ARRIVALS = 2   # cluster plans meet at the hardware barrier at the start
 # sm_90a grid kernels: the multicast staging of grid plans in clusters, a bulk copy to
 # every CTA of the cluster and the mbarrier wait its bytes complete.
 MULTICAST_STAGING = (re.compile(r"^UBLKCP\.S\.G\.MULTICAST$"), TX_WAIT)
+# The reduce split's peer reads: ld.shared::cluster.v4 through the generic window.
+PEER_LOAD = re.compile(r"^LD\.E\.128$")
 _PROPERTIES = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, "
                          r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -202,9 +210,10 @@ def cubins(tmp_path_factory):
         return dict(zip(jobs, results))
 
 
-def _violations(name, functions, arch, cluster):
+def _violations(name, functions, arch, cluster, reduce=False):
     """What kernel `name` ({function: instructions}, its subroutines included) breaks;
-    `cluster`: a cluster kernel, which exchanges through its peers' shared memory."""
+    `cluster`: a cluster kernel, which exchanges through its peers' shared memory;
+    `reduce`: the reduce-split grid kernel, which reads its peers' partial sums."""
     found = []
     everything = [(f, i, opcode(i)) for f, ins in functions.items() for i in ins]
     local = sorted({op for _, _, op in everything if LOCAL_MEMORY.match(op)})
@@ -230,7 +239,14 @@ def _violations(name, functions, arch, cluster):
         if not any(WIDE_OR_ASYNC_LOAD.match(op) for op in loads):
             found.append("no 16-byte or async global load (LDGSTS, LDG.E*.128, UTMALDG, UBLKCP); "
                          f"global loads are: {', '.join(loads) or 'none'}")
-        if arch == "sm_90a":
+        if reduce:
+            arrivals = sum(1 for _, _, op in everything if op == "UCGABAR_ARV")
+            if arrivals <= CLUSTER_ARRIVALS:
+                found.append(f"{arrivals} cluster barrier arrivals (UCGABAR_ARV): a reduce "
+                             "split meets its cluster every step, beyond the start and the end")
+            if not any(PEER_LOAD.match(op) for op in ops):
+                found.append("no 16-byte load of the peers' partial sums (LD.E.128)")
+        elif arch == "sm_90a":
             found += [f"no {rule.pattern} (multicast staging)" for rule in MULTICAST_STAGING
                       if not any(rule.match(op) for op in ops)]
     strong = {}
@@ -264,7 +280,7 @@ def test_kernel_instruction_mix(cubins, source, arch):
             problems.append(f"  {kind} instances for {', '.join(sorted(expected))} expected; "
                             f"found {sorted(dtypes)}")
         for k in sorted(kernels):
-            for v in _violations(k, kernels[k], arch, kind in CLUSTER_KINDS):
+            for v in _violations(k, kernels[k], arch, kind in CLUSTER_KINDS, kind in REDUCE_KINDS):
                 problems.append(f"  {names[k]}: {v}")
     # ptxas -v: every function it compiled, kernels and device functions alike.
     properties = _PROPERTIES.findall(log)

@@ -118,11 +118,13 @@ def host_check(tmp_path_factory):
 
 
 def test_shared_memory_layout_matches_the_python_plan(host_check):
-    """Shared-memory bytes of both directions, and whether each direction's kernel takes
-    the register split (reg_split_ok), in C++ and in plan.py, over splits of every form:
-    grid, cluster, multicast, cluster forwards with W_hh k-tiles in registers and grid
-    backwards with W_hh^T k-tiles in registers."""
-    configs = [(H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs)
+    """Shared-memory bytes of both directions, whether each direction's kernel takes the
+    register split (reg_split_ok) and the backward's the reduce split (reduce_ok), in
+    C++ and in plan.py, over splits of every form: grid, cluster, multicast, cluster
+    forwards with W_hh k-tiles in registers, grid backwards with W_hh^T k-tiles in
+    registers, and reduce splits (some the kernels refuse: with registers, multicast,
+    a projection, clusters that do not divide the slices, a last CTA with no column)."""
+    configs = [(H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs, 0, 1)
                for H, P in [(20, 20), (20, 11), (96, 96), (768, 768), (1024, 512), (9, 5)]
                for proj in (0, 1) for itemsize in (2, 4)
                for units, cols in [(4, 3), (8, 6), (12, 40), (32, 128), (48, 0), (136, 8)]
@@ -131,29 +133,39 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
                    (64, 0, 2, 0), (8, 16, 0, 1), (8, 16, 0, 11), (8, 16, 0, 12), (16, 16, 0, 5),
                    (8, 0, 0, 7), (8, 0, 4, 21), (8, 0, 0, 24), (8, 0, 0, 25), (16, 0, 0, 5),
                    (8, 16, 0, 16), (8, 16, 0, 17)]]
+    configs += [(H, H, proj, itemsize, units, units, rows, 0, multicast, regs, ctas, slices)
+                for H in (9, 20, 500, 1024) for proj in (0, 1) for itemsize in (2, 4)
+                for units, rows in [(4, 8), (8, 64), (16, 128), (12, 24)]
+                for multicast, regs, ctas, slices in [
+                    (0, 0, 2, 64), (0, 0, 4, 64), (0, 0, 8, 64), (0, 0, 4, 6), (0, 0, 3, 6),
+                    (0, 0, 8, 8), (2, 0, 4, 64), (0, 5, 4, 64), (0, 0, 16, 64)]]
     stdin = "".join(" ".join(map(str, c)) + "\n" for c in configs)
     result = subprocess.run([host_check, "layout"], input=stdin, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-    handled = {"forward": 0, "backward": 0}
+    handled = {"forward": 0, "backward": 0, "reduce": 0}
     for config, line in zip(configs, result.stdout.splitlines(), strict=True):
-        H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs = config
-        fwd, bwd, fwd_ok, bwd_ok = map(int, line.split())
+        H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs, ctas, slices = config
+        fwd, bwd, fwd_ok, bwd_ok, reduce_ok = map(int, line.split())
         assert fwd == cuda_plan.forward_smem_bytes(H, P, bool(proj), itemsize, units, cols, rows,
                                                    bool(cluster), bool(multicast), regs), config
         assert bwd == cuda_plan.backward_smem_bytes(H, P, bool(proj), itemsize, units, cols,
                                                     rows, bool(cluster), bool(multicast),
-                                                    regs), config
+                                                    regs, ctas), config
+        assert reduce_ok == cuda_plan.reduce_ok(H, slices, bool(proj), bool(cluster), regs,
+                                                multicast, ctas), config
+        handled["reduce"] += reduce_ok and ctas > 0
         for direction, ok, products in (
                 ("forward", fwd_ok, cuda_plan.forward_products),
                 ("backward", bwd_ok, cuda_plan.backward_products)):
             product, _ = products(H, P, bool(proj), itemsize, units, cols, rows, bool(cluster),
-                                  regs)
+                                  regs, *((ctas,) if direction == "backward" else ()))
+            reduce = ctas if direction == "backward" else 0
             assert ok == cuda_plan.reg_split_ok(direction, product, units, itemsize,
-                                                bool(cluster), bool(proj), regs), (direction,
-                                                                                   config)
+                                                bool(cluster), bool(proj), regs, reduce), (
+                direction, config)
             handled[direction] += ok and regs > 0
-    assert min(handled.values()) >= 10, handled  # register splits the kernels take
+    assert min(handled.values()) >= 10, handled  # register and reduce splits the kernels take
 
 
 def test_cluster_exchange_sends_every_column_once_and_the_bytes_the_mbarrier_expects(host_check):
@@ -209,11 +221,12 @@ SHAPES = [
 
 
 def _host_run(host_check, tmp_path, T, B, I, H, proj, lengths, reverse, sms, major, itemsize,
-              dtype=torch.float64):
+              dtype=torch.float64, backward_plan=None):
     """Forward and backward recurrences with the kernels' own logic on the CPU, for the
     plans of a GPU with `sms` SMs and compute capability `major` (9: cluster plans),
-    with the product geometry of `itemsize`-byte weights. Returns the host's results and
-    the reference's, both float64."""
+    with the product geometry of `itemsize`-byte weights (the backward's plan:
+    `backward_plan` where given). Returns the host's results and the reference's, both
+    float64."""
     bias = lengths is None
     args = layer_args(T, B, I, H, proj=proj, lengths=lengths, bias=bias, dtype=dtype)
     x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
@@ -245,13 +258,14 @@ def _host_run(host_check, tmp_path, T, B, I, H, proj, lengths, reverse, sms, maj
 
     smem = cuda_plan.H100_SMEM_PER_BLOCK
     for direction in ("forward", "backward"):
-        plan = cuda_plan.make_plan(direction, steps.batch, H, P, bool(proj), itemsize, sms, smem,
-                                   major)
+        plan = (backward_plan if direction == "backward" and backward_plan is not None else
+                cuda_plan.make_plan(direction, steps.batch, H, P, bool(proj), itemsize, sms, smem,
+                                    major))
         if isinstance(plan, str):
             pytest.skip(f"no plan on {sms} SMs: {plan}")
         meta = [len(steps), steps.batch, H, P, rows, int(reverse), int(not steps.uniform),
                 int(bool(proj)), int(bias), plan.units, plan.proj_cols, plan.unit_slices,
-                plan.block_rows, plan.cluster, itemsize, 1, plan.reg_k_tiles]
+                plan.block_rows, plan.cluster, itemsize, 1, plan.reg_k_tiles, plan.reduce_ctas]
         (tmp_path / "meta.txt").write_text(" ".join(map(str, meta)))
         result = subprocess.run([host_check, direction, str(tmp_path)], capture_output=True,
                                 text=True, timeout=120)
@@ -285,6 +299,31 @@ def test_host_run_of_the_kernels_logic_matches_reference(host_check, tmp_path, T
     host, expected = _host_run(host_check, tmp_path, T, B, I, H, proj, lengths, reverse, sms,
                                major, itemsize)
     for name in expected:  # fp32 host run against the float64 reference
+        assert_close(host[name], expected[name], atol=2e-5, rtol=1e-4,
+                     msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("itemsize", [2, 4], ids=["16bit-plan", "fp32-3xTF32"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("T,B,H,lengths,slices,batch_blocks,ctas", [
+    (7, 3, 20, None, 2, 1, 2),            # 80 gate columns: 48 and 32; 24 units held, 20 real
+    (6, 4, 9, [6, 6, 3, 2], 2, 1, 2),     # 36 columns: 32 and 4; packed
+    (5, 37, 24, None, 6, 2, 3),           # 3 CTAs of 32 columns, ragged batch blocks
+    (2, 136, 256, [2] * 100 + [1] * 36, 32, 1, 4),  # 136 rows: the dgates staged in chunks
+])
+def test_host_run_of_a_reduce_split_backward_matches_reference(host_check, tmp_path, T, B, H,
+                                                               lengths, slices, batch_blocks,
+                                                               ctas, reverse, itemsize):
+    """Reduce splits (lstm_backward.cu): each CTA of a cluster multiplies the cluster's
+    units over its share of the 4H gate columns (the last share shorter, units past H
+    zero), stages only those columns, and the cluster's partial sums are added in rank
+    order. The host check replays that, slice by slice, against the reference."""
+    plan = cuda_plan._candidate("grid", "backward", B, H, H, False, itemsize, slices,
+                                batch_blocks, cuda_plan.H100_SMEM_PER_BLOCK, reduce_ctas=ctas)
+    assert plan is not None and (plan.unit_slices, plan.reduce_ctas) == (slices, ctas)
+    host, expected = _host_run(host_check, tmp_path, T, B, 3, H, 0, lengths, reverse, 132, 9,
+                               itemsize, backward_plan=plan)
+    for name in ("dgates", "dh0", "dc0"):
         assert_close(host[name], expected[name], atol=2e-5, rtol=1e-4,
                      msg=lambda m: f"{name}: {m}")
 

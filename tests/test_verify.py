@@ -248,10 +248,10 @@ def test_bench_items_are_the_issue_cases_kernels_first():
 
 
 def test_sanitize_cases_reach_every_cuda_kernel_and_plan_form_an_h100_makes():
-    """The tiny shapes in both backends and fp32/bf16, plus the CUDA-only bf16 shapes:
+    """The tiny shapes in both backends and fp32/bf16, plus the CUDA-only shapes:
     between them an H100/H200 launches every kernel of csrc/ (grid, cluster and
-    register forms of each direction) and a multicast grid (the bulk copies and
-    mbarriers)."""
+    register forms of each direction, the backward's reduce split), and a multicast
+    grid (the bulk copies and mbarriers)."""
     from rnnfast.backends.cuda import plan as cuda_plan
     ctx = stages.Context(out_dir=None, device=torch.device("cuda"), dry_run=False, repo=None, log=None)
     cases = stages.sanitize_cases(ctx)
@@ -266,12 +266,13 @@ def test_sanitize_cases_reach_every_cuda_kernel_and_plan_form_an_h100_makes():
             plan = cuda_plan.make_plan(direction, shape.B, shape.H, out, bool(shape.proj),
                                        2 if case["dtype"] == "bf16" else 4, cuda_plan.H100_SMS,
                                        cuda_plan.H100_SMEM_PER_BLOCK, 9)
-            forms.add((direction, plan.kind, bool(plan.reg_k_tiles)))
+            forms.add((direction, plan.kind, bool(plan.reg_k_tiles), bool(plan.reduce_ctas)))
             forms.add("multicast" if plan.multicast else "")
-    assert forms == {("forward", "grid", False), ("forward", "cluster", False),
-                     ("forward", "cluster", True), ("backward", "grid", False),
-                     ("backward", "grid", True), ("backward", "cluster", False),
-                     ("backward", "cluster", True), "multicast", ""}
+    assert forms == {("forward", "grid", False, False), ("forward", "cluster", False, False),
+                     ("forward", "cluster", True, False), ("backward", "grid", False, False),
+                     ("backward", "grid", True, False), ("backward", "cluster", False, False),
+                     ("backward", "cluster", True, False), ("backward", "grid", False, True),
+                     "multicast", ""}
 
 
 def test_precision_rule():

@@ -13,9 +13,11 @@
 //   host_check forward DIR    reads DIR/meta.txt and DIR/<name>.bin (float32 / int64),
 //   host_check backward DIR   writes DIR/out_<name>.bin
 //   host_check layout         stdin: "H P proj itemsize units cols block_rows cluster multicast
-//                             reg_k_tiles" lines; stdout: forward and backward
-//                             shared-memory bytes, and whether each direction's kernel
-//                             handles that register split (reg_split_ok)
+//                             reg_k_tiles reduce_ctas unit_slices" lines; stdout: forward
+//                             and backward shared-memory bytes (the forward without the
+//                             reduce split), whether each direction's kernel handles that
+//                             register split (reg_split_ok) and the backward's the reduce
+//                             split (reduce_ok)
 //   host_check fragments      emulates ldmatrix and mma from the PTX ISA's layout
 //                             formulas on the kernels' fragment addresses, and checks
 //                             the warps' split of every product covers each tile once
@@ -40,7 +42,7 @@ namespace {
 
 struct Meta {
   long long steps, batch, hidden, out, rows, reverse, packed, has_proj, has_bias, units, proj_cols,
-      unit_slices, block_rows, cluster, itemsize, has_dy, reg_k_tiles;
+      unit_slices, block_rows, cluster, itemsize, has_dy, reg_k_tiles, reduce_ctas;
 };
 
 std::string g_dir;
@@ -69,10 +71,11 @@ Meta read_meta() {
   FILE* f = fopen(path.c_str(), "r");
   if (f == nullptr ||
       fscanf(f,
-             "%lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld",
+             "%lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld "
+             "%lld",
              &m.steps, &m.batch, &m.hidden, &m.out, &m.rows, &m.reverse, &m.packed, &m.has_proj,
              &m.has_bias, &m.units, &m.proj_cols, &m.unit_slices, &m.block_rows, &m.cluster,
-             &m.itemsize, &m.has_dy, &m.reg_k_tiles) != 17) {
+             &m.itemsize, &m.has_dy, &m.reg_k_tiles, &m.reduce_ctas) != 18) {
     fprintf(stderr, "bad meta.txt\n");
     exit(2);
   }
@@ -104,6 +107,7 @@ Split split_of(const Meta& m) {
   sp.units = (int)m.units, sp.proj_cols = (int)m.proj_cols, sp.unit_slices = (int)m.unit_slices;
   sp.block_rows = (int)m.block_rows, sp.cluster = (int)m.cluster;
   sp.reg_k_tiles = (int)m.reg_k_tiles;
+  sp.reduce_ctas = (int)m.reduce_ctas;
   return sp;
 }
 
@@ -289,18 +293,37 @@ void backward(const Meta& m) {
   std::vector<float> dgates(N * G), dh0((size_t)B * P), dc0((size_t)B * H), dy_total(N * P);
   const int gld = exchange_ld(4 * H), pld = exchange_ld(P);
   std::vector<float> gx(2 * (size_t)B * gld, 0.f), dhx((size_t)B * pld, 0.f);
-  if (!reg_split_ok(L, sp, itemsize, proj)) {
-    fprintf(stderr, "not a register split the kernel handles\n");
+  if (!reg_split_ok(L, sp, itemsize, proj) || !reduce_ok(sp, H, proj)) {
+    fprintf(stderr, "not a register or reduce split the kernel handles\n");
     exit(2);
   }
+  // Reduce splits (lstm_backward.cu): slice j is CTA rank j % c of its cluster, holding
+  // W_hh^T rows of the cluster's units over its gate columns [g0, g0 + its chain.k).
+  const int ctas = sp.reduce_ctas > 0 ? sp.reduce_ctas : 1;
   std::vector<std::vector<float>> w_s, w_regs, wr_s;  // what each slice holds
+  std::vector<Product> chain_of;                       // ... and its chain product
+  std::vector<int> g0_of;
   for (int j = 0; j < sp.unit_slices; ++j) {
     const int unit0 = j * U, col0 = j * Pc, mine = clamp_int(P - col0, 0, Pc);
     auto w_of = [&](int n, int q) {  // W_hh^T (my column n, gate row q)
       return n < mine && q < 4 * H ? w_hh[(size_t)q * P + col0 + n] : 0.f;
     };
-    w_s.push_back(held(L.chain, mine, 4 * H - L.reg_cols,
-                       [&](int n, int q) { return w_of(n, L.reg_cols + q); }));
+    Product chain = L.chain;
+    int g0 = 0;
+    if (sp.reduce_ctas > 0) {
+      const int rank = j % ctas, first = (j - rank) * U;
+      const int cols = reduce_real_cols(H, ctas, rank);
+      g0 = rank * reduce_cols(H, ctas);
+      chain.k = round_up(cols, k_tile(itemsize));
+      chain.chunks = cdiv(chain.k, chain.chunk);
+      w_s.push_back(held(L.chain, clamp_int(H - first, 0, ctas * U), cols,
+                         [&](int n, int q) { return w_hh[(size_t)(g0 + q) * P + first + n]; }));
+    } else {
+      w_s.push_back(held(L.chain, mine, 4 * H - L.reg_cols,
+                         [&](int n, int q) { return w_of(n, L.reg_cols + q); }));
+    }
+    chain_of.push_back(chain);
+    g0_of.push_back(g0);
     w_regs.push_back(whole_rows(L.chain, L.reg_cols, mine, w_of));
     if (proj)
       wr_s.push_back(held(L.proj, clamp_int(H - unit0, 0, U), P,
@@ -333,14 +356,26 @@ void backward(const Meta& m) {
           const int row0 = q * Bb, unit0 = j * U, mine = clamp_int(H - unit0, 0, U);
           const int n_act = k >= 0 ? block_active(s.size, row0, Bb) : 0;
           const int n_next = block_active(next_size, row0, Bb);
+          // Reduce splits: every CTA of my cluster, in rank order, each its k-slices in
+          // order (reduce_partials); otherwise my own product (product_out).
+          const int rank = j % ctas;
+          auto dh_product = [&](int u, const float* grow) {
+            if (sp.reduce_ctas == 0)
+              return reg_product_host(L.chain, L.reg_slices, L.reg_cols, sp.reg_k_tiles,
+                                      reg_copies(kChainRegTiles), itemsize, w_s[j], w_regs[j], u,
+                                      grow);
+            float total = 0.f;
+            for (int c = 0; c < ctas; ++c) {
+              const int peer = j - rank + c;
+              total = product_host(chain_of[peer], itemsize, w_s[peer], rank * U + u,
+                                   grow + g0_of[peer], total);
+            }
+            return total;
+          };
           for (int b = 0; b < (n_act > n_next ? n_act : n_next); ++b)
             for (int u = 0; u < mine; ++u) {
               const int r = row0 + b, unit = unit0 + u;
-              const float prod =
-                  b < n_next ? reg_product_host(L.chain, L.reg_slices, L.reg_cols, sp.reg_k_tiles,
-                                                reg_copies(kChainRegTiles), itemsize, w_s[j],
-                                                w_regs[j], u, g_in + (size_t)r * gld)
-                             : 0.f;
+              const float prod = b < n_next ? dh_product(u, g_in + (size_t)r * gld) : 0.f;
               if (b < n_act) {
                 const float dh = (b < n_next ? prod : dh_n[(size_t)r * P + unit]) + dy[(s.offset + r) * P + unit];
                 dy_total[(s.offset + r) * P + unit] = dh;
@@ -700,16 +735,20 @@ int exchange() {
 }
 
 void layout() {
-  int H, P, proj, itemsize, units, cols, block_rows, cluster, multicast, reg_k_tiles;
-  while (scanf("%d %d %d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols,
-               &block_rows, &cluster, &multicast, &reg_k_tiles) == 10) {
+  int H, P, proj, itemsize, units, cols, block_rows, cluster, multicast, reg_k_tiles, reduce_ctas,
+      slices;
+  while (scanf("%d %d %d %d %d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols,
+               &block_rows, &cluster, &multicast, &reg_k_tiles, &reduce_ctas, &slices) == 12) {
     Split sp{};
-    sp.units = units, sp.proj_cols = cols, sp.unit_slices = 1, sp.block_rows = block_rows;
+    sp.units = units, sp.proj_cols = cols, sp.unit_slices = slices, sp.block_rows = block_rows;
     sp.cluster = cluster, sp.multicast = multicast, sp.reg_k_tiles = reg_k_tiles;
+    sp.reduce_ctas = reduce_ctas;
     const BackwardLayout b = backward_layout(H, P, proj != 0, itemsize, sp);
+    sp.reduce_ctas = 0;  // the forward has none
     const ForwardLayout f = forward_layout(H, P, proj != 0, itemsize, sp);
-    printf("%zu %zu %d %d\n", f.bytes, b.bytes, (int)reg_split_ok(f, sp, itemsize),
-           (int)reg_split_ok(b, sp, itemsize, proj != 0));
+    sp.reduce_ctas = reduce_ctas;
+    printf("%zu %zu %d %d %d\n", f.bytes, b.bytes, (int)reg_split_ok(f, sp, itemsize),
+           (int)reg_split_ok(b, sp, itemsize, proj != 0), (int)reduce_ok(sp, H, proj != 0));
   }
 }
 

@@ -36,6 +36,11 @@ class Gpu:
                                             # their mbarrier waits returning (assumption: one
                                             # DSMEM store, 0.2 µs, and the mbarrier's 0.1; to be
                                             # measured)
+    cluster_reduce_s: float = 0.5e-6        # a reduce-split grid backward's step: the cluster
+                                            # barrier after the partial products and the first
+                                            # DSMEM load of the peers' partial sums (assumption:
+                                            # as the cluster barrier and DSMEM stores the cluster
+                                            # plans' exchange replaced; to be measured)
     multicast_extra_s: float = 0.0          # what staging by multicast bulk copies after the grid
                                             # barrier adds to the dependent L2 round trip of
                                             # cp.async (the last of a cluster's CTAs to leave the

@@ -77,13 +77,16 @@ SANITIZE_SHAPES = (
     Shape("tiny", T=5, B=3, I=5, H=22, bidirectional=True, lengths=(5, 2, 4)),
     Shape("tiny-proj", T=5, B=3, I=5, H=20, proj=7),
 )
-# And, for the CUDA kernels alone, in bf16, the shapes an H100/H200 plans in forms no
-# tiny shape is planned as: FlashRNN's layer (the forward as a register cluster plan:
-# fragments loaded once, their partial sums; the backward as a multicast grid: bulk
-# copies into the CTAs of a cluster, mbarrier waits, with W_hh^T partly in registers),
-# and H = 256 (the backward as a register cluster plan).
-SANITIZE_CUDA_SHAPES = (Shape("flashrnn", T=3, B=16, I=8, H=768),
-                        Shape("H=256", T=3, B=3, I=8, H=256))
+# And, for the CUDA kernels alone, (dtype, shape) pairs that an H100/H200 plans in forms
+# no tiny shape is planned as: FlashRNN's layer in bf16 (the forward as a register
+# cluster plan: fragments loaded once, their partial sums; the backward as a multicast
+# grid: bulk copies into the CTAs of a cluster, mbarrier waits, with W_hh^T partly in
+# registers), H = 256 in bf16 (the backward as a register cluster plan) and H = 320 in
+# fp32 (the backward as a reduce split: a cluster barrier a step, then each CTA's loads
+# of its peers' partial sums).
+SANITIZE_CUDA_SHAPES = (("bf16", Shape("flashrnn", T=3, B=16, I=8, H=768)),
+                        ("bf16", Shape("H=256", T=3, B=3, I=8, H=256)),
+                        ("fp32", Shape("H=320", T=3, B=3, I=8, H=320)))
 
 FALLBACK_WARNING = re.compile(r"using the \w+ backend")
 

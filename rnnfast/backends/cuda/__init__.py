@@ -79,7 +79,7 @@ def device_limits(device: torch.device) -> DeviceLimits:
 def plan_for(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hidden: int,
              out_size: int, has_proj: bool, plain: bool = False):
     """The launch plan of the "forward" or "backward" kernel (plan.py), or why it cannot
-    run; plain=True: a plain grid plan (no clusters, multicast or registers), what a
+    run; plain=True: a plain grid plan (no clusters, multicast, registers or reduce splits), what a
     refused launch of any other plan falls back to."""
     from . import plan
     sms, smem, cooperative, major, resident = device_limits(device)

@@ -61,7 +61,7 @@ def backward(
                     dc_start, dh0, dc0, dgates, dy_total, gx, dhx, offsets, sizes, arrivals,
                     timed_out, len(steps), reverse, plan.units, plan.proj_cols, plan.unit_slices,
                     plan.block_rows, plan.cluster, plan.multicast, plan.reg_k_tiles,
-                    BARRIER_SPIN_LIMIT)
+                    plan.reduce_ctas, BARRIER_SPIN_LIMIT)
 
     ran = run("backward", gates.device, dtype, batch, hidden_size, out_size, has_proj, kernel)
     if isinstance(ran, str):

@@ -22,8 +22,8 @@ def exchange(like: Tensor, *shape_and_cols: int, dtype: Optional[torch.dtype] = 
 def run(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hidden: int,
         out_size: int, has_proj: bool, kernel: Callable[[Plan, Tensor, Tensor], None]):
     """Runs kernel(plan, arrivals, timed_out) with the layer's plan, falling back from a
-    refused launch of any other plan (a cluster plan, a grid plan with multicast or
-    registers) to the plain grid plan (plan_for(..., plain=True)).
+    refused launch of any other plan (a cluster plan, a grid plan with multicast,
+    registers or a reduce split) to the plain grid plan (plan_for(..., plain=True)).
     arrivals [batch_blocks] int64 and timed_out [1] int32 are the grid barrier's state,
     zeroed. Returns the plan that ran, or the reason none could (the caller then runs the
     layer on the fallback backend): no plan fits, or the GPU refused the launch before
@@ -40,7 +40,8 @@ def run(direction: str, device: torch.device, dtype: torch.dtype, batch: int, hi
         try:
             kernel(plan, arrivals, timed_out)
         except _C.LaunchRefused as refusal:  # nothing ran: the inputs are untouched
-            if plan.kind != "cluster" and not plan.multicast and not plan.reg_k_tiles:
+            if (plan.kind != "cluster" and not plan.multicast and not plan.reg_k_tiles
+                    and not plan.reduce_ctas):
                 return str(refusal)
             plan = plan_for(direction, device, dtype, batch, hidden, out_size, has_proj,
                             plain=True)

@@ -69,6 +69,11 @@ blocks run side by side, so one block's time is the step's time):
 - cluster plans also send what they exchange to every peer: rows x units x item x cluster
   bytes for h (forward), four times that for the gate gradients (backward), counted at
   the shared-memory rate (assumption: the SM-to-SM network keeps up).
+- reduce-split grid backwards (plan.reduce_ctas = c, sm_90): a CTA's product is the
+  cluster's c x units W_hh^T rows over its 1/c of the gate columns, and it stages only
+  those columns; then the cluster barrier and its first DSMEM load (gpu.cluster_reduce_s)
+  and the partial sums of its own units read from the c - 1 peers (and ksplit partials
+  each), counted at the shared-memory rate as the cluster plans' stores are.
 
 Off the sequential path, as in the Triton model: the input projection (forward,
 2*T*B*4H*I FLOP) and the weight / input gradients (backward: dW_ih and dx, 2*T*B*4H*I
@@ -226,6 +231,8 @@ def _phase_time(plan: layout.Plan, phase: Phase, gpu: Gpu) -> float:
         latency = gpu.l2_round_trip_s + gpu.barrier_s
         if phase.shared_bytes:  # staged by the cluster's multicast copies
             latency += gpu.multicast_extra_s
+        if plan.reduce_ctas:  # the cluster meets before summing its partial products
+            latency += gpu.cluster_reduce_s
     l2 = max(phase.l2_bytes / gpu.l2_bytes_per_s_per_sm,
              phase.chip_bytes(plan) / gpu.l2_bytes_per_s)
     dsmem = phase.dsmem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
@@ -302,7 +309,7 @@ def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inp
     cluster = plan.kind == "cluster"
     chain, proj = layout.backward_products(hidden, out_size, has_proj, item, plan.units,
                                            plan.proj_cols, plan.block_rows, cluster,
-                                           plan.reg_k_tiles)
+                                           plan.reg_k_tiles, plan.reduce_ctas)
     # Register plans: the gate gradients are staged whole, the register part's columns too.
     _, reg_cols = layout.reg_geometry("backward", plan.units, item, plan.reg_k_tiles)
     whole = replace(chain, k=chain.k + reg_cols)
@@ -325,7 +332,11 @@ def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inp
     else:
         product = (reg_product_time("backward", chain, plan.units, plan.reg_k_tiles, True, gpu)
                    if plan.reg_k_tiles else product_time(chain, item, True, gpu))
-        phases = [_staged_phase(plan, whole, product, item, cell_bytes)]  # dgates(t+1) in
+        phase = _staged_phase(plan, whole, product, item, cell_bytes)  # dgates(t+1) in
+        if plan.reduce_ctas:  # its units' partial sums from every peer
+            peers = (plan.reduce_ctas - 1) * chain.ksplit * plan.units * chain.nb * 4
+            phase = phase._replace(dsmem_bytes=peers)
+        phases = [phase]
     weights = whole.m * whole.k * item + proj.m * proj.k * item
     gemm_flops = (2 * seq_len * batch * 4 * hidden * (2 * input_size + out_size)
                   + (2 * seq_len * batch * out_size * hidden if has_proj else 0))

@@ -17,7 +17,13 @@ gate gradients (backward) every step. Two forms (csrc/lstm_forward.cu):
   grid plan may also be launched in clusters of `multicast` CTAs (consecutive slices
   of one batch block): each single-chunk staged operand is then read from L2 once per
   cluster, each CTA copying 1/multicast of its rows into every CTA of the cluster by
-  TMA multicast. The barrier and the exchange stay the grid's.
+  TMA multicast. The barrier and the exchange stay the grid's. A grid backward on sm_90
+  may instead be launched in clusters of `reduce_ctas` CTAs that split the chain's
+  reduction (dh = dgates . W_hh sums over the 4H gate columns): each CTA holds W_hh^T
+  for all the cluster's units but only its 1/reduce_ctas of the gate columns, stages
+  only those columns of the gate gradients, and after a cluster barrier sums its own
+  units' partial dh from every CTA's shared memory (DSMEM). A block then stages a
+  fraction of the 4H-wide rows, which at large batches is what bounds the step.
 
 Register plans (`reg_k_tiles`; 16-bit weights, at most 8 rows a block): a block keeps
 the first columns of its recurrent weights as mma fragments in registers and only the
@@ -52,6 +58,7 @@ ALIGN = 128
 MAX_CLUSTER = 16  # kMaxCluster: CTAs per cluster with the non-portable size (H100/H200)
 REG_TILES = 3      # kRegTiles: forward register plans' M tiles of W_hh a warp holds in registers
 REG_K_TILES = 11   # kRegKTiles: ... and k-tiles of each
+REDUCE_ALIGN = 16  # kReduceAlign: a reduce-split CTA's gate columns, a multiple of this
 CHAIN_REG_TILES = 1     # kChainRegTiles: backward register plans' M tiles of W_hh^T a warp holds
 CHAIN_REG_K_TILES = 24  # kChainRegKTiles: ... and k-tiles of it: grid plans
 CLUSTER_CHAIN_REG_K_TILES = 16  # kClusterChainRegKTiles: ... cluster plans
@@ -62,6 +69,9 @@ CLUSTER_CHAIN_REG_K_TILES = 16  # kClusterChainRegKTiles: ... cluster plans
 # The grid's blocks all run at once (cooperative launch), so a larger cluster, harder to
 # place in a GPC, is only taken where the GPU holds enough of them (make_plan).
 MULTICAST_SIZES = (2, 4, 8)
+# CTAs per cluster a reduce-split grid backward tries: the portable powers of two, as for
+# multicast (they divide the usual unit_slices and fit every sm_90 part's GPC).
+REDUCE_SIZES = (2, 4, 8)
 
 # H100 SXM: what the plan is tested against on CPU (tests/test_cuda_backend.py).
 H100_SMS = 132
@@ -85,6 +95,9 @@ class Plan:
                           # backward: cluster, or grid without a projection): k-tiles
                           # per k-slice of the recurrent weights held in registers
                           # (reg_geometry); 0: the block's whole slice in shared memory
+    reduce_ctas: int = 0  # grid backward on sm_90 without a projection: CTAs per cluster
+                          # (consecutive slices of one batch block) splitting the chain's
+                          # reduction over the gate columns (reduce_cols); 0: none
 
     @property
     def blocks(self) -> int:
@@ -93,7 +106,7 @@ class Plan:
     @property
     def cluster(self) -> int:
         """CTAs per cluster of a cluster plan (DSMEM exchange); 0 for grid plans, also
-        those launched in clusters for multicast (see `multicast`)."""
+        those launched in clusters for multicast or a reduce split."""
         return self.unit_slices if self.kind == "cluster" else 0
 
 
@@ -253,16 +266,17 @@ def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, 
 
 
 def reg_split_ok(direction: str, product: Product, units: int, itemsize: int, cluster: bool,
-                 has_proj: bool, reg_k_tiles: int) -> bool:
+                 has_proj: bool, reg_k_tiles: int, reduce_ctas: int = 0) -> bool:
     """lstm_common.cuh reg_split_ok of the direction's layout: whether its kernel handles
-    this register split (`product`: the recurrent product's shared-memory part)."""
+    this register split (`product`: the recurrent product's shared-memory part; no
+    reduce split)."""
     if not reg_k_tiles:
         return True
     slices, _ = reg_geometry(direction, units, itemsize, reg_k_tiles)
     if direction == "forward":
         form = cluster
     else:  # the gate gradients whole in one chunk (staged, or in the cluster's exchange)
-        form = not has_proj and product.chunks == 1
+        form = not has_proj and not reduce_ctas and product.chunks == 1
     return (form and itemsize == 2 and not product.swapped and product.n_tiles == 1
             and slices > 0 and reg_k_tiles <= max_reg_k_tiles(direction, cluster)
             and product.k >= reg_k_tiles * k_tile(itemsize))
@@ -285,16 +299,40 @@ def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int
             + (ALIGN if multicast or cluster else 0))
 
 
+def reduce_cols(hidden: int, reduce_ctas: int) -> int:
+    """lstm_common.cuh reduce_cols: the gate columns of each CTA of a reduce split (the
+    last CTA's may run past 4H: zero weights, and columns it does not stage)."""
+    return _round_up(_cdiv(4 * hidden, reduce_ctas), REDUCE_ALIGN)
+
+
+def reduce_ok(hidden: int, slices: int, has_proj: bool, cluster: bool, reg_k_tiles: int,
+              multicast: int, reduce_ctas: int) -> bool:
+    """lstm_common.cuh reduce_ok: whether the backward kernels take this reduce split
+    (none: always): a grid plan without a projection, registers or multicast, in
+    clusters that divide the slices, each CTA's gate columns within the layer's."""
+    if not reduce_ctas:
+        return True
+    return (not cluster and not has_proj and not reg_k_tiles and not multicast
+            and 2 <= reduce_ctas <= 8 and slices % reduce_ctas == 0
+            and (reduce_ctas - 1) * reduce_cols(hidden, reduce_ctas) < 4 * hidden)
+
+
 def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
                       proj_cols: int, block_rows: int, cluster: bool,
-                      reg_k_tiles: int = 0) -> tuple[Product, Product]:
+                      reg_k_tiles: int = 0, reduce_ctas: int = 0) -> tuple[Product, Product]:
     """The backward's products (lstm_common.cuh backward_layout). Register plans: `chain`
     is the shared-memory part, gate-gradient columns from reg_geometry's onwards, whose B
-    rows are the gate gradients' whole rows (b_ld)."""
+    rows are the gate gradients' whole rows (b_ld). Reduce splits: `chain` is one CTA's,
+    W_hh^T rows of the cluster's units over its reduce_cols gate columns (no registers)."""
+    reg_k_tiles = 0 if reduce_ctas else reg_k_tiles
     _, reg_cols = reg_geometry("backward", proj_cols if has_proj else units, itemsize,
                                reg_k_tiles)
-    chain = Product.make(proj_cols if has_proj else units, max(4 * hidden - reg_cols, 0),
-                         block_rows, itemsize, cluster)
+    if reduce_ctas:
+        chain = Product.make(reduce_ctas * units, reduce_cols(hidden, reduce_ctas), block_rows,
+                             itemsize, False)
+    else:
+        chain = Product.make(proj_cols if has_proj else units, max(4 * hidden - reg_cols, 0),
+                             block_rows, itemsize, cluster)
     if reg_cols:
         chain = replace(chain, b_ld=_round_up(4 * hidden, k_tile(itemsize)) + 16 // itemsize)
     proj = Product.make(units if has_proj else 0, out_size if has_proj else 0, block_rows,
@@ -304,11 +342,13 @@ def backward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int,
 
 def backward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
                         proj_cols: int, block_rows: int, cluster: bool,
-                        multicast: bool = False, reg_k_tiles: int = 0) -> int:
+                        multicast: bool = False, reg_k_tiles: int = 0,
+                        reduce_ctas: int = 0) -> int:
     """csrc/lstm_common.cuh backward_layout(...).bytes; `multicast` and `cluster` as in
-    forward_smem_bytes."""
+    forward_smem_bytes; a reduce split adds the summed dh [units][nb] (fp32)."""
+    reg_k_tiles = 0 if reduce_ctas else reg_k_tiles
     chain, proj = backward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
-                                    block_rows, cluster, reg_k_tiles)
+                                    block_rows, cluster, reg_k_tiles, reduce_ctas)
     slices, _ = reg_geometry("backward", proj_cols if has_proj else units, itemsize,
                              reg_k_tiles)
     ring = chain.exchange_bytes(itemsize) if cluster else chain.ring_bytes(itemsize)
@@ -316,6 +356,7 @@ def backward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: in
             + max(ring, proj.ring_bytes(itemsize) if has_proj else 0)
             + max(chain.part_bytes(slices), proj.part_bytes() if has_proj else 0)
             + _align(block_rows * units * 4)
+            + (_align(units * chain.nb * 4) if reduce_ctas else 0)
             + (ALIGN if multicast or cluster else 0))
 
 
@@ -325,13 +366,15 @@ def _fits(products: tuple[Product, ...]) -> bool:
 
 def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int, has_proj: bool,
                itemsize: int, slices: int, batch_blocks: int, smem_per_block: int,
-               multicast: int = 0, registers: bool = False):
+               multicast: int = 0, registers: bool = False, reduce_ctas: int = 0):
     """The plan of this split, or None where it does not fit. `multicast` (grid plans):
     its CTAs per cluster; None too where it does not divide the split's unit_slices, or
     where no staged product is a single chunk (chunked products keep cp.async, so
     multicast would change nothing). `registers`: the register plan of the split, with
     as many k-tiles a slice as the kernel holds and as leave the shared-memory part at
-    least one k-slice wide; None where the split has none (reg_split_ok)."""
+    least one k-slice wide; None where the split has none (reg_split_ok).
+    `reduce_ctas` (grid backward): the reduce split in clusters of that many CTAs; None
+    where the kernels do not take it (reduce_ok)."""
     units = _round_up(_cdiv(hidden, slices), 4)
     slices = _cdiv(hidden, units)
     block_rows = _round_up(_cdiv(batch, batch_blocks), ROW_TILE)
@@ -339,6 +382,9 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
     cols = _cdiv(out_size, slices) if has_proj else (units if direction == "backward" else 0)
     cluster = kind == "cluster"
     if multicast and (cluster or slices % multicast):
+        return None
+    if reduce_ctas and (direction != "backward" or not reduce_ok(
+            hidden, slices, has_proj, cluster, int(registers), multicast, reduce_ctas)):
         return None
     if cluster and direction == "backward" and hidden * itemsize % 4:
         return None  # the exchange's st.async words (>= 4 bytes) would straddle two gates
@@ -356,9 +402,9 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
                                   cluster, multicast > 0, reg_k_tiles)
     else:
         products = backward_products(hidden, out_size, has_proj, itemsize, units, cols,
-                                     block_rows, cluster, reg_k_tiles)
+                                     block_rows, cluster, reg_k_tiles, reduce_ctas)
         smem = backward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols, block_rows,
-                                   cluster, multicast > 0, reg_k_tiles)
+                                   cluster, multicast > 0, reg_k_tiles, reduce_ctas)
     if not reg_split_ok(direction, products[0], units, itemsize, cluster, has_proj, reg_k_tiles):
         return None
     if smem > smem_per_block or not _fits(products):
@@ -366,7 +412,7 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
     if multicast and not any(p.m and p.chunks == 1 for p in products):
         return None
     return Plan(kind, units, cols, slices, block_rows, batch_blocks, smem, itemsize, multicast,
-                reg_k_tiles)
+                reg_k_tiles, reduce_ctas)
 
 
 def _resident(resident_clusters: tuple[int, ...], size: int, sms: int) -> int:
@@ -388,21 +434,23 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
     number of batch blocks its grid split, plain and then as multicast grid plans
     (sm_90, m in MULTICAST_SIZES, smallest first); with 16-bit weights each followed by
     its register plan where the kernels have one (the forward's clusters, the
-    backward's clusters and grid plans without a projection). A multicast variant is
-    kept only
-    where m divides unit_slices (a cluster is consecutive slices of one batch block), a
-    staged product is a single chunk, the mbarrier slot still fits, and the GPU holds
-    every block in a cluster at once (the launch is cooperative too). Of the candidates,
+    backward's clusters and grid plans without a projection); then (sm_90, a backward
+    without a projection) its reduce splits (REDUCE_SIZES). A multicast variant is kept
+    only where m divides unit_slices (a cluster is consecutive slices of one batch
+    block), a staged product is a single chunk, the mbarrier slot still fits, and the
+    GPU holds every block in a cluster at once (the launch is cooperative too); a
+    reduce split likewise where the kernels take it (reduce_ok). Of the candidates,
     the one whose step the latency model (model.py) rates fastest; on a tie the first,
     so a cluster of CTAs is only taken where the model says it pays, and no larger than
     it pays (a plan bound by one SM's L2 rate gains nothing from more multicast).
 
-    plain=True: plain grid plans only (no clusters, multicast or registers), what a
+    plain=True: plain grid plans only (no clusters, multicast, registers or reduce
+    splits), what a
     refused launch of any other plan falls back to. resident_clusters[c]: how many
     clusters of c CTAs the GPU holds at once (binding.cpp device_limits); a cluster plan
     runs its batch blocks side by side only up to that many (more would run in waves,
-    each as long as the whole layer), a multicast grid plan needs blocks <= that many x
-    c. Without it, sms // c."""
+    each as long as the whole layer), a multicast or reduce-split grid plan needs blocks
+    <= that many x c. Without it, sms // c."""
     candidates = []
     variants = (False, True) if itemsize == 2 and not plain else (False,)  # registers
     if not plain and major >= 9 and not has_proj:
@@ -421,21 +469,23 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
                 break  # more batch blocks only need more clusters
             candidates.extend(plans)
     sizes = MULTICAST_SIZES if not plain and major >= 9 else ()
+    reduce_sizes = REDUCE_SIZES if direction == "backward" and not has_proj else ()
     for batch_blocks in range(1, _cdiv(batch, ROW_TILE) + 1):
         slices = min(sms // batch_blocks, _cdiv(hidden, 4))
         if slices < 1:
             break
-        for multicast in (0, *sizes):
-            for registers in variants:
-                plan = _candidate("grid", direction, batch, hidden, out_size, has_proj,
-                                  itemsize, slices, batch_blocks, smem_per_block, multicast,
-                                  registers)
-                if plan is None or plan in candidates:
-                    continue
-                if (multicast and plan.blocks
-                        > _resident(resident_clusters, multicast, sms) * multicast):
-                    continue  # a cooperative launch needs every block (here: cluster) resident
-                candidates.append(plan)
+        splits = ([(multicast, registers, 0) for multicast in (0, *sizes) for registers in variants]
+                  + [(0, False, size) for size in (reduce_sizes if sizes else ())])
+        for multicast, registers, reduce_ctas in splits:
+            plan = _candidate("grid", direction, batch, hidden, out_size, has_proj, itemsize,
+                              slices, batch_blocks, smem_per_block, multicast, registers,
+                              reduce_ctas)
+            if plan is None or plan in candidates:
+                continue
+            size = multicast or reduce_ctas
+            if size and plan.blocks > _resident(resident_clusters, size, sms) * size:
+                continue  # a cooperative launch needs every block (here: cluster) resident
+            candidates.append(plan)
     if not candidates:
         return (f"the {direction} kernel cannot hold this layer on chip (B={batch}, H={hidden}, "
                 f"P={out_size}, {itemsize}-byte weights): on no split over {sms} SMs do a "
