@@ -374,6 +374,21 @@ void probe_phases(const OptTensor& rows,      // [2, blocks, kThreads, 4] int32 
                                         : "cooperative launch of the phase probe");
 }
 
+void probe_cluster_reduce(int64_t blocks, int64_t cluster, int64_t rounds,
+                          const Tensor& out) {  // [1] float32 out: a sum, to keep the work
+  check(out, "out", out.device(), at::kFloat, 1);
+  TORCH_CHECK(out.is_cuda() && rounds >= 1 && cluster >= 2 && cluster <= 8 && blocks >= cluster &&
+                  blocks % cluster == 0,
+              "rnnfast._C.probe_cluster_reduce: a CUDA out, rounds >= 1, clusters of 2 to 8 "
+              "dividing blocks, got ", blocks, " blocks in clusters of ", cluster);
+  const c10::cuda::CUDAGuard guard(out.device());
+  raise_on_launch_error(rnnfast::probe_cluster_reduce(static_cast<int>(blocks),
+                                                      static_cast<int>(cluster), rounds,
+                                                      out.data_ptr<float>(),
+                                                      c10::cuda::getCurrentCUDAStream().stream()),
+                        "cluster launch of the reduce probe");
+}
+
 void probe_mma(int64_t blocks, int64_t chains, int64_t rounds,
                const Tensor& out) {  // [3] int64 out: block 0's clocks, nanoseconds, a sum
   check(out, "out", out.device(), at::kLong, 3);
@@ -397,5 +412,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(SM count, opt-in shared memory per block, cooperative launch, CC major)");
   m.def("probe_l2_chase", &probe_l2_chase, "latency probe: chained L2 loads (lstm_probe.cu)");
   m.def("probe_phases", &probe_phases, "latency probe: grid or cluster barrier phases");
+  m.def("probe_cluster_reduce", &probe_cluster_reduce,
+        "latency probe: the reduce splits' cluster barrier and partial sums");
   m.def("probe_mma", &probe_mma, "latency probe: mma.sync chains");
 }

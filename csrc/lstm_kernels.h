@@ -117,6 +117,11 @@ cudaError_t probe_l2_chase(const uint32_t* next, int64_t loads, long long* out,
 // Phases ending at the grid barrier (cluster == 0, cooperative) or, in a cluster, at the
 // cluster plans' exchange (st.async into every peer, an mbarrier wait).
 cudaError_t probe_phases(const PhaseProbe& args, cudaStream_t stream);
+// `blocks` blocks in clusters of `cluster` (sm_90), each round meeting at the reduce
+// splits' cluster barrier and adding their units' partial sums from every CTA
+// (reduce_partials); out [1]: a sum, to keep the work.
+cudaError_t probe_cluster_reduce(int blocks, int cluster, int64_t rounds, float* out,
+                                 cudaStream_t stream);
 // `blocks` blocks (one per SM) of 8 warps, each issuing rounds x chains (1 or 8)
 // mma.sync m16n8k16; out [3]: block 0's clocks and global-timer nanoseconds, a sum.
 cudaError_t probe_mma(int blocks, int chains, int64_t rounds, long long* out,

@@ -1,6 +1,7 @@
 // Latency probes: the primitives whose cost rnnfast/backends/latency.py assumes (the
 // grid barrier, the dependent L2 load after it, the cluster plans' exchange through
-// peer blocks' shared memory, mma.sync's latency and rate, the SM clock under load).
+// peer blocks' shared memory, the reduce splits' cluster meeting, mma.sync's latency
+// and rate, the SM clock under load).
 // Each probe runs the kernels' own device code for its primitive (lstm_device.cuh), so
 // that what rnnfast/backends/probe.py measures is what a step of the LSTM kernels
 // pays. The launches here only repeat a primitive `rounds` or `loads` times; the
@@ -111,6 +112,48 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_phase_kernel(const PhaseP
 #endif
 }
 
+// The reduce-split backward's cluster meeting (lstm_backward.cu, reduce_partials) at a
+// small size: each round every CTA writes partial sums for every CTA's 16 units x
+// kProbeRows rows, meets its cluster and adds its own units' rows from every CTA's
+// shared memory; the next round's sums start from that result.
+// Partial sums alternate by round parity: a CTA rewrites a buffer only after the next
+// round's cluster barrier, which every peer reaches after reading it (the kernel's grid
+// barrier orders it so). No grid barrier: what a round costs is what the latency model
+// charges a reduce split's step on top of a grid plan's (cluster_reduce_s).
+
+struct ReduceProbe {
+  int64_t rounds;  // rounds to run
+  float* out;      // [1] out: block 0's last sum (keeps the rounds' work alive)
+};
+
+// Compiled for sm_90 only; the sm_80 image is an empty kernel the host never launches.
+__global__ void __launch_bounds__(kThreads, 1) cluster_reduce_kernel(const ReduceProbe args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kProbeReduceUnits = 16;
+  constexpr int kPart = kMaxCluster * kProbeReduceUnits * kProbeRows;
+  __shared__ __align__(16) float part[2][kPart];
+  __shared__ __align__(16) float sums[kProbeReduceUnits * kProbeRows];
+  unsigned rank = 0, ctas = 1;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n"
+               "mov.u32 %1, %%cluster_nctarank;\n" : "=r"(rank), "=r"(ctas));
+  // The partial sums' geometry of a reduce split's product: the cluster's units (M) by
+  // the rows (N), one k-slice.
+  const Product p = make_product(static_cast<int>(ctas) * kProbeReduceUnits, 16, kProbeRows, 2,
+                                 false);
+  float value = static_cast<float>(rank + 1);
+  for (int64_t r = 0; r < args.rounds; ++r) {
+    float* mine = part[r & 1];
+    for (int e = threadIdx.x; e < p.ksplit * p.m * p.nb && e < kPart; e += kThreads)
+      mine[e] = value + static_cast<float>(e);
+    __syncthreads();
+    reduce_partials(p, mine, sums, kProbeReduceUnits, rank, static_cast<int>(ctas));
+    value = sums[threadIdx.x % (kProbeReduceUnits * kProbeRows)] * 0.5f;
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) args.out[0] = value;
+  cluster_sync();  // no peer reads an exited block
+#endif
+}
+
 // Every warp issues `rounds` x kChains mma.sync m16n8k16 (fp16 in, fp32 accumulate,
 // the kernels' MmaOp) into kChains independent accumulators. One chain: each mma waits
 // for the one before, the latency the kernels' accumulator copies hide. Eight chains
@@ -176,6 +219,18 @@ cudaError_t probe_phases(const PhaseProbe& args, cudaStream_t stream) {
     return launch_cooperative_clusters(grid_phase_kernel, args, args.blocks, args.multicast, 0,
                                        stream);
   return launch_cooperative(grid_phase_kernel, args, args.blocks, 0, stream);
+}
+
+cudaError_t probe_cluster_reduce(int blocks, int cluster, int64_t rounds, float* out,
+                                 cudaStream_t stream) {
+  cudaLaunchConfig_t config;
+  cudaLaunchAttribute attribute;
+  int clusters = 0;
+  cudaError_t err = prepare_clusters(cluster_reduce_kernel, blocks, cluster, 0, stream, &config,
+                                     &attribute, &clusters);
+  if (err != cudaSuccess) return err;
+  if (clusters == 0) return cudaErrorInvalidClusterSize;
+  return cudaLaunchKernelEx(&config, cluster_reduce_kernel, ReduceProbe{rounds, out});
 }
 
 cudaError_t probe_mma(int blocks, int chains, int64_t rounds, long long* out,

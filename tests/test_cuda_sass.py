@@ -307,6 +307,8 @@ PROBE_NEEDS = {
     "mma_kernelILi8E": (r"^HMMA\.16816\.F32$",),
 }
 SM90_PROBE_NEEDS = {"cluster_phase_kernel": (PEER_STORE.pattern, TX_WAIT.pattern),
+                    # the reduce splits' meeting: the cluster barrier, the peers' sums
+                    "cluster_reduce_kernel": (r"^UCGABAR_ARV$", PEER_LOAD.pattern),
                     # its multicast variant: the grid plans' staging (MULTICAST_STAGING)
                     "grid_phase_kernel": tuple(rule.pattern for rule in MULTICAST_STAGING)}
 

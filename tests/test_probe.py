@@ -24,7 +24,7 @@ FOUND = {"device": "NVIDIA H200", "sms": 132, "clock_hz": 1.98e9, "l2_round_trip
          "grid_exchange_s": 1.2e-6,
          "grid_multicast_exchange_s": 1.3e-6, "multicast_blocks": 128, "multicast_size": 8,
          "triton_barrier_s": 0.9e-6, "cluster_blocks": 16, "cluster_exchange_s": 0.21e-6,
-         "mma_latency_clocks": 33.4,
+         "cluster_reduce_s": 0.35e-6, "reduce_size": 8, "mma_latency_clocks": 33.4,
          "mma_sync_flops": 5.0e14, "skipped": {}, "failed": {}}
 
 
@@ -32,6 +32,7 @@ def test_measured_gpu_takes_each_measured_figure_and_keeps_the_other_assumptions
     cuda = measured_gpu(FOUND, "cuda")
     assert (cuda.clock_hz, cuda.l2_round_trip_s, cuda.barrier_s) == (1.98e9, 0.45e-6, 0.7e-6)
     assert (cuda.cluster_exchange_s, cuda.mma_latency_clocks) == (0.21e-6, 33)
+    assert cuda.cluster_reduce_s == 0.35e-6
     assert cuda.mma_sync_fraction == pytest.approx(5.0e14 / H100.tensor_flops)
     assert cuda.l2_bytes_per_s_per_sm == pytest.approx(64 * 1.98e9)  # 64 B a clock, at this clock
     assert cuda.name == "NVIDIA H200, measured figures"
@@ -45,6 +46,7 @@ def test_measured_gpu_takes_each_measured_figure_and_keeps_the_other_assumptions
     # cluster figures of a GPU without clusters.
     partial = measured_gpu({k: v for k, v in FOUND.items() if not k.startswith("cluster")}, "cuda")
     assert partial.cluster_exchange_s == H100.cluster_exchange_s
+    assert partial.cluster_reduce_s == H100.cluster_reduce_s
     assert partial.l2_bytes_per_s == H100.l2_bytes_per_s
     assert measured_gpu({"device": "x"}, "triton") == dataclasses.replace(H100, name="x, measured figures")
 
@@ -70,6 +72,8 @@ def test_summary_sets_the_figures_beside_the_assumptions_and_reruns_the_cuda_mod
     assert "- **failed**, cluster_exchange_s: LaunchRefused: cluster launch" in text
     assert "| cluster exchange: st.async to every peer, mbarrier wait | 0.3 | 0.21 | µs |" in text
     assert "cluster of 16 blocks" in text
+    assert "| reduce split: cluster barrier, peers' partial sums | 0.5 | 0.35 | µs |" in text
+    assert "reduce split in clusters of 8" in text
     # The model's rows: the H100 assumptions, then the measured figures, then this run.
     assumed = explain.cuda_layers(flash)[1]
     measured = explain.cuda_layers(flash, measured_gpu(found, "cuda"))[1]
@@ -117,6 +121,35 @@ def test_the_triton_barrier_probe_compiles_for_sm90_as_a_cooperative_kernel():
     # poll, the acquire after it.
     assert "atom.global.gpu.release.add" in ptx and "ld.volatile.global" in ptx, ptx[-2000:]
     assert "ld.global.gpu.acquire" in ptx, ptx[-2000:]
+
+
+def test_the_reduce_probe_takes_the_largest_cluster_the_gpu_holds(monkeypatch):
+    """cluster_reduce's launch shape (the timing needs a GPU): clusters of 8 where the
+    GPU holds one, as many as fit one block per SM (or as it holds); else 4, else 2;
+    else it says no cluster fits, which measure() records under "failed"."""
+    from rnnfast.backends import probe
+
+    class Extension:
+        LaunchRefused = RuntimeError
+
+        def __init__(self):
+            self.launches = set()
+
+        def probe_cluster_reduce(self, blocks, cluster, rounds, out):
+            self.launches.add((blocks, cluster, tuple(out.shape), out.dtype))
+
+    monkeypatch.setattr(probe, "_launch_seconds", lambda launch, device: launch() or 1e-3)
+    every = [132 // c if c >= 2 else 0 for c in range(17)]
+    for resident, blocks, size in [(every, 128, 8),
+                                   ([3 if c == 8 else n for c, n in enumerate(every)], 24, 8),
+                                   ([n if c == 4 else 0 for c, n in enumerate(every)], 132, 4),
+                                   ([n if c == 2 else 0 for c, n in enumerate(every)], 132, 2)]:
+        ext = Extension()
+        found = probe.cluster_reduce(ext, torch.device("cpu"), 132, tuple(resident))
+        assert found["reduce_size"] == size
+        assert ext.launches == {(blocks, size, (1,), torch.float32)}
+    with pytest.raises(RuntimeError, match="no cluster of"):
+        probe.cluster_reduce(Extension(), torch.device("cpu"), 132, (0,) * 17)
 
 
 def test_the_multicast_probe_takes_the_largest_cluster_the_gpu_holds_at_least_twice(monkeypatch):

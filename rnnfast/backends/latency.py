@@ -40,7 +40,7 @@ class Gpu:
                                             # barrier after the partial products and the first
                                             # DSMEM load of the peers' partial sums (assumption:
                                             # as the cluster barrier and DSMEM stores the cluster
-                                            # plans' exchange replaced; to be measured)
+                                            # plans' exchange replaced; the probe measures it)
     multicast_extra_s: float = 0.0          # what staging by multicast bulk copies after the grid
                                             # barrier adds to the dependent L2 round trip of
                                             # cp.async (the last of a cluster's CTAs to leave the
@@ -61,7 +61,8 @@ H100 = Gpu("H100 SXM / H200 (same SMs and L2)", sms=132, l2_bytes_per_s=5.5e12,
 
 
 # The Gpu fields a figure of rnnfast/backends/probe.py replaces as it is.
-MEASURED_FIELDS = ("clock_hz", "l2_round_trip_s", "barrier_s", "cluster_exchange_s")
+MEASURED_FIELDS = ("clock_hz", "l2_round_trip_s", "barrier_s", "cluster_exchange_s",
+                   "cluster_reduce_s")
 
 
 def measured_gpu(found: dict, backend: str, base: Gpu = H100) -> Gpu:

@@ -2,7 +2,8 @@
 used by triton/model.py and cuda/model.py to rank plans): the grid barrier and the
 dependent L2 round trip after it (cp.async, or multicast bulk copies into the CTAs of
 a cluster of the grid), the cluster plans' step exchange (st.async into the peer
-blocks' shared memory, an mbarrier wait), mma.sync's latency and rate, and the SM
+blocks' shared memory, an mbarrier wait), the reduce splits' cluster meeting (a cluster
+barrier, then loads of the peers' partial sums), mma.sync's latency and rate, and the SM
 clock while the tensor cores are busy. The CUDA figures come from csrc/lstm_probe.cu,
 which runs the CUDA kernels' own device code for each primitive; Triton's barrier from
 triton/probe.py, which calls the Triton kernels' own end_phase. `python -m rnnfast
@@ -21,15 +22,15 @@ from typing import Callable, Optional
 import torch
 
 from .barrier import BARRIER_SPIN_LIMIT, raise_if_barrier_timed_out, watch_timeout_flag
-from .cuda.plan import MULTICAST_SIZES, THREADS, WARPS
+from .cuda.plan import MULTICAST_SIZES, REDUCE_SIZES, THREADS, WARPS
 
 TRIES = 3
 CHASE_LINES = 1 << 16       # the L2 probe's buffer: 65,536 lines of 128 B = 8 MiB (in L2)
 CHASE_STRIDE = 32           # int32 words a line: one load a line, no line read twice a lap
 CLUSTER_SIZES = (16, 8)     # the cluster forward's size (non-portable 16), else the portable 8
 MMA_FLOPS = 2 * 16 * 8 * 16  # one mma.m16n8k16
-ROUNDS = {"chase": 8192, "grid": 4096, "cluster": 8192, "mma_chain": 65536, "mma_rate": 16384,
-          "triton": 4096}
+ROUNDS = {"chase": 8192, "grid": 4096, "cluster": 8192, "reduce": 8192, "mma_chain": 65536,
+          "mma_rate": 16384, "triton": 4096}
 
 
 def _launch_seconds(launch: Callable[[], None], device: torch.device) -> float:
@@ -144,6 +145,24 @@ def cluster_phases(ext, device: torch.device) -> dict:
         return {"cluster_exchange_s": seconds, "cluster_blocks": size}
 
 
+def cluster_reduce(ext, device: torch.device, sms: int, resident_clusters: tuple[int, ...]) -> dict:
+    """Clusters meeting as a reduce-split backward does each step (csrc/lstm_probe.cu
+    cluster_reduce_kernel: the cluster barrier, then each CTA's 16-byte loads of its
+    units' partial sums from every CTA): the largest of REDUCE_SIZES the GPU holds, as
+    many clusters as fit one block per SM. No grid barrier: what a reduce split adds to
+    a grid plan's step (latency.Gpu.cluster_reduce_s)."""
+    for size in REDUCE_SIZES[::-1]:
+        clusters = min(sms // size, resident_clusters[size] if size < len(resident_clusters) else 0)
+        if clusters >= 1:
+            break
+    else:
+        raise ext.LaunchRefused(f"the GPU holds no cluster of {REDUCE_SIZES} blocks")
+    out = torch.zeros(1, dtype=torch.float32, device=device)
+    seconds = seconds_per_round(
+        lambda n: ext.probe_cluster_reduce(clusters * size, size, n, out), ROUNDS["reduce"], device)
+    return {"cluster_reduce_s": seconds, "reduce_size": size}
+
+
 def mma(ext, device: torch.device, sms: int) -> dict:
     """mma.sync m16n8k16: clocks from one to a dependent one (one warp chain), and the
     rate of 8 warps a block x 8 independent chains on every SM; the SM clock meanwhile."""
@@ -196,7 +215,8 @@ def measure(device: torch.device) -> dict:
              lambda: grid_phases(_C, device, sms)),
             ("grid_multicast_exchange_s", no_clusters if cooperative else "this device has no cooperative launch",
              lambda: grid_multicast_phase(_C, device, sms, resident)),
-            ("cluster_exchange_s", no_clusters, lambda: cluster_phases(_C, device))]
+            ("cluster_exchange_s", no_clusters, lambda: cluster_phases(_C, device)),
+            ("cluster_reduce_s", no_clusters, lambda: cluster_reduce(_C, device, sms, resident))]
     else:
         found["skipped"]["cuda"] = backends["cuda"]
     probes.append(("triton_barrier_s", backends["triton"], lambda: triton_barrier(device, found["sms"])))

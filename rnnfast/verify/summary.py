@@ -133,6 +133,8 @@ PROBE_ROWS = (
     ("grid barrier, Triton kernels", "triton_barrier_s", H100.barrier_s, 1e6, "µs"),
     ("cluster exchange: st.async to every peer, mbarrier wait", "cluster_exchange_s",
      H100.cluster_exchange_s, 1e6, "µs"),
+    ("reduce split: cluster barrier, peers' partial sums", "cluster_reduce_s",
+     H100.cluster_reduce_s, 1e6, "µs"),
     ("mma.sync to a dependent mma.sync", "mma_latency_clocks", H100.mma_latency_clocks, 1, "clocks"),
     ("mma.sync rate, 8 warps an SM", "mma_sync_flops", H100.mma_sync_fraction * H100.tensor_flops, 1e-12, "TFLOP/s"),
 )
@@ -151,7 +153,9 @@ def model_section(found: dict, bench_rows: list[dict]) -> list[str]:
              "barrier, exchange and mma code (csrc/lstm_probe.cu, triton/probe.py)"
              + (f"; cluster of {found['cluster_blocks']} blocks" if "cluster_blocks" in found else "")
              + (f"; multicast in {found['multicast_blocks'] // found['multicast_size']} clusters of "
-                f"{found['multicast_size']}" if "multicast_size" in found else "") + ".", "",
+                f"{found['multicast_size']}" if "multicast_size" in found else "")
+             + (f"; reduce split in clusters of {found['reduce_size']}" if "reduce_size" in found
+                else "") + ".", "",
              *_table(["figure", "assumed", "measured", "unit"], rows)]
     lines += [f"- not measured, {name}: {why}" for name, why in found.get("skipped", {}).items()]
     lines += [f"- **failed**, {name}: {why}" for name, why in found.get("failed", {}).items()]
