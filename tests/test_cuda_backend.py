@@ -563,6 +563,20 @@ def _launches(plans):
                    for d, p in plans.items() if not isinstance(p, str)})
 
 
+def _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse):
+    """The layer `args64` (float64) run on the kernels in `dtype`, each launch recorded:
+    within DESIGN.md §6's rule against float64, and the launches that ran are `plans`'
+    ({direction: plan}), not a silent fallback."""
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
+    recorder = _Recorder(cuda_backend._C)
+    for module in (cuda_fwd, cuda_bwd, launch):
+        monkeypatch.setattr(module, "_C", recorder)
+    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
+    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
+    assert rule_violations(ours, theirs, dtype) == []
+    assert sorted(set(recorder.ran)) == _launches(plans)
+
+
 @requires_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
@@ -572,20 +586,13 @@ def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
     16-bit forward is a cluster plan: test_register_plans_meet_the_rule; fp32's backward
     a reduce split). Within DESIGN.md §6's rule against float64, and the launches that
     ran are those plans, not a silent fallback."""
-    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
     plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, 16, 768, 768, False)
              for d in ("forward", "backward")}
     if not any(getattr(p, "multicast", 0) for p in plans.values()):
         pytest.skip(f"this GPU plans no multicast grid for B=16 H=768 {dtype}: {plans} "
                     f"({cuda_backend.device_limits(DEVICE)})")
-    recorder = _Recorder(cuda_backend._C)
-    for module in (cuda_fwd, cuda_bwd, launch):
-        monkeypatch.setattr(module, "_C", recorder)
     args64 = _layer(5, 16, 8, 768)
-    ours = _errors_vs_float64(args64, dtype, False, _kernels())
-    theirs = _errors_vs_float64(args64, dtype, False, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
-    assert sorted(set(recorder.ran)) == _launches(plans)
+    _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, False)
 
 
 @requires_kernels
@@ -602,20 +609,13 @@ def test_register_plans_meet_the_rule(monkeypatch, dtype, B, H, lengths):
     backward of 8 k-slices of 16 staged by cp.async) and H = 512 (a cluster backward of
     4 k-slices of 16). Within DESIGN.md §6's rule against float64, and every direction
     ran as its plan, not a fallback."""
-    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
     plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
              for d in ("forward", "backward")}
     if not any(getattr(p, "reg_k_tiles", 0) for p in plans.values()):
         pytest.skip(f"this GPU plans no register plan for B={B} H={H}: {plans}")
-    recorder = _Recorder(cuda_backend._C)
-    for module in (cuda_fwd, cuda_bwd, launch):
-        monkeypatch.setattr(module, "_C", recorder)
     args64 = _layer(6, B, 5, H, lengths=lengths)
     reverse = lengths is not None
-    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
-    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
-    assert sorted(set(recorder.ran)) == _launches(plans)
+    _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse)
 
 
 @requires_kernels
@@ -628,20 +628,13 @@ def test_reduce_split_backwards_meet_the_rule(monkeypatch, dtype, B, H, lengths)
     of 176, the last 168; 88 blocks of 4 units) and H = 700 packed and reversed; in
     16-bit: H = 1024 and 704 (clusters of 8). Within DESIGN.md §6's rule against
     float64, and the backward ran as its plan, not a fallback."""
-    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
     plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
              for d in ("forward", "backward")}
     if not getattr(plans["backward"], "reduce_ctas", 0):
         pytest.skip(f"this GPU plans no reduce split for B={B} H={H} {dtype}: {plans}")
-    recorder = _Recorder(cuda_backend._C)
-    for module in (cuda_fwd, cuda_bwd, launch):
-        monkeypatch.setattr(module, "_C", recorder)
     args64 = _layer(6, B, 5, H, lengths=lengths)
     reverse = lengths is not None
-    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
-    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
-    assert sorted(set(recorder.ran)) == _launches(plans)
+    _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse)
 
 
 @requires_kernels
@@ -655,20 +648,13 @@ def test_cluster_exchange_edge_sizes_meet_the_rule(monkeypatch, dtype, H, length
     for H = 22 (the expected bytes follow the active rows). Within DESIGN.md §6's rule
     against float64, and the forward ran as a cluster plan (and the backward where its
     plan is one), not a fallback."""
-    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd, launch
     plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, 3, H, H, False)
              for d in ("forward", "backward")}
     if getattr(plans["forward"], "kind", None) != "cluster":
         pytest.skip(f"this GPU plans no cluster forward for B=3 H={H}: {plans}")
-    recorder = _Recorder(cuda_backend._C)
-    for module in (cuda_fwd, cuda_bwd, launch):
-        monkeypatch.setattr(module, "_C", recorder)
     args64 = _layer(6, 3, 5, H, lengths=lengths)
     reverse = lengths is not None
-    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
-    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
-    assert sorted(set(recorder.ran)) == _launches(plans)
+    _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse)
 
 
 @requires_kernels
