@@ -72,7 +72,7 @@ void raise_on_launch_error(cudaError_t err, const char* what) {
 // The launch shape chosen by rnnfast/backends/cuda/plan.py.
 rnnfast::Split make_split(int64_t units, int64_t proj_cols, int64_t unit_slices,
                           int64_t block_rows, int64_t cluster, int64_t multicast,
-                          int64_t reg_k_tiles, int64_t reduce_ctas = 0) {
+                          int64_t reg_k_tiles, int64_t reduce_ctas = 0, int64_t pass_rows = 0) {
   rnnfast::Split sp{};
   sp.units = static_cast<int>(units);
   sp.proj_cols = static_cast<int>(proj_cols);
@@ -82,6 +82,7 @@ rnnfast::Split make_split(int64_t units, int64_t proj_cols, int64_t unit_slices,
   sp.multicast = static_cast<int>(multicast);
   sp.reg_k_tiles = static_cast<int>(reg_k_tiles);
   sp.reduce_ctas = static_cast<int>(reduce_ctas);
+  sp.pass_rows = static_cast<int>(pass_rows);
   return sp;
 }
 
@@ -130,7 +131,7 @@ void forward(const Tensor& xg,            // [N, 4H] io
              const Tensor& timed_out,     // [1] int32 zero: set if a barrier wait gave up
              int64_t steps, bool reverse, int64_t units, int64_t proj_cols, int64_t unit_slices,
              int64_t block_rows, int64_t cluster, int64_t multicast, int64_t reg_k_tiles,
-             int64_t spin_limit) {
+             int64_t pass_rows, int64_t spin_limit) {
   const at::Device device = xg.device();
   TORCH_CHECK(device.is_cuda(), "rnnfast._C.forward: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(device);
@@ -176,7 +177,7 @@ void forward(const Tensor& xg,            // [N, 4H] io
   a.reverse = reverse;
   a.dtype = io_dtype(xg);
   a.split = make_split(units, a.w_hr != nullptr ? proj_cols : 0, unit_slices, block_rows, cluster,
-                       multicast, reg_k_tiles);
+                       multicast, reg_k_tiles, 0, pass_rows);
   a.blocks = check_split(a.split, H, P, B, a.w_hr != nullptr, arrivals, timed_out, device,
                          spin_limit, &a.barrier, "forward");
   const int itemsize = static_cast<int>(xg.element_size());
@@ -188,6 +189,10 @@ void forward(const Tensor& xg,            // [N, 4H] io
               " is not a register split the kernel handles (a cluster plan of 16-bit weights, at "
               "most 8 rows a block, at most ", rnnfast::kRegKTiles,
               " k-tiles a slice, leaving a k-slice in shared memory)");
+  TORCH_CHECK(pass_rows >= 0 && rnnfast::passes_ok(a.split, a.w_hr != nullptr),
+              "rnnfast._C.forward: pass_rows=", pass_rows,
+              " is not a row pass the kernel handles (a grid plan without a projection, "
+              "multicast or registers, a multiple of 8 below block_rows (", block_rows, "))");
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()),
                         cluster > 0     ? "cluster launch of the forward kernel"

@@ -394,7 +394,17 @@ struct Split {
   int reduce_ctas;   // grid backward on sm_90 without a projection: CTAs per cluster
                      // (consecutive slices of one batch block) splitting the chain's
                      // reduction over the gate columns (reduce_cols below); 0: none
+  int pass_rows;     // grid forward without a projection, multicast or registers: batch
+                     // rows a pass (a multiple of 8 below block_rows); the block takes its
+                     // rows in passes of this many each step; 0: one pass
 };
+
+// Rows of one pass of the forward's product (Split::pass_rows): a batch block whose rows'
+// product does not fit a block at once (accumulators, partial sums) takes them in passes,
+// re-reading its resident weights once a pass; its cell state still holds every row.
+RNNFAST_HD int forward_pass_rows(const Split& sp) {
+  return sp.pass_rows > 0 ? sp.pass_rows : sp.block_rows;
+}
 
 // Reduce splits (backward): the chain's product dh^T = W_hh^T . dgates^T sums over the 4H
 // gate columns. A cluster of c CTAs splits that sum: CTA r holds W_hh^T rows of all the
@@ -466,8 +476,8 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
   const bool regs = cluster && sp.reg_k_tiles > 0;
   L.reg_slices = regs ? reg_slices(cdiv(4 * sp.units, kWeightTile), kRegTiles) : 0;
   L.reg_cols = L.reg_slices * sp.reg_k_tiles * k_tile(itemsize);
-  L.rec = make_product(4 * sp.units, max_int(out_size - L.reg_cols, 0), sp.block_rows, itemsize,
-                       cluster);
+  L.rec = make_product(4 * sp.units, max_int(out_size - L.reg_cols, 0), forward_pass_rows(sp),
+                       itemsize, cluster);
   if (L.reg_cols > 0) L.rec.b_ld = round_up(out_size, k_tile(itemsize)) + row_pad(itemsize);
   L.proj = make_product(has_proj ? sp.proj_cols : 0, has_proj ? hidden : 0, sp.block_rows,
                         itemsize, false);
@@ -483,6 +493,16 @@ RNNFAST_HD ForwardLayout forward_layout(int hidden, int out_size, bool has_proj,
   L.bar_off = L.c_off + align_bytes((size_t)sp.block_rows * sp.units * 4);
   L.bytes = L.bar_off + (sp.multicast > 0 || cluster ? kAlign : 0);
   return L;
+}
+
+// Whether the forward kernels take a plan's row passes (none: always): a grid plan
+// without a projection, multicast (a pass's copies would land in the CTAs of the cluster
+// while they still read the pass before) or registers, passes of a multiple of 8 rows
+// below the batch block's.
+RNNFAST_HD bool passes_ok(const Split& sp, bool has_proj) {
+  return sp.pass_rows == 0 ||
+         (sp.cluster == 0 && sp.multicast == 0 && sp.reg_k_tiles == 0 && !has_proj &&
+          sp.pass_rows % kRowTile == 0 && sp.pass_rows > 0 && sp.pass_rows < sp.block_rows);
 }
 
 // Whether the kernel handles a plan's register split (no registers: always): a cluster

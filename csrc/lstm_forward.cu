@@ -33,7 +33,11 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
   const Split& sp = args.split;
-  const ForwardLayout L = forward_layout(H, P, has_proj, sizeof(T), sp);
+  // Cluster kernels lay out with pass_rows the constant 0 (only grid plans take passes),
+  // so that their layouts fold as if passes did not exist.
+  Split layout_split = sp;
+  if constexpr (kCluster) layout_split.pass_rows = 0;
+  const ForwardLayout L = forward_layout(H, P, has_proj, sizeof(T), layout_split);
   T* w_s = reinterpret_cast<T*>(smem + L.w_off);       // [rec.m][rec.a_ld] W_hh rows of my units
                                                        // (register plans: columns reg_cols..)
   T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);     // [proj.m][proj.a_ld] W_hr rows of my columns
@@ -94,13 +98,17 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   const bool in_cluster = kCluster || mc.landed.bar != nullptr;
   if (in_cluster) cluster_sync();  // every peer's memory and mbarriers are live
 
+  // Rows of a pass: all of the batch block's but in grid plans with row passes.
+  const int pass = kCluster ? Bb : forward_pass_rows(layout_split);
   // xg + bias of my cells at step k, round `round` (kMaxCellItems cells a thread per
-  // round), into registers: round 0 of the next step is issued before the barrier wait.
+  // round) of the pass from row p0, into registers: round 0 of the next step's first
+  // pass is issued before the barrier wait.
   float xg_regs[kMaxCellItems][4];
-  auto load_xg = [&](int64_t k, int round) {
+  auto load_xg = [&](int64_t k, int round, int p0) {
     const StepRows s = step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
-    for_round_cells(round, block_active(s.size, row0, Bb), U, my_units, [&](int i, int, int b, int u) {
-      const T* x = xg + (s.offset + row0 + b) * G + unit0 + u;
+    const int rows = min_int(pass, block_active(s.size, row0, Bb) - p0);
+    for_round_cells(round, rows, U, my_units, [&](int i, int, int b, int u) {
+      const T* x = xg + (s.offset + row0 + p0 + b) * G + unit0 + u;
 #pragma unroll
       for (int g = 0; g < 4; ++g)
         xg_regs[i][g] = to_float(x[g * H]) + (args.bias ? args.bias[g * H + unit0 + u] : 0.0f);
@@ -108,11 +116,11 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   };
   auto end_phase = [&](bool last, int64_t next) {  // grid plans
     end_grid_phase(args.barrier, arrivals, ++phases * sp.unit_slices, [&] {
-      if (!last) load_xg(next, 0);
+      if (!last) load_xg(next, 0, 0);
     });
   };
 
-  load_xg(0, 0);
+  load_xg(0, 0, 0);
   for (int64_t k = 0; k < args.steps; ++k) {
     const StepRows s = step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
     const int n_act = block_active(s.size, row0, Bb);
@@ -120,8 +128,10 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     const bool last = k + 1 == args.steps;
     T* h_next = hx + (size_t)(k & 1) * B * xld;  // grid plans: where h(t) is published
 
-    // Phase 1: gates^T = W_hh[my rows] . h(t-1)^T, then the cell of my (row, unit) pairs.
-    if (n_act > 0) {
+    // Phase 1: gates^T = W_hh[my rows] . h(t-1)^T, then the cell of my (row, unit) pairs;
+    // grid plans with row passes take rows [p0, p0 + rows) a pass.
+    for (int p0 = 0; p0 < n_act; p0 += pass) {
+      const int rows = min_int(pass, n_act - p0);
       if constexpr (kCluster) {
         T* h_prev = ring + ((k & 1) ^ 1) * h_elems;
         if (n_act > n_prev) {  // rows that start here (reverse packed) begin from h0
@@ -134,21 +144,23 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
                          part + (size_t)L.reg_slices * L.rec.m * L.rec.nb);
       } else {
         const T* h_prev = hx + (size_t)((k & 1) ^ 1) * B * xld;
-        resident_product(L.rec, w_s, ring, true, n_act,
+        resident_product(L.rec, w_s, ring, true, rows,
                          [&](int b) {
-                           const int r = row0 + b;
+                           const int r = row0 + p0 + b;
                            return (r < s.size_prev ? h_prev : h0x) + (size_t)r * xld;
                          },
                          part, &mc);
       }
-      auto reload = [&](int round) { load_xg(k, round); };
-      for_each_cell(n_act, U, my_units, reload, [&](int i, int e, int b, int u) {
+      if (p0 > 0) load_xg(k, 0, p0);  // the first pass's came across the barrier
+      auto reload = [&](int round) { load_xg(k, round, p0); };
+      for_each_cell(rows, U, my_units, reload, [&](int i, int, int pb, int u) {
+        const int b = p0 + pb, e = b * U + u;  // the row in the batch block, its cell
         const int r = row0 + b, unit = unit0 + u;
         const int64_t row = s.offset + r;
         float pre[4];
 #pragma unroll
         for (int g = 0; g < 4; ++g)
-          pre[g] = product_out(L.rec, part, g * U + u, b, L.reg_slices) + xg_regs[i][g];
+          pre[g] = product_out(L.rec, part, g * U + u, pb, L.reg_slices) + xg_regs[i][g];
         const CellOut out = lstm_cell(pre[0], pre[1], pre[2], pre[3], c_s[e]);
         c_s[e] = out.c;
         if (args.gates != nullptr) {
@@ -195,7 +207,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     if (!last) {  // h(t) of every unit is out before step t+1 reads it
       if constexpr (kCluster)
         exchange_step(ex, k & 1, ring + (k & 1) * h_elems, L.rec.b_ld, n_act, H, unit0, my_units, 1,
-                      0, [&] { load_xg(k + 1, 0); });
+                      0, [&] { load_xg(k + 1, 0, 0); });
       else
         end_phase(false, k + 1);
     }

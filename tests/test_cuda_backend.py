@@ -45,7 +45,7 @@ def _plan(direction, batch, hidden, proj=0, itemsize=2, major=9):
 @pytest.mark.parametrize("batch,hidden,proj,itemsize", [
     (3, 20, 0, 4), (3, 20, 11, 2), (1, 256, 0, 2), (64, 512, 0, 4),  # fastrnns: H = 512 fp32
     (16, 768, 0, 2), (256, 1024, 0, 2), (16, 1024, 0, 2),  # FlashRNN's H = 768; large batch
-    (64, 1024, 256, 2), (37, 96, 0, 4),
+    (64, 1024, 256, 2), (37, 96, 0, 4), (512, 1024, 0, 2),  # ... and the forward in passes
 ])
 @pytest.mark.parametrize("major", [8, 9])
 def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj, itemsize, major):
@@ -62,11 +62,11 @@ def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj,
             assert (major, proj) == (9, 0) and 2 <= p.unit_slices <= 16
         if proj or direction == "backward":
             assert p.unit_slices * p.proj_cols >= out
-        reduce = (p.reduce_ctas,) if direction == "backward" else ()
+        split = p.reduce_ctas if direction == "backward" else p.pass_rows  # the direction's own
         products = (cuda_plan.forward_products if direction == "forward" else
                     cuda_plan.backward_products)(hidden, out, bool(proj), itemsize, p.units,
                                                  p.proj_cols, p.block_rows, p.kind == "cluster",
-                                                 p.reg_k_tiles, *reduce)
+                                                 p.reg_k_tiles, split)
         if p.reg_k_tiles:  # a cluster forward, or a backward, its register kernel takes
             assert (itemsize, proj) == (2, 0) and (p.kind == "cluster" or direction == "backward")
             assert cuda_plan.reg_split_ok(direction, products[0], p.units, itemsize,
@@ -83,10 +83,17 @@ def test_plans_for_an_h100_fit_and_cover_every_unit_and_row(batch, hidden, proj,
             assert p.blocks <= SMS // p.reduce_ctas * p.reduce_ctas
             assert products[0].m == p.reduce_ctas * p.units  # the cluster's units (M tile 16)
             assert products[0].k == cuda_plan.reduce_cols(hidden, p.reduce_ctas)
+        if p.pass_rows:  # a grid forward's rows in passes, where one pass does not fit
+            assert (p.kind, direction, proj, p.multicast, p.reg_k_tiles) == (
+                "grid", "forward", 0, 0, 0)
+            assert cuda_plan.passes_ok(p.pass_rows, p.block_rows, False, False, 0, 0)
+            assert products[0].nb == p.pass_rows and p.passes >= 2
+            assert cuda_plan._candidate("grid", direction, batch, hidden, out, False, itemsize,
+                                        p.unit_slices, p.batch_blocks, SMEM) is None
         smem = (cuda_plan.forward_smem_bytes if direction == "forward" else
                 cuda_plan.backward_smem_bytes)(hidden, out, bool(proj), itemsize, p.units,
                                                p.proj_cols, p.block_rows, p.kind == "cluster",
-                                               bool(p.multicast), p.reg_k_tiles, *reduce)
+                                               bool(p.multicast), p.reg_k_tiles, split)
         assert p.smem_bytes == smem
 
 
@@ -382,10 +389,10 @@ class _FakeExtension:
         resident = [SMS // c if self.major >= 9 and c >= 2 else 0 for c in range(17)]
         return (SMS, SMEM, True, self.major, resident)
 
-    def forward(self, *args):  # (..., block_rows, cluster, multicast, reg_k_tiles, spin_limit)
-        self.tried.append(("forward", args[-4], args[-3]))
-        self.reg_k_tiles.append(args[-2])
-        self.launch(self, "forward", args[-4], args[-3], args[15])
+    def forward(self, *args):  # (..., cluster, multicast, reg_k_tiles, pass_rows, spin_limit)
+        self.tried.append(("forward", args[-5], args[-4]))
+        self.reg_k_tiles.append(args[-3])
+        self.launch(self, "forward", args[-5], args[-4], args[15])
 
     def backward(self, *args):  # (..., cluster, multicast, reg_k_tiles, reduce_ctas, spin_limit)
         self.tried.append(("backward", args[-5], args[-4]))
@@ -539,8 +546,8 @@ def test_error_at_most_twice_the_reference(dtype, proj, lengths, reverse):
 
 class _Recorder:
     """The real rnnfast._C, recording (kernel, cluster, multicast, reg_k_tiles,
-    reduce_ctas) of each launch that returned (a refused launch raises before it is
-    recorded)."""
+    reduce_ctas, pass_rows) of each launch that returned (a refused launch raises before
+    it is recorded)."""
 
     def __init__(self, real):
         self.real, self.ran = real, []
@@ -548,18 +555,18 @@ class _Recorder:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def forward(self, *args):  # (..., block_rows, cluster, multicast, reg_k_tiles, spin_limit)
+    def forward(self, *args):  # (..., cluster, multicast, reg_k_tiles, pass_rows, spin_limit)
         self.real.forward(*args)
-        self.ran.append(("forward", *args[-4:-1], 0))
+        self.ran.append(("forward", *args[-5:-2], 0, args[-2]))
 
     def backward(self, *args):  # (..., cluster, multicast, reg_k_tiles, reduce_ctas, spin_limit)
         self.real.backward(*args)
-        self.ran.append(("backward", *args[-5:-1]))
+        self.ran.append(("backward", *args[-5:-1], 0))
 
 
 def _launches(plans):
     """What _Recorder records for launches of {direction: plan} (reasons skipped)."""
-    return sorted({(d, p.cluster, p.multicast, p.reg_k_tiles, p.reduce_ctas)
+    return sorted({(d, p.cluster, p.multicast, p.reg_k_tiles, p.reduce_ctas, p.pass_rows)
                    for d, p in plans.items() if not isinstance(p, str)})
 
 
@@ -635,6 +642,23 @@ def test_reduce_split_backwards_meet_the_rule(monkeypatch, dtype, B, H, lengths)
     args64 = _layer(6, B, 5, H, lengths=lengths)
     reverse = lengths is not None
     _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse)
+
+
+@requires_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,H,lengths", [(300, 1024, [6] * 200 + [4] * 60 + [1] * 40),
+                                         (520, 768, None)])
+def test_forward_row_passes_meet_the_rule(monkeypatch, dtype, B, H, lengths):
+    """Forwards too large for one pass of their batch block's rows (csrc/lstm_forward.cu,
+    forward_pass_rows): on an H100/H200, B = 300 at H = 1024 (packed and reversed: the
+    passes' rows end at different steps) and B = 520 at H = 768. Within DESIGN.md §6's
+    rule against float64, and the forward ran in passes, not a fallback."""
+    plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
+             for d in ("forward", "backward")}
+    if not getattr(plans["forward"], "pass_rows", 0):
+        pytest.skip(f"this GPU plans no row passes for B={B} H={H} {dtype}: {plans}")
+    args64 = _layer(6, B, 5, H, lengths=lengths)
+    _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, lengths is not None)
 
 
 @requires_kernels

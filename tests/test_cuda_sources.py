@@ -15,6 +15,7 @@ Tests that need nvcc (or a C++ compiler) skip with the reason.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -124,7 +125,7 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
     forwards with W_hh k-tiles in registers, grid backwards with W_hh^T k-tiles in
     registers, and reduce splits (some the kernels refuse: with registers, multicast,
     a projection, clusters that do not divide the slices, a last CTA with no column)."""
-    configs = [(H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs, 0, 1)
+    configs = [(H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs, 0, 1, 0)
                for H, P in [(20, 20), (20, 11), (96, 96), (768, 768), (1024, 512), (9, 5)]
                for proj in (0, 1) for itemsize in (2, 4)
                for units, cols in [(4, 3), (8, 6), (12, 40), (32, 128), (48, 0), (136, 8)]
@@ -133,33 +134,44 @@ def test_shared_memory_layout_matches_the_python_plan(host_check):
                    (64, 0, 2, 0), (8, 16, 0, 1), (8, 16, 0, 11), (8, 16, 0, 12), (16, 16, 0, 5),
                    (8, 0, 0, 7), (8, 0, 4, 21), (8, 0, 0, 24), (8, 0, 0, 25), (16, 0, 0, 5),
                    (8, 16, 0, 16), (8, 16, 0, 17)]]
-    configs += [(H, H, proj, itemsize, units, units, rows, 0, multicast, regs, ctas, slices)
+    configs += [(H, H, proj, itemsize, units, units, rows, 0, multicast, regs, ctas, slices, 0)
                 for H in (9, 20, 500, 1024) for proj in (0, 1) for itemsize in (2, 4)
                 for units, rows in [(4, 8), (8, 64), (16, 128), (12, 24)]
                 for multicast, regs, ctas, slices in [
                     (0, 0, 2, 64), (0, 0, 4, 64), (0, 0, 8, 64), (0, 0, 4, 6), (0, 0, 3, 6),
                     (0, 0, 8, 8), (2, 0, 4, 64), (0, 5, 4, 64), (0, 0, 16, 64)]]
+    # Row passes of the forward (some refused: with a projection, multicast or registers,
+    # passes not a multiple of 8 or not below the batch block's rows).
+    configs += [(H, H, proj, itemsize, 16, 16, rows, cluster, multicast, regs, 0, 64, passes)
+                for H in (20, 1024) for proj in (0, 1) for itemsize in (2, 4)
+                for rows, passes in [(256, 128), (512, 128), (136, 72), (64, 60), (64, 64)]
+                for cluster, multicast, regs in [(0, 0, 0), (0, 2, 0), (0, 0, 3), (16, 0, 0)]]
     stdin = "".join(" ".join(map(str, c)) + "\n" for c in configs)
     result = subprocess.run([host_check, "layout"], input=stdin, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-    handled = {"forward": 0, "backward": 0, "reduce": 0}
+    handled = {"forward": 0, "backward": 0, "reduce": 0, "passes": 0}
     for config, line in zip(configs, result.stdout.splitlines(), strict=True):
-        H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs, ctas, slices = config
-        fwd, bwd, fwd_ok, bwd_ok, reduce_ok = map(int, line.split())
+        (H, P, proj, itemsize, units, cols, rows, cluster, multicast, regs, ctas, slices,
+         passes) = config
+        fwd, bwd, fwd_ok, bwd_ok, reduce_ok, passes_ok = map(int, line.split())
         assert fwd == cuda_plan.forward_smem_bytes(H, P, bool(proj), itemsize, units, cols, rows,
-                                                   bool(cluster), bool(multicast), regs), config
+                                                   bool(cluster), bool(multicast), regs,
+                                                   passes), config
         assert bwd == cuda_plan.backward_smem_bytes(H, P, bool(proj), itemsize, units, cols,
                                                     rows, bool(cluster), bool(multicast),
                                                     regs, ctas), config
         assert reduce_ok == cuda_plan.reduce_ok(H, slices, bool(proj), bool(cluster), regs,
                                                 multicast, ctas), config
         handled["reduce"] += reduce_ok and ctas > 0
+        assert passes_ok == cuda_plan.passes_ok(passes, rows, bool(proj), bool(cluster),
+                                                multicast, regs), config
+        handled["passes"] += passes_ok and passes > 0
         for direction, ok, products in (
                 ("forward", fwd_ok, cuda_plan.forward_products),
                 ("backward", bwd_ok, cuda_plan.backward_products)):
             product, _ = products(H, P, bool(proj), itemsize, units, cols, rows, bool(cluster),
-                                  regs, *((ctas,) if direction == "backward" else ()))
+                                  regs, ctas if direction == "backward" else passes)
             reduce = ctas if direction == "backward" else 0
             assert ok == cuda_plan.reg_split_ok(direction, product, units, itemsize,
                                                 bool(cluster), bool(proj), regs, reduce), (
@@ -221,10 +233,10 @@ SHAPES = [
 
 
 def _host_run(host_check, tmp_path, T, B, I, H, proj, lengths, reverse, sms, major, itemsize,
-              dtype=torch.float64, backward_plan=None):
+              dtype=torch.float64, backward_plan=None, forward_plan=None):
     """Forward and backward recurrences with the kernels' own logic on the CPU, for the
     plans of a GPU with `sms` SMs and compute capability `major` (9: cluster plans),
-    with the product geometry of `itemsize`-byte weights (the backward's plan:
+    with the product geometry of `itemsize`-byte weights (or `forward_plan` and
     `backward_plan` where given). Returns the host's results and the reference's, both
     float64."""
     bias = lengths is None
@@ -258,14 +270,15 @@ def _host_run(host_check, tmp_path, T, B, I, H, proj, lengths, reverse, sms, maj
 
     smem = cuda_plan.H100_SMEM_PER_BLOCK
     for direction in ("forward", "backward"):
-        plan = (backward_plan if direction == "backward" and backward_plan is not None else
-                cuda_plan.make_plan(direction, steps.batch, H, P, bool(proj), itemsize, sms, smem,
-                                    major))
+        given = forward_plan if direction == "forward" else backward_plan
+        plan = given or cuda_plan.make_plan(direction, steps.batch, H, P, bool(proj), itemsize,
+                                            sms, smem, major)
         if isinstance(plan, str):
             pytest.skip(f"no plan on {sms} SMs: {plan}")
         meta = [len(steps), steps.batch, H, P, rows, int(reverse), int(not steps.uniform),
                 int(bool(proj)), int(bias), plan.units, plan.proj_cols, plan.unit_slices,
-                plan.block_rows, plan.cluster, itemsize, 1, plan.reg_k_tiles, plan.reduce_ctas]
+                plan.block_rows, plan.cluster, itemsize, 1, plan.reg_k_tiles, plan.reduce_ctas,
+                plan.pass_rows]
         (tmp_path / "meta.txt").write_text(" ".join(map(str, meta)))
         result = subprocess.run([host_check, direction, str(tmp_path)], capture_output=True,
                                 text=True, timeout=120)
@@ -324,6 +337,40 @@ def test_host_run_of_a_reduce_split_backward_matches_reference(host_check, tmp_p
     host, expected = _host_run(host_check, tmp_path, T, B, 3, H, 0, lengths, reverse, 132, 9,
                                itemsize, backward_plan=plan)
     for name in ("dgates", "dh0", "dc0"):
+        assert_close(host[name], expected[name], atol=2e-5, rtol=1e-4,
+                     msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("itemsize", [2, 4], ids=["16bit-plan", "fp32-3xTF32"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("T,B,H,lengths,batch_blocks,pass_rows", [
+    (4, 37, 20, None, 1, 16),                      # 40 rows in passes of 16, 16 and 8
+    (3, 19, 9, [3] * 11 + [2] * 5 + [1] * 3, 1, 8),  # packed: the last pass's rows end early
+    (2, 136, 64, None, 1, 72),                     # 136 rows: one pass does not fit; 72 + 64
+])
+def test_host_run_of_forward_row_passes_matches_reference(host_check, tmp_path, T, B, H, lengths,
+                                                         batch_blocks, pass_rows, reverse,
+                                                         itemsize):
+    """Row passes (lstm_forward.cu): a grid forward whose batch block's product does not
+    fit at once takes its rows in passes, each a product of pass_rows rows (its own
+    chunking and warp split). The host check replays the products with the pass's
+    geometry against the reference. Where one pass fits, the passes are forced; where it
+    does not (B = 136 over 4 blocks of 16 units: 68 output tiles), they are the plan's."""
+    args = ("grid", "forward", B, H, H, False, itemsize, 4, batch_blocks,
+            cuda_plan.H100_SMEM_PER_BLOCK)
+    one = cuda_plan._candidate(*args)
+    if one is None:
+        plan = cuda_plan._candidate(*args, passes=True)
+    else:
+        assert cuda_plan._candidate(*args, passes=True) is None  # only where one pass cannot
+        plan = dataclasses.replace(one, pass_rows=pass_rows,
+                                   smem_bytes=cuda_plan.forward_smem_bytes(
+                                       H, H, False, itemsize, one.units, 0, one.block_rows,
+                                       False, False, 0, pass_rows))
+    assert plan.pass_rows == pass_rows and plan.passes == -(-plan.block_rows // pass_rows) >= 2
+    host, expected = _host_run(host_check, tmp_path, T, B, 3, H, 0, lengths, reverse, 132, 9,
+                               itemsize, forward_plan=plan)
+    for name in ("y", "c_n", "gates", "cells"):
         assert_close(host[name], expected[name], atol=2e-5, rtol=1e-4,
                      msg=lambda m: f"{name}: {m}")
 

@@ -13,11 +13,12 @@
 //   host_check forward DIR    reads DIR/meta.txt and DIR/<name>.bin (float32 / int64),
 //   host_check backward DIR   writes DIR/out_<name>.bin
 //   host_check layout         stdin: "H P proj itemsize units cols block_rows cluster multicast
-//                             reg_k_tiles reduce_ctas unit_slices" lines; stdout: forward
-//                             and backward shared-memory bytes (the forward without the
-//                             reduce split), whether each direction's kernel handles that
-//                             register split (reg_split_ok) and the backward's the reduce
-//                             split (reduce_ok)
+//                             reg_k_tiles reduce_ctas unit_slices pass_rows" lines; stdout:
+//                             forward (with pass_rows) and backward (with reduce_ctas)
+//                             shared-memory bytes, whether each direction's kernel handles
+//                             that register split (reg_split_ok), the backward's the
+//                             reduce split (reduce_ok) and the forward's the row passes
+//                             (passes_ok)
 //   host_check fragments      emulates ldmatrix and mma from the PTX ISA's layout
 //                             formulas on the kernels' fragment addresses, and checks
 //                             the warps' split of every product covers each tile once
@@ -42,7 +43,7 @@ namespace {
 
 struct Meta {
   long long steps, batch, hidden, out, rows, reverse, packed, has_proj, has_bias, units, proj_cols,
-      unit_slices, block_rows, cluster, itemsize, has_dy, reg_k_tiles, reduce_ctas;
+      unit_slices, block_rows, cluster, itemsize, has_dy, reg_k_tiles, reduce_ctas, pass_rows;
 };
 
 std::string g_dir;
@@ -72,10 +73,10 @@ Meta read_meta() {
   if (f == nullptr ||
       fscanf(f,
              "%lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld "
-             "%lld",
+             "%lld %lld",
              &m.steps, &m.batch, &m.hidden, &m.out, &m.rows, &m.reverse, &m.packed, &m.has_proj,
              &m.has_bias, &m.units, &m.proj_cols, &m.unit_slices, &m.block_rows, &m.cluster,
-             &m.itemsize, &m.has_dy, &m.reg_k_tiles, &m.reduce_ctas) != 18) {
+             &m.itemsize, &m.has_dy, &m.reg_k_tiles, &m.reduce_ctas, &m.pass_rows) != 19) {
     fprintf(stderr, "bad meta.txt\n");
     exit(2);
   }
@@ -108,6 +109,7 @@ Split split_of(const Meta& m) {
   sp.block_rows = (int)m.block_rows, sp.cluster = (int)m.cluster;
   sp.reg_k_tiles = (int)m.reg_k_tiles;
   sp.reduce_ctas = (int)m.reduce_ctas;
+  sp.pass_rows = (int)m.pass_rows;
   return sp;
 }
 
@@ -208,8 +210,8 @@ void forward(const Meta& m) {
   std::vector<float> h0x((size_t)B * xld, 0.f), hx(2 * (size_t)B * xld, 0.f), hidx((size_t)B * hld, 0.f);
   for (int r = 0; r < B; ++r)
     for (int p = 0; p < P; ++p) h0x[(size_t)r * xld + p] = h0[(size_t)r * P + p];
-  if (!reg_split_ok(L, sp, itemsize)) {
-    fprintf(stderr, "not a register split the kernel handles\n");
+  if (!reg_split_ok(L, sp, itemsize) || !passes_ok(sp, proj)) {
+    fprintf(stderr, "not a register split or row passes the kernel handles\n");
     exit(2);
   }
   std::vector<std::vector<float>> w_s, w_regs, wr_s;  // what each slice holds
@@ -736,19 +738,22 @@ int exchange() {
 
 void layout() {
   int H, P, proj, itemsize, units, cols, block_rows, cluster, multicast, reg_k_tiles, reduce_ctas,
-      slices;
-  while (scanf("%d %d %d %d %d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols,
-               &block_rows, &cluster, &multicast, &reg_k_tiles, &reduce_ctas, &slices) == 12) {
+      slices, pass_rows;
+  while (scanf("%d %d %d %d %d %d %d %d %d %d %d %d %d", &H, &P, &proj, &itemsize, &units, &cols,
+               &block_rows, &cluster, &multicast, &reg_k_tiles, &reduce_ctas, &slices,
+               &pass_rows) == 13) {
     Split sp{};
     sp.units = units, sp.proj_cols = cols, sp.unit_slices = slices, sp.block_rows = block_rows;
     sp.cluster = cluster, sp.multicast = multicast, sp.reg_k_tiles = reg_k_tiles;
-    sp.reduce_ctas = reduce_ctas;
+    sp.reduce_ctas = reduce_ctas;  // the backward's only
     const BackwardLayout b = backward_layout(H, P, proj != 0, itemsize, sp);
-    sp.reduce_ctas = 0;  // the forward has none
+    sp.reduce_ctas = 0, sp.pass_rows = pass_rows;  // the forward's only
     const ForwardLayout f = forward_layout(H, P, proj != 0, itemsize, sp);
-    sp.reduce_ctas = reduce_ctas;
-    printf("%zu %zu %d %d %d\n", f.bytes, b.bytes, (int)reg_split_ok(f, sp, itemsize),
-           (int)reg_split_ok(b, sp, itemsize, proj != 0), (int)reduce_ok(sp, H, proj != 0));
+    const bool passes = passes_ok(sp, proj != 0);
+    sp.reduce_ctas = reduce_ctas, sp.pass_rows = 0;
+    printf("%zu %zu %d %d %d %d\n", f.bytes, b.bytes, (int)reg_split_ok(f, sp, itemsize),
+           (int)reg_split_ok(b, sp, itemsize, proj != 0), (int)reduce_ok(sp, H, proj != 0),
+           (int)passes);
   }
 }
 

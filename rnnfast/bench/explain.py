@@ -151,13 +151,15 @@ def _describe_cuda(plan, direction: str) -> str:
     """Kind and size (CTAs a cluster, or blocks of the cooperative grid), hidden units a
     block, batch rows a block x batch blocks, shared memory bytes a block, and (grid
     plans launched in clusters) the CTAs a cluster sharing the staged operand by
-    multicast or splitting the backward's reduction (reduce), and (register plans) the
-    W_hh columns (forward) or rows (backward) a block holds in registers."""
+    multicast or splitting the backward's reduction (reduce), the forward's row passes,
+    and (register plans) the W_hh columns (forward) or rows (backward) a block holds in
+    registers."""
     from ..backends.cuda.plan import reg_geometry
     form = (f"cluster of {plan.cluster}" if plan.kind == "cluster"
             else f"grid of {plan.blocks}")
     extra = f", multicast {plan.multicast}" if plan.multicast else ""
     extra += f", reduce {plan.reduce_ctas}" if plan.reduce_ctas else ""
+    extra += f", {plan.passes} passes of {plan.pass_rows} rows" if plan.pass_rows else ""
     if plan.reg_k_tiles:
         held = reg_geometry(direction, plan.units, plan.itemsize, plan.reg_k_tiles)[1]
         extra += f", {held} W_hh {'cols' if direction == 'forward' else 'rows'} in regs"

@@ -54,7 +54,7 @@ def forward(
                    hidx, c_state, y, gates, cells, hidden, offsets, sizes, arrivals, timed_out,
                    len(steps), reverse, plan.units, plan.proj_cols, plan.unit_slices,
                    plan.block_rows, plan.cluster, plan.multicast, plan.reg_k_tiles,
-                   BARRIER_SPIN_LIMIT)
+                   plan.pass_rows, BARRIER_SPIN_LIMIT)
 
     ran = run("forward", x.device, dtype, batch, hidden_size, out_size, has_proj, kernel)
     if isinstance(ran, str):

@@ -69,6 +69,10 @@ blocks run side by side, so one block's time is the step's time):
 - cluster plans also send what they exchange to every peer: rows x units x item x cluster
   bytes for h (forward), four times that for the gate gradients (backward), counted at
   the shared-memory rate (assumption: the SM-to-SM network keeps up).
+- forward row passes (plan.pass_rows): a batch block whose rows' product does not fit a
+  block at once takes them in plan.passes passes a step, each staging its rows and
+  multiplying the resident weights again: the product and its chunked staging once a
+  pass, the latency once a step.
 - reduce-split grid backwards (plan.reduce_ctas = c, sm_90): a CTA's product is the
   cluster's c x units W_hh^T rows over its 1/c of the gate columns, and it stages only
   those columns; then the cluster barrier and its first DSMEM load (gpu.cluster_reduce_s)
@@ -203,7 +207,8 @@ class Phase(NamedTuple):
     shared_bytes: int = 0  # the part of it its multicast cluster reads from L2 once
     dsmem_bytes: int = 0   # cluster plans: what the block stores into its peers
     overlapped_bytes: int = 0  # the part of it staged chunk by chunk beside the product
-    chunks: int = 1            # ... in this many chunks
+    chunks: int = 1            # ... in this many chunks a pass
+    passes: int = 1            # forward row passes: `product` is one pass's, run this often
 
     def chip_bytes(self, plan: layout.Plan) -> int:
         """L2 traffic of all the plan's blocks: the shared part once per cluster."""
@@ -212,15 +217,17 @@ class Phase(NamedTuple):
 
 
 def _staged_phase(plan: layout.Plan, product: layout.Product, timed: ProductTime,
-                  itemsize: int, other_bytes: int) -> Phase:
-    """A grid plan's phase whose product `product` (timed as `timed`) stages its B
-    operand from L2 (bytes a block receives a step), beside `other_bytes` of L2 traffic.
-    Single chunk: shared by the multicast cluster where the plan multicasts. Chunked:
-    cp.async, overlapped with the product (the module docstring)."""
-    staged = product.nb * product.k * itemsize
+                  itemsize: int, other_bytes: int, passes: int = 1) -> Phase:
+    """A grid plan's phase whose product `product` (timed as `timed`, `passes` times a
+    step: forward row passes) stages its B operand from L2 (bytes a block receives a
+    step), beside `other_bytes` of L2 traffic. Single chunk: shared by the multicast
+    cluster where the plan multicasts. Chunked: cp.async, overlapped with the product
+    (the module docstring)."""
+    staged = product.nb * product.k * itemsize * passes
     if product.chunks > 1:
-        return Phase(timed, staged + other_bytes, overlapped_bytes=staged, chunks=product.chunks)
-    return Phase(timed, staged + other_bytes, staged if plan.multicast else 0)
+        return Phase(timed, staged + other_bytes, overlapped_bytes=staged, chunks=product.chunks,
+                     passes=passes)
+    return Phase(timed, staged + other_bytes, staged if plan.multicast else 0, passes=passes)
 
 
 def _phase_time(plan: layout.Plan, phase: Phase, gpu: Gpu) -> float:
@@ -236,12 +243,13 @@ def _phase_time(plan: layout.Plan, phase: Phase, gpu: Gpu) -> float:
     l2 = max(phase.l2_bytes / gpu.l2_bytes_per_s_per_sm,
              phase.chip_bytes(plan) / gpu.l2_bytes_per_s)
     dsmem = phase.dsmem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
-    # Chunked staging (never multicast, so both rates scale with the bytes alike): the
-    # first chunk's copies, n - 1 chunks at the slower of copies and product, the last
-    # chunk's product.
+    # Chunked staging (never multicast, so both rates scale with the bytes alike), each
+    # pass: the first chunk's copies, n - 1 chunks at the slower of copies and product,
+    # the last chunk's product. Copies staged whole are in the rest of the traffic.
     copies = l2 * phase.overlapped_bytes / phase.l2_bytes if phase.l2_bytes else 0.0
-    product, n = phase.product.s, phase.chunks
-    staged = copies / n + (n - 1) / n * max(product, copies) + product / n
+    product, n, passes = phase.product.s, phase.chunks, phase.passes
+    one = copies / passes  # a pass's chunked copies
+    staged = passes * (one / n + (n - 1) / n * max(product, one) + product / n)
     return latency + staged + (l2 - copies) + dsmem
 
 
@@ -278,7 +286,7 @@ def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inpu
     cluster = plan.kind == "cluster"
     rec, proj = layout.forward_products(hidden, out_size, has_proj, item, plan.units,
                                         plan.proj_cols, plan.block_rows, cluster,
-                                        plan.reg_k_tiles)
+                                        plan.reg_k_tiles, plan.pass_rows)
     cells = plan.block_rows * plan.units                       # (row, unit) pairs of a block
     cell_bytes = (cells * 4 * item + 4 * plan.units * 4        # xg of 4 gates in, bias
                   + (cells * 5 * 4 if training else 0)         # fp32 gates and c_t out
@@ -290,7 +298,7 @@ def forward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inpu
                         dsmem_bytes=cells * item * plan.unit_slices)]
     else:
         phases = [_staged_phase(plan, rec, product_time(rec, item, True, gpu), item,
-                                cell_bytes)]                   # h(t-1) of the batch block
+                                cell_bytes, plan.passes)]      # h(t-1) of the batch block
     if has_proj:  # y^T = W_hr[my rows] . hidden^T: hidden staged in, y and h(t) out
         phases.append(_staged_phase(plan, proj, product_time(proj, item, True, gpu), item,
                                     2 * plan.block_rows * plan.proj_cols * item))

@@ -98,6 +98,14 @@ class Plan:
     reduce_ctas: int = 0  # grid backward on sm_90 without a projection: CTAs per cluster
                           # (consecutive slices of one batch block) splitting the chain's
                           # reduction over the gate columns (reduce_cols); 0: none
+    pass_rows: int = 0    # grid forward without a projection, multicast or registers: rows
+                          # a pass where a batch block's rows take several (forward_pass_rows);
+                          # 0: one pass
+
+    @property
+    def passes(self) -> int:
+        """Passes of the forward's product a step (1 without row passes)."""
+        return _cdiv(self.block_rows, self.pass_rows) if self.pass_rows else 1
 
     @property
     def blocks(self) -> int:
@@ -252,12 +260,13 @@ def reg_geometry(direction: str, units: int, itemsize: int, reg_k_tiles: int) ->
 
 def forward_products(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
                      proj_cols: int, block_rows: int, cluster: bool,
-                     reg_k_tiles: int = 0) -> tuple[Product, Product]:
+                     reg_k_tiles: int = 0, pass_rows: int = 0) -> tuple[Product, Product]:
     """The forward's products (lstm_common.cuh forward_layout). Register plans: `rec` is
     the shared-memory part, W_hh columns from reg_geometry's onwards, whose B rows are
-    h's whole rows (b_ld)."""
+    h's whole rows (b_ld). Row passes: `rec` is one pass's, of `pass_rows` rows."""
     _, reg_cols = reg_geometry("forward", units, itemsize, reg_k_tiles if cluster else 0)
-    rec = Product.make(4 * units, max(out_size - reg_cols, 0), block_rows, itemsize, cluster)
+    rec = Product.make(4 * units, max(out_size - reg_cols, 0), pass_rows or block_rows, itemsize,
+                       cluster)
     if reg_cols:
         rec = replace(rec, b_ld=_round_up(out_size, k_tile(itemsize)) + 16 // itemsize)
     proj = Product.make(proj_cols if has_proj else 0, hidden if has_proj else 0, block_rows,
@@ -284,12 +293,13 @@ def reg_split_ok(direction: str, product: Product, units: int, itemsize: int, cl
 
 def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int, units: int,
                        proj_cols: int, block_rows: int, cluster: bool,
-                       multicast: bool = False, reg_k_tiles: int = 0) -> int:
+                       multicast: bool = False, reg_k_tiles: int = 0, pass_rows: int = 0) -> int:
     """csrc/lstm_common.cuh forward_layout(...).bytes; `multicast` or `cluster`: one ALIGN
     slot at the end for the mbarrier(s) the multicast copies or the peers' exchange
-    stores complete on (bar_off)."""
+    stores complete on (bar_off); row passes: the product's buffers for one pass, the
+    cell state for every row."""
     rec, proj = forward_products(hidden, out_size, has_proj, itemsize, units, proj_cols,
-                                 block_rows, cluster, reg_k_tiles)
+                                 block_rows, cluster, reg_k_tiles, pass_rows)
     slices, _ = reg_geometry("forward", units, itemsize, reg_k_tiles if cluster else 0)
     ring = rec.exchange_bytes(itemsize) if cluster else rec.ring_bytes(itemsize)
     return (rec.a_bytes(itemsize) + (proj.a_bytes(itemsize) if has_proj else 0)
@@ -297,6 +307,17 @@ def forward_smem_bytes(hidden: int, out_size: int, has_proj: bool, itemsize: int
             + max(rec.part_bytes(slices), proj.part_bytes() if has_proj else 0)
             + _align(block_rows * units * 4)
             + (ALIGN if multicast or cluster else 0))
+
+
+def passes_ok(pass_rows: int, block_rows: int, has_proj: bool, cluster: bool, multicast: int,
+              reg_k_tiles: int) -> bool:
+    """lstm_common.cuh passes_ok: whether the forward kernels take these row passes (none:
+    always): a grid plan without a projection, multicast or registers, passes of a
+    multiple of 8 rows below the batch block's."""
+    if not pass_rows:
+        return True
+    return (not cluster and not multicast and not reg_k_tiles and not has_proj
+            and pass_rows % ROW_TILE == 0 and 0 < pass_rows < block_rows)
 
 
 def reduce_cols(hidden: int, reduce_ctas: int) -> int:
@@ -366,7 +387,8 @@ def _fits(products: tuple[Product, ...]) -> bool:
 
 def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int, has_proj: bool,
                itemsize: int, slices: int, batch_blocks: int, smem_per_block: int,
-               multicast: int = 0, registers: bool = False, reduce_ctas: int = 0):
+               multicast: int = 0, registers: bool = False, reduce_ctas: int = 0,
+               passes: bool = False):
     """The plan of this split, or None where it does not fit. `multicast` (grid plans):
     its CTAs per cluster; None too where it does not divide the split's unit_slices, or
     where no staged product is a single chunk (chunked products keep cp.async, so
@@ -374,7 +396,8 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
     as many k-tiles a slice as the kernel holds and as leave the shared-memory part at
     least one k-slice wide; None where the split has none (reg_split_ok).
     `reduce_ctas` (grid backward): the reduce split in clusters of that many CTAs; None
-    where the kernels do not take it (reduce_ok)."""
+    where the kernels do not take it (reduce_ok). `passes` (grid forward): the split's
+    rows in the fewest passes that fit, where one pass does not (passes_ok); else None."""
     units = _round_up(_cdiv(hidden, slices), 4)
     slices = _cdiv(hidden, units)
     block_rows = _round_up(_cdiv(batch, batch_blocks), ROW_TILE)
@@ -395,6 +418,23 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
                           // (reg_k_slices(direction, units) + 1))
         if not reg_k_tiles:
             return None
+    if passes:
+        if direction != "forward" or _candidate(kind, direction, batch, hidden, out_size,
+                                                has_proj, itemsize, slices, batch_blocks,
+                                                smem_per_block, multicast, registers):
+            return None
+        for n in range(2, block_rows // ROW_TILE + 1):
+            pass_rows = _round_up(_cdiv(block_rows, n), ROW_TILE)
+            if not passes_ok(pass_rows, block_rows, has_proj, cluster, multicast, reg_k_tiles):
+                return None
+            products = forward_products(hidden, out_size, has_proj, itemsize, units, cols,
+                                        block_rows, cluster, reg_k_tiles, pass_rows)
+            smem = forward_smem_bytes(hidden, out_size, has_proj, itemsize, units, cols,
+                                      block_rows, cluster, False, reg_k_tiles, pass_rows)
+            if smem <= smem_per_block and _fits(products):
+                return Plan(kind, units, cols, slices, block_rows, batch_blocks, smem, itemsize,
+                            pass_rows=pass_rows)
+        return None
     if direction == "forward":
         products = forward_products(hidden, out_size, has_proj, itemsize, units, cols,
                                     block_rows, cluster, reg_k_tiles)
@@ -474,12 +514,14 @@ def make_plan(direction: str, batch: int, hidden: int, out_size: int, has_proj: 
         slices = min(sms // batch_blocks, _cdiv(hidden, 4))
         if slices < 1:
             break
-        splits = ([(multicast, registers, 0) for multicast in (0, *sizes) for registers in variants]
-                  + [(0, False, size) for size in (reduce_sizes if sizes else ())])
-        for multicast, registers, reduce_ctas in splits:
+        splits = ([(multicast, registers, 0, False) for multicast in (0, *sizes)
+                   for registers in variants]
+                  + [(0, False, size, False) for size in (reduce_sizes if sizes else ())]
+                  + [(0, False, 0, True)])  # row passes, where one pass does not fit
+        for multicast, registers, reduce_ctas, passes in splits:
             plan = _candidate("grid", direction, batch, hidden, out_size, has_proj, itemsize,
                               slices, batch_blocks, smem_per_block, multicast, registers,
-                              reduce_ctas)
+                              reduce_ctas, passes)
             if plan is None or plan in candidates:
                 continue
             size = multicast or reduce_ctas
