@@ -570,6 +570,12 @@ def _launches(plans):
                    for d, p in plans.items() if not isinstance(p, str)})
 
 
+def _plans_here(dtype, B, H):
+    """{direction: plan or reason} of a square layer (no projection) on this GPU."""
+    return {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
+            for d in ("forward", "backward")}
+
+
 def _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse):
     """The layer `args64` (float64) run on the kernels in `dtype`, each launch recorded:
     within DESIGN.md §6's rule against float64, and the launches that ran are `plans`'
@@ -593,8 +599,7 @@ def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
     16-bit forward is a cluster plan: test_register_plans_meet_the_rule; fp32's backward
     a reduce split). Within DESIGN.md §6's rule against float64, and the launches that
     ran are those plans, not a silent fallback."""
-    plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, 16, 768, 768, False)
-             for d in ("forward", "backward")}
+    plans = _plans_here(dtype, 16, 768)
     if not any(getattr(p, "multicast", 0) for p in plans.values()):
         pytest.skip(f"this GPU plans no multicast grid for B=16 H=768 {dtype}: {plans} "
                     f"({cuda_backend.device_limits(DEVICE)})")
@@ -616,8 +621,7 @@ def test_register_plans_meet_the_rule(monkeypatch, dtype, B, H, lengths):
     backward of 8 k-slices of 16 staged by cp.async) and H = 512 (a cluster backward of
     4 k-slices of 16). Within DESIGN.md §6's rule against float64, and every direction
     ran as its plan, not a fallback."""
-    plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
-             for d in ("forward", "backward")}
+    plans = _plans_here(dtype, B, H)
     if not any(getattr(p, "reg_k_tiles", 0) for p in plans.values()):
         pytest.skip(f"this GPU plans no register plan for B={B} H={H}: {plans}")
     args64 = _layer(6, B, 5, H, lengths=lengths)
@@ -635,8 +639,7 @@ def test_reduce_split_backwards_meet_the_rule(monkeypatch, dtype, B, H, lengths)
     of 176, the last 168; 88 blocks of 4 units) and H = 700 packed and reversed; in
     16-bit: H = 1024 and 704 (clusters of 8). Within DESIGN.md §6's rule against
     float64, and the backward ran as its plan, not a fallback."""
-    plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
-             for d in ("forward", "backward")}
+    plans = _plans_here(dtype, B, H)
     if not getattr(plans["backward"], "reduce_ctas", 0):
         pytest.skip(f"this GPU plans no reduce split for B={B} H={H} {dtype}: {plans}")
     args64 = _layer(6, B, 5, H, lengths=lengths)
@@ -653,8 +656,7 @@ def test_forward_row_passes_meet_the_rule(monkeypatch, dtype, B, H, lengths):
     forward_pass_rows): on an H100/H200, B = 300 at H = 1024 (packed and reversed: the
     passes' rows end at different steps) and B = 520 at H = 768. Within DESIGN.md §6's
     rule against float64, and the forward ran in passes, not a fallback."""
-    plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
-             for d in ("forward", "backward")}
+    plans = _plans_here(dtype, B, H)
     if not getattr(plans["forward"], "pass_rows", 0):
         pytest.skip(f"this GPU plans no row passes for B={B} H={H} {dtype}: {plans}")
     args64 = _layer(6, B, 5, H, lengths=lengths)
@@ -672,8 +674,7 @@ def test_cluster_exchange_edge_sizes_meet_the_rule(monkeypatch, dtype, H, length
     for H = 22 (the expected bytes follow the active rows). Within DESIGN.md §6's rule
     against float64, and the forward ran as a cluster plan (and the backward where its
     plan is one), not a fallback."""
-    plans = {d: cuda_backend.plan_for(d, DEVICE, dtype, 3, H, H, False)
-             for d in ("forward", "backward")}
+    plans = _plans_here(dtype, 3, H)
     if getattr(plans["forward"], "kind", None) != "cluster":
         pytest.skip(f"this GPU plans no cluster forward for B=3 H={H}: {plans}")
     args64 = _layer(6, 3, 5, H, lengths=lengths)
