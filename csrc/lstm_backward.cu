@@ -51,7 +51,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   static_assert(!kReduce || (!kCluster && !kRegs), "reduce splits: grid plans, no registers");
   // A cluster kernel uses some 180 registers besides the fragments, a grid kernel fewer.
   constexpr int kRegKTiles = kCluster ? kClusterChainRegKTiles : kChainRegKTiles;
-  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* const smem = dynamic_smem();
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
   const Split& sp = args.split;

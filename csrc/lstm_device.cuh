@@ -4,22 +4,15 @@
 // bounded grid barrier and the two launchers (cooperative grid, thread-block cluster).
 #pragma once
 
-#include <cooperative_groups.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "lstm_common.cuh"
 #include "lstm_kernels.h"
+#ifdef RNNFAST_EMULATED
+#include "tests/emulator.h"  // the primitives on a CPU (tests/test_cuda_emulated.py)
+#else
+#include "lstm_ptx.cuh"
+#endif
 
 namespace rnnfast {
-
-// Hopper-only instructions (clusters, bulk copies, mbarrier transactions) exist in the
-// sm_90 image only; the host never runs the code paths that use them elsewhere.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define RNNFAST_SM90(body) body
-#else
-#define RNNFAST_SM90(body)
-#endif
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -35,26 +28,10 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 // Read-only for the whole launch (weights, xg, saved gates, dy): the non-coherent path.
 template <typename T> __device__ __forceinline__ float load_ro(const T* p) { return to_float(__ldg(p)); }
 
-// The 32-bit shared-window address of a generic pointer into shared memory, as the
-// shared-memory instructions below take it.
-__device__ __forceinline__ unsigned shared_address(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-
 // ---------------------------------------------------------------------------------
 // cp.async (sm_80+): 16-byte global -> shared copies that bypass L1 (.cg), so data that
 // other blocks wrote during this launch is read from L2, where the barrier made it
 // visible. Each thread waits for its own groups; a __syncthreads then publishes them.
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(dst)), "l"(src)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most N of this thread's groups are still in flight.
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 // Copies columns [col0, col0 + cols) of `rows` rows into dst [rows][dst_ld], 16 bytes
 // per copy, spread over the block. row_src(b) is the global start of row b, 16-byte
@@ -91,21 +68,15 @@ __device__ __forceinline__ TxWait tx_barrier(uint64_t* bar, int count, const Bar
   // Values, not a pointer to `barrier`: the address of a kernel parameter would move
   // the whole argument struct to local memory.
   if (threadIdx.x == 0) {
-    for (int i = 0; i < count; ++i) {
-      RNNFAST_SM90(asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(shared_address(bar + i))
-                                : "memory");)
-    }
-    RNNFAST_SM90(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");)
+    for (int i = 0; i < count; ++i) mbarrier_init(bar + i);
+    fence_mbarrier_init();
   }
   return TxWait{bar, 0u, false, barrier.timed_out, barrier.spin_limit};
 }
 
 // Thread 0: the arrival of mbarrier `i`'s phase, expecting `bytes`.
 __device__ __forceinline__ void tx_expect(const TxWait& w, unsigned bytes, int i = 0) {
-  RNNFAST_SM90(asm volatile("{\n .reg .b64 state;\n"
-                            " mbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n"
-                            ::"r"(shared_address(w.bar + i)), "r"(bytes)
-                            : "memory");)
+  mbarrier_arrive_expect_tx(w.bar + i, bytes);
 }
 
 // Every thread waits for mbarrier `i`'s phase, at most spin_limit polls; then sets the
@@ -118,14 +89,10 @@ __device__ __forceinline__ void tx_wait(TxWait& w, int i = 0) {
   const unsigned bit = 1u << i;
   w.uses ^= bit;  // the phase waited for now has the parity before the flip
   if (w.gave_up) return;
-  unsigned done = 0;
+  bool done = false;
   long long polls = 0;
   do {
-    RNNFAST_SM90(asm volatile("{\n .reg .pred ready;\n"
-                              " mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 ready, [%1], %2;\n"
-                              " selp.u32 %0, 1, 0, ready;\n}\n"
-                              : "=r"(done) : "r"(shared_address(w.bar + i)), "r"((w.uses & bit) ? 0u : 1u)
-                              : "memory");)
+    done = mbarrier_try_wait(w.bar + i, (w.uses & bit) ? 0u : 1u);
   } while (!done && ++polls < w.spin_limit);
   if (!done) {
     w.gave_up = true;
@@ -153,7 +120,7 @@ __device__ __forceinline__ MulticastStage multicast_stage(void* bar, int size, c
   MulticastStage st{TxWait{nullptr, 0u, false, barrier.timed_out, barrier.spin_limit}, size, 0u};
   if (size <= 0) return st;
   st.landed = tx_barrier(static_cast<uint64_t*>(bar), 1, barrier);
-  RNNFAST_SM90(asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(st.rank));)
+  st.rank = cluster_ctarank();
   return st;
 }
 
@@ -169,15 +136,9 @@ __device__ __forceinline__ void multicast_rows(const MulticastStage& st, T* dst,
   const unsigned row_bytes = static_cast<unsigned>(row_elems * sizeof(T));
   const unsigned short all = static_cast<unsigned short>((1u << st.size) - 1u);
   tx_expect(st.landed, rows * row_bytes);
-  asm volatile("fence.proxy.async;\n" ::: "memory");
-  const unsigned bar = shared_address(st.landed.bar);
-  for (int b = static_cast<int>(st.rank); b < rows; b += st.size) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-        " [%0], [%1], %2, [%3], %4;\n" ::"r"(shared_address(dst + b * dst_ld)), "l"(row_src(b)),
-        "r"(row_bytes), "r"(bar), "h"(all)
-        : "memory");
-  }
+  fence_proxy_async();
+  for (int b = static_cast<int>(st.rank); b < rows; b += st.size)
+    bulk_copy_multicast(dst + b * dst_ld, row_src(b), row_bytes, st.landed.bar, all);
 #endif
 }
 
@@ -185,45 +146,6 @@ __device__ __forceinline__ void multicast_rows(const MulticastStage& st, T* dst,
 // Tensor-core tiles: d[16 x 8] += A[m0:m0+16][ka:ka+K] . B[n0:n0+8][kb:kb+K]^T with A
 // rows of a_ld and B rows of b_ld elements in shared memory. Fragment layouts are PTX's
 // for mma.m16n8k16 (16-bit) and mma.m16n8k8 (tf32): lane = 4 * group + quad.
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(row_address)));
-}
-
-template <typename T> struct MmaOp;
-
-template <> struct MmaOp<__half> {
-  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4],
-                                             const uint32_t (&b)[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-};
-
-template <> struct MmaOp<__nv_bfloat16> {
-  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4],
-                                             const uint32_t (&b)[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-};
-
-__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4],
-                                         const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 // The A fragment of one m-tile and k-tile, loaded once and used for every n-tile of a
 // warp's group. fp32: its 3xTF32 halves, split once.
@@ -559,7 +481,7 @@ __device__ __forceinline__ void zero_shared(T* dst, int elems) {
 
 __device__ __forceinline__ void grid_barrier_arrive(unsigned long long* arrivals) {
   __threadfence();  // the block's stores (ordered before by __syncthreads) reach L2 first
-  asm volatile("red.release.gpu.global.add.u64 [%0], 1;\n" ::"l"(arrivals) : "memory");
+  red_release_add_one(arrivals);
 }
 
 // Not inlined, so that its polling loads (the only strong GPU-scope loads of the
@@ -570,7 +492,7 @@ __device__ __noinline__ void grid_barrier_wait(unsigned long long* arrivals,
   unsigned long long seen = 0;
   long long polls = 0;
   do {
-    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];\n" : "=l"(seen) : "l"(arrivals) : "memory");
+    seen = ld_acquire(arrivals);
   } while (seen < target && ++polls < spin_limit);
   if (seen < target) {
     atomicMax(arrivals, 1ull << 62);
@@ -603,12 +525,6 @@ __device__ __forceinline__ void end_grid_phase(const Barrier& barrier, unsigned 
 // buffer of parity p at step t+2 only after it has received the CTA's step-t+1 operand,
 // which the CTA sends after its step-t+1 product has read that buffer.
 
-// Every CTA of the cluster meets here (start and end of a launch).
-__device__ __forceinline__ void cluster_sync() {
-  RNNFAST_SM90(asm volatile("barrier.cluster.arrive.release.aligned;\n"
-                            "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");)
-}
-
 // Reduce splits (lstm_common.cuh reduce_cols): after every CTA of the cluster has
 // written its partial sums part [ksplit][p.m][p.nb] (the product ends with a
 // __syncthreads), the cluster barrier publishes them (release / acquire: the loads
@@ -626,14 +542,7 @@ __device__ __forceinline__ void reduce_partials(const Product& p, const float* p
     for (int q = 0; q < ctas; ++q) {
       for (int ks = 0; ks < p.ksplit; ++ks) {
         const float* src = part + part_index(p, ks, static_cast<int>(rank) * units, 0) + 4 * e;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        RNNFAST_SM90({
-          unsigned at;
-          asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
-                       : "=r"(at) : "r"(shared_address(src)), "r"(q));
-          asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-                       : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(at) : "memory");
-        })
+        const float4 v = ld_shared_cluster_v4(src, static_cast<unsigned>(q));
         sum.x += v.x;
         sum.y += v.y;
         sum.z += v.z;
@@ -655,11 +564,8 @@ struct ClusterExchange {
 // Thread 0 sets up the two mbarriers at `bars` (16 bytes, layout bar_off); the caller
 // then makes them visible to the cluster (cluster_sync) before any peer sends.
 __device__ __forceinline__ ClusterExchange cluster_exchange(void* bars, const Barrier& barrier) {
-  ClusterExchange ex{tx_barrier(static_cast<uint64_t*>(bars), 2, barrier), 0u, 1u};
-  RNNFAST_SM90(asm volatile("mov.u32 %0, %%cluster_ctarank;\n"
-                            "mov.u32 %1, %%cluster_nctarank;\n"
-                            : "=r"(ex.rank), "=r"(ex.blocks));)
-  return ex;
+  return ClusterExchange{tx_barrier(static_cast<uint64_t*>(bars), 2, barrier), cluster_ctarank(),
+                         cluster_nctarank()};
 }
 
 // Sends rows [0, rows) of `segments` column ranges of `buf` ([.][ld], this CTA's buffer
@@ -675,25 +581,18 @@ __device__ __forceinline__ void send_to_peers(const ClusterExchange& ex, int par
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const int per = word / static_cast<int>(sizeof(T));  // elements a word
   const int words = cols / per, peers = static_cast<int>(ex.blocks) - 1;
-  const unsigned bar = shared_address(ex.arrived.bar + parity);
   for (int e = threadIdx.x; e < rows * segments * words * peers; e += kThreads) {
     const int item = e / peers, seg_word = item % (segments * words);
     const unsigned peer = (ex.rank + 1 + static_cast<unsigned>(e % peers)) % ex.blocks;
     const T* src = buf + (item / (segments * words)) * ld + col0 + (seg_word / words) * stride +
                    (seg_word % words) * per;
-    unsigned dst, dst_bar;
-    asm volatile("mapa.shared::cluster.u32 %0, %2, %3;\n"
-                 "mapa.shared::cluster.u32 %1, %4, %3;\n"
-                 : "=r"(dst), "=r"(dst_bar) : "r"(shared_address(src)), "r"(peer), "r"(bar));
-    if (word == 8) {
-      const unsigned long long v = *reinterpret_cast<const unsigned long long*>(src);
-      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];\n"
-                   ::"r"(dst), "l"(v), "r"(dst_bar) : "memory");
-    } else {
-      const unsigned v = *reinterpret_cast<const unsigned*>(src);
-      asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n"
-                   ::"r"(dst), "r"(v), "r"(dst_bar) : "memory");
-    }
+    // The same place in the peer's buffer: src is this CTA's copy of the columns.
+    void* dst = const_cast<T*>(src);
+    if (word == 8)
+      st_async_to_peer(dst, peer, *reinterpret_cast<const unsigned long long*>(src),
+                       ex.arrived.bar + parity);
+    else
+      st_async_to_peer(dst, peer, *reinterpret_cast<const unsigned*>(src), ex.arrived.bar + parity);
   }
 #endif
 }

@@ -29,7 +29,7 @@ namespace {
 template <typename T, bool kCluster, bool kRegs = false>
 __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
   static_assert(!kRegs || (kCluster && sizeof(T) == 2), "register plans: cluster, 16-bit");
-  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* const smem = dynamic_smem();
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
   const Split& sp = args.split;

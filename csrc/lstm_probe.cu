@@ -133,9 +133,7 @@ __global__ void __launch_bounds__(kThreads, 1) cluster_reduce_kernel(const Reduc
   constexpr int kPart = kMaxCluster * kProbeReduceUnits * kProbeRows;
   __shared__ __align__(16) float part[2][kPart];
   __shared__ __align__(16) float sums[kProbeReduceUnits * kProbeRows];
-  unsigned rank = 0, ctas = 1;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n"
-               "mov.u32 %1, %%cluster_nctarank;\n" : "=r"(rank), "=r"(ctas));
+  const unsigned rank = cluster_ctarank(), ctas = cluster_nctarank();
   // The partial sums' geometry of a reduce split's product: the cluster's units (M) by
   // the rows (N), one k-slice.
   const Product p = make_product(static_cast<int>(ctas) * kProbeReduceUnits, 16, kProbeRows, 2,
