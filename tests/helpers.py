@@ -8,6 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfast
 import rnnfast.backends.triton
+from rnnfast.backends import reference
 
 
 def in_interpreter(backend: str) -> bool:
@@ -75,3 +76,34 @@ def upstream_grads(y, h_n, c_n, seed=1):
     g = torch.Generator().manual_seed(seed)
     mk = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)  # noqa: E731
     return mk(y), mk(h_n), mk(c_n)
+
+
+def run_layer(fwd, bwd, args, reverse, needs=None, frozen=(None,) * 5, upstream=None, save="all"):
+    """One layer's forward `fwd` and backward `bwd` (a backend's contract) on `args`
+    (layer_args): ((y, h_n, c_n), [dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr,
+    dgates]), with upstream_grads of the outputs unless `upstream` is given."""
+    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
+    needs = needs or [True, True, True, True, True, b_ih is not None, b_hh is not None,
+                      w_hr is not None]
+    y, h_n, c_n, gates, cells, hidden = fwd(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                            w_hr, reverse, save)
+    if save == "cells":  # what the autograd core does before a recompute backward
+        gates, hidden = reference.recompute_gates(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
+                                                  w_hr, y, cells, reverse)
+    dy, dh_n, dc_n = upstream or upstream_grads(y, h_n, c_n)
+    grads, dgates = bwd(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates,
+                        cells, hidden if w_hr is not None else None, reverse, list(needs),
+                        list(frozen), list(x.shape))
+    return (y, h_n, c_n), grads + [dgates]
+
+
+def errors_vs_float64(args64, dtype, reverse, fns):
+    """Largest error against the float64 reference of every output and gradient of
+    run_layer(*fns) on `args64` (float64 layer_args) cast to `dtype`: what
+    rnnfast.precision.rule_violations judges, beside the same for the reference in dtype."""
+    outs64, grads64 = run_layer(reference.forward, reference.backward, args64, reverse)
+    upstream = tuple(u.to(dtype) for u in upstream_grads(*outs64))
+    low = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
+    outs, grads = run_layer(*fns, low, reverse, upstream=upstream)
+    return [(a.double() - b).abs().max().item()
+            for a, b in zip([*outs, *grads], [*outs64, *grads64]) if b is not None]

@@ -24,7 +24,7 @@ from rnnfast.backends import cuda as cuda_backend
 from rnnfast.backends.cuda import plan as cuda_plan
 from rnnfast.precision import rule_violations
 
-from helpers import layer_args, upstream_grads
+from helpers import errors_vs_float64, layer_args, run_layer
 from test_cuda_model import NO_16_CTA_CLUSTERS
 
 SMS, SMEM = cuda_plan.H100_SMS, cuda_plan.H100_SMEM_PER_BLOCK
@@ -324,25 +324,6 @@ def _layer(*args, device=DEVICE, **kwargs):
     return layer_args(*args, device=device, **kwargs)
 
 
-_upstream = upstream_grads
-
-
-def _run(fwd, bwd, args, reverse, needs=None, frozen=(None,) * 5, upstream=None, save="all"):
-    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
-    needs = needs or [True, True, True, True, True, b_ih is not None, b_hh is not None,
-                      w_hr is not None]
-    y, h_n, c_n, gates, cells, hidden = fwd(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                            w_hr, reverse, save)
-    if save == "cells":  # what the autograd core does before a recompute backward
-        gates, hidden = reference.recompute_gates(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
-                                                  w_hr, y, cells, reverse)
-    dy, dh_n, dc_n = upstream or _upstream(y, h_n, c_n)
-    grads, dgates = bwd(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates,
-                        cells, hidden if w_hr is not None else None, reverse, list(needs),
-                        list(frozen), list(x.shape))
-    return (y, h_n, c_n), grads + [dgates]
-
-
 def _assert_same(got, expected, tol):
     (outs, grads), (outs_ref, grads_ref) = got, expected
     for name, a, b in zip(("y", "h_n", "c_n"), outs, outs_ref):
@@ -361,11 +342,11 @@ def test_layer_too_large_falls_back_to_reference_with_one_warning(monkeypatch):
     monkeypatch.setattr(cuda_backend, "_warned", set())
     args = _layer(5, 3, 4, 6, proj=0, device=torch.device("cpu"))
     with pytest.warns(UserWarning, match="cannot run this layer on chip .*using the reference"):
-        got = _run(cuda_fwd.forward, cuda_bwd.backward, args, True)
+        got = run_layer(cuda_fwd.forward, cuda_bwd.backward, args, True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once only
-        again = _run(cuda_fwd.forward, cuda_bwd.backward, args, True)
-    expected = _run(reference.forward, reference.backward, args, True)
+        again = run_layer(cuda_fwd.forward, cuda_bwd.backward, args, True)
+    expected = run_layer(reference.forward, reference.backward, args, True)
     _assert_same(got, expected, dict(atol=0, rtol=0))
     _assert_same(again, expected, dict(atol=0, rtol=0))
 
@@ -422,15 +403,15 @@ def test_a_refused_launch_falls_back_cluster_then_grid_then_reference_with_one_w
     fwd, bwd = _use_fake(monkeypatch, fake)
     args = _layer(5, 3, 4, 6, proj=0, lengths=[5, 3, 2], device=torch.device("cpu"))
     with pytest.warns(UserWarning, match="kernel was refused.*using the reference"):
-        got = _run(fwd, bwd, args, False)
+        got = run_layer(fwd, bwd, args, False)
     # Each direction tried its cluster plan, then its grid plan, launched without clusters.
     assert [(kind, cluster > 0, multicast) for kind, cluster, multicast in fake.tried] == [
         ("forward", True, 0), ("forward", False, 0), ("backward", True, 0),
         ("backward", False, 0)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # each reason said once only
-        again = _run(fwd, bwd, args, False)
-    expected = _run(reference.forward, reference.backward, args, False)
+        again = run_layer(fwd, bwd, args, False)
+    expected = run_layer(reference.forward, reference.backward, args, False)
     _assert_same(got, expected, dict(atol=0, rtol=0))
     _assert_same(again, expected, dict(atol=0, rtol=0))
 
@@ -453,9 +434,9 @@ def test_a_refused_cluster_multicast_or_register_launch_falls_back_to_the_plain_
     args = _layer(2, 16, 8, 768, dtype=torch.float16, device=torch.device("cpu"))
     with pytest.warns(UserWarning, match="cooperative launch of the .* kernel was refused.*"
                                          "using the reference"):
-        got = _run(fwd, bwd, args, False)
+        got = run_layer(fwd, bwd, args, False)
     assert (fake.tried, fake.reg_k_tiles) == (tried, reg_k_tiles)
-    expected = _run(reference.forward, reference.backward, args, False)
+    expected = run_layer(reference.forward, reference.backward, args, False)
     _assert_same(got, expected, dict(atol=0, rtol=0))
 
 
@@ -469,11 +450,11 @@ def test_a_refused_reduce_split_launch_falls_back_to_the_plain_grid(monkeypatch)
     args = _layer(2, 16, 8, 512, dtype=torch.float32, device=torch.device("cpu"))
     with pytest.warns(UserWarning, match="cooperative launch of the .* kernel was refused.*"
                                          "using the reference"):
-        got = _run(fwd, bwd, args, False)
+        got = run_layer(fwd, bwd, args, False)
     backward = [t for t in fake.tried if t[0] == "backward"]
     assert backward == [("backward", 0, 0), ("backward", 0, 0)]
     assert fake.reduce_ctas == [8, 0]
-    expected = _run(reference.forward, reference.backward, args, False)
+    expected = run_layer(reference.forward, reference.backward, args, False)
     _assert_same(got, expected, dict(atol=0, rtol=0))
 
 
@@ -489,7 +470,7 @@ def test_a_wait_that_gave_up_raises_an_error_naming_the_plan(monkeypatch, major,
     fwd, bwd = _use_fake(monkeypatch, fake)
     args = _layer(5, 3, 4, 6, proj=0, device=torch.device("cpu"))
     with pytest.raises(RuntimeError, match=rf"CUDA LSTM forward with Plan\(kind='{kind}'.*gave up"):
-        _run(fwd, bwd, args, False)
+        run_layer(fwd, bwd, args, False)
     from rnnfast.backends.barrier import raise_if_barrier_timed_out
     raise_if_barrier_timed_out(wait=True)  # reported once, not left pending
 
@@ -520,17 +501,8 @@ SHAPES = [  # T, B, I, H, proj, lengths
 @pytest.mark.parametrize("T,B,I,H,proj,lengths", SHAPES)
 def test_fp32_kernels_match_reference(reverse, T, B, I, H, proj, lengths):
     args = _layer(T, B, I, H, proj, lengths=lengths, dtype=torch.float32)
-    _assert_same(_run(*_kernels(), args, reverse),
-                 _run(reference.forward, reference.backward, args, reverse), TIGHT32)
-
-
-def _errors_vs_float64(args64, dtype, reverse, fns):
-    outs64, grads64 = _run(reference.forward, reference.backward, args64, reverse)
-    upstream = tuple(u.to(dtype) for u in _upstream(*outs64))
-    low = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
-    outs, grads = _run(*fns, low, reverse, upstream=upstream)
-    return [(a.double() - b).abs().max().item()
-            for a, b in zip([*outs, *grads], [*outs64, *grads64]) if b is not None]
+    _assert_same(run_layer(*_kernels(), args, reverse),
+                 run_layer(reference.forward, reference.backward, args, reverse), TIGHT32)
 
 
 @requires_kernels
@@ -539,8 +511,8 @@ def _errors_vs_float64(args64, dtype, reverse, fns):
                                                   (0, [7, 4, 1], True)])
 def test_error_at_most_twice_the_reference(dtype, proj, lengths, reverse):
     args64 = _layer(7, 3, 5, 20, proj, lengths=lengths)
-    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
-    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
+    ours = errors_vs_float64(args64, dtype, reverse, _kernels())
+    theirs = errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
     assert rule_violations(ours, theirs, dtype) == []
 
 
@@ -584,8 +556,8 @@ def _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse):
     recorder = _Recorder(cuda_backend._C)
     for module in (cuda_fwd, cuda_bwd, launch):
         monkeypatch.setattr(module, "_C", recorder)
-    ours = _errors_vs_float64(args64, dtype, reverse, _kernels())
-    theirs = _errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
+    ours = errors_vs_float64(args64, dtype, reverse, _kernels())
+    theirs = errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
     assert rule_violations(ours, theirs, dtype) == []
     assert sorted(set(recorder.ran)) == _launches(plans)
 
@@ -693,16 +665,16 @@ def test_save_modes(save):
         assert a.shape == b.shape
         assert_close(a, b, **TIGHT32)
     if save == "cells":
-        _assert_same(_run(fwd, bwd, args, False, save="cells"),
-                     _run(reference.forward, reference.backward, args, False), TIGHT32)
+        _assert_same(run_layer(fwd, bwd, args, False, save="cells"),
+                     run_layer(reference.forward, reference.backward, args, False), TIGHT32)
 
 
 @requires_kernels
 def test_without_bias_and_only_dc_n_flowing_back():
     args = _layer(7, 3, 5, 20, bias=False, dtype=torch.float32)
     upstream = (None, None, torch.ones(3, 20, device=DEVICE))
-    _assert_same(_run(*_kernels(), args, False, upstream=upstream),
-                 _run(reference.forward, reference.backward, args, False, upstream=upstream),
+    _assert_same(run_layer(*_kernels(), args, False, upstream=upstream),
+                 run_layer(reference.forward, reference.backward, args, False, upstream=upstream),
                  TIGHT32)
 
 
@@ -711,8 +683,8 @@ def test_freeze_masks_zero_exactly_the_frozen_entries():
     args = _layer(6, 3, 5, 8, proj=3, dtype=torch.float32)
     g = torch.Generator().manual_seed(4)
     frozen = [torch.rand(a.shape, generator=g).to(DEVICE) < 0.5 for a in args[4:9]]
-    got = _run(*_kernels(), args, False, frozen=frozen)
-    _assert_same(got, _run(reference.forward, reference.backward, args, False, frozen=frozen),
+    got = run_layer(*_kernels(), args, False, frozen=frozen)
+    _assert_same(got, run_layer(reference.forward, reference.backward, args, False, frozen=frozen),
                  TIGHT32)
     for grad, mask in zip(got[1][3:8], frozen):
         assert torch.all(grad[mask] == 0) and torch.all(grad[~mask] != 0)
@@ -726,8 +698,8 @@ def test_freeze_masks_zero_exactly_the_frozen_entries():
 ])
 def test_only_the_gradients_asked_for(needs):
     args = _layer(5, 3, 4, 12, proj=5, dtype=torch.float32)
-    got = _run(*_kernels(), args, False, needs=needs)
-    _assert_same(got, _run(reference.forward, reference.backward, args, False, needs=needs),
+    got = run_layer(*_kernels(), args, False, needs=needs)
+    _assert_same(got, run_layer(reference.forward, reference.backward, args, False, needs=needs),
                  TIGHT32)
     assert [g is not None for g in got[1][:8]] == needs
 
