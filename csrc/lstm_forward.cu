@@ -213,6 +213,9 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
     }
   }
 
+  // Row passes: the thread that last wrote a cell (pass-relative) is not the one that
+  // copies it out here.
+  if (pass < Bb) __syncthreads();
   for (int e = threadIdx.x; e < Bb * U; e += kThreads) {
     const int b = e / U, u = e % U;
     if (row0 + b < B && u < my_units) args.c[(size_t)(row0 + b) * H + unit0 + u] = c_s[e];
