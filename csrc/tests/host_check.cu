@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "../lstm_common.cuh"
+#include "run_files.h"
 
 using namespace rnnfast;
 
@@ -46,29 +47,9 @@ struct Meta {
       unit_slices, block_rows, cluster, itemsize, has_dy, reg_k_tiles, reduce_ctas, pass_rows;
 };
 
-std::string g_dir;
-
-template <typename V>
-std::vector<V> read_bin(const char* name, size_t count) {
-  std::vector<V> v(count);
-  const std::string path = g_dir + "/" + name + ".bin";
-  FILE* f = fopen(path.c_str(), "rb");
-  if (f == nullptr) { fprintf(stderr, "cannot open %s\n", path.c_str()); exit(2); }
-  if (fread(v.data(), sizeof(V), count, f) != count) { fprintf(stderr, "short %s\n", name); exit(2); }
-  fclose(f);
-  return v;
-}
-
-void write_bin(const char* name, const std::vector<float>& v) {
-  const std::string path = g_dir + "/out_" + name + ".bin";
-  FILE* f = fopen(path.c_str(), "wb");
-  fwrite(v.data(), sizeof(float), v.size(), f);
-  fclose(f);
-}
-
 Meta read_meta() {
   Meta m;
-  const std::string path = g_dir + "/meta.txt";
+  const std::string path = meta_path();
   FILE* f = fopen(path.c_str(), "r");
   if (f == nullptr ||
       fscanf(f,
@@ -764,7 +745,7 @@ int main(int argc, char** argv) {
   if (argc >= 2 && strcmp(argv[1], "fragments") == 0) return fragments();
   if (argc >= 2 && strcmp(argv[1], "exchange") == 0) return exchange();
   if (argc < 3) { fprintf(stderr, "usage: host_check forward|backward DIR | layout | fragments | exchange\n"); return 2; }
-  g_dir = argv[2];
+  g_run_dir = argv[2];
   const Meta m = read_meta();
   if (strcmp(argv[1], "forward") == 0) forward(m);
   else if (strcmp(argv[1], "backward") == 0) backward(m);

@@ -5,7 +5,8 @@ GEMMs through torch, as in the other backends).
 
 Status: compiled for sm_80/sm_90 in CI, its SASS instruction mix checked
 (tests/test_cuda_sass.py), its index logic and fragment addressing checked on the CPU
-(tests/test_cuda_sources.py); not yet run on a GPU, so `backend="auto"` never picks it.
+(tests/test_cuda_sources.py), the kernels themselves run on a CPU emulator of their PTX
+(tests/test_cuda_emulated.py); not yet run on a GPU, so `backend="auto"` never picks it.
 
 `import rnnfast` works without the extension: this module only records why the
 backend is unavailable. Layers whose weight slices do not fit in shared memory

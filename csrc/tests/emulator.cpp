@@ -1,0 +1,657 @@
+// The runtime behind csrc/tests/emulator.h: fibers for the CUDA threads of a launch,
+// their blocks and clusters, and the PTX primitives' semantics (emulator.h says what
+// is checked and what is not).
+#include <signal.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "emulator.h"
+
+namespace rnnfast {
+namespace emu {
+namespace {
+
+constexpr size_t kPage = 4096;
+constexpr size_t kStackBytes = 128 << 10;  // a fiber's stack (the kernels need a few KB)
+constexpr uint64_t kStackCanary = 0x737461636b656e64ull;  // the bottom words of every stack
+constexpr int kWarpSize = 32;
+constexpr int kSmSlots = 132;               // blocks a cooperative launch may have (an H100)
+
+size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// `bytes` ending at an unmapped page, the start `align`-aligned; freed with release().
+struct Guarded {
+  unsigned char* map = nullptr;
+  size_t map_bytes = 0;
+  unsigned char* data = nullptr;
+};
+
+Guarded guarded(size_t bytes, size_t align, int fill) {
+  const size_t used = round_up(bytes > 0 ? bytes : 1, align);
+  const size_t pages = round_up(used, kPage);
+  Guarded g;
+  g.map_bytes = pages + kPage;
+  void* map = mmap(nullptr, g.map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+  if (map == MAP_FAILED) {
+    fprintf(stderr, "emulator: cannot map %zu bytes\n", g.map_bytes);
+    exit(2);
+  }
+  g.map = static_cast<unsigned char*>(map);
+  mprotect(g.map + pages, kPage, PROT_NONE);
+  g.data = g.map + pages - used;
+  if (fill != 0) memset(g.data, fill, used);
+  return g;
+}
+
+void release(Guarded& g) {
+  if (g.map != nullptr) munmap(g.map, g.map_bytes);
+  g = Guarded{};
+}
+
+struct Block;
+
+struct Copy {  // a cp.async in flight
+  unsigned char* dst;
+  const unsigned char* src;
+  long group;
+};
+
+struct Fiber {
+  ucontext_t context;
+  unsigned char* stack = nullptr;  // kStackBytes of the launch's stacks
+  Block* block = nullptr;
+  uint3 thread{};
+  bool done = false;
+  const char* waiting = nullptr;  // what it last waited for (the deadlock report)
+  std::vector<Copy> copies;
+  long committed = 0;             // cp.async groups committed
+  unsigned long long last_seen = ~0ull;  // its last poll of a counter
+};
+
+enum Op { kLdmatrix = 1, kMmaF16, kMmaBF16, kMmaTF32 };
+
+// One warp's meeting at a collective instruction: each lane leaves its operands, the
+// last to arrive computes every lane's result.
+struct Collective {
+  int arrived = 0;
+  unsigned generation = 0;
+  int op[kWarpSize];
+  const unsigned char* address[kWarpSize];
+  uint32_t a[kWarpSize][4], b[kWarpSize][2], r[kWarpSize][4];
+  float d[kWarpSize][4];
+};
+
+struct Cluster {
+  std::vector<Block*> blocks;
+  long arrived = 0;
+  unsigned generation = 0;
+};
+
+struct Block {
+  uint3 index{};
+  Guarded smem;
+  size_t smem_bytes = 0;
+  int arrived = 0;  // __syncthreads
+  unsigned generation = 0;
+  std::vector<Collective> warps;
+  Cluster* cluster = nullptr;
+  unsigned rank = 0;
+};
+
+struct Mbarrier {
+  long pending = 1;      // arrivals still due this phase (one a phase)
+  long tx = 0;           // transaction bytes announced and not yet completed
+  unsigned long long completed = 0;  // phases completed
+  uint64_t sentinel = 0; // what init wrote into the mbarrier's shared-memory word
+};
+
+struct KernelInfo {
+  Invoke invoke = nullptr;
+  int max_smem = 48 << 10;  // dynamic shared memory it may launch with
+  bool nonportable = false; // may run in clusters of more than 8
+};
+
+struct Launch {
+  const void* kernel = nullptr;
+  const void* args = nullptr;
+  Invoke invoke = nullptr;
+  dim3 grid, block;
+  std::vector<std::unique_ptr<Block>> blocks;
+  std::vector<std::unique_ptr<Cluster>> clusters;
+  std::vector<std::unique_ptr<Fiber>> fibers;
+  Guarded stacks;  // one mapping for all (a mapping each would exceed the kernel's map
+                   // count at 32768 threads); an overflow is caught by the canaries
+};
+
+Launch* g_launch = nullptr;
+Fiber* g_current = nullptr;
+ucontext_t g_scheduler;
+bool g_progress = false;
+std::unordered_map<const void*, Mbarrier> g_mbarriers;
+std::unordered_map<const void*, KernelInfo> g_kernels;
+
+[[noreturn]] void failf(const char* format, ...) {
+  char message[1024];
+  va_list list;
+  va_start(list, format);
+  vsnprintf(message, sizeof message, format, list);
+  va_end(list);
+  if (g_current != nullptr)
+    fprintf(stderr, "emulator: block %u thread %u: %s\n", g_current->block->index.x,
+            g_current->thread.x, message);
+  else
+    fprintf(stderr, "emulator: %s\n", message);
+  fflush(stderr);
+  _exit(3);
+}
+
+Fiber& me() {
+  if (g_current == nullptr) failf("a device function called outside a kernel");
+  return *g_current;
+}
+
+// Hands the CPU back to the scheduler until the fiber's next turn.
+void yield(const char* what) {
+  Fiber& f = me();
+  f.waiting = what;
+  swapcontext(&f.context, &g_scheduler);
+  f.waiting = nullptr;
+}
+
+template <typename Ready> void wait_until(const char* what, Ready ready) {
+  while (!ready()) yield(what);
+  g_progress = true;
+}
+
+// Offset of [p, p + bytes) in the calling block's shared memory, which it must lie in,
+// `align`-aligned.
+size_t smem_offset(const void* p, size_t bytes, size_t align, const char* what) {
+  const Block& b = *me().block;
+  const auto* at = static_cast<const unsigned char*>(p);
+  if (at < b.smem.data || at + bytes > b.smem.data + b.smem_bytes)
+    failf("%s: %zu bytes at offset %td, outside the block's %zu bytes of shared memory", what, bytes,
+          at - b.smem.data, b.smem_bytes);
+  if (reinterpret_cast<uintptr_t>(at) % align != 0)
+    failf("%s: offset %td is not %zu-byte aligned", what, at - b.smem.data, align);
+  return static_cast<size_t>(at - b.smem.data);
+}
+
+Block& peer_block(unsigned rank, const char* what) {
+  const Cluster& c = *me().block->cluster;
+  if (rank >= c.blocks.size()) failf("%s: CTA rank %u in a cluster of %zu", what, rank, c.blocks.size());
+  return *c.blocks[rank];
+}
+
+Mbarrier& mbarrier_at(const void* bar, const char* what) {
+  auto it = g_mbarriers.find(bar);
+  if (it == g_mbarriers.end()) failf("%s: no mbarrier initialised there", what);
+  if (memcmp(bar, &it->second.sentinel, sizeof(uint64_t)) != 0)
+    failf("%s: the mbarrier's shared-memory word was overwritten after its init", what);
+  return it->second;
+}
+
+void settle(Mbarrier& m) {
+  if (m.pending == 0 && m.tx == 0) {
+    ++m.completed;
+    m.pending = 1;
+    g_progress = true;
+  }
+}
+
+// Bytes of a transaction landing on the mbarrier at `offset` of block `b`.
+void complete_tx(Block& b, size_t offset, unsigned bytes, const char* what) {
+  if (offset + sizeof(uint64_t) > b.smem_bytes) failf("%s: mbarrier outside the peer's shared memory", what);
+  Mbarrier& m = mbarrier_at(b.smem.data + offset, what);
+  m.tx -= bytes;
+  settle(m);
+}
+
+float half_bits(uint32_t word, int high, Op op) {
+  const uint16_t bits = static_cast<uint16_t>(high ? word >> 16 : word & 0xffffu);
+  if (op == kMmaBF16) {
+    const uint32_t widened = static_cast<uint32_t>(bits) << 16;
+    float v;
+    memcpy(&v, &widened, sizeof v);
+    return v;
+  }
+  __half_raw raw;
+  raw.x = bits;
+  return __half2float(__half(raw));
+}
+
+float tf32_bits(uint32_t word) {  // the tensor cores read 10 mantissa bits
+  const uint32_t truncated = word & 0xffffe000u;
+  float v;
+  memcpy(&v, &truncated, sizeof v);
+  return v;
+}
+
+// The warp's mma.m16n8k16 (16-bit) or m16n8k8 (tf32) from its lanes' fragments (PTX's
+// layouts: lane = 4 * group + quad).
+void warp_mma(Collective& w, Op op) {
+  const int K = op == kMmaTF32 ? 8 : 16;
+  float A[16][16], B[16][8], D[16][8];
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    const int g = lane / 4, q = lane % 4;
+    if (op == kMmaTF32) {
+      A[g][q] = tf32_bits(w.a[lane][0]);
+      A[g + 8][q] = tf32_bits(w.a[lane][1]);
+      A[g][q + 4] = tf32_bits(w.a[lane][2]);
+      A[g + 8][q + 4] = tf32_bits(w.a[lane][3]);
+      B[q][g] = tf32_bits(w.b[lane][0]);
+      B[q + 4][g] = tf32_bits(w.b[lane][1]);
+    } else {
+      for (int e = 0; e < 2; ++e) {
+        A[g][2 * q + e] = half_bits(w.a[lane][0], e, op);
+        A[g + 8][2 * q + e] = half_bits(w.a[lane][1], e, op);
+        A[g][2 * q + 8 + e] = half_bits(w.a[lane][2], e, op);
+        A[g + 8][2 * q + 8 + e] = half_bits(w.a[lane][3], e, op);
+        B[2 * q + e][g] = half_bits(w.b[lane][0], e, op);
+        B[2 * q + 8 + e][g] = half_bits(w.b[lane][1], e, op);
+      }
+    }
+    for (int e = 0; e < 2; ++e) {
+      D[g][2 * q + e] = w.d[lane][e];
+      D[g + 8][2 * q + e] = w.d[lane][2 + e];
+    }
+  }
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n)
+      for (int k = 0; k < K; ++k) D[m][n] += A[m][k] * B[k][n];  // products exact in fp32
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    const int g = lane / 4, q = lane % 4;
+    for (int e = 0; e < 2; ++e) {
+      w.d[lane][e] = D[g][2 * q + e];
+      w.d[lane][2 + e] = D[g + 8][2 * q + e];
+    }
+  }
+}
+
+// ldmatrix.x4: lanes 8j .. 8j+7 address matrix j's rows; lane l gets its row l / 4,
+// elements 2 (l % 4) and the next.
+void warp_ldmatrix(Collective& w) {
+  for (int lane = 0; lane < kWarpSize; ++lane)
+    for (int j = 0; j < 4; ++j)
+      memcpy(&w.r[lane][j], w.address[8 * j + lane / 4] + 4 * (lane % 4), sizeof(uint32_t));
+}
+
+// The calling lane's part of a collective: `leave` stores its operands, `take` reads its
+// result once every lane of the warp has arrived at the same instruction.
+template <typename Leave, typename Take> void collective(Op op, Leave leave, Take take) {
+  Fiber& f = me();
+  Collective& w = f.block->warps[f.thread.x / kWarpSize];
+  const int lane = static_cast<int>(f.thread.x % kWarpSize);
+  w.op[lane] = op;
+  leave(w, lane);
+  const unsigned generation = w.generation;
+  if (++w.arrived == kWarpSize) {
+    for (int l = 0; l < kWarpSize; ++l)
+      if (w.op[l] != op) failf("warp %u: lanes meet at different collective instructions (%d, %d)",
+                               f.thread.x / kWarpSize, w.op[l], op);
+    if (op == kLdmatrix)
+      warp_ldmatrix(w);
+    else
+      warp_mma(w, op);
+    w.arrived = 0;
+    ++w.generation;
+    g_progress = true;
+  } else {
+    wait_until("a warp-wide instruction (ldmatrix / mma)", [&] { return w.generation != generation; });
+  }
+  take(w, lane);
+}
+
+void fiber_main() {
+  g_launch->invoke(g_launch->kernel, g_launch->args);
+  g_current->done = true;
+  g_progress = true;
+}  // returns to g_scheduler (uc_link)
+
+void report_deadlock(const Launch& launch) {
+  fprintf(stderr, "emulator: deadlock: every thread waits and nothing can change (a hang on a GPU)\n");
+  for (const auto& b : launch.blocks) {
+    std::map<std::string, int> at;
+    for (const auto& f : launch.fibers)
+      if (f->block == b.get() && !f->done) ++at[f->waiting != nullptr ? f->waiting : "running"];
+    for (const auto& [what, count] : at)
+      fprintf(stderr, "  block %u (cluster rank %u): %d threads at %s\n", b->index.x, b->rank, count,
+              what.c_str());
+  }
+  fflush(stderr);
+  _exit(3);
+}
+
+void on_fault(int signal) {
+  char line[256];
+  const int n = snprintf(line, sizeof line,
+                         "emulator: %s in block %u thread %u: an access outside the launch's memory "
+                         "(shared memory ends at an unmapped page) or a fiber's stack overflow\n",
+                         signal == SIGSEGV ? "segmentation fault" : "bus error",
+                         g_current != nullptr ? g_current->block->index.x : 0u,
+                         g_current != nullptr ? g_current->thread.x : 0u);
+  if (n > 0) (void)!write(2, line, static_cast<size_t>(n));
+  _exit(4);
+}
+
+void install_fault_report() {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  static std::vector<char> alt(1 << 16);
+  stack_t ss{};
+  ss.ss_sp = alt.data();
+  ss.ss_size = alt.size();
+  sigaltstack(&ss, nullptr);
+  struct sigaction action {};
+  action.sa_handler = on_fault;
+  action.sa_flags = SA_ONSTACK;
+  sigaction(SIGSEGV, &action, nullptr);
+  sigaction(SIGBUS, &action, nullptr);
+}
+
+}  // namespace
+
+[[noreturn]] void fail(const char* what) { failf("%s", what); }
+
+const uint3& thread_index() { return me().thread; }
+const uint3& block_index() { return me().block->index; }
+unsigned char* dynamic_smem() { return me().block->smem.data; }
+
+void syncthreads() {
+  Block& b = *me().block;
+  const unsigned generation = b.generation;
+  if (++b.arrived == static_cast<int>(g_launch->block.x)) {
+    b.arrived = 0;
+    ++b.generation;
+    g_progress = true;
+  } else {
+    wait_until("__syncthreads", [&] { return b.generation != generation; });
+  }
+}
+
+void cp_async16(void* dst, const void* src) {
+  smem_offset(dst, 16, 16, "cp.async destination");
+  if (src == nullptr || reinterpret_cast<uintptr_t>(src) % 16 != 0)
+    failf("cp.async source %p is not 16-byte aligned", src);
+  Fiber& f = me();
+  f.copies.push_back(Copy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src),
+                          f.committed});
+}
+
+void cp_async_commit() { ++me().committed; }
+
+void cp_async_wait(int pending) {
+  Fiber& f = me();
+  std::vector<Copy> still;
+  for (const Copy& c : f.copies) {
+    if (c.group < f.committed - pending)
+      memcpy(c.dst, c.src, 16);
+    else
+      still.push_back(c);
+  }
+  f.copies.swap(still);
+  g_progress = true;
+}
+
+void mbarrier_init(uint64_t* bar) {
+  smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "mbarrier.init");
+  Mbarrier m;
+  m.sentinel = 0x6d62617272696572ull ^ reinterpret_cast<uintptr_t>(bar);
+  memcpy(bar, &m.sentinel, sizeof m.sentinel);
+  g_mbarriers[bar] = m;
+  g_progress = true;
+}
+
+void mbarrier_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
+  smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "mbarrier.arrive.expect_tx");
+  Mbarrier& m = mbarrier_at(bar, "mbarrier.arrive.expect_tx");
+  if (m.pending <= 0) failf("mbarrier.arrive.expect_tx: more arrivals than the mbarrier's count");
+  m.tx += bytes;
+  --m.pending;
+  g_progress = true;
+  settle(m);
+}
+
+bool mbarrier_try_wait(uint64_t* bar, unsigned parity) {
+  smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "mbarrier.try_wait");
+  const Mbarrier& m = mbarrier_at(bar, "mbarrier.try_wait");
+  if ((m.completed & 1u) != (parity & 1u)) {  // the phase of that parity has completed
+    g_progress = true;
+    return true;
+  }
+  yield("an mbarrier wait");
+  return false;
+}
+
+unsigned cluster_ctarank() { return me().block->rank; }
+unsigned cluster_nctarank() { return static_cast<unsigned>(me().block->cluster->blocks.size()); }
+
+void cluster_sync() {
+  Cluster& c = *me().block->cluster;
+  const unsigned generation = c.generation;
+  if (++c.arrived == static_cast<long>(c.blocks.size() * g_launch->block.x)) {
+    c.arrived = 0;
+    ++c.generation;
+    g_progress = true;
+  } else {
+    wait_until("the cluster barrier", [&] { return c.generation != generation; });
+  }
+}
+
+float4 ld_shared_cluster_v4(const float* src, unsigned rank) {
+  const size_t offset = smem_offset(src, 16, 16, "ld.shared::cluster.v4");
+  const Block& peer = peer_block(rank, "ld.shared::cluster.v4");
+  float4 v;
+  memcpy(&v, peer.smem.data + offset, sizeof v);
+  return v;
+}
+
+void st_async_to_peer(void* dst, unsigned peer, const void* value, int bytes, uint64_t* bar) {
+  const size_t offset = smem_offset(dst, static_cast<size_t>(bytes), static_cast<size_t>(bytes), "st.async");
+  const size_t bar_offset = smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "st.async's mbarrier");
+  Block& to = peer_block(peer, "st.async");
+  memcpy(to.smem.data + offset, value, static_cast<size_t>(bytes));
+  g_progress = true;
+  complete_tx(to, bar_offset, static_cast<unsigned>(bytes), "st.async's mbarrier in the peer");
+}
+
+void bulk_copy_multicast(void* dst, const void* src, unsigned bytes, uint64_t* bar, unsigned short ctas) {
+  if (bytes == 0 || bytes % 16 != 0) failf("cp.async.bulk: %u bytes, not a positive multiple of 16", bytes);
+  if (reinterpret_cast<uintptr_t>(src) % 16 != 0) failf("cp.async.bulk: source %p not 16-byte aligned", src);
+  const size_t offset = smem_offset(dst, bytes, 16, "cp.async.bulk destination");
+  const size_t bar_offset = smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "cp.async.bulk's mbarrier");
+  const size_t size = me().block->cluster->blocks.size();
+  if (ctas == 0 || (size < 16 && (ctas >> size) != 0))
+    failf("cp.async.bulk: CTA mask 0x%x in a cluster of %zu", ctas, size);
+  for (unsigned r = 0; r < size; ++r) {
+    if (!(ctas >> r & 1u)) continue;
+    Block& to = peer_block(r, "cp.async.bulk");
+    memcpy(to.smem.data + offset, src, bytes);
+    complete_tx(to, bar_offset, bytes, "cp.async.bulk's mbarrier in a peer");
+  }
+  g_progress = true;
+}
+
+void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
+  smem_offset(row_address, 16, 16, "ldmatrix row");
+  collective(
+      kLdmatrix,
+      [&](Collective& w, int lane) { w.address[lane] = static_cast<const unsigned char*>(row_address); },
+      [&](Collective& w, int lane) {
+        for (int j = 0; j < 4; ++j) r[j] = w.r[lane][j];
+      });
+}
+
+void mma(MmaKind kind, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const Op op = kind == MmaKind::kF16 ? kMmaF16 : kind == MmaKind::kBF16 ? kMmaBF16 : kMmaTF32;
+  collective(
+      op,
+      [&](Collective& w, int lane) {
+        for (int i = 0; i < 4; ++i) {
+          w.a[lane][i] = a[i];
+          w.d[lane][i] = d[i];
+        }
+        w.b[lane][0] = b[0];
+        w.b[lane][1] = b[1];
+      },
+      [&](Collective& w, int lane) {
+        for (int i = 0; i < 4; ++i) d[i] = w.d[lane][i];
+      });
+}
+
+void red_release_add_one(unsigned long long* counter) {
+  ++*counter;
+  g_progress = true;
+}
+
+unsigned long long ld_acquire(const unsigned long long* counter) {
+  yield("a poll of the grid barrier");
+  Fiber& f = me();
+  const unsigned long long seen = *counter;
+  if (seen != f.last_seen) g_progress = true;
+  f.last_seen = seen;
+  return seen;
+}
+
+unsigned long long atomic_max(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  if (v > old) *p = v;
+  g_progress = true;
+  return old;
+}
+
+int atomic_exch(int* p, int v) {
+  const int old = *p;
+  *p = v;
+  g_progress = true;
+  return old;
+}
+
+void set_max_dynamic_smem(const void* kernel, Invoke invoke, int bytes) {
+  KernelInfo& info = g_kernels[kernel];
+  info.invoke = invoke;
+  info.max_smem = bytes;
+}
+
+void allow_nonportable_clusters(const void* kernel) { g_kernels[kernel].nonportable = true; }
+
+void* alloc_global(size_t bytes) { return guarded(bytes, 256, 0).data; }
+
+cudaError_t launch(const void* kernel, const void* args, dim3 grid, dim3 block, size_t smem,
+                   unsigned cluster, bool cooperative) {
+  auto it = g_kernels.find(kernel);
+  if (it == g_kernels.end() || it->second.invoke == nullptr)
+    failf("a kernel launched before cudaFuncSetAttribute opted it into its shared memory");
+  const KernelInfo& info = it->second;
+  if (smem > static_cast<size_t>(info.max_smem)) return cudaErrorInvalidValue;
+  if (grid.y != 1 || grid.z != 1 || block.y != 1 || block.z != 1 || block.x % kWarpSize != 0 ||
+      grid.x == 0)
+    return cudaErrorInvalidConfiguration;
+  const unsigned size = cluster > 0 ? cluster : 1;
+  if (size > 16 || (size > 8 && !info.nonportable) || grid.x % size != 0) return cudaErrorInvalidClusterSize;
+  if (cooperative && grid.x > static_cast<unsigned>(kSmSlots)) return cudaErrorCooperativeLaunchTooLarge;
+  install_fault_report();
+
+  Launch launch;
+  launch.kernel = kernel;
+  launch.args = args;
+  launch.invoke = info.invoke;
+  launch.grid = grid;
+  launch.block = block;
+  for (unsigned i = 0; i < grid.x; ++i) {
+    if (i % size == 0) launch.clusters.push_back(std::make_unique<Cluster>());
+    auto b = std::make_unique<Block>();
+    b->index = uint3{i, 0, 0};
+    b->smem = guarded(smem, 128, 0xff);  // NaN bytes, as garbage would be
+    b->smem_bytes = smem;
+    b->warps.resize(block.x / kWarpSize);
+    b->cluster = launch.clusters.back().get();
+    b->rank = i % size;
+    b->cluster->blocks.push_back(b.get());
+    launch.blocks.push_back(std::move(b));
+  }
+  launch.stacks = guarded(kStackBytes * grid.x * block.x, kPage, 0);
+  for (const auto& b : launch.blocks) {
+    for (unsigned t = 0; t < block.x; ++t) {
+      auto f = std::make_unique<Fiber>();
+      f->block = b.get();
+      f->thread = uint3{t, 0, 0};
+      f->stack = launch.stacks.data + kStackBytes * launch.fibers.size();
+      for (int w = 0; w < 8; ++w) memcpy(f->stack + 8 * w, &kStackCanary, 8);
+      getcontext(&f->context);
+      f->context.uc_stack.ss_sp = f->stack;
+      f->context.uc_stack.ss_size = kStackBytes;
+      f->context.uc_link = &g_scheduler;
+      makecontext(&f->context, fiber_main, 0);
+      launch.fibers.push_back(std::move(f));
+    }
+  }
+
+  g_launch = &launch;
+  // The order fibers take their turns in: shuffled afresh every pass (seeded by
+  // RNNFAST_EMULATE_SCHEDULE, default 1), so that two threads' accesses with no barrier
+  // between them meet in either order somewhere; "ordered": thread order.
+  const char* schedule = getenv("RNNFAST_EMULATE_SCHEDULE");
+  const bool ordered = schedule != nullptr && std::string(schedule) == "ordered";
+  std::mt19937 shuffle(schedule != nullptr && !ordered ? static_cast<unsigned>(atoi(schedule)) : 1u);
+  std::vector<size_t> turns(launch.fibers.size());
+  for (size_t i = 0; i < turns.size(); ++i) turns[i] = i;
+  size_t live = launch.fibers.size();
+  int idle_passes = 0;
+  while (live > 0) {
+    g_progress = false;
+    if (!ordered) std::shuffle(turns.begin(), turns.end(), shuffle);
+    for (size_t turn : turns) {
+      auto& f = launch.fibers[turn];
+      if (f->done) continue;
+      g_current = f.get();
+      swapcontext(&g_scheduler, &f->context);
+      g_current = nullptr;
+      if (f->done) {
+        --live;
+        for (int w = 0; w < 8; ++w)
+          if (memcmp(f->stack + 8 * w, &kStackCanary, 8) != 0)
+            failf("block %u thread %u overflowed its %zu-byte fiber stack", f->block->index.x,
+                  f->thread.x, kStackBytes);
+      }
+    }
+    if (g_progress)
+      idle_passes = 0;
+    else if (++idle_passes >= 2)
+      report_deadlock(launch);
+  }
+  for (auto& b : launch.blocks) {
+    for (auto m = g_mbarriers.begin(); m != g_mbarriers.end();) {
+      const auto* at = static_cast<const unsigned char*>(m->first);
+      m = at >= b->smem.data && at < b->smem.data + b->smem_bytes ? g_mbarriers.erase(m) : std::next(m);
+    }
+    release(b->smem);
+  }
+  release(launch.stacks);
+  g_launch = nullptr;
+  return cudaSuccess;
+}
+
+}  // namespace emu
+}  // namespace rnnfast
+
+// The untyped runtime calls of the launchers (cuda_runtime_api.h).
+extern "C" cudaError_t cudaLaunchCooperativeKernel(const void* func, dim3 grid, dim3 block, void** args,
+                                                   size_t smem, cudaStream_t) {
+  return rnnfast::emu::launch(func, args[0], grid, block, smem, 0, true);
+}
+
+extern "C" cudaError_t cudaGetLastError() { return cudaSuccess; }

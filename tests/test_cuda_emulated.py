@@ -1,0 +1,332 @@
+"""The CUDA kernels themselves, run on the CPU: csrc/lstm_forward.cu and
+csrc/lstm_backward.cu compiled by the host C++ compiler against csrc/tests/emulator.h
+(every CUDA thread a fiber; ldmatrix and mma with PTX's fragment layouts; cp.async,
+mbarriers, st.async, multicast bulk copies, the cluster and grid barriers with their
+semantics), launched through the real launchers (csrc/tests/emulate.cpp fills their
+argument structs as binding.cpp does). Each plan form the planner makes (grid,
+multicast grid, register grid, reduce split, row passes, cluster, register cluster,
+projection) runs in fp32 (3xTF32), fp16 and bf16 and must keep the DESIGN.md §6 rule
+against the reference backend in the same dtype, with float64 as the truth.
+
+What it catches that the host check cannot: shared-memory addressing and alignment of
+every instruction's operand, fragment use, staging (a read before its cp.async wait
+sees stale bytes; shared memory starts as NaN), the exchanges' mbarrier accounting,
+barrier protocols (a launch that can never finish is reported as a deadlock), a store
+past the launch's shared memory (it ends at an unmapped page), and races that the
+threads' shuffled turns expose (a new seeded order every round). What it cannot: memory
+ordering (the emulator is sequentially consistent), timing, and the hardware's own
+limits beyond the opt-in shared memory and cluster sizes. Needs the CUDA headers (for
+cuda_fp16.h and the runtime API's types) and a C++ compiler; no GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from rnnfast.backends import cuda as cuda_backend
+from rnnfast.backends import reference
+from rnnfast.backends.cuda import backward as cuda_bwd
+from rnnfast.backends.cuda import forward as cuda_fwd
+from rnnfast.backends.cuda import launch as cuda_launch
+from rnnfast.backends.cuda import plan as cuda_plan
+from rnnfast.precision import rule_violations
+
+from helpers import errors_vs_float64, layer_args
+from test_cuda_sources import TORCH_NVCC_DEFINES
+
+CSRC = os.path.join(os.path.dirname(__file__), "..", "csrc")
+CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # lstm_kernels.h DType
+
+
+def _cuda_include():
+    """The CUDA toolkit's include folder (cuda_runtime_api.h, cuda_fp16.h), or None."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        homes += [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
+    for home in filter(None, homes):
+        for folder in (os.path.join(home, "include"), os.path.join(home, "targets", "x86_64-linux", "include")):
+            if os.path.exists(os.path.join(folder, "cuda_runtime_api.h")):
+                return folder
+    return None
+
+
+@pytest.fixture(scope="module")
+def emulate(tmp_path_factory):
+    include = _cuda_include()
+    if CXX is None or include is None:
+        pytest.skip("no C++ compiler, or no CUDA headers (cuda_runtime_api.h, cuda_fp16.h)")
+    out = tmp_path_factory.mktemp("emulate")
+    flags = ["-std=c++17", "-O1", "-DRNNFAST_EMULATED", f"-I{include}", "-Wall", "-Wextra",
+             "-Werror", "-Wno-unknown-pragmas",  # #pragma unroll is nvcc's
+             *(d for d in TORCH_NVCC_DEFINES if d.startswith("-D"))]
+    sources = [("lstm_forward.cu", True), ("lstm_backward.cu", True),
+               ("tests/emulator.cpp", False), ("tests/emulate.cpp", False)]
+    objects, jobs = [], []
+    for source, kernel in sources:  # compiled side by side
+        obj = out / (os.path.basename(source) + ".o")
+        objects.append(str(obj))
+        jobs.append(subprocess.Popen([CXX, *flags, *(["-x", "c++"] if kernel else []), "-c",
+                                      os.path.join(CSRC, source), "-o", str(obj)],
+                                     stderr=subprocess.PIPE, text=True))
+    for job in jobs:
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err
+    exe = out / "emulate"
+    done = subprocess.run([CXX, *objects, "-o", str(exe)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return str(exe)
+
+
+class EmulatedExtension:
+    """Stands in for rnnfast._C on CPU tensors: an H100's device_limits, and forward /
+    backward (binding.cpp's arguments) run by the emulator: each call's inputs written to
+    a folder of its own, the kernels run, their outputs read back into the tensors given.
+    Records (direction, cluster, multicast, reg_k_tiles, reduce_ctas, pass_rows) of every
+    launch that ran, as the GPU tests' recorder does."""
+
+    class LaunchRefused(RuntimeError):
+        pass
+
+    def __init__(self, exe, folder):
+        self.exe, self.folder, self.ran = exe, folder, []
+        self.calls = itertools.count()
+
+    def forward(self, xg, bias, w_hh, w_hr, h0x, hx, hidx, c, y, gates, cells, hidden, offsets,
+                sizes, arrivals, timed_out, steps, reverse, units, proj_cols, unit_slices,
+                block_rows, cluster, multicast, reg_k_tiles, pass_rows, spin_limit):
+        P = w_hh.shape[1]
+        outputs = [name for name, t in (("gates", gates), ("cells", cells), ("hidden", hidden))
+                   if t is not None]
+        if gates is not None and gates.data_ptr() == xg.data_ptr():
+            outputs[0] = "gates_in_xg"  # fp32: the gates overwrite xg in place
+        folder = self._launch(
+            "forward", dict(xg=xg, w_hh=w_hh, h0=h0x[:, :P], c0=c, bias=bias, w_hr=w_hr,
+                            offsets=offsets, sizes=sizes),
+            [steps, c.shape[0], c.shape[1], P, xg.shape[0], reverse, DTYPES[w_hh.dtype], units,
+             proj_cols, unit_slices, block_rows, cluster, multicast, reg_k_tiles, 0, pass_rows,
+             spin_limit], outputs, timed_out)
+        if folder is not None:
+            self._read_into(folder, y=y, c=c, gates=gates, cells=cells, hidden=hidden)
+            self.ran.append(("forward", cluster, multicast, reg_k_tiles, 0, pass_rows))
+
+    def backward(self, dy, gates, cells, c0, w_hh, w_hr, dh_n, dc_n, dh0, dc0, dgates, dy_total,
+                 gx, dhx, offsets, sizes, arrivals, timed_out, steps, reverse, units, proj_cols,
+                 unit_slices, block_rows, cluster, multicast, reg_k_tiles, reduce_ctas,
+                 spin_limit):
+        folder = self._launch(
+            "backward", dict(dy=dy, gates=gates, cells=cells, c0=c0, w_hh=w_hh, w_hr=w_hr,
+                             dh_n=dh_n, dc_n=dc_n, offsets=offsets, sizes=sizes),
+            [steps, c0.shape[0], c0.shape[1], w_hh.shape[1], gates.shape[0], reverse,
+             DTYPES[w_hh.dtype], units, proj_cols, unit_slices, block_rows, cluster, multicast,
+             reg_k_tiles, reduce_ctas, 0, spin_limit],
+            ["dy_total"] if dy_total is not None else [], timed_out)
+        if folder is not None:
+            self._read_into(folder, dgates=dgates, dh0=dh0, dc0=dc0, dy_total=dy_total)
+            self.ran.append(("backward", cluster, multicast, reg_k_tiles, reduce_ctas, 0))
+
+    def _launch(self, direction, inputs, meta, outputs, timed_out):
+        folder = self.folder / f"call{next(self.calls)}"
+        folder.mkdir()
+        for name, t in inputs.items():
+            if t is not None:
+                kind = torch.float32 if t.is_floating_point() else torch.int64
+                (folder / f"{name}.bin").write_bytes(t.to(kind).contiguous().numpy().tobytes())
+        (folder / "meta.txt").write_text(" ".join([*(str(int(v)) for v in meta), *outputs]))
+        done = subprocess.run([self.exe, direction, str(folder)], capture_output=True, text=True,
+                              timeout=900)
+        if done.returncode == 5:  # as binding.cpp raises for a launch the driver refuses
+            raise self.LaunchRefused(done.stderr.strip())
+        if done.returncode == 6:  # a barrier wait gave up: the flag the host watches
+            timed_out.fill_(1)
+            return None
+        assert done.returncode == 0, f"emulated {direction} failed (exit {done.returncode}):\n{done.stderr}"
+        return folder
+
+    @staticmethod
+    def _read_into(folder, **outputs):
+        for name, t in outputs.items():
+            if t is not None:
+                data = (folder / f"out_{name}.bin").read_bytes()
+                t.copy_(torch.frombuffer(bytearray(data), dtype=torch.float32).view(t.shape))
+
+
+@pytest.fixture
+def emulated(emulate, monkeypatch, tmp_path):
+    """The cuda backend's own Python path (plans, exchange buffers, launch and
+    fallbacks) on CPU tensors, its extension emulated, planning for an H100."""
+    extension = EmulatedExtension(emulate, tmp_path)
+    for module in (cuda_backend, cuda_launch, cuda_fwd, cuda_bwd):
+        monkeypatch.setattr(module, "_C", extension)
+    h100 = cuda_backend.DeviceLimits(132, cuda_plan.H100_SMEM_PER_BLOCK, True, 9, ())
+    monkeypatch.setattr(cuda_backend, "device_limits", lambda device: h100)
+    return extension
+
+
+def _force_plans(monkeypatch, **plans):
+    """plan_for gives `plans[direction]` (a refused launch still falls back to the plain
+    grid, as on a GPU)."""
+    real = cuda_backend.plan_for
+
+    def plan_for(direction, device, dtype, batch, hidden, out_size, has_proj, plain=False):
+        if plain or direction not in plans:
+            return real(direction, device, dtype, batch, hidden, out_size, has_proj, plain)
+        return plans[direction]
+    monkeypatch.setattr(cuda_launch, "plan_for", plan_for)
+
+
+def _h100_plan(direction, dtype, B, H, proj=0):
+    plan = cuda_plan.make_plan(direction, B, H, proj or H, bool(proj), dtype.itemsize, 132,
+                               cuda_plan.H100_SMEM_PER_BLOCK, 9)
+    assert not isinstance(plan, str), plan
+    return plan
+
+
+def _launch(direction, plan):
+    """The record EmulatedExtension keeps of a launch of `plan`."""
+    return (direction, plan.cluster, plan.multicast, plan.reg_k_tiles, plan.reduce_ctas,
+            plan.pass_rows)
+
+
+def _runs_within_the_rule(emulated, dtype, T, B, I, H, proj=0, lengths=None, reverse=False,
+                          plans=None):
+    """The layer on the emulated kernels in `dtype` keeps DESIGN.md §6's rule against
+    float64 (the reference backend in `dtype` as the peer), and the launches that ran
+    are `plans` (default: the H100 planner's), not a fallback."""
+    args64 = layer_args(T, B, I, H, proj=proj, lengths=lengths)
+    ours = errors_vs_float64(args64, dtype, reverse, (cuda_fwd.forward, cuda_bwd.backward))
+    theirs = errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
+    assert rule_violations(ours, theirs, dtype) == []
+    batch = len(lengths) if lengths else B
+    plans = plans or {d: _h100_plan(d, dtype, batch, H, proj) for d in ("forward", "backward")}
+    assert sorted(set(emulated.ran)) == sorted(_launch(d, p) for d, p in plans.items())
+
+
+DTYPE_IDS = dict(argvalues=list(DTYPES), ids=["fp32", "fp16", "bf16"])
+
+
+@pytest.mark.parametrize("dtype", **DTYPE_IDS)
+@pytest.mark.parametrize("T,B,I,H,proj,lengths,reverse", [
+    (7, 3, 5, 20, 0, None, False),         # clusters of 5 CTAs of 4 units
+    (1, 1, 3, 20, 0, None, True),          # T = 1, one row
+    (3, 37, 4, 12, 0, None, False),        # 5 batch blocks of 8 rows, a cluster each
+    (7, 3, 5, 20, 0, [7, 4, 1], True),     # packed, reversed
+    (7, 3, 5, 20, 11, None, True),         # projection: grid plans, two phases a step
+    (6, 4, 3, 9, 5, [6, 6, 3, 2], False),  # packed with a projection
+    (3, 3, 4, 256, 0, None, False),        # 16-bit: W_hh partly in registers, both ways
+])
+def test_planned_layers_keep_the_rule(emulated, dtype, T, B, I, H, proj, lengths, reverse):
+    """The H100 planner's plans for small layers (every one a cluster plan without a
+    projection, a grid with one)."""
+    _runs_within_the_rule(emulated, dtype, T, B, I, H, proj, lengths, reverse)
+
+
+@pytest.mark.parametrize("dtype", **DTYPE_IDS)
+def test_flashrnn_width_packed_and_reversed_keeps_the_rule(emulated, dtype):
+    """H = 700 (odd: a last block of 4 of its 8 units), 5 rows packed, reversed, as the
+    H100 plans it: fp32 a grid of 88 blocks staging h(t-1) by multicast in clusters of 4,
+    and a reduce-split backward in clusters of 8; 16-bit a cluster of 16 holding W_hh
+    partly in registers, and a grid backward holding W_hh^T partly in registers, staging
+    the gate gradients by multicast in clusters of 2."""
+    _runs_within_the_rule(emulated, dtype, 3, 5, 3, 700, lengths=[3, 2, 2, 1, 1], reverse=True)
+
+
+def _candidate(direction, dtype, B, H, slices, batch_blocks, **form):
+    plan = cuda_plan._candidate("grid", direction, B, H, H, False, dtype.itemsize, slices,
+                                batch_blocks, cuda_plan.H100_SMEM_PER_BLOCK, **form)
+    assert plan is not None, (direction, B, H, slices, batch_blocks, form)
+    return plan
+
+
+@pytest.mark.parametrize("dtype", **DTYPE_IDS)
+def test_grid_plans_of_an_a100_keep_the_rule(emulated, monkeypatch, dtype):
+    """Plain grids as on few SMs of an sm_80 part: units and rows split unevenly over
+    3 blocks, every step a grid barrier through the counter; with a projection."""
+    for proj, reverse in [(0, False), (11, True)]:
+        plans = {d: cuda_plan.make_plan(d, 3, 20, proj or 20, bool(proj), dtype.itemsize, 3,
+                                        cuda_plan.H100_SMEM_PER_BLOCK, 8)
+                 for d in ("forward", "backward")}
+        _force_plans(monkeypatch, **plans)
+        emulated.ran.clear()
+        _runs_within_the_rule(emulated, dtype, 7, 3, 5, 20, proj, None, reverse, plans)
+
+
+@pytest.mark.parametrize("dtype", **DTYPE_IDS)
+def test_reduce_split_backward_keeps_the_rule(emulated, monkeypatch, dtype):
+    """Clusters of 3 CTAs splitting the chain's 4H gate columns, 2 ragged batch blocks
+    (37 rows); the forward a grid staging h(t-1) by multicast in clusters of 2."""
+    plans = {"forward": _candidate("forward", dtype, 37, 24, 6, 2, multicast=2),
+             "backward": _candidate("backward", dtype, 37, 24, 6, 2, reduce_ctas=3)}
+    _force_plans(monkeypatch, **plans)
+    _runs_within_the_rule(emulated, dtype, 4, 37, 3, 24, 0, None, True, plans)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_register_grid_backward_keeps_the_rule(emulated, monkeypatch, dtype):
+    """A grid backward holding W_hh^T partly in registers (cp.async staging), 3 rows
+    packed; the forward's row passes would need more rows, so a plain grid."""
+    plans = {"forward": _candidate("forward", dtype, 3, 64, 4, 1),
+             "backward": _candidate("backward", dtype, 3, 64, 4, 1, registers=True)}
+    _force_plans(monkeypatch, **plans)
+    _runs_within_the_rule(emulated, dtype, 5, 3, 3, 64, 0, [5, 3, 2], False, plans)
+
+
+@pytest.mark.parametrize("dtype", **DTYPE_IDS)
+def test_forward_row_passes_keep_the_rule(emulated, monkeypatch, dtype):
+    """A grid forward taking its 40 rows in passes of 16, 16 and 8, packed (the last
+    pass's rows end early)."""
+    one = _candidate("forward", dtype, 37, 20, 4, 1)
+    forward = dataclasses.replace(one, pass_rows=16, smem_bytes=cuda_plan.forward_smem_bytes(
+        20, 20, False, dtype.itemsize, one.units, 0, one.block_rows, False, False, 0, 16))
+    plans = {"forward": forward, "backward": _candidate("backward", dtype, 37, 20, 4, 1)}
+    _force_plans(monkeypatch, **plans)
+    lengths = [4] * 30 + [3] * 4 + [1] * 3
+    _runs_within_the_rule(emulated, dtype, 4, 37, 3, 20, 0, lengths, False, plans)
+
+
+def test_a_refused_cluster_launch_runs_the_plain_grid(emulated, monkeypatch):
+    """A GPU that cannot place the plan's cluster (here: none of more than 4 CTAs) refuses
+    the launch before anything runs; the backend then runs the plain grid plan, within
+    the rule."""
+    monkeypatch.setenv("RNNFAST_EMULATE_MAX_CLUSTER", "4")
+    dtype = torch.float32
+    planned = _h100_plan("forward", dtype, 3, 20)
+    assert planned.kind == "cluster" and planned.unit_slices > 4
+    plain = {d: cuda_plan.make_plan(d, 3, 20, 20, False, 4, 132, cuda_plan.H100_SMEM_PER_BLOCK,
+                                    9, plain=True) for d in ("forward", "backward")}
+    _runs_within_the_rule(emulated, dtype, 7, 3, 5, 20, 0, None, False, plain)
+
+
+@pytest.mark.parametrize("name,exit_code,message", [
+    ("deadlock", 3, "deadlock: every thread waits"),
+    ("smem_overrun", 4, "segmentation fault"),
+    ("misaligned_ldmatrix", 3, "is not 16-byte aligned"),
+    ("divergent_warp", 3, "lanes meet at different collective instructions"),
+    ("mbarrier_overwrite", 3, "was overwritten after its init"),
+    ("peer_rank", 3, "CTA rank 2 in a cluster of 2"),
+])
+def test_the_emulator_stops_what_would_break_on_a_gpu(emulate, name, exit_code, message):
+    """Each selftest kernel (csrc/tests/emulate.cpp) breaks one rule: half a block at a
+    barrier the other half never reaches, a store past the shared memory, misaligned
+    ldmatrix rows, a warp split between two collective instructions, an mbarrier
+    clobbered, a st.async to a CTA outside the cluster. The emulator must stop each with
+    its report, not return numbers."""
+    done = subprocess.run([emulate, "selftest", name], capture_output=True, text=True, timeout=120)
+    assert done.returncode == exit_code and message in done.stderr, done.stderr
+
+
+def test_a_cp_async_destination_keeps_its_old_bytes_until_the_wait(emulate):
+    """Read before cp.async.wait_group, the destination still holds what shared memory
+    held (NaN bytes at launch); after it, the copied value."""
+    done = subprocess.run([emulate, "selftest", "stale_cp_async"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen, landed = (float(v) for v in done.stdout.split())
+    assert seen != seen and landed == 1.0  # NaN, then the value
