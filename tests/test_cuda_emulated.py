@@ -12,11 +12,12 @@ What it catches that the host check cannot: shared-memory addressing and alignme
 every instruction's operand, fragment use, staging (a read before its cp.async wait
 sees stale bytes; shared memory starts as NaN), the exchanges' mbarrier accounting,
 barrier protocols (a launch that can never finish is reported as a deadlock), a store
-past the launch's shared memory (it ends at an unmapped page), and races that the
-threads' shuffled turns expose (a new seeded order every round). What it cannot: memory
-ordering (the emulator is sequentially consistent), timing, and the hardware's own
-limits beyond the opt-in shared memory and cluster sizes. Needs the CUDA headers (for
-cuda_fp16.h and the runtime API's types) and a C++ compiler; no GPU.
+past the launch's shared memory (it ends at an unmapped page); data races, by the
+threads' shuffled turns (a new seeded order every round) and, for layers of up to 31
+blocks, by ThreadSanitizer (test_no_data_races). What it cannot: memory ordering beyond
+the barriers' happens-before (the emulator is sequentially consistent), timing, and the
+hardware's own limits beyond the opt-in shared memory and cluster sizes. Needs the CUDA
+headers (for cuda_fp16.h and the runtime API's types) and a C++ compiler; no GPU.
 """
 from __future__ import annotations
 
@@ -58,31 +59,49 @@ def _cuda_include():
     return None
 
 
-@pytest.fixture(scope="module")
-def emulate(tmp_path_factory):
+def _build(out, sanitize):
+    """The emulate program in `out`; sanitize=True: the kernels and the launcher under
+    ThreadSanitizer (-fsanitize=thread), the emulator telling it what orders what."""
     include = _cuda_include()
-    if CXX is None or include is None:
-        pytest.skip("no C++ compiler, or no CUDA headers (cuda_runtime_api.h, cuda_fp16.h)")
-    out = tmp_path_factory.mktemp("emulate")
     flags = ["-std=c++17", "-O1", "-DRNNFAST_EMULATED", f"-I{include}", "-Wall", "-Wextra",
              "-Werror", "-Wno-unknown-pragmas",  # #pragma unroll is nvcc's
              *(d for d in TORCH_NVCC_DEFINES if d.startswith("-D"))]
-    sources = [("lstm_forward.cu", True), ("lstm_backward.cu", True),
-               ("tests/emulator.cpp", False), ("tests/emulate.cpp", False)]
+    tsan = ["-g", "-fsanitize=thread"] if sanitize else []
+    sources = [("lstm_forward.cu", ["-x", "c++", *tsan]), ("lstm_backward.cu", ["-x", "c++", *tsan]),
+               ("tests/emulate.cpp", tsan),
+               ("tests/emulator.cpp", ["-DRNNFAST_EMULATE_TSAN"] if sanitize else [])]
     objects, jobs = [], []
-    for source, kernel in sources:  # compiled side by side
+    for source, extra in sources:  # compiled side by side
         obj = out / (os.path.basename(source) + ".o")
         objects.append(str(obj))
-        jobs.append(subprocess.Popen([CXX, *flags, *(["-x", "c++"] if kernel else []), "-c",
-                                      os.path.join(CSRC, source), "-o", str(obj)],
-                                     stderr=subprocess.PIPE, text=True))
+        jobs.append(subprocess.Popen([CXX, *flags, *extra, "-c", os.path.join(CSRC, source), "-o",
+                                      str(obj)], stderr=subprocess.PIPE, text=True))
     for job in jobs:
-        _, err = job.communicate(timeout=600)
+        _, err = job.communicate(timeout=900)
         assert job.returncode == 0, err
     exe = out / "emulate"
-    done = subprocess.run([CXX, *objects, "-o", str(exe)], capture_output=True, text=True)
+    done = subprocess.run([CXX, *(["-fsanitize=thread"] if sanitize else []), *objects, "-o", str(exe)],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return str(exe)
+
+
+@pytest.fixture(scope="module")
+def emulate(tmp_path_factory):
+    if CXX is None or _cuda_include() is None:
+        pytest.skip("no C++ compiler, or no CUDA headers (cuda_runtime_api.h, cuda_fp16.h)")
+    return _build(tmp_path_factory.mktemp("emulate"), sanitize=False)
+
+
+@pytest.fixture(scope="module")
+def emulate_tsan(tmp_path_factory):
+    if CXX is None or _cuda_include() is None:
+        pytest.skip("no C++ compiler, or no CUDA headers (cuda_runtime_api.h, cuda_fp16.h)")
+    probe = subprocess.run([CXX, "-fsanitize=thread", "-x", "c++", "-", "-o", os.devnull],
+                           input="int main() { return 0; }", capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"the C++ compiler cannot build with -fsanitize=thread: {probe.stderr[-200:]}")
+    return _build(tmp_path_factory.mktemp("emulate_tsan"), sanitize=True)
 
 
 class EmulatedExtension:
@@ -140,8 +159,10 @@ class EmulatedExtension:
                 kind = torch.float32 if t.is_floating_point() else torch.int64
                 (folder / f"{name}.bin").write_bytes(t.to(kind).contiguous().numpy().tobytes())
         (folder / "meta.txt").write_text(" ".join([*(str(int(v)) for v in meta), *outputs]))
+        # Under ThreadSanitizer: the first race ends the run (exit 66) with its report.
+        env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66 history_size=4")
         done = subprocess.run([self.exe, direction, str(folder)], capture_output=True, text=True,
-                              timeout=900)
+                              timeout=900, env=env)
         if done.returncode == 5:  # as binding.cpp raises for a launch the driver refuses
             raise self.LaunchRefused(done.stderr.strip())
         if done.returncode == 6:  # a barrier wait gave up: the flag the host watches
@@ -158,16 +179,20 @@ class EmulatedExtension:
                 t.copy_(torch.frombuffer(bytearray(data), dtype=torch.float32).view(t.shape))
 
 
-@pytest.fixture
-def emulated(emulate, monkeypatch, tmp_path):
+def _emulated_backend(exe, monkeypatch, folder):
     """The cuda backend's own Python path (plans, exchange buffers, launch and
-    fallbacks) on CPU tensors, its extension emulated, planning for an H100."""
-    extension = EmulatedExtension(emulate, tmp_path)
+    fallbacks) on CPU tensors, its extension emulated by `exe`, planning for an H100."""
+    extension = EmulatedExtension(exe, folder)
     for module in (cuda_backend, cuda_launch, cuda_fwd, cuda_bwd):
         monkeypatch.setattr(module, "_C", extension)
     h100 = cuda_backend.DeviceLimits(132, cuda_plan.H100_SMEM_PER_BLOCK, True, 9, ())
     monkeypatch.setattr(cuda_backend, "device_limits", lambda device: h100)
     return extension
+
+
+@pytest.fixture
+def emulated(emulate, monkeypatch, tmp_path):
+    return _emulated_backend(emulate, monkeypatch, tmp_path)
 
 
 def _force_plans(monkeypatch, **plans):
@@ -245,50 +270,87 @@ def _candidate(direction, dtype, B, H, slices, batch_blocks, **form):
     return plan
 
 
-@pytest.mark.parametrize("dtype", **DTYPE_IDS)
-def test_grid_plans_of_an_a100_keep_the_rule(emulated, monkeypatch, dtype):
-    """Plain grids as on few SMs of an sm_80 part: units and rows split unevenly over
-    3 blocks, every step a grid barrier through the counter; with a projection."""
-    for proj, reverse in [(0, False), (11, True)]:
-        plans = {d: cuda_plan.make_plan(d, 3, 20, proj or 20, bool(proj), dtype.itemsize, 3,
-                                        cuda_plan.H100_SMEM_PER_BLOCK, 8)
-                 for d in ("forward", "backward")}
-        _force_plans(monkeypatch, **plans)
-        emulated.ran.clear()
-        _runs_within_the_rule(emulated, dtype, 7, 3, 5, 20, proj, None, reverse, plans)
+def _a100_grids(dtype, proj):
+    return {d: cuda_plan.make_plan(d, 3, 20, proj or 20, bool(proj), dtype.itemsize, 3,
+                                   cuda_plan.H100_SMEM_PER_BLOCK, 8) for d in ("forward", "backward")}
 
 
-@pytest.mark.parametrize("dtype", **DTYPE_IDS)
-def test_reduce_split_backward_keeps_the_rule(emulated, monkeypatch, dtype):
-    """Clusters of 3 CTAs splitting the chain's 4H gate columns, 2 ragged batch blocks
-    (37 rows); the forward a grid staging h(t-1) by multicast in clusters of 2."""
-    plans = {"forward": _candidate("forward", dtype, 37, 24, 6, 2, multicast=2),
-             "backward": _candidate("backward", dtype, 37, 24, 6, 2, reduce_ctas=3)}
-    _force_plans(monkeypatch, **plans)
-    _runs_within_the_rule(emulated, dtype, 4, 37, 3, 24, 0, None, True, plans)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_register_grid_backward_keeps_the_rule(emulated, monkeypatch, dtype):
-    """A grid backward holding W_hh^T partly in registers (cp.async staging), 3 rows
-    packed; the forward's row passes would need more rows, so a plain grid."""
-    plans = {"forward": _candidate("forward", dtype, 3, 64, 4, 1),
-             "backward": _candidate("backward", dtype, 3, 64, 4, 1, registers=True)}
-    _force_plans(monkeypatch, **plans)
-    _runs_within_the_rule(emulated, dtype, 5, 3, 3, 64, 0, [5, 3, 2], False, plans)
-
-
-@pytest.mark.parametrize("dtype", **DTYPE_IDS)
-def test_forward_row_passes_keep_the_rule(emulated, monkeypatch, dtype):
-    """A grid forward taking its 40 rows in passes of 16, 16 and 8, packed (the last
-    pass's rows end early)."""
+def _row_passes(dtype):
     one = _candidate("forward", dtype, 37, 20, 4, 1)
     forward = dataclasses.replace(one, pass_rows=16, smem_bytes=cuda_plan.forward_smem_bytes(
         20, 20, False, dtype.itemsize, one.units, 0, one.block_rows, False, False, 0, 16))
-    plans = {"forward": forward, "backward": _candidate("backward", dtype, 37, 20, 4, 1)}
-    _force_plans(monkeypatch, **plans)
-    lengths = [4] * 30 + [3] * 4 + [1] * 3
-    _runs_within_the_rule(emulated, dtype, 4, 37, 3, 20, 0, lengths, False, plans)
+    return {"forward": forward, "backward": _candidate("backward", dtype, 37, 20, 4, 1)}
+
+
+# Plan forms forced by name: (plans of a dtype or None for the H100 planner's, the layer:
+# T, B, I, H, proj, lengths, reverse), each small enough for ThreadSanitizer's 8128
+# threads (31 blocks).
+FORMS = {
+    # The plain grids of a 3-SM sm_80 part: units and rows split unevenly over 3 blocks,
+    # every step a grid barrier through the counter; with a projection too.
+    "a100 grids": (lambda dtype: _a100_grids(dtype, 0), (7, 3, 5, 20, 0, None, False)),
+    "a100 grids, projection": (lambda dtype: _a100_grids(dtype, 11), (7, 3, 5, 20, 11, None, True)),
+    # Clusters of 3 CTAs splitting the chain's 4H gate columns over 2 ragged batch blocks
+    # (37 rows); the forward a grid staging h(t-1) by multicast in clusters of 2.
+    "reduce split, multicast forward": (
+        lambda dtype: {"forward": _candidate("forward", dtype, 37, 24, 6, 2, multicast=2),
+                       "backward": _candidate("backward", dtype, 37, 24, 6, 2, reduce_ctas=3)},
+        (4, 37, 3, 24, 0, None, True)),
+    # A grid forward taking its 40 rows in passes of 16, 16 and 8, packed (the last pass's
+    # rows end early).
+    "row passes": (_row_passes, (4, 37, 3, 20, 0, [4] * 30 + [3] * 4 + [1] * 3, False)),
+    # 16-bit: a grid backward holding W_hh^T partly in registers, staged by cp.async, and
+    # by multicast in clusters of 2; 3 rows packed.
+    "register grid backward": (
+        lambda dtype: {"forward": _candidate("forward", dtype, 3, 64, 4, 1),
+                       "backward": _candidate("backward", dtype, 3, 64, 4, 1, registers=True)},
+        (5, 3, 3, 64, 0, [5, 3, 2], False)),
+    "register multicast grid backward": (
+        lambda dtype: {"forward": _candidate("forward", dtype, 3, 64, 4, 1),
+                       "backward": _candidate("backward", dtype, 3, 64, 4, 1, registers=True,
+                                              multicast=2)},
+        (5, 3, 3, 64, 0, [5, 3, 2], True)),
+    # The H100 planner's: clusters of 5 CTAs, packed and reversed; 5 batch blocks of 8
+    # rows, a cluster of 3 each; 16-bit W_hh partly in registers both ways (16 CTAs).
+    "clusters, packed": (None, (7, 3, 5, 20, 0, [7, 4, 1], True)),
+    "clusters of 37 rows": (None, (3, 37, 4, 12, 0, None, False)),
+    "register clusters": (None, (3, 3, 4, 256, 0, None, False)),
+}
+SIXTEEN_BIT_FORMS = {"register grid backward", "register multicast grid backward"}
+
+
+def _run_form(emulated, monkeypatch, name, dtype):
+    make_plans, layer = FORMS[name]
+    plans = make_plans(dtype) if make_plans else None
+    if plans:
+        _force_plans(monkeypatch, **plans)
+    _runs_within_the_rule(emulated, dtype, *layer, plans=plans)
+
+
+@pytest.mark.parametrize("dtype", **DTYPE_IDS)
+@pytest.mark.parametrize("name", [n for n in FORMS if n not in SIXTEEN_BIT_FORMS and
+                                  FORMS[n][0] is not None])
+def test_forced_plan_forms_keep_the_rule(emulated, monkeypatch, name, dtype):
+    _run_form(emulated, monkeypatch, name, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("name", sorted(SIXTEEN_BIT_FORMS))
+def test_register_grid_backwards_keep_the_rule(emulated, monkeypatch, name, dtype):
+    _run_form(emulated, monkeypatch, name, dtype)
+
+
+@pytest.mark.parametrize("name", list(FORMS))
+def test_no_data_races(emulate_tsan, monkeypatch, tmp_path, name):
+    """Every plan form under ThreadSanitizer: each thread's accesses to shared and global
+    memory, ordered only by what orders them on a GPU (__syncthreads, a warp's collective
+    instruction, mbarrier phases, the cluster barrier, the grid counter's release and
+    acquire). A write and another thread's access to the same byte with none of these
+    between them fails with the report (the row-pass race of bfb27a9 did, whatever the
+    schedule). fp16 where the form has 16-bit register fragments, else fp32 (3xTF32)."""
+    emulated = _emulated_backend(emulate_tsan, monkeypatch, tmp_path)
+    dtype = torch.float16 if name in SIXTEEN_BIT_FORMS or name == "register clusters" else torch.float32
+    _run_form(emulated, monkeypatch, name, dtype)
 
 
 def test_a_refused_cluster_launch_runs_the_plain_grid(emulated, monkeypatch):

@@ -19,6 +19,22 @@
 
 #include "emulator.h"
 
+// Built with RNNFAST_EMULATE_TSAN (this file uninstrumented, the kernels and the launcher
+// compiled with -fsanitize=thread, everything linked with it), ThreadSanitizer watches
+// the kernels' threads as fibers: the barriers, collectives, mbarriers and the grid
+// counter tell it what orders what, and the accesses the primitives make for a thread
+// (cp.async landing, DSMEM loads, st.async and bulk copies into peers, ldmatrix rows)
+// are reported as that thread's. Two threads' accesses to one byte, one a write, with
+// nothing ordering them, are a data race it reports.
+#ifdef RNNFAST_EMULATE_TSAN
+#include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_read_range(void* addr, unsigned long size);
+extern "C" void __tsan_write_range(void* addr, unsigned long size);
+#define RNNFAST_TSAN(...) __VA_ARGS__
+#else
+#define RNNFAST_TSAN(...)
+#endif
+
 namespace rnnfast {
 namespace emu {
 namespace {
@@ -27,11 +43,25 @@ constexpr size_t kPage = 4096;
 constexpr size_t kStackBytes = 128 << 10;  // a fiber's stack (the kernels need a few KB)
 constexpr uint64_t kStackCanary = 0x737461636b656e64ull;  // the bottom words of every stack
 constexpr int kWarpSize = 32;
+constexpr int kMaxCopies = 256;             // cp.async a thread may have in flight
 constexpr int kSmSlots = 132;               // blocks a cooperative launch may have (an H100)
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
-// `bytes` ending at an unmapped page, the start `align`-aligned; freed with release().
+// What orders what, and the accesses a primitive makes for the calling thread, for
+// ThreadSanitizer (nothing without RNNFAST_EMULATE_TSAN).
+void release(const void* sync) { RNNFAST_TSAN(__tsan_release(const_cast<void*>(sync));) (void)sync; }
+void acquire(const void* sync) { RNNFAST_TSAN(__tsan_acquire(const_cast<void*>(sync));) (void)sync; }
+void reads(const void* p, size_t bytes) {
+  RNNFAST_TSAN(__tsan_read_range(const_cast<void*>(p), bytes);)
+  (void)p, (void)bytes;
+}
+void writes(void* p, size_t bytes) {
+  RNNFAST_TSAN(__tsan_write_range(p, bytes);)
+  (void)p, (void)bytes;
+}
+
+// `bytes` ending at an unmapped page, the start `align`-aligned; freed with unmap().
 struct Guarded {
   unsigned char* map = nullptr;
   size_t map_bytes = 0;
@@ -56,7 +86,7 @@ Guarded guarded(size_t bytes, size_t align, int fill) {
   return g;
 }
 
-void release(Guarded& g) {
+void unmap(Guarded& g) {
   if (g.map != nullptr) munmap(g.map, g.map_bytes);
   g = Guarded{};
 }
@@ -76,9 +106,11 @@ struct Fiber {
   uint3 thread{};
   bool done = false;
   const char* waiting = nullptr;  // what it last waited for (the deadlock report)
-  std::vector<Copy> copies;
+  Copy copies[kMaxCopies];        // fixed: no allocation on a fiber (ThreadSanitizer would see
+  int in_flight = 0;              // the allocator's memory pass between fibers)
   long committed = 0;             // cp.async groups committed
   unsigned long long last_seen = ~0ull;  // its last poll of a counter
+  void* tsan = nullptr;           // its ThreadSanitizer fiber (RNNFAST_EMULATE_TSAN)
 };
 
 enum Op { kLdmatrix = 1, kMmaF16, kMmaBF16, kMmaTF32 };
@@ -88,16 +120,26 @@ enum Op { kLdmatrix = 1, kMmaF16, kMmaBF16, kMmaTF32 };
 struct Collective {
   int arrived = 0;
   unsigned generation = 0;
+  char sync[2];  // what a meeting orders, by generation parity (ThreadSanitizer)
   int op[kWarpSize];
   const unsigned char* address[kWarpSize];
   uint32_t a[kWarpSize][4], b[kWarpSize][2], r[kWarpSize][4];
   float d[kWarpSize][4];
 };
 
+struct Mbarrier {
+  bool initialised = false;
+  long pending = 1;      // arrivals still due this phase (one a phase)
+  long tx = 0;           // transaction bytes announced and not yet completed
+  unsigned long long completed = 0;  // phases completed
+  uint64_t sentinel = 0; // what init wrote into the mbarrier's shared-memory word
+};
+
 struct Cluster {
   std::vector<Block*> blocks;
-  long arrived = 0;
+  int arrived = 0;
   unsigned generation = 0;
+  char sync[2];
 };
 
 struct Block {
@@ -106,17 +148,13 @@ struct Block {
   size_t smem_bytes = 0;
   int arrived = 0;  // __syncthreads
   unsigned generation = 0;
+  char sync[2];
   std::vector<Collective> warps;
+  std::vector<Mbarrier> mbarriers;  // the state of an mbarrier at offset 8i of the shared memory
   Cluster* cluster = nullptr;
   unsigned rank = 0;
 };
 
-struct Mbarrier {
-  long pending = 1;      // arrivals still due this phase (one a phase)
-  long tx = 0;           // transaction bytes announced and not yet completed
-  unsigned long long completed = 0;  // phases completed
-  uint64_t sentinel = 0; // what init wrote into the mbarrier's shared-memory word
-};
 
 struct KernelInfo {
   Invoke invoke = nullptr;
@@ -139,8 +177,9 @@ struct Launch {
 Launch* g_launch = nullptr;
 Fiber* g_current = nullptr;
 ucontext_t g_scheduler;
+RNNFAST_TSAN(void* g_scheduler_tsan = nullptr;)  // the scheduler's ThreadSanitizer fiber
+char g_launch_sync[2];             // [0]: what the launch follows, [1]: what follows it
 bool g_progress = false;
-std::unordered_map<const void*, Mbarrier> g_mbarriers;
 std::unordered_map<const void*, KernelInfo> g_kernels;
 
 [[noreturn]] void failf(const char* format, ...) {
@@ -167,6 +206,7 @@ Fiber& me() {
 void yield(const char* what) {
   Fiber& f = me();
   f.waiting = what;
+  RNNFAST_TSAN(__tsan_switch_to_fiber(g_scheduler_tsan, __tsan_switch_to_fiber_no_sync);)
   swapcontext(&f.context, &g_scheduler);
   f.waiting = nullptr;
 }
@@ -174,6 +214,25 @@ void yield(const char* what) {
 template <typename Ready> void wait_until(const char* what, Ready ready) {
   while (!ready()) yield(what);
   g_progress = true;
+}
+
+// A meeting of `expected` threads (a block's __syncthreads, a warp's collective, the
+// cluster barrier): everything each did before it is ordered before what any does
+// after. `last` runs once, by the last to arrive, before anyone leaves.
+template <typename Last>
+void meet(int& arrived, unsigned& generation, char (&sync)[2], int expected, const char* what,
+          Last last) {
+  const unsigned mine = generation;
+  release(&sync[mine & 1]);
+  if (++arrived == expected) {
+    last();
+    arrived = 0;
+    ++generation;
+    g_progress = true;
+  } else {
+    wait_until(what, [&] { return generation != mine; });
+  }
+  acquire(&sync[mine & 1]);
 }
 
 // Offset of [p, p + bytes) in the calling block's shared memory, which it must lie in,
@@ -195,12 +254,13 @@ Block& peer_block(unsigned rank, const char* what) {
   return *c.blocks[rank];
 }
 
-Mbarrier& mbarrier_at(const void* bar, const char* what) {
-  auto it = g_mbarriers.find(bar);
-  if (it == g_mbarriers.end()) failf("%s: no mbarrier initialised there", what);
-  if (memcmp(bar, &it->second.sentinel, sizeof(uint64_t)) != 0)
+// The mbarrier at `offset` (8-byte aligned, inside) of block `b`'s shared memory.
+Mbarrier& mbarrier_at(Block& b, size_t offset, const char* what) {
+  Mbarrier& m = b.mbarriers[offset / sizeof(uint64_t)];
+  if (!m.initialised) failf("%s: no mbarrier initialised there", what);
+  if (memcmp(b.smem.data + offset, &m.sentinel, sizeof(uint64_t)) != 0)
     failf("%s: the mbarrier's shared-memory word was overwritten after its init", what);
-  return it->second;
+  return m;
 }
 
 void settle(Mbarrier& m) {
@@ -214,7 +274,7 @@ void settle(Mbarrier& m) {
 // Bytes of a transaction landing on the mbarrier at `offset` of block `b`.
 void complete_tx(Block& b, size_t offset, unsigned bytes, const char* what) {
   if (offset + sizeof(uint64_t) > b.smem_bytes) failf("%s: mbarrier outside the peer's shared memory", what);
-  Mbarrier& m = mbarrier_at(b.smem.data + offset, what);
+  Mbarrier& m = mbarrier_at(b, offset, what);
   m.tx -= bytes;
   settle(m);
 }
@@ -296,8 +356,7 @@ template <typename Leave, typename Take> void collective(Op op, Leave leave, Tak
   const int lane = static_cast<int>(f.thread.x % kWarpSize);
   w.op[lane] = op;
   leave(w, lane);
-  const unsigned generation = w.generation;
-  if (++w.arrived == kWarpSize) {
+  meet(w.arrived, w.generation, w.sync, kWarpSize, "a warp-wide instruction (ldmatrix / mma)", [&] {
     for (int l = 0; l < kWarpSize; ++l)
       if (w.op[l] != op) failf("warp %u: lanes meet at different collective instructions (%d, %d)",
                                f.thread.x / kWarpSize, w.op[l], op);
@@ -305,19 +364,17 @@ template <typename Leave, typename Take> void collective(Op op, Leave leave, Tak
       warp_ldmatrix(w);
     else
       warp_mma(w, op);
-    w.arrived = 0;
-    ++w.generation;
-    g_progress = true;
-  } else {
-    wait_until("a warp-wide instruction (ldmatrix / mma)", [&] { return w.generation != generation; });
-  }
+  });
   take(w, lane);
 }
 
 void fiber_main() {
+  acquire(&g_launch_sync[0]);
   g_launch->invoke(g_launch->kernel, g_launch->args);
+  release(&g_launch_sync[1]);
   g_current->done = true;
   g_progress = true;
+  RNNFAST_TSAN(__tsan_switch_to_fiber(g_scheduler_tsan, __tsan_switch_to_fiber_no_sync);)
 }  // returns to g_scheduler (uc_link)
 
 void report_deadlock(const Launch& launch) {
@@ -372,14 +429,7 @@ unsigned char* dynamic_smem() { return me().block->smem.data; }
 
 void syncthreads() {
   Block& b = *me().block;
-  const unsigned generation = b.generation;
-  if (++b.arrived == static_cast<int>(g_launch->block.x)) {
-    b.arrived = 0;
-    ++b.generation;
-    g_progress = true;
-  } else {
-    wait_until("__syncthreads", [&] { return b.generation != generation; });
-  }
+  meet(b.arrived, b.generation, b.sync, static_cast<int>(g_launch->block.x), "__syncthreads", [] {});
 }
 
 void cp_async16(void* dst, const void* src) {
@@ -387,49 +437,57 @@ void cp_async16(void* dst, const void* src) {
   if (src == nullptr || reinterpret_cast<uintptr_t>(src) % 16 != 0)
     failf("cp.async source %p is not 16-byte aligned", src);
   Fiber& f = me();
-  f.copies.push_back(Copy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src),
-                          f.committed});
+  if (f.in_flight == kMaxCopies) failf("more than %d cp.async in flight", kMaxCopies);
+  f.copies[f.in_flight++] = Copy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src),
+                                 f.committed};
 }
 
 void cp_async_commit() { ++me().committed; }
 
 void cp_async_wait(int pending) {
   Fiber& f = me();
-  std::vector<Copy> still;
-  for (const Copy& c : f.copies) {
-    if (c.group < f.committed - pending)
+  int still = 0;
+  for (int i = 0; i < f.in_flight; ++i) {
+    const Copy c = f.copies[i];
+    if (c.group < f.committed - pending) {
+      reads(c.src, 16);
+      writes(c.dst, 16);
       memcpy(c.dst, c.src, 16);
-    else
-      still.push_back(c);
+    } else {
+      f.copies[still++] = c;
+    }
   }
-  f.copies.swap(still);
+  f.in_flight = still;
   g_progress = true;
 }
 
 void mbarrier_init(uint64_t* bar) {
-  smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "mbarrier.init");
+  const size_t offset = smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "mbarrier.init");
   Mbarrier m;
+  m.initialised = true;
   m.sentinel = 0x6d62617272696572ull ^ reinterpret_cast<uintptr_t>(bar);
   memcpy(bar, &m.sentinel, sizeof m.sentinel);
-  g_mbarriers[bar] = m;
+  me().block->mbarriers[offset / sizeof(uint64_t)] = m;
   g_progress = true;
 }
 
 void mbarrier_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
-  smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "mbarrier.arrive.expect_tx");
-  Mbarrier& m = mbarrier_at(bar, "mbarrier.arrive.expect_tx");
+  const size_t offset = smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "mbarrier.arrive.expect_tx");
+  Mbarrier& m = mbarrier_at(*me().block, offset, "mbarrier.arrive.expect_tx");
   if (m.pending <= 0) failf("mbarrier.arrive.expect_tx: more arrivals than the mbarrier's count");
   m.tx += bytes;
   --m.pending;
   g_progress = true;
+  release(bar);
   settle(m);
 }
 
 bool mbarrier_try_wait(uint64_t* bar, unsigned parity) {
-  smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "mbarrier.try_wait");
-  const Mbarrier& m = mbarrier_at(bar, "mbarrier.try_wait");
+  const size_t offset = smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "mbarrier.try_wait");
+  const Mbarrier& m = mbarrier_at(*me().block, offset, "mbarrier.try_wait");
   if ((m.completed & 1u) != (parity & 1u)) {  // the phase of that parity has completed
     g_progress = true;
+    acquire(bar);
     return true;
   }
   yield("an mbarrier wait");
@@ -441,20 +499,15 @@ unsigned cluster_nctarank() { return static_cast<unsigned>(me().block->cluster->
 
 void cluster_sync() {
   Cluster& c = *me().block->cluster;
-  const unsigned generation = c.generation;
-  if (++c.arrived == static_cast<long>(c.blocks.size() * g_launch->block.x)) {
-    c.arrived = 0;
-    ++c.generation;
-    g_progress = true;
-  } else {
-    wait_until("the cluster barrier", [&] { return c.generation != generation; });
-  }
+  meet(c.arrived, c.generation, c.sync, static_cast<int>(c.blocks.size() * g_launch->block.x),
+       "the cluster barrier", [] {});
 }
 
 float4 ld_shared_cluster_v4(const float* src, unsigned rank) {
   const size_t offset = smem_offset(src, 16, 16, "ld.shared::cluster.v4");
   const Block& peer = peer_block(rank, "ld.shared::cluster.v4");
   float4 v;
+  reads(peer.smem.data + offset, sizeof v);
   memcpy(&v, peer.smem.data + offset, sizeof v);
   return v;
 }
@@ -463,7 +516,9 @@ void st_async_to_peer(void* dst, unsigned peer, const void* value, int bytes, ui
   const size_t offset = smem_offset(dst, static_cast<size_t>(bytes), static_cast<size_t>(bytes), "st.async");
   const size_t bar_offset = smem_offset(bar, sizeof(uint64_t), sizeof(uint64_t), "st.async's mbarrier");
   Block& to = peer_block(peer, "st.async");
+  writes(to.smem.data + offset, static_cast<size_t>(bytes));
   memcpy(to.smem.data + offset, value, static_cast<size_t>(bytes));
+  release(to.smem.data + bar_offset);
   g_progress = true;
   complete_tx(to, bar_offset, static_cast<unsigned>(bytes), "st.async's mbarrier in the peer");
 }
@@ -479,7 +534,10 @@ void bulk_copy_multicast(void* dst, const void* src, unsigned bytes, uint64_t* b
   for (unsigned r = 0; r < size; ++r) {
     if (!(ctas >> r & 1u)) continue;
     Block& to = peer_block(r, "cp.async.bulk");
+    reads(src, bytes);
+    writes(to.smem.data + offset, bytes);
     memcpy(to.smem.data + offset, src, bytes);
+    release(to.smem.data + bar_offset);
     complete_tx(to, bar_offset, bytes, "cp.async.bulk's mbarrier in a peer");
   }
   g_progress = true;
@@ -487,6 +545,7 @@ void bulk_copy_multicast(void* dst, const void* src, unsigned bytes, uint64_t* b
 
 void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
   smem_offset(row_address, 16, 16, "ldmatrix row");
+  reads(row_address, 16);  // the lane's row, read by the warp's instruction
   collective(
       kLdmatrix,
       [&](Collective& w, int lane) { w.address[lane] = static_cast<const unsigned char*>(row_address); },
@@ -513,6 +572,7 @@ void mma(MmaKind kind, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b
 }
 
 void red_release_add_one(unsigned long long* counter) {
+  release(counter);
   ++*counter;
   g_progress = true;
 }
@@ -521,12 +581,15 @@ unsigned long long ld_acquire(const unsigned long long* counter) {
   yield("a poll of the grid barrier");
   Fiber& f = me();
   const unsigned long long seen = *counter;
+  acquire(counter);
   if (seen != f.last_seen) g_progress = true;
   f.last_seen = seen;
   return seen;
 }
 
 unsigned long long atomic_max(unsigned long long* p, unsigned long long v) {
+  acquire(p);
+  release(p);
   const unsigned long long old = *p;
   if (v > old) *p = v;
   g_progress = true;
@@ -534,6 +597,8 @@ unsigned long long atomic_max(unsigned long long* p, unsigned long long v) {
 }
 
 int atomic_exch(int* p, int v) {
+  acquire(p);
+  release(p);
   const int old = *p;
   *p = v;
   g_progress = true;
@@ -578,6 +643,7 @@ cudaError_t launch(const void* kernel, const void* args, dim3 grid, dim3 block, 
     b->smem = guarded(smem, 128, 0xff);  // NaN bytes, as garbage would be
     b->smem_bytes = smem;
     b->warps.resize(block.x / kWarpSize);
+    b->mbarriers.resize(smem / sizeof(uint64_t));
     b->cluster = launch.clusters.back().get();
     b->rank = i % size;
     b->cluster->blocks.push_back(b.get());
@@ -591,6 +657,7 @@ cudaError_t launch(const void* kernel, const void* args, dim3 grid, dim3 block, 
       f->thread = uint3{t, 0, 0};
       f->stack = launch.stacks.data + kStackBytes * launch.fibers.size();
       for (int w = 0; w < 8; ++w) memcpy(f->stack + 8 * w, &kStackCanary, 8);
+      RNNFAST_TSAN(f->tsan = __tsan_create_fiber(0);)
       getcontext(&f->context);
       f->context.uc_stack.ss_sp = f->stack;
       f->context.uc_stack.ss_size = kStackBytes;
@@ -607,6 +674,8 @@ cudaError_t launch(const void* kernel, const void* args, dim3 grid, dim3 block, 
   const char* schedule = getenv("RNNFAST_EMULATE_SCHEDULE");
   const bool ordered = schedule != nullptr && std::string(schedule) == "ordered";
   std::mt19937 shuffle(schedule != nullptr && !ordered ? static_cast<unsigned>(atoi(schedule)) : 1u);
+  RNNFAST_TSAN(g_scheduler_tsan = __tsan_get_current_fiber();)
+  release(&g_launch_sync[0]);  // what the host wrote before the launch
   std::vector<size_t> turns(launch.fibers.size());
   for (size_t i = 0; i < turns.size(); ++i) turns[i] = i;
   size_t live = launch.fibers.size();
@@ -618,6 +687,7 @@ cudaError_t launch(const void* kernel, const void* args, dim3 grid, dim3 block, 
       auto& f = launch.fibers[turn];
       if (f->done) continue;
       g_current = f.get();
+      RNNFAST_TSAN(__tsan_switch_to_fiber(f->tsan, __tsan_switch_to_fiber_no_sync);)
       swapcontext(&g_scheduler, &f->context);
       g_current = nullptr;
       if (f->done) {
@@ -633,14 +703,10 @@ cudaError_t launch(const void* kernel, const void* args, dim3 grid, dim3 block, 
     else if (++idle_passes >= 2)
       report_deadlock(launch);
   }
-  for (auto& b : launch.blocks) {
-    for (auto m = g_mbarriers.begin(); m != g_mbarriers.end();) {
-      const auto* at = static_cast<const unsigned char*>(m->first);
-      m = at >= b->smem.data && at < b->smem.data + b->smem_bytes ? g_mbarriers.erase(m) : std::next(m);
-    }
-    release(b->smem);
-  }
-  release(launch.stacks);
+  acquire(&g_launch_sync[1]);  // what the kernel wrote, for the host
+  RNNFAST_TSAN(for (auto& f : launch.fibers) __tsan_destroy_fiber(f->tsan);)
+  for (auto& b : launch.blocks) unmap(b->smem);
+  unmap(launch.stacks);
   g_launch = nullptr;
   return cudaSuccess;
 }

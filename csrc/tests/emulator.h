@@ -24,7 +24,10 @@
 //     an mbarrier that exists (initialised, not overwritten since);
 //   - a launch whose fibers all wait with nothing left to change ends with a report of
 //     where each block's threads wait (a hang on a GPU), and an opted-in shared-memory
-//     size below the launch's is refused as the driver refuses it.
+//     size below the launch's is refused as the driver refuses it;
+//   - fibers take their turns in a new seeded order every round, so that accesses with
+//     no barrier between them meet in either order; built with RNNFAST_EMULATE_TSAN
+//     (emulator.cpp), ThreadSanitizer reports such races whatever the order.
 #pragma once
 
 #include <cuda_runtime_api.h>  // before the macros below: its structs have members of their names
