@@ -246,6 +246,13 @@ DTYPE_IDS = dict(argvalues=list(DTYPES), ids=["fp32", "fp16", "bf16"])
     (7, 3, 5, 20, 11, None, True),         # projection: grid plans, two phases a step
     (6, 4, 3, 9, 5, [6, 6, 3, 2], False),  # packed with a projection
     (3, 3, 4, 256, 0, None, False),        # 16-bit: W_hh partly in registers, both ways
+    # The cluster exchange's edges: H = 21, a last slice of one unit sent as a whole word
+    # into the k-padding (the 16-bit backward takes a grid); H = 22 and 30, the 16-bit
+    # backward's gates H x 2 bytes apart, sent in 4-byte words; packed and reversed.
+    (6, 3, 5, 21, 0, None, False),
+    (6, 3, 5, 22, 0, [6, 4, 1], True),
+    (6, 3, 5, 30, 0, None, False),
+    (4, 2, 3, 1, 0, None, False),          # one hidden unit
 ])
 def test_planned_layers_keep_the_rule(emulated, dtype, T, B, I, H, proj, lengths, reverse):
     """The H100 planner's plans for small layers (every one a cluster plan without a
@@ -282,45 +289,49 @@ def _row_passes(dtype):
     return {"forward": forward, "backward": _candidate("backward", dtype, 37, 20, 4, 1)}
 
 
-# Plan forms forced by name: (plans of a dtype or None for the H100 planner's, the layer:
-# T, B, I, H, proj, lengths, reverse), each small enough for ThreadSanitizer's 8128
-# threads (31 blocks).
+# Plan forms by name: (plans of a dtype, or None for the H100 planner's; the layer: T, B,
+# I, H, proj, lengths, reverse; the dtype test_no_data_races runs it in), each small
+# enough for ThreadSanitizer's 8128 threads (31 blocks).
+F32, F16 = torch.float32, torch.float16
 FORMS = {
     # The plain grids of a 3-SM sm_80 part: units and rows split unevenly over 3 blocks,
     # every step a grid barrier through the counter; with a projection too.
-    "a100 grids": (lambda dtype: _a100_grids(dtype, 0), (7, 3, 5, 20, 0, None, False)),
-    "a100 grids, projection": (lambda dtype: _a100_grids(dtype, 11), (7, 3, 5, 20, 11, None, True)),
+    "a100 grids": (lambda dtype: _a100_grids(dtype, 0), (7, 3, 5, 20, 0, None, False), F32),
+    "a100 grids, projection": (lambda dtype: _a100_grids(dtype, 11), (7, 3, 5, 20, 11, None, True),
+                               F32),
     # Clusters of 3 CTAs splitting the chain's 4H gate columns over 2 ragged batch blocks
     # (37 rows); the forward a grid staging h(t-1) by multicast in clusters of 2.
     "reduce split, multicast forward": (
         lambda dtype: {"forward": _candidate("forward", dtype, 37, 24, 6, 2, multicast=2),
                        "backward": _candidate("backward", dtype, 37, 24, 6, 2, reduce_ctas=3)},
-        (4, 37, 3, 24, 0, None, True)),
+        (4, 37, 3, 24, 0, None, True), F32),
     # A grid forward taking its 40 rows in passes of 16, 16 and 8, packed (the last pass's
     # rows end early).
-    "row passes": (_row_passes, (4, 37, 3, 20, 0, [4] * 30 + [3] * 4 + [1] * 3, False)),
+    "row passes": (_row_passes, (4, 37, 3, 20, 0, [4] * 30 + [3] * 4 + [1] * 3, False), F32),
     # 16-bit: a grid backward holding W_hh^T partly in registers, staged by cp.async, and
     # by multicast in clusters of 2; 3 rows packed.
     "register grid backward": (
         lambda dtype: {"forward": _candidate("forward", dtype, 3, 64, 4, 1),
                        "backward": _candidate("backward", dtype, 3, 64, 4, 1, registers=True)},
-        (5, 3, 3, 64, 0, [5, 3, 2], False)),
+        (5, 3, 3, 64, 0, [5, 3, 2], False), F16),
     "register multicast grid backward": (
         lambda dtype: {"forward": _candidate("forward", dtype, 3, 64, 4, 1),
                        "backward": _candidate("backward", dtype, 3, 64, 4, 1, registers=True,
                                               multicast=2)},
-        (5, 3, 3, 64, 0, [5, 3, 2], True)),
+        (5, 3, 3, 64, 0, [5, 3, 2], True), F16),
     # The H100 planner's: clusters of 5 CTAs, packed and reversed; 5 batch blocks of 8
-    # rows, a cluster of 3 each; 16-bit W_hh partly in registers both ways (16 CTAs).
-    "clusters, packed": (None, (7, 3, 5, 20, 0, [7, 4, 1], True)),
-    "clusters of 37 rows": (None, (3, 37, 4, 12, 0, None, False)),
-    "register clusters": (None, (3, 3, 4, 256, 0, None, False)),
+    # rows, a cluster of 3 each; 16-bit W_hh partly in registers both ways (16 CTAs); the
+    # 16-bit exchange in 4-byte words (H = 22), packed and reversed.
+    "clusters, packed": (None, (7, 3, 5, 20, 0, [7, 4, 1], True), F32),
+    "clusters of 37 rows": (None, (3, 37, 4, 12, 0, None, False), F32),
+    "register clusters": (None, (3, 3, 4, 256, 0, None, False), F16),
+    "cluster exchange in 4-byte words": (None, (6, 3, 5, 22, 0, [6, 4, 1], True), F16),
 }
 SIXTEEN_BIT_FORMS = {"register grid backward", "register multicast grid backward"}
 
 
 def _run_form(emulated, monkeypatch, name, dtype):
-    make_plans, layer = FORMS[name]
+    make_plans, layer, _ = FORMS[name]
     plans = make_plans(dtype) if make_plans else None
     if plans:
         _force_plans(monkeypatch, **plans)
@@ -347,10 +358,9 @@ def test_no_data_races(emulate_tsan, monkeypatch, tmp_path, name):
     instruction, mbarrier phases, the cluster barrier, the grid counter's release and
     acquire). A write and another thread's access to the same byte with none of these
     between them fails with the report (the row-pass race of bfb27a9 did, whatever the
-    schedule). fp16 where the form has 16-bit register fragments, else fp32 (3xTF32)."""
+    schedule)."""
     emulated = _emulated_backend(emulate_tsan, monkeypatch, tmp_path)
-    dtype = torch.float16 if name in SIXTEEN_BIT_FORMS or name == "register clusters" else torch.float32
-    _run_form(emulated, monkeypatch, name, dtype)
+    _run_form(emulated, monkeypatch, name, FORMS[name][2])
 
 
 def test_a_refused_cluster_launch_runs_the_plain_grid(emulated, monkeypatch):
