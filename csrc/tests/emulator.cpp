@@ -120,7 +120,6 @@ enum Op { kLdmatrix = 1, kMmaF16, kMmaBF16, kMmaTF32 };
 struct Collective {
   int arrived = 0;
   unsigned generation = 0;
-  char sync[2];  // what a meeting orders, by generation parity (ThreadSanitizer)
   int op[kWarpSize];
   const unsigned char* address[kWarpSize];
   uint32_t a[kWarpSize][4], b[kWarpSize][2], r[kWarpSize][4];
@@ -216,14 +215,17 @@ template <typename Ready> void wait_until(const char* what, Ready ready) {
   g_progress = true;
 }
 
-// A meeting of `expected` threads (a block's __syncthreads, a warp's collective, the
-// cluster barrier): everything each did before it is ordered before what any does
-// after. `last` runs once, by the last to arrive, before anyone leaves.
+// A meeting of `expected` threads (a block's __syncthreads, the cluster barrier, a
+// warp's collective instruction). `last` runs once, by the last to arrive, before anyone
+// leaves. With `sync` (the barriers: two addresses, used by generation parity),
+// everything each did before it is ordered before what any does after; a warp's mma or
+// ldmatrix waits for the warp's lanes but orders no memory between them (only
+// __syncwarp would), so it passes none.
 template <typename Last>
-void meet(int& arrived, unsigned& generation, char (&sync)[2], int expected, const char* what,
+void meet(int& arrived, unsigned& generation, char* sync, int expected, const char* what,
           Last last) {
   const unsigned mine = generation;
-  release(&sync[mine & 1]);
+  if (sync != nullptr) release(&sync[mine & 1]);
   if (++arrived == expected) {
     last();
     arrived = 0;
@@ -232,7 +234,7 @@ void meet(int& arrived, unsigned& generation, char (&sync)[2], int expected, con
   } else {
     wait_until(what, [&] { return generation != mine; });
   }
-  acquire(&sync[mine & 1]);
+  if (sync != nullptr) acquire(&sync[mine & 1]);
 }
 
 // Offset of [p, p + bytes) in the calling block's shared memory, which it must lie in,
@@ -356,7 +358,7 @@ template <typename Leave, typename Take> void collective(Op op, Leave leave, Tak
   const int lane = static_cast<int>(f.thread.x % kWarpSize);
   w.op[lane] = op;
   leave(w, lane);
-  meet(w.arrived, w.generation, w.sync, kWarpSize, "a warp-wide instruction (ldmatrix / mma)", [&] {
+  meet(w.arrived, w.generation, nullptr, kWarpSize, "a warp-wide instruction (ldmatrix / mma)", [&] {
     for (int l = 0; l < kWarpSize; ++l)
       if (w.op[l] != op) failf("warp %u: lanes meet at different collective instructions (%d, %d)",
                                f.thread.x / kWarpSize, w.op[l], op);
