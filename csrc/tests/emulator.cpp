@@ -330,9 +330,15 @@ void warp_mma(Collective& w, Op op) {
       D[g + 8][2 * q + e] = w.d[lane][2 + e];
     }
   }
+  // The tensor core adds an instruction's K products (exact) and the accumulator with
+  // one rounding (Fasi et al., "Numerical behavior of NVIDIA tensor cores", 2021:
+  // aligned and normalised once; here rounded to nearest), not one per product.
   for (int m = 0; m < 16; ++m)
-    for (int n = 0; n < 8; ++n)
-      for (int k = 0; k < K; ++k) D[m][n] += A[m][k] * B[k][n];  // products exact in fp32
+    for (int n = 0; n < 8; ++n) {
+      double sum = D[m][n];
+      for (int k = 0; k < K; ++k) sum += static_cast<double>(A[m][k]) * B[k][n];
+      D[m][n] = static_cast<float>(sum);
+    }
   for (int lane = 0; lane < kWarpSize; ++lane) {
     const int g = lane / 4, q = lane % 4;
     for (int e = 0; e < 2; ++e) {

@@ -14,7 +14,8 @@
 // kernels' logic, not their memory ordering:
 //   - the products, cells and exchanges compute the right numbers, with PTX's fragment
 //     layouts for ldmatrix and mma (tf32 operands truncated to 10 mantissa bits as the
-//     tensor cores read them);
+//     tensor cores read them; an instruction's products and accumulator summed with one
+//     rounding, as they do);
 //   - every shared-memory operand of an instruction lies in the block's dynamic shared
 //     memory (the launch's size, with an unmapped page after it, so a plain store past
 //     its end faults too) and is aligned as the instruction needs; shared memory starts
