@@ -29,7 +29,6 @@
 
 #include "emulator.h"
 #include "../lstm_kernels.h"
-#include "run_files.h"
 
 using namespace rnnfast;
 
@@ -41,14 +40,39 @@ struct Meta {
   std::set<std::string> outputs;  // the optional outputs asked for
 };
 
+std::string g_run_dir;  // DIR, from the command line
+
 [[noreturn]] void refuse(const char* what) {
   fprintf(stderr, "emulate: %s\n", what);
   exit(2);
 }
 
+bool bin_exists(const char* name) {
+  FILE* f = fopen((g_run_dir + "/" + name + ".bin").c_str(), "rb");
+  if (f != nullptr) fclose(f);
+  return f != nullptr;
+}
+
+template <typename V> std::vector<V> read_bin(const char* name, size_t count) {
+  std::vector<V> v(count);
+  const std::string path = g_run_dir + "/" + name + ".bin";
+  FILE* f = fopen(path.c_str(), "rb");
+  if (f == nullptr) refuse(("cannot open " + path).c_str());
+  if (fread(v.data(), sizeof(V), count, f) != count) refuse(("short file " + path).c_str());
+  fclose(f);
+  return v;
+}
+
+void write_bin(const char* name, const std::vector<float>& v) {
+  const std::string path = g_run_dir + "/out_" + name + ".bin";
+  FILE* f = fopen(path.c_str(), "wb");
+  if (f == nullptr || fwrite(v.data(), sizeof(float), v.size(), f) != v.size()) refuse("cannot write");
+  fclose(f);
+}
+
 Meta read_meta() {
   Meta m;
-  const std::string path = meta_path();
+  const std::string path = g_run_dir + "/meta.txt";
   FILE* f = fopen(path.c_str(), "r");
   if (f == nullptr ||
       fscanf(f, "%lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld",

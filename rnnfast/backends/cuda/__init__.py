@@ -4,7 +4,7 @@ cooperative grids elsewhere; the input projection and the weight/input gradients
 GEMMs through torch, as in the other backends).
 
 Status: compiled for sm_80/sm_90 in CI, its SASS instruction mix checked
-(tests/test_cuda_sass.py), its index logic and fragment addressing checked on the CPU
+(tests/test_cuda_sass.py), its layouts and fragment addressing checked on the CPU
 (tests/test_cuda_sources.py), the kernels themselves run on a CPU emulator of their PTX
 (tests/test_cuda_emulated.py); not yet run on a GPU, so `backend="auto"` never picks it.
 
