@@ -8,7 +8,7 @@ multicast grid, register grid, reduce split, row passes, cluster, register clust
 projection) runs in fp32 (3xTF32), fp16 and bf16 and must keep the DESIGN.md §6 rule
 against the reference backend in the same dtype, with float64 as the truth.
 
-What it catches that the host check cannot: shared-memory addressing and alignment of
+What it checks on the way, beyond the results: shared-memory addressing and alignment of
 every instruction's operand, fragment use, staging (a read before its cp.async wait
 sees stale bytes; shared memory starts as NaN), the exchanges' mbarrier accounting,
 barrier protocols (a launch that can never finish is reported as a deadlock), a store
