@@ -97,6 +97,14 @@ def run_layer(fwd, bwd, args, reverse, needs=None, frozen=(None,) * 5, upstream=
     return (y, h_n, c_n), grads + [dgates]
 
 
+def planned_launches(plans):
+    """The record a CUDA-extension stand-in keeps of each launch that ran (direction,
+    cluster, multicast, reg_k_tiles, reduce_ctas, pass_rows), sorted, for the plans of
+    {direction: plan} (a reason in place of a plan launches nothing)."""
+    return sorted({(d, p.cluster, p.multicast, p.reg_k_tiles, p.reduce_ctas, p.pass_rows)
+                   for d, p in plans.items() if not isinstance(p, str)})
+
+
 def errors_vs_float64(args64, dtype, reverse, fns):
     """Largest error against the float64 reference of every output and gradient of
     run_layer(*fns) on `args64` (float64 layer_args) cast to `dtype`: what

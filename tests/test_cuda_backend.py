@@ -24,7 +24,7 @@ from rnnfast.backends import cuda as cuda_backend
 from rnnfast.backends.cuda import plan as cuda_plan
 from rnnfast.precision import rule_violations
 
-from helpers import errors_vs_float64, layer_args, run_layer
+from helpers import errors_vs_float64, layer_args, planned_launches, run_layer
 from test_cuda_model import NO_16_CTA_CLUSTERS
 
 SMS, SMEM = cuda_plan.H100_SMS, cuda_plan.H100_SMEM_PER_BLOCK
@@ -536,12 +536,6 @@ class _Recorder:
         self.ran.append(("backward", *args[-5:-1], 0))
 
 
-def _launches(plans):
-    """What _Recorder records for launches of {direction: plan} (reasons skipped)."""
-    return sorted({(d, p.cluster, p.multicast, p.reg_k_tiles, p.reduce_ctas, p.pass_rows)
-                   for d, p in plans.items() if not isinstance(p, str)})
-
-
 def _plans_here(dtype, B, H):
     """{direction: plan or reason} of a square layer (no projection) on this GPU."""
     return {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
@@ -559,7 +553,7 @@ def _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse):
     ours = errors_vs_float64(args64, dtype, reverse, _kernels())
     theirs = errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
     assert rule_violations(ours, theirs, dtype) == []
-    assert sorted(set(recorder.ran)) == _launches(plans)
+    assert sorted(set(recorder.ran)) == planned_launches(plans)
 
 
 @requires_kernels

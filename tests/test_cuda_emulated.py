@@ -38,7 +38,7 @@ from rnnfast.backends.cuda import launch as cuda_launch
 from rnnfast.backends.cuda import plan as cuda_plan
 from rnnfast.precision import rule_violations
 
-from helpers import errors_vs_float64, layer_args
+from helpers import errors_vs_float64, layer_args, planned_launches
 from test_cuda_sources import TORCH_NVCC_DEFINES
 
 CSRC = os.path.join(os.path.dirname(__file__), "..", "csrc")
@@ -214,12 +214,6 @@ def _h100_plan(direction, dtype, B, H, proj=0):
     return plan
 
 
-def _launch(direction, plan):
-    """The record EmulatedExtension keeps of a launch of `plan`."""
-    return (direction, plan.cluster, plan.multicast, plan.reg_k_tiles, plan.reduce_ctas,
-            plan.pass_rows)
-
-
 def _runs_within_the_rule(emulated, dtype, T, B, I, H, proj=0, lengths=None, reverse=False,
                           plans=None):
     """The layer on the emulated kernels in `dtype` keeps DESIGN.md §6's rule against
@@ -231,7 +225,7 @@ def _runs_within_the_rule(emulated, dtype, T, B, I, H, proj=0, lengths=None, rev
     assert rule_violations(ours, theirs, dtype) == []
     batch = len(lengths) if lengths else B
     plans = plans or {d: _h100_plan(d, dtype, batch, H, proj) for d in ("forward", "backward")}
-    assert sorted(set(emulated.ran)) == sorted(_launch(d, p) for d, p in plans.items())
+    assert sorted(set(emulated.ran)) == planned_launches(plans)
 
 
 DTYPE_IDS = dict(argvalues=list(DTYPES), ids=["fp32", "fp16", "bf16"])
@@ -281,8 +275,9 @@ def _candidate(direction, dtype, B, H, slices, batch_blocks, **form):
     return plan
 
 
-def _a100_grids(dtype, proj):
-    return {d: cuda_plan.make_plan(d, 3, 20, proj or 20, bool(proj), dtype.itemsize, 3,
+def _three_sm_grids(dtype, B, H, proj=0):
+    """The plans of a 3-SM sm_80 part: plain grids, units and rows split unevenly."""
+    return {d: cuda_plan.make_plan(d, B, H, proj or H, bool(proj), dtype.itemsize, 3,
                                    cuda_plan.H100_SMEM_PER_BLOCK, 8) for d in ("forward", "backward")}
 
 
@@ -300,9 +295,9 @@ F32, F16 = torch.float32, torch.float16
 FORMS = {
     # The plain grids of a 3-SM sm_80 part: units and rows split unevenly over 3 blocks,
     # every step a grid barrier through the counter; with a projection too.
-    "a100 grids": (lambda dtype: _a100_grids(dtype, 0), (7, 3, 5, 20, 0, None, False), F32),
-    "a100 grids, projection": (lambda dtype: _a100_grids(dtype, 11), (7, 3, 5, 20, 11, None, True),
-                               F32),
+    "3-SM grids": (lambda dtype: _three_sm_grids(dtype, 3, 20), (7, 3, 5, 20, 0, None, False), F32),
+    "3-SM grids, projection": (lambda dtype: _three_sm_grids(dtype, 3, 20, 11),
+                               (7, 3, 5, 20, 11, None, True), F32),
     # Clusters of 3 CTAs splitting the chain's 4H gate columns over 2 ragged batch blocks
     # (37 rows); the forward a grid staging h(t-1) by multicast in clusters of 2.
     "reduce split, multicast forward": (
@@ -390,9 +385,7 @@ def test_grids_on_three_sms_keep_the_rule(emulated, monkeypatch, request, dtype,
     if (dtype, B, H) == (torch.float32, 48, 128):  # runs; passing would fail it (strict)
         request.applymarker(pytest.mark.xfail(
             strict=True, reason="fp32 3xTF32: dx 2.8x the fp32 reference's error here (rule: 2x)"))
-    batch = len(lengths) if lengths else B
-    plans = {d: cuda_plan.make_plan(d, batch, H, proj or H, bool(proj), dtype.itemsize, 3,
-                                    cuda_plan.H100_SMEM_PER_BLOCK, 8) for d in ("forward", "backward")}
+    plans = _three_sm_grids(dtype, len(lengths) if lengths else B, H, proj)
     _force_plans(monkeypatch, **plans)
     _runs_within_the_rule(emulated, dtype, T, B, I, H, proj, lengths, reverse, plans)
 

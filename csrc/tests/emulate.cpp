@@ -108,15 +108,7 @@ float from_bits(const unsigned char* p, long long dtype) {
   }
   uint16_t bits;
   memcpy(&bits, p, 2);
-  if (dtype == 1) {
-    __half_raw raw;
-    raw.x = bits;
-    return __half2float(__half(raw));
-  }
-  const uint32_t widened = static_cast<uint32_t>(bits) << 16;
-  float v;
-  memcpy(&v, &widened, 4);
-  return v;
+  return emu::bits_to_float(bits, dtype == 2);
 }
 
 // `rows` x `cols` values into a [rows][ld] buffer of global memory in the layer's dtype

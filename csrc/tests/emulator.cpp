@@ -44,7 +44,6 @@ constexpr size_t kStackBytes = 128 << 10;  // a fiber's stack (the kernels need 
 constexpr uint64_t kStackCanary = 0x737461636b656e64ull;  // the bottom words of every stack
 constexpr int kWarpSize = 32;
 constexpr int kMaxCopies = 256;             // cp.async a thread may have in flight
-constexpr int kSmSlots = 132;               // blocks a cooperative launch may have (an H100)
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
@@ -282,16 +281,7 @@ void complete_tx(Block& b, size_t offset, unsigned bytes, const char* what) {
 }
 
 float half_bits(uint32_t word, int high, Op op) {
-  const uint16_t bits = static_cast<uint16_t>(high ? word >> 16 : word & 0xffffu);
-  if (op == kMmaBF16) {
-    const uint32_t widened = static_cast<uint32_t>(bits) << 16;
-    float v;
-    memcpy(&v, &widened, sizeof v);
-    return v;
-  }
-  __half_raw raw;
-  raw.x = bits;
-  return __half2float(__half(raw));
+  return bits_to_float(static_cast<uint16_t>(high ? word >> 16 : word & 0xffffu), op == kMmaBF16);
 }
 
 float tf32_bits(uint32_t word) {  // the tensor cores read 10 mantissa bits
@@ -429,7 +419,17 @@ void install_fault_report() {
 
 }  // namespace
 
-[[noreturn]] void fail(const char* what) { failf("%s", what); }
+float bits_to_float(uint16_t bits, bool bf16) {
+  if (bf16) {
+    const uint32_t widened = static_cast<uint32_t>(bits) << 16;
+    float v;
+    memcpy(&v, &widened, sizeof v);
+    return v;
+  }
+  __half_raw raw;
+  raw.x = bits;
+  return __half2float(__half(raw));
+}
 
 const uint3& thread_index() { return me().thread; }
 const uint3& block_index() { return me().block->index; }
@@ -635,7 +635,7 @@ cudaError_t launch(const void* kernel, const void* args, dim3 grid, dim3 block, 
     return cudaErrorInvalidConfiguration;
   const unsigned size = cluster > 0 ? cluster : 1;
   if (size > 16 || (size > 8 && !info.nonportable) || grid.x % size != 0) return cudaErrorInvalidClusterSize;
-  if (cooperative && grid.x > static_cast<unsigned>(kSmSlots)) return cudaErrorCooperativeLaunchTooLarge;
+  if (cooperative && grid.x > kSms) return cudaErrorCooperativeLaunchTooLarge;
   install_fault_report();
 
   Launch launch;

@@ -57,9 +57,16 @@ namespace emu {
 const uint3& thread_index();
 const uint3& block_index();
 
+// The GPU a launch is emulated on: an H100's SMs (one block each) and opt-in shared
+// memory per block.
+constexpr unsigned kSms = 132;
+constexpr int kMaxDynamicSmem = 232448;
+
 void syncthreads();
 unsigned char* dynamic_smem();
-[[noreturn]] void fail(const char* what);
+
+// A 16-bit float's bits (fp16, or bf16) as a float.
+float bits_to_float(uint16_t bits, bool bf16);
 
 void cp_async16(void* dst, const void* src);
 void cp_async_commit();
@@ -167,7 +174,7 @@ inline int atomicExch(int* p, int v) { return ::rnnfast::emu::atomic_exch(p, v);
 template <typename Args>
 cudaError_t cudaFuncSetAttribute(void (*kernel)(Args), cudaFuncAttribute attr, int value) {
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (value > 232448) return cudaErrorInvalidValue;  // an H100's opt-in limit per block
+    if (value > ::rnnfast::emu::kMaxDynamicSmem) return cudaErrorInvalidValue;
     ::rnnfast::emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel),
                                          ::rnnfast::emu::invoke<Args>, value);
   } else if (attr == cudaFuncAttributeNonPortableClusterSizeAllowed && value == 1) {
@@ -188,10 +195,12 @@ cudaError_t cudaOccupancyMaxActiveClusters(int* clusters, void (*)(Args), const 
   unsigned size = 1;
   for (unsigned i = 0; i < config->numAttrs; ++i)
     if (config->attrs[i].id == cudaLaunchAttributeClusterDimension) size = config->attrs[i].val.clusterDim.x;
-  // An H100's SMs, one block each; RNNFAST_EMULATE_MAX_CLUSTER=c: a GPU that cannot place
-  // clusters of more than c CTAs (tests/test_cuda_emulated.py, the fallback).
+  // RNNFAST_EMULATE_MAX_CLUSTER=c: a GPU that cannot place clusters of more than c CTAs
+  // (tests/test_cuda_emulated.py, the fallback).
   const char* most = getenv("RNNFAST_EMULATE_MAX_CLUSTER");
-  *clusters = most != nullptr && size > static_cast<unsigned>(atoi(most)) ? 0 : static_cast<int>(132 / size);
+  *clusters = most != nullptr && size > static_cast<unsigned>(atoi(most))
+                  ? 0
+                  : static_cast<int>(::rnnfast::emu::kSms / size);
   return cudaSuccess;
 }
 template <typename Args>
