@@ -536,6 +536,17 @@ class _Recorder:
         self.ran.append(("backward", *args[-5:-1], 0))
 
 
+def _planned_form_meets_the_rule(monkeypatch, dtype, B, H, lengths, form, has_form):
+    """A square layer of B rows (`lengths`: packed, and then reversed), 6 steps, planned
+    on this GPU: skipped unless has_form(plans) (the plans hold `form`), else
+    _meets_the_rule_as_planned."""
+    plans = _plans_here(dtype, B, H)
+    if not has_form(plans):
+        pytest.skip(f"this GPU plans no {form} for B={B} H={H} {dtype}: {plans}")
+    _meets_the_rule_as_planned(monkeypatch, dtype, plans, _layer(6, B, 5, H, lengths=lengths),
+                               lengths is not None)
+
+
 def _plans_here(dtype, B, H):
     """{direction: plan or reason} of a square layer (no projection) on this GPU."""
     return {d: cuda_backend.plan_for(d, DEVICE, dtype, B, H, H, False)
@@ -587,12 +598,8 @@ def test_register_plans_meet_the_rule(monkeypatch, dtype, B, H, lengths):
     backward of 8 k-slices of 16 staged by cp.async) and H = 512 (a cluster backward of
     4 k-slices of 16). Within DESIGN.md §6's rule against float64, and every direction
     ran as its plan, not a fallback."""
-    plans = _plans_here(dtype, B, H)
-    if not any(getattr(p, "reg_k_tiles", 0) for p in plans.values()):
-        pytest.skip(f"this GPU plans no register plan for B={B} H={H}: {plans}")
-    args64 = _layer(6, B, 5, H, lengths=lengths)
-    reverse = lengths is not None
-    _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse)
+    _planned_form_meets_the_rule(monkeypatch, dtype, B, H, lengths, "register plan",
+                                 lambda plans: any(getattr(p, "reg_k_tiles", 0) for p in plans.values()))
 
 
 @requires_kernels
@@ -605,12 +612,8 @@ def test_reduce_split_backwards_meet_the_rule(monkeypatch, dtype, B, H, lengths)
     of 176, the last 168; 88 blocks of 4 units) and H = 700 packed and reversed; in
     16-bit: H = 1024 and 704 (clusters of 8). Within DESIGN.md §6's rule against
     float64, and the backward ran as its plan, not a fallback."""
-    plans = _plans_here(dtype, B, H)
-    if not getattr(plans["backward"], "reduce_ctas", 0):
-        pytest.skip(f"this GPU plans no reduce split for B={B} H={H} {dtype}: {plans}")
-    args64 = _layer(6, B, 5, H, lengths=lengths)
-    reverse = lengths is not None
-    _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse)
+    _planned_form_meets_the_rule(monkeypatch, dtype, B, H, lengths, "reduce split",
+                                 lambda plans: getattr(plans["backward"], "reduce_ctas", 0))
 
 
 @requires_kernels
@@ -622,11 +625,8 @@ def test_forward_row_passes_meet_the_rule(monkeypatch, dtype, B, H, lengths):
     forward_pass_rows): on an H100/H200, B = 300 at H = 1024 (packed and reversed: the
     passes' rows end at different steps) and B = 520 at H = 768. Within DESIGN.md §6's
     rule against float64, and the forward ran in passes, not a fallback."""
-    plans = _plans_here(dtype, B, H)
-    if not getattr(plans["forward"], "pass_rows", 0):
-        pytest.skip(f"this GPU plans no row passes for B={B} H={H} {dtype}: {plans}")
-    args64 = _layer(6, B, 5, H, lengths=lengths)
-    _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, lengths is not None)
+    _planned_form_meets_the_rule(monkeypatch, dtype, B, H, lengths, "row passes",
+                                 lambda plans: getattr(plans["forward"], "pass_rows", 0))
 
 
 @requires_kernels
