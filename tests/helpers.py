@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnfast
 import rnnfast.backends.triton
 from rnnfast.backends import reference
+from rnnfast.precision import magnitudes, max_errors, rule_violations
 
 
 def in_interpreter(backend: str) -> bool:
@@ -105,13 +106,37 @@ def planned_launches(plans):
                    for d, p in plans.items() if not isinstance(p, str)})
 
 
-def errors_vs_float64(args64, dtype, reverse, fns):
-    """Largest error against the float64 reference of every output and gradient of
-    run_layer(*fns) on `args64` (float64 layer_args) cast to `dtype`: what
-    rnnfast.precision.rule_violations judges, beside the same for the reference in dtype."""
+LAYER_RESULTS = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh",
+                 "dW_hr", "dgates")  # run_layer's outputs, then its gradients
+
+
+def results_vs_float64(args64, dtype, reverse, fns):
+    """(results, exact): {name: tensor} of every output and gradient of run_layer(*fns)
+    on `args64` (float64 layer_args) cast to `dtype`, and the same of the reference
+    backend in float64 on args64, the upstream gradients the same (rounded to dtype)."""
     outs64, grads64 = run_layer(reference.forward, reference.backward, args64, reverse)
     upstream = tuple(u.to(dtype) for u in upstream_grads(*outs64))
     low = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
     outs, grads = run_layer(*fns, low, reverse, upstream=upstream)
-    return [(a.double() - b).abs().max().item()
-            for a, b in zip([*outs, *grads], [*outs64, *grads64]) if b is not None]
+    pairs = zip(LAYER_RESULTS, [*outs, *grads], [*outs64, *grads64])
+    kept = [(name, got, exact) for name, got, exact in pairs if exact is not None]
+    return {n: got for n, got, _ in kept}, {n: exact for n, _, exact in kept}
+
+
+def rule_violations_vs_float64(args64, dtype, reverse, fns):
+    """DESIGN.md §6's rule for run_layer(*fns) in `dtype` (rule_violations_of_results,
+    the reference backend in `dtype` as the peer). [] when within."""
+    ours, exact = results_vs_float64(args64, dtype, reverse, fns)
+    theirs, _ = results_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
+    return rule_violations_of_results(ours, theirs, exact, dtype)
+
+
+def rule_violations_of_results(ours, theirs, exact, dtype):
+    """DESIGN.md §6's rule, as rnnfast.precision and `verify` judge it, for results_vs_float64's
+    {name: tensor} of a backend (`ours`) and its peer (`theirs`) in `dtype`: each error
+    against `exact` beside the peer's, the floor sized by the exact tensor's largest value."""
+    names = list(exact)
+    truth = [exact[n] for n in names]
+    return rule_violations(max_errors([ours[n] for n in names], truth),
+                           max_errors([theirs[n] for n in names], truth), dtype,
+                           magnitudes(truth), names)

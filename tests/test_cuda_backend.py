@@ -22,9 +22,8 @@ from rnnfast import backends
 from rnnfast.backends import reference
 from rnnfast.backends import cuda as cuda_backend
 from rnnfast.backends.cuda import plan as cuda_plan
-from rnnfast.precision import rule_violations
 
-from helpers import errors_vs_float64, layer_args, planned_launches, run_layer
+from helpers import layer_args, planned_launches, rule_violations_vs_float64, run_layer
 from test_cuda_model import NO_16_CTA_CLUSTERS
 
 SMS, SMEM = cuda_plan.H100_SMS, cuda_plan.H100_SMEM_PER_BLOCK
@@ -511,9 +510,7 @@ def test_fp32_kernels_match_reference(reverse, T, B, I, H, proj, lengths):
                                                   (0, [7, 4, 1], True)])
 def test_error_at_most_twice_the_reference(dtype, proj, lengths, reverse):
     args64 = _layer(7, 3, 5, 20, proj, lengths=lengths)
-    ours = errors_vs_float64(args64, dtype, reverse, _kernels())
-    theirs = errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
+    assert rule_violations_vs_float64(args64, dtype, reverse, _kernels()) == []
 
 
 class _Recorder:
@@ -561,9 +558,7 @@ def _meets_the_rule_as_planned(monkeypatch, dtype, plans, args64, reverse):
     recorder = _Recorder(cuda_backend._C)
     for module in (cuda_fwd, cuda_bwd, launch):
         monkeypatch.setattr(module, "_C", recorder)
-    ours = errors_vs_float64(args64, dtype, reverse, _kernels())
-    theirs = errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
+    assert rule_violations_vs_float64(args64, dtype, reverse, _kernels()) == []
     assert sorted(set(recorder.ran)) == planned_launches(plans)
 
 

@@ -31,14 +31,12 @@ import pytest
 import torch
 
 from rnnfast.backends import cuda as cuda_backend
-from rnnfast.backends import reference
 from rnnfast.backends.cuda import backward as cuda_bwd
 from rnnfast.backends.cuda import forward as cuda_fwd
 from rnnfast.backends.cuda import launch as cuda_launch
 from rnnfast.backends.cuda import plan as cuda_plan
-from rnnfast.precision import rule_violations
 
-from helpers import errors_vs_float64, layer_args, planned_launches
+from helpers import layer_args, planned_launches, rule_violations_vs_float64
 from test_cuda_sources import TORCH_NVCC_DEFINES
 
 CSRC = os.path.join(os.path.dirname(__file__), "..", "csrc")
@@ -220,9 +218,7 @@ def _runs_within_the_rule(emulated, dtype, T, B, I, H, proj=0, lengths=None, rev
     float64 (the reference backend in `dtype` as the peer), and the launches that ran
     are `plans` (default: the H100 planner's), not a fallback."""
     args64 = layer_args(T, B, I, H, proj=proj, lengths=lengths)
-    ours = errors_vs_float64(args64, dtype, reverse, (cuda_fwd.forward, cuda_bwd.backward))
-    theirs = errors_vs_float64(args64, dtype, reverse, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
+    assert rule_violations_vs_float64(args64, dtype, reverse, (cuda_fwd.forward, cuda_bwd.backward)) == []
     batch = len(lengths) if lengths else B
     plans = plans or {d: _h100_plan(d, dtype, batch, H, proj) for d in ("forward", "backward")}
     assert sorted(set(emulated.ran)) == planned_launches(plans)
@@ -371,20 +367,10 @@ def test_no_data_races(emulate_tsan, monkeypatch, tmp_path, name):
     (2, 48, 3, 128, 0, None, True),        # the backward's gate gradients (K = 4H) staged in
                                            # chunks (fp32: 4 of 160 columns, double-buffered)
 ])
-def test_grids_on_three_sms_keep_the_rule(emulated, monkeypatch, request, dtype, T, B, I, H, proj,
+def test_grids_on_three_sms_keep_the_rule(emulated, monkeypatch, dtype, T, B, I, H, proj,
                                           lengths, reverse):
     """The plain grids of a 3-SM sm_80 part: units, columns and rows split unevenly over
-    3 blocks, whatever the layer's size.
-
-    Known to fail (xfail, strict): fp32 at B = 48, H = 128. Every tensor is right, but dx
-    (the GEMM of the kernel's dgates with W_ih) is off by 1.0e-5 where the fp32 reference
-    is off by 3.6e-6 (the rule allows 9.1e-6): the 3xTF32 products carry a little more
-    error than fp32 FMA, and this layer's input gradient sums it over 4H = 512 columns.
-    The kernel's fp32 numerics, not its logic: given the reference's saved gates the same
-    backward is within 1.7e-6 of float64. To fix in the fp32 products (issue 16)."""
-    if (dtype, B, H) == (torch.float32, 48, 128):  # runs; passing would fail it (strict)
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="fp32 3xTF32: dx 2.8x the fp32 reference's error here (rule: 2x)"))
+    3 blocks, whatever the layer's size."""
     plans = _three_sm_grids(dtype, len(lengths) if lengths else B, H, proj)
     _force_plans(monkeypatch, **plans)
     _runs_within_the_rule(emulated, dtype, T, B, I, H, proj, lengths, reverse, plans)

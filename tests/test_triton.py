@@ -23,9 +23,9 @@ import rnnfast  # noqa: E402
 from rnnfast.backends import available_backends, reference  # noqa: E402
 from rnnfast.backends import triton as triton_backend  # noqa: E402
 from rnnfast.backends.triton.cell import dot, rounded, tf32_parts  # noqa: E402
-from rnnfast.precision import rule_violations  # noqa: E402
 
-from helpers import layer_args, upstream_grads  # noqa: E402
+from helpers import (layer_args, results_vs_float64, rule_violations_of_results,  # noqa: E402
+                     rule_violations_vs_float64, run_layer)
 
 pytestmark = pytest.mark.skipif(available_backends()["triton"] is not None,
                                 reason=f"triton backend unavailable: {available_backends()['triton']}")
@@ -42,31 +42,13 @@ def _layer(*args, **kwargs):
     return layer_args(*args, device=DEVICE, **kwargs)
 
 
-_upstream = upstream_grads
-
-
-def _run(fwd, bwd, args, reverse, needs=None, frozen=(None,) * 5, upstream=None, **plan):
-    """Forward with everything saved, then backward: (y, h_n, c_n), grads (all of
-    them unless `needs` says otherwise)."""
-    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
-    needs = needs or [True, True, True, True, True, b_ih is not None, b_hh is not None,
-                      w_hr is not None]
-    y, h_n, c_n, gates, cells, hidden = fwd(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                            w_hr, reverse, "all", **plan)
-    dy, dh_n, dc_n = upstream or _upstream(y, h_n, c_n)
-    grads, dgates = bwd(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates,
-                        cells, hidden if w_hr is not None else None, reverse, list(needs),
-                        list(frozen), list(x.shape), **plan)
-    return (y, h_n, c_n), grads + [dgates]
-
-
 def _compare(args, reverse, fwd_plan=None, bwd_plan=None, **kw):
     forward, backward, _ = _kernels()
-    outs_ref, grads_ref = _run(reference.forward, reference.backward, args, reverse, **kw)
+    outs_ref, grads_ref = run_layer(reference.forward, reference.backward, args, reverse, **kw)
     plans = {} if fwd_plan is None else {"plan": fwd_plan}
     fwd = lambda *a, **k: forward.forward(*a, **k, **plans)
     bwd = lambda *a, **k: backward.backward(*a, **k, **({} if bwd_plan is None else {"plan": bwd_plan}))
-    outs, grads = _run(fwd, bwd, args, reverse, **kw)
+    outs, grads = run_layer(fwd, bwd, args, reverse, **kw)
     return outs, grads, outs_ref, grads_ref
 
 
@@ -117,34 +99,14 @@ def test_without_bias_and_without_incoming_gradients():
     assert x.shape == (7, 3, 5)
 
 
-def _differences_from_float64(args64, dtype, reverse, backend_fns):
-    """{name: |result - float64 result|} of every output and gradient of `backend_fns`
-    run in dtype, against the reference run in float64 (same inputs and upstream
-    gradients, rounded to dtype)."""
-    outs64, grads64 = _run(reference.forward, reference.backward, args64, reverse)
-    upstream = tuple(u.to(dtype) for u in _upstream(*outs64))
-    low = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
-    outs, grads = _run(*backend_fns, low, reverse, upstream=upstream)
-    return {name: (a.double() - b).abs() for name, a, b in
-            zip(OUTPUT_NAMES + GRAD_NAMES, [*outs, *grads], [*outs64, *grads64]) if b is not None}
-
-
-def _errors_vs_float64(args64, dtype, reverse, backend_fns):
-    """Largest error of every output and gradient of `backend_fns` run in dtype,
-    against the reference run in float64."""
-    return [d.max().item() for d in
-            _differences_from_float64(args64, dtype, reverse, backend_fns).values()]
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("proj,lengths", [(0, None), (11, None), (0, [7, 4, 1])])
 def test_16bit_error_at_most_twice_the_reference(dtype, proj, lengths):
     forward, backward, _ = _kernels()
     args64 = _layer(7, 3, 5, 20, proj, lengths=lengths)
-    ours = _errors_vs_float64(args64, dtype, True, (forward.forward, backward.backward))
-    theirs = _errors_vs_float64(args64, dtype, True, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
-    assert all(a > 0 for a in ours)  # it really ran in low precision
+    assert rule_violations_vs_float64(args64, dtype, True, (forward.forward, backward.backward)) == []
+    ours, exact = results_vs_float64(args64, dtype, True, (forward.forward, backward.backward))
+    assert all(ours[n].double().ne(exact[n]).any() for n in exact)  # it really ran in low precision
 
 
 @pytest.mark.parametrize("dtype,steps", [(torch.float16, 1024), (torch.bfloat16, 256)])
@@ -155,9 +117,7 @@ def test_16bit_error_stays_within_the_rule_over_long_sequences(dtype, steps):
     passes at T = 1024 too, in 2 minutes of interpreter time: 256 steps keep CI short.)"""
     forward, backward, _ = _kernels()
     args64 = _layer(steps, 3, 5, 20)
-    ours = _errors_vs_float64(args64, dtype, False, (forward.forward, backward.backward))
-    theirs = _errors_vs_float64(args64, dtype, False, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
+    assert rule_violations_vs_float64(args64, dtype, False, (forward.forward, backward.backward)) == []
 
 
 @pytest.fixture
@@ -186,20 +146,16 @@ def test_fp32_tf32x3_error_stays_within_the_rule_over_1024_steps(without_tf32):
     forward, backward, _ = _kernels()
     T, B, H = 1024, 3, 20
     args64 = _layer(T, B, 5, H)
-    ours = _differences_from_float64(args64, torch.float32, False,
-                                     (forward.forward, backward.backward))
-    theirs = _differences_from_float64(args64, torch.float32, False,
-                                       (reference.forward, reference.backward))
-    by_step = {which: {name: d[name].reshape(T, -1).amax(dim=1) for name in ("y", "dgates")}
-               for which, d in (("ours", ours), ("fp32", theirs))}
+    ours, exact = results_vs_float64(args64, torch.float32, False, (forward.forward, backward.backward))
+    theirs, _ = results_vs_float64(args64, torch.float32, False, (reference.forward, reference.backward))
+    by_step = {which: {name: (got[name].double() - exact[name]).abs().reshape(T, -1).amax(dim=1)
+                       for name in ("y", "dgates")}
+               for which, got in (("ours", ours), ("fp32", theirs))}
     print("\nlargest error against float64 at step t: tf32x3 kernel / fp32 reference")
     for t in [*range(0, T, 128), T - 1]:
         print(f"t={t:4d}  y {by_step['ours']['y'][t]:.2e} / {by_step['fp32']['y'][t]:.2e}"
               f"  dgates {by_step['ours']['dgates'][t]:.2e} / {by_step['fp32']['dgates'][t]:.2e}")
-    names = list(ours)
-    assert rule_violations([ours[n].max().item() for n in names],
-                           [theirs[n].max().item() for n in names], torch.float32,
-                           names=names) == []
+    assert rule_violations_of_results(ours, theirs, exact, torch.float32) == []
 
 
 @triton.jit
@@ -393,7 +349,7 @@ def test_barrier_wait_is_bounded_and_the_host_raises(monkeypatch, direction):
     fwd = lambda *a, **k: forward.forward(*a, **k, **({"plan": plan} if direction == "forward" else {}))
     bwd = lambda *a, **k: backward.backward(*a, **k, **({"plan": plan} if direction == "backward" else {}))
     with pytest.raises(RuntimeError, match=rf"LSTM {direction} with Plan\(.*use_barrier=True.*gave up"):
-        _run(fwd, bwd, args, False)
+        run_layer(fwd, bwd, args, False)
     launch.raise_if_barrier_timed_out(wait=True)  # the flag was read once, not left pending
 
 
@@ -520,6 +476,4 @@ def test_persistent_barrier_plan_on_gpu(dtype):
     assert plan.weights_resident == backward_plan.weights_resident == (dtype != torch.float32)
     args64 = _layer(50, 4, 64, 256, lengths=[50, 40, 40, 7])
     forward, backward, _ = _kernels()
-    ours = _errors_vs_float64(args64, dtype, False, (forward.forward, backward.backward))
-    theirs = _errors_vs_float64(args64, dtype, False, (reference.forward, reference.backward))
-    assert rule_violations(ours, theirs, dtype) == []
+    assert rule_violations_vs_float64(args64, dtype, False, (forward.forward, backward.backward)) == []

@@ -16,7 +16,6 @@ import torch
 from rnnfast import backends
 from rnnfast.__main__ import main
 from rnnfast.backends import evidence
-from rnnfast.precision import allowed_error, rule_violations
 from rnnfast.verify import child, smoke, stages, summary, worker
 from rnnfast.verify.stages import STAGES, StageSpec
 
@@ -273,16 +272,6 @@ def test_sanitize_cases_reach_every_cuda_kernel_and_plan_form_an_h100_makes():
                      ("backward", "grid", True, False), ("backward", "cluster", False, False),
                      ("backward", "cluster", True, False), ("backward", "grid", False, True),
                      "multicast", ""}
-
-
-def test_precision_rule():
-    eps16 = torch.finfo(torch.float16).eps
-    assert rule_violations([2e-3], [1e-3], torch.float16) == []
-    assert rule_violations([2e-3 + 2 * eps16], [1e-3], torch.float16) != []
-    assert rule_violations([float("nan")], [1e-3], torch.float16) == ["tensor 0: error nan > 0.00298 "
-                                                                      "(reference's own error 0.001)"]
-    # The floor scales with the tensor's size and allows 16 rounding steps in fp32.
-    assert allowed_error(0.0, torch.float32, scale=4.0) == 16 * torch.finfo(torch.float32).eps * 4
 
 
 def test_earned_rows_need_every_parity_case_and_a_win_in_every_timed_row():
