@@ -109,7 +109,9 @@ def test_dropout_matches_torch_under_same_seed():
     assert not torch.allclose(ours(x)[0], out)
 
 
-# Examples per backend: the Triton interpreter runs about 10 ms per kernel step.
+# Examples per backend: the Triton interpreter runs about 10 ms per kernel step. The
+# examples are drawn from a fixed seed (derandomize): every CI run checks the same ones,
+# so a red run means a change broke them, never a new draw.
 FUZZ_EXAMPLES = {"reference": 60, "triton": 30}
 
 
@@ -127,7 +129,8 @@ def test_parity_fuzz(backend):
         kind=st.sampled_from(["dense", "packed", "unsorted", "unbatched"]),
         with_hx=st.booleans(),
     )
-    @settings(max_examples=FUZZ_EXAMPLES.get(backend, 60), deadline=None)
+    @settings(max_examples=FUZZ_EXAMPLES.get(backend, 60), deadline=None, derandomize=True,
+              database=None)
     def check(num_layers, bidirectional, bias, batch_first, hidden, proj, input_size, lengths,
               kind, with_hx):
         proj = proj % hidden  # proj_size must be < hidden_size
