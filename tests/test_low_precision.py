@@ -5,6 +5,7 @@ import torch
 
 from conftest import BACKENDS
 from helpers import run, twin_models
+from rnnfast.backends.gemm import Product, widened_mm
 from rnnfast.precision import magnitudes, max_errors, rule_violations
 
 
@@ -50,3 +51,20 @@ def test_low_precision_dtypes_of_outputs_and_grads(backend, dtype):
     (out.float().sum() + c.float().sum()).backward()
     assert x.grad.dtype == dtype
     assert all(p.grad.dtype == dtype and torch.isfinite(p.grad).all() for p in lstm.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_widened_product_keeps_its_sums_unrounded(dtype):
+    """gemm.Product with out_dtype=fp32, the reference's recurrent product in 16-bit
+    layers: the fp32 sums of the 16-bit operands, as a fused kernel's accumulator holds
+    them, not rounded to 16 bits on the way. widened_mm falls back to the widened 16-bit
+    product where torch.mm takes no out_dtype (CPU tensors)."""
+    g = torch.Generator().manual_seed(0)
+    w, a = (torch.randn(n, 40, generator=g).to(dtype) for n in (96, 5))
+    exact = a.double() @ w.double().t()
+    wide = Product(w, 5, out_dtype=torch.float32)(a)
+    assert wide.dtype == torch.float32
+    assert (wide.double() - exact).abs().max() < 1e-6 * exact.abs().max()
+    rounded = (a @ w.t()).double()  # what a 16-bit result keeps: far from that
+    assert (rounded - exact).abs().max() > 1e-4 * exact.abs().max()
+    assert torch.equal(widened_mm(a, w.t(), torch.float32), (a @ w.t()).float())

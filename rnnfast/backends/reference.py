@@ -2,9 +2,12 @@
 PyTorch. It is the oracle every kernel is tested against and the path used wherever
 no faster backend applies (CPU, float64, sizes a kernel does not cover).
 
-Numerics: GEMMs run in the input dtype (fp32 accumulation inside torch); gate
-activations, the cell state and all gradients of the recurrence are kept in the
-accumulation dtype (fp32 for fp16/bf16 inputs, else the input dtype).
+Numerics: gate activations, the cell state and all gradients of the recurrence are
+kept in the accumulation dtype (fp32 for fp16/bf16 inputs, else the input dtype). The
+input and output projections run in the input dtype (fp32 accumulation inside torch,
+the result rounded to it); the forward's recurrent product joins the gates in the
+accumulation dtype unrounded (gemm.Product's out_dtype), as in the fused kernels of
+every backend; the backward's products run in the accumulation dtype.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ def forward(
     # The cell state is updated in place; rows that are not active at a step keep
     # theirs, so after the loop it holds c_n. h needs no state: it is read back from y.
     c_state = c0.to(acc, copy=True)
-    recurrent = Product(w_hh, steps.batch)
+    recurrent = Product(w_hh, steps.batch, out_dtype=acc)
 
     for k, (off, n) in enumerate(zip(steps.offsets, steps.sizes)):
         g = gates_all[off:off + n]
@@ -112,7 +115,7 @@ def recompute_gates(
     rows, out_size = cells.shape[0], w_hh.shape[1]
     h_prev = prev_sequence(y.reshape(rows, out_size), h0, steps)
     gates = Product(w_ih, rows)(x.reshape(rows, x.shape[-1])).to(acc)
-    gates += Product(w_hh, rows)(h_prev).to(acc)
+    gates += Product(w_hh, rows, out_dtype=acc)(h_prev)  # as the forward's
     if b_ih is not None:
         gates += b_ih.to(acc) + b_hh.to(acc)
     _activate_(gates)
