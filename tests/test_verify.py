@@ -45,6 +45,10 @@ def test_dry_run_walks_every_stage_and_writes_the_results(dry_run):
     assert {(c["backend"], c["dtype"]) for c in smoke} == {("reference", "fp32"), ("triton", "fp32")}
     assert {c["shape"]["name"] for c in smoke} == {"T=1", "packed", "masks"}
     assert all(c["status"] == "PASS" and 0 < c["worst"] <= 1 for c in smoke)
+    # triton's cases also against the reference backend (not the reference's own: it
+    # would be judged against itself)
+    assert all((c["worst_vs_reference"] is None) == (c["backend"] == "reference") for c in smoke)
+    assert all(0 < c["worst_vs_reference"] <= 1 for c in smoke if c["backend"] == "triton")
     env = json.loads((out / "env.json").read_text())
     assert env["gpu"] is None and env["torch"] == torch.__version__ and env["dry_run"] is True
     # Printed last: the summary, stage table first.
@@ -334,5 +338,5 @@ def test_smoke_case_reports_a_fallback_and_fails_a_wrong_kernel(monkeypatch):
         return (y * (1 + 1e-4), *rest)
     monkeypatch.setitem(backends._REGISTRY, "triton", dataclasses.replace(base, forward=off_by_a_little))
     result = smoke.check("triton", "fp32", shape, cpu)
-    assert result["status"] == "FAIL" and result["worst"] > 1
+    assert result["status"] == "FAIL" and result["worst"] > 1 and result["worst_vs_reference"] > 1
     assert result["violations"][0].startswith("output: error ")

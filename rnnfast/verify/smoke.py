@@ -183,6 +183,17 @@ def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device)
         with torch.backends.cudnn.flags(enabled=False):
             reference = _outputs_and_grads(theirs, shape, x64, names, upstream, dtype)
 
+    # A second peer, reported beside the verdict: the reference backend, whose recurrent
+    # product keeps its fp32 sums as the fused kernels do, where cuDNN may round them to
+    # the dtype. Two rounding patterns move the largest of a few hundred errors by up to
+    # 2x (csrc/README.md, "The kernels on a CPU"): a narrow FAIL against cuDNN that passes
+    # against it is that, not a kernel's fault.
+    peer = None
+    if backend != "reference":
+        peer_model = rnnfast.LSTM(**_config(shape), device=device, dtype=dtype, backend="reference")
+        peer_model.load_state_dict(exact.state_dict())
+        peer = _outputs_and_grads(peer_model, shape, x64, names, upstream, dtype)
+
     tensor_names = ["output", "h_n", "c_n", "d_input", *(f"d_{n}" for n in names)]
     broken = []
     for k, name in enumerate(names):
@@ -192,17 +203,23 @@ def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device)
         slot = 4 + k
         if torch.any(got[slot][mask] != 0):
             broken.append(f"{tensor_names[slot]}: frozen entries have nonzero gradients")
-        expected[slot] = expected[slot].masked_fill(mask, 0)
-        reference[slot] = reference[slot].masked_fill(mask, 0)
+        for results in (expected, reference, peer):
+            if results is not None:
+                results[slot] = results[slot].masked_fill(mask, 0)
     ours_err = precision.max_errors(got, expected)
     theirs_err = precision.max_errors(reference, expected)
     scales = precision.magnitudes(expected)
     broken += precision.rule_violations(ours_err, theirs_err, dtype, scales, tensor_names)
-    worst = max(e / precision.allowed_error(t, dtype, s) for e, t, s in zip(ours_err, theirs_err, scales))
+
+    def worst(peer_err):  # the worst tensor's error over what the rule allows against a peer
+        return round(max(e / precision.allowed_error(t, dtype, s)
+                         for e, t, s in zip(ours_err, peer_err, scales)), 4)
+
     fallbacks = sorted({str(w.message) for w in caught if FALLBACK_WARNING.search(str(w.message))})
     status = "FAIL" if broken else "FALLBACK" if fallbacks else "PASS"
-    return {"status": status, "worst": round(worst, 4), "violations": broken, "fallback": fallbacks,
-            "baseline": baseline}
+    return {"status": status, "worst": worst(theirs_err), "violations": broken, "fallback": fallbacks,
+            "baseline": baseline,
+            "worst_vs_reference": worst(precision.max_errors(peer, expected)) if peer else None}
 
 
 def exercise(backend: str, dtype_name: str, shape: Shape, device: torch.device) -> dict:
