@@ -27,6 +27,7 @@ def forward(
     """Same contract as backends.reference.forward: gates, cells and the cell state in the
     accumulation dtype (the input dtype for fp32/fp64, fp32 for bf16), y, h_n and c_n in
     the input dtype. bf16: products of bf16 operands summed in fp32 straight into the
-    gates (the reference rounds each product to bf16 first)."""
+    gates (the reference keeps the recurrent product's fp32 sums too, but rounds the input
+    projection to bf16 first)."""
     return tuple(extension().forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                                      save == "all", save != "none"))
