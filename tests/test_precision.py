@@ -10,7 +10,7 @@ import torch
 from rnnfast.backends import reference
 from rnnfast.precision import allowed_error, rule_violations
 
-from helpers import layer_args, rule_violations_vs_float64
+from helpers import layer_args, rule_violations_vs_float64, units_relabelled
 
 
 def test_precision_rule():
@@ -23,50 +23,16 @@ def test_precision_rule():
     assert allowed_error(0.0, torch.float32, scale=4.0) == 16 * torch.finfo(torch.float32).eps * 4
 
 
-def _units_relabelled(perm):
-    """The reference backend on the same layer with its hidden units relabelled: new unit
-    j is unit perm[j]. Every sum over units (the recurrent products, the projection, the
-    weight gradients' rows) runs in another order; results come back in the caller's
-    labels. (forward, backward) with a backend's contract."""
-    hidden = len(perm)
-    rows = torch.cat([gate * hidden + perm for gate in range(4)])  # the gate rows alike
-    unit_back, row_back = perm.argsort(), rows.argsort()
-
-    def take(t, dim, index):  # t's entries `index` along dim; None stays None
-        return t if t is None or index is None else t.index_select(dim, index)
-
-    def forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
-        out = None if w_hr is not None else perm  # with a projection, outputs keep their labels
-        y, h_n, c_n, gates, cells, hid = reference.forward(
-            x, batch_sizes, take(h0, 1, out), take(c0, 1, perm), take(w_ih, 0, rows),
-            take(take(w_hh, 0, rows), 1, out), take(b_ih, 0, rows), take(b_hh, 0, rows),
-            take(w_hr, 1, perm), reverse, save)
-        back = None if w_hr is not None else unit_back
-        # the saved gates, cells and hidden stay relabelled: only `backward` reads them
-        return take(y, -1, back), take(h_n, 1, back), take(c_n, 1, unit_back), gates, cells, hid
-
-    def backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
-                 hid, reverse, needs, frozen, x_shape):
-        assert frozen == [None] * 5
-        out, back = (None, None) if w_hr is not None else (perm, unit_back)
-        grads, dgates = reference.backward(
-            take(dy, -1, out), take(dh_n, 1, out), take(dc_n, 1, perm), x, batch_sizes,
-            take(h0, 1, out), take(c0, 1, perm), take(w_ih, 0, rows),
-            take(take(w_hh, 0, rows), 1, out), take(w_hr, 1, perm), take(y, -1, out), gates,
-            cells, hid, reverse, needs, frozen, x_shape)
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
-        return [dx, take(dh0, 1, back), take(dc0, 1, unit_back), take(dw_ih, 0, row_back),
-                take(take(dw_hh, 0, row_back), 1, back), take(db_ih, 0, row_back),
-                take(db_hh, 0, row_back), take(dw_hr, 1, unit_back)], take(dgates, 1, row_back)
-
-    return forward, backward
-
-
-# (T, B, I, H, proj, reverse); the first is the layer where a floor of 16 fp32 steps of
+# (T, B, I, H, proj, reverse). The first is the layer where a floor of 16 fp32 steps of
 # 1.0, rather than of the tensor's magnitude, refused the relabelled reference's dW_hh
-# (1.31 times that allowance, seed 0) and failed the CUDA kernels' emulated test.
+# (1.31 times that allowance, seed 0) and failed the CUDA kernels' emulated test. The
+# last two, small fp32 layers with a projection from the emulated kernels' random
+# search, are ill-conditioned: there one relabelling of the reference was off by 6.9
+# times the reference's own largest error, which the rule takes as the largest over
+# the reference's orders (helpers.REFERENCE_ORDERS) for that reason.
 LAYERS = [(2, 48, 3, 128, 0, True), (7, 3, 5, 20, 0, False), (20, 8, 16, 64, 0, False),
-          (7, 3, 5, 20, 11, True), (4, 16, 8, 256, 0, False)]
+          (7, 3, 5, 20, 11, True), (4, 16, 8, 256, 0, False), (5, 5, 6, 63, 38, False),
+          (5, 40, 6, 100, 87, False)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
@@ -76,7 +42,7 @@ def test_the_rule_accepts_the_reference_summing_in_another_order(dtype, T, B, I,
     for seed in range(4):
         args64 = layer_args(T, B, I, H, proj=proj, seed=seed)
         perm = torch.randperm(H, generator=torch.Generator().manual_seed(seed))
-        assert rule_violations_vs_float64(args64, dtype, reverse, _units_relabelled(perm)) == []
+        assert rule_violations_vs_float64(args64, dtype, reverse, units_relabelled(perm)) == []
 
 
 def _weights_in_tf32(forward, backward):
