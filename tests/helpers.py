@@ -119,14 +119,13 @@ def results_vs_float64(args64, dtype, reverse, *fns):
     outs64, grads64 = run_layer(reference.forward, reference.backward, args64, reverse)
     upstream = tuple(u.to(dtype) for u in upstream_grads(*outs64))
     low = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
-    kept = [n for n, exact in zip(LAYER_RESULTS, [*outs64, *grads64]) if exact is not None]
+    exact = {n: t for n, t in zip(LAYER_RESULTS, [*outs64, *grads64]) if t is not None}
     results = []
     for pair in fns:
         outs, grads = run_layer(*pair, low, reverse, upstream=upstream)
-        results.append(dict(zip(LAYER_RESULTS, [*outs, *grads])))
-    exact = dict(zip(LAYER_RESULTS, [*outs64, *grads64]))
-    results = [{n: r[n] for n in kept} for r in results]
-    return results[0] if len(fns) == 1 else results, {n: exact[n] for n in kept}
+        got = dict(zip(LAYER_RESULTS, [*outs, *grads]))
+        results.append({n: got[n] for n in exact})
+    return (results[0] if len(fns) == 1 else results), exact
 
 
 def units_relabelled(perm):
