@@ -138,7 +138,7 @@ def units_relabelled(perm):
     unit_back, row_back = perm.argsort(), rows.argsort()
 
     def take(t, dim, index):  # t's entries `index` along dim; None stays None
-        return t if t is None or index is None else t.index_select(dim, index)
+        return t if t is None or index is None else t.index_select(dim, index.to(t.device))
 
     def forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
         out = None if w_hr is not None else perm  # with a projection, outputs keep their labels
