@@ -111,11 +111,10 @@ LAYER_RESULTS = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih
 
 
 def results_vs_float64(args64, dtype, reverse, *fns):
-    """(results, exact): {name: tensor} of every output and gradient of run_layer(*f) on
-    `args64` (float64 layer_args) cast to `dtype`, for each (forward, backward) pair f of
-    `fns` (results: one dict, or a list of them for several pairs), and the same of the
-    reference backend in float64 on args64; the upstream gradients the same (rounded to
-    dtype)."""
+    """(results, exact): for each (forward, backward) pair f of `fns`, {name: tensor} of
+    every output and gradient of run_layer(*f) on `args64` (float64 layer_args) cast to
+    `dtype`; and the same of the reference backend in float64 on args64. The upstream
+    gradients are the same for all (rounded to dtype)."""
     outs64, grads64 = run_layer(reference.forward, reference.backward, args64, reverse)
     upstream = tuple(u.to(dtype) for u in upstream_grads(*outs64))
     low = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
@@ -125,7 +124,7 @@ def results_vs_float64(args64, dtype, reverse, *fns):
         outs, grads = run_layer(*pair, low, reverse, upstream=upstream)
         got = dict(zip(LAYER_RESULTS, [*outs, *grads]))
         results.append({n: got[n] for n in exact})
-    return (results[0] if len(fns) == 1 else results), exact
+    return results, exact
 
 
 def units_relabelled(perm):

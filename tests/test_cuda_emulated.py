@@ -266,10 +266,10 @@ def test_flashrnn_width_packed_and_reversed_keeps_the_rule(emulated, dtype):
     _runs_within_the_rule(emulated, dtype, 3, 5, 3, 700, lengths=[3, 2, 2, 1, 1], reverse=True)
 
 
-def _candidate(direction, dtype, B, H, slices, batch_blocks, **form):
-    plan = cuda_plan._candidate("grid", direction, B, H, H, False, dtype.itemsize, slices,
-                                batch_blocks, cuda_plan.H100_SMEM_PER_BLOCK, **form)
-    assert plan is not None, (direction, B, H, slices, batch_blocks, form)
+def _candidate(direction, dtype, B, H, slices, batch_blocks, proj=0, **form):
+    plan = cuda_plan._candidate("grid", direction, B, H, proj or H, bool(proj), dtype.itemsize,
+                                slices, batch_blocks, cuda_plan.H100_SMEM_PER_BLOCK, **form)
+    assert plan is not None, (direction, B, H, proj, slices, batch_blocks, form)
     return plan
 
 
@@ -378,12 +378,6 @@ def test_grids_on_three_sms_keep_the_rule(emulated, monkeypatch, dtype, T, B, I,
     _runs_within_the_rule(emulated, dtype, T, B, I, H, proj, lengths, reverse, plans)
 
 
-def _projection_grids(dtype, B, H, proj, forward_slices, backward_slices, batch_blocks):
-    return {d: cuda_plan._candidate("grid", d, B, H, proj, True, dtype.itemsize, slices,
-                                    batch_blocks, cuda_plan.H100_SMEM_PER_BLOCK)
-            for d, slices in (("forward", forward_slices), ("backward", backward_slices))}
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("T,B,I,H,proj,slices,batch_blocks", [
     (4, 5, 3, 130, 35, (33, 33), 1),   # 33 blocks of 4 units, 2 projection columns each
@@ -396,7 +390,8 @@ def test_16bit_projection_grids_keep_the_rule(emulated, monkeypatch, dtype, T, B
     reference backend rounded its recurrent product to 16 bits before adding it to the
     fp32 gates, one rounding a step the kernels do not make. With the reference's sums
     kept in fp32 (gemm.Product's out_dtype) the kernels' errors are the reference's."""
-    plans = _projection_grids(dtype, B, H, proj, *slices, batch_blocks)
+    plans = {d: _candidate(d, dtype, B, H, n, batch_blocks, proj)
+             for d, n in zip(("forward", "backward"), slices)}
     _force_plans(monkeypatch, **plans)
     _runs_within_the_rule(emulated, dtype, T, B, I, H, proj, None, True, plans)
 
