@@ -9,7 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnfast
 import rnnfast.backends.triton
 from rnnfast.backends import reference
-from rnnfast.precision import magnitudes, max_errors, rule_violations
+from rnnfast.precision import allowance_used, magnitudes, max_errors, rule_violations
 
 
 def in_interpreter(backend: str) -> bool:
@@ -127,66 +127,94 @@ def results_vs_float64(args64, dtype, reverse, *fns):
     return results, exact
 
 
-def units_relabelled(perm):
-    """The reference backend on the same layer with its hidden units relabelled: new unit
-    j is unit perm[j]. Every sum over units (the recurrent products, the projection, the
-    weight gradients' rows) runs in another order; results come back in the caller's
+def relabelled(units, outputs=None):
+    """The reference backend on the same layer with its hidden units relabelled (new unit
+    j is unit units[j]) and, with a projection, its output columns too (new column j is
+    column outputs[j]; without one the outputs are the units): every sum over units or
+    over the projection's outputs (the recurrent product, the projection, the weight
+    gradients' rows and columns) runs in another order; results come back in the caller's
     labels. (forward, backward) with a backend's contract, no freeze masks."""
-    hidden = len(perm)
-    rows = torch.cat([gate * hidden + perm for gate in range(4)])  # the gate rows alike
-    unit_back, row_back = perm.argsort(), rows.argsort()
+    hidden = len(units)
+    rows = torch.cat([gate * hidden + units for gate in range(4)])  # the gate rows alike
+    unit_back, row_back = units.argsort(), rows.argsort()
 
     def take(t, dim, index):  # t's entries `index` along dim; None stays None
         return t if t is None or index is None else t.index_select(dim, index.to(t.device))
 
+    def columns(w_hr):  # the order of the layer's output columns (h, y)
+        if w_hr is None:
+            return units
+        assert outputs is not None and len(outputs) == w_hr.shape[0], "a projection needs `outputs`"
+        return outputs
+
     def forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
-        out = None if w_hr is not None else perm  # with a projection, outputs keep their labels
+        out = columns(w_hr)
         y, h_n, c_n, gates, cells, hid = reference.forward(
-            x, batch_sizes, take(h0, 1, out), take(c0, 1, perm), take(w_ih, 0, rows),
+            x, batch_sizes, take(h0, 1, out), take(c0, 1, units), take(w_ih, 0, rows),
             take(take(w_hh, 0, rows), 1, out), take(b_ih, 0, rows), take(b_hh, 0, rows),
-            take(w_hr, 1, perm), reverse, save)
-        back = None if w_hr is not None else unit_back
+            take(take(w_hr, 0, out), 1, units), reverse, save)
+        back = out.argsort()
         # the saved gates, cells and hidden stay relabelled: only `backward` reads them
         return take(y, -1, back), take(h_n, 1, back), take(c_n, 1, unit_back), gates, cells, hid
 
     def backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, y, gates, cells,
                  hid, reverse, needs, frozen, x_shape):
         assert frozen == [None] * 5
-        out, back = (None, None) if w_hr is not None else (perm, unit_back)
+        out = columns(w_hr)
+        back = out.argsort()
         grads, dgates = reference.backward(
-            take(dy, -1, out), take(dh_n, 1, out), take(dc_n, 1, perm), x, batch_sizes,
-            take(h0, 1, out), take(c0, 1, perm), take(w_ih, 0, rows),
-            take(take(w_hh, 0, rows), 1, out), take(w_hr, 1, perm), take(y, -1, out), gates,
-            cells, hid, reverse, needs, frozen, x_shape)
+            take(dy, -1, out), take(dh_n, 1, out), take(dc_n, 1, units), x, batch_sizes,
+            take(h0, 1, out), take(c0, 1, units), take(w_ih, 0, rows),
+            take(take(w_hh, 0, rows), 1, out), take(take(w_hr, 0, out), 1, units),
+            take(y, -1, out), gates, cells, hid, reverse, needs, frozen, x_shape)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
         return [dx, take(dh0, 1, back), take(dc0, 1, unit_back), take(dw_ih, 0, row_back),
                 take(take(dw_hh, 0, row_back), 1, back), take(db_ih, 0, row_back),
-                take(db_hh, 0, row_back), take(dw_hr, 1, unit_back)], take(dgates, 1, row_back)
+                take(db_hh, 0, row_back), take(take(dw_hr, 0, back), 1, unit_back)], \
+            take(dgates, 1, row_back)
 
     return forward, backward
 
 
-# The reference's own error in a dtype: the largest over its run and its runs with the
-# hidden units relabelled in REFERENCE_ORDERS more orders (seeded). One order's largest
-# error over a few hundred values is one draw: over summation orders alone it moved by
-# up to 7x on a small fp32 layer with a projection (csrc/README.md, "The kernels on a CPU").
+# The reference's own error in a dtype: the largest over its run and REFERENCE_ORDERS
+# more runs with its hidden units (and a projection's outputs) relabelled (seeded). One
+# order's largest error over a few hundred values is one draw: over summation orders
+# alone it moved by up to 7x on a small fp32 layer with a projection (csrc/README.md,
+# "The kernels on a CPU").
 REFERENCE_ORDERS = 3
 
 
-def reference_orders(hidden):
+def relabellings(hidden, proj=0, count=REFERENCE_ORDERS, seed=1000):
+    """`count` (forward, backward) of the reference backend in relabellings of its
+    `hidden` units and, with a projection, its `proj` outputs (seeded from `seed`)."""
+    def perm(n, k):
+        return torch.randperm(n, generator=torch.Generator().manual_seed(k))
+
+    return [relabelled(perm(hidden, seed + k), perm(proj, seed + 1000 + k) if proj else None)
+            for k in range(count)]
+
+
+def reference_orders(hidden, proj=0):
     """(forward, backward) of the reference backend in its own order and in REFERENCE_ORDERS
-    relabellings of `hidden` units."""
-    perms = [torch.randperm(hidden, generator=torch.Generator().manual_seed(1000 + k))
-             for k in range(REFERENCE_ORDERS)]
-    return [(reference.forward, reference.backward), *map(units_relabelled, perms)]
+    relabellings of its `hidden` units and, with a projection, its `proj` outputs."""
+    return [(reference.forward, reference.backward), *relabellings(hidden, proj)]
 
 
 def rule_violations_vs_float64(args64, dtype, reverse, fns):
     """DESIGN.md §6's rule for run_layer(*fns) in `dtype` (rule_violations_of_results,
     the reference backend in `dtype` as the peer, in its REFERENCE_ORDERS). [] when within."""
-    hidden = args64[3].shape[1]  # c0 [B, H]
-    (ours, *peers), exact = results_vs_float64(args64, dtype, reverse, fns, *reference_orders(hidden))
+    hidden, w_hr = args64[3].shape[1], args64[8]  # c0 [B, H], w_hr [P, H] or None
+    orders = reference_orders(hidden, 0 if w_hr is None else w_hr.shape[0])
+    (ours, *peers), exact = results_vs_float64(args64, dtype, reverse, fns, *orders)
     return rule_violations_of_results(ours, peers, exact, dtype)
+
+
+def _errors_beside_peers(ours, peers, exact):
+    """(names, ours' errors, the peers' largest errors, the exact tensors' magnitudes)."""
+    names = list(exact)
+    truth = [exact[n] for n in names]
+    theirs = [max(errors) for errors in zip(*(max_errors([p[n] for n in names], truth) for p in peers))]
+    return names, max_errors([ours[n] for n in names], truth), theirs, magnitudes(truth)
 
 
 def rule_violations_of_results(ours, peers, exact, dtype):
@@ -194,8 +222,12 @@ def rule_violations_of_results(ours, peers, exact, dtype):
     {name: tensor} of a backend (`ours`) and of its peers (a list of such: runs of the
     reference in `dtype`): each error against `exact` beside the largest of the peers',
     the floor sized by the exact tensor's largest value."""
-    names = list(exact)
-    truth = [exact[n] for n in names]
-    theirs = [max(errors) for errors in zip(*(max_errors([p[n] for n in names], truth) for p in peers))]
-    return rule_violations(max_errors([ours[n] for n in names], truth), theirs, dtype,
-                           magnitudes(truth), names)
+    names, mine, theirs, scales = _errors_beside_peers(ours, peers, exact)
+    return rule_violations(mine, theirs, dtype, scales, names)
+
+
+def allowance_used_of_results(ours, peers, exact, dtype):
+    """How much of the rule's allowance `ours` uses, judged as rule_violations_of_results
+    judges it (at most 1: within the rule)."""
+    _, mine, theirs, scales = _errors_beside_peers(ours, peers, exact)
+    return allowance_used(mine, theirs, dtype, scales)

@@ -26,6 +26,7 @@ import itertools
 import os
 import random
 import shutil
+import statistics
 import subprocess
 
 import pytest
@@ -37,7 +38,8 @@ from rnnfast.backends.cuda import forward as cuda_fwd
 from rnnfast.backends.cuda import launch as cuda_launch
 from rnnfast.backends.cuda import plan as cuda_plan
 
-from helpers import layer_args, planned_launches, rule_violations_vs_float64
+from helpers import (allowance_used_of_results, layer_args, planned_launches, reference_orders,
+                     relabellings, results_vs_float64, rule_violations_vs_float64)
 from test_cuda_sources import TORCH_NVCC_DEFINES
 
 CSRC = os.path.join(os.path.dirname(__file__), "..", "csrc")
@@ -462,6 +464,49 @@ def test_random_layers_and_plans_keep_the_rule(emulated, monkeypatch, seed):
             break
     _force_plans(monkeypatch, **plans)
     _runs_within_the_rule(emulated, dtype, T, B, I, H, proj, lengths, reverse, plans)
+
+
+# Two fp32 layers with a projection from the random search whose first draw (seed 0)
+# broke the rule (1.04 and 1.29 times the allowance, before the reference's orders
+# relabelled the projection's outputs too). They amplify every rounding error about
+# 2.5x a step, so a layer's largest error is one draw from a heavy tail: the reference
+# itself, summing in another order, breaks the rule on about 1 draw in 40 there.
+# RNNFAST_EMULATE_DRAWS=N judges N draws of each (csrc/README.md's figures: 40).
+PROJECTION_DRAWS = range(int(os.environ.get("RNNFAST_EMULATE_DRAWS", 4)))
+
+
+@pytest.mark.parametrize("T,B,I,H,proj,slices,batch_blocks", [
+    (4, 33, 1, 72, 45, (4, 1), (3, 1)),  # forward a grid of 4 x 3 blocks, backward 1 block
+    (6, 5, 6, 256, 77, (7, 7), (1, 1)),  # a 7-SM part's grids: 40 units a block
+])
+def test_fp32_projection_layers_err_as_the_reference_summing_in_another_order(
+        emulated, monkeypatch, capsys, T, B, I, H, proj, slices, batch_blocks):
+    """On layers where the rule's verdict on one draw is itself a draw, the kernels are
+    judged over draws: how much of the rule's allowance they use, against the
+    reference's orders, beside what 4 more orders of the reference (spares, each judged
+    as the kernels are) use. The kernels' median must stay within 1.5x the spares'. A
+    fp32 product made as 2 TF32 terms rather than 3, or read in TF32, is several times
+    over (test_precision refuses the latter on one draw)."""
+    fp32 = torch.float32
+    plans = {d: _candidate(d, fp32, B, H, n, m, proj)
+             for d, n, m in zip(("forward", "backward"), slices, batch_blocks)}
+    _force_plans(monkeypatch, **plans)
+    kernels, spares = [], []
+    for seed in PROJECTION_DRAWS:
+        args64 = layer_args(T, B, I, H, proj=proj, seed=seed)
+        peers = reference_orders(H, proj)
+        (ours, *results), exact = results_vs_float64(args64, fp32, False, (cuda_fwd.forward, cuda_bwd.backward),
+                                                     *peers, *relabellings(H, proj, count=4, seed=5000))
+        judged = results[:len(peers)]
+        kernels.append(allowance_used_of_results(ours, judged, exact, fp32))
+        spares += [allowance_used_of_results(r, judged, exact, fp32) for r in results[len(peers):]]
+    assert sorted(set(emulated.ran)) == planned_launches(plans)
+    with capsys.disabled():
+        print(f"\nallowance used over {len(kernels)} draws (median, largest, draws over 1): kernels "
+              f"{statistics.median(kernels):.2f}, {max(kernels):.2f}, {sum(u > 1 for u in kernels)}; "
+              f"reference in other orders {statistics.median(spares):.2f}, {max(spares):.2f}, "
+              f"{sum(u > 1 for u in spares)} of {len(spares)}")
+    assert statistics.median(kernels) <= 1.5 * statistics.median(spares), (kernels, spares)
 
 
 def test_3xtf32_keeps_the_fp32_rule_over_1024_steps(emulated):

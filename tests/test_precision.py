@@ -10,7 +10,8 @@ import torch
 from rnnfast.backends import reference
 from rnnfast.precision import allowed_error, rule_violations
 
-from helpers import layer_args, rule_violations_vs_float64, units_relabelled
+from helpers import (layer_args, relabelled, relabellings, results_vs_float64,
+                     rule_violations_vs_float64)
 
 
 def test_precision_rule():
@@ -41,8 +42,8 @@ LAYERS = [(2, 48, 3, 128, 0, True), (7, 3, 5, 20, 0, False), (20, 8, 16, 64, 0, 
 def test_the_rule_accepts_the_reference_summing_in_another_order(dtype, T, B, I, H, proj, reverse):
     for seed in range(4):
         args64 = layer_args(T, B, I, H, proj=proj, seed=seed)
-        perm = torch.randperm(H, generator=torch.Generator().manual_seed(seed))
-        assert rule_violations_vs_float64(args64, dtype, reverse, units_relabelled(perm)) == []
+        (another_order,) = relabellings(H, proj, count=1, seed=seed)
+        assert rule_violations_vs_float64(args64, dtype, reverse, another_order) == []
 
 
 def _weights_in_tf32(forward, backward):
@@ -68,3 +69,28 @@ def test_the_rule_refuses_fp32_weights_read_in_tf32(T, B, I, H, proj, reverse):
     broken = rule_violations_vs_float64(args64, torch.float32, reverse,
                                         _weights_in_tf32(reference.forward, reference.backward))
     assert any(name.startswith("y:") for name in broken), broken
+
+
+@pytest.mark.parametrize("proj,reverse", [(0, False), (11, True)])
+def test_a_relabelled_reference_computes_the_same_layer(proj, reverse, monkeypatch):
+    """helpers.relabelled (the reference in another order of its units and, with a
+    projection, of its outputs; what the rule takes the reference's own error over) is
+    the same layer: in float64 its outputs and gradients are the reference's to
+    rounding, with packed input; and the recurrent weight it multiplies by has its
+    columns (the sum's terms: units, or the projection's outputs) in the new order."""
+    T, B, I, H = 5, 3, 4, 20
+    args64 = layer_args(T, B, I, H, proj=proj, lengths=[5, 2, 4])
+    g = torch.Generator().manual_seed(0)
+    units, outputs = torch.randperm(H, generator=g), torch.randperm(proj, generator=g) if proj else None
+    (plain, moved), _ = results_vs_float64(args64, torch.float64, reverse,
+                                           (reference.forward, reference.backward),
+                                           relabelled(units, outputs))
+    assert plain.keys() == moved.keys() and "dW_hh" in plain
+    for name in plain:
+        assert (plain[name] - moved[name]).abs().max() <= 1e-12 * max(1.0, plain[name].abs().max()), name
+
+    seen, original = [], reference.forward  # the W_hh the reference is given
+    monkeypatch.setattr(reference, "forward", lambda *args: seen.append(args[5]) or original(*args))
+    relabelled(units, outputs)[0](*args64, reverse, "all")
+    rows = torch.cat([gate * H + units for gate in range(4)])
+    assert torch.equal(seen[0], args64[5][rows][:, outputs if proj else units])

@@ -325,9 +325,9 @@ def test_auto_picks_a_gpu_backend_only_where_a_row_earned_it(monkeypatch):
 def test_a_relabelled_baseline_gives_the_baselines_results(name):
     """The smoke check's baseline in another order of every layer's hidden units
     (smoke._Relabelling: parameters, upstream gradients, outputs, final states and
-    parameter gradients each reordered and put back) computes the same layer: in float64
-    its results are the original run's to rounding, for 2 layers, both directions, a
-    projection, packed input."""
+    parameter gradients each reordered and put back; with a projection its outputs too)
+    computes the same layer: in float64 its results are the original run's to rounding,
+    for 2 layers, both directions, a projection, packed input."""
     shape = next(s for s in smoke.SHAPES if s.name == name)
     torch.manual_seed(0)
     model = torch.nn.LSTM(**smoke._config(shape), dtype=torch.float64)
@@ -339,8 +339,11 @@ def test_a_relabelled_baseline_gives_the_baselines_results(name):
     relabelled = relabelling.run(model, state, x64, names, upstream, torch.float64)
     for a, b in zip(plain, relabelled):
         assert a.shape == b.shape and (a - b).abs().max() <= 1e-12 * max(1.0, a.abs().max())
-    moved = relabelling._take(state["weight_hh_l0"], *relabelling._index("weight_hh_l0"))
-    assert not torch.equal(moved, state["weight_hh_l0"])  # it really reordered
+    # it really reordered the recurrent product's rows and its sum (over the projection's
+    # outputs where there is one)
+    rows, cols = relabelling._index("weight_hh_l0")
+    identity = torch.arange(len(cols))
+    assert not torch.equal(rows, torch.arange(len(rows))) and not torch.equal(cols, identity)
 
 
 def test_smoke_case_reports_a_fallback_and_fails_a_wrong_kernel(monkeypatch):

@@ -5,9 +5,10 @@ enough for many blocks, freeze masks), against torch.nn.LSTM (cuDNN on a GPU).
 One case = one backend x dtype x shape. The check runs the same weights and inputs
 three ways: nn.LSTM in float64 (the exact answer), nn.LSTM in the dtype (cuDNN: the
 reference's own error, the largest over its run and BASELINE_ORDERS runs with the
-hidden units relabelled) and rnnfast.LSTM with the backend in the dtype; outputs, final
-states and every gradient must keep the DESIGN.md §6 rule (rnnfast.precision). TF32
-is off for the whole check, so fp32 is judged at full fp32 precision.
+hidden units and outputs relabelled) and rnnfast.LSTM with the backend in the dtype;
+outputs, final states and every gradient must keep the DESIGN.md §6 rule
+(rnnfast.precision). TF32 is off for the whole check, so fp32 is judged at full fp32
+precision.
 
 Runs inside a worker process (rnnfast.verify.worker), never in the verify process.
 """
@@ -134,71 +135,73 @@ def _outputs_and_grads(model: nn.Module, shape: Shape, x64: torch.Tensor, names:
 
 
 # The baseline's own error in a dtype: the largest over its run and its runs with every
-# layer's hidden units relabelled in BASELINE_ORDERS more (seeded) orders, as the tests
-# take the reference's (tests/helpers.py, REFERENCE_ORDERS). One order's largest error
-# over a few hundred values is one draw: summation orders alone moved it by up to 7x on
-# a small fp32 layer with a projection (csrc/README.md, "The kernels on a CPU").
+# layer's hidden units (and a projection's outputs) relabelled in BASELINE_ORDERS more
+# (seeded) orders, as the tests take the reference's (tests/helpers.py,
+# REFERENCE_ORDERS). One order's largest error over a few hundred values is one draw:
+# summation orders alone moved it by up to 7x on a small fp32 layer with a projection
+# (csrc/README.md, "The kernels on a CPU").
 BASELINE_ORDERS = 3
 
 
 class _Relabelling:
     """nn.LSTM's parameters, inputs and results with layer l, direction d's hidden units in
-    the order perms[l][d] (new unit j is unit perms[l][d][j]): the same layers, every sum
-    over units in another order."""
+    the order units[l][d] (new unit j is unit units[l][d][j]) and its output columns in
+    the order outputs[l][d] (with a projection a permutation of its own, else the units'):
+    the same layers, every sum over units or outputs in another order."""
 
     def __init__(self, shape: Shape, seed: int):
         g = torch.Generator().manual_seed(seed)
         self.shape, self.directions = shape, 1 + shape.bidirectional
-        self.perms = [[torch.randperm(shape.H, generator=g) for _ in range(self.directions)]
+        self.units = [[torch.randperm(shape.H, generator=g) for _ in range(self.directions)]
                       for _ in range(shape.layers)]
+        self.outputs = [[torch.randperm(shape.proj, generator=g) if shape.proj else units
+                         for units in layer] for layer in self.units]
 
-    def _units(self, layer: int) -> torch.Tensor:
-        """Columns of layer `layer`'s output (both directions' units side by side)."""
-        return torch.cat([d * self.shape.H + p for d, p in enumerate(self.perms[layer])])
+    def _columns(self, layer: int) -> torch.Tensor:
+        """Columns of layer `layer`'s output (both directions' side by side), in the new order."""
+        width = self.shape.proj or self.shape.H
+        return torch.cat([d * width + p for d, p in enumerate(self.outputs[layer])])
 
     def _index(self, name: str):
         """(rows, cols) picking parameter `name`'s entries in the new order (None: as is)."""
         kind, layer, reverse = re.fullmatch(r"(\w+?)_l(\d+)(_reverse)?", name).groups()
-        layer = int(layer)
-        perm, proj = self.perms[layer][reverse is not None], self.shape.proj
-        gate_rows = torch.cat([g * self.shape.H + perm for g in range(4)])
-        return {"weight_ih": (gate_rows, self._units(layer - 1) if layer and not proj else None),
-                "weight_hh": (gate_rows, None if proj else perm),
+        layer, direction = int(layer), int(reverse is not None)
+        units, outputs = self.units[layer][direction], self.outputs[layer][direction]
+        gate_rows = torch.cat([g * self.shape.H + units for g in range(4)])
+        return {"weight_ih": (gate_rows, self._columns(layer - 1) if layer else None),
+                "weight_hh": (gate_rows, outputs),
                 "bias_ih": (gate_rows, None), "bias_hh": (gate_rows, None),
-                "weight_hr": (None, perm)}[kind]
+                "weight_hr": (outputs, units)}[kind]
 
     @staticmethod
     def _take(t: torch.Tensor, rows, cols) -> torch.Tensor:
         t = t if rows is None else t.index_select(0, rows.to(t.device))
         return t if cols is None else t.index_select(-1, cols.to(t.device))
 
-    def _states(self, t: torch.Tensor, units: bool, back: bool) -> torch.Tensor:
-        """h_n or c_n [L*D, B, *]: each layer and direction's units (units=False: h_n with
-        a projection, as is), reordered, or put back."""
-        if not units:
-            return t
-        perms = [p.argsort() if back else p for layer in self.perms for p in layer]
+    @staticmethod
+    def _states(t: torch.Tensor, orders: list, back: bool) -> torch.Tensor:
+        """h_n or c_n [L*D, B, *]: each layer and direction's columns in `orders` (outputs
+        for h_n, units for c_n), reordered, or put back."""
+        perms = [p.argsort() if back else p for layer in orders for p in layer]
         return torch.stack([s.index_select(-1, p.to(t.device)) for s, p in zip(t, perms)])
 
     def run(self, model: nn.Module, exact_state: dict, x64: torch.Tensor, names: list[str],
             upstream: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
         """_outputs_and_grads of `model` loaded with exact_state in the new order, its
         results put back in the original one."""
-        shape = self.shape
         model.load_state_dict({n: self._take(t, *self._index(n)) for n, t in exact_state.items()})
-        out_cols = None if shape.proj else self._units(shape.layers - 1)
+        out_cols = self._columns(self.shape.layers - 1)
         dy, dh_n, dc_n = upstream
-        upstream = [self._take(dy, None, out_cols), self._states(dh_n, not shape.proj, False),
-                    self._states(dc_n, True, False)]
-        data, h, c, dx, *grads = _outputs_and_grads(model, shape, x64, names, upstream, dtype)
-        back = None if out_cols is None else out_cols.argsort()
+        upstream = [self._take(dy, None, out_cols), self._states(dh_n, self.outputs, False),
+                    self._states(dc_n, self.units, False)]
+        data, h, c, dx, *grads = _outputs_and_grads(model, self.shape, x64, names, upstream, dtype)
         restored = []
         for name, grad in zip(names, grads):
             rows, cols = self._index(name)
             restored.append(self._take(grad, None if rows is None else rows.argsort(),
                                        None if cols is None else cols.argsort()))
-        return [self._take(data, None, back), self._states(h, not shape.proj, True),
-                self._states(c, True, True), dx, *restored]
+        return [self._take(data, None, out_cols.argsort()), self._states(h, self.outputs, True),
+                self._states(c, self.units, True), dx, *restored]
 
 
 @contextlib.contextmanager
@@ -288,8 +291,7 @@ def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device)
     broken += precision.rule_violations(ours_err, theirs_err, dtype, scales, tensor_names)
 
     def worst(peer_err):  # the worst tensor's error over what the rule allows against a peer
-        return round(max(e / precision.allowed_error(t, dtype, s)
-                         for e, t, s in zip(ours_err, peer_err, scales)), 4)
+        return round(precision.allowance_used(ours_err, peer_err, dtype, scales), 4)
 
     fallbacks = sorted({str(w.message) for w in caught if FALLBACK_WARNING.search(str(w.message))})
     status = "FAIL" if broken else "FALLBACK" if fallbacks else "PASS"

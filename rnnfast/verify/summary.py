@@ -58,7 +58,7 @@ def parity_table(smoke: list[dict]) -> list[str]:
         rows.append([backend, dtype, *(cells.get((backend, dtype, s), "") for s in shapes)])
     return ["## Parity with nn.LSTM (DESIGN.md §6)", "",
             "Cell: status and the worst tensor's error as a fraction of the allowed error "
-            "(2x nn.LSTM's own error in that dtype against float64, the largest over 4 orders of its hidden units, plus a floor of 1 rounding step in bf16/fp16, 16 in fp32; "
+            "(2x nn.LSTM's own error in that dtype against float64, the largest over 4 orders of its hidden units and a projection's outputs, plus a floor of 1 rounding step in bf16/fp16, 16 in fp32; "
             "at most 1.00 passes); in brackets the same against the reference backend's error, which keeps the recurrent "
             "product's fp32 sums as the kernels do (not part of the verdict). TF32 off.", "",
             *_table(["backend", "dtype", *shapes], rows)]
