@@ -485,10 +485,12 @@ __device__ __forceinline__ void grid_barrier_arrive(unsigned long long* arrivals
 }
 
 // Not inlined, so that its polling loads (the only strong GPU-scope loads of the
-// kernels) stand alone in the SASS that tests/test_cuda_sass.py checks.
-__device__ __noinline__ void grid_barrier_wait(unsigned long long* arrivals,
-                                               unsigned long long target, int* timed_out,
-                                               long long spin_limit) {
+// kernels) stand alone in the SASS that tests/test_cuda_sass.py checks. static: each
+// translation unit that includes this header keeps its own copy (not inline, a
+// definition in three objects of one library would collide at link time).
+static __device__ __noinline__ void grid_barrier_wait(unsigned long long* arrivals,
+                                                      unsigned long long target, int* timed_out,
+                                                      long long spin_limit) {
   unsigned long long seen = 0;
   long long polls = 0;
   do {
