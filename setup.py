@@ -23,6 +23,7 @@ Environment flags:
 """
 import os
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
@@ -55,15 +56,38 @@ def _gencode_flags(archs: str) -> list:
     return flags
 
 
+def _toolkit_root(nvcc: str):
+    """The CUDA toolkit that `nvcc` runs from, or None. torch's extension build takes the
+    toolkit as CUDA_HOME, or else as the folder above the nvcc on PATH; when that nvcc is
+    a wrapper script or a link outside the toolkit (say /usr/local/bin/nvcc running
+    /usr/local/cuda-13.0/bin/nvcc) that folder holds no CUDA headers and the build
+    fails on cuda_runtime_api.h. nvcc names its own toolkit in a dry run (TOP=...)."""
+    try:
+        dry = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (dry.stdout + dry.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            root = os.path.realpath(line[len("#$ TOP="):].strip())
+            if os.path.exists(os.path.join(root, "include", "cuda_runtime_api.h")):
+                return root
+    return None
+
+
 def _cuda_extension_kwargs() -> dict:
     force = _flag("RNNFAST_FORCE_CUDA_BUILD")
     if _flag("RNNFAST_SKIP_CUDA_BUILD"):
         return _skip("RNNFAST_SKIP_CUDA_BUILD=1", force=False)
     # Cheap checks first: no toolkit, no torch import.
     cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if shutil.which("nvcc") is None and not (cuda_home and os.path.exists(
-            os.path.join(cuda_home, "bin", "nvcc"))):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None and not (cuda_home and os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))):
         return _skip("no CUDA toolkit: nvcc not found", force)
+    if cuda_home is None:  # before torch's extension module reads it, at import
+        cuda_home = _toolkit_root(nvcc)
+        if cuda_home is not None:
+            os.environ["CUDA_HOME"] = cuda_home
     try:
         import torch
         from torch.utils.cpp_extension import BuildExtension, CUDAExtension
@@ -88,4 +112,5 @@ def _cuda_extension_kwargs() -> dict:
     return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
 
 
-setup(**_cuda_extension_kwargs())
+if __name__ == "__main__":  # as pip's build backend runs it; tests import the helpers
+    setup(**_cuda_extension_kwargs())
