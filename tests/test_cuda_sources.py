@@ -2,7 +2,8 @@
 
 - every csrc/*.cu compiles with nvcc for sm_80 and sm_90a (`-c`, so ptxas runs and
   register/shared-memory/resource errors show), warnings as errors, no register spills,
-  with the same defines torch's extension build adds;
+  with the same defines torch's extension build adds, and their objects link into one
+  library as the extension's do; setup.py finds the toolkit behind an nvcc wrapper;
 - the binding compiles against this torch's headers (syntax only: a CPU torch cannot
   link it);
 - csrc/tests/host_check.cu checks the kernels' __host__ __device__ code
