@@ -94,3 +94,26 @@ def test_auto_looks_for_triton_once_per_process(monkeypatch):
     for _ in range(3):
         backends.resolve("auto", torch.device("cpu"), torch.float32)
     assert searches.count("triton") == 1
+
+
+def test_triton_in_an_interpreter_that_cannot_run_it_is_unavailable_with_the_reason(monkeypatch):
+    """Triton 3.6's interpreter (the GPU image's Triton) fails inside every kernel with
+    numpy >= 2.4 (a scalar argument turned into an int from a 1-element array); 3.7
+    fixed it. The backend says so up front instead of an InterpreterError mid-layer."""
+    from rnnfast.backends import triton as triton_backend
+
+    problem = triton_backend.interpreter_problem("3.6.0", "2.4.6")
+    assert "Triton 3.6.0's interpreter cannot run with numpy 2.4.6" in problem
+    assert "triton>=3.7 or numpy<2.4" in problem
+    assert triton_backend.interpreter_problem("3.6.0", "2.4.0rc1") is not None
+    for fine in (("3.7.1", "2.4.6"), ("3.6.0", "2.3.5"), ("3.6.0", None), ("4.0.0", "3.0.0")):
+        assert triton_backend.interpreter_problem(*fine) is None, fine
+
+    monkeypatch.setattr(triton_backend, "_found", True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton_backend, "_interpreter_problem", (problem,))
+    assert triton_backend.unavailable_reason() == problem
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # compiled kernels: the interpreter is not asked
+    assert triton_backend.unavailable_reason() in (None, "no CUDA device (set TRITON_INTERPRET=1 to run its "
+                                                   "kernels on CPU in Triton's interpreter, which is slow "
+                                                   "and meant for testing)")

@@ -38,13 +38,42 @@ def _installed() -> bool:
     return _found
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string such as "3.6.0" or "2.4.0rc1"."""
+    return tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2])
+
+
+def interpreter_problem(triton_version: str, numpy_version: Optional[str]) -> Optional[str]:
+    """Why Triton's interpreter cannot run the kernels with these versions, or None.
+    Triton 3.6's interpreter turns a scalar argument into an int from a 1-element array
+    (`range(T)` in every kernel), which numpy 2.4 refuses with a TypeError; 3.7 fixed it."""
+    if numpy_version and _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter cannot run with numpy {numpy_version} "
+                "(it fails on every kernel's range over the steps); use triton>=3.7 or numpy<2.4")
+    return None
+
+
+_interpreter_problem: Optional[tuple[Optional[str]]] = None  # looked up once
+
+
 def unavailable_reason() -> Optional[str]:
+    global _interpreter_problem
     if not _installed():
         return "the triton package is not installed (pip install triton)"
-    if not interpreting() and not torch.cuda.is_available():
-        return ("no CUDA device (set TRITON_INTERPRET=1 to run its kernels on CPU in Triton's "
-                "interpreter, which is slow and meant for testing)")
-    return None
+    if not interpreting():
+        if not torch.cuda.is_available():
+            return ("no CUDA device (set TRITON_INTERPRET=1 to run its kernels on CPU in Triton's "
+                    "interpreter, which is slow and meant for testing)")
+        return None
+    if _interpreter_problem is None:
+        import triton
+        try:
+            import numpy
+            numpy_version = numpy.__version__
+        except ImportError:
+            numpy_version = None
+        _interpreter_problem = (interpreter_problem(triton.__version__, numpy_version),)
+    return _interpreter_problem[0]
 
 
 def unsupported_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
