@@ -176,6 +176,23 @@ def relabelled(units, outputs=None):
     return forward, backward
 
 
+def weights_in_tf32(forward, backward):
+    """The backend with its weights rounded to TF32 (10 mantissa bits), as a kernel whose
+    fp32 products silently ran as one TF32 mma instead of three would see them."""
+    def tf32(w):
+        return None if w is None else ((w.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
+
+    def forward_tf32(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
+        return forward(x, batch_sizes, h0, c0, tf32(w_ih), tf32(w_hh), b_ih, b_hh, tf32(w_hr),
+                       reverse, save)
+
+    def backward_tf32(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, *rest):
+        return backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, tf32(w_ih), tf32(w_hh),
+                        tf32(w_hr), *rest)
+
+    return forward_tf32, backward_tf32
+
+
 # The reference's own error in a dtype: the largest over its run and REFERENCE_ORDERS
 # more runs with its hidden units (and a projection's outputs) relabelled (seeded). One
 # order's largest error over a few hundred values is one draw: over summation orders

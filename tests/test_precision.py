@@ -11,7 +11,7 @@ from rnnfast.backends import reference
 from rnnfast.precision import allowed_error, rule_violations
 
 from helpers import (layer_args, relabelled, relabellings, results_vs_float64,
-                     rule_violations_vs_float64)
+                     rule_violations_vs_float64, weights_in_tf32)
 
 
 def test_precision_rule():
@@ -46,28 +46,11 @@ def test_the_rule_accepts_the_reference_summing_in_another_order(dtype, T, B, I,
         assert rule_violations_vs_float64(args64, dtype, reverse, another_order) == []
 
 
-def _weights_in_tf32(forward, backward):
-    """The backend with its weights rounded to TF32 (10 mantissa bits), as a kernel whose
-    fp32 products silently ran as one TF32 mma instead of three would see them."""
-    def tf32(w):
-        return None if w is None else ((w.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
-
-    def forward_tf32(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
-        return forward(x, batch_sizes, h0, c0, tf32(w_ih), tf32(w_hh), b_ih, b_hh, tf32(w_hr),
-                       reverse, save)
-
-    def backward_tf32(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, *rest):
-        return backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, tf32(w_ih), tf32(w_hh),
-                        tf32(w_hr), *rest)
-
-    return forward_tf32, backward_tf32
-
-
 @pytest.mark.parametrize("T,B,I,H,proj,reverse", LAYERS)
 def test_the_rule_refuses_fp32_weights_read_in_tf32(T, B, I, H, proj, reverse):
     args64 = layer_args(T, B, I, H, proj=proj)
     broken = rule_violations_vs_float64(args64, torch.float32, reverse,
-                                        _weights_in_tf32(reference.forward, reference.backward))
+                                        weights_in_tf32(reference.forward, reference.backward))
     assert any(name.startswith("y:") for name in broken), broken
 
 
