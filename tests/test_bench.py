@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import rnnfast
 from rnnfast.__main__ import main
 from rnnfast.bench import floor, providers, runner
 from rnnfast.bench.cases import Case, custom_case
@@ -42,6 +43,8 @@ def test_cli_writes_json_with_every_provider_mode_and_environment(bench_run):
     assert set(data["rates"]["fp32"]) == {"matmul_flops", "bandwidth", "step_latency"}
 
     rows = {(r["mode"], r["provider"]): r for r in data["results"]}
+    triton_reason = rnnfast.available_backends()["triton"]  # None: runs, in the interpreter here
+    triton_status = "interpreter, not timed" if triton_reason is None else f"unavailable: {triton_reason}"
     assert {m for m, _ in rows} == set(MODES.split(","))
     assert {p for _, p in rows} == set(PROVIDERS.split(","))  # nothing silently dropped
     for mode in MODES.split(","):
@@ -57,12 +60,12 @@ def test_cli_writes_json_with_every_provider_mode_and_environment(bench_run):
             else:
                 assert r["min_ms"] <= r["q1_ms"] <= r["median_ms"] <= r["q3_ms"] <= r["max_ms"]
                 assert r["repeats"] == 3 and r["floor_ms"] > 0 and r["bound"] in ("compute", "memory", "latency")
-        assert rows[(mode, "rnnfast/triton")]["status"] == "interpreter, not timed"
+        assert rows[(mode, "rnnfast/triton")]["status"] == triton_status
         assert "median_ms" not in rows[(mode, "rnnfast/triton")]
         assert rows[(mode, "rnnfast/cuda")]["status"].startswith("unavailable")
         if importlib.util.find_spec("flashrnn") is None:
             assert rows[(mode, "flashrnn")]["status"].startswith("not installed")
-    assert "interpreter, not timed" in stdout and "nn.LSTM (CPU native)" in stdout
+    assert triton_status in stdout and "nn.LSTM (CPU native)" in stdout
 
 
 def test_cli_writes_csv_matching_json_and_plots(bench_run):
@@ -120,7 +123,10 @@ def test_every_provider_is_listed_with_a_reason_when_it_cannot_run():
     assert [p.name for p in listed] == list(providers.KNOWN_PROVIDERS)
     by_name = {p.name: p for p in listed}
     assert by_name["torch"].skip is None and by_name["rnnfast/reference"].skip is None
-    assert "not built" in by_name["rnnfast/cuda"].skip or "not part of" in by_name["rnnfast/cuda"].skip
+    # on a CPU: the extension is not built, or (built against a CUDA torch) no device
+    assert by_name["rnnfast/cuda"].skip == f"unavailable: {rnnfast.available_backends()['cuda']}"
+    assert ("not built" in by_name["rnnfast/cuda"].skip
+            or by_name["rnnfast/cuda"].skip.endswith("no CUDA device"))
     flash = by_name["flashrnn"].skip
     assert flash.startswith("not installed") if importlib.util.find_spec("flashrnn") is None \
         else "CUDA" in flash

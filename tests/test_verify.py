@@ -20,6 +20,11 @@ from rnnfast.verify import child, smoke, stages, summary, worker
 from rnnfast.verify.stages import STAGES, StageSpec
 
 
+# The dry run's kernel cases run Triton's interpreter; where it cannot run (Triton 3.6
+# with numpy >= 2.4: rnnfast.backends.triton.interpreter_problem) they are UNAVAILABLE.
+TRITON_RUNS = backends.available_backends()["triton"] is None
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     """`python -m rnnfast verify --dry-run` (in this process: the cases run in workers
@@ -44,16 +49,20 @@ def test_dry_run_walks_every_stage_and_writes_the_results(dry_run):
     smoke = record["smoke"]
     assert {(c["backend"], c["dtype"]) for c in smoke} == {("reference", "fp32"), ("triton", "fp32")}
     assert {c["shape"]["name"] for c in smoke} == {"T=1", "packed", "masks"}
-    assert all(c["status"] == "PASS" and 0 < c["worst"] <= 1 for c in smoke)
-    # triton's cases also against the reference backend (not the reference's own: it
-    # would be judged against itself)
-    assert all((c["worst_vs_reference"] is None) == (c["backend"] == "reference") for c in smoke)
-    assert all(0 < c["worst_vs_reference"] <= 1 for c in smoke if c["backend"] == "triton")
+    if TRITON_RUNS:
+        assert all(c["status"] == "PASS" and 0 < c["worst"] <= 1 for c in smoke)
+        # triton's cases also against the reference backend (not the reference's own: it
+        # would be judged against itself)
+        assert all((c["worst_vs_reference"] is None) == (c["backend"] == "reference") for c in smoke)
+        assert all(0 < c["worst_vs_reference"] <= 1 for c in smoke if c["backend"] == "triton")
+    else:
+        assert [c["status"] for c in smoke if c["backend"] == "triton"] == ["UNAVAILABLE"] * 3
+        assert all(c["status"] == "PASS" and 0 < c["worst"] <= 1 for c in smoke if c["backend"] == "reference")
     env = json.loads((out / "env.json").read_text())
     assert env["gpu"] is None and env["torch"] == torch.__version__ and env["dry_run"] is True
     # Printed last: the summary, stage table first.
     assert stdout.rstrip().endswith((out / "summary.md").read_text().rstrip())
-    assert "PASS        triton fp32 masks" in stdout
+    assert f"{'PASS' if TRITON_RUNS else 'UNAVAILABLE':<12}triton fp32 masks" in stdout
 
 
 def test_summary_format(dry_run):
@@ -67,7 +76,9 @@ def test_summary_format(dry_run):
     parity = lines[lines.index("| backend | dtype | packed | T=1 | masks |"):]
     assert parity[1] == "|---|---|---|---|---|"
     assert [row.split(" | ")[:2] for row in parity[2:4]] == [["| reference", "fp32"], ["| triton", "fp32"]]
-    assert all(cell.startswith("PASS ") for row in parity[2:4] for cell in row.strip("| ").split(" | ")[2:])
+    cells = [row.strip("| ").split(" | ")[2:] for row in parity[2:4]]
+    assert all(cell.startswith("PASS ") for cell in cells[0])
+    assert all(cell.startswith("PASS ") if TRITON_RUNS else cell == "UNAVAILABLE" for cell in cells[1])
 
 
 def test_summary_renders_speed_ratios_tests_sanitizer_and_earned_rows():
