@@ -381,6 +381,26 @@ class _FakeExtension:
         self.launch(self, "backward", args[-5], args[-4] or args[-2], args[17])
 
 
+@pytest.mark.skipif(cuda_backend._C is None, reason=f"needs rnnfast._C: {cuda_backend._NOT_BUILT_REASON}")
+@pytest.mark.parametrize("major,proj", [(9, 0), (9, 7), (8, 0), (8, 7)])
+def test_the_backend_calls_the_real_binding_with_arguments_it_accepts(monkeypatch, major, proj):
+    """The stand-ins (_FakeExtension, the emulator's) take whatever they are given;
+    pybind11 refuses a call that does not match binding.cpp's signature with a
+    TypeError. On CPU tensors each launch must get past that to the binding's own
+    check, which refuses them: the Python call sites and the binding agree, for cluster
+    and grid plans, with and without a projection. Runs wherever the extension imports
+    (a GPU machine, or a CPU machine with a CUDA build of torch), skips in CPU CI."""
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd
+    resident = tuple(SMS // c if major >= 9 and c >= 2 else 0 for c in range(17))
+    monkeypatch.setattr(cuda_backend, "device_limits",
+                        lambda device: cuda_backend.DeviceLimits(SMS, SMEM, True, major, resident))
+    args = _layer(4, 3, 5, 20, proj=proj, dtype=torch.float16, device=torch.device("cpu"))
+    for direction, kernels in (("forward", (cuda_fwd.forward, reference.backward)),
+                               ("backward", (reference.forward, cuda_bwd.backward))):
+        with pytest.raises(RuntimeError, match=rf"rnnfast\._C\.{direction}: tensors must be on a CUDA device"):
+            run_layer(*kernels, args, False)
+
+
 def _refuse(fake, kind, cluster, multicast, timed_out):
     form = "cluster" if cluster or multicast else "cooperative"
     raise fake.LaunchRefused(f"rnnfast._C: {form} launch of the {kind} kernel was refused: "
