@@ -9,11 +9,10 @@ rounding errors is one draw, which the summation order alone moved by up to 7x o
 small fp32 layer with a projection. On layers that amplify rounding errors step by
 step even that is one draw: the reference in yet another order breaks the rule on
 about 1 draw in 40 of two such layers (tests/test_cuda_emulated.py judges the kernels
-over draws there). A fixed
-atol cannot say this: what a correct bf16 LSTM gets wrong depends on the shape, the
-sequence length and the values. The tests and `python -m rnnfast verify` both judge
-with the functions below, so that the rule is the same wherever a result is called
-correct.
+over draws there). A fixed atol cannot say this: what a correct bf16 LSTM gets wrong
+depends on the shape, the sequence length and the values. The tests and `python -m
+rnnfast verify` both judge with the functions below, so that the rule is the same
+wherever a result is called correct.
 
 Each tensor is allowed `2 * reference_error + steps * eps * max(1, scale)`. The floor
 keeps a reference that happens to be (nearly) exact from demanding exactness; `scale`
@@ -72,4 +71,3 @@ def allowance_used(ours: Sequence[float], reference: Sequence[float], dtype: tor
     scales = scales if scales is not None else [1.0] * len(ours)
     used = [mine / allowed_error(theirs, dtype, scale) for mine, theirs, scale in zip(ours, reference, scales)]
     return math.nan if any(math.isnan(u) for u in used) else max(used, default=0.0)
-
