@@ -111,7 +111,7 @@ def test_triton_in_an_interpreter_that_cannot_run_it_is_unavailable_with_the_rea
 
     monkeypatch.setattr(triton_backend, "_found", True)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(triton_backend, "_interpreter_problem", (problem,))
+    monkeypatch.setattr(triton_backend, "_interpreter_problem_here", lambda: problem)
     assert triton_backend.unavailable_reason() == problem
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # compiled kernels: the interpreter is not asked
     assert triton_backend.unavailable_reason() in (None, "no CUDA device (set TRITON_INTERPRET=1 to run its "

@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -83,22 +84,16 @@ def kernel_objects(tmp_path_factory):
     -fPIC too), compiled two at a time."""
     out = tmp_path_factory.mktemp("kernels")
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
-    jobs = {}
-    for source in KERNELS:
-        obj = out / (os.path.basename(source) + ".o")
-        cmd = [NVCC, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-c", source, "-o", str(obj), *gencode,
+
+    def compile_one(source):
+        obj = str(out / (os.path.basename(source) + ".o"))
+        cmd = [NVCC, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-c", source, "-o", obj, *gencode,
                *TORCH_NVCC_DEFINES, "--Werror", "all-warnings", "-Xptxas", "-v"]
-        jobs[source] = (obj, cmd)
-    results, running = {}, []
-    for source, (obj, cmd) in jobs.items():
-        running.append((source, obj, subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, text=True)))
-        if len(running) == 2 or source == KERNELS[-1]:
-            for name, path, job in running:
-                log, _ = job.communicate(timeout=600)
-                results[name] = (str(path), job.returncode, log)
-            running = []
-    return results
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        return obj, result.returncode, result.stdout + result.stderr
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(KERNELS, pool.map(compile_one, KERNELS)))
 
 
 @needs_nvcc

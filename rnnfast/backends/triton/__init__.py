@@ -9,6 +9,7 @@ kernel modules are imported on first use, so `import rnnfast` never pays for Tri
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Optional
@@ -53,27 +54,26 @@ def interpreter_problem(triton_version: str, numpy_version: Optional[str]) -> Op
     return None
 
 
-_interpreter_problem: Optional[tuple[Optional[str]]] = None  # looked up once
+@functools.lru_cache(maxsize=None)
+def _interpreter_problem_here() -> Optional[str]:
+    """interpreter_problem for the installed Triton and numpy, looked up once."""
+    import triton
+    try:
+        import numpy
+    except ImportError:
+        return interpreter_problem(triton.__version__, None)
+    return interpreter_problem(triton.__version__, numpy.__version__)
 
 
 def unavailable_reason() -> Optional[str]:
-    global _interpreter_problem
     if not _installed():
         return "the triton package is not installed (pip install triton)"
-    if not interpreting():
-        if not torch.cuda.is_available():
-            return ("no CUDA device (set TRITON_INTERPRET=1 to run its kernels on CPU in Triton's "
-                    "interpreter, which is slow and meant for testing)")
-        return None
-    if _interpreter_problem is None:
-        import triton
-        try:
-            import numpy
-            numpy_version = numpy.__version__
-        except ImportError:
-            numpy_version = None
-        _interpreter_problem = (interpreter_problem(triton.__version__, numpy_version),)
-    return _interpreter_problem[0]
+    if interpreting():
+        return _interpreter_problem_here()
+    if not torch.cuda.is_available():
+        return ("no CUDA device (set TRITON_INTERPRET=1 to run its kernels on CPU in Triton's "
+                "interpreter, which is slow and meant for testing)")
+    return None
 
 
 def unsupported_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
