@@ -133,8 +133,6 @@ void forward(const Tensor& xg,            // [N, 4H] io
              int64_t block_rows, int64_t cluster, int64_t multicast, int64_t reg_k_tiles,
              int64_t pass_rows, int64_t spin_limit) {
   const at::Device device = xg.device();
-  TORCH_CHECK(device.is_cuda(), "rnnfast._C.forward: tensors must be on a CUDA device");
-  const c10::cuda::CUDAGuard guard(device);
   const auto io = xg.scalar_type();
   const int64_t H = w_hh.size(0) / 4, P = w_hh.size(1), B = c.size(0), N = xg.size(0);
   const int64_t xld = rnnfast::exchange_ld((int)P), hld = rnnfast::exchange_ld((int)H);
@@ -193,6 +191,10 @@ void forward(const Tensor& xg,            // [N, 4H] io
               "rnnfast._C.forward: pass_rows=", pass_rows,
               " is not a row pass the kernel handles (a grid plan without a projection, "
               "multicast or registers, a multiple of 8 below block_rows (", block_rows, "))");
+  // Last, so that CPU tensors (a CPU machine with the extension built) meet every check
+  // above first: tests/test_cuda_backend.py holds the Python call sites to them there.
+  TORCH_CHECK(device.is_cuda(), "rnnfast._C.forward: tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(device);
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_forward(a, c10::cuda::getCurrentCUDAStream().stream()),
                         cluster > 0     ? "cluster launch of the forward kernel"
@@ -222,8 +224,6 @@ void backward(const OptTensor& dy,        // [N, P] io
               int64_t block_rows, int64_t cluster, int64_t multicast, int64_t reg_k_tiles,
               int64_t reduce_ctas, int64_t spin_limit) {
   const at::Device device = gates.device();
-  TORCH_CHECK(device.is_cuda(), "rnnfast._C.backward: tensors must be on a CUDA device");
-  const c10::cuda::CUDAGuard guard(device);
   const auto io = w_hh.scalar_type();
   const int64_t H = w_hh.size(0) / 4, P = w_hh.size(1), B = c0.size(0), N = gates.size(0);
   const int64_t gld = rnnfast::exchange_ld((int)(4 * H)), pld = rnnfast::exchange_ld((int)P);
@@ -292,6 +292,10 @@ void backward(const OptTensor& dy,        // [N, P] io
               " is not a reduce split the kernel handles (a grid plan without a projection, "
               "registers or multicast, in clusters of 2 to 8 CTAs dividing unit_slices (",
               unit_slices, "), each CTA's gate columns inside the layer's 4 x ", H, ")");
+  // Last, so that CPU tensors (a CPU machine with the extension built) meet every check
+  // above first: tests/test_cuda_backend.py holds the Python call sites to them there.
+  TORCH_CHECK(device.is_cuda(), "rnnfast._C.backward: tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(device);
   if (N == 0 || steps == 0) return;
   raise_on_launch_error(rnnfast::launch_backward(a, c10::cuda::getCurrentCUDAStream().stream()),
                         cluster > 0 ? "cluster launch of the backward kernel"

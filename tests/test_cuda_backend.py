@@ -24,6 +24,7 @@ from rnnfast.backends import cuda as cuda_backend
 from rnnfast.backends.cuda import plan as cuda_plan
 
 from helpers import layer_args, planned_launches, rule_violations_vs_float64, run_layer
+from test_cuda_emulated import FORMS as EMULATED_FORMS, SIXTEEN_BIT_FORMS, force_plans
 from test_cuda_model import NO_16_CTA_CLUSTERS
 
 SMS, SMEM = cuda_plan.H100_SMS, cuda_plan.H100_SMEM_PER_BLOCK
@@ -386,19 +387,46 @@ class _FakeExtension:
 def test_the_backend_calls_the_real_binding_with_arguments_it_accepts(monkeypatch, major, proj):
     """The stand-ins (_FakeExtension, the emulator's) take whatever they are given;
     pybind11 refuses a call that does not match binding.cpp's signature with a
-    TypeError. On CPU tensors each launch must get past that to the binding's own
-    check, which refuses them: the Python call sites and the binding agree, for cluster
-    and grid plans, with and without a projection. Runs wherever the extension imports
-    (a GPU machine, or a CPU machine with a CUDA build of torch), skips in CPU CI."""
-    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd
+    TypeError. On CPU tensors each launch must get past that and every check of the
+    binding's to its last, the device's, which refuses them: the Python call sites and
+    the binding agree, for cluster and grid plans, with and without a projection. Runs
+    wherever the extension imports (a GPU machine, or a CPU machine with a CUDA build of
+    torch), skips in CPU CI."""
     resident = tuple(SMS // c if major >= 9 and c >= 2 else 0 for c in range(17))
     monkeypatch.setattr(cuda_backend, "device_limits",
                         lambda device: cuda_backend.DeviceLimits(SMS, SMEM, True, major, resident))
     args = _layer(4, 3, 5, 20, proj=proj, dtype=torch.float16, device=torch.device("cpu"))
+    _binding_takes_every_argument(args, False)
+
+
+def _binding_takes_every_argument(args, reverse):
+    """Each direction's launch on CPU tensors `args` meets every check of binding.cpp's
+    (shapes, dtypes, the split, registers, row passes, reduce splits) and is refused only
+    by the last, the device's."""
+    from rnnfast.backends.cuda import backward as cuda_bwd, forward as cuda_fwd
     for direction, kernels in (("forward", (cuda_fwd.forward, reference.backward)),
                                ("backward", (reference.forward, cuda_bwd.backward))):
         with pytest.raises(RuntimeError, match=rf"rnnfast\._C\.{direction}: tensors must be on a CUDA device"):
-            run_layer(*kernels, args, False)
+            run_layer(*kernels, args, reverse)
+
+
+@pytest.mark.skipif(cuda_backend._C is None, reason=f"needs rnnfast._C: {cuda_backend._NOT_BUILT_REASON}")
+@pytest.mark.parametrize("name,dtype", [
+    (name, dtype) for name, (_, _, form_dtype) in EMULATED_FORMS.items()
+    for dtype in ((form_dtype,) if name in SIXTEEN_BIT_FORMS else (torch.float32, torch.bfloat16))])
+def test_every_plan_form_meets_the_real_binding_checks(monkeypatch, name, dtype):
+    """The plan forms the emulator runs (test_cuda_emulated.FORMS: multicast, registers,
+    reduce splits, row passes, clusters, packed, reversed), their Python launches against
+    the real binding: what it checks before the device is what the kernels read, and the
+    emulator's stand-in for it checks nothing."""
+    make_plans, (T, B, I, H, proj, lengths, reverse), _ = EMULATED_FORMS[name]
+    resident = tuple(SMS // c if c >= 2 else 0 for c in range(17))
+    monkeypatch.setattr(cuda_backend, "device_limits",
+                        lambda device: cuda_backend.DeviceLimits(SMS, SMEM, True, 9, resident))
+    if make_plans:
+        force_plans(monkeypatch, **make_plans(dtype))
+    args = _layer(T, B, I, H, proj=proj, lengths=lengths, dtype=dtype, device=torch.device("cpu"))
+    _binding_takes_every_argument(args, reverse)
 
 
 def _refuse(fake, kind, cluster, multicast, timed_out):

@@ -197,7 +197,7 @@ def emulated(emulate, monkeypatch, tmp_path):
     return _emulated_backend(emulate, monkeypatch, tmp_path)
 
 
-def _force_plans(monkeypatch, **plans):
+def force_plans(monkeypatch, **plans):
     """plan_for gives `plans[direction]` (a refused launch still falls back to the plain
     grid, as on a GPU)."""
     real = cuda_backend.plan_for
@@ -334,7 +334,7 @@ def _run_form(emulated, monkeypatch, name, dtype):
     make_plans, layer, _ = FORMS[name]
     plans = make_plans(dtype) if make_plans else None
     if plans:
-        _force_plans(monkeypatch, **plans)
+        force_plans(monkeypatch, **plans)
     _runs_within_the_rule(emulated, dtype, *layer, plans=plans)
 
 
@@ -377,7 +377,7 @@ def test_grids_on_three_sms_keep_the_rule(emulated, monkeypatch, dtype, T, B, I,
     """The plain grids of a 3-SM sm_80 part: units, columns and rows split unevenly over
     3 blocks, whatever the layer's size."""
     plans = _three_sm_grids(dtype, len(lengths) if lengths else B, H, proj)
-    _force_plans(monkeypatch, **plans)
+    force_plans(monkeypatch, **plans)
     _runs_within_the_rule(emulated, dtype, T, B, I, H, proj, lengths, reverse, plans)
 
 
@@ -395,7 +395,7 @@ def test_16bit_projection_grids_keep_the_rule(emulated, monkeypatch, dtype, T, B
     kept in fp32 (gemm.Product's out_dtype) the kernels' errors are the reference's."""
     plans = {d: _candidate(d, dtype, B, H, n, batch_blocks, proj)
              for d, n in zip(("forward", "backward"), slices)}
-    _force_plans(monkeypatch, **plans)
+    force_plans(monkeypatch, **plans)
     _runs_within_the_rule(emulated, dtype, T, B, I, H, proj, None, True, plans)
 
 
@@ -463,7 +463,7 @@ def test_random_layers_and_plans_keep_the_rule(emulated, monkeypatch, seed):
         plans = _random_plans(rng, dtype, len(lengths) if lengths else B, H, proj)
         if plans:
             break
-    _force_plans(monkeypatch, **plans)
+    force_plans(monkeypatch, **plans)
     _runs_within_the_rule(emulated, dtype, T, B, I, H, proj, lengths, reverse, plans)
 
 
@@ -491,7 +491,7 @@ def test_fp32_projection_layers_err_as_the_reference_summing_in_another_order(
     fp32 = torch.float32
     plans = {d: _candidate(d, fp32, B, H, n, m, proj)
              for d, n, m in zip(("forward", "backward"), slices, batch_blocks)}
-    _force_plans(monkeypatch, **plans)
+    force_plans(monkeypatch, **plans)
     kernels, spares, in_tf32 = [], [], []
     for seed in PROJECTION_DRAWS:
         args64 = layer_args(T, B, I, H, proj=proj, seed=seed)
