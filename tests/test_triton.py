@@ -402,6 +402,26 @@ def test_device_refusing_every_plan_means_reference_with_one_warning(monkeypatch
         forward.forward(*args, False, "all")
 
 
+def test_the_device_check_is_kept_per_dtype(monkeypatch):
+    """fp16 and bf16 layers give a plan the same constexprs but compile to different
+    kernels (one may spill where the other does not): each is checked on its own."""
+    from rnnfast.backends.triton import launch
+    _, _, plan_module = _kernels()
+    plan = plan_module.gpu_plan(4, 256, 256, 50, 2, sms=132)
+    checked = []
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(launch, "_device_accepts", {})
+    monkeypatch.setattr(launch, "_fits", lambda kernel, plan, args, *rest, **kwargs:
+                        checked.append(args[0].dtype) or False)
+    barrier = torch.zeros(2, dtype=torch.int32)
+    with pytest.warns(RuntimeWarning, match="runs on the reference backend"):
+        for dtype in (torch.float16, torch.bfloat16, torch.float16):
+            x = torch.zeros(4, dtype=dtype)
+            assert launch.launch(None, [plan], lambda p: ([x, 4], {"BLOCK": 16}, barrier),
+                                 torch.device("cpu"), "kernel") is None
+    assert checked == [torch.float16, torch.bfloat16]
+
+
 def test_fallback_plans_end_without_a_barrier():
     _, _, plan_module = _kernels()
     plan = plan_module.gpu_plan(4, 256, 256, 50, 2, sms=132)

@@ -78,7 +78,7 @@ def launch_options(plan: Plan) -> dict:
 
 
 # Whether the device accepts a kernel specialization (plan, constexprs, how Triton
-# specializes the sizes), checked once per process.
+# specializes the sizes, the tensors' dtypes), checked once per process.
 _device_accepts: dict[tuple, bool] = {}
 _warned: set[tuple] = set()
 # The driver's words when it refuses a cooperative launch (too many programs to be
@@ -107,7 +107,9 @@ def launch(kernel, plans: list[Plan], arguments: Callable[[Plan], tuple[list, di
         options = launch_options(plan)
         if not interpreting():
             sizes = tuple((a == 1, a % 16 == 0) for a in args if isinstance(a, int))
-            key = (name, plan, tuple(constexprs.items()), sizes, device)
+            # fp16 and bf16 share every constexpr but compile apart: the dtypes are keys.
+            dtypes = tuple(a.dtype for a in args if isinstance(a, Tensor))
+            key = (name, plan, tuple(constexprs.items()), sizes, dtypes, device)
             if key not in _device_accepts:
                 _device_accepts[key] = _fits(kernel, plan, args, constexprs, options,
                                              spills_allowed=index == len(plans) - 1)
