@@ -155,6 +155,15 @@ def test_a_hanging_case_becomes_timeout_and_the_rest_still_run(tmp_path):
     assert not _alive(int(open(pidfile).read()))
 
 
+def test_a_case_given_the_whole_stage_that_hangs_is_timeout(tmp_path):
+    """As the probe stage and a stage's last bench item run: the case's limit is the
+    time left, so its end and the deadline meet. A hang there is the case's."""
+    cases = [{"id": "hang", "pidfile": str(tmp_path / "pid")}]
+    results = child.run_cases([sys.executable, "-c", WORKER], cases, case_timeout_s=2.0,
+                              deadline=time.monotonic() + 2.0)
+    assert [r["status"] for r in results] == ["TIMEOUT"]
+
+
 def test_the_stage_deadline_stops_cases_as_skipped(tmp_path):
     cases = [{"id": "hang", "pidfile": str(tmp_path / "pid")}, {"id": "never"}]
     results = child.run_cases([sys.executable, "-c", WORKER], cases, case_timeout_s=30.0,
@@ -187,6 +196,23 @@ def test_budget_rule():
     assert sum(s.limit_s for s in STAGES) > 480 >= sum(s.minimum_s for s in STAGES) + stages.SUMMARY_RESERVE_S
 
 
+@pytest.mark.parametrize("seconds,started", [(90, 4), (150, 7), (400, 10)])
+def test_a_short_budget_drops_the_last_bench_items_not_the_first(seconds, started):
+    """The bench stage given `seconds`, each item taking all the time it is given: the
+    first items start (the kernels' runs, on which the auto-pick evidence rests, come
+    first), each with at least the minimum; the first takes what the others cannot use."""
+    items = len(stages.BENCH_CASES) * len(stages.PROVIDER_RUNS)
+    remaining, limits = float(seconds), []
+    for k in range(items):
+        limit = stages.share(remaining, items - k - 1, stages.BENCH_CASE_MINIMUM_S)
+        if limit >= stages.BENCH_CASE_MINIMUM_S:
+            limits.append((k, limit))
+            remaining -= limit
+    assert [k for k, _ in limits] == list(range(started))
+    assert all(limit >= stages.BENCH_CASE_MINIMUM_S for _, limit in limits)
+    assert sum(limit for _, limit in limits) == seconds or started == items
+
+
 def test_stages_that_cannot_fit_the_budget_are_skipped(tmp_path):
     assert main(["verify", "--dry-run", "--budget-s", "120", "--stages", "smoke,bench", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "verify.json").read_text())
@@ -208,6 +234,26 @@ def test_bad_arguments_are_usage_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_sanitized_case_says_when_its_layer_ran_on_another_backend():
+    """What a sanitizer watches (smoke.exercise): a layer that fell back (here the cpu
+    backend, which has no fp16 kernels) is FALLBACK, not PASS."""
+    shape, cpu = smoke.SANITIZE_SHAPES[0], torch.device("cpu")
+    assert smoke.exercise("reference", "fp32", shape, cpu)["status"] == "PASS"
+    fell_back = smoke.exercise("cpu", "fp16", shape, cpu)
+    assert fell_back["status"] == "FALLBACK" and "using the reference backend" in fell_back["fallback"][0]
+
+
+def test_a_fault_writing_the_summary_keeps_the_results(tmp_path, monkeypatch, capsys):
+    def fault(*args):
+        raise ZeroDivisionError("a figure of 0")
+    monkeypatch.setattr(summary, "render", fault)
+    assert main(["verify", "--dry-run", "--stages", "build", "--out", str(tmp_path)]) == 1
+    assert [s["stage"] for s in json.loads((tmp_path / "verify.json").read_text())["stages"]][:2] == [
+        "env", "build"]
+    assert "writing the summary failed" in capsys.readouterr().err
+    assert "ZeroDivisionError: a figure of 0" in (tmp_path / "logs.txt").read_text()
+
+
 def test_sanitizer_and_pytest_output_parsing():
     case = json.dumps({"id": "cuda fp32 tiny", "status": "PASS"})
     clean = f"========= COMPUTE-SANITIZER\n{case}\n========= ERROR SUMMARY: 0 errors\n"
@@ -223,6 +269,10 @@ def test_sanitizer_and_pytest_output_parsing():
     assert stages.sanitizer_verdict("synccheck", "", None)["status"] == "TIMEOUT"
     unavailable = json.dumps({"id": "cuda fp32 tiny", "status": "UNAVAILABLE"})
     assert stages.sanitizer_verdict("memcheck", f"{unavailable}\n", 0)["status"].startswith("skipped: neither")
+    # A case whose launch fell back ran kernels the tool was not asked to watch.
+    fell_back = json.dumps({"id": "cuda fp32 multicast", "status": "FALLBACK"})
+    assert stages.sanitizer_verdict("memcheck", f"{clean}{fell_back}\n", 0)["status"] == "FALLBACK"
+    assert stages.sanitizer_verdict("memcheck", f"{dirty}{fell_back}\n", 86)["status"] == "FAIL"
     assert stages.pytest_counts("...\nFAILED x\n2 failed, 40 passed, 3 skipped in 12.5s\n") == {
         "failed": 2, "passed": 40, "skipped": 3}
     assert stages.pytest_counts("1 error in 0.3s") == {"errors": 1}

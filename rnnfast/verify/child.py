@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 KILL_GRACE_S = 3.0
+# A case whose own limit ends within this of the stage's deadline had its whole time
+# (the deadline was taken just before it started): silent until then, it is TIMEOUT,
+# not SKIPPED.
+DEADLINE_SLACK_S = 1.0
 # Exit code of a worker that reported its case and wants a fresh process for the rest
 # (after a CUDA error, which leaves the process's context unusable).
 RESTART_EXIT_CODE = 75
@@ -99,7 +103,7 @@ def run_cases(command: list[str], cases: list[dict], case_timeout_s: float, dead
     A result is the worker's JSON line for the case, or the case with "status" TIMEOUT
     (no line within case_timeout_s; the first case of each worker also gets startup_s),
     FAIL (the worker exited without reporting it) or SKIPPED (`deadline`, a
-    time.monotonic() value, came first). Anything else the worker prints goes to `log`.
+    time.monotonic() value, cut its time short, or came before it started). Anything else the worker prints goes to `log`.
     """
     results: dict[str, dict] = {}
     pending = list(cases)
@@ -123,7 +127,7 @@ def run_cases(command: list[str], cases: list[dict], case_timeout_s: float, dead
                 except queue.Empty:
                     took = time.monotonic() - case_started
                     kill_group(process)
-                    if deadline < case_started + allowance:
+                    if deadline + DEADLINE_SLACK_S < case_started + allowance:
                         record({**case, "status": "SKIPPED", "seconds": took,
                                 "error": f"stopped at the stage's time limit after {took:.0f} s"})
                     else:

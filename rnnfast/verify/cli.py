@@ -142,7 +142,13 @@ def run(args, argv: list[str]) -> int:
     if gpu:
         earned = evidence.earned_rows(gpu["name"], ctx.results.get("smoke", []), ctx.results.get("bench_rows", []),
                                       f"bench/results/{env['slug']}/verify")
-    text = summary.write(out_dir, env, records, ctx.results, earned, args.budget_s)
+    try:
+        text = summary.write(out_dir, env, records, ctx.results, earned, args.budget_s)
+    except Exception:  # what was written so far stays; the run's end must still be said
+        ctx.log.section("summary: verify error", traceback.format_exc())
+        print(f"python -m rnnfast verify: writing the summary failed (logs.txt):\n"
+              f"{traceback.format_exc(limit=-1)}", file=sys.stderr)
+        return 1
     print("\n" + text, flush=True)
     failed = [r for r in records if r["status"].startswith(("FAIL", "TIMEOUT"))]
     return 1 if failed else 0

@@ -258,7 +258,7 @@ def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device)
     try:
         baselines = baseline_runs()
     except RuntimeError as error:  # a dtype cuDNN refuses: torch's own kernels instead
-        baseline = f"native (cuDNN refused: {str(error).splitlines()[0][:80]})"
+        baseline = f"native (cuDNN refused: {(str(error).splitlines() or [type(error).__name__])[0][:80]})"
         with torch.backends.cudnn.flags(enabled=False):
             baselines = baseline_runs()
 
@@ -303,17 +303,24 @@ def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device)
 def exercise(backend: str, dtype_name: str, shape: Shape, device: torch.device) -> dict:
     """Forward and backward of rnnfast alone, for a sanitizer to watch (no cuDNN run
     beside it, whose kernels would only slow the tool down and blur its report)."""
+    backends._warned_fallbacks.clear()
+    cuda_backend._warned.clear()
     torch.manual_seed(0)
     dtype = DTYPES[dtype_name]
-    model = rnnfast.LSTM(**_config(shape), device=device, dtype=dtype, backend=backend)
-    x64, upstream = _inputs(shape, device)
-    names = [n for n, _ in model.named_parameters()]
-    outs = _outputs_and_grads(model, shape, x64, names, upstream, dtype)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = rnnfast.LSTM(**_config(shape), device=device, dtype=dtype, backend=backend)
+        x64, upstream = _inputs(shape, device)
+        names = [n for n, _ in model.named_parameters()]
+        outs = _outputs_and_grads(model, shape, x64, names, upstream, dtype)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        raise_if_barrier_timed_out(wait=True)  # a barrier wait that gave up fails the case
     finite = all(torch.isfinite(t).all() for t in outs)
-    return {"status": "PASS" if finite else "FAIL",
-            "violations": [] if finite else ["non-finite outputs or gradients"]}
+    # A launch the tool's process was refused ran on another backend: not what it watched.
+    fallbacks = sorted({str(w.message) for w in caught if FALLBACK_WARNING.search(str(w.message))})
+    return {"status": "FAIL" if not finite else "FALLBACK" if fallbacks else "PASS",
+            "violations": [] if finite else ["non-finite outputs or gradients"], "fallback": fallbacks}
 
 
 def failure(error: BaseException) -> dict:

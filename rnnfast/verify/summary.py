@@ -222,9 +222,8 @@ SMOKE_FIELDS = ["id", "backend", "dtype", "shape", "status", "worst", "worst_vs_
 
 def write(out_dir: Path, env: dict, stages: list[dict], results: dict, earned: list[Earned],
           budget_s: float) -> str:
-    """Writes summary.md, verify.json, smoke.csv and bench/; returns the summary text."""
-    text = render(env, stages, results, earned, budget_s)
-    (out_dir / "summary.md").write_text(text)
+    """Writes verify.json, smoke.csv, bench/ and summary.md, the raw results first (a
+    fault in rendering must not lose them); returns the summary text."""
     record = {"environment": env, "budget_s": budget_s, "stages": stages,
               **{k: v for k, v in results.items() if k != "bench_rows"},
               "earned": [asdict(e) for e in earned]}
@@ -237,4 +236,6 @@ def write(out_dir: Path, env: dict, stages: list[dict], results: dict, earned: l
             writer.writerow({**{k: r.get(k) for k in SMOKE_FIELDS}, "shape": r["shape"]["name"], "detail": detail})
     if results.get("bench_rows"):
         report.write(out_dir / "bench", results["bench_rows"], env, {}, plots=False)
+    text = render(env, stages, results, earned, budget_s)
+    (out_dir / "summary.md").write_text(text)
     return text
