@@ -276,6 +276,11 @@ def test_sanitizer_and_pytest_output_parsing():
     assert stages.pytest_counts("...\nFAILED x\n2 failed, 40 passed, 3 skipped in 12.5s\n") == {
         "failed": 2, "passed": 40, "skipped": 3}
     assert stages.pytest_counts("1 error in 0.3s") == {"errors": 1}
+    killed = ("tests/test_triton.py::test_a[fp32] PASSED                    [  1%]\n"
+              "tests/test_triton.py::test_b[B=3-H=20] FAILED                [  2%]\n"
+              "tests/test_triton.py::test_c SKIPPED (needs CUDA)            [  3%]\n"
+              "tests/test_triton.py::test_d PASSED                          [  4%]\n")
+    assert stages.pytest_counts(killed) == {"passed": 2, "failed": 1, "skipped": 1}
 
 
 def test_bench_worker_runs_a_case_through_rnnfast_bench(capsys):

@@ -386,13 +386,24 @@ def smoke_stage(ctx: Context, seconds: float) -> str:
 PYTEST_COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 
 
+PYTEST_OUTCOME = re.compile(r"^\S+::\S+.* (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
+
+
 def pytest_counts(output: str) -> dict:
-    """{"passed": 40, "skipped": 2, ...} from pytest's last summary line."""
+    """{"passed": 40, "skipped": 2, ...} from pytest's last summary line; for a run
+    killed at its limit, which never printed one, from its -v lines so far."""
     for line in reversed(output.strip().splitlines()[-8:]):
         found = PYTEST_COUNTS.findall(line)
         if found:
             return {("errors" if kind.startswith("error") else kind): int(n) for n, kind in found}
-    return {}
+    counts: dict = {}
+    for line in output.splitlines():
+        outcome = PYTEST_OUTCOME.match(line)
+        if outcome:
+            kind = {"ERROR": "errors", "XFAIL": "xfailed", "XPASS": "xpassed"}.get(
+                outcome.group(1), outcome.group(1).lower())
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def tests_stage(ctx: Context, seconds: float) -> str:
@@ -409,7 +420,8 @@ def tests_stage(ctx: Context, seconds: float) -> str:
         if limit < TEST_FILE_MINIMUM_S:
             results.append({"file": path, "status": "SKIPPED", "seconds": 0.0, "counts": {}})
             continue
-        command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", path]
+        # -v: each test's outcome as it ends, so a file killed at its limit still counts.
+        command = [sys.executable, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", path]
         done = run_process(command, limit, ctx.child_env(), cwd=ctx.repo)
         ctx.log.section(f"tests: {' '.join(command[1:])}", done.output)
         counts = pytest_counts(done.output)
