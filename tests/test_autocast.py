@@ -36,8 +36,11 @@ def _errors_vs_float64(device, dtype, backend):
         except RuntimeError as error:
             if name != "torch" or "primitive descriptor" not in str(error):
                 raise
-            # oneDNN has no bf16 LSTM on a CPU without AVX-512, so nn.LSTM refuses
-            # autocast there; the model cast to `dtype` computes what autocast would.
+            autocast = False  # oneDNN has no bf16 LSTM on a CPU without AVX-512
+        if name == "torch" and (not autocast or out.dtype != dtype):
+            # Where nn.LSTM refuses autocast, or runs it in another dtype (cuDNN's
+            # autocast casts RNNs to fp16 whatever dtype was asked: torch's
+            # AutocastRNN.cpp), the model cast to `dtype` computes what autocast should.
             model = copy.deepcopy(model).to(dtype)
             out, (h, c) = model(x.to(dtype))
             autocast = False

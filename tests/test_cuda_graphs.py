@@ -101,17 +101,23 @@ def test_training_step_captured_and_replayed(backend, masked):
                for _ in range(4)]
     static_x, static_target = (t.clone() for t in batches[0])
 
-    # Warm up on a side stream (allocations, Triton compilation), as CUDA graphs require;
-    # the warm-up steps are undone by reloading the weights and optimizer state.
-    state = ({k: v.clone() for k, v in graphed.state_dict().items()}, opt_graphed.state_dict())
+    # Warm up on a side stream (allocations, Triton compilation, the optimizer's state),
+    # as CUDA graphs require; the warm-up steps are undone by reloading the weights and
+    # zeroing the optimizer's state in place: a fresh Adam's, but made before the capture
+    # (loading the empty state of before the warm-up would have the capture create it,
+    # and every replay start Adam over).
+    weights = {k: v.clone() for k, v in graphed.state_dict().items()}
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(2):
             _step(graphed, opt_graphed, static_x, static_target)
     torch.cuda.current_stream().wait_stream(side)
-    graphed.load_state_dict(state[0])
-    opt_graphed.load_state_dict(state[1])
+    graphed.load_state_dict(weights)
+    assert opt_graphed.state, "the warm-up made Adam's state"
+    for state in opt_graphed.state.values():
+        for value in state.values():
+            value.zero_()
 
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
