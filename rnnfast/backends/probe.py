@@ -206,7 +206,10 @@ def measure(device: torch.device) -> dict:
     backends = available_backends()
     probes: list[tuple[str, Optional[str], Callable[[], dict]]] = []  # (figure, why not, probe)
     if backends["cuda"] is None:
-        sms, _, cooperative, major, resident = device_limits(device)
+        sms, smem, cooperative, major, resident = device_limits(device)
+        # What the planner is told (verify.json): clusters of c CTAs resident at once,
+        # for c = 0..16 (none where the GPU cannot place them), and the opt-in bytes.
+        found.update(resident_clusters=list(resident), smem_per_block=smem)
         no_clusters = None if major >= 9 else f"thread-block clusters need sm_90, this is sm_{major}x"
         probes += [
             ("l2_round_trip_s", None, lambda: l2_chase(_C, device)),
