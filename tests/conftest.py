@@ -45,6 +45,16 @@ def needs_spy(monkeypatch):
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+# Backends for the tests on CUDA tensors: every one that runs them here. Without a GPU
+# ["reference"], so that those tests' CUDA cases show as skipped.
+CUDA_BACKENDS = ([name for name, reason in backends.available_backends().items()
+                  if reason is None and backends.get(name).unsupported_reason(
+                      torch.device("cuda"), torch.float32) is None]
+                 if torch.cuda.is_available() else ["reference"])
+# Where a test runs a layer on a backend of these, a warning that it handed the layer to
+# another backend is an error: the test would compare the reference with itself.
+kernels_must_run = pytest.mark.filterwarnings("error:rnnfast backend '")
+
 
 @pytest.fixture(autouse=True)
 def _seed():

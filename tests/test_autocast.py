@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rnnfast
-from conftest import BACKENDS, requires_cuda
+from conftest import BACKENDS, CUDA_BACKENDS, kernels_must_run, requires_cuda
 from helpers import twin_models
 from rnnfast.precision import magnitudes, max_errors, rule_violations
 
@@ -20,7 +20,7 @@ def _errors_vs_float64(device, dtype, backend):
     tensors' magnitudes (the rule's scales)."""
     torch.manual_seed(0)
     config = dict(input_size=6, hidden_size=10, num_layers=2, bidirectional=True)
-    ref, ours = twin_models(backend if device == "cpu" else "reference", **config)
+    ref, ours = twin_models(backend, **config)
     ref, ours = ref.to(device), ours.to(device)
     x = torch.randn(7, 3, 6, device=device)
     exact_model = rnnfast.LSTM(**config, dtype=torch.float64, device=device, backend="reference")
@@ -51,10 +51,11 @@ def _errors_vs_float64(device, dtype, backend):
     return errors, magnitudes([exact_out, *exact_grads])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("device,dtype", [("cpu", torch.bfloat16),
-                                          pytest.param("cuda", torch.float16, marks=requires_cuda),
-                                          pytest.param("cuda", torch.bfloat16, marks=requires_cuda)])
+@pytest.mark.parametrize("backend,device,dtype", [
+    *((backend, "cpu", torch.bfloat16) for backend in BACKENDS),  # cpu: its kernels where
+    # the CPU has AVX512_BF16, else the reference's
+    *(pytest.param(backend, "cuda", dtype, marks=[requires_cuda, kernels_must_run])
+      for backend in CUDA_BACKENDS for dtype in (torch.float16, torch.bfloat16))])
 def test_autocast_runs_in_low_precision_like_nn_lstm(backend, device, dtype):
     errors, scales = _errors_vs_float64(device, dtype, backend)
     assert rule_violations(errors["rnnfast"], errors["torch"], dtype, scales) == []

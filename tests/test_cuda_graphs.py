@@ -14,10 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import rnnfast
-from rnnfast.backends import available_backends
-from conftest import BACKENDS, requires_cuda
-
-CUDA_BACKENDS = [name for name, reason in available_backends().items() if reason is None]
+from conftest import BACKENDS, CUDA_BACKENDS, kernels_must_run, requires_cuda
 PACKAGE_DIR = os.path.dirname(rnnfast.__file__)
 
 # aten ops whose result size or value must be read on the host: on a CUDA tensor each
@@ -84,6 +81,7 @@ def test_host_read_recorder_catches_boolean_indexing_in_rnnfast_code():
 
 
 @requires_cuda
+@kernels_must_run
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("masked", [False, True])
 def test_training_step_captured_and_replayed(backend, masked):
