@@ -164,6 +164,24 @@ def test_a_case_given_the_whole_stage_that_hangs_is_timeout(tmp_path):
     assert [r["status"] for r in results] == ["TIMEOUT"]
 
 
+def test_cases_side_by_side_come_back_in_order_with_each_workers_verdicts(tmp_path):
+    """Three workers at once: the hang costs its own case, the dead worker its own, the
+    others pass; the results come back in the cases' order, each worker's output in its
+    own log."""
+    cases = [{"id": "first"}, {"id": "hang", "pidfile": str(tmp_path / "pid")}, {"id": "die"},
+             {"id": "restart"}, {"id": "last"}, {"id": "sixth"}]
+    logs: dict = {}
+    started = time.monotonic()
+    results = child.run_cases_side_by_side(
+        3, [sys.executable, "-c", WORKER], cases, case_timeout_s=2.0, deadline=time.monotonic() + 60,
+        log=lambda k: logs.setdefault(k, []).append)
+    assert [(r["id"], r["status"]) for r in results] == [
+        ("first", "PASS"), ("hang", "TIMEOUT"), ("die", "FAIL"), ("restart", "PASS"), ("last", "PASS"),
+        ("sixth", "PASS")]
+    assert sorted(logs) == [0, 1, 2] and all("noise the parent logs" in logs[k] for k in (0, 2))
+    assert time.monotonic() - started < 15  # side by side: the hang did not hold up the rest
+
+
 def test_the_stage_deadline_stops_cases_as_skipped(tmp_path):
     cases = [{"id": "hang", "pidfile": str(tmp_path / "pid")}, {"id": "never"}]
     results = child.run_cases([sys.executable, "-c", WORKER], cases, case_timeout_s=30.0,

@@ -13,6 +13,7 @@ Two shapes of child:
                a case that overruns it is TIMEOUT, and a fresh worker takes the cases
                after it, so a hang costs one case and the start of one process, not
                the run. A worker that dies mid-case costs that case (FAIL), the same way.
+               run_cases_side_by_side: several such workers at once.
 """
 from __future__ import annotations
 
@@ -160,6 +161,27 @@ def run_cases(command: list[str], cases: list[dict], case_timeout_s: float, dead
     for case in list(pending):
         record({**case, "status": "SKIPPED", "error": "not started: the stage's time limit came first"})
     return [results[case["id"]] for case in cases]
+
+
+def run_cases_side_by_side(workers: int, command: list[str], cases: list[dict], case_timeout_s: float,
+                           deadline: float, log: Callable[[int], Callable[[str], None]] = lambda k: lambda s: None,
+                           **kwargs) -> list[dict]:
+    """run_cases over `workers` workers at once, case k to worker k % workers (so that
+    each has a share of every kind of case, and a stage cut short loses the last ones of
+    each); log(k) is worker k's log. The results in the order of `cases`."""
+    shares = [cases[k::workers] for k in range(workers)]
+    found: dict[str, dict] = {}
+
+    def run(k: int) -> None:
+        for result in run_cases(command, shares[k], case_timeout_s, deadline, log=log(k), **kwargs):
+            found[result["id"]] = result
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(workers) if shares[k]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [found[case["id"]] for case in cases]
 
 
 def _wait(process: subprocess.Popen) -> Optional[int]:

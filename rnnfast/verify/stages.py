@@ -30,7 +30,7 @@ import rnnfast
 from rnnfast.backends import evidence
 from rnnfast.bench import cases as bench_cases, providers as bench_providers, report
 from rnnfast.verify import smoke
-from rnnfast.verify.child import parse_result_line, run_cases, run_process
+from rnnfast.verify.child import parse_result_line, run_cases, run_cases_side_by_side, run_process
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ PACKAGE_ROOT = Path(rnnfast.__file__).resolve().parent.parent
 # Per item inside stages: a smoke case (Triton compiles its kernels on first use), the
 # start of a worker (import torch, create the CUDA context), a bench case, a test file.
 CASE_TIMEOUT_S = 60.0
+SMOKE_WORKERS = 4
 WORKER_STARTUP_S = 60.0
 BENCH_CASE_MINIMUM_S = 20.0
 TEST_FILE_MINIMUM_S = 15.0
@@ -121,7 +122,7 @@ class Log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.lock = threading.Lock()  # the build stage writes from two threads
+        self.lock = threading.Lock()  # the build and smoke stages write from several threads
         path.write_text("")
 
     def section(self, title: str, text: str) -> None:
@@ -140,7 +141,7 @@ class Log:
                 self.section(title, "")
                 written = 0
             if written < self.MAX_SECTION:
-                with open(self.path, "a") as f:
+                with self.lock, open(self.path, "a") as f:
                     f.write(line[:self.MAX_SECTION - written] + "\n")
             written += len(line) + 1
         return write
@@ -376,13 +377,27 @@ def _count(results: list[dict], what: str) -> str:
     return f"PASS: {counts}"
 
 
+def smoke_workers(ctx: Context) -> int:
+    """Workers side by side: on a GPU one per 4 CPU cores, at most SMOKE_WORKERS. What
+    a case costs is mostly the CPU's (compiling Triton's kernels, float64 and cuDNN
+    peers, Python), and processes do not share the GPU at once (no MPS: their kernels
+    take turns), so a cooperative or cluster launch still finds every SM free."""
+    return max(1, min(SMOKE_WORKERS, (os.cpu_count() or 1) // 4)) if ctx.gpu else 1
+
+
+def _prefixed(prefix: str, write: Callable[[str], None]) -> Callable[[str], None]:
+    return lambda line: write(prefix + line)  # workers side by side: whose line it is
+
+
 def smoke_stage(ctx: Context, seconds: float) -> str:
-    """All cases in one worker (one start, one CUDA context, kernels compiled once),
-    each under CASE_TIMEOUT_S: a hang or a crash costs that case and a worker start."""
-    results = run_cases(ctx.worker("smoke"), smoke_cases(ctx), CASE_TIMEOUT_S, time.monotonic() + seconds,
-                        env=ctx.child_env(interpret=not ctx.gpu), cwd=ctx.out_dir,
-                        startup_s=WORKER_STARTUP_S, log=ctx.log.line_writer("smoke: worker output"),
-                        on_result=lambda r: ctx.say(_case_line(r)))
+    """The cases over smoke_workers() workers, each case under CASE_TIMEOUT_S: a hang or
+    a crash costs that case and a worker start. A worker starts once (one CUDA context,
+    kernels compiled once per worker; Triton's disk cache shares them)."""
+    results = run_cases_side_by_side(
+        smoke_workers(ctx), ctx.worker("smoke"), smoke_cases(ctx), CASE_TIMEOUT_S, time.monotonic() + seconds,
+        env=ctx.child_env(interpret=not ctx.gpu), cwd=ctx.out_dir, startup_s=WORKER_STARTUP_S,
+        log=lambda k: _prefixed(f"[{k}] ", ctx.log.line_writer(f"smoke: worker {k} output (lines [{k}])")),
+        on_result=lambda r: ctx.say(_case_line(r)))
     ctx.results["smoke"] = results
     return _count(results, "cases")
 
