@@ -104,7 +104,8 @@ def run_cases(command: list[str], cases: list[dict], case_timeout_s: float, dead
     A result is the worker's JSON line for the case, or the case with "status" TIMEOUT
     (no line within case_timeout_s; the first case of each worker also gets startup_s),
     FAIL (the worker exited without reporting it) or SKIPPED (`deadline`, a
-    time.monotonic() value, cut its time short, or came before it started). Anything else the worker prints goes to `log`.
+    time.monotonic() value, cut its time short, or came before it started). Anything
+    else the worker prints goes to `log`.
     """
     results: dict[str, dict] = {}
     pending = list(cases)
@@ -163,8 +164,9 @@ def run_cases(command: list[str], cases: list[dict], case_timeout_s: float, dead
     return [results[case["id"]] for case in cases]
 
 
-def run_cases_side_by_side(workers: int, command: list[str], cases: list[dict], case_timeout_s: float,
-                           deadline: float, log: Callable[[int], Callable[[str], None]] = lambda k: lambda s: None,
+def run_cases_side_by_side(workers: int, command: list[str], cases: list[dict],
+                           case_timeout_s: float, deadline: float,
+                           log: Callable[[int], Callable[[str], None]] = lambda k: lambda s: None,
                            **kwargs) -> list[dict]:
     """run_cases over `workers` workers at once, case k to worker k % workers (so that
     each has a share of every kind of case, and a stage cut short loses the last ones of

@@ -301,7 +301,8 @@ def build(ctx: Context, seconds: float) -> str:
             return f"FAIL: built, but the cuda backend is not available: {last[0][:200]}"
     finally:
         cpu_thread.join()  # ends within `seconds`: its own limit
-    return f"PASS (sm_{major}{minor}, pip {done.seconds:.0f} s; CPU kernels {ctx.results['build'].get('cpu_kernels', 'not built')})"
+    cpu_kernels = ctx.results["build"].get("cpu_kernels", "not built")
+    return f"PASS (sm_{major}{minor}, pip {done.seconds:.0f} s; CPU kernels {cpu_kernels})"
 
 
 def _build_cpu_kernels(ctx: Context, seconds: float, env: dict) -> None:
@@ -473,7 +474,8 @@ def sanitizer_verdict(tool: str, output: str, returncode: Optional[int]) -> dict
         status = f"unsupported: {SANITIZER_UNSUPPORTED.search(output).group(0)}"
     elif cases and all(c["status"] == "UNAVAILABLE" for c in cases):
         status = "skipped: neither the cuda nor the triton backend is available"
-    elif errors or returncode != 0 or any(c["status"] not in ("PASS", "UNAVAILABLE", "FALLBACK") for c in cases):
+    elif errors or returncode != 0 or any(c["status"] not in ("PASS", "UNAVAILABLE", "FALLBACK")
+                                          for c in cases):
         status = "FAIL"
     elif any(c["status"] == "FALLBACK" for c in cases):  # clean, but not every kernel was watched
         status = "FALLBACK"
