@@ -272,6 +272,13 @@ def test_a_fault_writing_the_summary_keeps_the_results(tmp_path, monkeypatch, ca
     assert "ZeroDivisionError: a figure of 0" in (tmp_path / "logs.txt").read_text()
 
 
+def test_a_tree_without_git_names_its_commit_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNFAST_SOURCE_COMMIT", "0123456789abcdef")
+    ctx = stages.Context(out_dir=tmp_path, device=torch.device("cpu"), dry_run=True, repo=tmp_path,
+                         log=stages.Log(tmp_path / "logs.txt"))
+    assert stages.environment(ctx, [])["git_commit"] == "0123456789abcdef"
+
+
 def test_sanitizer_and_pytest_output_parsing():
     case = json.dumps({"id": "cuda fp32 tiny", "status": "PASS"})
     clean = f"========= COMPUTE-SANITIZER\n{case}\n========= ERROR SUMMARY: 0 errors\n"

@@ -238,7 +238,8 @@ def environment(ctx: Context, argv: list[str]) -> dict:
     env["compute_sanitizer"] = cuda_tool("compute-sanitizer")
     env["source_tree"] = str(ctx.repo) if ctx.repo else None
     git = _run_quiet(["git", "-C", str(ctx.repo), "rev-parse", "HEAD"]) if ctx.repo else None
-    env["git_commit"] = git.strip() if git else None
+    # A copy of the tree without .git (a rented machine) names its commit in the environment.
+    env["git_commit"] = git.strip() if git else os.environ.get("RNNFAST_SOURCE_COMMIT")
     env["dry_run"] = ctx.dry_run
     if ctx.gpu:
         props = torch.cuda.get_device_properties(ctx.device)
