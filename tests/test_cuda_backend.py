@@ -23,6 +23,7 @@ from rnnfast.backends import reference
 from rnnfast.backends import cuda as cuda_backend
 from rnnfast.backends.cuda import plan as cuda_plan
 
+from conftest import kernels_must_run
 from helpers import layer_args, planned_launches, rule_violations_vs_float64, run_layer
 from test_cuda_emulated import FORMS as EMULATED_FORMS, SIXTEEN_BIT_FORMS, force_plans
 from test_cuda_model import NO_16_CTA_CLUSTERS
@@ -32,10 +33,7 @@ CUDA_REASON = backends.available_backends()["cuda"]
 requires_kernels = pytest.mark.skipif(CUDA_REASON is not None,
                                       reason=f"cuda backend unavailable: {CUDA_REASON}")
 DEVICE = torch.device("cuda") if CUDA_REASON is None else torch.device("cpu")
-# A layer the cuda backend hands to the reference says so with a warning: here that is
-# an error (a test that compared the reference with itself would pass), except inside
-# the tests' own pytest.warns.
-pytestmark = pytest.mark.filterwarnings("error:rnnfast backend 'cuda'")
+pytestmark = kernels_must_run  # except inside the tests' own pytest.warns
 
 
 @pytest.fixture(autouse=True)

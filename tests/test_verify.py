@@ -261,6 +261,20 @@ def test_a_sanitized_case_says_when_its_layer_ran_on_another_backend():
     assert fell_back["status"] == "FALLBACK" and "using the reference backend" in fell_back["fallback"][0]
 
 
+@pytest.mark.skipif(backends.available_backends()["triton"] is not None, reason="needs the triton backend")
+def test_a_case_hears_the_triton_launchers_fallback_every_time(monkeypatch):
+    """A layer none of whose Triton plans the device accepts runs on the reference: every
+    case that meets it says FALLBACK, though the launcher announces it once a process."""
+    from rnnfast.backends.triton import launch
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    monkeypatch.setattr(launch, "_fits", lambda *args, **kwargs: False)
+    monkeypatch.setattr(launch, "_device_accepts", {})
+    monkeypatch.setattr(launch, "_warned", set())
+    for _ in range(2):
+        result = smoke.exercise("triton", "fp32", smoke.SANITIZE_SHAPES[1], torch.device("cpu"))
+        assert result["status"] == "FALLBACK" and "accepted none of the plans" in result["fallback"][0]
+
+
 def test_a_fault_writing_the_summary_keeps_the_results(tmp_path, monkeypatch, capsys):
     def fault(*args):
         raise ZeroDivisionError("a figure of 0")

@@ -7,6 +7,7 @@ autograd core, the modules and `python -m rnnfast` to use it.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -91,6 +92,17 @@ def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
         warnings.warn(f"rnnfast backend {requested!r} does not support this call ({reason}); "
                       "using the reference backend instead", stacklevel=3)
     return "reference"
+
+
+def forget_announced_fallbacks() -> None:
+    """Every fallback is announced once per process (here, and by the cuda backend and the
+    Triton launcher for a layer their kernels cannot take): the next of each is
+    announced again. For `verify`, whose cases must each hear their own."""
+    _warned_fallbacks.clear()
+    cuda_backend._warned.clear()
+    launch = sys.modules.get("rnnfast.backends.triton.launch")  # loaded with the kernels
+    if launch is not None:
+        launch._warned.clear()
 
 
 def available_backends() -> dict[str, Optional[str]]:

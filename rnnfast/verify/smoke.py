@@ -26,7 +26,6 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfast
 from rnnfast import backends, precision
-from rnnfast.backends import cuda as cuda_backend
 from rnnfast.backends.barrier import raise_if_barrier_timed_out
 from rnnfast.bench.cases import DTYPES
 from rnnfast.freeze import frozen_mask
@@ -228,15 +227,25 @@ def check(backend: str, dtype_name: str, shape: Shape, device: torch.device) -> 
         return _check(backend, DTYPES[dtype_name], shape, device)
 
 
+@contextlib.contextmanager
+def _watched(fallbacks: list[str]):
+    """rnnfast's run of a case: the fallbacks it announced go into `fallbacks` (each case
+    hears its own, though they are announced once per process), and a barrier wait that
+    gave up raises, failing the case."""
+    backends.forget_announced_fallbacks()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+        raise_if_barrier_timed_out(wait=True)
+    fallbacks += sorted({str(w.message) for w in caught if FALLBACK_WARNING.search(str(w.message))})
+
+
 def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device) -> dict:
-    # Fallbacks are announced once per process: each case must hear its own.
-    backends._warned_fallbacks.clear()
-    cuda_backend._warned.clear()
     torch.manual_seed(0)
     exact = nn.LSTM(**_config(shape), device=device, dtype=torch.float64)
     theirs = nn.LSTM(**_config(shape), device=device, dtype=dtype)  # weights: baseline_runs
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    fallbacks: list[str] = []
+    with _watched(fallbacks):
         ours = rnnfast.LSTM(**_config(shape), device=device, dtype=dtype, backend=backend)
         ours.load_state_dict(exact.state_dict())
         if shape.masks:
@@ -245,7 +254,6 @@ def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device)
         x64, upstream = _inputs(shape, device)
         expected = _outputs_and_grads(exact, shape, x64, names, upstream, torch.float64)
         got = _outputs_and_grads(ours, shape, x64, names, upstream, dtype)
-        raise_if_barrier_timed_out(wait=True)  # a barrier wait that gave up fails the case
     def baseline_runs() -> list[list[torch.Tensor]]:  # in its own order, then relabelled
         theirs.load_state_dict(exact.state_dict())
         runs = [_outputs_and_grads(theirs, shape, x64, names, upstream, dtype)]
@@ -293,7 +301,6 @@ def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device)
     def worst(peer_err):  # the worst tensor's error over what the rule allows against a peer
         return round(precision.allowance_used(ours_err, peer_err, dtype, scales), 4)
 
-    fallbacks = sorted({str(w.message) for w in caught if FALLBACK_WARNING.search(str(w.message))})
     status = "FAIL" if broken else "FALLBACK" if fallbacks else "PASS"
     return {"status": status, "worst": worst(theirs_err), "violations": broken, "fallback": fallbacks,
             "baseline": baseline,
@@ -303,22 +310,17 @@ def _check(backend: str, dtype: torch.dtype, shape: Shape, device: torch.device)
 def exercise(backend: str, dtype_name: str, shape: Shape, device: torch.device) -> dict:
     """Forward and backward of rnnfast alone, for a sanitizer to watch (no cuDNN run
     beside it, whose kernels would only slow the tool down and blur its report)."""
-    backends._warned_fallbacks.clear()
-    cuda_backend._warned.clear()
     torch.manual_seed(0)
     dtype = DTYPES[dtype_name]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    fallbacks: list[str] = []  # a layer run elsewhere: not what the tool was to watch
+    with _watched(fallbacks):
         model = rnnfast.LSTM(**_config(shape), device=device, dtype=dtype, backend=backend)
         x64, upstream = _inputs(shape, device)
         names = [n for n, _ in model.named_parameters()]
         outs = _outputs_and_grads(model, shape, x64, names, upstream, dtype)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        raise_if_barrier_timed_out(wait=True)  # a barrier wait that gave up fails the case
     finite = all(torch.isfinite(t).all() for t in outs)
-    # A launch the tool's process was refused ran on another backend: not what it watched.
-    fallbacks = sorted({str(w.message) for w in caught if FALLBACK_WARNING.search(str(w.message))})
     return {"status": "FAIL" if not finite else "FALLBACK" if fallbacks else "PASS",
             "violations": [] if finite else ["non-finite outputs or gradients"], "fallback": fallbacks}
 

@@ -127,8 +127,9 @@ def launch(kernel, plans: list[Plan], arguments: Callable[[Plan], tuple[list, di
     key = (name, tuple(plans))
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(f"{name}: the device accepted none of the Triton plans {plans}; this "
-                      f"layer runs on the reference backend", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"rnnfast backend 'triton': the device accepted none of the plans {plans} "
+                      f"of {name}; using the reference backend for this layer instead",
+                      RuntimeWarning, stacklevel=3)
     return None
 
 
