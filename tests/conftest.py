@@ -10,12 +10,18 @@ if not torch.cuda.is_available():
 
 from rnnfast import backends  # noqa: E402
 
+
+def _backends_running(device: str) -> list[str]:
+    """The backends usable here that run fp32 layers on `device` tensors."""
+    return [name for name, reason in backends.available_backends().items()
+            if reason is None and backends.get(name).unsupported_reason(torch.device(device),
+                                                                        torch.float32) is None]
+
+
 # Backends for the backend-agnostic tests, which run on CPU tensors: every one usable
 # here on CPU (Triton only in its interpreter; on a GPU machine tests/test_triton.py
 # runs the compiled kernels on CUDA).
-BACKENDS = [name for name, reason in backends.available_backends().items()
-            if reason is None and backends.get(name).unsupported_reason(torch.device("cpu"),
-                                                                        torch.float32) is None]
+BACKENDS = _backends_running("cpu")
 
 # Gradient slots of a backend backward's `needs` argument.
 NEEDS = ("dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh", "dW_hr")
@@ -47,10 +53,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 # Backends for the tests on CUDA tensors: every one that runs them here. Without a GPU
 # ["reference"], so that those tests' CUDA cases show as skipped.
-CUDA_BACKENDS = ([name for name, reason in backends.available_backends().items()
-                  if reason is None and backends.get(name).unsupported_reason(
-                      torch.device("cuda"), torch.float32) is None]
-                 if torch.cuda.is_available() else ["reference"])
+CUDA_BACKENDS = _backends_running("cuda") if torch.cuda.is_available() else ["reference"]
 # Where a test runs a layer on a backend of these, a warning that it handed the layer to
 # another backend is an error: the test would compare the reference with itself.
 kernels_must_run = pytest.mark.filterwarnings("error:rnnfast backend '")
