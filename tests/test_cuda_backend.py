@@ -19,7 +19,7 @@ from torch.testing import assert_close
 
 import rnnfast
 from rnnfast import backends
-from rnnfast.backends import reference
+from rnnfast.backends import evidence, reference
 from rnnfast.backends import cuda as cuda_backend
 from rnnfast.backends.cuda import plan as cuda_plan
 
@@ -325,8 +325,12 @@ def test_registered_above_triton_but_never_picked_by_auto(monkeypatch):
     usable = dataclasses.replace(cuda, unavailable_reason=lambda: None,
                                  unsupported_reason=lambda device, dtype: None)
     monkeypatch.setitem(backends._REGISTRY, "cuda", usable)
+    monkeypatch.setattr(evidence, "_gpu_kind", lambda index: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(backends, "_warned_fallbacks", set())
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert backends.resolve("auto", torch.device("cuda"), dtype) != "cuda"
+        with pytest.warns(UserWarning, match="cuda: no committed verify results"):
+            assert backends.resolve("auto", torch.device("cuda"), dtype) != "cuda"
     assert cuda.unsupported_reason(torch.device("cuda"), torch.float64).startswith("dtype")
     assert "CUDA tensors" in cuda.unsupported_reason(torch.device("cpu"), torch.float32)
 

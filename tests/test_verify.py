@@ -9,6 +9,7 @@ import os
 import sys
 import textwrap
 import time
+import warnings
 
 import pytest
 import torch
@@ -414,16 +415,49 @@ def test_auto_picks_a_gpu_backend_only_where_a_row_earned_it(monkeypatch):
     monkeypatch.setitem(backends._REGISTRY, "triton", runnable)
     monkeypatch.setitem(backends._REGISTRY, "cuda", dataclasses.replace(
         backends._REGISTRY["cuda"], unavailable_reason=lambda: "not built"))
-    # No committed evidence (the table as shipped): auto never picks a GPU backend.
+    monkeypatch.setattr(backends, "_warned_fallbacks", set())
+    # No committed evidence (the table as shipped): auto never picks a GPU backend, and
+    # says so once per dtype, with each GPU backend's reason.
     assert evidence.EARNED == ()
-    assert backends.resolve("auto", device, torch.bfloat16) == "reference"
+    with pytest.warns(UserWarning) as heard:
+        assert backends.resolve("auto", device, torch.bfloat16) == "reference"
+    assert [str(w.message) for w in heard] == [
+        "rnnfast: on NVIDIA H200, backend='auto' runs bfloat16 layers on the reference "
+        "backend: correct, but every step is about ten separate PyTorch ops, where "
+        "nn.LSTM's cuDNN kernels fuse the sequence. It does not pick rnnfast's GPU kernels "
+        "(triton: no committed verify results for this GPU and dtype; cuda: not built). "
+        "`python -m rnnfast verify` tests and times them on this GPU (docs/verify.md); "
+        "backend='cuda' or backend='triton' runs them before that, unverified."]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per dtype
+        assert backends.resolve("auto", device, torch.bfloat16) == "reference"
+    with pytest.warns(UserWarning, match="runs float16 layers on the reference backend"):
+        assert backends.resolve("auto", device, torch.float16) == "reference"
+    backends.forget_announced_fallbacks()
+    with pytest.warns(UserWarning, match="runs bfloat16 layers"):  # verify's cases each hear it
+        assert backends.resolve("auto", device, torch.bfloat16) == "reference"
     monkeypatch.setattr(evidence, "EARNED", (evidence.Earned("triton", "NVIDIA H200", "bf16", "x"),))
     assert backends.resolve("auto", device, torch.bfloat16) == "triton"
-    assert backends.resolve("auto", device, torch.float16) == "reference"    # another dtype
-    # A GPU row says nothing of CPU layers: bf16 there stays on the CPU backends.
-    assert backends.resolve("auto", torch.device("cpu"), torch.bfloat16) in ("cpu", "reference")
+    with pytest.warns(UserWarning, match="runs float16 layers"):             # another dtype
+        assert backends.resolve("auto", device, torch.float16) == "reference"
+    # A GPU row says nothing of CPU layers: bf16 there stays on the CPU backends, silently.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.resolve("auto", torch.device("cpu"), torch.bfloat16) in ("cpu", "reference")
     monkeypatch.setattr(evidence, "_gpu_kind", lambda index: "NVIDIA H100 PCIe")
     assert backends.resolve("auto", device, torch.bfloat16) == "reference"   # another GPU kind
+
+
+def test_auto_on_a_gpu_says_nothing_while_torch_compile_traces(monkeypatch):
+    monkeypatch.setattr(evidence, "_gpu_kind", lambda index: "NVIDIA H200")
+    monkeypatch.setattr(backends, "_warned_fallbacks", set())
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.resolve("auto", torch.device("cuda", 0), torch.float32) == "reference"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    with pytest.warns(UserWarning, match="runs float32 layers"):  # the eager call still says it
+        backends.resolve("auto", torch.device("cuda", 0), torch.float32)
 
 
 @pytest.mark.parametrize("name", [s.name for s in smoke.SHAPES if s.H < 100])

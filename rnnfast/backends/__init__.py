@@ -81,6 +81,8 @@ def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
             if (b.priority > best.priority and b.unavailable_reason() is None
                     and b.unsupported_reason(device, dtype) is None and b.auto_picks(device, dtype)):
                 best = b
+        if best.name == "reference" and device.type == "cuda":
+            _announce_reference_on_gpu(device, dtype)
         return best.name
     backend = get(requested)
     reason = backend.unsupported_reason(device, dtype)
@@ -92,6 +94,32 @@ def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
         warnings.warn(f"rnnfast backend {requested!r} does not support this call ({reason}); "
                       "using the reference backend instead", stacklevel=3)
     return "reference"
+
+
+def _announce_reference_on_gpu(device: torch.device, dtype: torch.dtype) -> None:
+    """Once per process and dtype: `auto` put a CUDA layer on the reference backend (a
+    step at a time in separate PyTorch ops) because no GPU backend is earned for it
+    (evidence.py). Says why for each GPU backend and what the user can do, since nothing
+    else would tell a GPU user that the layer is not on a fused kernel. Not while
+    torch.compile traces: a warning there breaks the graph."""
+    key = ("auto", str(dtype))
+    if key in _warned_fallbacks or torch.compiler.is_compiling():
+        return
+    _warned_fallbacks.add(key)
+    why = []
+    for name in evidence.GPU_BACKENDS:
+        b = _REGISTRY[name]
+        reason = b.unavailable_reason() or b.unsupported_reason(device, dtype)
+        why.append(f"{name}: {reason or 'no committed verify results for this GPU and dtype'}")
+    gpu = evidence.gpu_kind(device)
+    warnings.warn(
+        f"rnnfast: on {gpu}, backend='auto' runs {str(dtype).removeprefix('torch.')} layers "
+        "on the reference backend: correct, but every step is about ten separate PyTorch "
+        "ops, where nn.LSTM's cuDNN kernels fuse the sequence. It does not pick rnnfast's "
+        f"GPU kernels ({'; '.join(why)}). `python -m rnnfast verify` tests and times them on "
+        "this GPU (docs/verify.md); backend='cuda' or backend='triton' runs them before "
+        "that, unverified.",
+        stacklevel=4)
 
 
 def forget_announced_fallbacks() -> None:
