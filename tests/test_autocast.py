@@ -52,8 +52,8 @@ def _errors_vs_float64(device, dtype, backend):
 
 
 @pytest.mark.parametrize("backend,device,dtype", [
-    *((backend, "cpu", torch.bfloat16) for backend in BACKENDS),  # cpu: its kernels where
-    # the CPU has AVX512_BF16, else the reference's
+    *((backend, "cpu", torch.bfloat16) for backend in BACKENDS),  # cpu: its bf16 kernels
+    # where the CPU has AVX512_BF16, else its fp32 ones widened
     *(pytest.param(backend, "cuda", dtype, marks=[requires_cuda, kernels_must_run])
       for backend in CUDA_BACKENDS for dtype in (torch.float16, torch.bfloat16))])
 def test_autocast_runs_in_low_precision_like_nn_lstm(backend, device, dtype):

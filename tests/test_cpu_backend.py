@@ -162,27 +162,44 @@ def test_inference_forward_gives_the_training_forwards_bits(proj):
         torch.testing.assert_close(got, other)
 
 
-def test_auto_picks_cpu_for_fp32_fp64_and_bf16_where_built_on_cpu_only():
+def test_auto_picks_cpu_for_every_float_dtype_on_cpu_only():
     cpu = torch.device("cpu")
-    assert backends.resolve("auto", cpu, torch.float32) == "cpu"
-    assert backends.resolve("auto", cpu, torch.float64) == "cpu"
-    bf16 = "cpu" if cpu_backend.build.has_bf16_kernels() else "reference"
-    assert backends.resolve("auto", cpu, torch.bfloat16) == bf16
-    assert backends.resolve("auto", cpu, torch.float16) == "reference"
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        assert backends.resolve("auto", cpu, dtype) == "cpu"
     assert backends.get("cpu").unsupported_reason(torch.device("cuda"), torch.float32) is not None
 
 
 @pytest.mark.parametrize("has_bf16", [True, False], ids=["avx512-bf16", "no-bf16"])
-def test_layers_it_lacks_kernels_for_fall_back_to_reference_with_the_reason(monkeypatch, has_bf16):
+def test_16bit_layers_without_bf16_kernels_run_widened(monkeypatch, has_bf16):
+    """fp16 layers, and bf16 ones where the build has no bf16 kernels, run the fp32
+    kernels on fp32 copies: the extension never sees a 16-bit tensor then."""
     monkeypatch.setattr(cpu_backend.build, "has_bf16_kernels", lambda: has_bf16)
+    assert cpu_backend.runs_widened(torch.float16)
+    assert cpu_backend.runs_widened(torch.bfloat16) == (not has_bf16)
+    assert not cpu_backend.runs_widened(torch.float32) and not cpu_backend.runs_widened(torch.float64)
+    seen = []
+    real = cpu_backend.extension()
+
+    class Spy:
+        def __getattr__(self, name):
+            def call(*args):
+                seen.append({a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()})
+                return getattr(real, name)(*args)
+            return call
+    monkeypatch.setattr(cpu_backend, "_extension", Spy())
+    model = rnnfast.LSTM(I, H, backend="cpu", dtype=torch.float16)
+    x = torch.randn(T, B, I, dtype=torch.float16, requires_grad=True)
+    y, (h_n, c_n) = model(x)
+    y.float().sum().backward()
+    assert {y.dtype, h_n.dtype, c_n.dtype, x.grad.dtype, model.weight_hh_l0.grad.dtype} == {torch.float16}
+    assert seen and all(dtypes == {torch.float32} for dtypes in seen)
+
+
+def test_a_call_it_cannot_take_falls_back_to_reference_with_the_reason(monkeypatch):
     monkeypatch.setattr(backends, "_warned_fallbacks", set())  # said once per process
-    with pytest.warns(UserWarning, match=r"backend 'cpu' does not support this call \(dtype torch.float16"):
-        rnnfast.LSTM(I, H, backend="cpu", dtype=torch.float16)(torch.randn(T, B, I, dtype=torch.float16))
-    reason = cpu_backend.unsupported_reason(torch.device("cpu"), torch.bfloat16)
-    if has_bf16:
-        assert reason is None
-    else:
-        assert "bfloat16 where torch runs AVX-512 kernels on a CPU with AVX512_BF16 (here: CPU capability" in reason
+    with pytest.warns(UserWarning, match=r"backend 'cpu' does not support this call \(its kernels "
+                                         r"run on CPU tensors, got a cuda tensor\)"):
+        assert backends.resolve("cpu", torch.device("cuda"), torch.float32) == "reference"
 
 
 def test_kernel_rejects_inconsistent_arguments_naming_expected_and_got():
@@ -237,21 +254,36 @@ def test_without_a_compiler_rnnfast_says_so_once_and_runs_reference(monkeypatch)
 
 
 needs_bf16_kernels = pytest.mark.skipif(not cpu_backend.build.has_bf16_kernels(),
-                                        reason="this CPU has no AVX512_BF16: bf16 layers run on reference")
-LOW_DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16_kernels)]
+                                        reason="this CPU has no AVX512_BF16: bf16 layers run widened")
+# The 16-bit ways a layer runs: bf16 on the bf16 kernels (where built), and widened
+# (runs_widened): fp16 always, bf16 forced so on a CPU with the bf16 kernels too.
+SIXTEEN_BIT = [pytest.param(torch.bfloat16, False, marks=needs_bf16_kernels, id="bf16-kernels"),
+               pytest.param(torch.bfloat16, True, id="bf16-widened"),
+               pytest.param(torch.float16, True, id="fp16-widened")]
 
 
-@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.fixture
+def widened(monkeypatch):
+    """widened(True): bf16 layers run widened even where the build has bf16 kernels."""
+    def set_widened(on: bool) -> None:
+        if on:
+            monkeypatch.setattr(cpu_backend.build, "has_bf16_kernels", lambda: False)
+    return set_widened
+
+
+@pytest.mark.parametrize("dtype,wide", [pytest.param(torch.float32, False, id="fp32"), *SIXTEEN_BIT])
 @pytest.mark.parametrize("lengths,proj,reverse,sizes", [
     (None, 0, False, dict(H=40)), (LENGTHS, 6, True, dict(H=40)),
     (None, 7, False, dict(I=9, H=21)), (LENGTHS, 0, True, dict(I=301, H=263))],
     ids=["dense", "packed-proj-rev", "odd-inner-proj", "odd-inner-two-blocks-rev"])
-def test_error_against_fp64_within_the_rule(lengths, proj, reverse, sizes, dtype):
+def test_error_against_fp64_within_the_rule(lengths, proj, reverse, sizes, dtype, wide, widened):
     """DESIGN.md §6: the kernel's error against a float64 reference may be at most ~2x the
     reference backend's own error in the same dtype (fp32: the fitted tanh of
-    lstm_cell_cpu.h and the extension's GEMM; bf16: vdpbf16ps products summed in fp32).
-    Odd inner sizes (I, P) give the pair products' odd last index; I = 301 and P = 263
-    also span two of the bf16 GEMM's 256-deep inner blocks."""
+    lstm_cell_cpu.h and the extension's GEMM; bf16 kernels: vdpbf16ps products summed in
+    fp32; widened: the fp32 layer, rounded once). Odd inner sizes (I, P) give the pair
+    products' odd last index; I = 301 and P = 263 also span two of the bf16 GEMM's
+    256-deep inner blocks."""
+    widened(wide)
     args64 = _args(lengths, proj, T=30, **sizes)
     args = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args64]
     exact = reference.forward(*args64, reverse, "all")
@@ -272,26 +304,29 @@ def test_error_against_fp64_within_the_rule(lengths, proj, reverse, sizes, dtype
     assert errors["cpu"][0] > 0  # y is not exact: really ran in this dtype
 
 
-@needs_bf16_kernels
+@pytest.mark.parametrize("dtype,wide", SIXTEEN_BIT)
 @pytest.mark.parametrize("lengths,proj,reverse", list(_cases()))
-def test_bf16_layer_keeps_the_references_dtypes_and_is_within_the_rule(lengths, proj, reverse):
-    """Every contract case in bf16: outputs in bf16, the saved gates and cells in fp32
-    (the accumulation dtype) and hidden in bf16, as the reference backend's; values
-    within DESIGN.md §6's rule of the reference's own bf16 error against float64."""
+def test_16bit_layer_keeps_the_references_dtypes_and_is_within_the_rule(lengths, proj, reverse,
+                                                                       dtype, wide, widened):
+    """Every contract case in bf16 and fp16: outputs in the layer's dtype, the saved gates
+    and cells in fp32 (the accumulation dtype) and hidden in the layer's dtype, as the
+    reference backend's; values within DESIGN.md §6's rule of the reference's own error
+    in that dtype against float64."""
+    widened(wide)
     args64 = _args(lengths, proj)
-    args = [a.bfloat16() if a is not None and a.is_floating_point() else a for a in args64]
+    args = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args64]
     exact = reference.forward(*args64, reverse, "all")
     ours = cpu_backend.lstm_forward(*args, reverse, "all")
     want = reference.forward(*args, reverse, "all")
     for name, got, ref in zip(("y", "h_n", "c_n") + SAVED, ours, want):
         assert got.dtype == ref.dtype and got.shape == ref.shape, name
     assert rule_violations(max_errors(ours[:3], exact[:3]), max_errors(want[:3], exact[:3]),
-                           torch.bfloat16, magnitudes(exact[:3]), ["y", "h_n", "c_n"]) == []
+                           dtype, magnitudes(exact[:3]), ["y", "h_n", "c_n"]) == []
     needs = [True] * 7 + [bool(proj)]
     grads, dgates = cpu_backend.lstm_backward(*_backward_args(ours, args, reverse, needs))
     want_grads, want_dgates = reference.backward(*_backward_args(want, args, reverse, needs))
     assert dgates.dtype == want_dgates.dtype == torch.float32
-    assert [g.dtype for g in grads if g is not None] == [torch.bfloat16] * sum(needs)
+    assert [g.dtype for g in grads if g is not None] == [dtype] * sum(needs)
 
 
 def _ulps_from_float64(got, exact, dtype):
@@ -323,12 +358,16 @@ def test_cell_activations_within_a_few_ulp_of_float64(dtype):
     assert all(ext.cell_activation(nan, f).isnan().all() for f in ("tanh", "sigmoid", "exp"))
 
 
-@pytest.mark.parametrize("dtype,hidden", [(torch.float32, 150), pytest.param(torch.bfloat16, 263, marks=needs_bf16_kernels)])
-def test_a_sequence_gives_the_same_bits_alone_or_in_any_batch(dtype, hidden):
+@pytest.mark.parametrize("dtype,hidden,wide", [
+    (torch.float32, 150, False), pytest.param(torch.bfloat16, 263, False, marks=needs_bf16_kernels),
+    (torch.float16, 150, True)], ids=["fp32", "bf16-kernels", "fp16-widened"])
+def test_a_sequence_gives_the_same_bits_alone_or_in_any_batch(dtype, hidden, wide):
     """Each output element is summed in one order whatever the batch (products tiled by
     rows, the few-row gate kernel at B <= 2, threads split unit blocks), so a sequence's outputs
     do not depend on what else is in the batch. H = 150 spans two fp32 inner blocks; bf16's
-    H = 263 two of its blocks, with an odd last index after the pairs."""
+    H = 263 two of its blocks, with an odd last index after the pairs; fp16 runs widened,
+    on the fp32 kernels."""
+    assert cpu_backend.runs_widened(dtype) == wide
     torch.manual_seed(0)
     model = rnnfast.LSTM(40, hidden, backend="cpu", dtype=dtype)
     x = torch.randn(9, 7, 40, dtype=dtype)

@@ -20,9 +20,17 @@ from . import build
 from ..traced import compile_constant
 
 
-def supported_dtypes() -> tuple[torch.dtype, ...]:
-    """fp32 and fp64 everywhere; bf16 where the CPU has AVX512_BF16 (build.py)."""
-    return (torch.float32, torch.float64) + ((torch.bfloat16,) if build.has_bf16_kernels() else ())
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def runs_widened(dtype: torch.dtype) -> bool:
+    """Whether a layer of this dtype runs the fp32 kernels on fp32 copies of its tensors,
+    its results rounded to the dtype once at the end: fp16 always, and bf16 where this
+    CPU's build has no bf16 kernels (build.has_bf16_kernels: AVX512_BF16). Without them
+    a CPU has no 16-bit dot product, so the fp32 kernels are the fast way, and the most
+    accurate: h(t) is not rounded between steps."""
+    return dtype == torch.float16 or (dtype == torch.bfloat16 and not build.has_bf16_kernels())
+
 
 _extension: Optional[ModuleType] = None
 _build_error: Optional[str] = None
@@ -76,20 +84,16 @@ def unavailable_reason() -> Optional[str]:
 def unsupported_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     if device.type != "cpu":
         return f"its kernels run on CPU tensors, got a {device.type} tensor"
-    if dtype not in supported_dtypes():
-        covered = ("float32, float64 and bfloat16" if build.has_bf16_kernels() else
-                   "float32 and float64, and bfloat16 where torch runs AVX-512 kernels on a CPU "
-                   f"with AVX512_BF16 (here: {build.bf16_facts()})")
-        return (f"dtype {dtype}: the C++ CPU kernels cover {covered} (other layers run on the "
-                "reference backend, which keeps 16-bit layers' state in fp32)")
+    if dtype not in SUPPORTED_DTYPES:
+        return f"dtype {dtype} (supported: float32, float64, bfloat16, float16)"
     return None
 
 
 def auto_picks(device: torch.device, dtype: torch.dtype) -> bool:
     """auto takes it on CPU in every dtype it covers once the extension is built (this is
     what builds it): 0.25-0.31x the reference's time over the CPU suite in fp32, faster in
-    every row; bf16 likewise (csrc/README.md)."""
-    return device.type == "cpu" and dtype in supported_dtypes() and _load() is None
+    every row; bf16 and fp16 likewise, with bf16 kernels or widened (csrc/README.md)."""
+    return device.type == "cpu" and dtype in SUPPORTED_DTYPES and _load() is None
 
 
 # The contracts of backends.reference.forward and backward. Imported last: they call

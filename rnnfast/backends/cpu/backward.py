@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..gradients import parameter_and_input_grads
 from ..steps import make_steps
-from . import extension
+from . import extension, runs_widened
 
 
 def backward(
@@ -36,7 +36,15 @@ def backward(
     """Same contract as backends.reference.backward. The chain runs in the accumulation
     dtype of gates and cells (fp32 for a bf16 layer, as the reference's: W_hh, W_hr and
     the incoming gradients widened, exactly); the parameter and input gradients of a bf16
-    layer are torch's bf16 products, as every backend's."""
+    layer with the bf16 kernels are torch's bf16 products, as every backend's. A layer
+    that runs widened (runs_widened) takes the fp32 backward on fp32 copies, its
+    gradients rounded once."""
+    if runs_widened(w_hh.dtype):
+        wide = [t.float() if t is not None else None
+                for t in (dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, hidden)]
+        grads, dgates = backward(*wide[:4], batch_sizes, *wide[4:10], gates, cells, wide[10],
+                                 reverse, needs, frozen, x_shape)
+        return [g.to(w_hh.dtype) if g is not None else None for g in grads], dgates
     steps = make_steps(x_shape, batch_sizes, reverse)
     rows, out_size, acc = gates.shape[0], w_hh.shape[1], gates.dtype
     # Absent incoming gradients are zeros: the chain starts from them either way.

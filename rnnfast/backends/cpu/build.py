@@ -68,12 +68,6 @@ def has_bf16_kernels() -> bool:
     return _BF16_KERNELS
 
 
-def bf16_facts() -> str:
-    """What decides has_bf16_kernels on this machine, for messages."""
-    return (f"CPU capability {_CPU_CAPABILITY}, AVX512_BF16 "
-            f"{'present' if _AVX512_BF16 else 'absent'}")
-
-
 def compile_flags() -> tuple[str, list[str]]:
     """A name unique to the instruction set and the compile flags for it (also what
     bench/cpu_floor.py compiles its probes with)."""
