@@ -449,15 +449,19 @@ def test_auto_picks_a_gpu_backend_only_where_a_row_earned_it(monkeypatch):
 
 
 def test_auto_on_a_gpu_says_nothing_while_torch_compile_traces(monkeypatch):
+    """A warning inside a traced call would break the graph: torch.compile with
+    fullgraph=True traces resolve silently, and the next eager call says it."""
     monkeypatch.setattr(evidence, "_gpu_kind", lambda index: "NVIDIA H200")
     monkeypatch.setattr(backends, "_warned_fallbacks", set())
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+
+    def picked(x):
+        return x + len(backends.resolve("auto", torch.device("cuda", 0), torch.float32))
+
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert backends.resolve("auto", torch.device("cuda", 0), torch.float32) == "reference"
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
-    with pytest.warns(UserWarning, match="runs float32 layers"):  # the eager call still says it
-        backends.resolve("auto", torch.device("cuda", 0), torch.float32)
+        warnings.filterwarnings("error", message="rnnfast")
+        assert torch.compile(picked, fullgraph=True, backend="eager")(torch.zeros(1)).item() == len("reference")
+    with pytest.warns(UserWarning, match="runs float32 layers"):
+        picked(torch.zeros(1))
 
 
 @pytest.mark.parametrize("name", [s.name for s in smoke.SHAPES if s.H < 100])

@@ -103,7 +103,7 @@ def _announce_reference_on_gpu(device: torch.device, dtype: torch.dtype) -> None
     else would tell a GPU user that the layer is not on a fused kernel. Not while
     torch.compile traces: a warning there breaks the graph."""
     key = ("auto", str(dtype))
-    if key in _warned_fallbacks or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or key in _warned_fallbacks:
         return
     _warned_fallbacks.add(key)
     why = []

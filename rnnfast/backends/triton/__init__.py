@@ -9,7 +9,6 @@ kernel modules are imported on first use, so `import rnnfast` never pays for Tri
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from typing import Optional
@@ -54,15 +53,23 @@ def interpreter_problem(triton_version: str, numpy_version: Optional[str]) -> Op
     return None
 
 
-@functools.lru_cache(maxsize=None)
+_interpreter_checked: Optional[tuple[Optional[str]]] = None  # (problem,) once looked up
+
+
+@compile_constant
 def _interpreter_problem_here() -> Optional[str]:
-    """interpreter_problem for the installed Triton and numpy, looked up once."""
-    import triton
-    try:
-        import numpy
-    except ImportError:
-        return interpreter_problem(triton.__version__, None)
-    return interpreter_problem(triton.__version__, numpy.__version__)
+    """interpreter_problem for the installed Triton and numpy, looked up once (by hand:
+    Dynamo warns when it traces into an lru_cache). A constant to torch.compile."""
+    global _interpreter_checked
+    if _interpreter_checked is None:
+        import triton
+        try:
+            import numpy
+        except ImportError:
+            numpy = None
+        _interpreter_checked = (interpreter_problem(
+            triton.__version__, numpy.__version__ if numpy is not None else None),)
+    return _interpreter_checked[0]
 
 
 def unavailable_reason() -> Optional[str]:
