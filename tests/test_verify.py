@@ -253,11 +253,14 @@ def test_bad_arguments_are_usage_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_a_sanitized_case_says_when_its_layer_ran_on_another_backend():
+def test_a_sanitized_case_says_when_its_layer_ran_on_another_backend(monkeypatch):
     """What a sanitizer watches (smoke.exercise): a layer that fell back (here the cpu
-    backend, which has no fp16 kernels) is FALLBACK, not PASS."""
+    backend, made to refuse fp16 layers) is FALLBACK, not PASS."""
     shape, cpu = smoke.SANITIZE_SHAPES[0], torch.device("cpu")
     assert smoke.exercise("reference", "fp32", shape, cpu)["status"] == "PASS"
+    refusing = dataclasses.replace(backends._REGISTRY["cpu"], unsupported_reason=lambda device, dtype:
+                                   "no fp16 kernels" if dtype == torch.float16 else None)
+    monkeypatch.setitem(backends._REGISTRY, "cpu", refusing)
     fell_back = smoke.exercise("cpu", "fp16", shape, cpu)
     assert fell_back["status"] == "FALLBACK" and "using the reference backend" in fell_back["fallback"][0]
 
