@@ -118,6 +118,19 @@ def test_floor_arithmetic():
     assert floor.case_work(case, "fwd")["bytes"] == fwd_bytes
 
 
+def test_a_cpus_16bit_compute_floor_is_the_faster_of_its_gemm_and_fp32s(monkeypatch):
+    """On a CPU a 16-bit product can always be taken in fp32 (the cpu backend widens
+    layers where the CPU has no 16-bit dot product), so the floor's rate is the faster
+    of the two GEMMs: a fraction of the floor never exceeds 1 because torch's 16-bit
+    GEMM is slow there."""
+    rates = {torch.float32: 3e11, torch.float16: 2e10, torch.bfloat16: 6e11}
+    monkeypatch.setattr(floor, "_matmul_flops", lambda device, dtype: rates[dtype])
+    cpu = torch.device("cpu")
+    assert floor.measure_rates(cpu, torch.float16).matmul_flops == 3e11
+    assert floor.measure_rates(cpu, torch.bfloat16).matmul_flops == 6e11
+    assert floor.measure_rates(cpu, torch.float32).matmul_flops == 3e11
+
+
 def test_every_provider_is_listed_with_a_reason_when_it_cannot_run():
     listed = providers.all_providers(torch.device("cpu"), torch.float32)
     assert [p.name for p in listed] == list(providers.KNOWN_PROVIDERS)

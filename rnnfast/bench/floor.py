@@ -1,7 +1,10 @@
 """The limits a case cannot beat on this device, so a time reads as a fraction of one.
 
 Three measured rates (measure_rates):
-  matmul_flops   FLOP/s of a large square matrix multiply in the case's dtype
+  matmul_flops   FLOP/s of a large square matrix multiply in the case's dtype; on a CPU
+                 for fp16/bf16 the faster of that and fp32's, since a 16-bit product
+                 can always be taken in fp32 there (the cpu backend does so where the CPU
+                 has no 16-bit dot product, and torch's 16-bit GEMM can be 4-13x slower)
   bandwidth      bytes/s of a large device-to-device copy (read + write)
   step_latency   seconds per tiny dependent op launched back to back: what each
                  sequential step costs at least when a step needs one launch or one
@@ -106,16 +109,21 @@ def _best_seconds(fn, device: torch.device, repeats: int = 10) -> float:
     return min(times)
 
 
-def measure_rates(device: torch.device, dtype: torch.dtype) -> Rates:
-    """Measures the three rates with torch on `device` (a few seconds on a GPU)."""
-    gpu = device.type == "cuda"
-    n = 8192 if gpu else 1024
-    if not gpu and dtype in (torch.float16, torch.bfloat16):
+def _matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    n = 8192 if device.type == "cuda" else 1024
+    if device.type != "cuda" and dtype in (torch.float16, torch.bfloat16):
         n = 512  # half-precision CPU GEMMs are slow; the rate, not the size, matters
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    flops = 2.0 * n ** 3 / _best_seconds(lambda: torch.mm(a, b), device)
-    del a, b
+    return 2.0 * n ** 3 / _best_seconds(lambda: torch.mm(a, b), device)
+
+
+def measure_rates(device: torch.device, dtype: torch.dtype) -> Rates:
+    """Measures the three rates with torch on `device` (a few seconds on a GPU)."""
+    gpu = device.type == "cuda"
+    flops = _matmul_flops(device, dtype)
+    if not gpu and dtype in (torch.float16, torch.bfloat16):
+        flops = max(flops, _matmul_flops(device, torch.float32))
 
     numel = (256 if gpu else 32) * 2 ** 20  # fp32 elements: 1 GiB on GPU, 128 MiB on CPU
     src = torch.empty(numel, device=device)
