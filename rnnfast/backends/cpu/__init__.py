@@ -32,6 +32,11 @@ def runs_widened(dtype: torch.dtype) -> bool:
     return dtype == torch.float16 or (dtype == torch.bfloat16 and not build.has_bf16_kernels())
 
 
+def widened(*tensors: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:
+    """fp32 copies of a widened layer's tensors, in order; None stays None."""
+    return [t.float() if t is not None else None for t in tensors]
+
+
 _extension: Optional[ModuleType] = None
 _build_error: Optional[str] = None
 

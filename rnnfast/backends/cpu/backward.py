@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..gradients import parameter_and_input_grads
 from ..steps import make_steps
-from . import extension, runs_widened
+from . import extension, runs_widened, widened
 
 
 def backward(
@@ -40,8 +40,7 @@ def backward(
     that runs widened (runs_widened) takes the fp32 backward on fp32 copies, its
     gradients rounded once."""
     if runs_widened(w_hh.dtype):
-        wide = [t.float() if t is not None else None
-                for t in (dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, hidden)]
+        wide = widened(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, hidden)
         grads, dgates = backward(*wide[:4], batch_sizes, *wide[4:10], gates, cells, wide[10],
                                  reverse, needs, frozen, x_shape)
         return [g.to(w_hh.dtype) if g is not None else None for g in grads], dgates

@@ -8,7 +8,7 @@ from typing import Optional
 
 from torch import Tensor
 
-from . import extension, runs_widened
+from . import extension, runs_widened, widened
 
 
 def forward(
@@ -31,8 +31,7 @@ def forward(
     too, but rounds the input projection to bf16 first). Other 16-bit layers run widened
     (runs_widened): the fp32 layer on fp32 copies, y, h_n, c_n and hidden rounded once."""
     if runs_widened(x.dtype):
-        wide = [t.float() if t is not None else None
-                for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)]
+        wide = widened(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         y, h_n, c_n, gates, cells, hidden = extension().forward(
             wide[0], batch_sizes, *wide[1:], reverse, save == "all", save != "none")
         return y.to(x.dtype), h_n.to(x.dtype), c_n.to(x.dtype), gates, cells, hidden.to(x.dtype)
