@@ -1,9 +1,10 @@
 """The bounded grid barrier's host side, shared by the Triton and CUDA backends.
 
-A barrier kernel waits for the other blocks of its launch by polling a counter. The
-wait is bounded: after BARRIER_SPIN_LIMIT polls it gives up, sets a timeout flag
-([1] int32 on the device) and lets every later wait of the launch through, so a bug
-or blocks that were never co-resident end as an error instead of a frozen process.
+A barrier kernel waits for the other blocks of its launch by polling a counter (or,
+Triton's tagged-h forward, the words they write). The wait is bounded: after
+BARRIER_SPIN_LIMIT polls it gives up, sets a timeout flag ([1] int32 on the device)
+and lets every later wait of the launch through, so a bug or blocks that were never
+co-resident end as an error instead of a frozen process.
 The host reads the flag without waiting for the kernel: a non-blocking copy into
 pinned memory and an event, checked at the next barrier launch or by
 raise_if_barrier_timed_out().
@@ -53,7 +54,8 @@ def raise_if_barrier_timed_out(wait: bool = False) -> None:
             copied.synchronize()
         if int(flag[0]) != 0:
             _unread_flags[:0] = unread
-            raise RuntimeError(f"{description}: a block waited at the grid barrier past "
-                               f"{BARRIER_SPIN_LIMIT} polls and gave up, so its results are "
-                               f"wrong. Please report this with the layer's sizes.")
+            raise RuntimeError(f"{description}: a block waited for the others (at the grid "
+                               f"barrier, or for their tagged words) past {BARRIER_SPIN_LIMIT} "
+                               f"polls and gave up, so its results are wrong. Please report "
+                               f"this with the layer's sizes.")
     _unread_flags.extend(unread)

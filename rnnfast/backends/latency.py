@@ -41,6 +41,11 @@ class Gpu:
                                             # DSMEM load of the peers' partial sums (assumption:
                                             # as the cluster barrier and DSMEM stores the cluster
                                             # plans' exchange replaced; the probe measures it)
+    tagged_wait_s: float = 0.9e-6           # a Triton tagged-h step's wait: the producer's
+                                            # store reaching L2 (half a round trip), the phase
+                                            # of the consumer's poll against it (half, on
+                                            # average) and the poll's return (half)
+                                            # (assumption: 1.5 x l2_round_trip_s; to be measured)
     multicast_extra_s: float = 0.0          # what staging by multicast bulk copies after the grid
                                             # barrier adds to the dependent L2 round trip of
                                             # cp.async (the last of a cluster's CTAs to leave the
@@ -71,12 +76,15 @@ def measured_gpu(found: dict, backend: str, base: Gpu = H100) -> Gpu:
     cell.end_phase, the CUDA kernels at grid_barrier_wait). The per-clock L2 rate stays
     64 B a clock at the measured clock; mma.sync's measured rate becomes its fraction of
     base.tensor_flops (the datasheet's dense rate); the multicast exchange's time over
-    the cp.async one's becomes multicast_extra_s (never below 0)."""
+    the cp.async one's becomes multicast_extra_s (never below 0); the Triton kernels'
+    tagged-word exchange becomes tagged_wait_s."""
     values = {name: found[name] for name in MEASURED_FIELDS if name in found}
     if backend == "triton":
         values.pop("barrier_s", None)
         if "triton_barrier_s" in found:
             values["barrier_s"] = found["triton_barrier_s"]
+    if "triton_tagged_wait_s" in found:
+        values["tagged_wait_s"] = found["triton_tagged_wait_s"]
     if "clock_hz" in values:
         values["l2_bytes_per_s_per_sm"] = base.l2_bytes_per_s_per_sm / base.clock_hz * values["clock_hz"]
     if "mma_latency_clocks" in found:

@@ -49,6 +49,8 @@ class Resources:
     mma: int = 0       # tensor-core instructions (mma / wgmma) in the PTX
     held_buffers: int = 0  # shared-memory buffers filled before the time loop: held W_hh
     acquires: int = 0  # acquire-ordered loads or atomics in the PTX: the barrier's acquire
+    word_stores: int = 0  # 8-byte relaxed gpu-scope atomic exchanges: tagged h's stores
+    word_loads: int = 0   # 8-byte volatile loads: tagged h's polls
 
     def problems(self, arch: int) -> list[str]:
         """What keeps this kernel from running well on `arch`: [] when nothing does."""
@@ -185,7 +187,7 @@ def _resources(case: KernelCase) -> Resources:
         pointers = dict(dy_ptr=ptr, gates_ptr=acc, cells_ptr=acc, c0_ptr=acc, w_hh_ptr=ptr,
                         w_hr_ptr=ptr, dh_ptr=acc, dc_ptr=acc, dh0_ptr=acc, dc0_ptr=acc,
                         dgates_ptr=acc, chain_ptr=ptr, dy_total_ptr=acc)
-    pointers.update(offsets_ptr="*i64", sizes_ptr="*i32", barrier_ptr="*i32")
+    pointers.update(offsets_ptr="*i64", sizes_ptr="*i32", barrier_ptr="*i32", words_ptr="*i64")
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name in constexprs:
@@ -209,8 +211,10 @@ def _resources(case: KernelCase) -> Resources:
     ttgir = compiled.asm["ttgir"]
     held_buffers = ttgir[:ttgir.index("scf.for")].count("ttg.local_alloc")
     acquires = len(re.findall(r"^\s*(?:@%p\d+\s+)?(?:ld|atom)\.\S*acquire", ptx, re.MULTILINE))
+    word_stores = len(re.findall(r"\batom\.global\.gpu\.relaxed\.exch\.b64\b", ptx))
+    word_loads = len(re.findall(r"\bld\.volatile\.global\.(?:v[24]\.)?b64\b", ptx))
     return Resources(compiled.metadata.shared + static_shared, registers, spills, mma,
-                     held_buffers, acquires)
+                     held_buffers, acquires, word_stores, word_loads)
 
 
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, int, int]:

@@ -1,6 +1,6 @@
 """Device functions shared by the forward and backward kernels: the cell's pointwise
-math, the products, the row geometry of a time step, the weights a program holds, and
-the barrier that ends each phase of a step."""
+math, the products, the row geometry of a time step, the weights a program holds, the
+barrier that ends each phase of a step, and the wait for tagged words."""
 import triton
 import triton.language as tl
 
@@ -149,6 +149,24 @@ def end_phase(arrivals_ptr, expected, timeout_ptr, USE_BARRIER: tl.constexpr,
             tl.atomic_max(arrivals_ptr, 1 << 30, sem="relaxed", scope="gpu")
             tl.atomic_xchg(timeout_ptr, 1, sem="relaxed", scope="gpu")
         tl.debug_barrier()
+
+
+@triton.jit
+def wait_for_tag(words, ptrs, mask, tag, spin_limit):
+    """words (int64, loaded from ptrs with volatile loads) once each one under mask
+    carries `tag` in its high 32 bits: those that do not yet are loaded again, and only
+    they, up to spin_limit times. -> (words, whether some never showed the tag).
+
+    The words are written whole by single-copy-atomic 8-byte stores (atomic_xchg), so a
+    word that shows its tag shows its data: no barrier and no fence are needed, and
+    volatile loads (strong, like the stores) keep the read from racing them."""
+    pending = mask & ((words >> 32).to(tl.int32) != tag)
+    polls = 0
+    while (tl.max(pending.to(tl.int32)) > 0) & (polls < spin_limit):
+        words = tl.where(pending, tl.load(ptrs, mask=pending, other=0, volatile=True), words)
+        pending = mask & ((words >> 32).to(tl.int32) != tag)
+        polls += 1
+    return words, tl.max(pending.to(tl.int32)) > 0
 
 
 @triton.jit

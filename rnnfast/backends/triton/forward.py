@@ -11,9 +11,9 @@ from torch import Tensor
 
 from .. import reference
 from ..steps import accumulation_dtype, final_rows, make_steps, step_tables
-from .cell import dot, end_phase, held_chunks, lstm_cell, rounded, step_rows
+from .cell import dot, end_phase, held_chunks, lstm_cell, rounded, step_rows, wait_for_tag
 from .launch import forward_constexprs, launch
-from .plan import Plan, fallback_plans, make_plan
+from .plan import TAGGED_WORD_UNITS, Plan, fallback_plans, make_plan
 
 
 @triton.jit
@@ -90,6 +90,108 @@ def _gate_product(acc, h_rows_ptr, active, k0, P, w, ACC: tl.constexpr,
 
 
 @triton.jit
+def _tagged_recurrent_gates(words_ptr, h0_ptr, rows, continuing, starting, P, w_even, w_odd,
+                            tag, spin_limit, ACC: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+                            PRECISION: tl.constexpr, INTERPRET_TF32X3: tl.constexpr,
+                            W_CHUNKS: tl.constexpr, WORD_UNITS: tl.constexpr,
+                            BATCH_AS_N: tl.constexpr, BLOCK_B: tl.constexpr,
+                            BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """_recurrent_gates with W_hh held, h(t-1) taken from the tagged words the programs
+    wrote one step earlier (rows that continue) or from h0 (rows that start). Every
+    chunk's words are loaded before the first is waited for, so the step pays one
+    wait, not one a chunk. -> acc_i, acc_f, acc_g, acc_o, and whether a wait gave up.
+
+    words_ptr: [B, cdiv(P, WORD_UNITS)] int64, the slot step t-1 wrote (tag `tag`).
+    rows, continuing, starting: [BLOCK_B] the tile's batch rows; which continue from
+    step t-1; which start from h0. w_even, w_odd: W_CHUNKS tiles [4 * BLOCK_H,
+    BLOCK_K // WORD_UNITS], the held W_hh columns of each chunk's even and odd units
+    (with one unit a word, w_even alone: all of them)."""
+    WORDS: tl.constexpr = BLOCK_K // WORD_UNITS
+    word_index = tl.arange(0, WORDS)
+    words_a_row = tl.cdiv(P, WORD_UNITS)
+    loaded = ()
+    for c in tl.static_range(W_CHUNKS):
+        ptrs, mask = _word_tile(words_ptr, rows, continuing, c * WORDS + word_index,
+                                words_a_row, BATCH_AS_N)
+        loaded = loaded + (tl.load(ptrs, mask=mask, other=0, volatile=True),)
+    if BATCH_AS_N:
+        acc = tl.zeros((4 * BLOCK_H, BLOCK_B), ACC)
+    else:
+        acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), ACC)
+    gave_up = False
+    for c in tl.static_range(W_CHUNKS):
+        cols = c * WORDS + word_index
+        ptrs, mask = _word_tile(words_ptr, rows, continuing, cols, words_a_row, BATCH_AS_N)
+        words, waiting = wait_for_tag(loaded[c], ptrs, mask, tag, spin_limit)
+        gave_up = gave_up | waiting
+        low = words.to(tl.int32)  # the data half
+        for part in tl.static_range(WORD_UNITS):
+            units = cols * WORD_UNITS + part
+            h0_ptrs, h0_mask = _word_tile(h0_ptr, rows, starting, units, P, BATCH_AS_N)
+            h = tl.where(h0_mask, tl.load(h0_ptrs, mask=h0_mask, other=0.0),
+                         _unit_of_word(low, part, h0_ptr, WORD_UNITS))
+            if part == 0:
+                w = w_even[c]
+            else:
+                w = w_odd[c]
+            if BATCH_AS_N:
+                acc = dot(w, h, acc, ACC, PRECISION, INTERPRET_BF16, INTERPRET_TF32X3)
+            else:
+                acc = dot(h, tl.trans(w), acc, ACC, PRECISION, INTERPRET_BF16, INTERPRET_TF32X3)
+    if BATCH_AS_N:
+        acc = tl.trans(acc)
+    gates_even, gates_odd = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))
+    acc_i, acc_g = tl.split(gates_even)
+    acc_f, acc_o = tl.split(gates_odd)
+    return acc_i, acc_f, acc_g, acc_o, gave_up
+
+
+@triton.jit
+def _word_tile(base_ptr, rows, row_mask, cols, row_length, BATCH_AS_N: tl.constexpr):
+    """Pointers and mask of [rows, cols] of a row-major [B, row_length] array, taken
+    transposed ([cols, rows]) with BATCH_AS_N, as the products read h(t-1)."""
+    if BATCH_AS_N:
+        ptrs = base_ptr + rows[None, :] * row_length + cols[:, None]
+        mask = row_mask[None, :] & (cols < row_length)[:, None]
+    else:
+        ptrs = base_ptr + rows[:, None] * row_length + cols[None, :]
+        mask = row_mask[:, None] & (cols < row_length)[None, :]
+    return ptrs, mask
+
+
+@triton.jit
+def _unit_of_word(low, part, like_ptr, WORD_UNITS: tl.constexpr):
+    """Unit `part` of the words' data halves `low` (int32), in like_ptr's element type:
+    fp32 the whole half; 16-bit units 2j in bits 0-15, 2j + 1 in bits 16-31."""
+    if WORD_UNITS == 1:
+        value = low.to(tl.float32, bitcast=True)
+    else:
+        bits = (low >> (16 * part)) & 0xFFFF
+        if like_ptr.dtype.element_ty == tl.float16:
+            value = bits.to(tl.int16).to(tl.float16, bitcast=True)
+        else:
+            value = (bits << 16).to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact
+    return value
+
+
+@triton.jit
+def _tagged_words(h_out, tag, WORD_UNITS: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_H: tl.constexpr):
+    """h(t) [BLOCK_B, BLOCK_H] in the layer's dtype -> its words [BLOCK_B, BLOCK_H //
+    WORD_UNITS] int64: `tag` in the high half, the data in the low (_unit_of_word)."""
+    if WORD_UNITS == 1:
+        low = h_out.to(tl.int32, bitcast=True)
+    else:
+        if h_out.dtype == tl.float16:
+            bits = h_out.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        else:  # bf16: the top half of its exact fp32 value
+            bits = (h_out.to(tl.float32).to(tl.int32, bitcast=True) >> 16) & 0xFFFF
+        even, odd = tl.split(tl.reshape(bits, (BLOCK_B, BLOCK_H // 2, 2)))
+        low = even | (odd << 16)
+    return (tl.cast(tag, tl.int64) << 32) | (low.to(tl.int64) & 0xFFFFFFFF)
+
+
+@triton.jit
 def _input_gates(xg_ptr, bias_ptr, row_ids, units, mask, H, HAS_BIAS: tl.constexpr,
                  ACC: tl.constexpr):
     """The input's part of the tile's four gate pre-activations, xg + bias: four
@@ -124,12 +226,15 @@ def _lstm_forward_kernel(
     offsets_ptr,   # [T] int64: first row of each processed step (PACKED)
     sizes_ptr,     # [T] int32: active rows of each processed step (PACKED)
     barrier_ptr,   # [batch blocks + 1] int32 zeros: each batch block's arrival counter,
-                   # then the barrier-timeout flag (USE_BARRIER)
+                   # then the wait-timeout flag (USE_BARRIER or TAGGED_H)
+    words_ptr,     # [2, B, cdiv(P, WORD_UNITS)] int64 zeros: h(t) as tagged words, step t
+                   # in slot t % 2 (TAGGED_H)
     T, B, H, P,
     REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_PROJ: tl.constexpr, SAVE_GATES: tl.constexpr, SAVE_CELLS: tl.constexpr,
     USE_BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr, ONE_TILE: tl.constexpr,
-    W_CHUNKS: tl.constexpr, BATCH_AS_N: tl.constexpr, ACC: tl.constexpr,
+    W_CHUNKS: tl.constexpr, TAGGED_H: tl.constexpr, WORD_UNITS: tl.constexpr,
+    BATCH_AS_N: tl.constexpr, ACC: tl.constexpr,
     INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_TF32X3: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -150,9 +255,18 @@ def _lstm_forward_kernel(
     # a step waits for after the barrier.
     own_units = first_tile * BLOCK_H + tl.arange(0, BLOCK_H)
     own_rows, own_rows_mask = _gate_rows(own_units, H, BLOCK_H)
-    k_index = tl.arange(0, BLOCK_K)
+    # With tagged h a 16-bit chunk's even units (W_hh columns) are one product, its odd
+    # units another (_tagged_recurrent_gates); WORD_UNITS is 1 otherwise.
+    k_index = tl.arange(0, BLOCK_K // WORD_UNITS) * WORD_UNITS
     w_held = held_chunks(w_hh_ptr + own_rows[:, None] * P + k_index[None, :], k_index[None, :],
                          own_rows_mask[:, None], P, 1, W_CHUNKS, BLOCK_K)
+    if TAGGED_H and WORD_UNITS == 2:  # the odd units' columns, as the words split them
+        w_odd = held_chunks(w_hh_ptr + own_rows[:, None] * P + k_index[None, :] + 1,
+                            k_index[None, :] + 1, own_rows_mask[:, None], P, 1, W_CHUNKS, BLOCK_K)
+    else:
+        w_odd = ()
+    words_a_row = tl.cdiv(P, WORD_UNITS)
+    spin_limit = tl.full((), SPIN_LIMIT, tl.int32)  # 0 once a wait has given up
     own_c_rows = c_ptr + rows[:, None] * H + own_units[None, :]
     if ONE_TILE:
         offset, size, _, _ = step_rows(offsets_ptr, sizes_ptr, 0, T, B, REVERSE, PACKED)
@@ -178,11 +292,21 @@ def _lstm_forward_kernel(
             else:
                 in_i, in_f, in_g, in_o = _input_gates(xg_ptr, bias_ptr, row_ids, units, mask, H,
                                                       HAS_BIAS, ACC)
-            gate_rows, gate_mask = _gate_rows(units, H, BLOCK_H)
-            pre_i, pre_f, pre_g, pre_o = _recurrent_gates(
-                h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_held, ACC,
-                INTERPRET_BF16, PRECISION, INTERPRET_TF32X3, W_CHUNKS, BATCH_AS_N, BLOCK_B,
-                BLOCK_H, BLOCK_K)
+            if TAGGED_H:  # step k - 1 wrote its words, tagged k, in slot (k - 1) % 2
+                pre_i, pre_f, pre_g, pre_o, gave_up = _tagged_recurrent_gates(
+                    words_ptr + ((k + 1) % 2) * B * words_a_row, h0_ptr, rows,
+                    active & (rows < size_prev), active & (rows >= size_prev), P, w_held, w_odd,
+                    k, spin_limit, ACC, INTERPRET_BF16, PRECISION, INTERPRET_TF32X3, W_CHUNKS,
+                    WORD_UNITS, BATCH_AS_N, BLOCK_B, BLOCK_H, BLOCK_K)
+                if gave_up:  # report it, and wait no more: the results are wrong anyway
+                    spin_limit = 0
+                    tl.atomic_xchg(timeout_ptr, 1, sem="relaxed", scope="gpu")
+            else:
+                gate_rows, gate_mask = _gate_rows(units, H, BLOCK_H)
+                pre_i, pre_f, pre_g, pre_o = _recurrent_gates(
+                    h_rows_ptr, active, gate_rows, gate_mask, w_hh_ptr, P, w_held, ACC,
+                    INTERPRET_BF16, PRECISION, INTERPRET_TF32X3, W_CHUNKS, BATCH_AS_N, BLOCK_B,
+                    BLOCK_H, BLOCK_K)
             # The cell state lives in c_ptr in ACC: a row's slot holds c0 until its first
             # step, then its latest c (so that it ends as c_n).
             c_rows = c_ptr + rows[:, None] * H + units[None, :]
@@ -207,8 +331,15 @@ def _lstm_forward_kernel(
                 tl.store(hidden_ptr + row_ids[:, None] * H + units[None, :],
                          rounded(h, hidden_ptr, INTERPRET_BF16), mask=mask)
             else:
-                tl.store(y_ptr + row_ids[:, None] * P + units[None, :],
-                         rounded(h, y_ptr, INTERPRET_BF16), mask=mask)
+                h_out = rounded(h, y_ptr, INTERPRET_BF16)
+                tl.store(y_ptr + row_ids[:, None] * P + units[None, :], h_out, mask=mask)
+                if TAGGED_H:  # single-copy-atomic 8-byte stores: tag and data land together
+                    word_cols = tile * (BLOCK_H // WORD_UNITS) + tl.arange(0, BLOCK_H // WORD_UNITS)
+                    tl.atomic_xchg(words_ptr + (k % 2) * B * words_a_row
+                                   + rows[:, None] * words_a_row + word_cols[None, :],
+                                   _tagged_words(h_out, k + 1, WORD_UNITS, BLOCK_B, BLOCK_H),
+                                   mask=active[:, None] & (word_cols < words_a_row)[None, :],
+                                   sem="relaxed", scope="gpu")
 
         if ONE_TILE:
             # The next step's input part, loaded now so that the waits below hide its
@@ -295,11 +426,14 @@ def forward(
 
         def arguments(plan: Plan):
             barrier = torch.zeros(plan.batch_blocks + 1, dtype=torch.int32, device=x.device)
+            # Zeros: no word shows a tag (steps tag from 1) before this launch writes it.
+            words = torch.zeros(2 * batch * triton.cdiv(out_size, TAGGED_WORD_UNITS[dtype.itemsize])
+                                if plan.tagged_h else 1, dtype=torch.int64, device=x.device)
             constexprs = forward_constexprs(
                 plan, dtype, reverse=reverse, packed=offsets is not None,
                 has_bias=bias is not None, has_proj=w_hr is not None, save=save)
-            return ([*pointers, barrier, len(steps), batch, hidden_size, out_size], constexprs,
-                    barrier)
+            return ([*pointers, barrier, words, len(steps), batch, hidden_size, out_size],
+                    constexprs, barrier)
 
         if launch(_lstm_forward_kernel, plans, arguments, x.device, "LSTM forward") is None:
             return reference.forward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,

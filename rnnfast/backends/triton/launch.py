@@ -11,7 +11,7 @@ from torch import Tensor
 from ..barrier import BARRIER_SPIN_LIMIT, raise_if_barrier_timed_out, watch_timeout_flag
 from ..steps import accumulation_dtype
 from . import interpreting
-from .plan import Plan
+from .plan import TAGGED_WORD_UNITS, Plan
 
 MAX_REGISTERS = 255  # per thread, on every NVIDIA GPU since Kepler
 
@@ -42,9 +42,10 @@ def forward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed:
     acc, interpret_bf16, precision, interpret_tf32x3 = kernel_dtypes(dtype)
     return dict(REVERSE=reverse, PACKED=packed, HAS_BIAS=has_bias, HAS_PROJ=has_proj,
                 SAVE_GATES=save == "all", SAVE_CELLS=save != "none",
-                USE_BARRIER=plan.use_barrier, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
-                ONE_TILE=plan.one_tile, W_CHUNKS=plan.held_chunks, BATCH_AS_N=plan.batch_as_n,
-                ACC=acc, INTERPRET_BF16=interpret_bf16, PRECISION=precision,
+                USE_BARRIER=plan.use_barrier and not plan.tagged_h, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
+                ONE_TILE=plan.one_tile, W_CHUNKS=plan.held_chunks, TAGGED_H=plan.tagged_h,
+                WORD_UNITS=TAGGED_WORD_UNITS[dtype.itemsize] if plan.tagged_h else 1,
+                BATCH_AS_N=plan.batch_as_n, ACC=acc, INTERPRET_BF16=interpret_bf16, PRECISION=precision,
                 INTERPRET_TF32X3=interpret_tf32x3, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
                 BLOCK_K=plan.block_k)
 

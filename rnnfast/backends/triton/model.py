@@ -19,7 +19,7 @@ import torch
 import triton
 
 from ..latency import H100, Gpu, ModelledTime, gemm_rate as _gemm_rate
-from .plan import Plan
+from .plan import TAGGED_WORD_UNITS, Plan
 
 __all__ = ["H100", "Gpu", "ModelledTime", "forward_time", "backward_time"]
 
@@ -48,10 +48,14 @@ def _multiply_time(plan: Plan, dtype: torch.dtype, weight_rows: int, reduction: 
 def _step_time(plan: Plan, critical_bytes: float, multiply_s: float, held_bytes: float,
                phases: int, gpu: Gpu) -> float:
     """One step: per phase a dependent L2 round trip (the rows other programs wrote) and
-    a grid barrier when the plan has one, then the larger of the L2 traffic on the
-    critical path and the products, which read held weights from shared memory.
-    Loads issued before the barrier wait (Plan.one_tile) are off the critical path."""
-    latency = phases * (gpu.l2_round_trip_s + (gpu.barrier_s if plan.use_barrier else 0.0))
+    a grid barrier when the plan has one, or with tagged h the wait for the words
+    themselves, then the larger of the L2 traffic on the critical path and the
+    products, which read held weights from shared memory. Loads issued before the
+    barrier wait (Plan.one_tile) are off the critical path."""
+    if plan.tagged_h:
+        latency = phases * gpu.tagged_wait_s
+    else:
+        latency = phases * (gpu.l2_round_trip_s + (gpu.barrier_s if plan.use_barrier else 0.0))
     programs = plan.batch_blocks * plan.programs_per_batch_block
     shared_s = held_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
     return latency + max(critical_bytes / gpu.l2_bytes_per_s_per_sm,
@@ -68,10 +72,13 @@ def forward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size:
     rows = plan.block_b
     weights = 4 * plan.block_h * out_size * item
     inputs = rows * 4 * plan.block_h * item                  # xg (the bias stays in L1)
-    per_tile = (rows * out_size * item                       # h(t-1), re-read for each tile
+    # h(t-1) in and h(t) out: as 8-byte tagged words (TAGGED_WORD_UNITS units each) beside
+    # y's h out, or through y alone.
+    h_words = 8 / TAGGED_WORD_UNITS[item] if plan.tagged_h else 0
+    per_tile = (rows * out_size * (h_words or item)          # h(t-1), re-read for each tile
                 + (0 if plan.weights_resident else weights)
                 + rows * 4 * plan.block_h * acc              # activated gates out
-                + rows * plan.block_h * (2 * acc + item)     # c out, c_t saved, h out
+                + rows * plan.block_h * (2 * acc + item + h_words)  # c out, c_t saved, h out
                 + (0 if plan.one_tile else rows * plan.block_h * acc + inputs))  # c in, xg
     critical = tiles * per_tile
     moved = critical + (inputs if plan.one_tile else 0)
@@ -88,9 +95,10 @@ def forward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size:
     step = _step_time(plan, critical, multiply, held, phases, gpu)
     gemm_flops = 2 * seq_len * batch * 4 * hidden * input_size
     programs = plan.batch_blocks * plan.programs_per_batch_block
+    barriers = phases if plan.use_barrier and not plan.tagged_h else 0
     return ModelledTime(step, seq_len * step + gpu.launch_s,
                         gemm_flops / (_gemm_rate(dtype, gpu) * gpu.gemm_efficiency),
-                        int(moved * programs), phases if plan.use_barrier else 0)
+                        int(moved * programs), barriers)
 
 
 def backward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size: int,

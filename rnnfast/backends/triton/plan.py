@@ -54,6 +54,9 @@ _HELD_CHUNK = {2: 256, 4: 32}
 # a projection, 64 x 32 spilled 192-2,376 B, 64 x 16 72 B (sm_90 backward).
 _TILE = {False: 64 * 32, True: 64 * 16}
 _PREFETCH_TILE = {False: 64 * 16, True: 32 * 16}
+# Units of h a tagged word carries, by bytes an element: the low 32 bits hold two
+# 16-bit values or one fp32 (the high 32 the step). fp64 has no room for a tag.
+TAGGED_WORD_UNITS = {2: 2, 4: 1}
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,15 @@ class Plan:
                                     # block_k chunks of the reduction (only with one_tile);
                                     # 0: streamed from L2 every step
     batch_as_n: bool                # products taken transposed, the batch as the mma's N (<= 8 rows)
-    use_barrier: bool               # programs of a batch block meet after every phase
+    use_barrier: bool               # programs of a batch block wait for each other every
+                                    # step (co-resident: launched cooperatively; bounded
+                                    # waits): at a counter after every phase, or (tagged_h)
+                                    # for the words of h(t-1) they read
     num_warps: int
     num_stages: int                 # software-pipelining depth of the reduction loops
+    tagged_h: bool = False          # the forward's h(t) goes between programs as step-tagged
+                                    # words (TAGGED_WORD_UNITS units a word), not through y
+                                    # and a barrier
 
     @property
     def weights_resident(self) -> bool:
@@ -166,15 +175,26 @@ def candidate_plans(batch: int, hidden: int, out_size: int, seq_len: int, itemsi
         if (streamed.one_tile and block_b <= 16
                 and (direction == "forward" or not projection)
                 and held_bytes <= _HELD_BYTES.get((itemsize, direction), 0)):
-            plans.append(dataclasses.replace(streamed, block_k=held_k, held_chunks=held_chunks,
-                                             num_stages=1))
+            held = dataclasses.replace(streamed, block_k=held_k, held_chunks=held_chunks,
+                                       num_stages=1)
+            plans.append(held)
+            # Tagged h: every word of h(t-1) is loaded before the first wait, which needs
+            # the chunks' count at compile time (held), and a 16-bit chunk splits into its
+            # even and odd units, each a product at least _MIN_K deep. The words are all
+            # live at the first wait: 8 warps (with 4, B=16 H=768 16-bit spilled 276 B
+            # at 8-unit tiles and 2,912 B at 16 on sm_90).
+            word_units = TAGGED_WORD_UNITS.get(itemsize, 0)
+            if (direction == "forward" and not projection and word_units
+                    and held_k >= word_units * _MIN_K):
+                plans.append(dataclasses.replace(held, tagged_h=True, num_warps=8))
     return plans
 
 
 def fallback_plans(plan: Plan) -> list[Plan]:
     """`plan`, then ever smaller ones to try where a device refuses it (less shared
     memory and fewer registers, then no barrier): the last one needs no co-residency."""
-    smaller = dataclasses.replace(plan, held_chunks=0, block_k=_MIN_K, num_stages=1)
+    smaller = dataclasses.replace(plan, held_chunks=0, block_k=_MIN_K, num_stages=1,
+                                  tagged_h=False)
     barrier_free = dataclasses.replace(smaller, programs_per_batch_block=1, use_barrier=False,
                                        one_tile=False)
     candidates = [plan, smaller, barrier_free]
