@@ -1,9 +1,10 @@
 """The latency probes without a GPU: what their figures replace in the models
 (latency.measured_gpu), how verify's summary sets them beside the assumptions and
-re-runs the CUDA model with them, and the Triton barrier probe's kernel (in the
-interpreter, and compiled for sm_90). The CUDA probe kernels (csrc/lstm_probe.cu) are
-compiled by tests/test_cuda_sources.py and their instruction mix is checked by
-tests/test_cuda_sass.py; their timing needs a GPU (`python -m rnnfast verify`)."""
+re-runs the CUDA model with them, and the Triton barrier and tagged-word probes'
+kernels (in the interpreter, and compiled for sm_90). The CUDA probe kernels
+(csrc/lstm_probe.cu) are compiled by tests/test_cuda_sources.py and their instruction
+mix is checked by tests/test_cuda_sass.py; their timing needs a GPU (`python -m
+rnnfast verify`)."""
 import dataclasses
 import os
 import subprocess
@@ -23,7 +24,7 @@ FOUND = {"device": "NVIDIA H200", "sms": 132, "clock_hz": 1.98e9, "l2_round_trip
          "l2_round_trip_clocks": 890.0, "barrier_s": 0.7e-6, "barrier_few_blocks_s": 0.55e-6,
          "grid_exchange_s": 1.2e-6,
          "grid_multicast_exchange_s": 1.3e-6, "multicast_blocks": 128, "multicast_size": 8,
-         "triton_barrier_s": 0.9e-6, "cluster_blocks": 16, "cluster_exchange_s": 0.21e-6,
+         "triton_barrier_s": 0.9e-6, "triton_tagged_wait_s": 0.65e-6, "cluster_blocks": 16, "cluster_exchange_s": 0.21e-6,
          "cluster_reduce_s": 0.35e-6, "reduce_size": 8, "mma_latency_clocks": 33.4,
          "mma_sync_flops": 5.0e14, "skipped": {}, "failed": {}}
 
@@ -39,7 +40,9 @@ def test_measured_gpu_takes_each_measured_figure_and_keeps_the_other_assumptions
     # Multicast staging costs what its exchange takes over cp.async's, never less than 0.
     assert cuda.multicast_extra_s == pytest.approx(0.1e-6)
     assert measured_gpu({**FOUND, "grid_multicast_exchange_s": 1.1e-6}, "cuda").multicast_extra_s == 0
-    # Triton's barrier is its own; everything else is the same GPU.
+    # Triton's barrier is its own; everything else is the same GPU (its tagged-word
+    # exchange too, which only the Triton model uses).
+    assert cuda.tagged_wait_s == 0.65e-6
     triton = measured_gpu(FOUND, "triton")
     assert triton.barrier_s == 0.9e-6 and dataclasses.replace(triton, barrier_s=0.7e-6) == cuda
     # What was not measured stays assumed: the chip-wide L2 rate always, and here the
@@ -67,6 +70,7 @@ def test_summary_sets_the_figures_beside_the_assumptions_and_reruns_the_cuda_mod
     assert "| grid barrier + a dependent multicast copy | 1.6 | 1.3 | µs |" in text
     assert "multicast in 16 clusters of 8" in text
     assert "| grid barrier, Triton kernels | 1 | not measured | µs |" in text
+    assert "| tagged-word exchange, Triton kernels | 0.9 | 0.65 | µs |" in text
     assert "| mma.sync rate, 8 warps an SM | 660 | 500 | TFLOP/s |" in text
     assert "- not measured, triton_barrier_s: triton is not installed" in text
     assert "- **failed**, cluster_exchange_s: LaunchRefused: cluster launch" in text
@@ -99,28 +103,57 @@ def test_the_triton_barrier_probe_counts_rounds_and_gives_up_when_alone(monkeypa
     assert int(timed_out) == 1 and int(arrivals) >= 1 << 30
 
 
-def test_the_triton_barrier_probe_compiles_for_sm90_as_a_cooperative_kernel():
+def test_the_triton_tagged_word_probe_counts_rounds_and_gives_up_when_alone():
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter test; on a GPU, verify's probe stage runs the kernel")
+    from rnnfast.backends.triton.probe import tagged_rounds_kernel
+
+    words, timed_out = torch.zeros(2 * 2, dtype=torch.int64), torch.zeros(1, dtype=torch.int32)
+    tagged_rounds_kernel[(1,)](words, timed_out, 5, SPIN_LIMIT=BARRIER_SPIN_LIMIT, PROGRAMS=2)
+    # Round 4 in slot 0, round 3 in slot 1: the tag (round + 1) over the program's index.
+    assert words.tolist()[::2] == [5 << 32, 4 << 32] and int(timed_out) == 0
+    # Two programs, run one after the other by the interpreter: the first waits for the
+    # second's word of round 0, which cannot come; it gives up after SPIN_LIMIT polls.
+    words.zero_()
+    tagged_rounds_kernel[(2,)](words, timed_out, 3, SPIN_LIMIT=8, PROGRAMS=2)
+    assert int(timed_out) == 1
+
+
+def test_the_triton_probes_compile_for_sm90_as_cooperative_kernels():
     pytest.importorskip("triton")
     script = textwrap.dedent(f"""
         import triton
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
         from rnnfast.backends.triton.probe import barrier_rounds_kernel as kernel
+        from rnnfast.backends.triton.probe import tagged_rounds_kernel
         source = ASTSource(kernel, {{"arrivals_ptr": "*i32", "timeout_ptr": "*i32", "rounds": "i32",
                                      "SPIN_LIMIT": "constexpr"}}, {{"SPIN_LIMIT": {BARRIER_SPIN_LIMIT}}})
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                                   options=dict(num_warps=4, launch_cooperative_grid=True))
+        print(compiled.asm["ptx"])
+        print("TAGGED")
+        source = ASTSource(tagged_rounds_kernel,
+                           {{"words_ptr": "*i64", "timeout_ptr": "*i32", "rounds": "i32",
+                             "SPIN_LIMIT": "constexpr", "PROGRAMS": "constexpr"}},
+                           {{"SPIN_LIMIT": {BARRIER_SPIN_LIMIT}, "PROGRAMS": 256}})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=8, launch_cooperative_grid=True))
         print(compiled.asm["ptx"])
     """)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    ptx = done.stdout
+    ptx, tagged = done.stdout.split("TAGGED")
     # The kernels' barrier as they compile it: the release arrival, the volatile
     # poll, the acquire after it.
     assert "atom.global.gpu.release.add" in ptx and "ld.volatile.global" in ptx, ptx[-2000:]
     assert "ld.global.gpu.acquire" in ptx, ptx[-2000:]
+    # Their tagged-word exchange: whole 8-byte words stored by relaxed atomic exchange,
+    # polled by volatile loads (tests/test_triton_aot.py checks the forward's the same way).
+    assert "atom.global.gpu.relaxed.exch.b64" in tagged and "ld.volatile.global.b64" in tagged
 
 
 def test_the_reduce_probe_takes_the_largest_cluster_the_gpu_holds(monkeypatch):

@@ -3,12 +3,12 @@ used by triton/model.py and cuda/model.py to rank plans): the grid barrier and t
 dependent L2 round trip after it (cp.async, or multicast bulk copies into the CTAs of
 a cluster of the grid), the cluster plans' step exchange (st.async into the peer
 blocks' shared memory, an mbarrier wait), the reduce splits' cluster meeting (a cluster
-barrier, then loads of the peers' partial sums), mma.sync's latency and rate, and the SM
-clock while the tensor cores are busy. The CUDA figures come from csrc/lstm_probe.cu,
-which runs the CUDA kernels' own device code for each primitive; Triton's barrier from
-triton/probe.py, which calls the Triton kernels' own end_phase. `python -m rnnfast
-verify` runs this in its probe stage and re-runs the models with the figures
-(latency.measured_gpu).
+barrier, then loads of the peers' partial sums), mma.sync's latency and rate, the SM
+clock while the tensor cores are busy, and the Triton kernels' barrier and tagged-word
+exchange. The CUDA figures come from csrc/lstm_probe.cu, which runs the CUDA kernels'
+own device code for each primitive; Triton's from triton/probe.py, which calls the
+Triton kernels' own end_phase and wait_for_tag. `python -m rnnfast verify` runs this
+in its probe stage and re-runs the models with the figures (latency.measured_gpu).
 
 Each time is the difference between a launch of 2R rounds and one of R rounds, over R
 (the launch and the first round's cold misses cancel out); each of the two is the
@@ -30,7 +30,7 @@ CHASE_STRIDE = 32           # int32 words a line: one load a line, no line read 
 CLUSTER_SIZES = (16, 8)     # the cluster forward's size (non-portable 16), else the portable 8
 MMA_FLOPS = 2 * 16 * 8 * 16  # one mma.m16n8k16
 ROUNDS = {"chase": 8192, "grid": 4096, "cluster": 8192, "reduce": 8192, "mma_chain": 65536,
-          "mma_rate": 16384, "triton": 4096}
+          "mma_rate": 16384, "triton": 4096, "triton_tagged": 4096}
 
 
 def _launch_seconds(launch: Callable[[], None], device: torch.device) -> float:
@@ -194,6 +194,27 @@ def triton_barrier(device: torch.device, sms: int) -> dict:
     return {"triton_barrier_s": seconds}
 
 
+def triton_tagged_exchange(device: torch.device, sms: int) -> dict:
+    """The Triton kernels' tagged-word exchange (cell.wait_for_tag), one program per SM
+    (8 warps, as the tagged-h plans), cooperative launch: a round is one program's
+    store of its tagged word and its wait for everyone's."""
+    import triton
+
+    from .triton.probe import tagged_rounds_kernel
+
+    programs = triton.next_power_of_2(sms)
+    words = torch.zeros(2 * programs, dtype=torch.int64, device=device)
+    timed_out = torch.zeros(1, dtype=torch.int32, device=device)
+    seconds = seconds_per_round(
+        lambda n: tagged_rounds_kernel[(sms,)](words, timed_out, n, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
+                                               PROGRAMS=programs, num_warps=8,
+                                               launch_cooperative_grid=True),
+        ROUNDS["triton_tagged"], device, prepare=words.zero_)
+    watch_timeout_flag(timed_out, "the Triton tagged-word probe")
+    raise_if_barrier_timed_out(wait=True)
+    return {"triton_tagged_wait_s": seconds}
+
+
 def measure(device: torch.device) -> dict:
     """Every figure this GPU and this install can give. A probe that cannot run here
     says why under "skipped", one that fails (a refused launch, a barrier that timed
@@ -223,6 +244,8 @@ def measure(device: torch.device) -> dict:
     else:
         found["skipped"]["cuda"] = backends["cuda"]
     probes.append(("triton_barrier_s", backends["triton"], lambda: triton_barrier(device, found["sms"])))
+    probes.append(("triton_tagged_wait_s", backends["triton"],
+                   lambda: triton_tagged_exchange(device, found["sms"])))
     for figure, why_not, probe in probes:
         if why_not is not None:
             found["skipped"][figure] = why_not

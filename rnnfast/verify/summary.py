@@ -135,6 +135,7 @@ PROBE_ROWS = (
     ("grid barrier + a dependent multicast copy", "grid_multicast_exchange_s",
      H100.barrier_s + H100.l2_round_trip_s + H100.multicast_extra_s, 1e6, "µs"),
     ("grid barrier, Triton kernels", "triton_barrier_s", H100.barrier_s, 1e6, "µs"),
+    ("tagged-word exchange, Triton kernels", "triton_tagged_wait_s", H100.tagged_wait_s, 1e6, "µs"),
     ("cluster exchange: st.async to every peer, mbarrier wait", "cluster_exchange_s",
      H100.cluster_exchange_s, 1e6, "µs"),
     ("reduce split: cluster barrier, peers' partial sums", "cluster_reduce_s",
