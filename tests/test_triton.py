@@ -251,11 +251,11 @@ def _forced(plan_module, **changes):
 
 @pytest.mark.parametrize("batch,hidden,proj,seq,forward_form,backward_form", [
     # small batch as the products' N; 32 programs of 8 units hold W_hh in 1 / 4 chunks,
-    # the forward's h(t) goes between them as tagged words
-    (4, 256, 0, 50, "barrier, one tile, held, tagged", "barrier, one tile, held"),
+    # h(t) and the gate gradients go between them as tagged words
+    (4, 256, 0, 50, "barrier, one tile, held, tagged", "barrier, one tile, held, tagged"),
     # FlashRNN's case: the forward 48 programs of 16 units, tagged h (with a barrier, 96
-    # of 8), the backward 48 of 16 (each program re-reads the step's gate gradients:
-    # fewer, wider programs move less)
+    # of 8), the backward 48 of 16 at the barrier (each program re-reads the step's gate
+    # gradients: fewer, wider programs move less; as tagged words, twice the bytes)
     (16, 768, 0, 1024, "barrier, one tile, held, tagged", "barrier, one tile, held"),
     (16, 1024, 0, 1024, "barrier, one tile, held", "barrier, one tile, held"),  # h: 2x the bytes
     (16, 2048, 0, 1024, "barrier, one tile", "barrier, one tile"),  # too wide to hold
@@ -277,7 +277,7 @@ def test_gpu_plans_for_an_h100(batch, hidden, proj, seq, forward_form, backward_
         assert plan.use_barrier == form.startswith("barrier"), (direction, plan)
         assert plan.one_tile == ("one tile" in form), (direction, plan)
         assert plan.weights_resident == ("held" in form), (direction, plan)
-        assert plan.tagged_h == ("tagged" in form), (direction, plan)
+        assert plan.tagged == ("tagged" in form), (direction, plan)
         assert plan.batch_as_n == (batch <= 8) == (plan.block_b == 8)
         assert plan.batch_blocks * plan.programs_per_batch_block <= 132 or not plan.use_barrier
         assert plan.block_k >= 16 and plan.batch_blocks * plan.block_b >= batch
@@ -365,61 +365,72 @@ def test_barrier_wait_is_bounded_and_the_host_raises(monkeypatch, direction):
     launch.raise_if_barrier_timed_out(wait=True)  # the flag was read once, not left pending
 
 
-def _tagged_plan(plan_module, B, H, dtype, batch_as_n=False, block_h=64):
-    """The forward's tagged-h form: each program one tile of block_h units, W_hh held in
-    chunks (16-bit: 32 deep, so that the even and odd units are 16 each; fp32: 16).
-    With H <= block_h one program owns a batch block's units: the form the interpreter
-    can run (it reads its own words back at the next step)."""
+def _tagged_plan(plan_module, B, H, dtype, batch_as_n=False, block_h=64, direction="forward"):
+    """The tagged form: each program one tile of block_h units, W_hh held in chunks of
+    the reduction (the forward's H, the backward's 4H; 16-bit: 32 deep, so that a
+    word's low and high values are 16 each; fp32: 16). With H <= block_h one program
+    owns a batch block's units: the form the interpreter can run (it reads its own words
+    back, the forward at the next step, the backward in the same step's phase 2)."""
     block_b = 8 if batch_as_n else 16
     block_k = 32 if dtype.itemsize == 2 else 16
+    reduction = H if direction == "forward" else 4 * H
     return _forced(plan_module, block_b=block_b, block_h=block_h, block_k=block_k,
                    batch_blocks=triton.cdiv(B, block_b),
                    programs_per_batch_block=triton.cdiv(H, block_h), one_tile=True,
-                   held_chunks=triton.cdiv(H, block_k), batch_as_n=batch_as_n,
-                   use_barrier=True, tagged_h=True, num_warps=8)
+                   held_chunks=triton.cdiv(reduction, block_k), batch_as_n=batch_as_n,
+                   use_barrier=True, tagged=True, num_warps=8)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("batch_as_n", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_tagged_h_carries_the_state_as_the_held_plan_does(dtype, batch_as_n, reverse):
-    """h(t) as tagged words (two 16-bit units or one fp32 a word, the step in the high
-    half, slots by step parity) against the same plan reading h(t-1) from y: H = 41 in
-    chunks of 32 (16-bit) or 16 (fp32) leaves the last word half filled; packed rows
-    join and leave; two batch blocks of 16 rows, or 3 rows as the products' N. fp32's
-    products are the same, so its results are equal to the bit; a 16-bit chunk's even
-    and odd units are two products, so there the sums may round apart, within §6."""
+def test_tagged_words_carry_the_step_as_the_held_plans_do(dtype, batch_as_n, reverse):
+    """What a step exchanges as tagged words (the step in the high half, slots by step
+    parity), against the same plans exchanging it through memory at a barrier: the
+    forward's h(t) (two 16-bit units or one fp32 a word) and the backward's 16-bit gate
+    gradients (unit u's i | f and g | o in words 2u, 2u + 1). H = 41 in chunks of 32
+    (16-bit) or 16 (fp32) leaves the last chunk part filled (and the forward's last word
+    half filled); packed rows join and leave; two batch blocks of 16 rows, or 3 rows as
+    the products' N. fp32's forward products are the same, so its results are equal to
+    the bit (its backward has no tagged form: it streams W_hh); a 16-bit chunk's words
+    are two products, so there the sums may round apart, within §6, forward and
+    backward."""
     forward, backward, plan_module = _kernels()
     B = 3 if batch_as_n else 17
     tagged = _tagged_plan(plan_module, B, 41, dtype, batch_as_n)
-    held = dataclasses.replace(tagged, tagged_h=False)
     lengths = [5] * (B // 2) + [4] * (B - B // 2 - 1) + [2]
-    args = _layer(5, B, 6, 41, lengths=lengths, dtype=dtype)
-    got = forward.forward(*args, reverse, "all", plan=tagged)
     if dtype == torch.float32:
-        expected = forward.forward(*args, reverse, "all", plan=held)
+        args = _layer(5, B, 6, 41, lengths=lengths, dtype=dtype)
+        got = forward.forward(*args, reverse, "all", plan=tagged)
+        expected = forward.forward(*args, reverse, "all",
+                                   plan=dataclasses.replace(tagged, tagged=False))
         for name, a, b in zip(("y", "h_n", "c_n", "gates", "cells"), got, expected):
             assert_close(a, b, atol=0, rtol=0, msg=lambda m: f"{name}: {m}")
     else:
+        tagged_backward = _tagged_plan(plan_module, B, 41, dtype, batch_as_n, direction="backward")
         args64 = _layer(5, B, 6, 41, lengths=lengths)
-        with_tags = lambda *a, **k: forward.forward(*a, **k, plan=tagged)
-        assert rule_violations_vs_float64(args64, dtype, reverse, (with_tags, backward.backward)) == []
+        with_tags = (lambda *a, **k: forward.forward(*a, **k, plan=tagged),
+                     lambda *a, **k: backward.backward(*a, **k, plan=tagged_backward))
+        assert rule_violations_vs_float64(args64, dtype, reverse, with_tags) == []
 
 
 @pytest.mark.skipif(DEVICE.type == "cuda",
                     reason="needs the interpreter, which runs programs one after another: there "
                            "the second program's words never come while the first waits")
-def test_tagged_wait_is_bounded_and_the_host_raises(monkeypatch):
+@pytest.mark.parametrize("direction,dtype", [("forward", torch.float32), ("backward", torch.float16)])
+def test_tagged_wait_is_bounded_and_the_host_raises(monkeypatch, direction, dtype):
     """A word that never shows its step ends the wait after SPIN_LIMIT polls with the
     timeout flag set, the program waits no more, and the launcher raises an error
     naming the plan."""
     from rnnfast.backends.triton import launch
     forward, backward, plan_module = _kernels()
     monkeypatch.setattr(launch, "BARRIER_SPIN_LIMIT", 8)
-    plan = _tagged_plan(plan_module, 3, 40, torch.float32, block_h=32)  # 2 programs
-    args = _layer(4, 3, 5, 40, dtype=torch.float32)
-    with pytest.raises(RuntimeError, match=r"LSTM forward with Plan\(.*tagged_h=True.*gave up"):
-        forward.forward(*args, False, "all", plan=plan)
+    plan = _tagged_plan(plan_module, 3, 40, dtype, block_h=32, direction=direction)  # 2 programs
+    args = _layer(4, 3, 5, 40, dtype=dtype)
+    fwd = lambda *a, **k: forward.forward(*a, **k, **({"plan": plan} if direction == "forward" else {}))
+    bwd = lambda *a, **k: backward.backward(*a, **k, **({"plan": plan} if direction == "backward" else {}))
+    with pytest.raises(RuntimeError, match=rf"LSTM {direction} with Plan\(.*tagged=True.*gave up"):
+        run_layer(fwd, bwd, args, False)
     launch.raise_if_barrier_timed_out(wait=True)  # the flag was read once, not left pending
 
 
@@ -455,20 +466,21 @@ def test_refused_cooperative_launch_falls_back_to_the_barrier_free_plan(monkeypa
     assert refusing.launched == [True, True, False]  # the plan, a smaller one, then no barrier
 
 
-def test_refused_cooperative_launch_of_a_tagged_plan_falls_back_too(monkeypatch):
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_refused_cooperative_launch_of_a_tagged_plan_falls_back_too(monkeypatch, direction):
     """Programs waiting for each other's words need co-residency as barrier plans do:
     the tagged plan launches cooperatively, and a refusal goes on to the smaller plan
     (streamed, at the barrier) and then the barrier-free one."""
-    forward, _, plan_module = _kernels()
-    refusing = _RefusingCooperativeLaunches(forward._lstm_forward_kernel)
-    monkeypatch.setattr(forward, "_lstm_forward_kernel", refusing)
-    monkeypatch.setattr(forward, "make_plan",
-                        lambda *a: _tagged_plan(plan_module, 3, 24, torch.float32, block_h=16))
-    args = _layer(5, 3, 4, 24, dtype=torch.float32)
-    got = forward.forward(*args, False, "all")
-    expected = reference.forward(*args, False, "all")
-    for a, b in zip(got[:3], expected[:3]):
-        assert_close(a, b, **TIGHT[torch.float32])
+    forward, backward, plan_module = _kernels()
+    module = forward if direction == "forward" else backward
+    kernel_name = f"_lstm_{direction}_kernel"
+    refusing = _RefusingCooperativeLaunches(getattr(module, kernel_name))
+    monkeypatch.setattr(module, kernel_name, refusing)
+    monkeypatch.setattr(module, "make_plan", lambda *a: _tagged_plan(
+        plan_module, 3, 24, torch.float16, block_h=16, direction=direction))
+    args64 = _layer(5, 3, 4, 24)
+    assert rule_violations_vs_float64(args64, torch.float16, False,
+                                      (forward.forward, backward.backward)) == []
     assert refusing.launched == [True, True, False]
 
 
@@ -605,7 +617,8 @@ def test_persistent_barrier_plan_on_gpu(dtype):
     # its 16-bit gate gradients in two buffers by step parity; 16-bit layers hold W_hh
     assert plan.one_tile and backward_plan.one_tile
     assert plan.weights_resident == backward_plan.weights_resident == (dtype != torch.float32)
-    assert plan.tagged_h == (dtype != torch.float32)  # fp32 at H = 256 streams W_hh: no tags
+    # fp32 at H = 256 streams W_hh: no tags; fp32's backward never holds W_hh
+    assert plan.tagged == backward_plan.tagged == (dtype != torch.float32)
     args64 = _layer(50, 4, 64, 256, lengths=[50, 40, 40, 7])
     forward, backward, _ = _kernels()
     assert rule_violations_vs_float64(args64, dtype, False, (forward.forward, backward.backward)) == []
@@ -620,7 +633,7 @@ def test_tagged_plan_on_gpu(dtype):
     planner's choice), with rows leaving the batch along the way."""
     _, _, plan_module = _kernels()
     plan = plan_module.make_plan(16, 768, 768, 64, DEVICE, dtype)
-    assert plan.tagged_h and plan.programs_per_batch_block == 48
+    assert plan.tagged and plan.programs_per_batch_block == 48
     args64 = _layer(64, 16, 32, 768, lengths=[64] * 8 + [50] * 4 + [20] * 3 + [3])
     forward, backward, _ = _kernels()
     assert rule_violations_vs_float64(args64, dtype, False, (forward.forward, backward.backward)) == []

@@ -64,30 +64,34 @@ def test_every_barrier_plan_acquires_after_its_wait(compiled):
     wait must end with an acquire (cell.end_phase), or those reads may see old values.
     Triton drops an unused atomic_add(ptr, 0, sem="acquire"): 3.6 and 3.7 compiled the
     barrier without it until its result decided the timeout."""
-    barrier = [(c, r) for c, r in compiled if c.plan.use_barrier and not c.plan.tagged_h]
+    barrier = [(c, r) for c, r in compiled if c.plan.use_barrier and not c.plan.tagged]
     assert barrier
     missing = [f"{c.direction} {c.dtype} B={c.batch} H={c.hidden} sm_{c.arch}"
                for c, r in barrier if r.resources.acquires == 0]
     assert missing == []
 
 
-def test_every_tagged_plan_moves_h_in_whole_words(compiled):
-    """Tagged h (the forward of small batches) reads a word's tag and data in one load,
-    so each word must be stored and loaded whole: 8-byte relaxed atomic exchanges at gpu
-    scope (single-copy atomic; a plain store racing the polls is a data race), 8-byte
-    volatile loads. No other plan touches words."""
-    tagged = [(c, r) for c, r in compiled if c.plan.tagged_h]
-    assert {c.dtype for c, _ in tagged} == {"float32", "bfloat16", "float16"}
-    assert all(c.direction == "forward" and not c.has_proj for c, _ in tagged)
+def test_every_tagged_plan_moves_its_words_whole(compiled):
+    """A tagged plan (small batches: the forward's h(t), the 16-bit backward's gate
+    gradients) reads a word's tag and data in one load, so each word must be stored and
+    loaded whole: 8-byte relaxed atomic exchanges at gpu scope (single-copy atomic; a
+    plain store racing the polls is a data race), 8-byte volatile loads. No other plan
+    touches words."""
+    tagged = [(c, r) for c, r in compiled if c.plan.tagged]
+    assert {(c.direction, c.dtype) for c, _ in tagged} >= {
+        ("forward", "float32"), ("forward", "bfloat16"), ("forward", "float16"),
+        ("backward", "bfloat16"), ("backward", "float16")}
+    assert not any(c.has_proj or (c.direction == "backward" and c.dtype == "float32")
+                   for c, _ in tagged)
     assert [c for c, r in tagged if not (r.resources.word_stores and r.resources.word_loads)] == []
     assert [c for c, r in compiled
-            if not c.plan.tagged_h and (r.resources.word_stores or r.resources.word_loads)] == []
+            if not c.plan.tagged and (r.resources.word_stores or r.resources.word_loads)] == []
 
 
 def test_every_planned_kernel_fits_sm80_and_sm90(compiled):
-    forms = {(c.plan.weights_resident, c.plan.one_tile, c.plan.use_barrier, c.plan.tagged_h,
+    forms = {(c.plan.weights_resident, c.plan.one_tile, c.plan.use_barrier, c.plan.tagged,
               c.plan.block_b) for c, _ in compiled}
-    # (W_hh held, one tile a program, barrier, tagged h, rows a tile): the forms claimed
+    # (W_hh held, one tile a program, barrier, tagged words, rows a tile): the forms claimed
     assert forms >= {(True, True, True, True, 8), (True, True, True, True, 16),
                      (True, True, True, False, 8), (True, True, True, False, 16),
                      (False, True, True, False, 8), (False, True, True, False, 64),
@@ -149,7 +153,7 @@ def test_latency_model_counts_what_each_plan_moves_and_waits_for():
     from rnnfast.backends.triton.plan import gpu_plan
 
     tagged = gpu_plan(4, 256, 256, 50, 2, sms=132)
-    held = replace(tagged, tagged_h=False, num_warps=4)
+    held = replace(tagged, tagged=False, num_warps=4)
     streamed = replace(held, held_chunks=0, block_k=32, num_stages=2)
     not_ahead = replace(streamed, one_tile=False)
     split = replace(not_ahead, programs_per_batch_block=1, use_barrier=False)
@@ -174,10 +178,18 @@ def test_latency_model_counts_what_each_plan_moves_and_waits_for():
     # Tagged h: no barrier and a shorter wait, for twice the bytes of h(t-1) read (8-byte
     # words of two 16-bit units and a tag).
     with_tags = model.forward_time(tagged, 4, 256, 256, 256, 50, torch.float16)
-    assert tagged.tagged_h and with_tags.barriers_per_step == 0
+    assert tagged.tagged and with_tags.barriers_per_step == 0
     assert model.H100.tagged_wait_s < with_tags.step_s < times["held"].step_s
     h_read = 32 * 8 * 256 * 2  # 32 programs, 8 rows (the batch as N), 256 units
     assert with_tags.bytes_per_step - times["held"].bytes_per_step >= h_read
+    # The backward's gate gradients as tagged words likewise: 4H of them a row.
+    tagged_backward = gpu_plan(4, 256, 256, 50, 2, sms=132, direction="backward")
+    at_barrier = replace(tagged_backward, tagged=False, num_warps=4)
+    words, barrier = (model.backward_time(p, 4, 256, 256, 256, 50, torch.float16)
+                      for p in (tagged_backward, at_barrier))
+    assert tagged_backward.tagged and (words.barriers_per_step, barrier.barriers_per_step) == (0, 1)
+    assert words.step_s < barrier.step_s
+    assert words.bytes_per_step - barrier.bytes_per_step >= 32 * 8 * 4 * 256 * 2
     with_proj = model.forward_time(streamed, 4, 256, 128, 256, 50, torch.float16)
     assert with_proj.barriers_per_step == 2
     backward = model.backward_time(streamed, 4, 256, 256, 256, 50, torch.float16)
@@ -185,10 +197,9 @@ def test_latency_model_counts_what_each_plan_moves_and_waits_for():
     assert backward.barriers_per_step == 1 and backward.gemm_s > times["streamed"].gemm_s
     assert model.backward_time(not_ahead, 4, 256, 256, 256, 50,
                                torch.float16).barriers_per_step == 2
-    held_backward = gpu_plan(4, 256, 256, 50, 2, sms=132, direction="backward")
-    assert held_backward.held_chunks == 4  # 4H = 1024 rows in chunks of 256
-    assert (model.backward_time(held_backward, 4, 256, 256, 256, 50, torch.float16).step_s
-            < model.backward_time(replace(held_backward, held_chunks=0, block_k=32), 4, 256,
+    assert at_barrier.held_chunks == 4  # 4H = 1024 rows in chunks of 256
+    assert (barrier.step_s
+            < model.backward_time(replace(at_barrier, held_chunks=0, block_k=32), 4, 256,
                                   256, 256, 50, torch.float16).step_s)
 
 
@@ -201,9 +212,9 @@ def test_bench_explain_prints_plan_resources_and_modelled_time(capsys):
     rows = [line for line in out.splitlines() if line.startswith("custom T=8 B=4 I=H=256 fp16")]
     assert [row.split()[5] for row in rows] == ["forward", "backward"]
     # 256 units, 8 a program, 4 rows as the products' N; W_hh held in 1 and 4 chunks
+    # the forward's h and the backward's gate gradients pass as tagged words
     assert "N8x8x256" in rows[0] and "tagged x32+" in rows[0] and "W held x1" in rows[0]
-    assert "barrier x" in rows[1]
-    assert "W held x4" in rows[1]
+    assert "tagged x32+" in rows[1] and "W held x4" in rows[1]
     assert "fwd+bwd" in out and "no published figure" in out
 
 

@@ -1,7 +1,7 @@
 """The bounded grid barrier's host side, shared by the Triton and CUDA backends.
 
 A barrier kernel waits for the other blocks of its launch by polling a counter (or,
-Triton's tagged-h forward, the words they write). The wait is bounded: after
+Triton's tagged plans, the words they write). The wait is bounded: after
 BARRIER_SPIN_LIMIT polls it gives up, sets a timeout flag ([1] int32 on the device)
 and lets every later wait of the launch through, so a bug or blocks that were never
 co-resident end as an error instead of a frozen process.

@@ -41,7 +41,7 @@ class Gpu:
                                             # DSMEM load of the peers' partial sums (assumption:
                                             # as the cluster barrier and DSMEM stores the cluster
                                             # plans' exchange replaced; the probe measures it)
-    tagged_wait_s: float = 0.9e-6           # a Triton tagged-h step's wait: the producer's
+    tagged_wait_s: float = 0.9e-6           # a Triton tagged step's wait: the producer's
                                             # store reaching L2 (half a round trip), the phase
                                             # of the consumer's poll against it (half, on
                                             # average) and the poll's return (half)

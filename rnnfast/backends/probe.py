@@ -196,7 +196,7 @@ def triton_barrier(device: torch.device, sms: int) -> dict:
 
 def triton_tagged_exchange(device: torch.device, sms: int) -> dict:
     """The Triton kernels' tagged-word exchange (cell.wait_for_tag), one program per SM
-    (8 warps, as the tagged-h plans), cooperative launch: a round is one program's
+    (8 warps, as the tagged plans), cooperative launch: a round is one program's
     store of its tagged word and its wait for everyone's."""
     import triton
 

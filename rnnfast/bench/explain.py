@@ -169,10 +169,10 @@ def _describe_cuda(plan, direction: str) -> str:
 
 def _describe(plan) -> str:
     """rows x units x reduction chunk (rows as the products' N: "N"), warps, stages, the
-    grid's form (programs meeting at a barrier, or waiting for tagged h; "+" where each
+    grid's form (programs meeting at a barrier, or waiting for tagged words; "+" where each
     program owns one tile and loads ahead), the weights."""
     form = ("batch split" if not plan.use_barrier
-            else f"{'tagged' if plan.tagged_h else 'barrier'} x{plan.programs_per_batch_block}")
+            else f"{'tagged' if plan.tagged else 'barrier'} x{plan.programs_per_batch_block}")
     form += "+" if plan.one_tile else ""
     weights = f"W held x{plan.held_chunks}" if plan.weights_resident else "W streamed"
     rows = f"N{plan.block_b}" if plan.batch_as_n else str(plan.block_b)

@@ -49,8 +49,8 @@ class Resources:
     mma: int = 0       # tensor-core instructions (mma / wgmma) in the PTX
     held_buffers: int = 0  # shared-memory buffers filled before the time loop: held W_hh
     acquires: int = 0  # acquire-ordered loads or atomics in the PTX: the barrier's acquire
-    word_stores: int = 0  # 8-byte relaxed gpu-scope atomic exchanges: tagged h's stores
-    word_loads: int = 0   # 8-byte volatile loads: tagged h's polls
+    word_stores: int = 0  # 8-byte relaxed gpu-scope atomic exchanges: tagged plans' stores
+    word_loads: int = 0   # 8-byte volatile loads: tagged plans' polls
 
     def problems(self, arch: int) -> list[str]:
         """What keeps this kernel from running well on `arch`: [] when nothing does."""

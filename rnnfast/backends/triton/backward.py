@@ -12,7 +12,8 @@ from torch import Tensor
 
 from ..gradients import parameter_and_input_grads
 from ..steps import make_steps, step_tables
-from .cell import dot, end_phase, held_chunks, lstm_cell_backward, rounded, step_rows
+from .cell import (chunk_words, dot, end_phase, half_bits, held_chunks, load_words,
+                   lstm_cell_backward, rounded, step_rows, tagged_word, word_value)
 from .. import reference
 from .launch import backward_constexprs, launch
 from .plan import Plan, fallback_plans, make_plan
@@ -107,6 +108,45 @@ def _dh_product(acc, chain_rows_ptr, active, k0, H, w, INTERPRET_BF16: tl.conste
 
 
 @triton.jit
+def _tagged_dh_product(words_ptr, rows, active, H, w_low, w_high, tag, spin_limit,
+                       like_ptr, ACC: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+                       PRECISION: tl.constexpr, INTERPRET_TF32X3: tl.constexpr,
+                       W_CHUNKS: tl.constexpr, BATCH_AS_N: tl.constexpr,
+                       BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dh(t-1) = dgates @ W_hh for one output tile (as _dh_product's chunks sum it)
+    from the step's tagged gate-gradient words: word 2u + p of a row holds unit u's
+    gates 2p (bits 0-15) and 2p + 1 (bits 16-31), in like_ptr's 16-bit dtype.
+    -> acc [BLOCK_B, BLOCK_H] ([BLOCK_H, BLOCK_B] with BATCH_AS_N) in ACC, and whether
+    a wait gave up.
+
+    words_ptr: [B, 2H] int64, the slot this step's phase 1 wrote (tag `tag`).
+    w_low, w_high: W_CHUNKS tiles [BLOCK_K // 2, BLOCK_H], the held W_hh rows of each
+    chunk's words' low and high gates at the tile's columns."""
+    WORDS: tl.constexpr = BLOCK_K // 2
+    loaded = load_words(words_ptr, rows, active, 2 * H, W_CHUNKS, WORDS, BATCH_AS_N)
+    if BATCH_AS_N:
+        acc = tl.zeros((BLOCK_H, BLOCK_B), ACC)
+    else:
+        acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    gave_up = False
+    for c in tl.static_range(W_CHUNKS):
+        low, waiting = chunk_words(loaded[c], words_ptr, rows, active, c, 2 * H, tag,
+                                   spin_limit, WORDS, BATCH_AS_N)
+        gave_up = gave_up | waiting
+        for part in tl.static_range(2):
+            d = word_value(low, part, like_ptr, 2)
+            if part == 0:
+                w = w_low[c]
+            else:
+                w = w_high[c]
+            if BATCH_AS_N:
+                acc = dot(tl.trans(w), d, acc, ACC, PRECISION, INTERPRET_BF16, INTERPRET_TF32X3)
+            else:
+                acc = dot(d, w, acc, ACC, PRECISION, INTERPRET_BF16, INTERPRET_TF32X3)
+    return acc, gave_up
+
+
+@triton.jit
 def _lstm_backward_kernel(
     dy_ptr,        # [N, P] dL/dy of every row (HAS_DY)
     gates_ptr,     # [N, 4H] ACC: activated gates saved by the forward
@@ -127,12 +167,14 @@ def _lstm_backward_kernel(
     offsets_ptr,   # [T] int64: first row of each processed step (PACKED)
     sizes_ptr,     # [T] int32: active rows of each processed step (PACKED)
     barrier_ptr,   # [batch blocks + 1] int32 zeros: each batch block's arrival counter,
-                   # then the barrier-timeout flag (USE_BARRIER)
+                   # then the wait-timeout flag (USE_BARRIER or TAGGED)
+    words_ptr,     # [2, B, 2H] int64 zeros: the step's 16-bit gate gradients as tagged
+                   # words (_tagged_dh_product), step s (counting back) in slot s % 2 (TAGGED)
     T, B, H, P,
     REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_DY: tl.constexpr,
     HAS_PROJ: tl.constexpr, NEED_DY_TOTAL: tl.constexpr, USE_BARRIER: tl.constexpr,
     SPIN_LIMIT: tl.constexpr, ONE_TILE: tl.constexpr, W_CHUNKS: tl.constexpr,
-    BATCH_AS_N: tl.constexpr, TENSOR_CORE_CHAIN: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    TAGGED: tl.constexpr, BATCH_AS_N: tl.constexpr, TENSOR_CORE_CHAIN: tl.constexpr, INTERPRET_BF16: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_TF32X3: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -159,9 +201,25 @@ def _lstm_backward_kernel(
     # it loads the next step's saved gates, cells and dy before the barrier waits. The
     # incoming dh is then the only load a step waits for after the barrier.
     own = first_tile * BLOCK_H + tl.arange(0, BLOCK_H)  # its units, and its output columns
-    k_index = tl.arange(0, BLOCK_K)
-    w_held = held_chunks(w_hh_ptr + k_index[:, None] * P + own[None, :], k_index[:, None],
-                         (own < P)[None, :], 4 * H, P, W_CHUNKS, BLOCK_K)
+    # With TAGGED (one phase, 16-bit, W_hh held) the held rows follow the words: chunk c
+    # holds words c * BLOCK_K // 2 .. of the rows, word 2u + p (unit u's gates 2p and
+    # 2p + 1) taking W_hh row 2p * H + u (low: gate i or g) and that + H (high: f or o).
+    tl.static_assert(not TAGGED or (ONE_PHASE and TENSOR_CORE_CHAIN and W_CHUNKS > 0))
+    if TAGGED:
+        word_index = tl.arange(0, BLOCK_K // 2)
+        unit_index = word_index // 2
+        low_rows = (word_index % 2) * (2 * H) + unit_index
+        w_held = held_chunks(w_hh_ptr + low_rows[:, None] * P + own[None, :], unit_index[:, None],
+                             (own < P)[None, :], H, P, W_CHUNKS, BLOCK_K // 4)
+        w_high = held_chunks(w_hh_ptr + (low_rows + H)[:, None] * P + own[None, :],
+                             unit_index[:, None], (own < P)[None, :], H, P, W_CHUNKS, BLOCK_K // 4)
+    else:
+        k_index = tl.arange(0, BLOCK_K)
+        w_held = held_chunks(w_hh_ptr + k_index[:, None] * P + own[None, :], k_index[:, None],
+                             (own < P)[None, :], 4 * H, P, W_CHUNKS, BLOCK_K)
+        w_high = ()
+    spin_limit = tl.full((), SPIN_LIMIT, tl.int32)  # 0 once a wait has given up
+    step_words = 2 * H * B  # one slot of words_ptr
     if ONE_TILE:
         offset, size, offset_prev, size_prev = step_rows(offsets_ptr, sizes_ptr, T - 1, T, B,
                                                          REVERSE, PACKED)
@@ -214,7 +272,19 @@ def _lstm_backward_kernel(
             tl.store(dgates_rows + H, d_f, mask=mask)
             tl.store(dgates_rows + 2 * H, d_g, mask=mask)
             tl.store(dgates_rows + 3 * H, d_o, mask=mask)
-            if TENSOR_CORE_CHAIN:
+            if TAGGED:  # single-copy-atomic 8-byte stores: tag and data land together
+                low_if = (half_bits(rounded(d_i, w_hh_ptr, INTERPRET_BF16))
+                          | (half_bits(rounded(d_f, w_hh_ptr, INTERPRET_BF16)) << 16))
+                low_go = (half_bits(rounded(d_g, w_hh_ptr, INTERPRET_BF16))
+                          | (half_bits(rounded(d_o, w_hh_ptr, INTERPRET_BF16)) << 16))
+                words = tl.reshape(tl.join(tagged_word(low_if, step + 1),
+                                           tagged_word(low_go, step + 1)), (BLOCK_B, 2 * BLOCK_H))
+                word_cols = 2 * tile * BLOCK_H + tl.arange(0, 2 * BLOCK_H)
+                tl.atomic_xchg(words_ptr + (step % 2) * step_words + rows[:, None] * (2 * H)
+                               + word_cols[None, :], words,
+                               mask=active[:, None] & (word_cols < 2 * H)[None, :],
+                               sem="relaxed", scope="gpu")
+            elif TENSOR_CORE_CHAIN:
                 # Rounded once here for every program's dh product (which reads half
                 # the bytes of the fp32 gradients). One buffer serves every step where
                 # the barrier after phase 2 keeps the next step's writes after this
@@ -265,7 +335,15 @@ def _lstm_backward_kernel(
                 acc = tl.zeros((BLOCK_H, BLOCK_B), ACC)
             else:
                 acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-            if W_CHUNKS > 0:
+            if TAGGED:  # this step's phase 1 wrote its words, tagged step + 1
+                acc, gave_up = _tagged_dh_product(
+                    words_ptr + (step % 2) * step_words, rows, active, H, w_held, w_high,
+                    step + 1, spin_limit, w_hh_ptr, ACC, INTERPRET_BF16, PRECISION,
+                    INTERPRET_TF32X3, W_CHUNKS, BATCH_AS_N, BLOCK_B, BLOCK_H, BLOCK_K)
+                if gave_up:  # report it, and wait no more: the results are wrong anyway
+                    spin_limit = 0
+                    tl.atomic_xchg(timeout_ptr, 1, sem="relaxed", scope="gpu")
+            elif W_CHUNKS > 0:
                 for c in tl.static_range(W_CHUNKS):
                     acc = _dh_product(acc, chain_rows_ptr, active, c * BLOCK_K, H, w_held[c],
                                       INTERPRET_BF16, ACC, PRECISION, INTERPRET_TF32X3,
@@ -348,11 +426,14 @@ def backward(
 
         def arguments(plan: Plan):
             barrier = torch.zeros(plan.batch_blocks + 1, dtype=torch.int32, device=gates.device)
+            # Zeros: no word shows a tag (steps tag from 1) before this launch writes it.
+            words = torch.zeros(2 * batch * 2 * hidden_size if plan.tagged else 1,
+                                dtype=torch.int64, device=gates.device)
             constexprs = backward_constexprs(
                 plan, dtype, reverse=reverse, packed=offsets is not None, has_dy=dy is not None,
                 has_proj=w_hr is not None, need_dy_total=need_dy_total)
-            return ([*pointers, barrier, len(steps), batch, hidden_size, out_size], constexprs,
-                    barrier)
+            return ([*pointers, barrier, words, len(steps), batch, hidden_size, out_size],
+                    constexprs, barrier)
 
         if launch(_lstm_backward_kernel, plans, arguments, gates.device, "LSTM backward") is None:
             return reference.backward(dy, dh_n, dc_n, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr,

@@ -151,15 +151,88 @@ def end_phase(arrivals_ptr, expected, timeout_ptr, USE_BARRIER: tl.constexpr,
         tl.debug_barrier()
 
 
+# Tagged words (Plan.tagged): what a step exchanges goes between programs as 8-byte
+# words, the step's tag in the high 32 bits and the data in the low 32: two 16-bit
+# values (the first in bits 0-15) or one fp32. They are written whole by single-copy-
+# atomic 8-byte stores (atomic_xchg), so a word that shows its tag shows its data: no
+# barrier and no fence are needed, and volatile loads (strong, like the stores) keep
+# the reads from racing them.
+
+@triton.jit
+def tagged_word(low, tag):
+    """int32 data halves `low` and the step's `tag` -> int64 words."""
+    return (tl.cast(tag, tl.int64) << 32) | (low.to(tl.int64) & 0xFFFFFFFF)
+
+
+@triton.jit
+def half_bits(value):
+    """fp16 / bf16 `value` -> its 16 bits in the low half of an int32."""
+    if value.dtype == tl.float16:
+        bits = value.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    else:  # bf16: the top half of its exact fp32 value
+        bits = (value.to(tl.float32).to(tl.int32, bitcast=True) >> 16) & 0xFFFF
+    return bits
+
+
+@triton.jit
+def word_value(low, part, like_ptr, WORD_UNITS: tl.constexpr):
+    """Value `part` (0: bits 0-15, 1: bits 16-31; one fp32 value: the whole half) of
+    the words' data halves `low` (int32), in like_ptr's element type."""
+    if WORD_UNITS == 1:
+        value = low.to(tl.float32, bitcast=True)
+    else:
+        bits = (low >> (16 * part)) & 0xFFFF
+        if like_ptr.dtype.element_ty == tl.float16:
+            value = bits.to(tl.int16).to(tl.float16, bitcast=True)
+        else:
+            value = (bits << 16).to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact
+    return value
+
+
+@triton.jit
+def word_tile(base_ptr, rows, row_mask, cols, row_length, BATCH_AS_N: tl.constexpr):
+    """Pointers and mask of [rows, cols] of a row-major [B, row_length] array, taken
+    transposed ([cols, rows]) with BATCH_AS_N, as the products read their operand."""
+    if BATCH_AS_N:
+        ptrs = base_ptr + rows[None, :] * row_length + cols[:, None]
+        mask = row_mask[None, :] & (cols < row_length)[:, None]
+    else:
+        ptrs = base_ptr + rows[:, None] * row_length + cols[None, :]
+        mask = row_mask[:, None] & (cols < row_length)[None, :]
+    return ptrs, mask
+
+
+@triton.jit
+def load_words(words_ptr, rows, row_mask, row_words, W_CHUNKS: tl.constexpr,
+               WORDS: tl.constexpr, BATCH_AS_N: tl.constexpr):
+    """Every chunk's words of the rows, all loads in flight before any is waited for
+    (so that a step pays one wait, not one a chunk): a tuple of W_CHUNKS [BLOCK_B,
+    WORDS] int64 (transposed with BATCH_AS_N), as chunk_values takes them.
+    words_ptr: [B, row_words] int64, the slot being read; row_mask: rows to read."""
+    loaded = ()
+    for c in tl.static_range(W_CHUNKS):
+        ptrs, mask = word_tile(words_ptr, rows, row_mask, c * WORDS + tl.arange(0, WORDS),
+                               row_words, BATCH_AS_N)
+        loaded = loaded + (tl.load(ptrs, mask=mask, other=0, volatile=True),)
+    return loaded
+
+
+@triton.jit
+def chunk_words(loaded, words_ptr, rows, row_mask, c, row_words, tag, spin_limit,
+                WORDS: tl.constexpr, BATCH_AS_N: tl.constexpr):
+    """Chunk c of load_words once each of its words shows `tag`: -> (the words' data
+    halves, int32; whether a wait gave up)."""
+    ptrs, mask = word_tile(words_ptr, rows, row_mask, c * WORDS + tl.arange(0, WORDS),
+                           row_words, BATCH_AS_N)
+    words, waiting = wait_for_tag(loaded, ptrs, mask, tag, spin_limit)
+    return words.to(tl.int32), waiting
+
+
 @triton.jit
 def wait_for_tag(words, ptrs, mask, tag, spin_limit):
     """words (int64, loaded from ptrs with volatile loads) once each one under mask
     carries `tag` in its high 32 bits: those that do not yet are loaded again, and only
-    they, up to spin_limit times. -> (words, whether some never showed the tag).
-
-    The words are written whole by single-copy-atomic 8-byte stores (atomic_xchg), so a
-    word that shows its tag shows its data: no barrier and no fence are needed, and
-    volatile loads (strong, like the stores) keep the read from racing them."""
+    they, up to spin_limit times. -> (words, whether some never showed the tag)."""
     pending = mask & ((words >> 32).to(tl.int32) != tag)
     polls = 0
     while (tl.max(pending.to(tl.int32)) > 0) & (polls < spin_limit):

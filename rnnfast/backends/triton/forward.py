@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .. import reference
 from ..steps import accumulation_dtype, final_rows, make_steps, step_tables
-from .cell import dot, end_phase, held_chunks, lstm_cell, rounded, step_rows, wait_for_tag
+from .cell import (chunk_words, dot, end_phase, half_bits, held_chunks, load_words,
+                   lstm_cell, rounded, step_rows, tagged_word, word_tile, word_value)
 from .launch import forward_constexprs, launch
 from .plan import TAGGED_WORD_UNITS, Plan, fallback_plans, make_plan
 
@@ -97,9 +98,9 @@ def _tagged_recurrent_gates(words_ptr, h0_ptr, rows, continuing, starting, P, w_
                             BATCH_AS_N: tl.constexpr, BLOCK_B: tl.constexpr,
                             BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """_recurrent_gates with W_hh held, h(t-1) taken from the tagged words the programs
-    wrote one step earlier (rows that continue) or from h0 (rows that start). Every
-    chunk's words are loaded before the first is waited for, so the step pays one
-    wait, not one a chunk. -> acc_i, acc_f, acc_g, acc_o, and whether a wait gave up.
+    wrote one step earlier (rows that continue) or from h0 (rows that start). Word j of
+    a row holds units 2j and 2j + 1 (16-bit) or unit j (fp32). -> acc_i, acc_f, acc_g,
+    acc_o, and whether a wait gave up.
 
     words_ptr: [B, cdiv(P, WORD_UNITS)] int64, the slot step t-1 wrote (tag `tag`).
     rows, continuing, starting: [BLOCK_B] the tile's batch rows; which continue from
@@ -107,29 +108,22 @@ def _tagged_recurrent_gates(words_ptr, h0_ptr, rows, continuing, starting, P, w_
     BLOCK_K // WORD_UNITS], the held W_hh columns of each chunk's even and odd units
     (with one unit a word, w_even alone: all of them)."""
     WORDS: tl.constexpr = BLOCK_K // WORD_UNITS
-    word_index = tl.arange(0, WORDS)
-    words_a_row = tl.cdiv(P, WORD_UNITS)
-    loaded = ()
-    for c in tl.static_range(W_CHUNKS):
-        ptrs, mask = _word_tile(words_ptr, rows, continuing, c * WORDS + word_index,
-                                words_a_row, BATCH_AS_N)
-        loaded = loaded + (tl.load(ptrs, mask=mask, other=0, volatile=True),)
+    row_words = tl.cdiv(P, WORD_UNITS)
+    loaded = load_words(words_ptr, rows, continuing, row_words, W_CHUNKS, WORDS, BATCH_AS_N)
     if BATCH_AS_N:
         acc = tl.zeros((4 * BLOCK_H, BLOCK_B), ACC)
     else:
         acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), ACC)
     gave_up = False
     for c in tl.static_range(W_CHUNKS):
-        cols = c * WORDS + word_index
-        ptrs, mask = _word_tile(words_ptr, rows, continuing, cols, words_a_row, BATCH_AS_N)
-        words, waiting = wait_for_tag(loaded[c], ptrs, mask, tag, spin_limit)
+        low, waiting = chunk_words(loaded[c], words_ptr, rows, continuing, c, row_words, tag,
+                                   spin_limit, WORDS, BATCH_AS_N)
         gave_up = gave_up | waiting
-        low = words.to(tl.int32)  # the data half
         for part in tl.static_range(WORD_UNITS):
-            units = cols * WORD_UNITS + part
-            h0_ptrs, h0_mask = _word_tile(h0_ptr, rows, starting, units, P, BATCH_AS_N)
+            units = (c * WORDS + tl.arange(0, WORDS)) * WORD_UNITS + part
+            h0_ptrs, h0_mask = word_tile(h0_ptr, rows, starting, units, P, BATCH_AS_N)
             h = tl.where(h0_mask, tl.load(h0_ptrs, mask=h0_mask, other=0.0),
-                         _unit_of_word(low, part, h0_ptr, WORD_UNITS))
+                         word_value(low, part, h0_ptr, WORD_UNITS))
             if part == 0:
                 w = w_even[c]
             else:
@@ -147,48 +141,16 @@ def _tagged_recurrent_gates(words_ptr, h0_ptr, rows, continuing, starting, P, w_
 
 
 @triton.jit
-def _word_tile(base_ptr, rows, row_mask, cols, row_length, BATCH_AS_N: tl.constexpr):
-    """Pointers and mask of [rows, cols] of a row-major [B, row_length] array, taken
-    transposed ([cols, rows]) with BATCH_AS_N, as the products read h(t-1)."""
-    if BATCH_AS_N:
-        ptrs = base_ptr + rows[None, :] * row_length + cols[:, None]
-        mask = row_mask[None, :] & (cols < row_length)[:, None]
-    else:
-        ptrs = base_ptr + rows[:, None] * row_length + cols[None, :]
-        mask = row_mask[:, None] & (cols < row_length)[None, :]
-    return ptrs, mask
-
-
-@triton.jit
-def _unit_of_word(low, part, like_ptr, WORD_UNITS: tl.constexpr):
-    """Unit `part` of the words' data halves `low` (int32), in like_ptr's element type:
-    fp32 the whole half; 16-bit units 2j in bits 0-15, 2j + 1 in bits 16-31."""
-    if WORD_UNITS == 1:
-        value = low.to(tl.float32, bitcast=True)
-    else:
-        bits = (low >> (16 * part)) & 0xFFFF
-        if like_ptr.dtype.element_ty == tl.float16:
-            value = bits.to(tl.int16).to(tl.float16, bitcast=True)
-        else:
-            value = (bits << 16).to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact
-    return value
-
-
-@triton.jit
-def _tagged_words(h_out, tag, WORD_UNITS: tl.constexpr, BLOCK_B: tl.constexpr,
-                  BLOCK_H: tl.constexpr):
-    """h(t) [BLOCK_B, BLOCK_H] in the layer's dtype -> its words [BLOCK_B, BLOCK_H //
-    WORD_UNITS] int64: `tag` in the high half, the data in the low (_unit_of_word)."""
+def _h_words(h_out, tag, WORD_UNITS: tl.constexpr, BLOCK_B: tl.constexpr,
+             BLOCK_H: tl.constexpr):
+    """h(t) [BLOCK_B, BLOCK_H] in the layer's dtype -> its tagged words [BLOCK_B,
+    BLOCK_H // WORD_UNITS]: units 2j, 2j + 1 in word j (16-bit), or unit j (fp32)."""
     if WORD_UNITS == 1:
         low = h_out.to(tl.int32, bitcast=True)
     else:
-        if h_out.dtype == tl.float16:
-            bits = h_out.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        else:  # bf16: the top half of its exact fp32 value
-            bits = (h_out.to(tl.float32).to(tl.int32, bitcast=True) >> 16) & 0xFFFF
-        even, odd = tl.split(tl.reshape(bits, (BLOCK_B, BLOCK_H // 2, 2)))
+        even, odd = tl.split(tl.reshape(half_bits(h_out), (BLOCK_B, BLOCK_H // 2, 2)))
         low = even | (odd << 16)
-    return (tl.cast(tag, tl.int64) << 32) | (low.to(tl.int64) & 0xFFFFFFFF)
+    return tagged_word(low, tag)
 
 
 @triton.jit
@@ -226,14 +188,14 @@ def _lstm_forward_kernel(
     offsets_ptr,   # [T] int64: first row of each processed step (PACKED)
     sizes_ptr,     # [T] int32: active rows of each processed step (PACKED)
     barrier_ptr,   # [batch blocks + 1] int32 zeros: each batch block's arrival counter,
-                   # then the wait-timeout flag (USE_BARRIER or TAGGED_H)
+                   # then the wait-timeout flag (USE_BARRIER or TAGGED)
     words_ptr,     # [2, B, cdiv(P, WORD_UNITS)] int64 zeros: h(t) as tagged words, step t
-                   # in slot t % 2 (TAGGED_H)
+                   # in slot t % 2 (TAGGED)
     T, B, H, P,
     REVERSE: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_PROJ: tl.constexpr, SAVE_GATES: tl.constexpr, SAVE_CELLS: tl.constexpr,
     USE_BARRIER: tl.constexpr, SPIN_LIMIT: tl.constexpr, ONE_TILE: tl.constexpr,
-    W_CHUNKS: tl.constexpr, TAGGED_H: tl.constexpr, WORD_UNITS: tl.constexpr,
+    W_CHUNKS: tl.constexpr, TAGGED: tl.constexpr, WORD_UNITS: tl.constexpr,
     BATCH_AS_N: tl.constexpr, ACC: tl.constexpr,
     INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_TF32X3: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -260,12 +222,12 @@ def _lstm_forward_kernel(
     k_index = tl.arange(0, BLOCK_K // WORD_UNITS) * WORD_UNITS
     w_held = held_chunks(w_hh_ptr + own_rows[:, None] * P + k_index[None, :], k_index[None, :],
                          own_rows_mask[:, None], P, 1, W_CHUNKS, BLOCK_K)
-    if TAGGED_H and WORD_UNITS == 2:  # the odd units' columns, as the words split them
+    if TAGGED and WORD_UNITS == 2:  # the odd units' columns, as the words split them
         w_odd = held_chunks(w_hh_ptr + own_rows[:, None] * P + k_index[None, :] + 1,
                             k_index[None, :] + 1, own_rows_mask[:, None], P, 1, W_CHUNKS, BLOCK_K)
     else:
         w_odd = ()
-    words_a_row = tl.cdiv(P, WORD_UNITS)
+    row_words = tl.cdiv(P, WORD_UNITS)
     spin_limit = tl.full((), SPIN_LIMIT, tl.int32)  # 0 once a wait has given up
     own_c_rows = c_ptr + rows[:, None] * H + own_units[None, :]
     if ONE_TILE:
@@ -292,9 +254,9 @@ def _lstm_forward_kernel(
             else:
                 in_i, in_f, in_g, in_o = _input_gates(xg_ptr, bias_ptr, row_ids, units, mask, H,
                                                       HAS_BIAS, ACC)
-            if TAGGED_H:  # step k - 1 wrote its words, tagged k, in slot (k - 1) % 2
+            if TAGGED:  # step k - 1 wrote its words, tagged k, in slot (k - 1) % 2
                 pre_i, pre_f, pre_g, pre_o, gave_up = _tagged_recurrent_gates(
-                    words_ptr + ((k + 1) % 2) * B * words_a_row, h0_ptr, rows,
+                    words_ptr + ((k + 1) % 2) * B * row_words, h0_ptr, rows,
                     active & (rows < size_prev), active & (rows >= size_prev), P, w_held, w_odd,
                     k, spin_limit, ACC, INTERPRET_BF16, PRECISION, INTERPRET_TF32X3, W_CHUNKS,
                     WORD_UNITS, BATCH_AS_N, BLOCK_B, BLOCK_H, BLOCK_K)
@@ -333,12 +295,12 @@ def _lstm_forward_kernel(
             else:
                 h_out = rounded(h, y_ptr, INTERPRET_BF16)
                 tl.store(y_ptr + row_ids[:, None] * P + units[None, :], h_out, mask=mask)
-                if TAGGED_H:  # single-copy-atomic 8-byte stores: tag and data land together
+                if TAGGED:  # single-copy-atomic 8-byte stores: tag and data land together
                     word_cols = tile * (BLOCK_H // WORD_UNITS) + tl.arange(0, BLOCK_H // WORD_UNITS)
-                    tl.atomic_xchg(words_ptr + (k % 2) * B * words_a_row
-                                   + rows[:, None] * words_a_row + word_cols[None, :],
-                                   _tagged_words(h_out, k + 1, WORD_UNITS, BLOCK_B, BLOCK_H),
-                                   mask=active[:, None] & (word_cols < words_a_row)[None, :],
+                    tl.atomic_xchg(words_ptr + (k % 2) * B * row_words
+                                   + rows[:, None] * row_words + word_cols[None, :],
+                                   _h_words(h_out, k + 1, WORD_UNITS, BLOCK_B, BLOCK_H),
+                                   mask=active[:, None] & (word_cols < row_words)[None, :],
                                    sem="relaxed", scope="gpu")
 
         if ONE_TILE:
@@ -428,7 +390,7 @@ def forward(
             barrier = torch.zeros(plan.batch_blocks + 1, dtype=torch.int32, device=x.device)
             # Zeros: no word shows a tag (steps tag from 1) before this launch writes it.
             words = torch.zeros(2 * batch * triton.cdiv(out_size, TAGGED_WORD_UNITS[dtype.itemsize])
-                                if plan.tagged_h else 1, dtype=torch.int64, device=x.device)
+                                if plan.tagged else 1, dtype=torch.int64, device=x.device)
             constexprs = forward_constexprs(
                 plan, dtype, reverse=reverse, packed=offsets is not None,
                 has_bias=bias is not None, has_proj=w_hr is not None, save=save)

@@ -48,11 +48,11 @@ def _multiply_time(plan: Plan, dtype: torch.dtype, weight_rows: int, reduction: 
 def _step_time(plan: Plan, critical_bytes: float, multiply_s: float, held_bytes: float,
                phases: int, gpu: Gpu) -> float:
     """One step: per phase a dependent L2 round trip (the rows other programs wrote) and
-    a grid barrier when the plan has one, or with tagged h the wait for the words
+    a grid barrier when the plan has one, or for a tagged plan the wait for the words
     themselves, then the larger of the L2 traffic on the critical path and the
     products, which read held weights from shared memory. Loads issued before the
     barrier wait (Plan.one_tile) are off the critical path."""
-    if plan.tagged_h:
+    if plan.tagged:
         latency = phases * gpu.tagged_wait_s
     else:
         latency = phases * (gpu.l2_round_trip_s + (gpu.barrier_s if plan.use_barrier else 0.0))
@@ -74,7 +74,7 @@ def forward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size:
     inputs = rows * 4 * plan.block_h * item                  # xg (the bias stays in L1)
     # h(t-1) in and h(t) out: as 8-byte tagged words (TAGGED_WORD_UNITS units each) beside
     # y's h out, or through y alone.
-    h_words = 8 / TAGGED_WORD_UNITS[item] if plan.tagged_h else 0
+    h_words = 8 / TAGGED_WORD_UNITS[item] if plan.tagged else 0
     per_tile = (rows * out_size * (h_words or item)          # h(t-1), re-read for each tile
                 + (0 if plan.weights_resident else weights)
                 + rows * 4 * plan.block_h * acc              # activated gates out
@@ -95,7 +95,7 @@ def forward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size:
     step = _step_time(plan, critical, multiply, held, phases, gpu)
     gemm_flops = 2 * seq_len * batch * 4 * hidden * input_size
     programs = plan.batch_blocks * plan.programs_per_batch_block
-    barriers = phases if plan.use_barrier and not plan.tagged_h else 0
+    barriers = phases if plan.use_barrier and not plan.tagged else 0
     return ModelledTime(step, seq_len * step + gpu.launch_s,
                         gemm_flops / (_gemm_rate(dtype, gpu) * gpu.gemm_efficiency),
                         int(moved * programs), barriers)
@@ -104,14 +104,16 @@ def forward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size:
 def backward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size: int,
                   seq_len: int, dtype: torch.dtype, gpu: Gpu = H100) -> ModelledTime:
     """The reverse-time chain (gate gradients, then dh = dgates @ W_hh: tensor cores,
-    tf32x3 for fp32) and the dW_ih, dW_hh, dx GEMMs."""
+    tf32x3 for fp32; tagged: the gate gradients through tagged words, no barrier) and
+    the dW_ih, dW_hh, dx GEMMs."""
     item = dtype.itemsize
     acc = 8 if dtype == torch.float64 else 4
     rows = plan.block_b
     unit_tiles = triton.cdiv(triton.cdiv(hidden, plan.block_h), plan.programs_per_batch_block)
     out_tiles = triton.cdiv(triton.cdiv(out_size, plan.block_h), plan.programs_per_batch_block)
-    # The dh product's gate gradients: 16-bit copies for 16-bit layers, else the ACC ones.
-    chain = item if item == 2 else 0
+    # The dh product's gate gradients: 16-bit copies for 16-bit layers (tagged: in 8-byte
+    # words of two), else the ACC ones.
+    chain = 8 // TAGGED_WORD_UNITS[item] if plan.tagged else item if item == 2 else 0
     # One tile a program without a projection keeps dh in registers: one phase a step.
     phases = 1 if plan.one_tile and out_size == hidden else 2
     # Phase 1 per tile: dh in (but with one phase) and 4 gate gradients out (and their
@@ -134,6 +136,7 @@ def backward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size
     moved = phase1 + phase2 + (unit_tiles * saved if plan.one_tile else 0)
     gemm_flops = 2 * 2 * seq_len * batch * 4 * hidden * (input_size + out_size)
     programs = plan.batch_blocks * plan.programs_per_batch_block
+    barriers = phases if plan.use_barrier and not plan.tagged else 0
     return ModelledTime(step, seq_len * step + gpu.launch_s,
                         gemm_flops / (_gemm_rate(dtype, gpu) * gpu.gemm_efficiency),
-                        int(moved * programs), phases if plan.use_barrier else 0)
+                        int(moved * programs), barriers)

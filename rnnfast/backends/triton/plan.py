@@ -17,11 +17,19 @@ h(t-1), so:
   barrier-free split would leave most SMs idle. Where each program owns one tile
   (one_tile), its state stays in registers, it loads the next step's inputs before the
   barrier wait, and it may hold its W_hh slice on chip for the whole sequence.
+- persistent with tagged words (one tile a program, W_hh held, no projection): as the
+  barrier form, but what a step exchanges (the forward's h(t), the backward's gate
+  gradients) goes between the programs as 8-byte words that carry their step in the
+  high half (two 16-bit values, or one fp32, in the low half), written by
+  single-copy-atomic stores. A program waits for exactly the words it reads, until each
+  shows its step: the barrier's arrival count and its polls leave the step, for twice
+  the bytes read (the model weighs the two: model.py).
 
 gpu_plan takes the candidate the latency model (model.py) rates fastest. There are no
 per-step launches: every form loops over T inside one launch, so any T works
 (including T > 65,535). Under TRITON_INTERPRET programs run one after another, so only
-the barrier-free form can run there.
+forms whose programs never wait for another can run there: the barrier-free one, and
+the others with one program a batch block.
 """
 from __future__ import annotations
 
@@ -54,9 +62,13 @@ _HELD_CHUNK = {2: 256, 4: 32}
 # a projection, 64 x 32 spilled 192-2,376 B, 64 x 16 72 B (sm_90 backward).
 _TILE = {False: 64 * 32, True: 64 * 16}
 _PREFETCH_TILE = {False: 64 * 16, True: 32 * 16}
-# Units of h a tagged word carries, by bytes an element: the low 32 bits hold two
-# 16-bit values or one fp32 (the high 32 the step). fp64 has no room for a tag.
+# Values a tagged word carries, by bytes an element: the low 32 bits hold two 16-bit
+# values or one fp32 (the high 32 the step). fp64 has no room for a tag.
 TAGGED_WORD_UNITS = {2: 2, 4: 1}
+# The most bytes of words a tagged program loads a step (all live at the first wait,
+# 8 warps): the backward at 96 KB (B = 8, H = 768) and 128 KB (B = 16, H = 512) spilled
+# 8-16 B on sm_90; 64 KB and less did not.
+_TAGGED_WORD_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -74,13 +86,14 @@ class Plan:
     batch_as_n: bool                # products taken transposed, the batch as the mma's N (<= 8 rows)
     use_barrier: bool               # programs of a batch block wait for each other every
                                     # step (co-resident: launched cooperatively; bounded
-                                    # waits): at a counter after every phase, or (tagged_h)
-                                    # for the words of h(t-1) they read
+                                    # waits): at a counter after every phase, or (tagged)
+                                    # for the words they read
     num_warps: int
     num_stages: int                 # software-pipelining depth of the reduction loops
-    tagged_h: bool = False          # the forward's h(t) goes between programs as step-tagged
-                                    # words (TAGGED_WORD_UNITS units a word), not through y
-                                    # and a barrier
+    tagged: bool = False            # what a step exchanges (forward: h(t); backward: the
+                                    # gate gradients) goes between programs as step-tagged
+                                    # words (TAGGED_WORD_UNITS values a word), not through
+                                    # memory and a barrier
 
     @property
     def weights_resident(self) -> bool:
@@ -178,15 +191,17 @@ def candidate_plans(batch: int, hidden: int, out_size: int, seq_len: int, itemsi
             held = dataclasses.replace(streamed, block_k=held_k, held_chunks=held_chunks,
                                        num_stages=1)
             plans.append(held)
-            # Tagged h: every word of h(t-1) is loaded before the first wait, which needs
-            # the chunks' count at compile time (held), and a 16-bit chunk splits into its
-            # even and odd units, each a product at least _MIN_K deep. The words are all
-            # live at the first wait: 8 warps (with 4, B=16 H=768 16-bit spilled 276 B
-            # at 8-unit tiles and 2,912 B at 16 on sm_90).
+            # Tagged words: every word a step reads is loaded before the first wait,
+            # which needs the chunks' count at compile time (held), and a 16-bit chunk
+            # splits into the words' low and high values, each a product at least _MIN_K
+            # deep. The words are all live at the first wait: 8 warps (with 4, the
+            # forward at B=16 H=768 16-bit spilled 276 B at 8-unit tiles and 2,912 B at
+            # 16 on sm_90), at most _TAGGED_WORD_BYTES. (A held backward is 16-bit and
+            # has no projection.)
             word_units = TAGGED_WORD_UNITS.get(itemsize, 0)
-            if (direction == "forward" and not projection and word_units
-                    and held_k >= word_units * _MIN_K):
-                plans.append(dataclasses.replace(held, tagged_h=True, num_warps=8))
+            if (not projection and word_units and held_k >= word_units * _MIN_K
+                    and block_b * held_chunks * held_k // word_units * 8 <= _TAGGED_WORD_BYTES):
+                plans.append(dataclasses.replace(held, tagged=True, num_warps=8))
     return plans
 
 
@@ -194,7 +209,7 @@ def fallback_plans(plan: Plan) -> list[Plan]:
     """`plan`, then ever smaller ones to try where a device refuses it (less shared
     memory and fewer registers, then no barrier): the last one needs no co-residency."""
     smaller = dataclasses.replace(plan, held_chunks=0, block_k=_MIN_K, num_stages=1,
-                                  tagged_h=False)
+                                  tagged=False)
     barrier_free = dataclasses.replace(smaller, programs_per_batch_block=1, use_barrier=False,
                                        one_tile=False)
     candidates = [plan, smaller, barrier_free]

@@ -1,7 +1,7 @@
 """The Triton kernels' ways of waiting for each other, alone, timed by
 rnnfast/backends/probe.py: the grid barrier (cell.end_phase), what a barrier plan's
 phase pays to meet the other programs; and the tagged-word exchange (cell.wait_for_tag),
-what a tagged-h forward step pays to see the other programs' words of h."""
+what a tagged plan's step pays to see the other programs' words."""
 from __future__ import annotations
 
 import triton
