@@ -45,9 +45,9 @@ def forward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed:
                 USE_BARRIER=plan.use_barrier and not plan.tagged, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
                 ONE_TILE=plan.one_tile, W_CHUNKS=plan.held_chunks, TAGGED=plan.tagged,
                 WORD_UNITS=TAGGED_WORD_UNITS[dtype.itemsize] if plan.tagged else 1,
-                BATCH_AS_N=plan.batch_as_n, ACC=acc, INTERPRET_BF16=interpret_bf16, PRECISION=precision,
-                INTERPRET_TF32X3=interpret_tf32x3, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-                BLOCK_K=plan.block_k)
+                BATCH_AS_N=plan.batch_as_n, ACC=acc, INTERPRET_BF16=interpret_bf16,
+                PRECISION=precision, INTERPRET_TF32X3=interpret_tf32x3, BLOCK_B=plan.block_b,
+                BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
 
 
 def backward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed: bool,
@@ -68,8 +68,9 @@ def backward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed
 
 
 def launch_options(plan: Plan) -> dict:
-    """Launch options of a plan: barrier plans launch cooperatively, so the driver either
-    makes every program resident at once or refuses the launch (never a silent hang).
+    """Launch options of a plan: barrier plans (tagged ones too) launch cooperatively,
+    so the driver either makes every program resident at once or refuses the launch
+    (never a silent hang).
     The register cap is the hardware's own: without one, ptxas picks a lower target for
     kernels that wait at a barrier and spills (sm_80 backward, B=3 H=20: 168 registers
     and 60 B of spills; with the cap, 255 registers and none). One program runs per SM,
