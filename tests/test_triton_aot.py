@@ -64,7 +64,7 @@ def test_every_barrier_plan_acquires_after_its_wait(compiled):
     wait must end with an acquire (cell.end_phase), or those reads may see old values.
     Triton drops an unused atomic_add(ptr, 0, sem="acquire"): 3.6 and 3.7 compiled the
     barrier without it until its result decided the timeout."""
-    barrier = [(c, r) for c, r in compiled if c.plan.use_barrier and not c.plan.tagged]
+    barrier = [(c, r) for c, r in compiled if c.plan.counts_arrivals]
     assert barrier
     missing = [f"{c.direction} {c.dtype} B={c.batch} H={c.hidden} sm_{c.arch}"
                for c, r in barrier if r.resources.acquires == 0]

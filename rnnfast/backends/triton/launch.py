@@ -42,7 +42,7 @@ def forward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed:
     acc, interpret_bf16, precision, interpret_tf32x3 = kernel_dtypes(dtype)
     return dict(REVERSE=reverse, PACKED=packed, HAS_BIAS=has_bias, HAS_PROJ=has_proj,
                 SAVE_GATES=save == "all", SAVE_CELLS=save != "none",
-                USE_BARRIER=plan.use_barrier and not plan.tagged, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
+                USE_BARRIER=plan.counts_arrivals, SPIN_LIMIT=BARRIER_SPIN_LIMIT,
                 ONE_TILE=plan.one_tile, W_CHUNKS=plan.held_chunks, TAGGED=plan.tagged,
                 WORD_UNITS=TAGGED_WORD_UNITS[dtype.itemsize] if plan.tagged else 1,
                 BATCH_AS_N=plan.batch_as_n, ACC=acc, INTERPRET_BF16=interpret_bf16,
@@ -58,7 +58,7 @@ def backward_constexprs(plan: Plan, dtype: torch.dtype, *, reverse: bool, packed
     _, interpret_bf16, _, _ = kernel_dtypes(dtype)
     acc, _, precision, interpret_tf32x3 = kernel_dtypes(accumulation_dtype(dtype))
     return dict(REVERSE=reverse, PACKED=packed, HAS_DY=has_dy, HAS_PROJ=has_proj,
-                NEED_DY_TOTAL=need_dy_total, USE_BARRIER=plan.use_barrier and not plan.tagged,
+                NEED_DY_TOTAL=need_dy_total, USE_BARRIER=plan.counts_arrivals,
                 SPIN_LIMIT=BARRIER_SPIN_LIMIT, ONE_TILE=plan.one_tile,
                 W_CHUNKS=plan.held_chunks, TAGGED=plan.tagged, BATCH_AS_N=plan.batch_as_n,
                 TENSOR_CORE_CHAIN=dtype in (torch.float16, torch.bfloat16),

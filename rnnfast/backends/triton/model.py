@@ -74,7 +74,7 @@ def forward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size:
     inputs = rows * 4 * plan.block_h * item                  # xg (the bias stays in L1)
     # h(t-1) in and h(t) out: as 8-byte tagged words (TAGGED_WORD_UNITS units each) beside
     # y's h out, or through y alone.
-    h_words = 8 / TAGGED_WORD_UNITS[item] if plan.tagged else 0
+    h_words = 8 // TAGGED_WORD_UNITS[item] if plan.tagged else 0
     per_tile = (rows * out_size * (h_words or item)          # h(t-1), re-read for each tile
                 + (0 if plan.weights_resident else weights)
                 + rows * 4 * plan.block_h * acc              # activated gates out
@@ -95,7 +95,7 @@ def forward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size:
     step = _step_time(plan, critical, multiply, held, phases, gpu)
     gemm_flops = 2 * seq_len * batch * 4 * hidden * input_size
     programs = plan.batch_blocks * plan.programs_per_batch_block
-    barriers = phases if plan.use_barrier and not plan.tagged else 0
+    barriers = phases if plan.counts_arrivals else 0
     return ModelledTime(step, seq_len * step + gpu.launch_s,
                         gemm_flops / (_gemm_rate(dtype, gpu) * gpu.gemm_efficiency),
                         int(moved * programs), barriers)
@@ -136,7 +136,7 @@ def backward_time(plan: Plan, batch: int, hidden: int, out_size: int, input_size
     moved = phase1 + phase2 + (unit_tiles * saved if plan.one_tile else 0)
     gemm_flops = 2 * 2 * seq_len * batch * 4 * hidden * (input_size + out_size)
     programs = plan.batch_blocks * plan.programs_per_batch_block
-    barriers = phases if plan.use_barrier and not plan.tagged else 0
+    barriers = phases if plan.counts_arrivals else 0
     return ModelledTime(step, seq_len * step + gpu.launch_s,
                         gemm_flops / (_gemm_rate(dtype, gpu) * gpu.gemm_efficiency),
                         int(moved * programs), barriers)

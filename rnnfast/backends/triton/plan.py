@@ -100,6 +100,12 @@ class Plan:
         return self.held_chunks > 0
 
     @property
+    def counts_arrivals(self) -> bool:
+        """Programs meet at the arrival-counter barrier after every phase (a tagged
+        plan's programs wait for words instead)."""
+        return self.use_barrier and not self.tagged
+
+    @property
     def grid(self) -> tuple[int, int]:
         return (self.batch_blocks, self.programs_per_batch_block)
 
