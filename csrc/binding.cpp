@@ -285,7 +285,7 @@ void backward(const OptTensor& dy,        // [N, P] io
               "rnnfast._C.backward: reg_k_tiles=", reg_k_tiles,
               " is not a register split the kernel handles (16-bit weights without a projection, "
               "at most 8 rows a block, the gate gradients in one chunk, at most ",
-              rnnfast::chain_reg_k_tiles(a.split), " k-tiles a slice, leaving a k-slice in "
+              rnnfast::kChainRegKTiles, " k-tiles a slice, leaving a k-slice in "
               "shared memory)");
   TORCH_CHECK(reduce_ctas >= 0 && rnnfast::reduce_ok(a.split, (int)H, a.w_hr != nullptr),
               "rnnfast._C.backward: reduce_ctas=", reduce_ctas,

@@ -32,7 +32,7 @@
 //
 // Register plans (16-bit, no projection, at most 8 rows a block; lstm_backward_reg_kernel
 // for grids, lstm_backward_cluster_reg_kernel for clusters) keep the first columns of
-// the block's W_hh^T rows in registers as mma fragments (reg_product), the rest in
+// the block's W_hh^T rows in registers as mma fragments, the rest in
 // shared memory. Grid plans stage each step's gate gradients whole before both parts
 // multiply them; cluster plans have them whole in their exchange buffer.
 #include "lstm_device.cuh"
@@ -49,8 +49,6 @@ template <typename T, bool kCluster, bool kRegs = false, bool kReduce = false>
 __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   static_assert(!kRegs || sizeof(T) == 2, "register plans: 16-bit");
   static_assert(!kReduce || (!kCluster && !kRegs), "reduce splits: grid plans, no registers");
-  // A cluster kernel uses some 180 registers besides the fragments, a grid kernel fewer.
-  constexpr int kRegKTiles = kCluster ? kClusterChainRegKTiles : kChainRegKTiles;
   unsigned char* const smem = dynamic_smem();
   const int H = args.hidden_size, P = args.out_size, B = args.batch;
   const bool has_proj = args.w_hr != nullptr;
@@ -64,7 +62,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
                                                      // (register plans: rows reg_cols..)
   T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);   // [proj.m][proj.a_ld]: W_hr columns
   T* ring = reinterpret_cast<T*>(smem + L.ring_off);  // B stages, or (cluster) dgates [2][nb][b_ld]
-  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [reg_slices + ksplit][m][Bb]
+  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [part_sets][m][Bb]
   float* dc_s = reinterpret_cast<float*>(smem + L.dc_off);    // [Bb][U] carried dc
   float* dh_s = reinterpret_cast<float*>(smem + L.dh_off);    // reduce: [U][chain.nb] summed dh
   const T* dy = static_cast<const T*>(args.dy);
@@ -94,7 +92,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   Product chain = L.chain;  // reduce splits: the last CTA's gate columns may be fewer
   auto w_hh_of = [&](int n, int j) { return w_hh[(size_t)j * P + col0 + n]; };  // W_hh^T (n, j)
   // Register plans: W_hh rows [0, reg_cols) of my columns as A fragments in registers.
-  RegWeights<T, kChainRegTiles, kRegKTiles> regs;
+  RegWeights<T, kChainRegTiles, kChainRegKTiles> regs;
   if constexpr (kRegs)
     load_reg_weights(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, my_cols, w_hh_of);
   if constexpr (kReduce) {  // W_hh^T rows of the cluster's units, from its first
@@ -127,12 +125,13 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   auto rows_of = [&](int64_t k) {
     return step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
   };
-  // Saved forward values of my cells at step k, round `round` (kMaxCellItems cells a
-  // thread per round), into registers: round 0 is issued before the barrier wait.
-  SavedCell saved[kMaxCellItems];
+  // Saved forward values of my cells at step k, round `round` (kItems cells a thread per
+  // round), into registers: round 0 is issued before the barrier wait.
+  constexpr int kItems = kRegs ? kRegCellItems : kMaxCellItems;
+  SavedCell saved[kItems];
   auto load_saved = [&](int64_t k, int round) {
     const StepRows s = rows_of(k);
-    for_round_cells(round, block_active(s.size, row0, Bb), U, my_units, [&](int i, int, int b, int u) {
+    for_round_cells<kItems>(round, block_active(s.size, row0, Bb), U, my_units, [&](int i, int, int b, int u) {
       const int r = row0 + b, unit = unit0 + u;
       const int64_t row = s.offset + r;
       const float* gates = args.gates + row * G + unit;
@@ -157,7 +156,7 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
   auto cell_backward = [&](int64_t k, const StepRows& s, int n_act, auto dh_of) {
     const int carried = carried_rows(s);
     auto reload = [&](int round) { load_saved(k, round); };
-    for_each_cell(n_act, U, my_units, reload, [&](int i, int e, int b, int u) {
+    for_each_cell<kItems>(n_act, U, my_units, reload, [&](int i, int e, int b, int u) {
       const int r = row0 + b, unit = unit0 + u;
       const int64_t row = s.offset + r;
       const float dh = dh_of(b, u) + saved[i].dy;
@@ -210,16 +209,14 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
       if (n_next > 0) {
         if constexpr (kCluster) {  // dgates(t+1) whole in the exchange buffer
           T* g_in = ring + ((k + 1) & 1) * g_elems;
-          if constexpr (kRegs) reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, g_in, part);
-          resident_product(L.chain, w_s, g_in + L.reg_cols, false, n_next,
-                           [](int) { return (const T*)nullptr; },
-                           part + (size_t)L.reg_slices * L.chain.m * L.chain.nb);
+          if constexpr (kRegs)
+            reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, g_in, part);
+          else
+            resident_product(L.chain, w_s, g_in, false, n_next,
+                             [](int) { return (const T*)nullptr; }, part);
         } else if constexpr (kRegs) {  // dgates(t+1) whole, then both parts of W_hh^T
           stage_whole(ring, L.chain.b_ld, n_next, L.reg_cols + L.chain.k, gates_rows(k + 1), &mc);
-          reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, ring, part);
-          resident_product(L.chain, w_s, ring + L.reg_cols, false, n_next,
-                           [](int) { return (const T*)nullptr; },
-                           part + (size_t)L.reg_slices * L.chain.m * L.chain.nb);
+          reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, ring, part);
         } else {
           resident_product(chain, w_s, ring, true, n_next, gates_rows(k + 1), part, &mc);
           if constexpr (kReduce) reduce_partials(chain, part, dh_s, U, rank, sp.reduce_ctas);

@@ -28,15 +28,15 @@ constexpr int kWeightTile = 16;    // weight rows per mma tile: its M
 constexpr int kMaxWarpTiles = 8;   // accumulator tiles one warp holds (4 floats per lane each)
 constexpr int kMaxCopies = 4;      // accumulator sets a slot may be spread over
 constexpr int kMaxCellItems = 4;   // (batch row, unit) cells a thread holds in registers per round
+constexpr int kRegCellItems = 2;   // ... in register plans, whose registers go to W_hh fragments
 constexpr int kExchangeAlign = 16; // exchange rows (h, dgates, dh) padded to 16 elements
 constexpr int kRingBytes = 64 * 1024;  // shared memory for a streamed operand's stages
 constexpr int kAlign = 128;        // bytes: every shared-memory region starts aligned
 constexpr int kMaxCluster = 16;    // CTAs a cluster may have (the non-portable size, sm_90)
 constexpr int kRegTiles = 3;       // register plans, forward: W_hh M tiles a warp holds
-constexpr int kRegKTiles = 11;     // ... and k-tiles of each (3 x 11 A fragments: 132 registers)
+constexpr int kRegKTiles = 13;     // ... and k-tiles of each (3 x 13 A fragments: 156 registers)
 constexpr int kChainRegTiles = 1;  // register plans, backward: W_hh^T M tiles a warp holds
-constexpr int kChainRegKTiles = 24;  // ... and k-tiles of it: grid plans (96 registers)
-constexpr int kClusterChainRegKTiles = 16;  // ... cluster plans (64: the kernel uses ~180 more)
+constexpr int kChainRegKTiles = 32;  // ... and k-tiles of it (128 registers)
 constexpr int kReduceAlign = 16;   // reduce splits: a CTA's gate columns, a multiple of this
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
@@ -347,9 +347,14 @@ RNNFAST_HD size_t ring_bytes(const Product& p, int itemsize) {
 RNNFAST_HD size_t exchange_bytes(const Product& p, int itemsize) {
   return align_bytes((size_t)2 * p.nb * p.b_ld * itemsize);
 }
-// Partial sums [reg_slices + ksplit][m][nb] (register k-slices: register cluster plans).
+// Sets of partial sums a product leaves: one per k-slice, its ksplit or (register plans,
+// reg_product) its reg_slices.
+RNNFAST_HD int part_sets(const Product& p, int reg_slices = 0) {
+  return reg_slices > 0 ? reg_slices : p.ksplit;
+}
+// Partial sums [part_sets][m][nb].
 RNNFAST_HD size_t part_bytes(const Product& p, int reg_slices = 0) {
-  return align_bytes((size_t)(reg_slices + p.ksplit) * p.m * p.nb * 4);
+  return align_bytes((size_t)part_sets(p, reg_slices) * p.m * p.nb * 4);
 }
 
 // Cluster plans' exchange (sm_90). After a step each CTA has its columns of the
@@ -428,10 +433,11 @@ RNNFAST_HD int reduce_real_cols(int hidden, int ctas, int rank) {
 // plans, the W_hh columns of the block's units (W_hh^T rows). They are `slices` k-slices of
 // sp.reg_k_tiles k-tiles; the warps are split into `slices` groups of kWarps / slices,
 // and warp r of group g holds M tiles r, r + kWarps / slices, ... (at most `tiles`:
-// kRegTiles forward, kChainRegTiles backward) of k-slice g. Per step each warp multiplies
-// its fragments by the matching columns of the exchanged operand into one partial sum
-// per M tile (reg_product), written as k-slice g of the partial sums ahead of the
-// shared-memory part's own k-slices.
+// kRegTiles forward, kChainRegTiles backward) of k-slice g. The shared-memory columns
+// are split between the k-slices too (reg_rest_tiles). Per step each warp multiplies its
+// fragments, then its k-slice's shared-memory columns of the same M tiles, by the
+// matching columns of the exchanged operand into one sum per M tile (reg_product),
+// written as k-slice g of the partial sums.
 // The most k-slices whose warps, `tiles` M tiles each, still cover every M tile (0: none
 // can).
 RNNFAST_HD int reg_slices(int m_tiles, int tiles) {
@@ -445,6 +451,16 @@ RNNFAST_HD int reg_slice(int slices, int warp) { return warp / (kWarps / slices)
 // (reg_product): enough that consecutive mma do not wait for each other.
 RNNFAST_HD constexpr int reg_copies(int tiles) {
   return tiles >= kMaxCopies ? 1 : kMaxCopies / tiles;
+}
+// The shared-memory k-tiles of a register plan's k-slice g: [first, end) of the k-tiles
+// of `rest` (its shared-memory part, columns reg_cols.. of the operand), split between
+// the k-slices as evenly as contiguous runs can be.
+struct TileRange {
+  int first, end;
+};
+RNNFAST_HD TileRange reg_rest_tiles(const Product& rest, int slices, int g, int itemsize) {
+  const int tiles = rest.k / k_tile(itemsize);
+  return {g * tiles / slices, (g + 1) * tiles / slices};
 }
 // M origin of a warp's register tile j (may be past the product's M: no tile).
 RNNFAST_HD int reg_m0(int slices, int warp, int j) {
@@ -462,7 +478,7 @@ struct ForwardLayout {
   size_t w_off;       // A of rec: [rec.m][rec.a_ld] io
   size_t wr_off;      // A of proj: [proj.m][proj.a_ld] io
   size_t ring_off;    // B of rec / proj: ring stages, or (cluster) h [2][rec.nb][rec.b_ld] io
-  size_t part_off;    // partial sums [ksplit][m][Bb] fp32
+  size_t part_off;    // partial sums [part_sets][m][Bb] fp32
   size_t c_off;       // cell state [Bb][U] fp32
   size_t bar_off;     // mbarriers: (multicast) the one the staged operand's bulk copies complete
                       // on; (cluster) two, by step parity, the peers' exchange stores complete on
@@ -531,7 +547,7 @@ struct BackwardLayout {
   size_t w_off;       // A of chain: [chain.m][chain.a_ld] io (rows: W_hh columns)
   size_t wr_off;      // A of proj: [proj.m][proj.a_ld] io (rows: W_hr columns)
   size_t ring_off;    // B stages of chain / proj, or (cluster) dgates [2][chain.nb][chain.b_ld] io
-  size_t part_off;    // partial sums [reg_slices + ksplit][m][Bb] fp32
+  size_t part_off;    // partial sums [part_sets][m][Bb] fp32
   size_t dc_off;      // carried dc [Bb][U] fp32
   size_t dh_off;      // reduce splits: the cluster's sum of my units' dh [U][chain.nb] fp32
   size_t bar_off;     // mbarriers, as in ForwardLayout
@@ -580,23 +596,18 @@ RNNFAST_HD bool reduce_ok(const Split& sp, int hidden, bool has_proj) {
           (sp.reduce_ctas - 1) * reduce_cols(hidden, sp.reduce_ctas) < 4 * hidden);
 }
 
-// The most k-tiles a slice the backward's register kernels hold: grid or cluster.
-RNNFAST_HD int chain_reg_k_tiles(const Split& sp) {
-  return sp.cluster > 0 ? kClusterChainRegKTiles : kChainRegKTiles;
-}
-
 // Whether the backward kernels handle a plan's register split (no registers: always):
 // no projection, 16-bit weights, one N tile (at most 8 batch rows, not swapped), the
 // gate gradients whole in one chunk (grid plans stage them so; a cluster plan's
 // exchange holds them whole), the M tiles covered by the warps, at most
-// chain_reg_k_tiles k-tiles a slice, and a k-slice no wider than the shared-memory part
+// kChainRegKTiles k-tiles a slice, and a k-slice no wider than the shared-memory part
 // it is staged through (load_reg_weights).
 RNNFAST_HD bool reg_split_ok(const BackwardLayout& L, const Split& sp, int itemsize,
                              bool has_proj) {
   return sp.reg_k_tiles == 0 ||
          (!has_proj && sp.reduce_ctas == 0 && itemsize == 2 && !L.chain.swapped &&
           L.chain.n_tiles == 1 &&
-          L.chain.chunks == 1 && L.reg_slices > 0 && sp.reg_k_tiles <= chain_reg_k_tiles(sp) &&
+          L.chain.chunks == 1 && L.reg_slices > 0 && sp.reg_k_tiles <= kChainRegKTiles &&
           L.chain.k >= sp.reg_k_tiles * k_tile(itemsize));
 }
 

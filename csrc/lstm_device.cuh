@@ -340,12 +340,13 @@ __device__ __forceinline__ void resident_product(const Product& p, const T* a_s,
   __syncthreads();
 }
 
-// Output (m, n) of a product: the sum of its k-split partial sums, after the
-// `reg_slices` register k-slices where the layout has them (register cluster plans).
+// Output (m, n) of a product: the sum of its partial sums, one per k-slice (the
+// `reg_slices` of a register plan's reg_product where the layout has them, else the
+// product's ksplit).
 __device__ __forceinline__ float product_out(const Product& p, const float* part, int m, int n,
                                              int reg_slices = 0) {
   float s = 0.0f;
-  for (int ks = 0; ks < reg_slices + p.ksplit; ++ks) s += part[part_index(p, ks, m, n)];
+  for (int ks = 0; ks < part_sets(p, reg_slices); ++ks) s += part[part_index(p, ks, m, n)];
   return s;
 }
 
@@ -353,8 +354,7 @@ __device__ __forceinline__ float product_out(const Product& p, const float* part
 // Register plans (lstm_common.cuh reg_slices): the first reg_cols columns of a block's
 // recurrent weight rows (the A side of product `p`) as A fragments in registers, for the
 // whole sequence: warp w's tile j of k-slice reg_slice(w) at its kk-th k-tile. kTiles x
-// kKTiles: kRegTiles x kRegKTiles (forward), kChainRegTiles x kChainRegKTiles or
-// kClusterChainRegKTiles (backward: grid or cluster).
+// kKTiles: kRegTiles x kRegKTiles (forward), kChainRegTiles x kChainRegKTiles (backward).
 template <typename T, int kTiles, int kKTiles> struct RegWeights {
   AFragment<T> frag[kTiles][kKTiles];
 };
@@ -387,33 +387,60 @@ __device__ __forceinline__ void load_reg_weights(RegWeights<T, kTiles, kKTiles>&
   }
 }
 
-// The register columns' part of a step's product: k-slice reg_slice(warp) of the
-// partial sums [slices + ksplit][m][nb], from the operand whole in b_s [p.nb][p.b_ld]
-// (one N tile: register plans have at most 8 batch rows). The B fragment of a k-tile is
-// loaded once for the warp's tiles. A warp of fewer than kMaxCopies tiles spreads its
-// k-tiles over that many accumulator copies (added in copy order), so that its mma do
-// not all wait for the one before.
+// A register plan's whole product of a step: k-slice reg_slice(warp) of the partial sums
+// [slices][rest.m][rest.nb], from the operand whole in b_s [rest.nb][rest.b_ld] (one N
+// tile: register plans have at most 8 batch rows). A warp multiplies its M tiles over
+// its k-slice: first the k_tiles k-tiles of its register fragments (operand k-tiles
+// g * k_tiles..), then the slice's share of the shared-memory part a_s
+// [rest.m][rest.a_ld] (reg_rest_tiles; operand columns reg_cols..), into the same
+// accumulators. So each weight is read once, a warp loads each B fragment once for its
+// tiles, and a slice writes one partial sum per tile. A warp of fewer than kMaxCopies
+// tiles spreads its k-tiles over that many accumulator copies (added in copy order), so
+// that its mma do not all wait for the one before. Every thread must call this; it ends
+// with a barrier.
 template <typename T, int kTiles, int kKTiles>
 __device__ __forceinline__ void reg_product(const RegWeights<T, kTiles, kKTiles>& regs,
-                                            const Product& p, int slices, int k_tiles,
-                                            const T* b_s, float* part) {
+                                            const Product& rest, int slices, int k_tiles,
+                                            const T* a_s, const T* b_s, float* part) {
   constexpr int kCopies = reg_copies(kTiles);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kt = k_tile(sizeof(T));
-  const int g = reg_slice(slices, warp);
+  int warp = threadIdx.x / 32;
+  opaque(warp);  // its addresses are worked out here each step, not held all sequence
+  const int lane = threadIdx.x % 32, kt = k_tile(sizeof(T));
+  const int g = reg_slice(slices, warp), reg_cols = slices * k_tiles * kt;
   float acc[kTiles][kCopies][4] = {};
 #pragma unroll
   for (int kk = 0; kk < kKTiles; ++kk) {
     if (kk >= k_tiles) continue;
     BFragment<T> b;
-    load_b(b, b_s, p.b_ld, 0, (g * k_tiles + kk) * kt);
+    load_b(b, b_s, rest.b_ld, 0, (g * k_tiles + kk) * kt);
 #pragma unroll
     for (int j = 0; j < kTiles; ++j)
-      if (reg_m0(slices, warp, j) < p.m) mma_ab(acc[j][kk % kCopies], regs.frag[j][kk], b);
+      if (reg_m0(slices, warp, j) < rest.m) mma_ab(acc[j][kk % kCopies], regs.frag[j][kk], b);
+  }
+  // The shared-memory k-tiles, kCopies a round so that every accumulator index is a
+  // compile-time constant (a runtime one would put acc in local memory).
+  const TileRange mine = reg_rest_tiles(rest, slices, g, sizeof(T));
+#pragma unroll 1
+  for (int kk = mine.first; kk < mine.end; kk += kCopies) {
+#pragma unroll
+    for (int c = 0; c < kCopies; ++c) {
+      if (kk + c >= mine.end) continue;
+      BFragment<T> b;
+      load_b(b, b_s, rest.b_ld, 0, reg_cols + (kk + c) * kt);
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        const int m0 = reg_m0(slices, warp, j);
+        if (m0 >= rest.m) continue;
+        AFragment<T> a;
+        load_a(a, a_s, rest.a_ld, m0, (kk + c) * kt);
+        mma_ab(acc[j][c], a, b);
+      }
+    }
   }
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
     const int m0 = reg_m0(slices, warp, j);
-    if (m0 >= p.m) continue;
+    if (m0 >= rest.m) continue;
 #pragma unroll
     for (int c = 1; c < kCopies; ++c)
 #pragma unroll
@@ -421,22 +448,23 @@ __device__ __forceinline__ void reg_product(const RegWeights<T, kTiles, kKTiles>
 #pragma unroll
     for (int r = 0; r < 4; r += 2) {
       const Coord at = accumulator(lane, m0, 0, r);
-      *reinterpret_cast<float2*>(part + part_index(p, g, at.row, at.col)) =
+      *reinterpret_cast<float2*>(part + part_index(rest, g, at.row, at.col)) =
           make_float2(acc[j][0][r], acc[j][0][r + 1]);
     }
   }
+  __syncthreads();
 }
 
-// The (row, unit) cells of a step, kMaxCellItems a thread per round: cell
-// e = (round * kMaxCellItems + i) * kThreads + thread is row b = e / units, unit
+// The (row, unit) cells of a step, kItems a thread per round: cell
+// e = (round * kItems + i) * kThreads + thread is row b = e / units, unit
 // u = e % units. body(i, e, b, u) runs for each cell of `round` with b < n_act and
 // u < my_units; i indexes the thread's per-cell registers.
-template <typename Body>
+template <int kItems, typename Body>
 __device__ __forceinline__ void for_round_cells(int round, int n_act, int units, int my_units,
                                                 Body body) {
 #pragma unroll
-  for (int i = 0; i < kMaxCellItems; ++i) {
-    const int e = (round * kMaxCellItems + i) * kThreads + threadIdx.x;
+  for (int i = 0; i < kItems; ++i) {
+    const int e = (round * kItems + i) * kThreads + threadIdx.x;
     const int b = e / units, u = e % units;
     if (b < n_act && u < my_units) body(i, e, b, u);
   }
@@ -444,12 +472,12 @@ __device__ __forceinline__ void for_round_cells(int round, int n_act, int units,
 
 // Every round of a step's cells: reload(round) refills the per-cell registers before
 // each round after the first (round 0 was loaded ahead, across the barrier).
-template <typename Reload, typename Body>
+template <int kItems, typename Reload, typename Body>
 __device__ __forceinline__ void for_each_cell(int n_act, int units, int my_units, Reload reload,
                                               Body body) {
-  for (int round = 0; round * kMaxCellItems * kThreads < n_act * units; ++round) {
+  for (int round = 0; round * kItems * kThreads < n_act * units; ++round) {
     if (round > 0) reload(round);
-    for_round_cells(round, n_act, units, my_units, body);
+    for_round_cells<kItems>(round, n_act, units, my_units, body);
   }
 }
 
@@ -616,7 +644,9 @@ __device__ __forceinline__ void exchange_step(ClusterExchange& ex, int parity, c
                   stride, word);
   between();
   if (rows > 0) {
-    if (threadIdx.x == 0)
+    int thread = threadIdx.x;
+    opaque(thread);  // a predicate held all sequence costs a register kernels lack
+    if (thread == 0)
       tx_expect(ex.arrived, rows * peer_row_bytes(hidden, units, segments, word, item), parity);
     tx_wait(ex.arrived, parity);
   }

@@ -17,7 +17,8 @@
 //     shared memory, st.async), and each CTA waits on its own mbarrier for its peers'
 //     bytes (exchange_step): no barrier a step. Register cluster plans (16-bit,
 //     lstm_forward_reg_kernel) keep the first columns of the W_hh rows in registers
-//     as mma fragments instead (reg_product), the rest in shared memory.
+//     as mma fragments instead, the rest in shared memory; a warp multiplies both parts
+//     of its M tiles into the same accumulators (reg_product).
 // With a projection (grid plans) a second phase computes y = hidden . W_hr^T from the
 // W_hr rows the block holds; two barriers per step. The next step's xg (and bias) is
 // loaded into registers between arriving at the barrier and waiting at it.
@@ -42,7 +43,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
                                                        // (register plans: columns reg_cols..)
   T* wr_s = reinterpret_cast<T*>(smem + L.wr_off);     // [proj.m][proj.a_ld] W_hr rows of my columns
   T* ring = reinterpret_cast<T*>(smem + L.ring_off);   // B stages, or (cluster) h [2][Bb][b_ld]
-  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [reg_slices + ksplit][m][Bb]
+  float* part = reinterpret_cast<float*>(smem + L.part_off);  // [part_sets][m][Bb]
   float* c_s = reinterpret_cast<float*>(smem + L.c_off);      // [Bb][U] cell state
   const T* xg = static_cast<const T*>(args.xg);
   const T* w_hh = static_cast<const T*>(args.w_hh);
@@ -100,14 +101,15 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
 
   // Rows of a pass: all of the batch block's but in grid plans with row passes.
   const int pass = kCluster ? Bb : forward_pass_rows(layout_split);
-  // xg + bias of my cells at step k, round `round` (kMaxCellItems cells a thread per
-  // round) of the pass from row p0, into registers: round 0 of the next step's first
-  // pass is issued before the barrier wait.
-  float xg_regs[kMaxCellItems][4];
+  // xg + bias of my cells at step k, round `round` (kItems cells a thread per round) of
+  // the pass from row p0, into registers: round 0 of the next step's first pass is
+  // issued before the barrier wait.
+  constexpr int kItems = kRegs ? kRegCellItems : kMaxCellItems;
+  float xg_regs[kItems][4];
   auto load_xg = [&](int64_t k, int round, int p0) {
     const StepRows s = step_rows(args.offsets, args.sizes, k, args.steps, B, args.reverse);
     const int rows = min_int(pass, block_active(s.size, row0, Bb) - p0);
-    for_round_cells(round, rows, U, my_units, [&](int i, int, int b, int u) {
+    for_round_cells<kItems>(round, rows, U, my_units, [&](int i, int, int b, int u) {
       const T* x = xg + (s.offset + row0 + p0 + b) * G + unit0 + u;
 #pragma unroll
       for (int g = 0; g < 4; ++g)
@@ -138,10 +140,11 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
           stage_whole(h_prev + n_prev * L.rec.b_ld, L.rec.b_ld, n_act - n_prev, h_cols,
                       [&](int b) { return h0x + (size_t)(row0 + n_prev + b) * xld; }, nullptr);
         }
-        if constexpr (kRegs) reg_product(regs, L.rec, L.reg_slices, sp.reg_k_tiles, h_prev, part);
-        resident_product(L.rec, w_s, h_prev + L.reg_cols, false, n_act,
-                         [](int) { return (const T*)nullptr; },
-                         part + (size_t)L.reg_slices * L.rec.m * L.rec.nb);
+        if constexpr (kRegs)
+          reg_product(regs, L.rec, L.reg_slices, sp.reg_k_tiles, w_s, h_prev, part);
+        else
+          resident_product(L.rec, w_s, h_prev, false, n_act, [](int) { return (const T*)nullptr; },
+                           part);
       } else {
         const T* h_prev = hx + (size_t)((k & 1) ^ 1) * B * xld;
         resident_product(L.rec, w_s, ring, true, rows,
@@ -153,7 +156,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
       }
       if (p0 > 0) load_xg(k, 0, p0);  // the first pass's came across the barrier
       auto reload = [&](int round) { load_xg(k, round, p0); };
-      for_each_cell(rows, U, my_units, reload, [&](int i, int, int pb, int u) {
+      for_each_cell<kItems>(rows, U, my_units, reload, [&](int i, int, int pb, int u) {
         const int b = p0 + pb, e = b * U + u;  // the row in the batch block, its cell
         const int r = row0 + b, unit = unit0 + u;
         const int64_t row = s.offset + r;

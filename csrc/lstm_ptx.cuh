@@ -160,6 +160,11 @@ __device__ __forceinline__ void bulk_copy_multicast(void* dst, const void* src, 
       : "memory");)
 }
 
+// Makes v's value unknown to the compiler at this point: what is derived from it after
+// is worked out here, each time, instead of being hoisted out of the enclosing loops and
+// held in registers for the whole sequence.
+__device__ __forceinline__ void opaque(int& v) { asm volatile("" : "+r"(v)); }
+
 // ---------------------------------------------------------------------------------
 // Tensor cores (warp-wide: every lane of the warp calls them together). Fragment layouts
 // are PTX's for ldmatrix and mma.m16n8k16 (16-bit) / mma.m16n8k8 (tf32).

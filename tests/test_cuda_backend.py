@@ -112,13 +112,13 @@ def test_h100_plan_numbers_for_the_standard_cases():
     """csrc/README.md quotes these. Of the splits that fit, the plan is the one the
     latency model rates fastest."""
     # FlashRNN's dense case, fp16 H = 768, B = 16. Forward on sm_90: two batch blocks of
-    # 8 rows, each a cluster of 16 CTAs of 48 units, every CTA holding 2 k-slices of 11
-    # k-tiles of its W_hh rows (352 of 768 columns) in registers and the rest (160 KB)
+    # 8 rows, each a cluster of 16 CTAs of 48 units, every CTA holding 2 k-slices of 13
+    # k-tiles of its W_hh rows (416 of 768 columns) in registers and the rest (135 KB)
     # in shared memory. W_hh (4.7 MB) does not fit 16 CTAs' shared memory alone.
     fwd = _plan("forward", 16, 768)
     assert (fwd.kind, fwd.unit_slices, fwd.units, fwd.block_rows, fwd.batch_blocks,
-            fwd.reg_k_tiles, fwd.smem_bytes) == ("cluster", 16, 48, 8, 2, 11, 207744)
-    assert cuda_plan.reg_geometry("forward", fwd.units, 2, fwd.reg_k_tiles) == (2, 352)
+            fwd.reg_k_tiles, fwd.smem_bytes) == ("cluster", 16, 48, 8, 2, 13, 177024)
+    assert cuda_plan.reg_geometry("forward", fwd.units, 2, fwd.reg_k_tiles) == (2, 416)
     # Backward, and the forward where no 16-CTA cluster can be placed: two batch blocks
     # of 8 rows, each over 64 blocks of 12 units, stage half the h rows per block that
     # one batch block would. On sm_90 the grid runs in clusters that read each staged
@@ -126,7 +126,7 @@ def test_h100_plan_numbers_for_the_standard_cases():
     # of shared memory. Forward: 8 CTAs. Backward: 4, because at 4 each SM's own L2
     # rate (49 KB of dgates a step) already bounds the step and 8 gains nothing in the
     # model. The backward's blocks hold 8 k-slices of 21 k-tiles of their W_hh^T rows
-    # (2688 of 3072) in registers: 70,528 B of shared memory instead of 152,448. On sm_80
+    # (2688 of 3072) in registers: 66,432 B of shared memory instead of 152,448. On sm_80
     # the same split without clusters, each block staging its own copy.
     for direction, multicast, regs in (("forward", 8, 0), ("backward", 4, 21)):
         p = cuda_plan.make_plan(direction, 16, 768, 768, False, 2, SMS, SMEM, 9,
@@ -137,7 +137,7 @@ def test_h100_plan_numbers_for_the_standard_cases():
         assert p.cluster == 0  # not a cluster plan: the grid's barrier and exchange
         sm80 = dataclasses.replace(p, multicast=0, smem_bytes=p.smem_bytes - cuda_plan.ALIGN)
         assert _plan(direction, 16, 768, major=8) == sm80
-    assert _plan("backward", 16, 768).smem_bytes == 70528
+    assert _plan("backward", 16, 768).smem_bytes == 66432
     assert cuda_plan.reg_geometry("backward", 12, 2, 21) == (8, 2688)
     # A refused launch of either falls back to the plain grid: no clusters, no registers.
     # The backward's is then one batch block of 16 rows over 96 blocks of 8 units, whose
@@ -153,10 +153,10 @@ def test_h100_plan_numbers_for_the_standard_cases():
     # and backward; on an A100 (sm_80) a grid. Both hold part of their weights in
     # registers, which the model rates faster than all in shared memory: the forward 320
     # of its 512 W_hh columns (2 k-slices of 10 k-tiles: a slice no wider than what stays
-    # in shared memory), the backward 1024 of its 2048 W_hh^T columns (4 k-slices of 16,
-    # the most the cluster kernel holds), 141,184 B of shared memory instead of 202,624.
-    for direction, regs, smem, held in (("forward", 10, 81280, (2, 320)),
-                                        ("backward", 16, 141184, (4, 1024))):
+    # in shared memory), the backward 1600 of its 2048 W_hh^T columns (4 k-slices of 25,
+    # likewise), 100,224 B of shared memory instead of 202,624.
+    for direction, regs, smem, held in (("forward", 10, 77184, (2, 320)),
+                                        ("backward", 25, 100224, (4, 1600))):
         small = _plan(direction, 16, 512)
         assert (small.kind, small.unit_slices, small.units, small.reg_k_tiles,
                 small.smem_bytes) == ("cluster", 16, 32, regs, smem), direction
@@ -301,11 +301,11 @@ def test_largest_square_layers_held_on_chip():
     # ring: the 16-bit backward then holds what the forward holds (plain grids: 1216).
     assert (largest("backward", 2), largest("backward", 2, plain=True)) == (1536, 1216)
     assert largest("backward", 4) == 1024
-    assert largest("backward", 2, "cluster") == 512
+    assert largest("backward", 2, "cluster") == 576  # 32 k-tiles of W_hh^T a warp in registers
     assert largest("backward", 4, "cluster") == 256
     # One batch block of 8 rows: W_hh^T partly in registers leaves room for more.
     assert (largest("backward", 2, batch=8), largest("backward", 2, batch=8, plain=True)) == (
-        1664, 1280)
+        1856, 1280)
 
 
 # ---------------------------------------------------------------------------------
@@ -480,7 +480,7 @@ def test_a_refused_launch_falls_back_cluster_then_grid_then_reference_with_one_w
 
 @pytest.mark.parametrize("major,tried,reg_k_tiles", [
     (9, [("forward", 16, 0), ("forward", 0, 0), ("backward", 0, 4), ("backward", 0, 0)],
-     [11, 0, 21, 0]),
+     [13, 0, 21, 0]),
     (8, [("forward", 0, 0), ("backward", 0, 0), ("backward", 0, 0)], [0, 21, 0]),
 ], ids=["sm_90", "sm_80"])
 def test_a_refused_cluster_multicast_or_register_launch_falls_back_to_the_plain_grid(
@@ -654,17 +654,18 @@ def test_multicast_grid_plans_meet_the_rule(monkeypatch, dtype):
 @requires_kernels
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B,H,lengths", [(16, 768, None), (5, 700, [6, 4, 4, 2, 1]),
-                                         (3, 256, None), (2, 600, None), (16, 512, None)])
+                                         (3, 256, None), (2, 664, None), (16, 512, None)])
 def test_register_plans_meet_the_rule(monkeypatch, dtype, B, H, lengths):
     """Plans holding part of their recurrent weights in registers (csrc/lstm_device.cuh
     load_reg_weights, reg_product). On an H100/H200: FlashRNN's H = 768 (forward: a
-    cluster of 2 k-slices of 11 k-tiles; backward: a grid in clusters of 4 for
+    cluster of 2 k-slices of 13 k-tiles; backward: a grid in clusters of 4 for
     multicast, 8 k-slices of 21), an odd H = 700 packed and reversed (forward: 11 M
     tiles over 12 warp places; backward: a last block of 4 of its 8 units, in clusters
-    of 2), H = 256 (forward: 4 k-slices of 3; backward: a cluster, 8 of 7), H = 600 (a
-    backward of 8 k-slices of 16 staged by cp.async) and H = 512 (a cluster backward of
-    4 k-slices of 16). Within DESIGN.md §6's rule against float64, and every direction
-    ran as its plan, not a fallback."""
+    of 2, its k-slices' shared-memory runs 2 and 3 k-tiles long), H = 256 (forward: 4
+    k-slices of 3; backward: a cluster, 8 of 7), H = 664 (a backward of 83 blocks, 8
+    k-slices of 18, staged by cp.async) and H = 512 (a cluster backward of 4 k-slices
+    of 25). Within DESIGN.md §6's rule against float64, and every direction ran as its
+    plan, not a fallback."""
     _planned_form_meets_the_rule(monkeypatch, dtype, B, H, lengths, "register plan",
                                  lambda plans: any(getattr(p, "reg_k_tiles", 0) for p in plans.values()))
 

@@ -140,6 +140,7 @@ inline void bulk_copy_multicast(void* dst, const void* src, unsigned bytes, uint
                                 unsigned short ctas) {
   emu::bulk_copy_multicast(dst, src, bytes, bar, ctas);
 }
+inline void opaque(int&) {}  // a compiler barrier on a GPU; nothing to do here
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) { emu::ldmatrix_x4(r, row_address); }
 
 template <typename T> struct MmaOp;

@@ -217,10 +217,10 @@ bool check_coverage() {
   return true;
 }
 
-// Register plans (reg_slices, reg_slice, reg_m0), forward (kRegTiles a warp) and
-// backward (kChainRegTiles): for every M-tile count a plan can hold, each k-slice's
-// warps hold each M tile once, every warp is in a slice, and no warp needs more than
-// its `tiles` tiles.
+// Register plans (reg_slices, reg_slice, reg_m0, reg_rest_tiles), forward (kRegTiles a
+// warp) and backward (kChainRegTiles): for every M-tile count a plan can hold, each
+// k-slice's warps hold each M tile once, every warp is in a slice, and no warp needs
+// more than its `tiles` tiles; the shared-memory k-tiles are split between the slices.
 bool check_register_tiles() {
   for (int tiles : {kRegTiles, kChainRegTiles}) {
     int checked = 0;
@@ -247,6 +247,24 @@ bool check_register_tiles() {
       return fail("too many M tiles to hold", tiles, 0);
     if (checked != tiles * kWarps) return false;
   }
+  // The shared-memory part's k-tiles (reg_rest_tiles): each taken by one k-slice, the
+  // slices' runs in order and at most one k-tile apart in length.
+  for (int itemsize : {2, 4})
+    for (int slices = 1; slices <= kWarps; slices *= 2)
+      for (int k_tiles = 0; k_tiles <= 200; ++k_tiles) {
+        Product rest{};
+        rest.k = k_tiles * k_tile(itemsize);
+        int next = 0, shortest = k_tiles, longest = 0;
+        for (int g = 0; g < slices; ++g) {
+          const TileRange r = reg_rest_tiles(rest, slices, g, itemsize);
+          if (r.first != next || r.end < r.first) return fail("k-slice's shared-memory run", g, r.first);
+          shortest = min_int(shortest, r.end - r.first);
+          longest = max_int(longest, r.end - r.first);
+          next = r.end;
+        }
+        if (next != k_tiles) return fail("shared-memory k-tiles covered", k_tiles, next);
+        if (longest - shortest > 1) return fail("k-slices' runs balanced", k_tiles, longest - shortest);
+      }
   return true;
 }
 

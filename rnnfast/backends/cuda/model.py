@@ -40,10 +40,11 @@ blocks run side by side, so one block's time is the step's time):
       same one (its items of different M tiles and one N tile share it: the N side is
       read once per M tile less what they share); plus the staged B written in (grid
       plans) and the k-split partial sums written and read back.
-  Register plans (plan.reg_k_tiles; reg_product_time): the register columns' product
-  first, then the shared-memory part's, their times added; the register part reads no
-  weights from shared memory, only its B fragments and its partial sums, and a grid
-  backward still stages the gate gradients whole.
+  Register plans (plan.reg_k_tiles; reg_product_time): a warp takes its M tiles over
+  its k-slice, the register columns then its share of the shared-memory ones, into the
+  same accumulators: the weights in shared memory are read once, a warp's B fragments
+  once, one partial sum per k-slice; a grid backward still stages the gate gradients
+  whole.
 - L2 traffic: the block's bytes at the per-SM L2 rate or all blocks' bytes (the chip's
   traffic; multicast plans: below) at the chip's L2 rate, whichever is slower: the
   staged B operand (grid plans; Nb x K x item per product), the xg the cells read
@@ -167,37 +168,40 @@ def product_time(p: layout.Product, itemsize: int, staged: bool, gpu: Gpu = H100
     return ProductTime(issue, chain, smem, sum(warp_mma), max(warp_mma))
 
 
-def reg_product_time(direction: str, rec: layout.Product, units: int, reg_k_tiles: int,
+def reg_product_time(direction: str, rest: layout.Product, units: int, reg_k_tiles: int,
                      staged: bool, gpu: Gpu = H100) -> ProductTime:
-    """A register plan's product (16-bit): its register part (lstm_device.cuh
-    reg_product: each warp multiplies its up to reg_tiles(direction) M tiles of one
-    k-slice, held in registers, by a B fragment loaded once per k-tile; a warp of fewer
-    than MAX_COPIES tiles spreads each tile's reg_k_tiles mma over MAX_COPIES // tiles
-    accumulator chains, the chains side by side) followed by the shared-memory part `rec`
-    (product_time). The two run one after the other in every warp, so their times add.
-    Shared memory: the register part reads only B fragments, and writes and reads back
-    one partial sum per k-slice; `staged` (the backward's grid plans): the whole B
+    """A register plan's product (16-bit; lstm_device.cuh reg_product): each warp
+    multiplies its up to reg_tiles(direction) M tiles over its k-slice, first the
+    reg_k_tiles k-tiles held in registers, then the slice's share of the shared-memory
+    part `rest` (plan.reg_rest_tiles), into the same accumulators, loading one B
+    fragment a k-tile for its tiles. A warp of fewer than MAX_COPIES tiles spreads its
+    k-tiles over MAX_COPIES // tiles accumulator chains, the chains side by side.
+    Shared memory: `rest`'s weights once, the warps' B fragments, one partial sum per
+    k-slice written and read back; `staged` (the backward's grid plans): the whole B
     operand is written in first, the register part's columns too."""
-    rest = product_time(rec, 2, staged, gpu)
     tiles = layout.reg_tiles(direction)
     copies = 1 if tiles >= layout.MAX_COPIES else layout.MAX_COPIES // tiles
     slices, reg_cols = layout.reg_geometry(direction, units, 2, reg_k_tiles)
     per = layout.WARPS // slices
-    warp_mma = [reg_k_tiles * sum(1 for j in range(tiles)
-                                  if (w % per + j * per) * layout.WEIGHT_TILE < rec.m)
-                for w in range(layout.WARPS)]
+    warp_mma, warp_steps = [], []
+    for w in range(layout.WARPS):
+        first, end = layout.reg_rest_tiles(rest, slices, w // per, 2)
+        held = sum(1 for j in range(tiles) if (w % per + j * per) * layout.WEIGHT_TILE < rest.m)
+        warp_steps.append(reg_k_tiles + end - first)
+        warp_mma.append(held * warp_steps[-1])
     cores = gpu.tensor_cores_per_sm
     core_mma = [sum(warp_mma[w::cores]) for w in range(cores)]
     rate = gpu.tensor_flops * gpu.mma_sync_fraction / gpu.sms / cores
     issue = max(core_mma) * MMA_FLOPS_16 / rate
-    steps = -(-reg_k_tiles // copies)  # dependent mma of one accumulator chain
-    chain = max(steps * gpu.mma_latency_clocks + m for m in warp_mma) / gpu.clock_hz
-    smem_bytes = (sum(1 for m in warp_mma if m) * reg_k_tiles * rec.nb * layout.k_tile(2) * 2
-                  + 2 * slices * rec.m * rec.nb * 4
-                  + (rec.nb * reg_cols * 2 if staged else 0))
+    chain = max(-(-steps // copies) * gpu.mma_latency_clocks + mma
+                for steps, mma in zip(warp_steps, warp_mma)) / gpu.clock_hz
+    fragments = sum(steps for steps, mma in zip(warp_steps, warp_mma) if mma)
+    smem_bytes = (rest.m * rest.k * 2
+                  + fragments * rest.nb * layout.k_tile(2) * 2
+                  + 2 * slices * rest.m * rest.nb * 4
+                  + (rest.nb * (reg_cols + rest.k) * 2 if staged else 0))
     smem = smem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
-    return ProductTime(issue + rest.issue_s, chain + rest.chain_s, smem + rest.smem_s,
-                       sum(warp_mma) + rest.mma, max(warp_mma) + rest.warp_mma)
+    return ProductTime(issue, chain, smem, sum(warp_mma), max(warp_mma))
 
 
 class Phase(NamedTuple):

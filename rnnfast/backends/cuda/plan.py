@@ -57,11 +57,10 @@ RING_BYTES = 64 * 1024
 ALIGN = 128
 MAX_CLUSTER = 16  # kMaxCluster: CTAs per cluster with the non-portable size (H100/H200)
 REG_TILES = 3      # kRegTiles: forward register plans' M tiles of W_hh a warp holds in registers
-REG_K_TILES = 11   # kRegKTiles: ... and k-tiles of each
+REG_K_TILES = 13   # kRegKTiles: ... and k-tiles of each
 REDUCE_ALIGN = 16  # kReduceAlign: a reduce-split CTA's gate columns, a multiple of this
 CHAIN_REG_TILES = 1     # kChainRegTiles: backward register plans' M tiles of W_hh^T a warp holds
-CHAIN_REG_K_TILES = 24  # kChainRegKTiles: ... and k-tiles of it: grid plans
-CLUSTER_CHAIN_REG_K_TILES = 16  # kClusterChainRegKTiles: ... cluster plans
+CHAIN_REG_K_TILES = 32  # kChainRegKTiles: ... and k-tiles of it
 # CTAs per cluster a multicast grid plan tries, smallest first: the portable cluster sizes
 # (at most 8 CTAs, which every sm_90 part places without the non-portable-size opt-in)
 # that are powers of two, so that they divide the usual unit_slices (64, 32, ...) and
@@ -212,9 +211,14 @@ class Product:
         """Cluster plans: the exchanged operand held whole, [2][nb][b_ld] by step parity."""
         return _align(2 * self.nb * self.b_ld * itemsize)
 
+    def part_sets(self, reg_slices: int = 0) -> int:
+        """lstm_common.cuh part_sets: partial sums a step leaves, one per k-slice (a
+        register plan's reg_slices, else ksplit)."""
+        return reg_slices or self.ksplit
+
     def part_bytes(self, reg_slices: int = 0) -> int:
-        """Partial sums [reg_slices + ksplit][m][nb]."""
-        return _align((reg_slices + self.ksplit) * self.m * self.nb * 4)
+        """Partial sums [part_sets][m][nb]."""
+        return _align(self.part_sets(reg_slices) * self.m * self.nb * 4)
 
 
 def reg_slices(m_tiles: int, tiles: int) -> int:
@@ -234,12 +238,10 @@ def reg_tiles(direction: str) -> int:
     return REG_TILES if direction == "forward" else CHAIN_REG_TILES
 
 
-def max_reg_k_tiles(direction: str, cluster: bool) -> int:
+def max_reg_k_tiles(direction: str) -> int:
     """lstm_common.cuh: the most k-tiles a slice a register kernel holds of each tile
-    (the backward's chain_reg_k_tiles)."""
-    if direction == "forward":
-        return REG_K_TILES
-    return CLUSTER_CHAIN_REG_K_TILES if cluster else CHAIN_REG_K_TILES
+    (kRegKTiles forward, kChainRegKTiles backward)."""
+    return REG_K_TILES if direction == "forward" else CHAIN_REG_K_TILES
 
 
 def reg_k_slices(direction: str, units: int) -> int:
@@ -247,6 +249,13 @@ def reg_k_slices(direction: str, units: int) -> int:
     W_hh rows, of the backward's units W_hh^T rows."""
     rows = 4 * units if direction == "forward" else units
     return reg_slices(_cdiv(rows, WEIGHT_TILE), reg_tiles(direction))
+
+
+def reg_rest_tiles(rest: Product, slices: int, g: int, itemsize: int) -> tuple[int, int]:
+    """lstm_common.cuh reg_rest_tiles: [first, end) of the shared-memory part's k-tiles
+    that a register plan's k-slice g multiplies."""
+    tiles = rest.k // k_tile(itemsize)
+    return g * tiles // slices, (g + 1) * tiles // slices
 
 
 def reg_geometry(direction: str, units: int, itemsize: int, reg_k_tiles: int) -> tuple[int, int]:
@@ -287,7 +296,7 @@ def reg_split_ok(direction: str, product: Product, units: int, itemsize: int, cl
     else:  # the gate gradients whole in one chunk (staged, or in the cluster's exchange)
         form = not has_proj and not reduce_ctas and product.chunks == 1
     return (form and itemsize == 2 and not product.swapped and product.n_tiles == 1
-            and slices > 0 and reg_k_tiles <= max_reg_k_tiles(direction, cluster)
+            and slices > 0 and reg_k_tiles <= max_reg_k_tiles(direction)
             and product.k >= reg_k_tiles * k_tile(itemsize))
 
 
@@ -414,7 +423,7 @@ def _candidate(kind: str, direction: str, batch: int, hidden: int, out_size: int
     reg_k_tiles = 0
     if registers:  # each k-slice no wider than what stays in shared memory
         k_cols = out_size if direction == "forward" else 4 * hidden
-        reg_k_tiles = min(max_reg_k_tiles(direction, cluster), _cdiv(k_cols, k_tile(itemsize))
+        reg_k_tiles = min(max_reg_k_tiles(direction), _cdiv(k_cols, k_tile(itemsize))
                           // (reg_k_slices(direction, units) + 1))
         if not reg_k_tiles:
             return None
