@@ -32,9 +32,10 @@
 //
 // Register plans (16-bit, no projection, at most 8 rows a block; lstm_backward_reg_kernel
 // for grids, lstm_backward_cluster_reg_kernel for clusters) keep the first columns of
-// the block's W_hh^T rows in registers as mma fragments, the rest in
-// shared memory. Grid plans stage each step's gate gradients whole before both parts
-// multiply them; cluster plans have them whole in their exchange buffer.
+// the block's W_hh^T rows in registers as mma fragments, the rest in shared memory.
+// Grid plans stage each step's gate gradients: by multicast in chunks, each multiplied
+// once it has landed (multicast_chunks), by cp.async whole before both parts multiply
+// them; cluster plans have them whole in their exchange buffer.
 #include "lstm_device.cuh"
 
 namespace rnnfast {
@@ -210,13 +211,26 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
         if constexpr (kCluster) {  // dgates(t+1) whole in the exchange buffer
           T* g_in = ring + ((k + 1) & 1) * g_elems;
           if constexpr (kRegs)
-            reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, g_in, part);
+            reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, g_in, part, [](int) {});
           else
             resident_product(L.chain, w_s, g_in, false, n_next,
                              [](int) { return (const T*)nullptr; }, part);
-        } else if constexpr (kRegs) {  // dgates(t+1) whole, then both parts of W_hh^T
-          stage_whole(ring, L.chain.b_ld, n_next, L.reg_cols + L.chain.k, gates_rows(k + 1), &mc);
-          reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, ring, part);
+        } else if constexpr (kRegs) {  // dgates(t+1), then both parts of W_hh^T
+          if (mc.landed.bar != nullptr) {  // in chunks, each multiplied once it has landed
+            if (threadIdx.x == 0)
+              multicast_chunks(mc, ring, L.chain.b_ld, n_next, L.reg_slices, sp.reg_k_tiles,
+                               L.chain.k, gates_rows(k + 1));
+            const int rounds = stage_chunk_rounds(sp.reg_k_tiles);
+            reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, ring, part,
+                        [&](int kk) {
+                          if (kk == sp.reg_k_tiles) tx_wait(mc.landed, stage_chunks(kk) - 1);
+                          else if (kk % rounds == 0) tx_wait(mc.landed, kk / rounds);
+                        });
+          } else {  // whole, by cp.async
+            stage_whole(ring, L.chain.b_ld, n_next, L.reg_cols + L.chain.k, gates_rows(k + 1),
+                        nullptr);
+            reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, ring, part, [](int) {});
+          }
         } else {
           resident_product(chain, w_s, ring, true, n_next, gates_rows(k + 1), part, &mc);
           if constexpr (kReduce) reduce_partials(chain, part, dh_s, U, rank, sp.reduce_ctas);

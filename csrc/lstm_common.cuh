@@ -38,6 +38,8 @@ constexpr int kRegKTiles = 13;     // ... and k-tiles of each (3 x 13 A fragment
 constexpr int kChainRegTiles = 1;  // register plans, backward: W_hh^T M tiles a warp holds
 constexpr int kChainRegKTiles = 32;  // ... and k-tiles of it (128 registers)
 constexpr int kReduceAlign = 16;   // reduce splits: a CTA's gate columns, a multiple of this
+constexpr int kStageChunks = 4;    // register grid backwards by multicast: mbarriers the staged
+                                   // gate gradients land on, chunk by chunk (stage_chunks)
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
 RNNFAST_HD int round_up(int a, int b) { return cdiv(a, b) * b; }
@@ -431,7 +433,10 @@ RNNFAST_HD int reduce_real_cols(int hidden, int ctas, int rank) {
 // and a block holds slices that shared memory alone cannot. Forward: cluster plans, the
 // W_hh rows of the CTA's units; backward: grid plans without a projection and cluster
 // plans, the W_hh columns of the block's units (W_hh^T rows). They are `slices` k-slices of
-// sp.reg_k_tiles k-tiles; the warps are split into `slices` groups of kWarps / slices,
+// sp.reg_k_tiles k-tiles, interleaved: k-tile kk of slice g is column k-tile
+// kk * slices + g (reg_k_tile), so that the slices' first k-tiles are the operand's
+// first columns (a grid backward multiplies them while the rest is still being staged:
+// stage_chunk_cols). The warps are split into `slices` groups of kWarps / slices,
 // and warp r of group g holds M tiles r, r + kWarps / slices, ... (at most `tiles`:
 // kRegTiles forward, kChainRegTiles backward) of k-slice g. The shared-memory columns
 // are split between the k-slices too (reg_rest_tiles). Per step each warp multiplies its
@@ -447,18 +452,21 @@ RNNFAST_HD int reg_slices(int m_tiles, int tiles) {
   return slices;
 }
 RNNFAST_HD int reg_slice(int slices, int warp) { return warp / (kWarps / slices); }
+// The operand's k-tile (column / k_tile) of k-tile kk of register k-slice g.
+RNNFAST_HD int reg_k_tile(int slices, int g, int kk) { return kk * slices + g; }
 // Accumulator copies a warp of `tiles` register M tiles spreads its k-tiles over
 // (reg_product): enough that consecutive mma do not wait for each other.
 RNNFAST_HD constexpr int reg_copies(int tiles) {
   return tiles >= kMaxCopies ? 1 : kMaxCopies / tiles;
 }
+// [first, end) of k-tiles or columns.
+struct Range {
+  int first, end;
+};
 // The shared-memory k-tiles of a register plan's k-slice g: [first, end) of the k-tiles
 // of `rest` (its shared-memory part, columns reg_cols.. of the operand), split between
 // the k-slices as evenly as contiguous runs can be.
-struct TileRange {
-  int first, end;
-};
-RNNFAST_HD TileRange reg_rest_tiles(const Product& rest, int slices, int g, int itemsize) {
+RNNFAST_HD Range reg_rest_tiles(const Product& rest, int slices, int g, int itemsize) {
   const int tiles = rest.k / k_tile(itemsize);
   return {g * tiles / slices, (g + 1) * tiles / slices};
 }
@@ -466,6 +474,26 @@ RNNFAST_HD TileRange reg_rest_tiles(const Product& rest, int slices, int g, int 
 RNNFAST_HD int reg_m0(int slices, int warp, int j) {
   const int per = kWarps / slices;
   return (warp % per + j * per) * kWeightTile;
+}
+
+// Register grid backwards staged by multicast (sm_90): the gate gradients arrive in
+// column chunks, each completing on its own mbarrier, and a warp multiplies a chunk's
+// k-tiles as soon as it has landed, while the later chunks are still in flight. Chunk
+// c < reg chunks holds register rounds [c * q, (c + 1) * q) (round kk: k-tile kk of
+// every k-slice, reg_k_tile), q = stage_chunk_rounds; the last chunk holds the
+// shared-memory part, columns [reg_cols, reg_cols + rest_k). At most kStageChunks.
+RNNFAST_HD int stage_chunk_rounds(int reg_k_tiles) {
+  return cdiv(reg_k_tiles, kStageChunks - 1);
+}
+RNNFAST_HD int stage_chunks(int reg_k_tiles) {
+  return cdiv(reg_k_tiles, stage_chunk_rounds(reg_k_tiles)) + 1;
+}
+// Columns [first, end) of chunk c.
+RNNFAST_HD Range stage_chunk_cols(int slices, int reg_k_tiles, int rest_k, int itemsize, int c) {
+  const int round_cols = slices * k_tile(itemsize), q = stage_chunk_rounds(reg_k_tiles);
+  const int reg_cols = reg_k_tiles * round_cols;
+  if (c + 1 == stage_chunks(reg_k_tiles)) return {reg_cols, reg_cols + rest_k};
+  return {c * q * round_cols, min_int((c + 1) * q, reg_k_tiles) * round_cols};
 }
 
 // Shared memory of a forward block, in bytes from the (128-byte aligned) base.

@@ -83,8 +83,8 @@ __device__ __forceinline__ void tx_expect(const TxWait& w, unsigned bytes, int i
 // launch's timed_out flag (the host raises naming the plan) and gives up on every later
 // wait, so a lost write costs one timeout, not one per step. Cluster-scope acquire: the
 // writes come from other CTAs. (Every other poll of the kernels is in
-// grid_barrier_wait; these are shared-memory polls.) `i` is 0 or 1: a bit of `uses`,
-// not an array index, so the state stays in registers.
+// grid_barrier_wait; these are shared-memory polls.) `i` is below kStageChunks: a bit
+// of `uses`, not an array index, so the state stays in registers.
 __device__ __forceinline__ void tx_wait(TxWait& w, int i = 0) {
   const unsigned bit = 1u << i;
   w.uses ^= bit;  // the phase waited for now has the parity before the flip
@@ -119,7 +119,7 @@ struct MulticastStage {
 __device__ __forceinline__ MulticastStage multicast_stage(void* bar, int size, const Barrier& barrier) {
   MulticastStage st{TxWait{nullptr, 0u, false, barrier.timed_out, barrier.spin_limit}, size, 0u};
   if (size <= 0) return st;
-  st.landed = tx_barrier(static_cast<uint64_t*>(bar), 1, barrier);
+  st.landed = tx_barrier(static_cast<uint64_t*>(bar), kStageChunks, barrier);
   st.rank = cluster_ctarank();
   return st;
 }
@@ -139,6 +139,31 @@ __device__ __forceinline__ void multicast_rows(const MulticastStage& st, T* dst,
   fence_proxy_async();
   for (int b = static_cast<int>(st.rank); b < rows; b += st.size)
     bulk_copy_multicast(dst + b * dst_ld, row_src(b), row_bytes, st.landed.bar, all);
+#endif
+}
+
+// Thread 0, as multicast_rows, for a register grid backward's operand in chunks: chunk
+// c's columns (stage_chunk_cols) of every row complete on mbarrier c, so that the
+// product starts on the first chunk while the others are still in flight.
+template <typename T, typename RowSource>
+__device__ __forceinline__ void multicast_chunks(const MulticastStage& st, T* dst, int dst_ld,
+                                                 int rows, int slices, int reg_k_tiles,
+                                                 int rest_k, RowSource row_src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned short all = static_cast<unsigned short>((1u << st.size) - 1u);
+  const int chunks = stage_chunks(reg_k_tiles);
+  for (int c = 0; c < chunks; ++c) {
+    const Range cols = stage_chunk_cols(slices, reg_k_tiles, rest_k, sizeof(T), c);
+    tx_expect(st.landed, rows * static_cast<unsigned>((cols.end - cols.first) * sizeof(T)), c);
+  }
+  fence_proxy_async();
+  for (int c = 0; c < chunks; ++c) {
+    const Range cols = stage_chunk_cols(slices, reg_k_tiles, rest_k, sizeof(T), c);
+    const unsigned bytes = static_cast<unsigned>((cols.end - cols.first) * sizeof(T));
+    for (int b = static_cast<int>(st.rank); b < rows; b += st.size)
+      bulk_copy_multicast(dst + b * dst_ld + cols.first, row_src(b) + cols.first, bytes,
+                          st.landed.bar + c, all);
+  }
 #endif
 }
 
@@ -360,9 +385,9 @@ template <typename T, int kTiles, int kKTiles> struct RegWeights {
 };
 
 // Loads the register fragments once, one k-slice at a time through a_s (the
-// shared-memory part's [p.m][p.a_ld], wide enough for a k-slice: reg_split_ok):
-// weight(m, k) as in load_weights. Every thread must call this; a_s is free again when
-// it returns.
+// shared-memory part's [p.m][p.a_ld], wide enough for a k-slice: reg_split_ok), its
+// k-tiles gathered from their interleaved columns (reg_k_tile): weight(m, k) as in
+// load_weights. Every thread must call this; a_s is free again when it returns.
 template <typename T, int kTiles, int kKTiles, typename Weight>
 __device__ __forceinline__ void load_reg_weights(RegWeights<T, kTiles, kKTiles>& regs,
                                                  const Product& p, int slices, int k_tiles,
@@ -371,7 +396,9 @@ __device__ __forceinline__ void load_reg_weights(RegWeights<T, kTiles, kKTiles>&
   Product slice = p;
   slice.k = cols;
   for (int g = 0; g < slices; ++g) {
-    load_weights(a_s, slice, rows, cols, [&](int m, int k) { return weight(m, g * cols + k); });
+    load_weights(a_s, slice, rows, cols, [&](int m, int k) {
+      return weight(m, reg_k_tile(slices, g, k / kt) * kt + k % kt);
+    });
     __syncthreads();
     if (reg_slice(slices, warp) == g) {
 #pragma unroll
@@ -388,20 +415,23 @@ __device__ __forceinline__ void load_reg_weights(RegWeights<T, kTiles, kKTiles>&
 }
 
 // A register plan's whole product of a step: k-slice reg_slice(warp) of the partial sums
-// [slices][rest.m][rest.nb], from the operand whole in b_s [rest.nb][rest.b_ld] (one N
-// tile: register plans have at most 8 batch rows). A warp multiplies its M tiles over
-// its k-slice: first the k_tiles k-tiles of its register fragments (operand k-tiles
-// g * k_tiles..), then the slice's share of the shared-memory part a_s
-// [rest.m][rest.a_ld] (reg_rest_tiles; operand columns reg_cols..), into the same
+// [slices][rest.m][rest.nb], from the operand in b_s [rest.nb][rest.b_ld] (one N tile:
+// register plans have at most 8 batch rows). A warp multiplies its M tiles over its
+// k-slice g: first the k_tiles k-tiles of its register fragments (round kk: operand
+// k-tile reg_k_tile(slices, g, kk)), then the slice's share of the shared-memory part
+// a_s [rest.m][rest.a_ld] (reg_rest_tiles; operand columns reg_cols..), into the same
 // accumulators. So each weight is read once, a warp loads each B fragment once for its
 // tiles, and a slice writes one partial sum per tile. A warp of fewer than kMaxCopies
 // tiles spreads its k-tiles over that many accumulator copies (added in copy order), so
-// that its mma do not all wait for the one before. Every thread must call this; it ends
-// with a barrier.
-template <typename T, int kTiles, int kKTiles>
+// that its mma do not all wait for the one before. ready(kk) is called before round kk
+// and ready(k_tiles) before the shared-memory part; the columns they read must be in
+// b_s when it returns (an operand still landing: stage_chunk_cols). Every thread must
+// call this; it ends with a barrier.
+template <typename T, int kTiles, int kKTiles, typename Ready>
 __device__ __forceinline__ void reg_product(const RegWeights<T, kTiles, kKTiles>& regs,
                                             const Product& rest, int slices, int k_tiles,
-                                            const T* a_s, const T* b_s, float* part) {
+                                            const T* a_s, const T* b_s, float* part,
+                                            Ready ready) {
   constexpr int kCopies = reg_copies(kTiles);
   int warp = threadIdx.x / 32;
   opaque(warp);  // its addresses are worked out here each step, not held all sequence
@@ -411,15 +441,17 @@ __device__ __forceinline__ void reg_product(const RegWeights<T, kTiles, kKTiles>
 #pragma unroll
   for (int kk = 0; kk < kKTiles; ++kk) {
     if (kk >= k_tiles) continue;
+    ready(kk);
     BFragment<T> b;
-    load_b(b, b_s, rest.b_ld, 0, (g * k_tiles + kk) * kt);
+    load_b(b, b_s, rest.b_ld, 0, reg_k_tile(slices, g, kk) * kt);
 #pragma unroll
     for (int j = 0; j < kTiles; ++j)
       if (reg_m0(slices, warp, j) < rest.m) mma_ab(acc[j][kk % kCopies], regs.frag[j][kk], b);
   }
   // The shared-memory k-tiles, kCopies a round so that every accumulator index is a
   // compile-time constant (a runtime one would put acc in local memory).
-  const TileRange mine = reg_rest_tiles(rest, slices, g, sizeof(T));
+  ready(k_tiles);
+  const Range mine = reg_rest_tiles(rest, slices, g, sizeof(T));
 #pragma unroll 1
   for (int kk = mine.first; kk < mine.end; kk += kCopies) {
 #pragma unroll

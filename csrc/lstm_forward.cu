@@ -141,7 +141,7 @@ __device__ __forceinline__ void forward_body(const ForwardArgs& args) {
                       [&](int b) { return h0x + (size_t)(row0 + n_prev + b) * xld; }, nullptr);
         }
         if constexpr (kRegs)
-          reg_product(regs, L.rec, L.reg_slices, sp.reg_k_tiles, w_s, h_prev, part);
+          reg_product(regs, L.rec, L.reg_slices, sp.reg_k_tiles, w_s, h_prev, part, [](int) {});
         else
           resident_product(L.rec, w_s, h_prev, false, n_act, [](int) { return (const T*)nullptr; },
                            part);

@@ -217,10 +217,11 @@ bool check_coverage() {
   return true;
 }
 
-// Register plans (reg_slices, reg_slice, reg_m0, reg_rest_tiles), forward (kRegTiles a
-// warp) and backward (kChainRegTiles): for every M-tile count a plan can hold, each
-// k-slice's warps hold each M tile once, every warp is in a slice, and no warp needs
-// more than its `tiles` tiles; the shared-memory k-tiles are split between the slices.
+// Register plans (reg_slices, reg_slice, reg_m0, reg_rest_tiles, reg_k_tile,
+// stage_chunk_cols), forward (kRegTiles a warp) and backward (kChainRegTiles): for every
+// M-tile count a plan can hold, each k-slice's warps hold each M tile once, every warp is
+// in a slice, and no warp needs more than its `tiles` tiles; the shared-memory k-tiles are
+// split between the slices; the register k-tiles and the staged chunks below.
 bool check_register_tiles() {
   for (int tiles : {kRegTiles, kChainRegTiles}) {
     int checked = 0;
@@ -256,7 +257,7 @@ bool check_register_tiles() {
         rest.k = k_tiles * k_tile(itemsize);
         int next = 0, shortest = k_tiles, longest = 0;
         for (int g = 0; g < slices; ++g) {
-          const TileRange r = reg_rest_tiles(rest, slices, g, itemsize);
+          const Range r = reg_rest_tiles(rest, slices, g, itemsize);
           if (r.first != next || r.end < r.first) return fail("k-slice's shared-memory run", g, r.first);
           shortest = min_int(shortest, r.end - r.first);
           longest = max_int(longest, r.end - r.first);
@@ -264,6 +265,39 @@ bool check_register_tiles() {
         }
         if (next != k_tiles) return fail("shared-memory k-tiles covered", k_tiles, next);
         if (longest - shortest > 1) return fail("k-slices' runs balanced", k_tiles, longest - shortest);
+      }
+  // The register k-tiles (reg_k_tile): the slices' k-tiles interleaved over the first
+  // slices x reg_k_tiles k-tiles of the operand, each once, round by round. And the
+  // multicast chunks (stage_chunk_cols): contiguous, from column 0 to the end of the
+  // shared-memory part, at most kStageChunks, chunk c < last starting at round c x q
+  // (where reg_product's ready(kk) waits for it) and the last at reg_cols.
+  for (int itemsize : {2, 4})
+    for (int slices = 1; slices <= kWarps; slices *= 2)
+      for (int reg_k_tiles = 1; reg_k_tiles <= kChainRegKTiles; ++reg_k_tiles) {
+        std::vector<int> hits((size_t)slices * reg_k_tiles, 0);
+        for (int g = 0; g < slices; ++g)
+          for (int kk = 0; kk < reg_k_tiles; ++kk) {
+            const int t = reg_k_tile(slices, g, kk);
+            if (t < 0 || t >= slices * reg_k_tiles || t / slices != kk)
+              return fail("register k-tile's column", g, kk);
+            ++hits[(size_t)t];
+          }
+        for (size_t i = 0; i < hits.size(); ++i)
+          if (hits[i] != 1) return fail("register k-tile held once", (int)i, hits[i]);
+        const int kt = k_tile(itemsize), rounds = stage_chunk_rounds(reg_k_tiles);
+        const int chunks = stage_chunks(reg_k_tiles), reg_cols = slices * reg_k_tiles * kt;
+        if (chunks < 2 || chunks > kStageChunks) return fail("stage chunks", reg_k_tiles, chunks);
+        for (int rest_k : {kt, 5 * kt}) {
+          int next = 0;
+          for (int c = 0; c < chunks; ++c) {
+            const Range cols = stage_chunk_cols(slices, reg_k_tiles, rest_k, itemsize, c);
+            const int first = c + 1 == chunks ? reg_cols : c * rounds * slices * kt;
+            if (cols.first != next || cols.first != first || cols.end <= cols.first)
+              return fail("stage chunk's columns", reg_k_tiles, c);
+            next = cols.end;
+          }
+          if (next != reg_cols + rest_k) return fail("stage chunks cover the operand", reg_k_tiles, next);
+        }
       }
   return true;
 }

@@ -62,7 +62,11 @@ blocks run side by side, so one block's time is the step's time):
   read from L2 once per cluster of m CTAs (each CTA copies 1/m of its rows into all m
   CTAs' shared memory), so it counts 1/m against the chip's L2 rate (and in
   bytes_per_step, the chip's traffic), but in full against the per-SM rate: every SM
-  still receives all of it. Chunked operands keep cp.async and count in full. Nothing
+  still receives all of it. Chunked operands keep cp.async and count in full. A
+  register grid backward's operand is multicast in column chunks (plan.stage_chunk_cols)
+  that land on their own mbarriers, and its warps multiply a chunk's k-tiles once it has
+  landed: overlapped as chunked staging is, each chunk's share of the product taken as
+  its share of the columns. Nothing
   else changes: the copies' latency is cp.async's plus gpu.multicast_extra_s (assumed
   0; the probe measures it: the last of a cluster's CTAs to leave the barrier issues
   its rows, and every CTA waits for all of them), the barrier is still the grid's, and
@@ -213,6 +217,8 @@ class Phase(NamedTuple):
     overlapped_bytes: int = 0  # the part of it staged chunk by chunk beside the product
     chunks: int = 1            # ... in this many chunks a pass
     passes: int = 1            # forward row passes: `product` is one pass's, run this often
+    shares: tuple = ()         # each chunk's share of the copies and of the product, where
+                               # they differ (register backwards' multicast chunks); () equal
 
     def chip_bytes(self, plan: layout.Plan) -> int:
         """L2 traffic of all the plan's blocks: the shared part once per cluster."""
@@ -247,14 +253,20 @@ def _phase_time(plan: layout.Plan, phase: Phase, gpu: Gpu) -> float:
     l2 = max(phase.l2_bytes / gpu.l2_bytes_per_s_per_sm,
              phase.chip_bytes(plan) / gpu.l2_bytes_per_s)
     dsmem = phase.dsmem_bytes / (gpu.smem_bytes_per_clock_per_sm * gpu.clock_hz)
-    # Chunked staging (never multicast, so both rates scale with the bytes alike), each
-    # pass: the first chunk's copies, n - 1 chunks at the slower of copies and product,
-    # the last chunk's product. Copies staged whole are in the rest of the traffic.
+    # Chunked staging, each pass: chunk c's share of the product starts once the chunk
+    # has landed and the chunk before it is multiplied (the copies are issued together,
+    # or double-buffered: the next chunk's are in flight during a chunk's product). With
+    # n equal chunks that is the first chunk's copies, n - 1 chunks at the slower of
+    # copies and product, the last chunk's product. Copies staged whole are in the rest
+    # of the traffic.
     copies = l2 * phase.overlapped_bytes / phase.l2_bytes if phase.l2_bytes else 0.0
-    product, n, passes = phase.product.s, phase.chunks, phase.passes
+    product, passes = phase.product.s, phase.passes
     one = copies / passes  # a pass's chunked copies
-    staged = passes * (one / n + (n - 1) / n * max(product, one) + product / n)
-    return latency + staged + (l2 - copies) + dsmem
+    landed = done = 0.0
+    for share in phase.shares or (1 / phase.chunks,) * phase.chunks:
+        landed += one * share
+        done = max(done, landed) + product * share
+    return latency + passes * done + (l2 - copies) + dsmem
 
 
 def _layer(plan, seq_len: int, phases: list[Phase], weight_bytes: int, gemm_flops: float,
@@ -345,6 +357,12 @@ def backward_time(plan: layout.Plan, batch: int, hidden: int, out_size: int, inp
         product = (reg_product_time("backward", chain, plan.units, plan.reg_k_tiles, True, gpu)
                    if plan.reg_k_tiles else product_time(chain, item, True, gpu))
         phase = _staged_phase(plan, whole, product, item, cell_bytes)  # dgates(t+1) in
+        if plan.reg_k_tiles and plan.multicast:  # in chunks, each multiplied once landed
+            slices, _ = layout.reg_geometry("backward", plan.units, item, plan.reg_k_tiles)
+            cols = [layout.stage_chunk_cols(slices, plan.reg_k_tiles, chain.k, item, c)
+                    for c in range(layout.stage_chunks(plan.reg_k_tiles))]
+            phase = phase._replace(overlapped_bytes=phase.shared_bytes, chunks=len(cols),
+                                   shares=tuple((end - first) / whole.k for first, end in cols))
         if plan.reduce_ctas:  # its units' partial sums from every peer
             peers = (plan.reduce_ctas - 1) * chain.ksplit * plan.units * chain.nb * 4
             phase = phase._replace(dsmem_bytes=peers)

@@ -61,6 +61,7 @@ REG_K_TILES = 13   # kRegKTiles: ... and k-tiles of each
 REDUCE_ALIGN = 16  # kReduceAlign: a reduce-split CTA's gate columns, a multiple of this
 CHAIN_REG_TILES = 1     # kChainRegTiles: backward register plans' M tiles of W_hh^T a warp holds
 CHAIN_REG_K_TILES = 32  # kChainRegKTiles: ... and k-tiles of it
+STAGE_CHUNKS = 4  # kStageChunks: register grid backwards by multicast: chunks of the staged operand
 # CTAs per cluster a multicast grid plan tries, smallest first: the portable cluster sizes
 # (at most 8 CTAs, which every sm_90 part places without the non-portable-size opt-in)
 # that are powers of two, so that they divide the usual unit_slices (64, 32, ...) and
@@ -256,6 +257,27 @@ def reg_rest_tiles(rest: Product, slices: int, g: int, itemsize: int) -> tuple[i
     that a register plan's k-slice g multiplies."""
     tiles = rest.k // k_tile(itemsize)
     return g * tiles // slices, (g + 1) * tiles // slices
+
+
+def stage_chunk_rounds(reg_k_tiles: int) -> int:
+    """lstm_common.cuh stage_chunk_rounds: register rounds a multicast chunk holds."""
+    return _cdiv(reg_k_tiles, STAGE_CHUNKS - 1)
+
+
+def stage_chunks(reg_k_tiles: int) -> int:
+    """lstm_common.cuh stage_chunks: chunks of a register grid backward's multicast
+    operand, the last the shared-memory part's columns."""
+    return _cdiv(reg_k_tiles, stage_chunk_rounds(reg_k_tiles)) + 1
+
+
+def stage_chunk_cols(slices: int, reg_k_tiles: int, rest_k: int, itemsize: int,
+                     c: int) -> tuple[int, int]:
+    """lstm_common.cuh stage_chunk_cols: columns [first, end) of chunk c."""
+    round_cols, q = slices * k_tile(itemsize), stage_chunk_rounds(reg_k_tiles)
+    reg_cols = reg_k_tiles * round_cols
+    if c + 1 == stage_chunks(reg_k_tiles):
+        return reg_cols, reg_cols + rest_k
+    return c * q * round_cols, min((c + 1) * q, reg_k_tiles) * round_cols
 
 
 def reg_geometry(direction: str, units: int, itemsize: int, reg_k_tiles: int) -> tuple[int, int]:
