@@ -40,6 +40,7 @@ constexpr int kChainRegKTiles = 32;  // ... and k-tiles of it (128 registers)
 constexpr int kReduceAlign = 16;   // reduce splits: a CTA's gate columns, a multiple of this
 constexpr int kStageChunks = 4;    // register grid backwards by multicast: mbarriers the staged
                                    // gate gradients land on, chunk by chunk (stage_chunks)
+static_assert(kStageChunks * 8 <= kAlign, "the multicast stage's mbarriers fit the layout's");
 
 RNNFAST_HD int cdiv(int a, int b) { return (a + b - 1) / b; }
 RNNFAST_HD int round_up(int a, int b) { return cdiv(a, b) * b; }
