@@ -217,8 +217,9 @@ class Phase(NamedTuple):
     overlapped_bytes: int = 0  # the part of it staged chunk by chunk beside the product
     chunks: int = 1            # ... in this many chunks a pass
     passes: int = 1            # forward row passes: `product` is one pass's, run this often
-    shares: tuple = ()         # each chunk's share of the copies and of the product, where
-                               # they differ (register backwards' multicast chunks); () equal
+    shares: tuple[float, ...] = ()  # each chunk's share of the copies and of the product
+                                    # where they differ (register backwards' multicast
+                                    # chunks); (): equal shares
 
     def chip_bytes(self, plan: layout.Plan) -> int:
         """L2 traffic of all the plan's blocks: the shared part once per cluster."""
