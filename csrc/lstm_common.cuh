@@ -479,10 +479,11 @@ RNNFAST_HD int reg_m0(int slices, int warp, int j) {
 
 // Register grid backwards staged by multicast (sm_90): the gate gradients arrive in
 // column chunks, each completing on its own mbarrier, and a warp multiplies a chunk's
-// k-tiles as soon as it has landed, while the later chunks are still in flight. Chunk
-// c < reg chunks holds register rounds [c * q, (c + 1) * q) (round kk: k-tile kk of
-// every k-slice, reg_k_tile), q = stage_chunk_rounds; the last chunk holds the
-// shared-memory part, columns [reg_cols, reg_cols + rest_k). At most kStageChunks.
+// k-tiles as soon as it has landed, while the later chunks are still in flight. Each
+// chunk but the last holds q = stage_chunk_rounds register rounds, chunk c rounds
+// [c * q, (c + 1) * q) (round kk: k-tile kk of every k-slice, reg_k_tile); the last
+// holds the shared-memory part, columns [reg_cols, reg_cols + rest_k). At most
+// kStageChunks chunks.
 RNNFAST_HD int stage_chunk_rounds(int reg_k_tiles) {
   return cdiv(reg_k_tiles, kStageChunks - 1);
 }
