@@ -217,13 +217,18 @@ __device__ __forceinline__ void backward_body(const BackwardArgs& args) {
                              [](int) { return (const T*)nullptr; }, part);
         } else if constexpr (kRegs) {  // dgates(t+1), then both parts of W_hh^T
           if (mc.landed.bar != nullptr) {  // in chunks, each multiplied once it has landed
+            const int chunks = stage_chunks(sp.reg_k_tiles);
             if (threadIdx.x == 0)
-              multicast_chunks(mc, ring, L.chain.b_ld, n_next, L.reg_slices, sp.reg_k_tiles,
-                               L.chain.k, gates_rows(k + 1));
+              multicast_chunks(mc, ring, L.chain.b_ld, n_next, chunks,
+                               [&](int c) {
+                                 return stage_chunk_cols(L.reg_slices, sp.reg_k_tiles, L.chain.k,
+                                                         sizeof(T), c);
+                               },
+                               gates_rows(k + 1));
             const int rounds = stage_chunk_rounds(sp.reg_k_tiles);
             reg_product(regs, L.chain, L.reg_slices, sp.reg_k_tiles, w_s, ring, part,
                         [&](int kk) {
-                          if (kk == sp.reg_k_tiles) tx_wait(mc.landed, stage_chunks(kk) - 1);
+                          if (kk == sp.reg_k_tiles) tx_wait(mc.landed, chunks - 1);
                           else if (kk % rounds == 0) tx_wait(mc.landed, kk / rounds);
                         });
           } else {  // whole, by cp.async

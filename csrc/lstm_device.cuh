@@ -124,47 +124,39 @@ __device__ __forceinline__ MulticastStage multicast_stage(void* bar, int size, c
   return st;
 }
 
-// Thread 0 (which acquired the grid barrier): the phase expects rows x row_bytes, then
-// this CTA's share of the rows goes to every CTA of the cluster. The proxy fence (all
-// state spaces) orders what the barrier acquired before the copy engine's accesses:
-// the other blocks' ordinary stores of the rows (global) and every CTA's reads of its
-// previous operand (shared), which the copies overwrite.
-template <typename T, typename RowSource>
-__device__ __forceinline__ void multicast_rows(const MulticastStage& st, T* dst, int dst_ld,
-                                               int rows, int row_elems, RowSource row_src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const unsigned row_bytes = static_cast<unsigned>(row_elems * sizeof(T));
-  const unsigned short all = static_cast<unsigned short>((1u << st.size) - 1u);
-  tx_expect(st.landed, rows * row_bytes);
-  fence_proxy_async();
-  for (int b = static_cast<int>(st.rank); b < rows; b += st.size)
-    bulk_copy_multicast(dst + b * dst_ld, row_src(b), row_bytes, st.landed.bar, all);
-#endif
-}
-
-// Thread 0, as multicast_rows, for a register grid backward's operand in chunks: chunk
-// c's columns (stage_chunk_cols) of every row complete on mbarrier c, so that the
-// product starts on the first chunk while the others are still in flight.
-template <typename T, typename RowSource>
+// Thread 0 (which acquired the grid barrier): the rows' columns cols(c) (a Range) of
+// chunk c < chunks complete on mbarrier c, whose phase expects their bytes; then this
+// CTA's share of the rows goes to every CTA of the cluster, chunk by chunk. The proxy
+// fence (all state spaces) orders what the barrier acquired before the copy engine's
+// accesses: the other blocks' ordinary stores of the rows (global) and every CTA's
+// reads of its previous operand (shared), which the copies overwrite. A register grid
+// backward stages its operand in several chunks (stage_chunk_cols), so that its
+// product starts on the first while the others are still in flight.
+template <typename T, typename Cols, typename RowSource>
 __device__ __forceinline__ void multicast_chunks(const MulticastStage& st, T* dst, int dst_ld,
-                                                 int rows, int slices, int reg_k_tiles,
-                                                 int rest_k, RowSource row_src) {
+                                                 int rows, int chunks, Cols cols,
+                                                 RowSource row_src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const unsigned short all = static_cast<unsigned short>((1u << st.size) - 1u);
-  const int chunks = stage_chunks(reg_k_tiles);
-  for (int c = 0; c < chunks; ++c) {
-    const Range cols = stage_chunk_cols(slices, reg_k_tiles, rest_k, sizeof(T), c);
-    tx_expect(st.landed, rows * static_cast<unsigned>((cols.end - cols.first) * sizeof(T)), c);
-  }
+  auto bytes = [](const Range& r) {
+    return static_cast<unsigned>((r.end - r.first) * sizeof(T));
+  };
+  for (int c = 0; c < chunks; ++c) tx_expect(st.landed, rows * bytes(cols(c)), c);
   fence_proxy_async();
   for (int c = 0; c < chunks; ++c) {
-    const Range cols = stage_chunk_cols(slices, reg_k_tiles, rest_k, sizeof(T), c);
-    const unsigned bytes = static_cast<unsigned>((cols.end - cols.first) * sizeof(T));
+    const Range r = cols(c);
     for (int b = static_cast<int>(st.rank); b < rows; b += st.size)
-      bulk_copy_multicast(dst + b * dst_ld + cols.first, row_src(b) + cols.first, bytes,
+      bulk_copy_multicast(dst + b * dst_ld + r.first, row_src(b) + r.first, bytes(r),
                           st.landed.bar + c, all);
   }
 #endif
+}
+
+// Thread 0: columns [0, row_elems) of the rows, as one chunk on mbarrier 0.
+template <typename T, typename RowSource>
+__device__ __forceinline__ void multicast_rows(const MulticastStage& st, T* dst, int dst_ld,
+                                               int rows, int row_elems, RowSource row_src) {
+  multicast_chunks(st, dst, dst_ld, rows, 1, [&](int) { return Range{0, row_elems}; }, row_src);
 }
 
 // ---------------------------------------------------------------------------------
